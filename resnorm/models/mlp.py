@@ -1,0 +1,107 @@
+"""Residual, plain and linear MLP stacks: the networks of the depth sweep.
+
+All three share one layout::
+
+    x_0 = Dense(inputs)                     stem, to the stream width
+    x_{l+1} = x_l + s · F_l(x_l)            mlp_residual,  F = Dense–ReLU–Dense (pre-activation)
+    x_{l+1} = F_l(x_l)                      mlp_plain,     the same F without the skip
+    x_{l+1} = (I + s · W_l) x_l             linear_residual
+    outputs = Dense(x_L)                    head
+
+with an optional LayerNorm at the start of each branch (pre-activation: nothing is applied
+to the stream after the addition). The L identical blocks go through ``nn.scan``, so depth is
+a number: parameters are stacked on a leading axis of length L and the program compiles once
+whatever L is. Every stream site carries a probe (:mod:`resnorm.models.probes`).
+
+Initialisation: the first Dense of a branch is He-normal (variance 2/fan_in, which keeps the
+mean square through a ReLU), the second LeCun-normal (variance 1/fan_in), so a plain block
+preserves q-values in expectation. ``zero_init_last`` zeroes the second Dense of a residual
+branch, which makes every block the identity at initialisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from resnorm.models import probes
+
+UNROLL = 1
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+lecun_normal = nn.initializers.lecun_normal()
+
+
+class MLPBlock(nn.Module):
+  """One block; ``residual=False`` drops the skip, ``linear=True`` makes F(x) = W x."""
+
+  hidden: int
+  residual: bool = True
+  linear: bool = False
+  branch_scale: float = 1.0
+  zero_init_last: bool = False
+  layer_norm: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, _=None):
+    width = x.shape[-1]
+    last_init = nn.initializers.zeros if self.zero_init_last else lecun_normal
+    h = nn.LayerNorm(dtype=self.dtype)(x) if self.layer_norm else x
+    if self.linear:
+      h = nn.Dense(width, use_bias=False, kernel_init=last_init, dtype=self.dtype)(h)
+    else:
+      h = nn.Dense(self.hidden, kernel_init=he_normal, dtype=self.dtype)(h)
+      h = nn.relu(h)
+      h = nn.Dense(width, kernel_init=last_init, dtype=self.dtype)(h)
+    if self.residual:
+      branch = self.branch_scale * h
+      out = x + branch
+    else:
+      branch = out = h
+    return probes.probe(self, probes.SCANNED_PROBE, out, x_in=x, branch=branch), None
+
+
+class MLPStack(nn.Module):
+  """Stem, ``depth`` scanned :class:`MLPBlock`s, head. See the module docstring."""
+
+  depth: int
+  num_outputs: int
+  width: int = 32
+  hidden: int = 64
+  residual: bool = True
+  linear: bool = False
+  branch_scale: float = 1.0
+  zero_init_last: bool = False
+  layer_norm: bool = False
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs, train: bool = False):
+    del train  # no dropout or batch statistics in these stacks
+    x = inputs.reshape(inputs.shape[0], -1)
+    x = probes.probe(self, probes.site_name(0, "input"), x)
+    stem_in = x
+    x = nn.Dense(self.width, kernel_init=lecun_normal, dtype=self.dtype, name="stem")(x)
+    x = probes.probe(self, probes.site_name(1, "stem"), x, x_in=stem_in, branch=x)
+    block = nn.remat(MLPBlock, prevent_cse=False) if self.remat else MLPBlock
+    blocks = nn.scan(
+        block,
+        variable_axes=probes.SCAN_AXES,
+        split_rngs={"params": True},
+        length=self.depth,
+        unroll=UNROLL,
+    )(
+        hidden=self.hidden,
+        residual=self.residual,
+        linear=self.linear,
+        branch_scale=self.branch_scale,
+        zero_init_last=self.zero_init_last,
+        layer_norm=self.layer_norm,
+        dtype=self.dtype,
+        name=probes.site_name(2, "block"),
+    )
+    x, _ = blocks(x, None)
+    return nn.Dense(self.num_outputs, kernel_init=lecun_normal, dtype=self.dtype, name="head")(x)

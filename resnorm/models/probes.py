@@ -1,0 +1,63 @@
+"""Probes on the residual stream: the one convention that models and `resnorm.signal` share.
+
+A *site* is a point of the residual stream: the network input, the stem output, the output of
+every block and of every transition. At each site a model calls :func:`probe`, which
+
+* adds a zero perturbation (``Module.perturb``) so that the gradient of the loss with respect
+  to the ``'perturbations'`` collection is ∂E/∂x at every site, for every example, from one
+  backward pass;
+* sows forward statistics into ``'intermediates'``: the per-example stream norm ‖x‖, the
+  per-example branch ratio ‖F(x_in)‖/‖x_in‖ (F is what the layer adds to its input; for a
+  layer without skip, its whole output), the q-value (mean square of x) and the c-value (mean
+  cosine similarity between distinct examples).
+
+Site names are ``f"{index:02d}_{kind}"`` with ``kind`` in :data:`KINDS`, so sorting the names
+gives the order along the stream. A probe lives either at the model's top level (one site) or
+inside a module that ``nn.scan`` repeats over identical blocks (one site per scan step, stacked
+on a leading axis); that module carries the site name and calls its probe ``'stream'``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+KINDS = ("input", "stem", "block", "transition")
+SCANNED_PROBE = "stream"
+# Variable axes that nn.scan needs so that probes and their statistics stack over blocks.
+SCAN_AXES = {"params": 0, "perturbations": 0, "intermediates": 0}
+
+
+def site_name(index: int, kind: str) -> str:
+  if kind not in KINDS:
+    raise ValueError(f"site kind {kind!r}: expected one of {KINDS}")
+  return f"{index:02d}_{kind}"
+
+
+def site_kind(name: str) -> str:
+  return name.split("_", 1)[1]
+
+
+def _per_example_norm(x: jnp.ndarray) -> jnp.ndarray:
+  x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+  return jnp.sqrt(jnp.sum(x * x, axis=-1))
+
+
+def stream_statistics(x, x_in=None, branch=None) -> dict[str, jnp.ndarray]:
+  """Forward statistics of a batch ``x`` (batch axis first) at one site."""
+  flat = x.reshape(x.shape[0], -1).astype(jnp.float32)
+  norm = _per_example_norm(flat)
+  unit = flat / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny)[:, None]
+  gram = unit @ unit.T
+  batch = x.shape[0]
+  off_diagonal = (jnp.sum(gram) - jnp.trace(gram)) / max(batch * (batch - 1), 1)
+  stats = {"norm": norm, "q": jnp.mean(flat * flat), "c": off_diagonal}
+  if branch is not None and x_in is not None:
+    stats["branch_ratio"] = _per_example_norm(branch) / _per_example_norm(x_in)
+  return stats
+
+
+def probe(module: nn.Module, name: str, x, x_in=None, branch=None):
+  """Records ``x`` at a stream site of ``module`` and returns it with the zero probe added."""
+  module.sow("intermediates", name, stream_statistics(x, x_in, branch))
+  return module.perturb(name, x)

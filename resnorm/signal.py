@@ -1,0 +1,176 @@
+"""Backward norms at every stream site from one backward pass, and forward statistics.
+
+For a network whose stream sites are x_0, x_1, …, x_S (see :mod:`resnorm.models.probes`) the
+backward signal of a loss E obeys ∂E/∂x_k = J_kᵀ ∂E/∂x_{k+1}, with J_k = I + DF_k(x_k) for a
+residual block. For every example and every layer k this module measures
+
+    r_k = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖,        δ_k = |r_k − 1|,
+
+labelling each ratio by the kind of layer that produced x_{k+1} (stem, block, transition).
+Theorem 1 of Zaeemzadeh et al. (TPAMI 2020) bounds δ_k by c·log(2L)/L for a network of L
+blocks that represents a smooth invertible map.
+
+All gradients come from one ``jax.grad`` with respect to the zero probes the model adds at its
+sites; the model runs unchanged. Per-example gradients are exact when examples do not interact
+in the forward pass (no batch statistics), so image models are measured in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from resnorm.models import probes
+
+QUANTILES = (50, 90, 99)
+
+
+@flax.struct.dataclass
+class SignalReport:
+  """Measurements at S+1 sites (axis 0) and B examples (axis 1).
+
+  Attributes:
+    grad_norm: (S+1, B) ‖∂E/∂x_k‖.
+    ratio: (S, B) r_k = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖; NaN where the denominator is 0.
+    stream_norm: (S+1, B) ‖x_k‖.
+    branch_ratio: (S, B) ‖F_k(x_k)‖ / ‖x_k‖ for the layer producing x_{k+1}.
+    q: (S+1,) mean square of x_k.
+    c: (S+1,) mean cosine similarity of x_k between distinct examples.
+    kinds: the kind of layer behind each ratio (S entries), static.
+  """
+
+  grad_norm: jax.Array
+  ratio: jax.Array
+  stream_norm: jax.Array
+  branch_ratio: jax.Array
+  q: jax.Array
+  c: jax.Array
+  kinds: tuple[str, ...] = flax.struct.field(pytree_node=False)
+
+
+def _stack_sites(flat: dict[tuple[str, ...], Any]) -> list[tuple[str, Any]]:
+  """Flattened probe-shaped leaves -> [(site, leaf stacked over the site's layers)] in stream order."""
+  sites = []
+  for path, leaf in sorted(flat.items()):
+    if len(path) == 1:
+      leaf = jax.tree.map(lambda a: a[None], leaf)
+    elif path[1:] != (probes.SCANNED_PROBE,):
+      raise ValueError(
+          f"probe at {'/'.join(path)}: expected a top-level site or '<site>/{probes.SCANNED_PROBE}'"
+      )
+    sites.append((path[0], leaf))
+  return sites
+
+
+def _per_example_norm(g: jax.Array) -> jax.Array:
+  """(sites, B, ...) -> (sites, B) Euclidean norms in float32."""
+  g = g.reshape(g.shape[0], g.shape[1], -1).astype(jnp.float32)
+  return jnp.sqrt(jnp.sum(g * g, axis=-1))
+
+
+def zero_probes(model, variables, inputs, **apply_kwargs):
+  """Zero perturbations shaped for ``inputs``; no computation beyond tracing."""
+  shapes = jax.eval_shape(
+      lambda: model.apply(variables, inputs, mutable="perturbations", **apply_kwargs)[1]["perturbations"]
+  )
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def measure(
+    model,
+    variables,
+    inputs: jax.Array,
+    targets: jax.Array,
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    **apply_kwargs,
+) -> SignalReport:
+  """Backward ratios and forward statistics of ``model`` on one batch (jit-able).
+
+  Args:
+    model: a Flax module whose stream sites call :func:`resnorm.models.probes.probe`.
+    variables: its variables (``'params'``, plus ``'batch_stats'`` for BatchNorm models).
+    inputs, targets: a batch; examples along axis 0.
+    loss_fn: ``loss_fn(outputs, targets) -> scalar``; E in the ratios above.
+    **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
+  """
+  variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
+  zeros = zero_probes(model, variables, inputs, **apply_kwargs)
+
+  def loss(perturbations):
+    outputs, state = model.apply(
+        {**variables, "perturbations": perturbations}, inputs, mutable="intermediates", **apply_kwargs
+    )
+    return loss_fn(outputs, targets), state["intermediates"]
+
+  grads, intermediates = jax.grad(loss, has_aux=True)(zeros)
+  grad_sites = _stack_sites(traverse_util.flatten_dict(grads))
+  # `sow` keeps a tuple of the values sown; every site sows once per call.
+  sown = {path: values[0] for path, values in traverse_util.flatten_dict(intermediates).items()}
+  stats = dict(_stack_sites(sown))
+  stats = [stats[site] for site, _ in grad_sites]
+  kinds = tuple(probes.site_kind(site) for site, g in grad_sites for _ in range(g.shape[0]))
+
+  grad_norm = jnp.concatenate([_per_example_norm(g) for _, g in grad_sites])
+  below = grad_norm[1:]
+  ratio = jnp.where(below > 0, grad_norm[:-1] / jnp.where(below > 0, below, 1.0), jnp.nan)
+  branch = [s.get("branch_ratio", jnp.full_like(s["norm"], jnp.nan)) for s in stats]
+  return SignalReport(
+      grad_norm=grad_norm,
+      ratio=ratio,
+      stream_norm=jnp.concatenate([s["norm"] for s in stats]),
+      branch_ratio=jnp.concatenate(branch)[1:],
+      q=jnp.concatenate([s["q"] for s in stats]),
+      c=jnp.concatenate([s["c"] for s in stats]),
+      kinds=kinds[1:],
+  )
+
+
+def summarize(report: SignalReport, kind: str = "block") -> dict[str, float]:
+  """δ statistics over every layer of ``kind`` and every example (host-side floats).
+
+  Returns ``delta_max``, ``delta_mean``, ``delta_p50/p90/p99``, ``ratio_min``, ``ratio_max``,
+  ``log_gain`` (the mean over examples of Σ_k log r_k = log(‖∂E/∂x_first‖/‖∂E/∂x_last‖),
+  which compounds with depth unless the ratios stay near 1), ``num_ratios`` and
+  ``num_undefined`` (ratios with a zero or non-finite gradient norm, left out of the rest).
+  """
+  rows = np.array([k == kind for k in report.kinds])
+  if not rows.any():
+    raise ValueError(f"no {kind!r} layers in this report; it has {sorted(set(report.kinds))}")
+  ratio = np.asarray(report.ratio, dtype=np.float64)[rows]
+  defined = np.isfinite(ratio) & (ratio > 0)
+  delta = np.abs(ratio[defined] - 1.0)
+  if delta.size == 0:
+    nan = float("nan")
+    summary = dict(delta_max=nan, delta_mean=nan, ratio_min=nan, ratio_max=nan, log_gain=nan)
+    summary.update({f"delta_p{q}": nan for q in QUANTILES})
+  else:
+    summary = dict(
+        delta_max=float(delta.max()),
+        delta_mean=float(delta.mean()),
+        ratio_min=float(ratio[defined].min()),
+        ratio_max=float(ratio[defined].max()),
+        log_gain=float(np.mean(np.sum(np.log(np.where(defined, ratio, 1.0)), axis=0))),
+    )
+    summary.update({f"delta_p{q}": float(np.percentile(delta, q)) for q in QUANTILES})
+  summary.update(num_ratios=int(ratio.size), num_undefined=int((~defined).sum()))
+  return summary
+
+
+def layer_profile(report: SignalReport, kind: str = "block") -> dict[str, list[float]]:
+  """Per-layer means over examples of δ_k, r_k, ‖F_k‖/‖x_k‖, and q, c after each layer."""
+  rows = np.array([k == kind for k in report.kinds])
+  ratio = np.asarray(report.ratio, dtype=np.float64)[rows]
+  with np.errstate(invalid="ignore"):
+    return dict(
+        delta_mean=np.nanmean(np.abs(ratio - 1.0), axis=1).tolist(),
+        ratio_mean=np.nanmean(ratio, axis=1).tolist(),
+        branch_ratio_mean=np.nanmean(np.asarray(report.branch_ratio)[rows], axis=1).tolist(),
+        q=np.asarray(report.q)[1:][rows].tolist(),
+        c=np.asarray(report.c)[1:][rows].tolist(),
+    )
