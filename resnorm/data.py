@@ -1,0 +1,122 @@
+"""Datasets that need no download, and deterministic, shardable batches.
+
+* :func:`teacher` — the embedded default: x ~ N(0, I_d), y = h(x) with
+  h = Q ∘ g_K ∘ … ∘ g_1, g_k(x) = x + s·V_k tanh(U_k x + b_k), where ‖U_k‖₂ = ‖V_k‖₂ = 1 and
+  0 ≤ s < 1, and Q is a random rotation. Each g_k − id is s-Lipschitz, so g_k is invertible
+  with (1 − s)‖u − v‖ ≤ ‖g_k(u) − g_k(v)‖ ≤ (1 + s)‖u − v‖: h is smooth and bi-Lipschitz, the
+  kind of map Theorem 1 represents with L near-identity residual blocks.
+* :func:`digits` — scikit-learn's bundled 8×8 digits (1797 images, 10 classes).
+
+Batches are a pure function of (seed, step), so a run resumed from a checkpoint at step t sees
+exactly the batches it would have seen, and every process takes its own rows of the global
+batch (``jax.make_array_from_process_local_data`` reassembles it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from resnorm import validation
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """In-memory train/test splits; ``task`` is ``'regression'`` or ``'classification'``."""
+
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  task: str
+  num_outputs: int
+
+
+def _spectrally_normalized(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+  matrix = rng.standard_normal((rows, cols))
+  return matrix / np.linalg.norm(matrix, ord=2)
+
+
+def random_rotation(rng: np.random.Generator, dim: int) -> np.ndarray:
+  """A Haar-distributed orthogonal matrix (QR of a Gaussian, signs fixed by R's diagonal)."""
+  q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+  return q * np.sign(np.diag(r))
+
+
+def teacher_map(seed: int, dim: int, num_maps: int, strength: float, hidden: int):
+  """The teacher h as a numpy function ``h(x)`` on rows of ``x`` (see the module docstring)."""
+  rng = np.random.default_rng(seed)
+  maps = [
+      (_spectrally_normalized(rng, hidden, dim), 0.5 * rng.standard_normal(hidden),
+       _spectrally_normalized(rng, dim, hidden))
+      for _ in range(num_maps)
+  ]
+  rotation = random_rotation(rng, dim)
+
+  def h(x):
+    for u, b, v in maps:
+      x = x + strength * np.tanh(x @ u.T + b) @ v.T
+    return x @ rotation.T
+
+  return h
+
+
+def teacher(seed=0, dim=16, num_maps=4, strength=0.5, hidden=64, train_size=4096, test_size=1024) -> Dataset:
+  """Regression onto the teacher map h; inputs from N(0, I_dim)."""
+  validation.positive_int("data.dim", dim)
+  validation.positive_int("data.num_maps", num_maps)
+  validation.positive_int("data.hidden", hidden)
+  validation.positive_int("data.train_size", train_size)
+  validation.positive_int("data.test_size", test_size)
+  if not 0 <= strength < 1:
+    raise validation.ConfigError("data.strength", strength, "a number in [0, 1) (so h is invertible)")
+  h = teacher_map(seed, dim, num_maps, strength, hidden)
+  x = np.random.default_rng([seed, 1]).standard_normal((train_size + test_size, dim))
+  y = h(x)
+  x, y = x.astype(np.float32), y.astype(np.float32)
+  return Dataset(x[:train_size], y[:train_size], x[train_size:], y[train_size:], "regression", dim)
+
+
+def digits(seed=0, test_size=297) -> Dataset:
+  """scikit-learn's 8×8 digits, pixels scaled to [0, 1], a seeded split."""
+  from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+  bunch = load_digits()
+  validation.positive_int("data.test_size", test_size)
+  if test_size >= len(bunch.target):
+    raise validation.ConfigError("data.test_size", test_size, f"fewer than {len(bunch.target)} examples")
+  order = np.random.default_rng(seed).permutation(len(bunch.target))
+  x = (bunch.data / 16.0).astype(np.float32)[order]
+  y = bunch.target.astype(np.int32)[order]
+  return Dataset(x[test_size:], y[test_size:], x[:test_size], y[:test_size], "classification", 10)
+
+
+LOADERS = {"teacher": teacher, "digits": digits}
+
+
+def load(config) -> Dataset:
+  """``config`` is the ``data`` ConfigDict: ``name`` plus the loader's keyword arguments."""
+  options = dict(config)
+  name = validation.one_of("data.name", options.pop("name"), LOADERS)
+  return LOADERS[name](**options)
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+  """Rows of the global batch at ``step``: epochs of seeded permutations, a pure function of step."""
+  if batch_size > num_examples:
+    raise validation.ConfigError("batch_size", batch_size, f"at most the {num_examples} training examples")
+  per_epoch = num_examples // batch_size
+  epoch, position = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  return order[position * batch_size:(position + 1) * batch_size]
+
+
+def process_rows(global_rows: np.ndarray) -> np.ndarray:
+  """This process's contiguous share of a global batch's rows."""
+  count = jax.process_count()
+  if len(global_rows) % count:
+    raise validation.ConfigError("batch_size", len(global_rows), f"a multiple of the {count} processes")
+  share = len(global_rows) // count
+  return global_rows[jax.process_index() * share:(jax.process_index() + 1) * share]

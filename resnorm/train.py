@@ -1,0 +1,332 @@
+"""Training: a pure, jitted train step and ``train_and_evaluate(config, workdir)``.
+
+One run trains ``config.model.name`` at depth ``config.model.depth`` on ``config.data``,
+measures the backward ratios (:mod:`resnorm.signal`) on held-out examples at initialisation and
+after training, and writes ``workdir/``:
+
+* ``config.json`` — the resolved config;
+* ``checkpoints/`` — Orbax checkpoints every ``checkpoint_every`` steps; a run started again
+  in the same workdir resumes from the latest one;
+* ``metrics.jsonl`` — train loss every ``log_every`` steps;
+* ``summary.json`` — steps, losses, test accuracy (classification), δ statistics at
+  initialisation and after training, and whether the run diverged.
+
+Parameters are replicated and batches split over the mesh axis ``'data'``; with several
+processes, each loads only its rows of every batch. A step whose loss or parameters are not
+finite stops the run: the checkpoint directory keeps the last good state and the summary says
+``"diverged": true`` with the step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax.training import train_state
+
+from resnorm import data as data_lib
+from resnorm import models, signal, validation
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus BatchNorm statistics (``None`` for models without them)."""
+
+  batch_stats: Any = None
+
+
+class Diverged(RuntimeError):
+  """Training produced a non-finite loss or parameters."""
+
+  def __init__(self, step: int, loss: float):
+    self.step, self.loss = step, loss
+    super().__init__(f"training diverged by step {step} (loss {loss}); the last good checkpoint is kept")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def model_options(model_config) -> dict:
+  """The entries of ``config.model`` that the chosen family accepts (besides name and depth).
+
+  A sweep shares one ``model`` section between families (``mlp_plain`` has no branch scale),
+  so options of other families are dropped; an option no family knows is an error.
+  """
+  options = {k: v for k, v in model_config.items() if k not in ("name", "depth")}
+  known = set().union(*(f.defaults for f in models.FAMILIES.values()))
+  for key, value in options.items():
+    if key not in known:
+      raise validation.ConfigError(f"config.model.{key}", value, f"one of {sorted(known)}")
+  accepted = models.family(model_config.name).defaults
+  return {k: v for k, v in options.items() if k in accepted}
+
+
+def build_model(config, num_outputs: int):
+  try:
+    return models.create_model(
+        config.model.name, config.model.depth, num_classes=num_outputs, **model_options(config.model)
+    )
+  except validation.ConfigError as error:
+    field = error.field if error.field.startswith("config.") else f"config.model.{error.field}"
+    raise validation.ConfigError(field, error.value, error.allowed) from None
+
+
+def validate(config, dataset: data_lib.Dataset) -> None:
+  """Checks every field a run reads, before anything is built or compiled."""
+  validation.one_of("config.optimizer.name", config.optimizer.name, OPTIMIZERS)
+  validation.positive_float("config.optimizer.learning_rate", config.optimizer.learning_rate)
+  if not 0 <= config.optimizer.momentum < 1:
+    raise validation.ConfigError("config.optimizer.momentum", config.optimizer.momentum, "a number in [0, 1)")
+  if config.optimizer.weight_decay < 0:
+    raise validation.ConfigError("config.optimizer.weight_decay", config.optimizer.weight_decay, "a number >= 0")
+  validation.one_of("config.optimizer.schedule", config.optimizer.schedule, SCHEDULES)
+  for field in ("batch_size", "num_steps", "log_every", "eval_batch_size"):
+    validation.positive_int(f"config.{field}", config[field])
+  if config.checkpoint_every < 0:
+    raise validation.ConfigError("config.checkpoint_every", config.checkpoint_every, "0 (never) or a step count")
+  devices = jax.device_count()
+  if config.batch_size % devices:
+    raise validation.ConfigError("config.batch_size", config.batch_size, f"a multiple of the {devices} devices")
+  num_test = len(dataset.x_test)
+  examples = validation.positive_int("config.signal.num_examples", config.signal.num_examples)
+  if examples > num_test:
+    raise validation.ConfigError("config.signal.num_examples", examples, f"at most the {num_test} test examples")
+  data_lib.batch_indices(len(dataset.x_train), config.batch_size, 0, 0)  # batch fits the data
+  build_model(config, dataset.num_outputs)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """``config.optimizer``: Adam or SGD with momentum, constant or cosine learning rate."""
+  opt = config.optimizer
+  learning_rate = opt.learning_rate
+  if opt.schedule == "cosine":
+    learning_rate = optax.cosine_decay_schedule(opt.learning_rate, config.num_steps)
+  if opt.name == "adam":
+    return optax.adamw(learning_rate, weight_decay=opt.weight_decay)
+  return optax.chain(
+      optax.add_decayed_weights(opt.weight_decay),
+      optax.sgd(learning_rate, momentum=opt.momentum or None),
+  )
+
+
+def loss_function(task: str):
+  """Mean squared error per output coordinate, or softmax cross-entropy on integer labels."""
+  if task == "regression":
+    return lambda outputs, targets: jnp.mean(jnp.square(outputs.astype(jnp.float32) - targets))
+  return lambda logits, labels: jnp.mean(
+      optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  )
+
+
+def create_train_state(model, rng, sample_inputs, tx, sharding=None) -> TrainState:
+  """Initial parameters and optimizer state, in one compiled program placed on ``sharding``."""
+
+  def create(rng, sample_inputs):
+    variables = model.init(rng, sample_inputs, train=False)
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats")
+    )
+
+  return jax.jit(create, out_shardings=sharding)(rng, sample_inputs)
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def train_step(state: TrainState, batch, loss_fn) -> tuple[TrainState, dict]:
+  """One optimizer step on ``batch = (inputs, targets)``; pure, for ``jax.jit``."""
+  inputs, targets = batch
+
+  def loss(params):
+    variables = {"params": params}
+    if state.batch_stats is None:
+      return loss_fn(state.apply_fn(variables, inputs, train=True), targets), None
+    variables["batch_stats"] = state.batch_stats
+    outputs, updates = state.apply_fn(variables, inputs, train=True, mutable=["batch_stats"])
+    return loss_fn(outputs, targets), updates["batch_stats"]
+
+  (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  finite = jnp.isfinite(value) & _all_finite(state.params)
+  return state, {"loss": value, "finite": finite}
+
+
+def eval_step(state: TrainState, batch, loss_fn, task: str) -> dict:
+  """Sums of the loss (and of correct predictions) over ``batch``, for averaging."""
+  inputs, targets = batch
+  variables = {"params": state.params}
+  if state.batch_stats is not None:
+    variables["batch_stats"] = state.batch_stats
+  outputs = state.apply_fn(variables, inputs, train=False)
+  count = inputs.shape[0]
+  sums = {"loss": loss_fn(outputs, targets) * count, "count": count}
+  if task == "classification":
+    sums["correct"] = jnp.sum(jnp.argmax(outputs, -1) == targets)
+  return sums
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _shardings():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  return (
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
+  )
+
+
+def _global_batch(sharding, x, y, rows):
+  local = data_lib.process_rows(rows)
+  return tuple(jax.make_array_from_process_local_data(sharding, a[local]) for a in (x, y))
+
+
+def evaluate(eval_fn, state, dataset, batch_size, sharding) -> dict[str, float]:
+  """Averages over the whole test split (the last, smaller batch included)."""
+  totals = {}
+  num_test = len(dataset.x_test)
+  for start in range(0, num_test, batch_size):
+    rows = np.arange(start, min(start + batch_size, num_test))
+    if len(rows) % (jax.device_count() * jax.process_count()):
+      batch = (jnp.asarray(dataset.x_test[rows]), jnp.asarray(dataset.y_test[rows]))
+    else:
+      batch = _global_batch(sharding, dataset.x_test, dataset.y_test, rows)
+    for key, value in eval_fn(state, batch).items():
+      totals[key] = totals.get(key, 0) + value
+  totals = jax.device_get(totals)
+  results = {"test_loss": float(totals["loss"] / totals["count"])}
+  if "correct" in totals:
+    results["test_accuracy"] = float(totals["correct"] / totals["count"])
+  return results
+
+
+def run_seed(config) -> int:
+  """A run's seed: ``config.seed`` mixed with model name and depth, so runs are independent
+  of which other runs share the sweep (a split sweep reproduces the joint one exactly)."""
+  return zlib.crc32(f"{config.seed}/{config.model.name}/{config.model.depth}".encode())
+
+
+def measure_signal(measure_fn, variables, dataset, num_examples: int) -> dict:
+  """δ statistics and per-layer profiles on the first ``num_examples`` held-out examples."""
+  report = measure_fn(variables, dataset.x_test[:num_examples], dataset.y_test[:num_examples])
+  return {"summary": signal.summarize(report), "profile": signal.layer_profile(report)}
+
+
+def _variables(state):
+  variables = {"params": state.params}
+  if state.batch_stats is not None:
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def jsonable(tree):
+  """Floats that JSON cannot hold (NaN, inf) become null."""
+  if isinstance(tree, dict):
+    return {k: jsonable(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [jsonable(v) for v in tree]
+  if isinstance(tree, (float, np.floating)):
+    return float(tree) if np.isfinite(tree) else None
+  if isinstance(tree, np.integer):
+    return int(tree)
+  return tree
+
+
+def write_json(path: str, tree) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(jsonable(tree), f, indent=1)
+  os.replace(tmp, path)  # never leave a half-written file behind
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> dict:
+  """Trains one model, measures it before and after, writes ``workdir`` (see module docstring).
+
+  Args:
+    config: a run config (``configs/default.py``).
+    workdir: output directory; an existing checkpoint there is resumed.
+    dataset: the loaded ``config.data`` (a sweep loads it once for all runs).
+
+  Returns:
+    The summary written to ``workdir/summary.json``.
+  """
+  dataset = dataset or data_lib.load(config.data)
+  validate(config, dataset)
+  os.makedirs(workdir, exist_ok=True)
+  write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  model = build_model(config, dataset.num_outputs)
+  loss_fn = loss_function(dataset.task)
+  replicated, batch_sharding = _shardings()
+  seed = run_seed(config)
+
+  state = create_train_state(model, jax.random.key(seed), dataset.x_train[:1], make_optimizer(config), replicated)
+  measure_fn = jax.jit(functools.partial(signal.measure, model, loss_fn=loss_fn, train=False))
+  init_signal = measure_signal(measure_fn, _variables(state), dataset, config.signal.num_examples)
+
+  checkpoints = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+  )
+  start = checkpoints.latest_step() or 0
+  if start:
+    state = checkpoints.restore(start, args=ocp.args.StandardRestore(state))
+    logging.info("resumed %s from step %d", workdir, start)
+
+  step_fn = jax.jit(functools.partial(train_step, loss_fn=loss_fn), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, loss_fn=loss_fn, task=dataset.task))
+  started = time.time()
+  diverged, train_loss = None, float("nan")
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as metrics_file:
+    loss_sum, finite, since = 0.0, True, 0
+    for step in range(start, config.num_steps):
+      rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
+      state, metrics = step_fn(state, _global_batch(batch_sharding, dataset.x_train, dataset.y_train, rows))
+      loss_sum, finite, since = loss_sum + metrics["loss"], finite & metrics["finite"], since + 1
+      done = step + 1
+      if done % config.log_every and done != config.num_steps:
+        continue
+      loss_mean, finite = float(loss_sum) / since, bool(finite)
+      if not finite:
+        diverged = Diverged(done, loss_mean)
+        logging.warning("%s: %s", workdir, diverged)
+        break
+      train_loss = loss_mean
+      metrics_file.write(json.dumps({"step": done, "train_loss": train_loss}) + "\n")
+      loss_sum, finite, since = 0.0, True, 0
+      if config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.num_steps):
+        checkpoints.save(done, args=ocp.args.StandardSave(state))
+  checkpoints.wait_until_finished()
+  checkpoints.close()
+
+  summary = {
+      "model": config.model.name,
+      "depth": config.model.depth,
+      "steps": diverged.step if diverged else config.num_steps,
+      "diverged": diverged is not None,
+      "diverged_at_step": diverged.step if diverged else None,
+      "train_loss": diverged.loss if diverged else train_loss,
+      "train_seconds": time.time() - started,
+      "init": init_signal,
+  }
+  if diverged is None:
+    summary.update(evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding))
+    summary["trained"] = measure_signal(measure_fn, _variables(state), dataset, config.signal.num_examples)
+  write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
