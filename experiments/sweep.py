@@ -1,0 +1,36 @@
+r"""The depth sweep: δ(L) of trained residual and plain networks against c·log(2L)/L.
+
+    python -m experiments.sweep --config=configs/depth_sweep.py --workdir=/tmp/sweep
+    python -m experiments.sweep --config=configs/depth_sweep.py --workdir=/tmp/L64 --config.depths=64
+    python -m experiments.sweep --aggregate --workdir=/tmp/merged /tmp/L32 /tmp/L64
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resnorm import sweep
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for runs and results.", required=True)
+_AGGREGATE = flags.DEFINE_bool(
+    "aggregate", False, "Merge the finished sweep workdirs given as arguments into --workdir."
+)
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it
+  if _AGGREGATE.value:
+    summary = sweep.aggregate(argv[1:], _WORKDIR.value)
+  else:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]} (use --aggregate to merge workdirs)")
+    if _CONFIG.value is None:
+      raise app.UsageError("--config is required unless --aggregate is given")
+    summary = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
+  print(sweep.format_table(summary))
+  logging.info("wrote %s/summary.json, results.csv and delta_vs_depth.png", _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

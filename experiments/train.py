@@ -1,0 +1,44 @@
+r"""Train one model and measure its backward ratios before and after.
+
+    python -m experiments.train --config=configs/default.py --workdir=/tmp/run
+    python -m experiments.train --config=configs/default.py --workdir=/tmp/run \
+        --config.model.name=mlp_plain --config.model.depth=64
+
+Several hosts: start one process per host with the same flags plus
+``--coordinator=HOST:PORT --num_processes=N --process_id=I`` (or let
+``jax.distributed.initialize()`` discover them on TPU pods and SLURM clusters with ``--distributed``).
+"""
+
+import json
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resnorm import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.", required=True)
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "Coordinator address HOST:PORT (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:
+    print(json.dumps({k: summary[k] for k in ("steps", "diverged", "train_loss", "test_loss", "test_accuracy")
+                      if k in summary}))
+    if "trained" in summary:
+      print(json.dumps({"trained": summary["trained"]["summary"]}))
+
+
+if __name__ == "__main__":
+  app.run(main)
