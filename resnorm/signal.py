@@ -69,8 +69,9 @@ def _stack_sites(flat: dict[tuple[str, ...], Any]) -> list[tuple[str, Any]]:
 
 
 def _per_example_norm(g: jax.Array) -> jax.Array:
-  """(sites, B, ...) -> (sites, B) Euclidean norms in float32."""
-  g = g.reshape(g.shape[0], g.shape[1], -1).astype(jnp.float32)
+  """(sites, B, ...) -> (sites, B) Euclidean norms, in float32 or wider."""
+  g = g.reshape(g.shape[0], g.shape[1], -1)
+  g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
   return jnp.sqrt(jnp.sum(g * g, axis=-1))
 
 
@@ -80,6 +81,27 @@ def zero_probes(model, variables, inputs, **apply_kwargs):
       lambda: model.apply(variables, inputs, mutable="perturbations", **apply_kwargs)[1]["perturbations"]
   )
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def stream_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs):
+  """∂E/∂x at every stream site, from one forward and one backward pass.
+
+  Returns:
+    ``(sites, intermediates)``: ``sites`` lists ``(site_name, gradient)`` in stream order, each
+    gradient stacked over the site's layers (shape ``(layers, B, ...)``); ``intermediates``
+    holds what the probes sowed in the same forward pass.
+  """
+  variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
+  zeros = zero_probes(model, variables, inputs, **apply_kwargs)
+
+  def loss(perturbations):
+    outputs, state = model.apply(
+        {**variables, "perturbations": perturbations}, inputs, mutable="intermediates", **apply_kwargs
+    )
+    return loss_fn(outputs, targets), state["intermediates"]
+
+  grads, intermediates = jax.grad(loss, has_aux=True)(zeros)
+  return _stack_sites(traverse_util.flatten_dict(grads)), intermediates
 
 
 def measure(
@@ -99,17 +121,7 @@ def measure(
     loss_fn: ``loss_fn(outputs, targets) -> scalar``; E in the ratios above.
     **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
   """
-  variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
-  zeros = zero_probes(model, variables, inputs, **apply_kwargs)
-
-  def loss(perturbations):
-    outputs, state = model.apply(
-        {**variables, "perturbations": perturbations}, inputs, mutable="intermediates", **apply_kwargs
-    )
-    return loss_fn(outputs, targets), state["intermediates"]
-
-  grads, intermediates = jax.grad(loss, has_aux=True)(zeros)
-  grad_sites = _stack_sites(traverse_util.flatten_dict(grads))
+  grad_sites, intermediates = stream_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs)
   # `sow` keeps a tuple of the values sown; every site sows once per call.
   sown = {path: values[0] for path, values in traverse_util.flatten_dict(intermediates).items()}
   stats = dict(_stack_sites(sown))

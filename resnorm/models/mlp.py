@@ -42,7 +42,7 @@ class MLPBlock(nn.Module):
   branch_scale: float = 1.0
   zero_init_last: bool = False
   layer_norm: bool = False
-  dtype: Any = jnp.float32
+  dtype: Any = None  # computation dtype; None follows the inputs and parameters
 
   @nn.compact
   def __call__(self, x, _=None):
@@ -76,7 +76,7 @@ class MLPStack(nn.Module):
   zero_init_last: bool = False
   layer_norm: bool = False
   remat: bool = False
-  dtype: Any = jnp.float32
+  dtype: Any = None  # computation dtype; None follows the inputs and parameters
 
   @nn.compact
   def __call__(self, inputs, train: bool = False):
@@ -105,3 +105,40 @@ class MLPStack(nn.Module):
     )
     x, _ = blocks(x, None)
     return nn.Dense(self.num_outputs, kernel_init=lecun_normal, dtype=self.dtype, name="head")(x)
+
+
+def block_stack(stack: MLPStack, variables, inputs):
+  """The scanned blocks of ``stack`` as data, so that each can be measured on its own.
+
+  Returns ``(apply, params, block_inputs)``:
+
+  * ``apply(params_l, x)`` is block l's map x_l ↦ x_{l+1} on a batch: the :class:`MLPBlock` that the
+    stack's ``nn.scan`` repeats, with its probe inert (no ``'perturbations'`` are passed);
+  * ``params``: every block's parameters, stacked on a leading axis of length L (slice l is block l);
+  * ``block_inputs``: (L, B, width), the stream x_0, …, x_{L−1} entering the blocks for ``inputs``.
+
+  Nothing about how the stack computes changes: x_0 is the stem's output and x_1, …, x_{L−1} the
+  scanned blocks' outputs, read with ``capture_intermediates``.
+  """
+  blocks = probes.site_name(2, "block")  # the name MLPStack gives its nn.scan
+  block = MLPBlock(
+      hidden=stack.hidden,
+      residual=stack.residual,
+      linear=stack.linear,
+      branch_scale=stack.branch_scale,
+      zero_init_last=stack.zero_init_last,
+      layer_norm=stack.layer_norm,
+      dtype=stack.dtype,
+  )
+
+  def apply(params, x):
+    return block.apply({"params": params}, x)[0]
+
+  params = {"params": variables["params"]}
+  _, state = stack.apply(
+      params, inputs, capture_intermediates=lambda module, _: module.name in ("stem", blocks),
+      mutable="intermediates",
+  )
+  stem_output = state["intermediates"]["stem"]["__call__"][0]
+  block_outputs = state["intermediates"][blocks]["__call__"][0][0]
+  return apply, variables["params"][blocks], jnp.concatenate([stem_output[None], block_outputs[:-1]])

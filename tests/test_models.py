@@ -1,0 +1,50 @@
+"""The model registry and the MLP families."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnorm import models
+from resnorm.validation import ConfigError
+
+
+@pytest.mark.parametrize("name", ["mlp_residual", "mlp_plain", "linear_residual"])
+def test_depth_is_a_scanned_axis(name):
+  model = models.create_model(name, 7, num_classes=4, width=6)
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((2, 5)))
+  kernels = [leaf.shape for leaf in jax.tree.leaves(variables["params"]["02_block"])]
+  assert all(shape[0] == 7 for shape in kernels)
+  assert model.apply(model.init(jax.random.key(0), jnp.ones((2, 5))), jnp.ones((2, 5))).shape == (2, 4)
+
+
+def test_branch_scales():
+  assert models.resolve_branch_scale("1/L", 8) == 1 / 8
+  assert models.resolve_branch_scale("1/sqrt(L)", 16) == 0.25
+  assert models.resolve_branch_scale(0.3, 5) == 0.3
+  with pytest.raises(ConfigError, match="1/sqrt"):
+    models.resolve_branch_scale("L", 4)
+
+
+def test_residual_and_plain_share_parameters_but_not_the_skip():
+  inputs = jax.random.normal(jax.random.key(1), (3, 5))
+  residual = models.create_model("mlp_residual", 2, num_classes=2, branch_scale="1")
+  plain = models.create_model("mlp_plain", 2, num_classes=2)
+  variables = residual.init(jax.random.key(2), inputs)
+  assert jax.tree.structure(variables) == jax.tree.structure(plain.init(jax.random.key(2), inputs))
+  assert not np.allclose(residual.apply(variables, inputs), plain.apply(variables, inputs))
+
+
+@pytest.mark.parametrize(
+    "name, depth, options, match",
+    [
+        ("mlp_reisdual", 4, {}, "model = 'mlp_reisdual': expected one of"),
+        ("mlp_residual", 0, {}, "depth = 0: expected a positive integer"),
+        ("mlp_residual", 4, {"width": 0}, "width = 0"),
+        ("mlp_residual", 4, {"hidden": 2.5}, "hidden = 2.5"),
+        ("mlp_plain", 4, {"branch_scale": "1/L"}, "mlp_plain option 'branch_scale'"),
+    ],
+)
+def test_bad_model_arguments_name_what_is_allowed(name, depth, options, match):
+  with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace(")", r"\)")):
+    models.create_model(name, depth, **options)

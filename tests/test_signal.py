@@ -1,0 +1,139 @@
+"""Backward ratios from the probes against independent oracles."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnorm import signal
+from resnorm.models import create_model
+
+
+def _mse(outputs, targets):
+  return jnp.mean(jnp.square(outputs - targets))
+
+
+def _float64(tree):
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+def _explicit_stream(params, inputs, residual, scale):
+  """x_0 … x_L and the head, written out by hand from the parameter arrays (no Flax)."""
+  blocks = params["02_block"]
+  kernel_1, bias_1 = blocks["Dense_0"]["kernel"], blocks["Dense_0"]["bias"]
+  kernel_2, bias_2 = blocks["Dense_1"]["kernel"], blocks["Dense_1"]["bias"]
+
+  def block(l, x):
+    f = jnp.maximum(x @ kernel_1[l] + bias_1[l], 0.0) @ kernel_2[l] + bias_2[l]
+    return x + scale * f if residual else f
+
+  def head(x):
+    return x @ params["head"]["kernel"] + params["head"]["bias"]
+
+  xs = [inputs @ params["stem"]["kernel"] + params["stem"]["bias"]]
+  for l in range(kernel_1.shape[0]):
+    xs.append(block(l, xs[-1]))
+  return xs, block, head
+
+
+@pytest.mark.parametrize("name", ["mlp_residual", "mlp_plain"])
+def test_probe_gradients_equal_grad_wrt_explicit_stream(x64, name):
+  depth = 5
+  model = create_model(name, depth, num_classes=3, width=8, hidden=12, **({"branch_scale": "1/sqrt(L)"} if name == "mlp_residual" else {}))
+  inputs = jax.random.normal(jax.random.key(0), (6, 4), jnp.float64)
+  targets = jax.random.normal(jax.random.key(1), (6, 3), jnp.float64)
+  params = _float64(model.init(jax.random.key(2), inputs)["params"])
+  sites, _ = signal.stream_gradients(model, {"params": params}, inputs, targets, _mse)
+  probe = {name: g for name, g in sites}
+  assert [s for s, _ in sites] == ["00_input", "01_stem", "02_block"]
+
+  residual, scale = name == "mlp_residual", 1 / np.sqrt(depth)
+  xs, block, head = _explicit_stream(params, inputs, residual, scale)
+
+  def loss_from(l):
+    def loss(x):
+      for k in range(l, depth):
+        x = block(k, x)
+      return _mse(head(x), targets)
+    return loss
+
+  # Probe "01_stem" is x_0; probe "02_block"[l] is x_{l+1}.
+  oracle = [jax.grad(loss_from(l))(xs[l]) for l in range(depth + 1)]
+  measured = [probe["01_stem"][0]] + list(probe["02_block"])
+  for l, (got, want) in enumerate(zip(measured, oracle)):
+    error = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert error <= 1e-10, f"x_{l}: relative error {error:.2e}"
+  # The input probe is ∂E/∂inputs.
+  want = jax.grad(lambda x: loss_from(0)(x @ params["stem"]["kernel"] + params["stem"]["bias"]))(inputs)
+  np.testing.assert_allclose(probe["00_input"][0], want, rtol=1e-10, atol=1e-14)
+
+
+def test_linear_residual_ratios_lie_within_singular_values_of_each_block(x64):
+  depth, width = 6, 7
+  model = create_model("linear_residual", depth, num_classes=5, width=width, branch_scale=0.5)
+  inputs = jax.random.normal(jax.random.key(3), (32, 9), jnp.float64)
+  targets = jax.random.normal(jax.random.key(4), (32, 5), jnp.float64)
+  params = _float64(model.init(jax.random.key(5), inputs)["params"])
+  report = signal.measure(model, {"params": params}, inputs, targets, _mse)
+  blocks = np.array([k == "block" for k in report.kinds])
+  ratios = np.asarray(report.ratio)[blocks]
+  assert ratios.shape == (depth, 32)
+  kernels = np.asarray(params["02_block"]["Dense_0"]["kernel"])  # x_{l+1} = x_l (I + 0.5 W_l) in row form
+  for l in range(depth):
+    sigma = np.linalg.svd(np.eye(width) + 0.5 * kernels[l], compute_uv=False)
+    assert sigma.max() / sigma.min() > 1.5  # the blocks are far from orthogonal: the bound has content
+    assert np.all(ratios[l] >= sigma.min() * (1 - 1e-12)), (l, ratios[l].min(), sigma.min())
+    assert np.all(ratios[l] <= sigma.max() * (1 + 1e-12)), (l, ratios[l].max(), sigma.max())
+
+
+def test_ratios_are_per_example():
+  model = create_model("mlp_residual", 4, num_classes=2, width=8, hidden=8, branch_scale=1.0)
+  inputs = jax.random.normal(jax.random.key(6), (5, 3))
+  targets = jax.random.normal(jax.random.key(7), (5, 2))
+  variables = model.init(jax.random.key(8), inputs)
+  batch = signal.measure(model, variables, inputs, targets, _mse)
+  for i in range(5):
+    single = signal.measure(model, variables, inputs[i:i + 1], targets[i:i + 1], _mse)
+    np.testing.assert_allclose(single.ratio[:, 0], batch.ratio[:, i], rtol=1e-5)
+
+
+def test_zero_initialised_branches_preserve_norms_exactly():
+  model = create_model("mlp_residual", 8, num_classes=2, zero_init_last=True, branch_scale="1")
+  inputs = jax.random.normal(jax.random.key(9), (16, 3))
+  targets = jax.random.normal(jax.random.key(10), (16, 2))
+  report = signal.measure(model, model.init(jax.random.key(11), inputs), inputs, targets, _mse)
+  summary = signal.summarize(report)
+  assert summary["delta_max"] <= 1e-6 and summary["num_ratios"] == 8 * 16  # float32 rounding only
+  assert report.kinds == ("stem",) + ("block",) * 8
+
+
+def test_summary_statistics_match_numpy():
+  ratio = np.array([[1.1, 0.5, np.nan], [1.0, 2.0, 0.9], [0.7, 1.3, 1.2]])
+  report = signal.SignalReport(
+      grad_norm=np.ones((4, 3)), ratio=ratio, stream_norm=np.ones((4, 3)), branch_ratio=np.ones((3, 3)),
+      q=np.ones(4), c=np.zeros(4), kinds=("stem", "block", "block"),
+  )
+  summary = signal.summarize(report)
+  delta = np.abs(ratio[1:].ravel() - 1)
+  assert summary["delta_max"] == pytest.approx(delta.max())
+  assert summary["delta_mean"] == pytest.approx(delta.mean())
+  assert summary["delta_p90"] == pytest.approx(np.percentile(delta, 90))
+  assert summary["log_gain"] == pytest.approx(np.mean(np.log(ratio[1:]).sum(axis=0)))
+  stem = signal.summarize(report, "stem")
+  assert stem["num_undefined"] == 1 and stem["delta_max"] == pytest.approx(0.5)
+  with pytest.raises(ValueError, match="transition"):
+    signal.summarize(report, "transition")
+
+
+def test_forward_statistics():
+  model = create_model("mlp_plain", 3, num_classes=2, width=4, hidden=4)
+  inputs = jnp.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+  variables = model.init(jax.random.key(12), inputs)
+  report = signal.measure(model, variables, inputs, jnp.zeros((3, 2)), _mse)
+  np.testing.assert_allclose(report.stream_norm[0], [1.0, 2.0, np.sqrt(2)], rtol=1e-6)
+  assert report.q[0] == pytest.approx(np.mean(np.square(inputs)))
+  unit = inputs / np.linalg.norm(inputs, axis=1, keepdims=True)
+  gram = unit @ unit.T
+  assert report.c[0] == pytest.approx((gram.sum() - np.trace(gram)) / 6, rel=1e-6)
+  # Plain blocks: the branch is the whole output, so ‖F(x_l)‖/‖x_l‖ = ‖x_{l+1}‖/‖x_l‖.
+  np.testing.assert_allclose(report.branch_ratio[1:], report.stream_norm[2:] / report.stream_norm[1:-1], rtol=1e-5)
