@@ -1,14 +1,15 @@
-"""Figures from saved results (matplotlib, headless)."""
+"""Figures from saved results.
+
+Figures are built as ``matplotlib.figure.Figure`` objects, not through pyplot, so writing them
+needs no display and leaves the caller's backend alone (a notebook shows them inline).
+"""
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
-import numpy as np  # noqa: E402
-
-from resnorm import theory  # noqa: E402
+from resnorm import theory
 
 
 def _points(depths, values):
@@ -40,15 +41,18 @@ def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
   ax.legend(fontsize=7)
 
 
-def delta_vs_depth(summary: dict, path: str | None = None):
-  """Residual and plain families side by side; saved to ``path`` when given. Returns the figure."""
+def draw_delta_vs_depth(fig, summary: dict) -> None:
+  """Fills ``fig`` (pyplot's or a bare Figure) with one log–log panel per family."""
   names = list(summary["models"])
-  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False, sharey=True)
+  axes = fig.subplots(1, len(names), squeeze=False, sharey=True)
   for ax, name in zip(axes[0], names):
     delta_vs_depth_axes(ax, name, summary["models"][name])
   axes[0][0].set_ylabel("δ = |r − 1|,  r = ‖∂E/∂x_l‖ / ‖∂E/∂x_{l+1}‖")
   fig.tight_layout()
-  if path:
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-  return fig
+
+
+def delta_vs_depth(summary: dict, path: str) -> None:
+  """Residual and plain families side by side, written to ``path`` (PNG)."""
+  fig = Figure(figsize=(5 * len(summary["models"]), 4))
+  draw_delta_vs_depth(fig, summary)
+  fig.savefig(path, dpi=120)

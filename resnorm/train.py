@@ -49,11 +49,12 @@ class TrainState(train_state.TrainState):
 
 
 class Diverged(RuntimeError):
-  """Training produced a non-finite loss or parameters."""
+  """Training produced a non-finite loss or parameters by ``step`` (checked every few steps)."""
 
-  def __init__(self, step: int, loss: float):
-    self.step, self.loss = step, loss
-    super().__init__(f"training diverged by step {step} (loss {loss}); the last good checkpoint is kept")
+  def __init__(self, step: int, loss: float, last_checkpoint: int | None):
+    self.step, self.loss, self.last_checkpoint = step, loss, last_checkpoint
+    kept = f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint else "no checkpoint was saved before"
+    super().__init__(f"training diverged by step {step} (mean loss {loss}); {kept}")
 
 
 # ----------------------------------------------------------------------------- config
@@ -256,6 +257,15 @@ def write_json(path: str, tree) -> None:
   os.replace(tmp, path)  # never leave a half-written file behind
 
 
+def _last_logged_loss(metrics_path: str) -> float:
+  """The last train loss a resumed run had logged (NaN for a new run)."""
+  if not os.path.exists(metrics_path):
+    return float("nan")
+  with open(metrics_path) as f:
+    lines = f.read().splitlines()
+  return json.loads(lines[-1])["train_loss"] if lines else float("nan")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> dict:
   """Trains one model, measures it before and after, writes ``workdir`` (see module docstring).
 
@@ -292,28 +302,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   step_fn = jax.jit(functools.partial(train_step, loss_fn=loss_fn), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, loss_fn=loss_fn, task=dataset.task))
   started = time.time()
-  diverged, train_loss = None, float("nan")
-  with open(os.path.join(workdir, "metrics.jsonl"), "a") as metrics_file:
-    loss_sum, finite, since = 0.0, True, 0
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  diverged, train_loss, window = None, _last_logged_loss(metrics_path), []
+  with open(metrics_path, "a") as metrics_file:
     for step in range(start, config.num_steps):
       rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
       state, metrics = step_fn(state, _global_batch(batch_sharding, dataset.x_train, dataset.y_train, rows))
-      loss_sum, finite, since = loss_sum + metrics["loss"], finite & metrics["finite"], since + 1
+      window.append(metrics)  # stays on device until the next check
       done = step + 1
-      if done % config.log_every and done != config.num_steps:
+      log_now = done % config.log_every == 0 or done == config.num_steps
+      save_now = config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.num_steps)
+      if not (log_now or save_now):
         continue
-      loss_mean, finite = float(loss_sum) / since, bool(finite)
+      window = jax.device_get(window)
+      loss, finite = float(np.mean([m["loss"] for m in window])), all(m["finite"] for m in window)
+      window = []
       if not finite:
-        diverged = Diverged(done, loss_mean)
-        logging.warning("%s: %s", workdir, diverged)
+        diverged = (done, loss)
         break
-      train_loss = loss_mean
-      metrics_file.write(json.dumps({"step": done, "train_loss": train_loss}) + "\n")
-      loss_sum, finite, since = 0.0, True, 0
-      if config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.num_steps):
+      train_loss = loss
+      if log_now:
+        metrics_file.write(json.dumps({"step": done, "train_loss": loss}) + "\n")
+      if save_now:
         checkpoints.save(done, args=ocp.args.StandardSave(state))
   checkpoints.wait_until_finished()
+  last_checkpoint = checkpoints.latest_step()
   checkpoints.close()
+  if diverged:
+    diverged = Diverged(*diverged, last_checkpoint)
+    logging.warning("%s: %s", workdir, diverged)
 
   summary = {
       "model": config.model.name,
@@ -321,6 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
       "steps": diverged.step if diverged else config.num_steps,
       "diverged": diverged is not None,
       "diverged_at_step": diverged.step if diverged else None,
+      "last_checkpoint": last_checkpoint,
       "train_loss": diverged.loss if diverged else train_loss,
       "train_seconds": time.time() - started,
       "init": init_signal,

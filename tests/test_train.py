@@ -1,0 +1,123 @@
+"""One run: learning, resuming, divergence, data parallelism, config errors."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import default
+from resnorm import data as data_lib
+from resnorm import train
+from resnorm.validation import ConfigError
+
+
+def tiny_run(**overrides):
+  config = default.get_config()
+  config.model.depth, config.model.width, config.model.hidden = 3, 16, 16
+  config.num_steps, config.log_every, config.checkpoint_every = 20, 5, 10
+  config.optimizer.schedule = "constant"
+  config.batch_size, config.signal.num_examples = 32, 32
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def test_digits_run_learns_and_writes_its_outputs(tmp_path):
+  config = tiny_run(num_steps=150, log_every=50, checkpoint_every=0, **{"optimizer.learning_rate": 3e-3})
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert not summary["diverged"] and summary["steps"] == 150
+  assert summary["test_accuracy"] > 0.8  # chance is 0.1
+  with open(tmp_path / "metrics.jsonl") as f:
+    losses = [json.loads(line)["train_loss"] for line in f]
+  assert len(losses) == 3 and losses[-1] < 0.5 * losses[0]
+  with open(tmp_path / "summary.json") as f:
+    assert json.load(f)["trained"]["summary"]["num_ratios"] == 3 * 32
+  assert summary["init"]["summary"]["delta_max"] > 0 and len(summary["trained"]["profile"]["delta_mean"]) == 3
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  straight = train.train_and_evaluate(tiny_run(), str(tmp_path / "straight"))
+  train.train_and_evaluate(tiny_run(num_steps=10), str(tmp_path / "resumed"))  # checkpoint at step 10
+  resumed = train.train_and_evaluate(tiny_run(), str(tmp_path / "resumed"))
+  assert resumed["test_loss"] == straight["test_loss"]
+  assert resumed["trained"]["summary"] == straight["trained"]["summary"]
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_run(log_every=1, checkpoint_every=2)
+  dataset = data_lib.load(config.data)
+  # Poison the one training example that the batch of step 5 (0-based) draws first.
+  row = data_lib.batch_indices(len(dataset.x_train), config.batch_size, 5, train.run_seed(config))[0]
+  x_train = dataset.x_train.copy()
+  x_train[row] = np.inf
+  summary = train.train_and_evaluate(config, str(tmp_path), dataclasses.replace(dataset, x_train=x_train))
+  assert summary["diverged"] and summary["diverged_at_step"] == 6
+  assert summary["last_checkpoint"] == 4 and "trained" not in summary and "test_loss" not in summary
+  with open(tmp_path / "summary.json") as f:
+    assert json.load(f)["train_loss"] is None  # NaN is written as null
+  manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
+  assert manager.all_steps() == [2, 4]
+  restored = manager.restore(4)
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(restored))
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate"),
+        ({"optimizer.name": "lbfgs"}, "config.optimizer.name"),
+        ({"optimizer.momentum": 1.0}, "config.optimizer.momentum"),
+        ({"model.name": "mlp_resnet"}, "model"),
+        ({"model.depth": 0}, "depth"),
+        ({"model.width": -4}, "config.model.width"),
+        ({"model.wdith": 4}, "config.model.wdith"),
+        ({"signal.num_examples": 10_000}, "config.signal.num_examples"),
+        ({"batch_size": 4096}, "batch_size"),
+        ({"data.name": "mnist"}, "data.name"),
+    ],
+)
+def test_bad_config_names_the_field_before_anything_runs(tmp_path, overrides, field):
+  with pytest.raises(ConfigError) as error:
+    train.train_and_evaluate(tiny_run(**overrides), str(tmp_path / "run"))
+  assert error.value.field.endswith(field), error.value
+  assert str(list(overrides.values())[0]) in str(error.value) and "expected" in str(error.value)
+  assert not os.path.exists(tmp_path / "run")
+
+
+_DATA_PARALLEL = """
+import json, sys
+sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
+import jax
+from test_train import tiny_run
+from resnorm import train
+summary = train.train_and_evaluate(tiny_run(checkpoint_every=0), {workdir!r})
+print(json.dumps([jax.device_count(), summary["train_loss"], summary["test_loss"]]))
+"""
+
+
+def _run_with_devices(count: int, workdir: str):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-c", _DATA_PARALLEL.format(repo=repo, workdir=workdir)],
+      capture_output=True, text=True, env=env, cwd=repo, check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_batch_split_over_four_devices_matches_one_device(tmp_path):
+  one = _run_with_devices(1, str(tmp_path / "one"))
+  four = _run_with_devices(4, str(tmp_path / "four"))
+  assert one[0] == 1 and four[0] == 4
+  np.testing.assert_allclose(four[1:], one[1:], rtol=1e-4)
