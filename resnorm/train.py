@@ -19,6 +19,7 @@ finite stops the run: the checkpoint directory keeps the last good state and the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -279,8 +280,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   """
   dataset = dataset or data_lib.load(config.data)
   validate(config, dataset)
+  lead = jax.process_index() == 0  # with several processes, one writes the files
   os.makedirs(workdir, exist_ok=True)
-  write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  if lead:
+    write_json(os.path.join(workdir, "config.json"), config.to_dict())
   model = build_model(config, dataset.num_outputs)
   loss_fn = loss_function(dataset.task)
   replicated, batch_sharding = _shardings()
@@ -304,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   started = time.time()
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   diverged, train_loss, window = None, _last_logged_loss(metrics_path), []
-  with open(metrics_path, "a") as metrics_file:
+  with open(metrics_path, "a") if lead else contextlib.nullcontext() as metrics_file:
     for step in range(start, config.num_steps):
       rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
       state, metrics = step_fn(state, _global_batch(batch_sharding, dataset.x_train, dataset.y_train, rows))
@@ -321,7 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
         diverged = (done, loss)
         break
       train_loss = loss
-      if log_now:
+      if log_now and lead:
         metrics_file.write(json.dumps({"step": done, "train_loss": loss}) + "\n")
       if save_now:
         checkpoints.save(done, args=ocp.args.StandardSave(state))
@@ -346,5 +349,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   if diverged is None:
     summary.update(evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding))
     summary["trained"] = measure_signal(measure_fn, _variables(state), dataset, config.signal.num_examples)
-  write_json(os.path.join(workdir, "summary.json"), summary)
+  if lead:
+    write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

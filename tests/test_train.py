@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -121,3 +122,41 @@ def test_batch_split_over_four_devices_matches_one_device(tmp_path):
   four = _run_with_devices(4, str(tmp_path / "four"))
   assert one[0] == 1 and four[0] == 4
   np.testing.assert_allclose(four[1:], one[1:], rtol=1e-4)
+
+
+_PROCESS = """
+import json, sys
+sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize("127.0.0.1:{port}", num_processes=2, process_id={process})
+from test_train import tiny_run
+from resnorm import train
+summary = train.train_and_evaluate(tiny_run(), {workdir!r})
+print(json.dumps([jax.process_count(), jax.device_count(), summary["train_loss"], summary["test_loss"]]))
+"""
+
+
+def test_two_processes_train_like_one(tmp_path):
+  """Two local processes (jax.distributed over gloo), each loading half of every batch."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  workdir = str(tmp_path / "two")
+  processes = [
+      subprocess.Popen([sys.executable, "-c", _PROCESS.format(repo=repo, port=port, process=i, workdir=workdir)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=repo)
+      for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=300) for p in processes]
+  for p, (out, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  single = train.train_and_evaluate(tiny_run(), str(tmp_path / "one"))
+  for count, devices, train_loss, test_loss in results:
+    assert (count, devices) == (2, 2)
+    np.testing.assert_allclose([train_loss, test_loss], [single["train_loss"], single["test_loss"]], rtol=1e-5)
+  with open(os.path.join(workdir, "summary.json")) as f:  # written once, by process 0
+    assert json.load(f)["test_loss"] == results[0][3]
