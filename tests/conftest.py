@@ -3,8 +3,6 @@
 import os
 
 import jax
-import nbclient
-import nbformat
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,11 +15,14 @@ def x64():
     yield
 
 
-def execute_notebook(name: str, timeout: int = 600, **parameters) -> nbformat.NotebookNode:
+def execute_notebook(name: str, timeout: int = 600, **parameters):
   """Runs ``notebooks/<name>`` with ``parameters`` injected after its cell tagged 'parameters'.
 
   Returns the executed notebook; a cell that raises fails the calling test.
   """
+  import nbclient  # only the notebook tests need Jupyter
+  import nbformat
+
   notebook = nbformat.read(os.path.join(REPO, "notebooks", name), as_version=4)
   tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
   if len(tagged) != 1:
