@@ -27,6 +27,7 @@ def get_config():
   config.optimizer = ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-3, momentum=0.9, weight_decay=0.0, schedule="cosine")
   )
+  config.augment = False  # random crops and flips (NHWC image data only)
   config.batch_size = 128
   config.num_steps = 1000
   config.log_every = 100

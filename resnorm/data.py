@@ -6,6 +6,8 @@
   with (1 − s)‖u − v‖ ≤ ‖g_k(u) − g_k(v)‖ ≤ (1 + s)‖u − v‖: h is smooth and bi-Lipschitz, the
   kind of map Theorem 1 represents with L near-identity residual blocks.
 * :func:`digits` — scikit-learn's bundled 8×8 digits (1797 images, 10 classes).
+* :func:`tfds_images` — CIFAR-10 and other TFDS image datasets already prepared on disk,
+  with :func:`augment` (random crops and flips) for training.
 
 Batches are a pure function of (seed, step), so a run resumed from a checkpoint at step t sees
 exactly the batches it would have seen, and every process takes its own rows of the global
@@ -93,7 +95,45 @@ def digits(seed=0, test_size=297) -> Dataset:
   return Dataset(x[test_size:], y[test_size:], x[:test_size], y[:test_size], "classification", 10)
 
 
-LOADERS = {"teacher": teacher, "digits": digits}
+def tfds_images(dataset="cifar10", train_split="train", test_split="test", data_dir=None, image_key="image",
+                label_key="label", train_size=None, test_size=None) -> Dataset:
+  """An image-classification dataset from TFDS, read through ``tfds.data_source`` (ArrayRecord
+  random access: no TensorFlow) into memory, pixels scaled to [0, 1] then standardised per
+  channel with the training split's statistics. The dataset must already be prepared in
+  ``data_dir`` (``tfds build``); ``train_size``/``test_size`` keep only the first examples.
+  """
+  import tensorflow_datasets as tfds  # only this loader needs TFDS
+
+  def read(split, size):
+    source = tfds.data_source(dataset, split=split, data_dir=data_dir)
+    count = len(source) if size is None else validation.positive_int(f"data.{split}_size", size)
+    examples = [source[i] for i in range(min(count, len(source)))]
+    images = np.stack([e[image_key] for e in examples]).astype(np.float32) / 255.0
+    return images, np.array([e[label_key] for e in examples], dtype=np.int32)
+
+  x_train, y_train = read(train_split, train_size)
+  x_test, y_test = read(test_split, test_size)
+  mean, std = x_train.mean(axis=(0, 1, 2)), x_train.std(axis=(0, 1, 2))
+  num_classes = int(max(y_train.max(), y_test.max())) + 1
+  return Dataset((x_train - mean) / std, y_train, (x_test - mean) / std, y_test, "classification", num_classes)
+
+
+def augment(images: np.ndarray, seed: int, step: int, padding: int = 4) -> np.ndarray:
+  """Random crops of the zero-padded images and random horizontal flips (NHWC), as in He et
+  al. (2016) for CIFAR; a pure function of (seed, step) like the batches."""
+  rng = np.random.default_rng([seed, step, 1])
+  batch, height, width, _ = images.shape
+  padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  top, left = rng.integers(0, 2 * padding + 1, size=(2, batch))
+  rows = top[:, None] + np.arange(height)[None, :]
+  cols = left[:, None] + np.arange(width)[None, :]
+  crops = padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  flip = rng.random(batch) < 0.5
+  crops[flip] = crops[flip, :, ::-1]
+  return crops
+
+
+LOADERS = {"teacher": teacher, "digits": digits, "tfds": tfds_images}
 
 
 def load(config) -> Dataset:

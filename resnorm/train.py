@@ -97,6 +97,8 @@ def validate(config, dataset: data_lib.Dataset) -> None:
   validation.one_of("config.optimizer.schedule", config.optimizer.schedule, SCHEDULES)
   for field in ("batch_size", "num_steps", "log_every", "eval_batch_size"):
     validation.positive_int(f"config.{field}", config[field])
+  if config.augment and dataset.x_train.ndim != 4:
+    raise validation.ConfigError("config.augment", config.augment, "False for data that are not NHWC images")
   if config.checkpoint_every < 0:
     raise validation.ConfigError("config.checkpoint_every", config.checkpoint_every, "0 (never) or a step count")
   devices = jax.device_count()
@@ -195,9 +197,13 @@ def _shardings():
   )
 
 
-def _global_batch(sharding, x, y, rows):
+def _global_batch(sharding, x, y, rows, transform=None):
+  """The global batch ``rows`` as arrays split over the mesh; this process supplies its share."""
   local = data_lib.process_rows(rows)
-  return tuple(jax.make_array_from_process_local_data(sharding, a[local]) for a in (x, y))
+  x, y = x[local], y[local]
+  if transform is not None:
+    x = transform(x)
+  return tuple(jax.make_array_from_process_local_data(sharding, a) for a in (x, y))
 
 
 def evaluate(eval_fn, state, dataset, batch_size, sharding) -> dict[str, float]:
@@ -310,7 +316,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   with open(metrics_path, "a") if lead else contextlib.nullcontext() as metrics_file:
     for step in range(start, config.num_steps):
       rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
-      state, metrics = step_fn(state, _global_batch(batch_sharding, dataset.x_train, dataset.y_train, rows))
+      transform = functools.partial(data_lib.augment, seed=seed, step=step) if config.augment else None
+      batch = _global_batch(batch_sharding, dataset.x_train, dataset.y_train, rows, transform)
+      state, metrics = step_fn(state, batch)
       window.append(metrics)  # stays on device until the next check
       done = step + 1
       log_now = done % config.log_every == 0 or done == config.num_steps

@@ -42,3 +42,26 @@ def test_batches_cover_each_epoch_once_and_depend_only_on_step():
   np.testing.assert_array_equal(data.batch_indices(100, 20, 7, seed=7), steps[7])
   with pytest.raises(ConfigError, match="batch_size"):
     data.batch_indices(10, 20, 0, seed=0)
+
+
+def test_tfds_images_read_through_data_source_with_mock_data():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=12):
+    dataset = data.load({"name": "tfds", "dataset": "cifar10", "train_size": 10})
+  assert dataset.x_train.shape == (10, 32, 32, 3) and dataset.x_test.shape == (12, 32, 32, 3)
+  np.testing.assert_allclose(dataset.x_train.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(dataset.x_train.std(axis=(0, 1, 2)), 1.0, atol=1e-4)
+  assert dataset.y_train.dtype == np.int32 and dataset.task == "classification"
+
+
+def test_augment_crops_and_flips_deterministically():
+  images = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1) + 1
+  out = data.augment(images, seed=0, step=3, padding=1)
+  assert out.shape == images.shape
+  np.testing.assert_array_equal(out, data.augment(images, seed=0, step=3, padding=1))
+  for original, crop in zip(images, out):
+    padded = np.pad(original, ((1, 1), (1, 1), (0, 0)))
+    windows = [padded[i:i + 4, j:j + 4] for i in range(3) for j in range(3)]
+    assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
+  steps = [data.augment(images, seed=0, step=s, padding=1) for s in range(20)]
+  assert len({a.tobytes() for a in steps}) > 1
