@@ -7,6 +7,7 @@ integer``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Collection
 from typing import Any
 
@@ -19,14 +20,25 @@ class ConfigError(ValueError):
     super().__init__(f"{field} = {value!r}: expected {allowed}")
 
 
+def _is_int(value: Any) -> bool:
+  """Python and NumPy integers; not bools."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def positive_int(field: str, value: Any) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+  if not _is_int(value) or value <= 0:
     raise ConfigError(field, value, "a positive integer")
-  return value
+  return int(value)
+
+
+def non_negative_int(field: str, value: Any) -> int:
+  if not _is_int(value) or value < 0:
+    raise ConfigError(field, value, "a non-negative integer")
+  return int(value)
 
 
 def positive_float(field: str, value: Any) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
     raise ConfigError(field, value, "a positive number")
   return float(value)
 
@@ -38,12 +50,11 @@ def one_of(field: str, value: Any, allowed: Collection[Any]) -> Any:
 
 
 def positive_ints(field: str, values: Any) -> tuple[int, ...]:
-  """A non-empty sequence of positive integers (a single integer counts as one)."""
-  if isinstance(values, int) and not isinstance(values, bool):
+  """A non-empty sequence of positive integers (a single integer counts as one; NumPy arrays too)."""
+  if _is_int(values):
     values = (values,)
-  if not isinstance(values, (tuple, list)) or not values:
+  if hasattr(values, "tolist"):
+    values = values.tolist()
+  if not isinstance(values, (tuple, list)) or not values or not all(_is_int(v) and v > 0 for v in values):
     raise ConfigError(field, values, "a non-empty list of positive integers")
-  for value in values:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ConfigError(field, values, "a non-empty list of positive integers")
-  return tuple(values)
+  return tuple(int(v) for v in values)
