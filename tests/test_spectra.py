@@ -1,0 +1,228 @@
+"""Tests for resnorm.spectra against dense operator matrices and closed-form Jacobians (float64)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnorm import models, spectra
+from resnorm.validation import ConfigError
+
+
+def circular_correlation(x, kernel):
+  """Flax's circular ``nn.Conv`` in NumPy: y[i, j] = Σ_{a,b} x[(i + a − ⌊(kh−1)/2⌋) mod H, …] · K[a, b]."""
+  kh, kw = kernel.shape[:2]
+  y = np.zeros(x.shape[:2] + kernel.shape[3:])
+  for a in range(kh):
+    for b in range(kw):
+      shifted = np.roll(x, shift=((kh - 1) // 2 - a, (kw - 1) // 2 - b), axis=(0, 1))
+      y += shifted @ kernel[a, b]
+  return y
+
+
+def operator_matrix(apply, input_shape):
+  """The dense matrix of a linear map: column i is the map applied to the i-th basis vector."""
+  size = int(np.prod(input_shape))
+  return np.stack([np.ravel(apply(np.eye(size)[i].reshape(input_shape))) for i in range(size)], axis=1)
+
+
+@pytest.mark.parametrize(
+    "kernel_shape, spatial_shape",
+    [((1, 1, 3, 5), (4, 6)), ((3, 3, 4, 2), (5, 6)), ((3, 3, 2, 3), (3, 4)), ((2, 3, 3, 2), (4, 5))],
+)
+def test_conv_singular_values_match_dense_operator(x64, kernel_shape, spatial_shape):
+  kernel = np.random.default_rng(0).standard_normal(kernel_shape)
+  dense = operator_matrix(lambda x: circular_correlation(x, kernel), spatial_shape + kernel_shape[2:3])
+  expected = np.linalg.svd(dense, compute_uv=False)
+  values = spectra.conv_singular_values(jnp.asarray(kernel), spatial_shape)
+  assert values.shape == spatial_shape + (min(kernel_shape[2:]),)
+  actual = np.sort(np.asarray(values).ravel())[::-1]
+  assert actual.shape == expected.shape
+  np.testing.assert_allclose(actual, expected, rtol=1e-8, atol=1e-8 * expected[0])
+
+
+def test_numpy_oracle_is_flax_circular_conv(x64):
+  """The oracle above computes what Flax's nn.Conv(padding='CIRCULAR') computes, in Flax's kernel layout."""
+  for kernel_shape in ((3, 3, 4, 2), (2, 3, 3, 2)):
+    kernel = np.random.default_rng(1).standard_normal(kernel_shape)
+    x = np.random.default_rng(2).standard_normal((5, 6, kernel_shape[2]))
+    conv = nn.Conv(kernel_shape[3], kernel_shape[:2], padding="CIRCULAR", use_bias=False, dtype=jnp.float64,
+                   param_dtype=jnp.float64)
+    y = conv.apply({"params": {"kernel": jnp.asarray(kernel)}}, jnp.asarray(x)[None])[0]
+    np.testing.assert_allclose(np.asarray(y), circular_correlation(x, kernel), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spatial_shape, channels", [((6, 4), (3, 5)), ((5, 7), (4, 2)), ((4, 4), (2, 12))])
+def test_strided_pointwise_singular_values(x64, spatial_shape, channels):
+  kernel = np.random.default_rng(3).standard_normal((1, 1) + channels)
+  conv = nn.Conv(channels[1], (1, 1), strides=2, use_bias=False, dtype=jnp.float64, param_dtype=jnp.float64)
+  apply = lambda x: conv.apply({"params": {"kernel": jnp.asarray(kernel)}}, jnp.asarray(x)[None])[0]
+  dense = operator_matrix(apply, spatial_shape + channels[:1])
+  np.testing.assert_allclose(dense, operator_matrix(lambda x: x[::2, ::2] @ kernel[0, 0], spatial_shape + channels[:1]))
+  expected = np.linalg.svd(dense, compute_uv=False)
+  values = spectra.strided_pointwise_singular_values(jnp.asarray(kernel), spatial_shape)
+  out_shape = (-(-spatial_shape[0] // 2), -(-spatial_shape[1] // 2))
+  assert values.shape == out_shape + (min(channels),)
+  nonzero = np.sort(np.asarray(values).ravel())[::-1]
+  np.testing.assert_allclose(expected[: nonzero.size], nonzero, rtol=1e-10)
+  np.testing.assert_allclose(expected[nonzero.size:], 0, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2)), (8, 8)), "kernel.shape"),
+        (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2, 2)), (2, 8)), "spatial_shape"),
+        (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2, 2)), (8,)), "spatial_shape"),
+        (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2, 2)), (8.0, 8)), "spatial_shape"),
+        (lambda: spectra.strided_pointwise_singular_values(jnp.ones((3, 3, 2, 2)), (8, 8)), "kernel.shape"),
+        (lambda: spectra.strided_pointwise_singular_values(jnp.ones((1, 1, 2, 2)), (8, 8), 0), "stride"),
+        (lambda: spectra.block_stack(nn.Dense(3), {}, jnp.ones((1, 3))), "model"),
+        (lambda: spectra.depth_spectra(["mlp_residual"], [0], {}), "depths"),
+        (lambda: spectra.depth_spectra(["resnet9000"], [4], {}), "models"),
+        (lambda: spectra.depth_spectra(["mlp_plain"], [4], {"widht": 8}), "model.widht"),
+    ],
+)
+def test_bad_input_names_the_argument(call, field):
+  with pytest.raises(ConfigError) as error:
+    call()
+  assert error.value.field == field
+
+
+def _stack(name, depth, **options):
+  """A small float64 MLP stack of registry family ``name`` and Gaussian inputs (call under ``x64``)."""
+  model = models.create_model(name, depth, num_classes=5, width=6, hidden=12, **options).clone(dtype=jnp.float64)
+  return model, jax.random.normal(jax.random.key(1), (3, 4), jnp.float64)
+
+
+def _closed_form_blocks(model, params, inputs):
+  """Block inputs and Jacobians J_l = I·[residual] + s·K2ᵀ diag(relu'(x K1 + b1)) K1ᵀ, in NumPy float64."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+  x = np.asarray(inputs, np.float64) @ p["stem"]["kernel"] + p["stem"]["bias"]
+  blocks = p["02_block"]
+  xs, jacobians = [], []
+  for l in range(model.depth):
+    xs.append(x)
+    k1, b1 = blocks["Dense_0"]["kernel"][l], blocks["Dense_0"]["bias"][l]
+    k2, b2 = blocks["Dense_1"]["kernel"][l], blocks["Dense_1"]["bias"][l]
+    pre = x @ k1 + b1
+    branch = np.maximum(pre, 0) @ k2 + b2
+    identity = np.eye(x.shape[1]) if model.residual else 0
+    scale = model.branch_scale if model.residual else 1.0
+    jacobians.append(identity + scale * np.einsum("ho,bh,ih->boi", k2, (pre > 0).astype(float), k1))
+    x = x + scale * branch if model.residual else branch
+  return np.stack(xs), np.stack(jacobians)  # (L, B, w), (L, B, w, w)
+
+
+@pytest.mark.parametrize("name, options", [("mlp_residual", {"branch_scale": "1/sqrt(L)"}), ("mlp_plain", {})])
+def test_block_and_stack_singular_values_match_closed_form(x64, name, options):
+  model, inputs = _stack(name, 5, **options)
+
+  @jax.jit
+  def measure(inputs):
+    variables = model.init(jax.random.key(0), inputs)
+    blocks = spectra.block_stack(model, variables, inputs)
+    head = variables["params"]["head"]
+    x_last = jax.vmap(spectra.stack_map(blocks))(blocks.inputs[0])
+    return dict(variables=variables, inputs=blocks.inputs, block=spectra.block_singular_values(blocks),
+                stack=spectra.stack_singular_values(blocks), outputs=model.apply(variables, inputs),
+                head_of_stack_map=x_last @ head["kernel"] + head["bias"])
+
+  result = jax.tree.map(np.asarray, measure(inputs))
+  xs, jacobians = _closed_form_blocks(model, result["variables"], inputs)
+  np.testing.assert_allclose(result["inputs"], xs, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(result["block"], np.linalg.svd(jacobians, compute_uv=False), rtol=1e-10, atol=1e-12)
+  product = jacobians[0]
+  for jacobian in jacobians[1:]:
+    product = jacobian @ product
+  np.testing.assert_allclose(result["stack"], np.linalg.svd(product, compute_uv=False), rtol=1e-10, atol=1e-12)
+  # The stack map reproduces the model's x_L: the head applied to it gives the model's outputs.
+  np.testing.assert_allclose(result["head_of_stack_map"], result["outputs"], rtol=1e-12)
+
+
+def test_linear_residual_block_is_identity_plus_scaled_weight(x64):
+  model, inputs = _stack("linear_residual", 4)
+
+  @jax.jit
+  def measure(inputs):
+    variables = model.init(jax.random.key(0), inputs)
+    return variables, spectra.block_singular_values(spectra.block_stack(model, variables, inputs))
+
+  variables, values = measure(inputs)
+  weights = np.asarray(variables["params"]["02_block"]["Dense_0"]["kernel"], np.float64)  # (L, w, w)
+  expected = np.linalg.svd(np.eye(6) + weights.transpose(0, 2, 1) / 4, compute_uv=False)  # s = 1/L
+  np.testing.assert_allclose(np.asarray(values), np.broadcast_to(expected[:, None], values.shape), rtol=1e-12)
+
+
+def _jacobians(fn, xs):
+  return jax.vmap(lambda x: spectra.jacobian_matrix(fn, x))(xs)
+
+
+def test_matrix_free_extremes_match_dense_svd():
+  """A float32 residual stack, 48-dimensional stream: 40 Lanczos steps and 200 power steps, within 1e-4."""
+  model = models.create_model("mlp_residual", 6, num_classes=5, width=48, hidden=96)
+
+  @jax.jit
+  def measure(inputs):
+    blocks = spectra.block_stack(model, model.init(jax.random.key(0), inputs), inputs)
+    fn, xs = spectra.stack_map(blocks), blocks.inputs[0]
+    return (_jacobians(fn, xs), spectra.extreme_singular_values(fn, xs, jax.random.key(2), 40),
+            spectra.top_singular_value(fn, xs, jax.random.key(3), 200))
+
+  jacobians, (sigma_max, sigma_min), top = measure(jax.random.normal(jax.random.key(1), (3, 16)))
+  dense = np.linalg.svd(np.asarray(jacobians, np.float64), compute_uv=False)
+  assert dense[:, -1].min() > 0.1  # well conditioned, so σ_min is resolved in float32
+  np.testing.assert_allclose(np.asarray(sigma_max), dense[:, 0], rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(sigma_min), dense[:, -1], rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(top), dense[:, 0], rtol=1e-4)
+
+
+def test_matrix_free_on_a_wide_jacobian(x64):
+  """fn: R^16 -> R^5 has a wide Jacobian, so the Gram operator is JJᵀ (5×5); 5 steps are exact."""
+  weights = jax.random.normal(jax.random.key(0), (5, 16), jnp.float64) / 4
+  fn = lambda x: jnp.tanh(weights @ x) + 0.1 * jnp.sum(x**2)
+  xs = jax.random.normal(jax.random.key(1), (2, 16), jnp.float64)
+  jacobians, (sigma_max, sigma_min) = jax.jit(
+      lambda xs: (_jacobians(fn, xs), spectra.extreme_singular_values(fn, xs, jax.random.key(2), 5)))(xs)
+  assert jacobians.shape == (2, 5, 16)
+  dense = np.linalg.svd(np.asarray(jacobians), compute_uv=False)
+  np.testing.assert_allclose(np.asarray(sigma_max), dense[:, 0], rtol=1e-10)
+  np.testing.assert_allclose(np.asarray(sigma_min), dense[:, -1], rtol=1e-10)
+
+
+def test_lanczos_restarts_when_the_krylov_space_closes(x64):
+  """G = diag(3, 3, 3, 1, 1, 1, 1, 0.5): from any start the Krylov space closes after three steps."""
+  eigenvalues = jnp.array([3.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0, 0.5])
+  ritz = jax.jit(lambda key: spectra.lanczos_ritz_values(lambda v: eigenvalues * v, 8, jnp.float64, key, 8))(
+      jax.random.key(0))
+  np.testing.assert_allclose(np.asarray(ritz), np.sort(np.asarray(eigenvalues)), rtol=1e-12)
+  # With fewer steps the Ritz values interlace: inside [λ_min, λ_max].
+  ritz = spectra.lanczos_ritz_values(lambda v: eigenvalues * v, 8, jnp.float64, jax.random.key(0), 2)
+  assert float(ritz[0]) >= 0.5 - 1e-12 and float(ritz[-1]) <= 3.0 + 1e-12
+  # G = 0 (a ReLU net with every unit off): Gv is exactly 0 at every step, and only restarts continue.
+  ritz = spectra.lanczos_ritz_values(lambda v: 0 * v, 8, jnp.float64, jax.random.key(0), 4)
+  np.testing.assert_array_equal(np.asarray(ritz), 0.0)
+
+
+def test_matrix_free_on_a_conv_operator_against_fft():
+  """A 4096-dimensional circular conv (16×16×16), two examples: Lanczos σ_max against the FFT spectrum."""
+  conv = nn.Conv(16, (3, 3), padding="CIRCULAR", use_bias=False)
+  xs = jax.random.normal(jax.random.key(1), (2, 16, 16, 16))
+  variables = conv.init(jax.random.key(0), xs)
+  expected = float(spectra.conv_singular_values(variables["params"]["kernel"], (16, 16)).max())
+  fn = spectra.per_example(conv, variables)
+  sigma_max, _ = jax.jit(lambda xs: spectra.extreme_singular_values(fn, xs, jax.random.key(2), 64))(xs)
+  np.testing.assert_allclose(np.asarray(sigma_max), expected, rtol=1e-4)
+
+
+def test_depth_spectra_residual_blocks_approach_identity():
+  results = spectra.depth_spectra(["mlp_residual"], [2, 16], dict(width=8, hidden=16), input_dim=4,
+                                  num_examples=2, lanczos_iterations=8)
+  residual = results["mlp_residual"]
+  assert residual[16]["block"].shape == (16, 2, 8) and residual[16]["stack"].shape == (2, 8)
+  deviation = {L: np.abs(residual[L]["block"] - 1).max() for L in (2, 16)}
+  assert deviation[16] < deviation[2] / 4  # s = 1/L: ‖J_l − I‖ ≤ ‖DF_l‖/L
+  np.testing.assert_allclose(residual[16]["stack_lanczos"], residual[16]["stack"][:, [0, -1]], rtol=1e-4)
+  text = spectra.format_depth_spectra(results)
+  assert text.count("mlp_residual") == 2
