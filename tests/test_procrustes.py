@@ -1,0 +1,327 @@
+"""Procrustes projections against float64 oracles: numpy SVDs and dense convolution operators.
+
+Tolerances: Newton–Schulz vs SVD polar factor ≤ 1e-8 (float64) and ≤ 1e-4 (float32) relative
+Frobenius error up to condition number 1e3; projected 1×1 operators' singular values equal the
+target to ≤ 1e-5 (relative); reported distances match the dense oracle to ≤ 1e-6.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from resnorm import procrustes
+from resnorm.procrustes import ConvTarget
+from resnorm.validation import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def random_matrix(rng, shape, kappa, is_complex):
+  """Singular values geometrically spaced over [1/kappa, 1] (times 3.7), random singular vectors."""
+  *batch, m, n = shape
+
+  def orthonormal(size):
+    a = rng.standard_normal((*batch, size, size))
+    if is_complex:
+      a = a + 1j * rng.standard_normal((*batch, size, size))
+    return np.linalg.qr(a)[0][..., : min(m, n)]
+
+  u, v = orthonormal(m), orthonormal(n)
+  return 3.7 * (u * np.geomspace(1, 1 / kappa, min(m, n))) @ np.conj(np.swapaxes(v, -1, -2))
+
+
+def svd_polar(x):
+  u, _, vh = np.linalg.svd(np.asarray(x).astype(np.complex128 if np.iscomplexobj(x) else np.float64),
+                           full_matrices=False)
+  return u @ vh
+
+
+def relative_error(x, reference):
+  return np.linalg.norm(np.asarray(x) - reference) / np.linalg.norm(reference)
+
+
+def dense_operator(kernel, spatial_shape, stride=1):
+  """The convolution (circular padding, Flax layout, cross-correlation) applied to every basis image.
+
+  Returns the (H'·W'·c_out) × (H·W·c_in) matrix in float64.
+  """
+  kernel = np.asarray(kernel, np.float64)
+  kh, kw, c_in, _ = kernel.shape
+  height, width = spatial_shape
+  basis = np.eye(height * width * c_in).reshape(-1, height, width, c_in)
+  padded = np.pad(basis, ((0, 0), (0, kh - 1), (0, kw - 1), (0, 0)), mode="wrap")
+  out = jax.lax.conv_general_dilated(padded, kernel, (stride, stride), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=jax.lax.Precision.HIGHEST)
+  return np.asarray(out).reshape(basis.shape[0], -1).T
+
+
+def operator_singular_values(kernel, spatial_shape, stride=1):
+  return np.linalg.svd(dense_operator(kernel, spatial_shape, stride), compute_uv=False)
+
+
+# ----------------------------------------------------------------------------- polar
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape", [(2, 12, 5), (5, 12), (9, 9)], ids=["tall-batched", "wide", "square"])
+@pytest.mark.parametrize("is_complex", [False, True], ids=["real", "complex"])
+def test_newton_schulz_polar_equals_svd_polar(request, dtype, shape, is_complex):
+  if dtype == "float64":
+    request.getfixturevalue("x64")
+  tolerance = {"float64": 1e-8, "float32": 1e-4}[dtype]
+  rng = np.random.default_rng(len(shape) + shape[-1])
+  for kappa in (1.0, 10.0, 1e3):
+    x = random_matrix(rng, shape, kappa, is_complex)
+    x = x.astype({"float64": np.complex128, "float32": np.complex64}[dtype] if is_complex else dtype)
+    reference = svd_polar(x)
+    assert relative_error(procrustes.polar(x), reference) <= tolerance, kappa
+    assert relative_error(procrustes.polar(x, method="svd"), reference) <= tolerance, kappa
+
+
+def test_tolerance_mode_stops_early_on_nearly_orthogonal_matrices(x64):
+  rng = np.random.default_rng(0)
+  q = svd_polar(rng.standard_normal((20, 8)))
+  nearly = 2.0 * (q + 1e-3 * rng.standard_normal((20, 8)))
+  # Three steps suffice because the lower bound starts near 1 (the fixed schedule's floor needs 12).
+  assert relative_error(procrustes.polar(nearly, iterations=3, tol=1e-13), svd_polar(nearly)) <= 1e-12
+  ill = random_matrix(rng, (20, 8), 1e3, False)
+  result = np.asarray(procrustes.polar(ill, iterations=40, tol=1e-12))
+  assert np.linalg.norm(np.eye(8) - result.T @ result) <= 1e-12
+  assert relative_error(result, svd_polar(ill)) <= 1e-10
+  # Too few steps for this condition number: the cap is honoured.
+  assert relative_error(procrustes.polar(ill, iterations=3, tol=1e-12), svd_polar(ill)) > 1e-2
+
+
+def test_zero_singular_values_stay_zero():
+  assert np.array_equal(np.asarray(procrustes.polar(jnp.zeros((4, 3)))), np.zeros((4, 3)))
+  rank_one = np.outer([1.0, 2.0, 2.0], [0.0, 3.0, 4.0])  # singular value 15
+  np.testing.assert_allclose(procrustes.polar(rank_one), rank_one / 15, atol=1e-6)
+
+
+def test_projections_are_idempotent():
+  rng = np.random.default_rng(1)
+  once = procrustes.polar(rng.standard_normal((2, 7, 5)).astype(np.float32))
+  np.testing.assert_allclose(procrustes.polar(once), once, atol=1e-6)
+  dense = procrustes.project_matrix(rng.standard_normal((6, 9)).astype(np.float32), 0.5)
+  np.testing.assert_allclose(procrustes.project_matrix(dense, 0.5), dense, atol=1e-6)
+  transition = procrustes.project_conv(rng.standard_normal((1, 1, 4, 8)).astype(np.float32), (6, 6), stride=2)
+  np.testing.assert_allclose(procrustes.project_conv(transition, (6, 6), stride=2), transition, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- convolutions
+
+
+@pytest.mark.parametrize("c_in, c_out, spatial_shape, stride, scale", [
+    (4, 8, (6, 6), 2, None), (8, 4, (5, 5), 2, 0.7), (3, 5, (4, 3), 1, None)])
+def test_projected_1x1_operator_has_target_singular_values(x64, c_in, c_out, spatial_shape, stride, scale):
+  rng = np.random.default_rng(c_in)
+  kernel = rng.standard_normal((1, 1, c_in, c_out)).astype(np.float32)
+  projected = procrustes.project_conv(kernel, spatial_shape, scale, stride)
+  assert projected.dtype == jnp.float32
+  target = np.sqrt(c_out / c_in) if scale is None else scale
+  values = operator_singular_values(projected, spatial_shape, stride)
+  rank = -(-spatial_shape[0] // stride) * -(-spatial_shape[1] // stride) * min(c_in, c_out)
+  np.testing.assert_allclose(values[:rank], target, rtol=1e-5)
+  np.testing.assert_allclose(values[rank:], 0, atol=1e-5 * target)
+  assert float(procrustes.operator_distance(projected, spatial_shape, scale, stride, norm="max")) <= 1e-5
+
+
+@pytest.mark.parametrize("shape, spatial_shape", [((3, 3, 4, 6), (6, 6)), ((3, 3, 6, 4), (5, 7)), ((2, 3, 3, 3), (4, 4))])
+def test_3x3_distance_is_correct_and_shrinks_with_rounds(x64, shape, spatial_shape):
+  kernel = np.random.default_rng(2).standard_normal(shape) / np.sqrt(np.prod(shape[:3]))
+  target = np.sqrt(shape[3] / shape[2])
+  distances, projected = [], kernel
+  for _ in range(4):  # four alternating rounds, one at a time
+    projected = procrustes.project_conv(projected, spatial_shape)
+    deviation = operator_singular_values(projected, spatial_shape) / target - 1
+    for norm, expected in (("rms", np.sqrt(np.mean(deviation**2))), ("max", np.max(np.abs(deviation)))):
+      reported = float(procrustes.operator_distance(projected, spatial_shape, norm=norm))
+      np.testing.assert_allclose(reported, expected, rtol=1e-6, atol=1e-12)
+    distances.append(np.sqrt(np.mean(deviation**2)))
+  raw = operator_singular_values(kernel, spatial_shape) / target - 1
+  assert np.sqrt(np.mean(raw**2)) > distances[0]
+  assert all(later < earlier for earlier, later in zip(distances, distances[1:])), distances
+  np.testing.assert_allclose(procrustes.project_conv(kernel, spatial_shape, rounds=4), projected, atol=1e-12)
+
+
+def test_project_conv_newton_schulz_equals_svd():
+  kernel = np.random.default_rng(3).standard_normal((3, 3, 3, 16)).astype(np.float32)
+  np.testing.assert_allclose(procrustes.project_conv(kernel, (8, 8)),
+                             procrustes.project_conv(kernel, (8, 8), method="svd"), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad input and NaN
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda: procrustes.project_conv(np.ones((1, 1, 2, 2)), (4, 4), scale=0.0), "scale"),
+    (lambda: procrustes.project_conv(np.ones((1, 1, 2, 2)), (4, 4), scale=-1.0), "scale"),
+    (lambda: procrustes.project_conv(np.ones((5, 5, 2, 2)), (3, 3)), "kernel"),
+    (lambda: procrustes.project_conv(np.ones((3, 2, 2)), (3, 3)), "kernel"),
+    (lambda: procrustes.project_conv(np.ones((3, 3, 2, 2)), (8, 8), stride=2), "stride"),
+    (lambda: procrustes.project_conv(np.ones((1, 1, 2, 2)), (4, 0)), "spatial_shape"),
+    (lambda: procrustes.polar(np.ones(3)), "matrix"),
+    (lambda: procrustes.polar(np.ones((3, 3)), method="qr"), "method"),
+    (lambda: procrustes.polar(np.ones((3, 3)), method="svd", iterations=3), "method"),
+    (lambda: ConvTarget((8, 8), scale=0.0), "scale"),
+    (lambda: ConvTarget((8,)), "spatial_shape"),
+    (lambda: procrustes.procrustes({}, probability=1.5), "probability"),
+    (lambda: procrustes.procrustes({}, every=0), "every"),
+])
+def test_bad_input_names_the_argument(call, field):
+  with pytest.raises(ConfigError) as error:
+    call()
+  assert error.value.field == field
+
+
+def test_missing_or_misshaped_target_is_an_error_naming_it():
+  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}}
+  with pytest.raises(ConfigError, match="03_transition"):
+    procrustes.procrustes({("03_transition", "kernel"): ConvTarget((8, 8))}).init(params)
+  with pytest.raises(ConfigError, match="kernel"):
+    procrustes.procrustes({("conv", "kernel"): ConvTarget((2, 2))}).init(params)
+
+
+def test_non_finite_raises_eagerly_and_propagates_under_jit():
+  bad = np.ones((1, 1, 3, 3), np.float32)
+  bad[0, 0, 1, 2] = np.nan
+  for call in (lambda: procrustes.polar(bad[0, 0]), lambda: procrustes.project_matrix(bad[0, 0]),
+               lambda: procrustes.project_conv(bad, (4, 4)), lambda: procrustes.polar(np.full((2, 2), np.inf))):
+    with pytest.raises(ValueError, match="non-finite"):
+      call()
+  assert np.isnan(np.asarray(jax.jit(procrustes.polar)(bad[0, 0]))).all()
+  assert np.isnan(np.asarray(jax.jit(lambda k: procrustes.project_conv(k, (4, 4)))(bad))).all()
+  params = {"k": bad}
+  tx = procrustes.procrustes({("k",): ConvTarget((4, 4))}, probability=1.0)
+  updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  assert np.isnan(np.asarray(optax.apply_updates(params, updates)["k"])).all()
+
+
+# ----------------------------------------------------------------------------- optax
+
+
+def _params(rng):
+  shapes = {"stem": {"kernel": (3, 3, 2, 4)}, "03_transition": {"kernel": (1, 1, 4, 8)},
+            "dense": {"kernel": (6, 3), "bias": (3,)}, "block": {"kernel": (3, 3, 4, 4)}}
+  return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), shapes,
+                      is_leaf=lambda s: isinstance(s, tuple))
+
+
+TARGETS = {("stem", "kernel"): ConvTarget((8, 8)), ("03_transition", "kernel"): ConvTarget((8, 8), stride=2),
+           ("dense", "kernel"): ConvTarget((1, 1))}
+
+
+def _run(tx, params, grads):
+  """Parameters after each step and the updates of each step, under jit."""
+  step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+  state, history = tx.init(params), []
+  for g in grads:
+    updates, state = step(params, state, g)
+    params = optax.apply_updates(params, updates)
+    history.append((params, updates))
+  return history
+
+
+def test_chained_with_sgd_projects_targets_and_leaves_the_rest_as_plain_sgd():
+  rng = np.random.default_rng(4)
+  params = _params(rng)
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params) for _ in range(3)]
+  sgd = optax.sgd(0.1, momentum=0.9)
+  plain = _run(sgd, params, grads)
+  projected = _run(optax.chain(sgd, procrustes.procrustes(TARGETS, probability=1.0)), params, grads)
+  before = params
+  for (plain_params, plain_updates), (new_params, _) in zip(plain, projected):
+    for name in ("block",):
+      np.testing.assert_array_equal(new_params[name]["kernel"], plain_params[name]["kernel"])
+    np.testing.assert_array_equal(new_params["dense"]["bias"], plain_params["dense"]["bias"])
+    # The sgd updates do not depend on the parameters, so the projection acts on before + update.
+    for name, target in (("stem", (8, 8)),):
+      expected = procrustes.project_conv(before[name]["kernel"] + plain_updates[name]["kernel"], target)
+      np.testing.assert_allclose(new_params[name]["kernel"], expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.svd(new_params["03_transition"]["kernel"][0, 0], compute_uv=False),
+                               np.sqrt(2.0), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.svd(new_params["dense"]["kernel"], compute_uv=False),
+                               np.sqrt(3 / 6), rtol=1e-5)
+    before = new_params
+
+
+def test_probability_zero_changes_nothing():
+  rng = np.random.default_rng(5)
+  params = _params(rng)
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params) for _ in range(3)]
+  sgd = optax.sgd(0.1, momentum=0.9)
+  plain = _run(sgd, params, grads)
+  idle = _run(optax.chain(sgd, procrustes.procrustes(TARGETS, probability=0.0)), params, grads)
+  for (plain_params, plain_updates), (idle_params, idle_updates) in zip(plain, idle):
+    jax.tree.map(np.testing.assert_array_equal, idle_updates, plain_updates)
+    jax.tree.map(np.testing.assert_array_equal, idle_params, plain_params)
+
+
+def _acted(steps=16, **kwargs):
+  """Which of ``steps`` updates the transformation acted on (updates differ from the input)."""
+  params = {"w": {"kernel": jnp.ones((4, 2))}}
+  tx = procrustes.procrustes({("w", "kernel"): ConvTarget((1, 1))}, **kwargs)
+  update = jax.jit(tx.update)
+  state, acted = tx.init(params), []
+  for _ in range(steps):
+    updates, state = update(jax.tree.map(jnp.zeros_like, params), state, params)
+    acted.append(bool(jnp.any(updates["w"]["kernel"] != 0)))
+  return acted
+
+
+def test_coin_flips_are_deterministic_from_the_seed_and_every_is_periodic():
+  first, again, other = _acted(seed=3), _acted(seed=3), _acted(seed=4)
+  assert first == again
+  assert first != other
+  assert 0 < sum(first) < len(first)
+  assert _acted(probability=1.0) == [True] * 16
+  assert _acted(every=3) == [(step + 1) % 3 == 0 for step in range(16)]
+
+
+def test_replicated_on_a_four_device_mesh_matches_one_device():
+  script = textwrap.dedent("""
+      import jax, jax.numpy as jnp, numpy as np, optax
+      from jax.sharding import Mesh, NamedSharding, PartitionSpec
+      from resnorm import procrustes
+      assert jax.device_count() == 4, jax.devices()
+      targets = {("stem", "kernel"): procrustes.ConvTarget((8, 8)),
+                 ("t", "kernel"): procrustes.ConvTarget((8, 8), stride=2)}
+      rng = np.random.default_rng(0)
+      params = {"stem": {"kernel": rng.standard_normal((3, 3, 2, 4))}, "t": {"kernel": rng.standard_normal((1, 1, 4, 8))},
+                "b": rng.standard_normal(5)}
+      params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+      grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), params)
+      tx = optax.chain(optax.sgd(0.1, momentum=0.9), procrustes.procrustes(targets, probability=0.5, seed=1))
+
+      @jax.jit
+      def step(params, state):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+      def run(params):
+        state = tx.init(params)
+        for _ in range(4):
+          params, state = step(params, state)
+        return params
+
+      replicated = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec())
+      single = run(params)
+      sharded = run(jax.device_put(params, replicated))
+      for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
+        assert b.sharding.is_fully_replicated and len(b.sharding.device_set) == 4, b.sharding
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+      print("ok")
+      """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr
