@@ -131,9 +131,9 @@ def test_forward_statistics():
   variables = model.init(jax.random.key(12), inputs)
   report = signal.measure(model, variables, inputs, jnp.zeros((3, 2)), _mse)
   np.testing.assert_allclose(report.stream_norm[0], [1.0, 2.0, np.sqrt(2)], rtol=1e-6)
-  assert report.q[0] == pytest.approx(np.mean(np.square(inputs)))
+  assert float(report.q[0]) == pytest.approx(np.mean(np.square(inputs)))
   unit = inputs / np.linalg.norm(inputs, axis=1, keepdims=True)
   gram = unit @ unit.T
-  assert report.c[0] == pytest.approx((gram.sum() - np.trace(gram)) / 6, rel=1e-6)
+  assert float(report.c[0]) == pytest.approx((gram.sum() - np.trace(gram)) / 6, rel=1e-6)
   # Plain blocks: the branch is the whole output, so ‖F(x_l)‖/‖x_l‖ = ‖x_{l+1}‖/‖x_l‖.
   np.testing.assert_allclose(report.branch_ratio[1:], report.stream_norm[2:] / report.stream_norm[1:-1], rtol=1e-5)
