@@ -434,7 +434,7 @@ def procrustes(targets: Mapping[tuple[str, ...], ConvTarget], *, probability: fl
   Example::
 
     tx = optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=0.9),
-                     procrustes({("03_transition", "kernel"): ConvTarget((32, 32), stride=2)}))
+                     procrustes({("03_transition_layer", "conv", "kernel"): ConvTarget((32, 32), stride=2)}))
 
   Args:
     targets: parameter path (a key of ``flax.traverse_util.flatten_dict(params)``) -> its

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import flax.linen as nn
 
 from resnorm import validation
-from resnorm.models import mlp
+from resnorm.models import mlp, resnet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,12 @@ FAMILIES: dict[str, Family] = {
     "mlp_residual": Family(_mlp_builder(residual=True, linear=False), _RESIDUAL_MLP),
     "mlp_plain": Family(_mlp_builder(residual=False, linear=False), dict(_MLP_COMMON)),
     "linear_residual": Family(_mlp_builder(residual=True, linear=True), _RESIDUAL_MLP),
+    # CIFAR image models (NHWC input, a `train` keyword): resnet, plain, preact_resnet,
+    # plain_preact, procresnet.
+    **{
+        name: Family(resnet.builder(name), dict(resnet.DEFAULTS), resnet.depth_check(name))
+        for name in resnet.LAYOUTS
+    },
 }
 
 

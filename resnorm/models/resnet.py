@@ -1,0 +1,434 @@
+"""CIFAR residual networks, their plain twins, and the Procrustes ResNet, scanned over depth.
+
+Five families (n blocks per stage, widths for ``width_multiplier`` 1; every family ends in
+global average pooling and a dense layer, the pre-activation ones after a final BN–ReLU):
+
+* ``resnet``, depth 6n+2 (He et al., CVPR 2016): stem conv3×3 → 16, BN, ReLU; basic blocks
+  of widths 16, 32, 64 at strides 1, 2, 2. ``plain``: the same without skips.
+* ``preact_resnet``, depth 9n+2 (He et al., ECCV 2016): stem conv3×3 → 16; pre-activation
+  bottlenecks of inner widths 16, 32, 64 (outputs 64, 128, 256) at strides 1, 2, 2.
+  ``plain_preact``: the same without skips (and without the projection shortcuts).
+* ``procresnet``, depth 9n+4 (Zaeemzadeh, Rahnavard & Shah, TPAMI 2020): stem conv3×3 → 64;
+  n identity bottlenecks at 64 channels, transition T₁ (1×1, stride 2, 64 → 128), n at 128,
+  T₂ (1×1, stride 2, 128 → 256), n at 256.
+
+Blocks (BN = batch normalisation, ρ = ReLU, s = stride; F is the residual branch, S the
+shortcut):
+
+* basic: F(x) = BN(conv3×3(ρ(BN(conv3×3_s(x))))) and x' = ρ(S(x) + F(x)). S is the identity,
+  or for a block that changes dimensions the parameter-free "option A" shortcut of the CIFAR
+  experiments: keep every s-th pixel and append zero channels.
+* pre-activation bottleneck: h = ρ(BN(x)), F(x) = conv1×1(ρ(BN(conv3×3_s(ρ(BN(conv1×1(h))))))),
+  4× wider than its inner width, and x' = S(x) + F(x). S is the identity, or for a block that
+  changes dimensions a 1×1 stride-s convolution of h (the pre-activation is shared by both
+  paths). The stride sits on the 3×3 convolution, as in the ProcResNet reference code and the
+  Flax examples (He et al.'s Torch code strides the first 1×1; parameter counts are equal).
+* plain twins: x' = ρ(F(x)) (basic) or x' = F(x) (bottleneck), the same layers without S.
+* ProcResNet: every bottleneck is an identity block (stride 1, width kept); dimensions change
+  only in the standalone linear transitions x' = T x, whose operator singular values the
+  Procrustes transformation keeps at sqrt(c_out/c_in) (:func:`procresnet_projection_targets`).
+
+Depth counts the stem, the convolutions on each block's branch and the dense head: 2 per
+basic block (6n+2), 3 per bottleneck (9n+2), plus ProcResNet's 2 transitions (9n+4).
+Convolutions have no bias and He-normal (fan-out) kernels; 3×3 convolutions pad by 1.
+
+Stream sites (:mod:`resnorm.models.probes`), in order: ``00_input``, ``01_stem``, then per
+stage a top-level ``transition`` site for the block (or ProcResNet convolution) that changes
+dimensions, followed by one ``block`` site for the stage's identical blocks, which go through
+``nn.scan`` with parameters, BatchNorm statistics, probes and their statistics stacked on a
+leading axis: the program holds one block per stage whatever n is. A probe's branch is F for
+blocks with a shortcut (transitions included) and the whole output for layers without one.
+Parameter paths: ``stem`` (``stem_bn``), ``<site>_layer`` for a transition, ``<site>/block``
+for a scanned stage, ``head_bn``, ``head``.
+
+``scan=False`` builds the same network as a Python loop, one module per block
+(``<site>/block<l>``) with the same probe layout: the reference the scanned build is tested
+against. ``remat=True`` recomputes each block's activations in the backward pass. XLA's CPU
+backend runs convolution gradients inside loops on a slow path (jax-ml/jax#12868), so on CPU
+the scanned train step is several times slower than the unrolled one; on GPU and TPU the
+scanned build is the intended one.
+
+BatchNorm normalises with the batch statistics and updates its running averages (momentum
+``bn_momentum``) with ``train=True``, and uses the running averages with ``train=False``.
+``dtype='bfloat16'`` computes in bfloat16; parameters, BatchNorm statistics and reductions
+stay float32, and the logits are float32 in every mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnorm import validation
+from resnorm.models import probes
+from resnorm.procrustes import ConvTarget
+
+ModuleDef = Callable[..., nn.Module]
+
+he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+EXPANSION = 4  # a bottleneck's output is 4× its inner width
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# nn.scan axes of a stage: the probe collections plus the BatchNorm statistics.
+SCAN_AXES = {**probes.SCAN_AXES, "batch_stats": 0}
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def conv(features: int, kernel: int, strides: int = 1, *, dtype=None, name=None) -> nn.Conv:
+  """A bias-free ``kernel``×``kernel`` convolution, padded by ``kernel // 2``."""
+  pad = kernel // 2
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=(strides, strides),
+      padding=((pad, pad), (pad, pad)),
+      use_bias=False,
+      kernel_init=he_normal,
+      dtype=dtype,
+      name=name,
+  )
+
+
+def batch_norm(train: bool, momentum: float, dtype) -> ModuleDef:
+  """BatchNorm on the channel axis: batch statistics in training, running averages in eval."""
+  return functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype
+  )
+
+
+def pad_shortcut(x: jax.Array, features: int, strides: int) -> jax.Array:
+  """The parameter-free shortcut: keep every ``strides``-th pixel, append zero channels."""
+  x = x[:, ::strides, ::strides, :]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - x.shape[-1])))
+
+
+class BasicBlock(nn.Module):
+  """Post-activation basic block; returns ``(x', branch)`` (see the module docstring)."""
+
+  features: int
+  strides: int
+  residual: bool
+  norm: ModuleDef
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    y = conv(self.features, 3, self.strides, dtype=self.dtype, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
+    y = self.norm(name="bn2")(y)
+    if not self.residual:
+      out = nn.relu(y)
+      return out, out
+    return nn.relu(pad_shortcut(x, self.features, self.strides) + y), y
+
+
+class Bottleneck(nn.Module):
+  """Pre-activation bottleneck of inner width ``features``; returns ``(x', branch)``."""
+
+  features: int
+  strides: int
+  residual: bool
+  norm: ModuleDef
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    out_features = EXPANSION * self.features
+    h = nn.relu(self.norm(name="bn1")(x))
+    y = conv(self.features, 1, dtype=self.dtype, name="conv1")(h)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = conv(self.features, 3, self.strides, dtype=self.dtype, name="conv2")(y)
+    y = nn.relu(self.norm(name="bn3")(y))
+    y = conv(out_features, 1, dtype=self.dtype, name="conv3")(y)
+    if not self.residual:
+      return y, y
+    if self.strides == 1 and x.shape[-1] == out_features:
+      return x + y, y
+    shortcut = conv(out_features, 1, self.strides, dtype=self.dtype, name="shortcut")(h)
+    return shortcut + y, y
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+class _ScanStep(nn.Module):
+  """One step of a scanned stage: a block, then its probe ``'stream'``."""
+
+  block: ModuleDef
+
+  @nn.compact
+  def __call__(self, x, _):
+    out, branch = self.block(name="block")(x)
+    return probes.probe(self, probes.SCANNED_PROBE, out, x_in=x, branch=branch), None
+
+
+class _UnrolledStage(nn.Module):
+  """``length`` blocks as a Python loop (children ``block0``, ``block1``, …).
+
+  The probe layout is the scanned one: one perturbation ``'stream'`` of shape
+  (length, batch, …) whose slice l is added after block l, and the blocks' statistics
+  sown once, stacked on a leading axis.
+  """
+
+  block: ModuleDef
+  length: int
+
+  @nn.compact
+  def __call__(self, x, _):
+    zeros = jnp.zeros((self.length,) + x.shape, x.dtype)
+    perturbations = self.perturb(probes.SCANNED_PROBE, zeros)
+    stats = []
+    for index in range(self.length):
+      out, branch = self.block(name=f"block{index}")(x)
+      stats.append(probes.stream_statistics(out, x_in=x, branch=branch))
+      x = out + perturbations[index]
+    self.sow("intermediates", probes.SCANNED_PROBE, jax.tree.map(lambda *s: jnp.stack(s), *stats))
+    return x, None
+
+
+def stage(block: ModuleDef, length: int, name: str, *, scan: bool = True, remat: bool = False):
+  """``length`` identical blocks as one stream site ``name``: ``x, _ = stage(...)(x, None)``."""
+  if remat:
+    block = nn.remat(block, prevent_cse=not scan)
+  if not scan:
+    return _UnrolledStage(block=block, length=length, name=name)
+  return nn.scan(
+      _ScanStep, variable_axes=SCAN_AXES, split_rngs={"params": True}, length=length
+  )(block=block, name=name)
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+class _CifarNet(nn.Module):
+  """Fields shared by the three layouts; ``blocks`` is n, the number of blocks per stage."""
+
+  blocks: int
+  num_classes: int = 10
+  width_multiplier: float = 1.0
+  residual: bool = True
+  bn_momentum: float = 0.9
+  dtype: Any = jnp.float32
+  scan: bool = True
+  remat: bool = False
+
+  def width(self, base: int) -> int:
+    return max(1, round(base * self.width_multiplier))
+
+  def head(self, x, norm: ModuleDef | None = None):
+    """[BN, ReLU,] global average pool, dense; float32 logits."""
+    if norm is not None:
+      x = nn.relu(norm(name="head_bn")(x))
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(x)
+
+  def input_and_stem(self, x, sites, stem: Callable[[jax.Array], jax.Array]):
+    """Probes the input and the stem's output ``stem(x)`` at sites ``00_input``, ``01_stem``."""
+    x = probes.probe(self, probes.site_name(next(sites), "input"), x)
+    out = stem(x)
+    return probes.probe(self, probes.site_name(next(sites), "stem"), out, x_in=x, branch=out)
+
+  def transition(self, x, sites, block: ModuleDef):
+    """One block that changes dimensions, at the next top-level ``transition`` site."""
+    site = probes.site_name(next(sites), "transition")
+    out, branch = block(name=f"{site}_layer")(x)
+    return probes.probe(self, site, out, x_in=x, branch=branch)
+
+  def repeat(self, x, sites, block: ModuleDef, count: int):
+    """``count`` identical blocks at the next ``block`` site (none when ``count`` is 0)."""
+    if not count:
+      return x
+    site = probes.site_name(next(sites), "block")
+    return stage(block, count, site, scan=self.scan, remat=self.remat)(x, None)[0]
+
+
+class ResNet(_CifarNet):
+  """CIFAR ResNet v1, depth 6n+2 (``residual=False``: its plain twin)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = batch_norm(train, self.bn_momentum, self.dtype)
+    sites = itertools.count()
+    stem = conv(self.width(16), 3, dtype=self.dtype, name="stem")
+    x = self.input_and_stem(x, sites, lambda x: nn.relu(norm(name="stem_bn")(stem(x))))
+    block = functools.partial(BasicBlock, residual=self.residual, norm=norm, dtype=self.dtype)
+    x = self.repeat(x, sites, functools.partial(block, features=self.width(16), strides=1), self.blocks)
+    for base in (32, 64):
+      x = self.transition(x, sites, functools.partial(block, features=self.width(base), strides=2))
+      x = self.repeat(x, sites, functools.partial(block, features=self.width(base), strides=1), self.blocks - 1)
+    return self.head(x)
+
+
+class PreActResNet(_CifarNet):
+  """Pre-activation bottleneck ResNet v2, depth 9n+2 (``residual=False``: its plain twin)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = batch_norm(train, self.bn_momentum, self.dtype)
+    sites = itertools.count()
+    x = self.input_and_stem(x, sites, conv(self.width(16), 3, dtype=self.dtype, name="stem"))
+    block = functools.partial(Bottleneck, residual=self.residual, norm=norm, dtype=self.dtype)
+    for base, strides in ((16, 1), (32, 2), (64, 2)):
+      x = self.transition(x, sites, functools.partial(block, features=self.width(base), strides=strides))
+      x = self.repeat(x, sites, functools.partial(block, features=self.width(base), strides=1), self.blocks - 1)
+    return self.head(x, norm)
+
+
+class _Transition(nn.Module):
+  """ProcResNet's standalone transition: x' = T x, a 1×1 stride-2 convolution, no skip."""
+
+  features: int
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    out = conv(self.features, 1, 2, dtype=self.dtype, name="conv")(x)
+    return out, out
+
+
+class ProcResNet(_CifarNet):
+  """Procrustes ResNet, depth 9n+4: identity bottlenecks and two standalone transitions."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = batch_norm(train, self.bn_momentum, self.dtype)
+    sites = itertools.count()
+    x = self.input_and_stem(x, sites, conv(EXPANSION * self.width(16), 3, dtype=self.dtype, name="stem"))
+    block = functools.partial(Bottleneck, strides=1, residual=True, norm=norm, dtype=self.dtype)
+    x = self.repeat(x, sites, functools.partial(block, features=self.width(16)), self.blocks)
+    for base in (32, 64):
+      transition = functools.partial(_Transition, features=EXPANSION * self.width(base), dtype=self.dtype)
+      x = self.transition(x, sites, transition)
+      x = self.repeat(x, sites, functools.partial(block, features=self.width(base)), self.blocks)
+    return self.head(x, norm)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A family: its network, whether its blocks have skips, and depth = per_block·n + extra."""
+
+  network: type[_CifarNet]
+  residual: bool
+  per_block: int
+  extra: int
+  examples: tuple[int, ...]
+
+  def blocks(self, depth: int) -> int:
+    return (depth - self.extra) // self.per_block
+
+  def allowed(self, name: str) -> str:
+    examples = ", ".join(map(str, self.examples))
+    return f"a depth {self.per_block}n+{self.extra} with n >= 1 for {name}, e.g. {examples}"
+
+
+LAYOUTS = {
+    "resnet": Layout(ResNet, True, 6, 2, (20, 32, 44, 56, 110, 1202)),
+    "plain": Layout(ResNet, False, 6, 2, (20, 32, 44, 56, 110, 1202)),
+    "preact_resnet": Layout(PreActResNet, True, 9, 2, (164, 272, 632, 1001)),
+    "plain_preact": Layout(PreActResNet, False, 9, 2, (164, 272, 632, 1001)),
+    "procresnet": Layout(ProcResNet, True, 9, 4, (166, 274, 634, 1003)),
+}
+# The options every family accepts (``create_model`` overrides), with their defaults.
+DEFAULTS = dict(width_multiplier=1.0, dtype="float32", bn_momentum=0.9, scan=True, remat=False)
+
+
+def depth_check(name: str) -> Callable[[int], None]:
+  """``check(depth)`` raising :class:`~resnorm.validation.ConfigError` outside ``name``'s depths."""
+  layout = LAYOUTS[name]
+
+  def check(depth: int) -> None:
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, int)
+        or depth < layout.per_block + layout.extra
+        or (depth - layout.extra) % layout.per_block
+    ):
+      raise validation.ConfigError("depth", depth, layout.allowed(name))
+
+  return check
+
+
+def _flag(field: str, value: Any) -> bool:
+  if not isinstance(value, bool):
+    raise validation.ConfigError(field, value, "True or False")
+  return value
+
+
+def builder(name: str) -> Callable[..., nn.Module]:
+  """``build(depth, num_classes, **DEFAULTS)`` for family ``name``; validates every option."""
+  layout = LAYOUTS[name]
+
+  def build(depth, num_classes, *, width_multiplier, dtype, bn_momentum, scan, remat):
+    validation.positive_float("width_multiplier", width_multiplier)
+    validation.one_of("dtype", dtype, DTYPES)
+    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum < 1:
+      raise validation.ConfigError("bn_momentum", bn_momentum, "a number in [0, 1)")
+    return layout.network(
+        blocks=layout.blocks(depth),
+        num_classes=num_classes,
+        width_multiplier=float(width_multiplier),
+        residual=layout.residual,
+        bn_momentum=float(bn_momentum),
+        dtype=DTYPES[dtype],
+        scan=_flag("scan", scan),
+        remat=_flag("remat", remat),
+    )
+
+  return build
+
+
+def calibrate_batch_stats(model: nn.Module, variables: Mapping[str, Any], inputs: jax.Array) -> dict:
+  """``variables`` with every BatchNorm's running statistics set to its statistics on ``inputs``.
+
+  One train-mode pass with momentum 0: each running mean and variance becomes the batch mean
+  and (biased) variance of that layer's input, so eval mode then computes on ``inputs`` what
+  train mode computes. Measuring an initialised network in eval mode needs this first: the
+  initial running statistics (mean 0, variance 1) make every BatchNorm an identity map.
+  """
+  variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+  _, state = model.clone(bn_momentum=0.0).apply(variables, inputs, train=True, mutable=["batch_stats"])
+  return {**variables, "batch_stats": state["batch_stats"]}
+
+
+# Parameter paths of ProcResNet's projected kernels: its stem and two transitions, whose
+# stream sites are 01, 03 and 05 whatever n is.
+PROCRESNET_STEM = ("stem", "kernel")
+PROCRESNET_TRANSITIONS = tuple(
+    (f"{probes.site_name(index, 'transition')}_layer", "conv", "kernel") for index in (3, 5)
+)
+
+
+def procresnet_projection_targets(image_shape=(32, 32)) -> dict[tuple[str, ...], ConvTarget]:
+  """ProcResNet's kernels for :func:`resnorm.procrustes.procrustes`, keyed by parameter path.
+
+  The stem (3×3, stride 1) acts on the image, the first transition (1×1, stride 2) on the
+  first stage's H×W maps, the second on the second stage's ⌈H/2⌉×⌈W/2⌉ maps. Each keeps the
+  default scale s = sqrt(c_out/c_in) of the reference, under which a layer T preserves the
+  backward signal's norm in expectation: Tᵀ has rank c_in/c_out of its input's dimension and
+  nonzero singular values s, so E‖Tᵀg‖² = ‖g‖² for an isotropic g.
+
+  Args:
+    image_shape: the input images' (height, width).
+  """
+  shape = validation.positive_ints("image_shape", image_shape)
+  if len(shape) != 2:
+    raise validation.ConfigError("image_shape", image_shape, "(height, width)")
+  height, width = shape
+  half = (-(-height // 2), -(-width // 2))
+  return {
+      PROCRESNET_STEM: ConvTarget((height, width), stride=1),
+      PROCRESNET_TRANSITIONS[0]: ConvTarget((height, width), stride=2),
+      PROCRESNET_TRANSITIONS[1]: ConvTarget(half, stride=2),
+  }

@@ -1,0 +1,435 @@
+"""CIFAR ResNets, plain twins and ProcResNet: sizes, modes, the scan, signal, projection."""
+
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from resnorm import models, procrustes, signal
+from resnorm.models import resnet
+from resnorm.validation import ConfigError
+
+FAMILIES = ("resnet", "plain", "preact_resnet", "plain_preact", "procresnet")
+SMALL = {"resnet": 14, "plain": 14, "preact_resnet": 20, "plain_preact": 20, "procresnet": 22}  # n = 2
+
+
+def _cross_entropy(logits, labels):
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def _batch(size=8, image=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return jnp.asarray(rng.normal(size=(size, image, image, 3)), jnp.float32), jnp.arange(size) % 10
+
+
+def _shapes(model, x):
+  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+
+
+def _random_variables(model, x, seed=0):
+  """Parameters and running statistics drawn with NumPy (no XLA compilation), none trivial:
+  He-normal kernels, BatchNorm scales in [0.5, 1.5], small biases and means, variances in
+  [0.5, 1.5]."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name, shape = path[-1], leaf.shape
+    if name == "kernel":
+      fan_in = math.prod(shape[-4:-1]) if len(shape) >= 4 else shape[0]
+      value = rng.normal(size=shape) * math.sqrt(2 / fan_in)
+    elif name in ("scale", "var"):
+      value = rng.uniform(0.5, 1.5, size=shape)
+    else:  # bias, mean
+      value = 0.1 * rng.normal(size=shape)
+    return jnp.asarray(value, jnp.float32)
+
+  shapes = _shapes(model, x)
+  return {
+      collection: traverse_util.unflatten_dict(
+          {path: draw(path, leaf) for path, leaf in traverse_util.flatten_dict(shapes[collection]).items()}
+      )
+      for collection in ("params", "batch_stats")
+  }
+
+
+def _unstacked(tree):
+  """Scanned layout -> unrolled layout: leaf[l] of '<site>/block/...' to '<site>/block<l>/...'."""
+  flat = {}
+  for path, leaf in traverse_util.flatten_dict(tree).items():
+    if len(path) > 2 and path[1] == "block":
+      flat.update({(path[0], f"block{l}", *path[2:]): leaf[l] for l in range(leaf.shape[0])})
+    else:
+      flat[path] = leaf
+  return traverse_util.unflatten_dict(flat)
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+
+def _conv(k, c_in, c_out):
+  return k * k * c_in * c_out
+
+
+def _bottleneck(c_in, width, residual=True):
+  c_out = 4 * width
+  shortcut = _conv(1, c_in, c_out) if residual and c_in != c_out else 0
+  norms = 2 * c_in + 2 * width + 2 * width  # BN scale and bias before each convolution
+  return norms + _conv(1, c_in, width) + _conv(3, width, width) + _conv(1, width, c_out) + shortcut
+
+
+def _expected_count(name, depth, classes=10):
+  """Parameter count written out from the architectures in He et al. and Zaeemzadeh et al."""
+  head = 2 * 256 + 256 * classes + classes  # final BN, dense
+  if name in ("resnet", "plain"):  # conv-BN stem; option-A shortcuts have no parameters
+    n, total, c_in = (depth - 2) // 6, _conv(3, 3, 16) + 2 * 16, 16
+    for width in (16, 32, 64):
+      for _ in range(n):
+        total, c_in = total + _conv(3, c_in, width) + _conv(3, width, width) + 4 * width, width
+    return total + 64 * classes + classes
+  if name in ("preact_resnet", "plain_preact"):
+    n, total, c_in = (depth - 2) // 9, _conv(3, 3, 16), 16
+    for width in (16, 32, 64):
+      for _ in range(n):
+        total, c_in = total + _bottleneck(c_in, width, name == "preact_resnet"), 4 * width
+    return total + head
+  n = (depth - 4) // 9
+  stages = sum(n * _bottleneck(4 * width, width) for width in (16, 32, 64))
+  return _conv(3, 3, 64) + stages + _conv(1, 64, 128) + _conv(1, 128, 256) + head
+
+
+@pytest.mark.parametrize(
+    "name, depth, published, tolerance",
+    [
+        ("resnet", 20, "0.27", 0.01),  # He et al., CVPR 2016, Table 6
+        ("resnet", 56, "0.85", 0.01),
+        # He et al.'s option-A ResNet-110 has 1,727,962 parameters, printed with 2 significant
+        # digits as "1.7M": 1.6% off the rounded figure, which it rounds to.
+        ("resnet", 110, "1.7", 0.02),
+        ("preact_resnet", 164, "1.71", 0.01),  # He et al., ECCV 2016, Table 2
+        ("preact_resnet", 1001, "10.32", 0.01),
+        ("procresnet", 166, "1.72", 0.01),  # Zaeemzadeh et al., TPAMI 2020
+        ("procresnet", 1003, "10.33", 0.01),
+        ("plain", 56, None, None),
+        ("plain_preact", 164, None, None),
+    ],
+)
+def test_parameter_counts_match_the_architecture_and_the_papers(name, depth, published, tolerance):
+  shapes = _shapes(models.create_model(name, depth), jnp.zeros((1, 32, 32, 3)))
+  count = sum(leaf.size for leaf in jax.tree.leaves(shapes["params"]))
+  assert count == _expected_count(name, depth)
+  if published is not None:
+    assert abs(count / (float(published) * 1e6) - 1) < tolerance
+
+
+# ----------------------------------------------------------------------------- shapes, sites
+
+
+EXPECTED_KINDS = {  # n = 2
+    "resnet": ("stem", "block", "block", "transition", "block", "transition", "block"),
+    "preact_resnet": ("stem", "transition", "block", "transition", "block", "transition", "block"),
+    "procresnet": ("stem", "block", "block", "transition", "block", "block", "transition", "block", "block"),
+}
+EXPECTED_KINDS["plain"] = EXPECTED_KINDS["resnet"]
+EXPECTED_KINDS["plain_preact"] = EXPECTED_KINDS["preact_resnet"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_shapes_dtypes_and_labelled_layers_in_train_and_eval(name, dtype):
+  """bfloat16 computes in bfloat16 (the probes see it) with float32 parameters, statistics and
+  logits; ``signal.measure`` reads every family unchanged and labels each layer's ratio."""
+  model = models.create_model(name, SMALL[name], num_classes=7, width_multiplier=0.25, dtype=dtype)
+  x, y = _batch(size=3, image=8)
+  variables = _shapes(model, x)
+  state = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+  logits, (logits_train, updates), report = jax.eval_shape(
+      lambda v: (
+          model.apply(v, x, train=False),
+          model.apply(v, x, train=True, mutable=["batch_stats"]),
+          signal.measure(model, v, x, y, _cross_entropy, train=False),
+      ),
+      state,
+  )
+  for out in (logits, logits_train):
+    assert (out.shape, out.dtype) == ((3, 7), jnp.float32)
+  dtypes = lambda tree: {leaf.dtype.name for leaf in jax.tree.leaves(tree)}
+  assert dtypes(variables["params"]) == dtypes(variables["batch_stats"]) == {"float32"}
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), updates["batch_stats"]) == jax.tree.map(
+      lambda a: (a.shape, a.dtype), variables["batch_stats"]
+  )
+  stream = dict(traverse_util.flatten_dict(variables["perturbations"]))
+  assert stream.pop(("00_input",)).dtype.name == "float32"  # the images as given
+  assert dtypes(stream) == {dtype}
+  assert report.kinds == EXPECTED_KINDS[name]
+  assert report.ratio.shape == (len(EXPECTED_KINDS[name]), 3)
+
+
+def _train_step_program(model, x):
+  """The lowered (StableHLO) program of a train-mode gradient step, from shapes alone."""
+  variables = _shapes(model, x)
+
+  def grads(params, batch_stats, x):
+    def loss(params):
+      logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(logits)
+
+    return jax.grad(loss)(params)
+
+  return jax.jit(grads).lower(variables["params"], variables["batch_stats"], x).as_text()
+
+
+def test_depth_is_a_scan_length():
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  model = models.create_model("preact_resnet", 1001)
+  params = _shapes(model, x)["params"]
+  sites = ("03_block", "05_block", "07_block")
+  stacked = {site: {leaf.shape[0] for leaf in jax.tree.leaves(params[site])} for site in sites}
+  assert stacked == {site: {110} for site in stacked}
+  assert all(leaf.ndim == 4 for leaf in jax.tree.leaves(params["02_transition_layer"]) if leaf.ndim > 1)
+  # The program XLA compiles has the same size at depth 1001 as at 164: only loop bounds and
+  # stacked shapes differ.
+  deep = _train_step_program(model, x)
+  shallow = _train_step_program(models.create_model("preact_resnet", 164), x)
+  assert len(deep.splitlines()) == len(shallow.splitlines())
+
+
+# ----------------------------------------------------------------------------- scan vs unrolled
+
+
+def test_scanned_and_unrolled_builds_agree():
+  """Same parameters -> same logits, updated statistics, parameter gradients, and probe
+  gradients and statistics (one train-mode forward and backward pass per build), with and
+  without rematerialisation in the scan."""
+  x, y = _batch(size=4, image=8)
+  # Three scanned stages of 2 blocks each, between top-level stem and transition sites.
+  builds = {
+      (scan, remat): models.create_model("procresnet", 22, width_multiplier=0.25, scan=scan, remat=remat)
+      for scan, remat in ((True, False), (True, True), (False, False))
+  }
+  variables = _random_variables(builds[True, False], x)
+  per_block = {collection: _unstacked(tree) for collection, tree in variables.items()}
+  unrolled_shapes = _shapes(builds[False, False], x)
+  assert jax.tree.structure(per_block) == jax.tree.structure(
+      {collection: unrolled_shapes[collection] for collection in per_block}
+  )
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), unrolled_shapes["perturbations"])
+  assert jax.tree.structure(zeros) == jax.tree.structure(_shapes(builds[True, False], x)["perturbations"])
+
+  def step(model, variables, *collections):
+    def loss(params, perturbations):
+      logits, state = model.apply(
+          {**variables, "params": params, "perturbations": perturbations},
+          x,
+          train=True,
+          mutable=["batch_stats", *collections],
+      )
+      return _cross_entropy(logits, y), (logits, state)
+
+    return jax.grad(loss, argnums=(0, 1), has_aux=True)(variables["params"], zeros)
+
+  def close(got, want):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), got, want)
+
+  (grads, probe_grads), (logits, state) = jax.jit(lambda v: step(builds[False, False], v, "intermediates"))(per_block)
+  (scan_grads, scan_probe_grads), (scan_logits, scan_state) = jax.jit(
+      lambda v: step(builds[True, False], v, "intermediates")
+  )(variables)
+  close(scan_logits, logits)
+  close(_unstacked(scan_grads), grads)
+  close(_unstacked(scan_state["batch_stats"]), state["batch_stats"])
+  close(scan_probe_grads, probe_grads)  # same layout: stacked over each stage's blocks
+  close(scan_state["intermediates"], state["intermediates"])
+  # Rematerialised blocks: the same logits, gradients and statistics (probe statistics left out).
+  (remat_grads, _), (remat_logits, remat_state) = jax.jit(lambda v: step(builds[True, True], v))(variables)
+  close(remat_logits, logits)
+  close(_unstacked(remat_grads), grads)
+  close(_unstacked(remat_state["batch_stats"]), state["batch_stats"])
+
+
+# ----------------------------------------------------------------------------- batch norm modes
+
+
+def test_eval_uses_running_statistics_and_train_updates_them():
+  x, _ = _batch(size=6, image=8, seed=1)
+  model = models.create_model("resnet", 14, width_multiplier=0.25)  # BN in stem, stages, transitions
+  variables = _random_variables(model, x)
+
+  @jax.jit
+  def run(variables):
+    eval_logits, eval_state = model.apply(variables, x, train=False, mutable=["batch_stats"])
+    train_logits, train_state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    calibrated = resnet.calibrate_batch_stats(model, variables, x)
+    return dict(
+        eval_logits=eval_logits,
+        eval_stats=eval_state["batch_stats"],
+        eval_head=model.apply(variables, x[:2], train=False),
+        train_logits=train_logits,
+        train_stats=train_state["batch_stats"],
+        calibrated_stats=calibrated["batch_stats"],
+        calibrated_eval=model.apply(calibrated, x, train=False),
+    )
+
+  out = run(variables)
+  old = variables["batch_stats"]
+  # Eval: running statistics, untouched, examples independent of the rest of the batch.
+  jax.tree.map(np.testing.assert_array_equal, out["eval_stats"], old)
+  np.testing.assert_allclose(out["eval_head"], out["eval_logits"][:2], rtol=1e-5, atol=1e-5)
+  # Train: every running average moves by momentum 0.9 towards this batch's statistics (those
+  # the momentum-0 pass stores).
+  jax.tree.map(
+      lambda new, old, batch: np.testing.assert_allclose(new, 0.9 * old + 0.1 * batch, rtol=1e-5, atol=1e-6),
+      out["train_stats"], old, out["calibrated_stats"],
+  )
+  jax.tree.map(lambda new, old: np.testing.assert_array_less(0, np.abs(new - old)), out["train_stats"], old)
+  # Train mode normalises with the batch statistics: eval mode computes the same only with
+  # this batch's statistics as its running averages.
+  np.testing.assert_allclose(out["calibrated_eval"], out["train_logits"], rtol=1e-4, atol=1e-4)
+  assert not np.allclose(out["eval_logits"], out["train_logits"], rtol=1e-2, atol=1e-2)
+
+
+# ----------------------------------------------------------------------------- signal at init
+
+
+def _block_log_ratios(model, variables, x, y):
+  """log r_l of every 'block' layer (mean over examples) and the δ median, with BatchNorm
+  statistics calibrated on the batch (eval mode then computes train mode's map)."""
+
+  @jax.jit
+  def report(variables):
+    variables = resnet.calibrate_batch_stats(model, variables, x)
+    return signal.measure(model, variables, x, y, _cross_entropy, train=False)
+
+  report = report(variables)
+  blocks = np.array([kind == "block" for kind in report.kinds])
+  log_ratios = np.mean(np.log(np.asarray(report.ratio, np.float64)[blocks]), axis=1)
+  return log_ratios, signal.summarize(report)["delta_p50"]
+
+
+def test_plain_backward_gain_compounds_with_depth_while_residual_ratios_stay_near_one():
+  """Σ_{l<k} log r_l, the log of the backward gain across the first k blocks, against k, for
+  ResNet-74 and its plain twin at the same initial parameters (skips hold none)."""
+  x, y = _batch(size=16, image=8, seed=2)
+  residual_model = models.create_model("resnet", 74, width_multiplier=0.5)
+  plain_model = models.create_model("plain", 74, width_multiplier=0.5)
+  variables = jax.jit(lambda key: residual_model.init(key, x, train=False))(jax.random.key(0, impl="unsafe_rbg"))
+  variables = {collection: variables[collection] for collection in ("params", "batch_stats")}
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      {collection: _shapes(plain_model, x)[collection] for collection in variables}
+  )
+  plain, plain_delta = _block_log_ratios(plain_model, variables, x, y)
+  residual, residual_delta = _block_log_ratios(residual_model, variables, x, y)
+  assert len(plain) == len(residual) == 34  # 12 + 11 + 11 identical blocks, 2 transitions apart
+  # Plain: every block multiplies the gradient norm by a factor far from 1, so the gain across
+  # k blocks is exponential in k: its log grows by at least 0.2 per block, at every k ≥ 6.
+  gain = np.cumsum(plain)
+  assert np.all(gain[5:] > 0.2 * np.arange(6, 35)) and plain_delta > 0.25
+  # Residual: r_l ≈ sqrt(1 + 1/l) with BatchNorm'd branches, so ratios concentrate at 1 as l
+  # grows; the whole network's gain is a fraction of its plain twin's.
+  assert residual_delta < 0.15
+  assert abs(np.sum(residual)) < 0.5 * abs(np.sum(plain))
+
+
+# ----------------------------------------------------------------------------- ProcResNet projection
+
+
+def _strided_pointwise_operator(kernel, spatial_shape, stride):
+  """The 1×1 stride-s convolution y[i, j] = x[s·i, s·j] K as a dense float64 matrix (NumPy)."""
+  kernel = np.asarray(kernel, np.float64)[0, 0]  # (c_in, c_out)
+  (h, w), (c_in, c_out) = spatial_shape, kernel.shape
+  rows, cols = -(-h // stride), -(-w // stride)
+  operator = np.zeros((rows, cols, c_out, h, w, c_in))
+  for i in range(rows):
+    for j in range(cols):
+      operator[i, j, :, stride * i, stride * j, :] = kernel.T
+  return operator.reshape(rows * cols * c_out, h * w * c_in)
+
+
+def test_procresnet_projection_targets_label_stem_and_transitions():
+  targets = resnet.procresnet_projection_targets((32, 32))
+  assert targets == {
+      ("stem", "kernel"): procrustes.ConvTarget((32, 32), stride=1),
+      ("03_transition_layer", "conv", "kernel"): procrustes.ConvTarget((32, 32), stride=2),
+      ("05_transition_layer", "conv", "kernel"): procrustes.ConvTarget((16, 16), stride=2),
+  }
+  params = _shapes(models.create_model("procresnet", 1003), jnp.zeros((1, 32, 32, 3)))["params"]
+  flat = traverse_util.flatten_dict(params)
+  assert {path: flat[path].shape for path in targets} == {
+      ("stem", "kernel"): (3, 3, 3, 64),
+      ("03_transition_layer", "conv", "kernel"): (1, 1, 64, 128),
+      ("05_transition_layer", "conv", "kernel"): (1, 1, 128, 256),
+  }
+  with pytest.raises(ConfigError, match="image_shape"):
+    resnet.procresnet_projection_targets((32,))
+
+
+def test_projected_procresnet_transitions_have_the_target_operator_singular_values():
+  x, _ = _batch(size=2, image=8)
+  model = models.create_model("procresnet", 13, width_multiplier=0.5)  # transitions 32→64→128
+  params = _random_variables(model, x)["params"]
+  targets = resnet.procresnet_projection_targets((8, 8))
+  tx = optax.chain(optax.sgd(0.1), procrustes.procrustes(targets, every=1))
+
+  @jax.jit
+  def step(params):  # one SGD step with unit gradients, then the projection
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    return optax.apply_updates(params, updates)
+
+  before = traverse_util.flatten_dict(params)
+  after = traverse_util.flatten_dict(step(params))
+  for path in resnet.PROCRESNET_TRANSITIONS:
+    c_in, c_out = before[path].shape[2:]
+    rank = 4 * min(c_in, c_out)  # 2×2 output positions on a 4×4 input, each a c_out×c_in map
+    original, projected = (
+        np.linalg.svd(_strided_pointwise_operator(k[path], (4, 4), 2), compute_uv=False) for k in (before, after)
+    )
+    assert np.ptp(original[:rank]) > 0.5  # the projection had work to do
+    np.testing.assert_allclose(projected[:rank], math.sqrt(c_out / c_in), rtol=1e-4)
+    np.testing.assert_allclose(projected[rank:], 0, atol=1e-6)
+  # The oracle is the operator the network applies: its transitions' convolution on a 4×4 input.
+  layer = resnet.conv(128, 1, 2)
+  kernel = after[resnet.PROCRESNET_TRANSITIONS[1]]
+  inputs = np.random.default_rng(3).normal(size=(1, 4, 4, 64))
+  outputs = layer.apply({"params": {"kernel": kernel}}, jnp.asarray(inputs, jnp.float32))
+  np.testing.assert_allclose(
+      np.ravel(outputs), _strided_pointwise_operator(kernel, (4, 4), 2) @ np.ravel(inputs), rtol=1e-4, atol=1e-5
+  )
+  for path in set(before) - set(targets):  # the rest took the plain SGD step
+    np.testing.assert_allclose(after[path], before[path] - 0.1, rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "name, depth, options, match",
+    [
+        (
+            "preact_resnet", 100, {},
+            "depth = 100: expected a depth 9n+2 with n >= 1 for preact_resnet, e.g. 164, 272, 632, 1001",
+        ),
+        ("resnet", 21, {}, "depth = 21: expected a depth 6n+2 with n >= 1 for resnet, e.g. 20, 32, 44, 56, 110, 1202"),
+        ("plain", 2, {}, "depth = 2: expected a depth 6n+2"),
+        (
+            "procresnet", 164, {},
+            "depth = 164: expected a depth 9n+4 with n >= 1 for procresnet, e.g. 166, 274, 634, 1003",
+        ),
+        ("plain_preact", 164.0, {}, "depth = 164.0: expected a depth 9n+2"),
+        ("resnet50", 50, {}, "model = 'resnet50': expected one of"),
+        ("resnet", 20, {"width_multiplier": 0}, "width_multiplier = 0: expected a positive number"),
+        ("procresnet", 166, {"width_multiplier": -2}, "width_multiplier = -2"),
+        ("resnet", 20, {"num_classes": 0}, "num_classes = 0: expected a positive integer"),
+        ("resnet", 20, {"dtype": "float16"}, "dtype = 'float16': expected one of"),
+        ("resnet", 20, {"scan": "yes"}, "scan = 'yes': expected True or False"),
+        ("resnet", 20, {"bn_momentum": 1.0}, "bn_momentum = 1.0: expected a number in [0, 1)"),
+        ("resnet", 20, {"width": 16}, "resnet option 'width'"),
+    ],
+)
+def test_bad_arguments_name_what_is_allowed(name, depth, options, match):
+  with pytest.raises(ConfigError, match=re.escape(match)):
+    models.create_model(name, depth, **options)
