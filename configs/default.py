@@ -33,6 +33,9 @@ def get_config():
   config.log_every = 100
   config.checkpoint_every = 500  # 0: never
   config.eval_batch_size = 512
+  # Procrustes projection of the family's transition kernels after each optimizer step it acts
+  # on (ProcResNet only): with `probability` per step, or every `every` steps when every > 0.
+  config.procrustes = ml_collections.ConfigDict(dict(enabled=False, probability=0.5, every=0))
   # Backward ratios are measured on this many held-out examples, at init and after training.
   config.signal = ml_collections.ConfigDict(dict(num_examples=256))
   return config

@@ -37,7 +37,7 @@ def main(argv):
     print(json.dumps({k: summary[k] for k in ("steps", "diverged", "train_loss", "test_loss", "test_accuracy")
                       if k in summary}))
     if "trained" in summary:
-      print(json.dumps({"trained": summary["trained"]["summary"]}))
+      print(json.dumps({"trained": summary["trained"]["by_kind"]}))
 
 
 if __name__ == "__main__":

@@ -287,15 +287,6 @@ def top_singular_value(fn, xs: jax.Array, key, num_iterations: int = 100) -> jax
 # ----------------------------------------------------------------------------- depth comparison
 
 
-def _family_options(families: dict, name: str, options: dict) -> dict:
-  """The entries of ``options`` that family ``name`` accepts; an option no family knows is an error."""
-  known = set().union(*(family.defaults for family in families.values()))
-  for key, value in options.items():
-    if key not in known:
-      raise validation.ConfigError(f"model.{key}", value, f"one of {sorted(known)}")
-  return {key: value for key, value in options.items() if key in families[name].defaults}
-
-
 def _measure(model, init_key, inputs, lanczos_key, lanczos_iterations: int) -> dict:
   """One model's spectra at initialisation (jitted with ``model`` and ``lanczos_iterations`` static)."""
   blocks = block_stack(model, model.init(init_key, inputs), inputs)
@@ -331,7 +322,7 @@ def depth_spectra(names, depths, options: dict, input_dim: int = 16, num_example
   built = {}
   supported = tuple(_block_stack_extractors())
   for name in names:
-    family_options = _family_options(models.FAMILIES, name, dict(options))
+    family_options = models.accepted_options(name, dict(options))
     for depth in depths:
       built[name, depth] = models.create_model(name, depth, num_classes=input_dim, **family_options)
       if not isinstance(built[name, depth], supported):

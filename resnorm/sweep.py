@@ -100,7 +100,7 @@ def _finished(run_dir: str, single) -> dict | None:
 
 
 def _column(results, stage: str, key: str) -> list:
-  return [r[stage]["summary"][key] if stage in r else None for r in results]
+  return [r[stage]["by_kind"]["block"][key] if stage in r else None for r in results]
 
 
 def _fit(depths, deltas) -> dict:
@@ -153,7 +153,7 @@ def write_outputs(workdir: str, summary: dict, results: list[dict]) -> None:
     for r in sorted(results, key=lambda r: (r["model"], r["depth"])):
       row = {k: r.get(k) for k in CSV_FIELDS}
       for stage in ("init", "trained"):
-        row.update({f"{stage}_{k}": r[stage]["summary"][k] if stage in r else None for k in DELTA_KEYS})
+        row.update({f"{stage}_{k}": r[stage]["by_kind"]["block"][k] if stage in r else None for k in DELTA_KEYS})
       writer.writerow(train.jsonable(row))
   plots.delta_vs_depth(summary, os.path.join(workdir, "delta_vs_depth.png"))
 

@@ -37,7 +37,8 @@ from absl import logging
 from flax.training import train_state
 
 from resnorm import data as data_lib
-from resnorm import models, signal, validation
+from resnorm import models, procrustes, signal, validation
+from resnorm.models import resnet
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -61,29 +62,20 @@ class Diverged(RuntimeError):
 # ----------------------------------------------------------------------------- config
 
 
-def model_options(model_config) -> dict:
-  """The entries of ``config.model`` that the chosen family accepts (besides name and depth).
-
-  A sweep shares one ``model`` section between families (``mlp_plain`` has no branch scale),
-  so options of other families are dropped; an option no family knows is an error.
-  """
-  options = {k: v for k, v in model_config.items() if k not in ("name", "depth")}
-  known = set().union(*(f.defaults for f in models.FAMILIES.values()))
-  for key, value in options.items():
-    if key not in known:
-      raise validation.ConfigError(f"config.model.{key}", value, f"one of {sorted(known)}")
-  accepted = models.family(model_config.name).defaults
-  return {k: v for k, v in options.items() if k in accepted}
-
-
 def build_model(config, num_outputs: int):
+  """``config.model`` built through the registry; errors name the config field."""
+  name = config.model.name
+  options = {k: v for k, v in config.model.items() if k not in ("name", "depth")}
   try:
     return models.create_model(
-        config.model.name, config.model.depth, num_classes=num_outputs, **model_options(config.model)
+        name, config.model.depth, num_classes=num_outputs,
+        **models.accepted_options(name, options, prefix="config.model."),
     )
   except validation.ConfigError as error:
-    field = error.field if error.field.startswith("config.") else f"config.model.{error.field}"
-    raise validation.ConfigError(field, error.value, error.allowed) from None
+    if error.field.startswith("config."):
+      raise
+    field = {"model": "name"}.get(error.field, error.field)
+    raise validation.ConfigError(f"config.model.{field}", error.value, error.allowed) from None
 
 
 def validate(config, dataset: data_lib.Dataset) -> None:
@@ -110,23 +102,50 @@ def validate(config, dataset: data_lib.Dataset) -> None:
     raise validation.ConfigError("config.signal.num_examples", examples, f"at most the {num_test} test examples")
   data_lib.batch_indices(len(dataset.x_train), config.batch_size, 0, 0)  # batch fits the data
   build_model(config, dataset.num_outputs)
+  if config.procrustes.enabled:
+    with_targets = sorted(name for name, f in models.FAMILIES.items() if f.projection_targets)
+    if models.family(config.model.name).projection_targets is None:
+      raise validation.ConfigError(
+          "config.procrustes.enabled", True, f"False for {config.model.name} (kernels to project: {with_targets})")
+    probability = config.procrustes.probability
+    if isinstance(probability, bool) or not 0 <= probability <= 1:
+      raise validation.ConfigError("config.procrustes.probability", probability, "a number in [0, 1]")
+    if config.procrustes.every < 0:
+      raise validation.ConfigError("config.procrustes.every", config.procrustes.every, "0 (random steps) or k")
 
 
 # ----------------------------------------------------------------------------- pieces
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """``config.optimizer``: Adam or SGD with momentum, constant or cosine learning rate."""
+def make_optimizer(config, projection_targets=None) -> optax.GradientTransformation:
+  """``config.optimizer``: Adam or SGD with momentum, constant or cosine learning rate; then,
+  with ``config.procrustes.enabled``, the Procrustes projection of ``projection_targets``
+  (:func:`resnorm.procrustes.procrustes`, chained last so the projected kernels are what the
+  step leaves in the parameters)."""
   opt = config.optimizer
   learning_rate = opt.learning_rate
   if opt.schedule == "cosine":
     learning_rate = optax.cosine_decay_schedule(opt.learning_rate, config.num_steps)
   if opt.name == "adam":
-    return optax.adamw(learning_rate, weight_decay=opt.weight_decay)
-  return optax.chain(
-      optax.add_decayed_weights(opt.weight_decay),
-      optax.sgd(learning_rate, momentum=opt.momentum or None),
+    tx = optax.adamw(learning_rate, weight_decay=opt.weight_decay)
+  else:
+    tx = optax.chain(
+        optax.add_decayed_weights(opt.weight_decay),
+        optax.sgd(learning_rate, momentum=opt.momentum or None),
+    )
+  if not config.procrustes.enabled:
+    return tx
+  project = procrustes.procrustes(
+      projection_targets, probability=config.procrustes.probability, every=config.procrustes.every or None,
+      seed=config.seed,
   )
+  return optax.chain(tx, project)
+
+
+def projection_targets(config, dataset: data_lib.Dataset):
+  """The kernels the model's family projects, for inputs shaped like ``dataset``'s (or None)."""
+  targets = models.family(config.model.name).projection_targets
+  return targets(dataset.x_train.shape) if targets else None
 
 
 def loss_function(task: str):
@@ -232,9 +251,11 @@ def run_seed(config) -> int:
 
 
 def measure_signal(measure_fn, variables, dataset, num_examples: int) -> dict:
-  """δ statistics and per-layer profiles on the first ``num_examples`` held-out examples."""
+  """δ statistics per kind of layer (stem, block, transition) and per-block profiles, on the
+  first ``num_examples`` held-out examples."""
   report = measure_fn(variables, dataset.x_test[:num_examples], dataset.y_test[:num_examples])
-  return {"summary": signal.summarize(report), "profile": signal.layer_profile(report)}
+  by_kind = {kind: signal.summarize(report, kind) for kind in sorted(set(report.kinds))}
+  return {"by_kind": by_kind, "profile": signal.layer_profile(report)}
 
 
 def _variables(state):
@@ -295,9 +316,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   replicated, batch_sharding = _shardings()
   seed = run_seed(config)
 
-  state = create_train_state(model, jax.random.key(seed), dataset.x_train[:1], make_optimizer(config), replicated)
+  tx = make_optimizer(config, projection_targets(config, dataset))
+  state = create_train_state(model, jax.random.key(seed), dataset.x_train[:1], tx, replicated)
   measure_fn = jax.jit(functools.partial(signal.measure, model, loss_fn=loss_fn, train=False))
-  init_signal = measure_signal(measure_fn, _variables(state), dataset, config.signal.num_examples)
+  init_variables = _variables(state)
+  if state.batch_stats is not None:
+    # Eval mode with the initial running statistics (mean 0, variance 1) would make every
+    # BatchNorm the identity: measure with statistics of the measured batch instead.
+    init_variables = jax.jit(functools.partial(resnet.calibrate_batch_stats, model))(
+        init_variables, dataset.x_test[:config.signal.num_examples])
+  init_signal = measure_signal(measure_fn, init_variables, dataset, config.signal.num_examples)
 
   checkpoints = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),

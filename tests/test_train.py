@@ -42,8 +42,8 @@ def test_digits_run_learns_and_writes_its_outputs(tmp_path):
     losses = [json.loads(line)["train_loss"] for line in f]
   assert len(losses) == 3 and losses[-1] < 0.5 * losses[0]
   with open(tmp_path / "summary.json") as f:
-    assert json.load(f)["trained"]["summary"]["num_ratios"] == 3 * 32
-  assert summary["init"]["summary"]["delta_max"] > 0 and len(summary["trained"]["profile"]["delta_mean"]) == 3
+    assert json.load(f)["trained"]["by_kind"]["block"]["num_ratios"] == 3 * 32
+  assert summary["init"]["by_kind"]["block"]["delta_max"] > 0 and len(summary["trained"]["profile"]["delta_mean"]) == 3
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -51,7 +51,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   train.train_and_evaluate(tiny_run(num_steps=10), str(tmp_path / "resumed"))  # checkpoint at step 10
   resumed = train.train_and_evaluate(tiny_run(), str(tmp_path / "resumed"))
   assert resumed["test_loss"] == straight["test_loss"]
-  assert resumed["trained"]["summary"] == straight["trained"]["summary"]
+  assert resumed["trained"] == straight["trained"]
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -78,8 +78,8 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
         ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate"),
         ({"optimizer.name": "lbfgs"}, "config.optimizer.name"),
         ({"optimizer.momentum": 1.0}, "config.optimizer.momentum"),
-        ({"model.name": "mlp_resnet"}, "model"),
-        ({"model.depth": 0}, "depth"),
+        ({"model.name": "mlp_resnet"}, "config.model.name"),
+        ({"model.depth": 0}, "config.model.depth"),
         ({"model.width": -4}, "config.model.width"),
         ({"model.wdith": 4}, "config.model.wdith"),
         ({"signal.num_examples": 10_000}, "config.signal.num_examples"),
@@ -160,3 +160,30 @@ def test_two_processes_train_like_one(tmp_path):
     np.testing.assert_allclose([train_loss, test_loss], [single["train_loss"], single["test_loss"]], rtol=1e-5)
   with open(os.path.join(workdir, "summary.json")) as f:  # written once, by process 0
     assert json.load(f)["test_loss"] == results[0][3]
+
+
+def test_procresnet_on_mock_cifar_keeps_its_transitions_projected(tmp_path):
+  import tensorflow_datasets as tfds
+  from configs import cifar
+
+  config = cifar.get_config()
+  config.model.depth, config.model.width_multiplier = 13, 0.25  # n = 1 block per stage, narrow
+  config.model.scan = False  # XLA:CPU runs scanned convolution gradients slowly
+  config.batch_size, config.num_steps, config.log_every, config.checkpoint_every = 8, 2, 1, 2
+  config.eval_batch_size, config.signal.num_examples = 8, 8
+  config.procrustes.every = 1  # project after every step
+  with tfds.testing.mock_data(num_examples=16):
+    summary = train.train_and_evaluate(config, str(tmp_path))
+  assert not summary["diverged"] and "test_accuracy" in summary
+  for stage in ("init", "trained"):
+    assert set(summary[stage]["by_kind"]) == {"stem", "block", "transition"}
+  params = ocp.CheckpointManager(str(tmp_path / "checkpoints")).restore(2)["params"]
+  for name in ("03_transition_layer", "05_transition_layer"):
+    kernel = np.asarray(params[name]["conv"]["kernel"], np.float64)[0, 0]  # 1×1 stride 2: (c_in, c_out)
+    target = np.sqrt(kernel.shape[1] / kernel.shape[0])
+    np.testing.assert_allclose(np.linalg.svd(kernel, compute_uv=False), target, rtol=1e-5)
+
+
+def test_procrustes_needs_a_family_with_transition_kernels(tmp_path):
+  with pytest.raises(ConfigError, match="procresnet"):
+    train.train_and_evaluate(tiny_run(**{"procrustes.enabled": True}), str(tmp_path))

@@ -24,11 +24,14 @@ class Family:
     build: ``build(depth, num_classes, **options) -> nn.Module``.
     defaults: the options it accepts, with their default values.
     check_depth: raises :class:`resnorm.validation.ConfigError` for depths outside the family.
+    projection_targets: ``targets(input_shape)`` -> the kernels that
+      :func:`resnorm.procrustes.procrustes` keeps norm-preserving, for families that have them.
   """
 
   build: Callable[..., nn.Module]
   defaults: dict
   check_depth: Callable[[int], None] = lambda depth: validation.positive_int("depth", depth)
+  projection_targets: Callable[[tuple[int, ...]], dict] | None = None
 
 
 BRANCH_SCALES = {"1": lambda L: 1.0, "1/sqrt(L)": lambda L: 1.0 / math.sqrt(L), "1/L": lambda L: 1.0 / L}
@@ -71,8 +74,12 @@ FAMILIES: dict[str, Family] = {
     # plain_preact, procresnet.
     **{
         name: Family(resnet.builder(name), dict(resnet.DEFAULTS), resnet.depth_check(name))
-        for name in resnet.LAYOUTS
+        for name in resnet.LAYOUTS if name != "procresnet"
     },
+    "procresnet": Family(
+        resnet.builder("procresnet"), dict(resnet.DEFAULTS), resnet.depth_check("procresnet"),
+        projection_targets=lambda input_shape: resnet.procresnet_projection_targets(input_shape[1:3]),
+    ),
 }
 
 
@@ -84,6 +91,20 @@ def register(name: str, family: Family) -> None:
 
 def family(name: str) -> Family:
   return FAMILIES[validation.one_of("model", name, FAMILIES)]
+
+
+def accepted_options(name: str, options: dict, prefix: str = "model.") -> dict:
+  """The entries of ``options`` that family ``name`` accepts.
+
+  A config section shared between families (``mlp_plain`` has no branch scale) may hold
+  options of the others, which are dropped; an option no family knows is an error.
+  """
+  known = set().union(*(f.defaults for f in FAMILIES.values()))
+  for key, value in options.items():
+    if key not in known:
+      raise validation.ConfigError(f"{prefix}{key}", value, f"one of {sorted(known)}")
+  accepted = family(name).defaults
+  return {k: v for k, v in options.items() if k in accepted}
 
 
 def create_model(name: str, depth: int, num_classes: int = 10, **overrides) -> nn.Module:
