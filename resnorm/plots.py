@@ -47,7 +47,7 @@ def draw_delta_vs_depth(fig, summary: dict) -> None:
   axes = fig.subplots(1, len(names), squeeze=False, sharey=True)
   for ax, name in zip(axes[0], names):
     delta_vs_depth_axes(ax, name, summary["models"][name])
-  axes[0][0].set_ylabel("δ = |r − 1|,  r = ‖∂E/∂x_l‖ / ‖∂E/∂x_{l+1}‖")
+  axes[0][0].set_ylabel(r"$\delta = |r - 1|,\ \ r = \|\partial E/\partial x_l\| \,/\, \|\partial E/\partial x_{l+1}\|$")
   fig.tight_layout()
 
 
