@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from benchmarks.projection import random_matrix as benchmark_matrix
 from resnorm import procrustes
 from resnorm.procrustes import ConvTarget
 from resnorm.validation import ConfigError
@@ -25,16 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def random_matrix(rng, shape, kappa, is_complex):
   """Singular values geometrically spaced over [1/kappa, 1] (times 3.7), random singular vectors."""
-  *batch, m, n = shape
-
-  def orthonormal(size):
-    a = rng.standard_normal((*batch, size, size))
-    if is_complex:
-      a = a + 1j * rng.standard_normal((*batch, size, size))
-    return np.linalg.qr(a)[0][..., : min(m, n)]
-
-  u, v = orthonormal(m), orthonormal(n)
-  return 3.7 * (u * np.geomspace(1, 1 / kappa, min(m, n))) @ np.conj(np.swapaxes(v, -1, -2))
+  return 3.7 * benchmark_matrix(rng, shape, kappa, is_complex)
 
 
 def svd_polar(x):

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 
 from resnorm.models import probes
 
-UNROLL = 1
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 lecun_normal = nn.initializers.lecun_normal()
 
@@ -78,6 +77,11 @@ class MLPStack(nn.Module):
   remat: bool = False
   dtype: Any = None  # computation dtype; None follows the inputs and parameters
 
+  def block_options(self) -> dict:
+    """The fields of every :class:`MLPBlock` of this stack."""
+    return dict(hidden=self.hidden, residual=self.residual, linear=self.linear, branch_scale=self.branch_scale,
+                zero_init_last=self.zero_init_last, layer_norm=self.layer_norm, dtype=self.dtype)
+
   @nn.compact
   def __call__(self, inputs, train: bool = False):
     del train  # no dropout or batch statistics in these stacks
@@ -92,17 +96,7 @@ class MLPStack(nn.Module):
         variable_axes=probes.SCAN_AXES,
         split_rngs={"params": True},
         length=self.depth,
-        unroll=UNROLL,
-    )(
-        hidden=self.hidden,
-        residual=self.residual,
-        linear=self.linear,
-        branch_scale=self.branch_scale,
-        zero_init_last=self.zero_init_last,
-        layer_norm=self.layer_norm,
-        dtype=self.dtype,
-        name=probes.site_name(2, "block"),
-    )
+    )(**self.block_options(), name=probes.site_name(2, "block"))
     x, _ = blocks(x, None)
     return nn.Dense(self.num_outputs, kernel_init=lecun_normal, dtype=self.dtype, name="head")(x)
 
@@ -121,15 +115,7 @@ def block_stack(stack: MLPStack, variables, inputs):
   scanned blocks' outputs, read with ``capture_intermediates``.
   """
   blocks = probes.site_name(2, "block")  # the name MLPStack gives its nn.scan
-  block = MLPBlock(
-      hidden=stack.hidden,
-      residual=stack.residual,
-      linear=stack.linear,
-      branch_scale=stack.branch_scale,
-      zero_init_last=stack.zero_init_last,
-      layer_norm=stack.layer_norm,
-      dtype=stack.dtype,
-  )
+  block = MLPBlock(**stack.block_options())
 
   def apply(params, x):
     return block.apply({"params": params}, x)[0]
