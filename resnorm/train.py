@@ -191,13 +191,18 @@ def train_step(state: TrainState, batch, loss_fn) -> tuple[TrainState, dict]:
   return state, {"loss": value, "finite": finite}
 
 
-def eval_step(state: TrainState, batch, loss_fn, task: str) -> dict:
-  """Sums of the loss (and of correct predictions) over ``batch``, for averaging."""
-  inputs, targets = batch
+def _variables(state: TrainState) -> dict:
+  """The variables ``apply`` needs: parameters, and BatchNorm statistics where the model has them."""
   variables = {"params": state.params}
   if state.batch_stats is not None:
     variables["batch_stats"] = state.batch_stats
-  outputs = state.apply_fn(variables, inputs, train=False)
+  return variables
+
+
+def eval_step(state: TrainState, batch, loss_fn, task: str) -> dict:
+  """Sums of the loss (and of correct predictions) over ``batch``, for averaging."""
+  inputs, targets = batch
+  outputs = state.apply_fn(_variables(state), inputs, train=False)
   count = inputs.shape[0]
   sums = {"loss": loss_fn(outputs, targets) * count, "count": count}
   if task == "classification":
@@ -256,13 +261,6 @@ def measure_signal(measure_fn, variables, dataset, num_examples: int) -> dict:
   report = measure_fn(variables, dataset.x_test[:num_examples], dataset.y_test[:num_examples])
   by_kind = {kind: signal.summarize(report, kind) for kind in sorted(set(report.kinds))}
   return {"by_kind": by_kind, "profile": signal.layer_profile(report)}
-
-
-def _variables(state):
-  variables = {"params": state.params}
-  if state.batch_stats is not None:
-    variables["batch_stats"] = state.batch_stats
-  return variables
 
 
 def jsonable(tree):
