@@ -211,6 +211,11 @@ TARGETS = {("stem", "kernel"): ConvTarget((8, 8)), ("03_transition", "kernel"): 
            ("dense", "kernel"): ConvTarget((1, 1))}
 
 
+def _random_grads(rng, params, steps=3):
+  return [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+          for _ in range(steps)]
+
+
 def _run(tx, params, grads):
   """Parameters after each step and the updates of each step, under jit."""
   step = jax.jit(lambda p, s, g: tx.update(g, s, p))
@@ -225,19 +230,17 @@ def _run(tx, params, grads):
 def test_chained_with_sgd_projects_targets_and_leaves_the_rest_as_plain_sgd():
   rng = np.random.default_rng(4)
   params = _params(rng)
-  grads = [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params) for _ in range(3)]
+  grads = _random_grads(rng, params)
   sgd = optax.sgd(0.1, momentum=0.9)
   plain = _run(sgd, params, grads)
   projected = _run(optax.chain(sgd, procrustes.procrustes(TARGETS, probability=1.0)), params, grads)
   before = params
   for (plain_params, plain_updates), (new_params, _) in zip(plain, projected):
-    for name in ("block",):
-      np.testing.assert_array_equal(new_params[name]["kernel"], plain_params[name]["kernel"])
+    np.testing.assert_array_equal(new_params["block"]["kernel"], plain_params["block"]["kernel"])
     np.testing.assert_array_equal(new_params["dense"]["bias"], plain_params["dense"]["bias"])
     # The sgd updates do not depend on the parameters, so the projection acts on before + update.
-    for name, target in (("stem", (8, 8)),):
-      expected = procrustes.project_conv(before[name]["kernel"] + plain_updates[name]["kernel"], target)
-      np.testing.assert_allclose(new_params[name]["kernel"], expected, atol=1e-5)
+    expected = procrustes.project_conv(before["stem"]["kernel"] + plain_updates["stem"]["kernel"], (8, 8))
+    np.testing.assert_allclose(new_params["stem"]["kernel"], expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.svd(new_params["03_transition"]["kernel"][0, 0], compute_uv=False),
                                np.sqrt(2.0), rtol=1e-5)
     np.testing.assert_allclose(np.linalg.svd(new_params["dense"]["kernel"], compute_uv=False),
@@ -248,7 +251,7 @@ def test_chained_with_sgd_projects_targets_and_leaves_the_rest_as_plain_sgd():
 def test_probability_zero_changes_nothing():
   rng = np.random.default_rng(5)
   params = _params(rng)
-  grads = [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params) for _ in range(3)]
+  grads = _random_grads(rng, params)
   sgd = optax.sgd(0.1, momentum=0.9)
   plain = _run(sgd, params, grads)
   idle = _run(optax.chain(sgd, procrustes.procrustes(TARGETS, probability=0.0)), params, grads)

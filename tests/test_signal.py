@@ -91,9 +91,10 @@ def test_ratios_are_per_example(x64):
   inputs = jax.random.normal(jax.random.key(6), (5, 3), jnp.float64)
   targets = jax.random.normal(jax.random.key(7), (5, 2), jnp.float64)
   variables = _float64(model.init(jax.random.key(8), inputs))
-  batch = signal.measure(model, variables, inputs, targets, _mse)
+  measure = jax.jit(lambda x, y: signal.measure(model, variables, x, y, _mse))
+  batch = measure(inputs, targets)
   for i in range(5):
-    single = signal.measure(model, variables, inputs[i:i + 1], targets[i:i + 1], _mse)
+    single = measure(inputs[i:i + 1], targets[i:i + 1])
     np.testing.assert_allclose(single.ratio[:, 0], batch.ratio[:, i], rtol=1e-10)
 
 
