@@ -36,6 +36,7 @@ def get_config():
   # Procrustes projection of the family's transition kernels after each optimizer step it acts
   # on (ProcResNet only): with `probability` per step, or every `every` steps when every > 0.
   config.procrustes = ml_collections.ConfigDict(dict(enabled=False, probability=0.5, every=0))
-  # Backward ratios are measured on this many held-out examples, at init and after training.
-  config.signal = ml_collections.ConfigDict(dict(num_examples=256))
+  # Backward ratios are measured on this many held-out examples, at init and after training,
+  # and every `every` steps in between (0: never; written to workdir/signal.jsonl).
+  config.signal = ml_collections.ConfigDict(dict(num_examples=256, every=100))
   return config

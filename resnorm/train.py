@@ -8,6 +8,8 @@ after training, and writes ``workdir/``:
 * ``checkpoints/`` — Orbax checkpoints every ``checkpoint_every`` steps; a run started again
   in the same workdir resumes from the latest one;
 * ``metrics.jsonl`` — train loss every ``log_every`` steps;
+* ``signal.jsonl`` — with ``signal.every`` > 0, the δ statistics and per-layer profiles of
+  :func:`measure_signal` every ``signal.every`` steps during training;
 * ``summary.json`` — steps, losses, test accuracy (classification), δ statistics at
   initialisation and after training, and whether the run diverged.
 
@@ -100,6 +102,7 @@ def validate(config, dataset: data_lib.Dataset) -> None:
   examples = validation.positive_int("config.signal.num_examples", config.signal.num_examples)
   if examples > num_test:
     raise validation.ConfigError("config.signal.num_examples", examples, f"at most the {num_test} test examples")
+  validation.non_negative_int("config.signal.every", config.signal.every)
   data_lib.batch_indices(len(dataset.x_train), config.batch_size, 0, 0)  # batch fits the data
   build_model(config, dataset.num_outputs)
   if config.procrustes.enabled:
@@ -283,13 +286,23 @@ def write_json(path: str, tree) -> None:
   os.replace(tmp, path)  # never leave a half-written file behind
 
 
-def _last_logged_loss(metrics_path: str) -> float:
-  """The last train loss a resumed run had logged (NaN for a new run)."""
-  if not os.path.exists(metrics_path):
-    return float("nan")
-  with open(metrics_path) as f:
-    lines = f.read().splitlines()
-  return json.loads(lines[-1])["train_loss"] if lines else float("nan")
+def rewind_log(path: str, step: int, write: bool) -> list[dict]:
+  """The records of a JSONL log up to ``step``, the step a run resumes from.
+
+  A run that stopped after logging past its last checkpoint logs those steps again when it
+  resumes; with ``write`` the file is cut back to ``step`` first, so every step appears once.
+  """
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  kept = [r for r in records if r["step"] <= step]
+  if write and len(kept) < len(records):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)
+  return kept
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> dict:
@@ -337,9 +350,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   step_fn = jax.jit(functools.partial(train_step, loss_fn=loss_fn), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, loss_fn=loss_fn, task=dataset.task))
   started = time.time()
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  diverged, train_loss, window = None, _last_logged_loss(metrics_path), []
-  with open(metrics_path, "a") if lead else contextlib.nullcontext() as metrics_file:
+  metrics_path, signal_path = os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "signal.jsonl")
+  logged = rewind_log(metrics_path, start, write=lead)
+  rewind_log(signal_path, start, write=lead)
+  diverged, train_loss, window = None, logged[-1]["train_loss"] if logged else float("nan"), []
+  last_signal = (None, None)  # (step, measurement) of the latest measurement during training
+  with contextlib.ExitStack() as files:
+    metrics_file = files.enter_context(open(metrics_path, "a")) if lead else None
+    signal_file = files.enter_context(open(signal_path, "a")) if lead and config.signal.every else None
     for step in range(start, config.num_steps):
       rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
       transform = functools.partial(data_lib.augment, seed=seed, step=step) if config.augment else None
@@ -349,7 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
       done = step + 1
       log_now = done % config.log_every == 0 or done == config.num_steps
       save_now = config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.num_steps)
-      if not (log_now or save_now):
+      measure_now = config.signal.every and done % config.signal.every == 0
+      if not (log_now or save_now or measure_now):
         continue
       window = jax.device_get(window)
       loss, finite = float(np.mean([m["loss"] for m in window])), all(m["finite"] for m in window)
@@ -360,6 +379,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
       train_loss = loss
       if log_now and lead:
         metrics_file.write(json.dumps({"step": done, "train_loss": loss}) + "\n")
+      if measure_now:
+        last_signal = (done, measure_signal(measure_fn, _variables(state), dataset, config.signal.num_examples))
+        if lead:
+          signal_file.write(json.dumps(jsonable({"step": done, **last_signal[1]})) + "\n")
       if save_now:
         checkpoints.save(done, args=ocp.args.StandardSave(state))
   checkpoints.wait_until_finished()
@@ -382,7 +405,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   }
   if diverged is None:
     summary.update(evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding))
-    summary["trained"] = measure_signal(measure_fn, _variables(state), dataset, config.signal.num_examples)
+    summary["trained"] = last_signal[1] if last_signal[0] == config.num_steps else measure_signal(
+        measure_fn, _variables(state), dataset, config.signal.num_examples)
   if lead:
     write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

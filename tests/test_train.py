@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -47,11 +48,17 @@ def test_digits_run_learns_and_writes_its_outputs(tmp_path):
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
-  straight = train.train_and_evaluate(tiny_run(), str(tmp_path / "straight"))
-  train.train_and_evaluate(tiny_run(num_steps=10), str(tmp_path / "resumed"))  # checkpoint at step 10
-  resumed = train.train_and_evaluate(tiny_run(), str(tmp_path / "resumed"))
+  straight = train.train_and_evaluate(tiny_run(**{"signal.every": 5}), str(tmp_path / "straight"))
+  train.train_and_evaluate(tiny_run(num_steps=15, **{"signal.every": 5}), str(tmp_path / "resumed"))
+  # Killed after logging step 15 and before saving it: the run resumes from step 10.
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "15")
+  resumed = train.train_and_evaluate(tiny_run(**{"signal.every": 5}), str(tmp_path / "resumed"))
   assert resumed["test_loss"] == straight["test_loss"]
   assert resumed["trained"] == straight["trained"]
+  for log in ("metrics.jsonl", "signal.jsonl"):
+    assert (tmp_path / "resumed" / log).read_text() == (tmp_path / "straight" / log).read_text()
+  steps = [json.loads(line)["step"] for line in (tmp_path / "straight" / "signal.jsonl").read_text().splitlines()]
+  assert steps == [5, 10, 15, 20]
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -83,6 +90,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
         ({"model.width": -4}, "config.model.width"),
         ({"model.wdith": 4}, "config.model.wdith"),
         ({"signal.num_examples": 10_000}, "config.signal.num_examples"),
+        ({"signal.every": -1}, "config.signal.every"),
         ({"batch_size": 4096}, "batch_size"),
         ({"data.name": "mnist"}, "data.name"),
     ],
