@@ -6,6 +6,7 @@ needs no display and leaves the caller's backend alone (a notebook shows them in
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -55,6 +56,30 @@ def delta_vs_depth(summary: dict, path: str) -> None:
   """Residual and plain families side by side, written to ``path`` (PNG)."""
   fig = Figure(figsize=(5 * len(summary["models"]), 4))
   draw_delta_vs_depth(fig, summary)
+  fig.savefig(path, dpi=120)
+
+
+def delta_during_training(results: list[dict], path: str) -> None:
+  """δ_max over blocks against the training step, one panel per family and one line per depth
+  (runs' ``history``; the point at step 0 is the measurement at initialisation)."""
+  names = list(dict.fromkeys(r["model"] for r in results))
+  fig = Figure(figsize=(5 * len(names), 4))
+  axes = fig.subplots(1, len(names), squeeze=False, sharey=True)
+  depths = sorted({r["depth"] for r in results})
+  colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(depths)))
+  for ax, name in zip(axes[0], names):
+    for r in sorted((r for r in results if r["model"] == name), key=lambda r: r["depth"]):
+      measured = [(0, r["init"]["by_kind"]["block"])] + [(h["step"], h) for h in r.get("history", [])]
+      points = [(step, m["delta_max"]) for step, m in measured if m["delta_max"]]  # None: no finite ratio
+      if points:
+        ax.plot(*zip(*points), "o-", ms=3, color=colors[depths.index(r["depth"])], label=f"L = {r['depth']}")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_title(name)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+  axes[0][0].set_ylabel("δ_max over blocks and held-out examples")
+  fig.tight_layout()
   fig.savefig(path, dpi=120)
 
 

@@ -8,7 +8,9 @@ A sweep workdir holds one run directory per pair (``runs/<model>_L<depth>/``, wr
   family (the first of ``config.models``); under ``models.<name>``: the same lists after
   training and at initialisation, quantiles, test and train losses, and fits, for every family;
 * ``results.csv`` — one row per run;
-* ``delta_vs_depth.png`` — δ against L on log–log axes with the fitted c·log(2L)/L.
+* ``delta_vs_depth.png`` — δ against L on log–log axes with the fitted c·log(2L)/L;
+* ``delta_during_training.png`` — δ_max against the training step for every run (runs
+  measured during training, ``signal.every`` > 0).
 
 Runs are independent (each seeds itself from config.seed, model and depth), so a sweep can be
 split into single-depth jobs on many machines and merged with :func:`aggregate`: the merged
@@ -156,6 +158,8 @@ def write_outputs(workdir: str, summary: dict, results: list[dict]) -> None:
         row.update({f"{stage}_{k}": r[stage]["by_kind"]["block"][k] if stage in r else None for k in DELTA_KEYS})
       writer.writerow(train.jsonable(row))
   plots.delta_vs_depth(summary, os.path.join(workdir, "delta_vs_depth.png"))
+  if any(r.get("history") for r in results):
+    plots.delta_during_training(results, os.path.join(workdir, "delta_during_training.png"))
 
 
 def collect(workdir: str) -> tuple[dict, list[dict]]:

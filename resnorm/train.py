@@ -11,7 +11,8 @@ after training, and writes ``workdir/``:
 * ``signal.jsonl`` — with ``signal.every`` > 0, the δ statistics and per-layer profiles of
   :func:`measure_signal` every ``signal.every`` steps during training;
 * ``summary.json`` — steps, losses, test accuracy (classification), δ statistics at
-  initialisation and after training, and whether the run diverged.
+  initialisation and after training, their ``history`` during training (blocks only), and
+  whether the run diverged.
 
 Parameters are replicated and batches split over the mesh axis ``'data'``; with several
 processes, each loads only its rows of every batch. A step whose loss or parameters are not
@@ -43,6 +44,7 @@ from resnorm import models, procrustes, signal, validation
 from resnorm.models import resnet
 
 OPTIMIZERS = ("adam", "sgd")
+HISTORY_KEYS = ("delta_max", "delta_mean", "log_gain")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -305,6 +307,12 @@ def rewind_log(path: str, step: int, write: bool) -> list[dict]:
   return kept
 
 
+def _history_entry(step: int, measured: dict) -> dict:
+  """The block δ statistics of one measurement during training, for ``summary["history"]``."""
+  blocks = measured["by_kind"]["block"]
+  return {"step": step, **{k: blocks[k] for k in HISTORY_KEYS}}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> dict:
   """Trains one model, measures it before and after, writes ``workdir`` (see module docstring).
 
@@ -352,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   started = time.time()
   metrics_path, signal_path = os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "signal.jsonl")
   logged = rewind_log(metrics_path, start, write=lead)
-  rewind_log(signal_path, start, write=lead)
+  history = [_history_entry(r["step"], r) for r in rewind_log(signal_path, start, write=lead)]
   diverged, train_loss, window = None, logged[-1]["train_loss"] if logged else float("nan"), []
   last_signal = (None, None)  # (step, measurement) of the latest measurement during training
   with contextlib.ExitStack() as files:
@@ -381,6 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
         metrics_file.write(json.dumps({"step": done, "train_loss": loss}) + "\n")
       if measure_now:
         last_signal = (done, measure_signal(measure_fn, _variables(state), dataset, config.signal.num_examples))
+        history.append(_history_entry(done, last_signal[1]))
         if lead:
           signal_file.write(json.dumps(jsonable({"step": done, **last_signal[1]})) + "\n")
       if save_now:
@@ -402,6 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
       "train_loss": diverged.loss if diverged else train_loss,
       "train_seconds": time.time() - started,
       "init": init_signal,
+      "history": history,
   }
   if diverged is None:
     summary.update(evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding))

@@ -47,8 +47,12 @@ def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
   assert sorted((r["model"], int(r["depth"])) for r in rows) == sorted(
       (m, L) for m in ("mlp_residual", "mlp_plain") for L in (2, 4))
   assert all(float(r["trained_delta_max"]) > 0 for r in rows)
-  with open(root / "joint" / "delta_vs_depth.png", "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  for figure in ("delta_vs_depth.png", "delta_during_training.png"):
+    with open(root / "joint" / figure, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  history = _read(root / "joint" / "runs" / sweep.run_name("mlp_residual", 4) / "summary.json")["history"]
+  assert [h["step"] for h in history] == [10, 20]
+  assert history[-1]["delta_max"] == summary["delta_max"][1]  # the last measurement is the trained one
   table = sweep.format_table(summary)
   assert len(table.splitlines()) == 4 and "log(2L)/L" in table
 

@@ -55,6 +55,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   resumed = train.train_and_evaluate(tiny_run(**{"signal.every": 5}), str(tmp_path / "resumed"))
   assert resumed["test_loss"] == straight["test_loss"]
   assert resumed["trained"] == straight["trained"]
+  assert resumed["history"] == straight["history"] and len(straight["history"]) == 4
   for log in ("metrics.jsonl", "signal.jsonl"):
     assert (tmp_path / "resumed" / log).read_text() == (tmp_path / "straight" / log).read_text()
   steps = [json.loads(line)["step"] for line in (tmp_path / "straight" / "signal.jsonl").read_text().splitlines()]
