@@ -59,10 +59,9 @@ def delta_vs_depth(summary: dict, path: str) -> None:
   fig.savefig(path, dpi=120)
 
 
-def delta_during_training(results: list[dict], path: str) -> None:
-  """δ_max over blocks against the training step, one panel per family and one line per depth
-  (runs' ``history``; the point at step 0 is the measurement at initialisation)."""
-  names = list(dict.fromkeys(r["model"] for r in results))
+def delta_during_training(results: list[dict], names: list[str], path: str) -> None:
+  """δ_max over blocks against the training step, one panel per family in ``names`` and one line
+  per depth (runs' ``history``; the point at step 0 is the measurement at initialisation)."""
   fig = Figure(figsize=(5 * len(names), 4))
   axes = fig.subplots(1, len(names), squeeze=False, sharey=True)
   depths = sorted({r["depth"] for r in results})
@@ -77,7 +76,7 @@ def delta_during_training(results: list[dict], path: str) -> None:
     ax.set_xlabel("training step")
     ax.set_title(name)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+  axes[0][-1].legend(fontsize=7, ncol=2, loc="lower right")  # colours mean the same depth in every panel
   axes[0][0].set_ylabel("δ_max over blocks and held-out examples")
   fig.tight_layout()
   fig.savefig(path, dpi=120)

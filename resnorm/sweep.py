@@ -159,7 +159,7 @@ def write_outputs(workdir: str, summary: dict, results: list[dict]) -> None:
       writer.writerow(train.jsonable(row))
   plots.delta_vs_depth(summary, os.path.join(workdir, "delta_vs_depth.png"))
   if any(r.get("history") for r in results):
-    plots.delta_during_training(results, os.path.join(workdir, "delta_during_training.png"))
+    plots.delta_during_training(results, list(summary["models"]), os.path.join(workdir, "delta_during_training.png"))
 
 
 def collect(workdir: str) -> tuple[dict, list[dict]]:
