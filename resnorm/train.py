@@ -7,7 +7,8 @@ after training, and writes ``workdir/``:
 * ``config.json`` — the resolved config;
 * ``checkpoints/`` — Orbax checkpoints every ``checkpoint_every`` steps; a run started again
   in the same workdir resumes from the latest one;
-* ``metrics.jsonl`` — train loss every ``log_every`` steps;
+* ``metrics.jsonl`` — every ``log_every`` steps, the train loss averaged over the steps since
+  the previous log (or since the resume);
 * ``signal.jsonl`` — with ``signal.every`` > 0, the δ statistics and per-layer profiles of
   :func:`measure_signal` every ``signal.every`` steps during training;
 * ``summary.json`` — steps, losses, test accuracy (classification), δ statistics at
@@ -361,7 +362,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   metrics_path, signal_path = os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "signal.jsonl")
   logged = rewind_log(metrics_path, start, write=lead)
   history = [_history_entry(r["step"], r) for r in rewind_log(signal_path, start, write=lead)]
-  diverged, train_loss, window = None, logged[-1]["train_loss"] if logged else float("nan"), []
+  diverged, train_loss = None, logged[-1]["train_loss"] if logged else float("nan")
+  window, losses = [], []  # step metrics on device since the last check; losses since the last log
   last_signal = (None, None)  # (step, measurement) of the latest measurement during training
   with contextlib.ExitStack() as files:
     metrics_file = files.enter_context(open(metrics_path, "a")) if lead else None
@@ -379,14 +381,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
       if not (log_now or save_now or measure_now):
         continue
       window = jax.device_get(window)
-      loss, finite = float(np.mean([m["loss"] for m in window])), all(m["finite"] for m in window)
-      window = []
+      losses += [float(m["loss"]) for m in window]
+      finite, window = all(m["finite"] for m in window), []
       if not finite:
-        diverged = (done, loss)
+        diverged = (done, float(np.mean(losses)))
         break
-      train_loss = loss
-      if log_now and lead:
-        metrics_file.write(json.dumps({"step": done, "train_loss": loss}) + "\n")
+      if log_now:
+        train_loss, losses = float(np.mean(losses)), []
+        if lead:
+          metrics_file.write(json.dumps({"step": done, "train_loss": train_loss}) + "\n")
       if measure_now:
         last_signal = (done, measure_signal(measure_fn, _variables(state), dataset, config.signal.num_examples))
         history.append(_history_entry(done, last_signal[1]))

@@ -34,13 +34,17 @@ def tiny_run(**overrides):
   return config
 
 
+def _logged_losses(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return [json.loads(line)["train_loss"] for line in f]
+
+
 def test_digits_run_learns_and_writes_its_outputs(tmp_path):
   config = tiny_run(num_steps=150, log_every=50, checkpoint_every=0, **{"optimizer.learning_rate": 3e-3})
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert not summary["diverged"] and summary["steps"] == 150
   assert summary["test_accuracy"] > 0.8  # chance is 0.1
-  with open(tmp_path / "metrics.jsonl") as f:
-    losses = [json.loads(line)["train_loss"] for line in f]
+  losses = _logged_losses(tmp_path)
   assert len(losses) == 3 and losses[-1] < 0.5 * losses[0]
   with open(tmp_path / "summary.json") as f:
     assert json.load(f)["trained"]["by_kind"]["block"]["num_ratios"] == 3 * 32
@@ -60,6 +64,17 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert (tmp_path / "resumed" / log).read_text() == (tmp_path / "straight" / log).read_text()
   steps = [json.loads(line)["step"] for line in (tmp_path / "straight" / "signal.jsonl").read_text().splitlines()]
   assert steps == [5, 10, 15, 20]
+
+
+def test_logged_loss_averages_every_step_since_the_previous_log(tmp_path):
+  every_step = tiny_run(log_every=1, checkpoint_every=0, **{"signal.every": 0})
+  train.train_and_evaluate(every_step, str(tmp_path / "every_step"))
+  # Checkpoints and measurements in between must not cut the average short.
+  train.train_and_evaluate(tiny_run(log_every=10, checkpoint_every=4, **{"signal.every": 3}), str(tmp_path / "tens"))
+  per_step = _logged_losses(tmp_path / "every_step")
+  assert len(per_step) == 20
+  np.testing.assert_allclose(_logged_losses(tmp_path / "tens"), [np.mean(per_step[:10]), np.mean(per_step[10:])],
+                             rtol=1e-12)
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
