@@ -48,3 +48,16 @@ def test_residual_and_plain_share_parameters_but_not_the_skip():
 def test_bad_model_arguments_name_what_is_allowed(name, depth, options, match):
   with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace(")", r"\)")):
     models.create_model(name, depth, **options)
+
+
+def test_a_registered_family_is_built_and_validated_like_the_others(monkeypatch):
+  monkeypatch.setattr(models, "FAMILIES", dict(models.FAMILIES))  # leave the real registry untouched
+  wide_mlp = models.Family(models.FAMILIES["mlp_residual"].build, dict(models.FAMILIES["mlp_residual"].defaults,
+                                                                       width=48))
+  models.register("wide_mlp", wide_mlp)
+  variables = jax.eval_shape(models.create_model("wide_mlp", 3).init, jax.random.key(0), jnp.ones((1, 5)))
+  assert variables["params"]["stem"]["kernel"].shape == (5, 48)
+  with pytest.raises(ConfigError, match="wide_mlp"):
+    models.create_model("wide_mlp", 3, depth_multiplier=2)
+  with pytest.raises(ValueError, match="already registered"):
+    models.register("mlp_plain", wide_mlp)
