@@ -29,7 +29,7 @@ def main(argv):
       raise app.UsageError("--config is required unless --aggregate is given")
     summary = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
   print(sweep.format_table(summary))
-  logging.info("wrote %s/summary.json, results.csv and delta_vs_depth.png", _WORKDIR.value)
+  logging.info("wrote summary.json, results.csv and the figures to %s", _WORKDIR.value)
 
 
 if __name__ == "__main__":
