@@ -252,6 +252,26 @@ def test_scanned_and_unrolled_builds_agree():
   close(_unstacked(remat_state["batch_stats"]), state["batch_stats"])
 
 
+def test_partially_unrolled_scan_agrees_with_the_full_scan():
+  """``scan_unroll=2`` (with a remainder: 3 blocks per stage) changes the loop, not the network:
+  same parameter shapes, logits, updated statistics and gradients as ``scan_unroll=1``."""
+  x, y = _batch(size=4, image=8)
+  rolled, unrolled = (models.create_model("resnet", 20, width_multiplier=0.25, scan_unroll=k) for k in (1, 2))
+  variables = _random_variables(rolled, x)
+  assert jax.tree.structure(_shapes(unrolled, x)) == jax.tree.structure(_shapes(rolled, x))
+
+  def step(model):
+    def loss(params):
+      logits, state = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+      return _cross_entropy(logits, y), (logits, state["batch_stats"])
+
+    return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), step(unrolled), step(rolled))
+  with pytest.raises(ConfigError, match="scan_unroll = 0"):
+    models.create_model("resnet", 20, scan_unroll=0)
+
+
 # ----------------------------------------------------------------------------- batch norm modes
 
 

@@ -195,14 +195,17 @@ class _UnrolledStage(nn.Module):
     return x, None
 
 
-def stage(block: ModuleDef, length: int, name: str, *, scan: bool = True, remat: bool = False):
-  """``length`` identical blocks as one stream site ``name``: ``x, _ = stage(...)(x, None)``."""
+def stage(block: ModuleDef, length: int, name: str, *, scan: bool = True, remat: bool = False,
+          scan_unroll: int = 1):
+  """``length`` identical blocks as one stream site ``name``: ``x, _ = stage(...)(x, None)``.
+
+  ``scan_unroll`` blocks run per iteration of the scanned loop (the same network, fewer trips)."""
   if remat:
     block = nn.remat(block, prevent_cse=not scan)
   if not scan:
     return _UnrolledStage(block=block, length=length, name=name)
   return nn.scan(
-      _ScanStep, variable_axes=SCAN_AXES, split_rngs={"params": True}, length=length
+      _ScanStep, variable_axes=SCAN_AXES, split_rngs={"params": True}, length=length, unroll=scan_unroll
   )(block=block, name=name)
 
 
@@ -220,6 +223,7 @@ class _CifarNet(nn.Module):
   dtype: Any = jnp.float32
   scan: bool = True
   remat: bool = False
+  scan_unroll: int = 1
 
   def width(self, base: int) -> int:
     return max(1, round(base * self.width_multiplier))
@@ -248,7 +252,7 @@ class _CifarNet(nn.Module):
     if not count:
       return x
     site = probes.site_name(next(sites), "block")
-    return stage(block, count, site, scan=self.scan, remat=self.remat)(x, None)[0]
+    return stage(block, count, site, scan=self.scan, remat=self.remat, scan_unroll=self.scan_unroll)(x, None)[0]
 
 
 class ResNet(_CifarNet):
@@ -341,7 +345,7 @@ LAYOUTS = {
     "procresnet": Layout(ProcResNet, True, 9, 4, (166, 274, 634, 1003)),
 }
 # The options every family accepts (``create_model`` overrides), with their defaults.
-DEFAULTS = dict(width_multiplier=1.0, dtype="float32", bn_momentum=0.9, scan=True, remat=False)
+DEFAULTS = dict(width_multiplier=1.0, dtype="float32", bn_momentum=0.9, scan=True, remat=False, scan_unroll=1)
 
 
 def depth_check(name: str) -> Callable[[int], None]:
@@ -370,7 +374,7 @@ def builder(name: str) -> Callable[..., nn.Module]:
   """``build(depth, num_classes, **DEFAULTS)`` for family ``name``; validates every option."""
   layout = LAYOUTS[name]
 
-  def build(depth, num_classes, *, width_multiplier, dtype, bn_momentum, scan, remat):
+  def build(depth, num_classes, *, width_multiplier, dtype, bn_momentum, scan, remat, scan_unroll):
     validation.positive_float("width_multiplier", width_multiplier)
     validation.one_of("dtype", dtype, DTYPES)
     if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum < 1:
@@ -384,6 +388,7 @@ def builder(name: str) -> Callable[..., nn.Module]:
         dtype=DTYPES[dtype],
         scan=_flag("scan", scan),
         remat=_flag("remat", remat),
+        scan_unroll=validation.positive_int("scan_unroll", scan_unroll),
     )
 
   return build
