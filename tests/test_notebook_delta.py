@@ -1,6 +1,6 @@
 """notebooks/delta_vs_depth.ipynb runs end to end with a tiny sweep."""
 
-from conftest import execute_notebook
+from helpers import execute_notebook
 
 
 def test_delta_vs_depth_notebook_executes(tmp_path):

@@ -1,6 +1,6 @@
 """notebooks/fibonacci_vs_resnet.ipynb runs end to end with small parameters and draws its figures."""
 
-import conftest
+import helpers
 
 NOTEBOOK = "fibonacci_vs_resnet.ipynb"
 
@@ -11,7 +11,7 @@ def _outputs(notebook, kind):
 
 
 def test_notebook_executes_with_small_parameters():
-  notebook = conftest.execute_notebook(
+  notebook = helpers.execute_notebook(
       NOTEBOOK, fibonacci_ns=(1, 10, 100), residual_depths=(4, 16), depths=(2,), width=8, hidden=16,
       num_examples=2, lanczos_iterations=4,
   )

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks.projection import random_matrix as benchmark_matrix
+from helpers import random_matrix as unit_matrix
 from resnorm import procrustes
 from resnorm.procrustes import ConvTarget
 from resnorm.validation import ConfigError
@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def random_matrix(rng, shape, kappa, is_complex):
   """Singular values geometrically spaced over [1/kappa, 1] (times 3.7), random singular vectors."""
-  return 3.7 * benchmark_matrix(rng, shape, kappa, is_complex)
+  return 3.7 * unit_matrix(rng, shape, kappa, is_complex)
 
 
 def svd_polar(x):

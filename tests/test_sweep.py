@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from sweep_configs import tiny_sweep
+from helpers import tiny_sweep
 
 from resnorm import sweep, train
 from resnorm.validation import ConfigError

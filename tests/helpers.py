@@ -1,0 +1,60 @@
+"""Helpers the tests share (imported as ``helpers``; fixtures stay in conftest.py).
+
+Notebook execution with injected parameters, tiny versions of the real config files, and
+matrices with a chosen condition number.
+"""
+
+import os
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def execute_notebook(name: str, timeout: int = 600, **parameters):
+  """Runs ``notebooks/<name>`` with ``parameters`` injected after its cell tagged 'parameters'.
+
+  Returns the executed notebook; a cell that raises fails the calling test.
+  """
+  import nbclient  # only the notebook tests need Jupyter
+  import nbformat
+
+  notebook = nbformat.read(os.path.join(REPO, "notebooks", name), as_version=4)
+  tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
+  if len(tagged) != 1:
+    raise ValueError(f"{name}: expected one cell tagged 'parameters', found {len(tagged)}")
+  injected = nbformat.v4.new_code_cell("\n".join(f"{key} = {value!r}" for key, value in parameters.items()))
+  notebook.cells.insert(tagged[0] + 1, injected)
+  client = nbclient.NotebookClient(
+      notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": REPO}}
+  )
+  client.execute()
+  return notebook
+
+
+def tiny_sweep(depths=(2, 4), models=("mlp_residual", "mlp_plain")):
+  """configs/depth_sweep.py with tiny data, widths and step counts."""
+  from configs import depth_sweep  # ml_collections: only the tests that build configs need it
+
+  config = depth_sweep.get_config()
+  config.depths = depths
+  config.models = models
+  config.data.train_size, config.data.test_size = 256, 64
+  config.model.width, config.model.hidden = 8, 8
+  config.batch_size, config.num_steps, config.log_every, config.checkpoint_every = 32, 20, 10, 10
+  config.signal.num_examples, config.signal.every = 32, 10
+  return config
+
+
+def random_matrix(rng, shape, kappa: float, is_complex: bool) -> np.ndarray:
+  """Singular values geometrically spaced from 1 to 1/kappa, random singular vectors."""
+  *batch, m, n = shape
+
+  def orthonormal(size):
+    a = rng.standard_normal((*batch, size, size))
+    if is_complex:
+      a = a + 1j * rng.standard_normal((*batch, size, size))
+    return np.linalg.qr(a)[0][..., : min(m, n)]
+
+  u, v = orthonormal(m), orthonormal(n)
+  return (u * np.geomspace(1, 1 / kappa, min(m, n))) @ np.conj(np.swapaxes(v, -1, -2))
