@@ -6,17 +6,19 @@
   python -m benchmarks.models --dtype bfloat16 --remat            # bf16 compute, rematerialised blocks
   python -m benchmarks.models --no-scan --depths resnet=20,56     # the unrolled build, for contrast
 
-One row per (family, depth): the jitted train step (forward, backward, BatchNorm statistics,
-SGD with momentum 0.9) on a batch of random ``--image``×``--image``×3 inputs. ``lower`` is the
-time to trace and lower it, ``compile`` the XLA compilation, ``step`` the median over
-``--repeats`` steps after one warm-up step, each waiting for its result. With every stage
-scanned, the program does not grow with depth, so compile time should stay flat (the goal:
-ResNet-1001's step compiles within 2× ResNet-164's) while step time grows linearly with depth
-(``ms/layer`` about constant). ``--procrustes`` adds a ProcResNet row whose step also projects
-the stem and transition kernels (acting on every step: the worst case).
+One row per (family, depth): the library's jitted train step (:mod:`benchmarks.common`:
+``resnorm.train.train_step``, forward, backward, BatchNorm statistics, configs/cifar.py's SGD,
+the state donated) on a batch of random ``--image``×``--image``×3 inputs. ``lower`` is the time
+to trace and lower it, ``compile`` the XLA compilation, ``step`` the median over ``--repeats``
+steps after one warm-up step, each waiting for its result. With every stage scanned, the program
+does not grow with depth, so compile time should stay flat (the goal: ResNet-1001's step compiles
+within 2× ResNet-164's) while step time grows linearly with depth (``ms/layer`` about constant).
+``--procrustes`` adds a ProcResNet row whose step also projects the stem and transition kernels
+(acting on every step: the worst case). ``--scan_unroll``, ``--dtype``, ``--no-donate`` and
+``XLA_FLAGS`` in the environment are the speed variants; every row also goes to results.json.
 
-Needs only jax, flax, optax and numpy (no ml_collections, no TFDS). Rows print as they finish,
-so a run stopped early keeps what it measured.
+Needs resnorm.train's imports (ml_collections, orbax), not TFDS. Rows print as they finish, so a
+run stopped early keeps what it measured.
 """
 
 from __future__ import annotations
@@ -24,17 +26,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 import sys
-import time
 
 import flax
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
-from resnorm import models, procrustes, validation
+from benchmarks import common
+from resnorm import models, validation
 from resnorm.models import resnet
 
 DEFAULT_DEPTHS = {
@@ -44,67 +43,41 @@ DEFAULT_DEPTHS = {
 }
 
 
-def train_step(model, tx):
-  """A pure step ``(params, batch_stats, opt_state, x, y) -> (..., loss)``, as in resnorm.train."""
-
-  def step(params, batch_stats, opt_state, x, y):
-    def loss_fn(params):
-      logits, state = model.apply(
-          {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      return loss, state["batch_stats"]
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-  return step
+def variant(args, project: bool = False) -> str:
+  """What differs from the baseline step (scanned, donated, width 1, no projection)."""
+  parts = [f"scan_unroll={args.scan_unroll}" if args.scan_unroll > 1 else "", "remat" if args.remat else "",
+           "" if args.scan else "unrolled build", "" if args.donate else "not donated",
+           f"width×{args.width_multiplier:g}" if args.width_multiplier != 1 else "",
+           "procrustes every=1" if project else ""]
+  return ", ".join(p for p in parts if p) or "baseline"
 
 
 def measure(name: str, depth: int, args, project: bool = False) -> dict:
-  """Lower, compile and time one train step; returns a table row."""
+  """Lower, compile and time the library's train step; returns a table row (also a results.json row)."""
   model = models.create_model(
-      name, depth, dtype=args.dtype, remat=args.remat, scan=args.scan, width_multiplier=args.width_multiplier
+      name, depth, dtype=args.dtype, remat=args.remat, scan=args.scan, width_multiplier=args.width_multiplier,
+      scan_unroll=args.scan_unroll,
   )
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(args.batch, args.image, args.image, 3)), jnp.float32)
-  y = jnp.asarray(rng.integers(0, 10, size=args.batch), jnp.int32)
-  variables = jax.jit(lambda key: model.init(key, x[:1], train=False))(jax.random.key(0))
-  params, batch_stats = variables["params"], variables["batch_stats"]
-  tx = optax.sgd(0.1, momentum=0.9)
-  if project:
-    targets = resnet.procresnet_projection_targets((args.image, args.image))
-    tx = optax.chain(tx, procrustes.procrustes(targets, every=1))
-  opt_state = tx.init(params)
-  step = jax.jit(train_step(model, tx), donate_argnums=(0, 1, 2))
-
-  start = time.perf_counter()
-  lowered = step.lower(params, batch_stats, opt_state, x, y)
-  lower_s = time.perf_counter() - start
-  start = time.perf_counter()
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - start
-
-  state = compiled(params, batch_stats, opt_state, x, y)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    state = compiled(*state[:3], x, y)
-    jax.block_until_ready(state)
-    times.append(time.perf_counter() - start)
-  step_s = statistics.median(times)
-  count = sum(leaf.size for leaf in jax.tree.leaves(state[0]))
+  batch = common.synthetic_batch(args.batch, args.image)
+  tx = common.optimizer(name, args.image, every=1 if project else 0)
+  step, state = common.library_step(model, tx, batch, donate=args.donate)
+  compiled = common.compile_step(step, state, batch)
+  count = sum(leaf.size for leaf in jax.tree.leaves(state.params))
+  step_s, _ = common.step_seconds(compiled.executable, state, batch, args.repeats)
+  result = common.row("models", name, depth, args.batch, args.dtype, variant(args, project), step_s,
+                      compiled.compile_s, lower_s=compiled.lower_s, params_m=count / 1e6,
+                      program_mem_gib=common.program_memory_gib(compiled.executable))
+  common.record([result])
   return dict(
       family=name + (" + procrustes" if project else ""),
       depth=depth,
       params=count / 1e6,
-      lower=lower_s,
-      compile=compile_s,
+      lower=compiled.lower_s,
+      compile=compiled.compile_s,
       step=1e3 * step_s,
       per_layer=1e3 * step_s / depth,
       images=args.batch / step_s,
+      peak=result["peak_mem_gib"],
   )
 
 
@@ -117,6 +90,7 @@ COLUMNS = (
     ("step", "{:.1f} ms"),
     ("per_layer", "{:.3f} ms"),
     ("images", "{:.3g}/s"),
+    ("peak", "{:.2f} GiB"),
 )
 
 
@@ -127,17 +101,17 @@ def header(args) -> str:
       f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
       f"Python {platform.python_version()}; {datetime.date.today().isoformat()}.",
       f"Train step: batch {args.batch} of {args.image}×{args.image}×3, dtype {args.dtype}, "
-      f"{'scanned' if args.scan else 'unrolled'}{', remat' if args.remat else ''}, "
-      f"width ×{args.width_multiplier}, SGD momentum 0.9; step = median of {args.repeats}.",
+      f"{variant(args)}; resnorm.train.train_step with configs/cifar.py's SGD; step = median of {args.repeats}; "
+      "peak memory: the process's high-water mark so far.",
       "",
-      "| family | depth | params | lower | compile | step | ms/layer | images/s |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|",
+      "| family | depth | params | lower | compile | step | ms/layer | images/s | peak memory |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   return "\n".join(lines)
 
 
 def row(result: dict) -> str:
-  return "| " + " | ".join(fmt.format(result[key]) for key, fmt in COLUMNS) + " |"
+  return "| " + " | ".join("—" if result[key] is None else fmt.format(result[key]) for key, fmt in COLUMNS) + " |"
 
 
 def summary(results: list[dict]) -> list[str]:
@@ -181,6 +155,9 @@ def main(argv=None) -> None:
   parser.add_argument("--width_multiplier", type=float, default=1.0)
   parser.add_argument("--remat", action="store_true")
   parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True)
+  parser.add_argument("--scan_unroll", type=int, default=1, help="blocks per trip of a scanned stage")
+  parser.add_argument("--donate", action=argparse.BooleanOptionalAction, default=True,
+                      help="donate the state to the step, as the training loop does")
   parser.add_argument("--procrustes", action="store_true",
                       help="also time ProcResNet steps that project its kernels (every step)")
   parser.add_argument("--platform", help="force a JAX platform (cpu, gpu, tpu)")

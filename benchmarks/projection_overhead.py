@@ -2,13 +2,14 @@
 
   python -m benchmarks.projection_overhead [--depth 166] [--batch 128] [--rounds 20] [--per_round 5]
 
-Rows: the step without projection; with ``procrustes(every=1)`` and ``procrustes(probability=0.5)``
+The step is the library's (:mod:`benchmarks.common`: ``resnorm.train.train_step`` with
+configs/cifar.py's SGD, state donated). Rows: the step without projection; with ``procrustes(every=1)`` and ``procrustes(probability=0.5)``
 (both choose inside the step with ``lax.cond``); and with the projection applied on every step
 without a conditional (the same projections, composed directly). The difference between the
 cond rows and the unconditional row is the cost of the conditional itself. The configurations
 take turns, round after round, so that GPU clock and temperature drift reach them alike (timed
-one after another, the first configuration measured up to 20% slower on an H200). Needs only jax,
-flax, optax and numpy.
+one after another, the first configuration measured up to 20% slower on an H200). Every row also
+goes to results.json (compile time: the first call, compilation included).
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ import time
 
 import flax
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import traverse_util
 
-from benchmarks.models import train_step
+from benchmarks import common
 from resnorm import models, procrustes
 from resnorm.models import resnet
 
@@ -44,55 +43,54 @@ def always_project(targets) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def compiled_step(model, tx, x, y):
-  """A warmed-up step and its state; the step donates and returns the state."""
-  variables = jax.jit(lambda key: model.init(key, x[:1], train=False))(jax.random.key(0))
-  state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
-  step = jax.jit(train_step(model, tx), donate_argnums=(0, 1, 2))
-  for _ in range(3):
-    state = step(*state, x, y)[:3]
-  jax.block_until_ready(state)
-  return step, state
+def compiled_step(model, tx, batch):
+  """The library's step, warmed up, its state, and the seconds its first call took (compilation)."""
+  step, state = common.library_step(model, tx, batch)
+  start = time.perf_counter()
+  state = common.run_steps(step, state, batch, 1)
+  first_s = time.perf_counter() - start
+  return step, common.run_steps(step, state, batch, 2), first_s
 
 
-def interleaved_times(steps: dict, x, y, rounds: int, per_round: int) -> dict[str, float]:
+def interleaved_times(steps: dict, batch, rounds: int, per_round: int) -> dict[str, float]:
   """Median over ``rounds`` of the mean step time in ms, the configurations taking turns in
   every round so that clock and thermal drift reach them all alike."""
-  states = {name: state for name, (_, state) in steps.items()}
+  states = {name: state for name, (_, state, _) in steps.items()}
   times = {name: [] for name in steps}
   for _ in range(rounds):
-    for name, (step, _) in steps.items():
+    for name, (step, _, _) in steps.items():
       start = time.perf_counter()
-      state = states[name]
-      for _ in range(per_round):
-        state = step(*state, x, y)[:3]
-      jax.block_until_ready(state)
-      states[name] = state
+      states[name] = common.run_steps(step, states[name], batch, per_round)
       times[name].append(1e3 * (time.perf_counter() - start) / per_round)
   return {name: statistics.median(t) for name, t in times.items()}
 
 
-def main() -> None:
+def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--depth", type=int, default=166)
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--rounds", type=int, default=20)
   parser.add_argument("--per_round", type=int, default=5)
-  args = parser.parse_args()
+  parser.add_argument("--image", type=int, default=32, help="input height and width")
+  parser.add_argument("--platform", help="force a JAX platform (cpu, gpu, tpu)")
+  args = parser.parse_args(argv)
+  if args.platform:
+    jax.config.update("jax_platforms", args.platform)
   model = models.create_model("procresnet", args.depth)
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 3)), jnp.float32)
-  y = jnp.asarray(rng.integers(0, 10, size=args.batch), jnp.int32)
-  targets = resnet.procresnet_projection_targets((32, 32))
-  sgd = optax.sgd(0.1, momentum=0.9)
+  batch = common.synthetic_batch(args.batch, args.image)
+  targets = resnet.procresnet_projection_targets((args.image, args.image))
+  sgd = common.optimizer("procresnet", args.image)
   rows = {
       "no projection": sgd,
-      "procrustes(every=1), lax.cond": optax.chain(sgd, procrustes.procrustes(targets, every=1)),
-      "procrustes(probability=0.5), lax.cond": optax.chain(sgd, procrustes.procrustes(targets)),
+      "procrustes(every=1), lax.cond": common.optimizer("procresnet", args.image, every=1),
+      "procrustes(probability=0.5), lax.cond": common.optimizer("procresnet", args.image, probability=0.5),
       "projection on every step, no conditional": optax.chain(sgd, always_project(targets)),
   }
-  steps = {name: compiled_step(model, tx, x, y) for name, tx in rows.items()}
-  times = interleaved_times(steps, x, y, args.rounds, args.per_round)
+  steps = {name: compiled_step(model, tx, batch) for name, tx in rows.items()}
+  times = interleaved_times(steps, batch, args.rounds, args.per_round)
+  common.record([common.row("projection_overhead", "procresnet", args.depth, args.batch, "float32", name,
+                            ms / 1e3, steps[name][2], rounds=args.rounds, per_round=args.per_round)
+                 for name, ms in times.items()])
   device = jax.devices()[0]
   print(f"device: {device.device_kind}; jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}; "
         f"{datetime.date.today().isoformat()}; ProcResNet-{args.depth}, batch {args.batch}; median over "
