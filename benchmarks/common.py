@@ -136,8 +136,8 @@ def row(script: str, model: str, depth: int, batch: int, dtype: str, variant: st
     variant = f"{variant}; XLA_FLAGS={flags}"
   return dict(
       device=device_name(), jax_version=jax.__version__, script=script, model=model, depth=depth, batch=batch,
-      dtype=dtype, variant=variant, img_per_s=batch / step_s, step_ms=1e3 * step_s, compile_s=compile_s,
-      peak_mem_gib=peak_memory_gib(), date=datetime.date.today().isoformat(), **extra,
+      dtype=dtype, variant=variant, img_per_s=batch / step_s if batch else None, step_ms=1e3 * step_s,
+      compile_s=compile_s, peak_mem_gib=peak_memory_gib(), date=datetime.date.today().isoformat(), **extra,
   )
 
 

@@ -5,7 +5,8 @@
   python -m benchmarks.projection --study          # error vs iterations and condition number
 
 Timings: float32, jitted, warm (compiled and run twice first), median over ``--repeats`` calls
-that each wait for their result. Needs only jax, optax and numpy (no ml_collections, no TFDS).
+that each wait for their result; each timing is also a results.json row (model: the projected
+kernel, variant: the method). Needs resnorm.train's imports (for the shared row writer), not TFDS.
 The goal they serve: the projection adds at most 2% to a ProcResNet-166 train step.
 """
 
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import common
 from resnorm import procrustes
 
 # name, kernel shape (kh, kw, c_in, c_out), input (H, W), stride: ProcResNet's projected kernels.
@@ -122,12 +124,12 @@ def header() -> str:
           f"{datetime.date.today().isoformat()}")
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--platform", help="cpu, gpu or tpu (default: jax's choice)")
   parser.add_argument("--repeats", type=int, default=50)
   parser.add_argument("--study", action="store_true", help="the convergence study instead of timings")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   if args.platform:
     jax.config.update("jax_platforms", args.platform)
   print(header())
@@ -143,8 +145,11 @@ def main():
     return
   print("| projection (float32, jitted, warm) | Newton–Schulz (ms) | SVD (ms) |")
   print("|---|---:|---:|")
-  for name, ns, svd in timings(args.repeats):
+  rows = timings(args.repeats)
+  for name, ns, svd in rows:
     print(f"| {name} | {ns:.3f} | {svd:.3f} |")
+  common.record([common.row("projection", name, None, None, "float32", method, ms / 1e3, None)
+                 for name, *times in rows for method, ms in zip(procrustes.METHODS, times)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""Every benchmark script runs one tiny step on CPU and writes its rows, so none can rot.
+
+Each runs in its own process (as gpu.sh runs them; XLA_FLAGS must be set before jax is
+imported), with results going to a temporary results.json.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+from benchmarks import common
+
+TINY = ["--platform", "cpu", "--image", "8"]
+
+
+def run_benchmark(tmp_path, module, *args, xla_flags="", timeout=240):
+  """``python -m benchmarks.<module> args``; returns (stdout, results.json rows)."""
+  results = tmp_path / "results.json"
+  env = dict(os.environ, BENCHMARK_RESULTS=str(results), XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu",
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stdout, json.loads(results.read_text()) if results.exists() else []
+
+
+def test_models_benchmark_times_the_library_step(tmp_path):
+  out, (row,) = run_benchmark(tmp_path, "models", *TINY, "--batch", "2", "--repeats", "1",
+                              "--width_multiplier", "0.25", "--depths", "resnet=8")
+  assert "| resnet | 8 |" in out
+  assert (row["script"], row["model"], row["depth"], row["batch"], row["variant"]) == (
+      "models", "resnet", 8, 2, "width×0.25")
+  assert row["step_ms"] > 0 and row["compile_s"] > 0 and row["peak_mem_gib"] is None  # CPU: no memory stats
+
+
+def test_a_rerun_replaces_its_rows_and_keeps_the_others(tmp_path):
+  path = str(tmp_path / "results.json")
+  first = dict(device="d", jax_version="j", script="s", model="m", depth=1, batch=2, dtype="float32", variant="v")
+  common.record([dict(first, step_ms=1.0), dict(first, variant="w", step_ms=2.0)], path)
+  common.record([dict(first, step_ms=3.0)], path)
+  rows = json.loads((tmp_path / "results.json").read_text())
+  assert sorted((row["variant"], row["step_ms"]) for row in rows) == [("v", 3.0), ("w", 2.0)]
+
+
+@pytest.mark.slow
+def test_projection_benchmark_writes_a_row_per_kernel_and_method(tmp_path):
+  _, rows = run_benchmark(tmp_path, "projection", "--platform", "cpu", "--repeats", "1")
+  assert {row["variant"] for row in rows} == {"newton_schulz", "svd"} and len(rows) == 10
+
+
+@pytest.mark.slow
+def test_projection_overhead_benchmark_writes_its_four_rows(tmp_path):
+  _, rows = run_benchmark(tmp_path, "projection_overhead", *TINY, "--depth", "13", "--batch", "2",
+                          "--rounds", "1", "--per_round", "1")
+  assert [row["variant"] for row in rows] == [
+      "no projection", "procrustes(every=1), lax.cond", "procrustes(probability=0.5), lax.cond",
+      "projection on every step, no conditional"]
+
+
+@pytest.mark.slow
+def test_profile_step_summarises_a_cpu_trace_and_the_floor(tmp_path):
+  out, (row,) = run_benchmark(tmp_path, "profile_step", *TINY, "--batch", "2", "--width_multiplier", "0.25",
+                              "--models", "resnet=8", "--repeats", "1", "--steps", "1")
+  assert "| kernel class |" in out and "The floor on cpu" in out
+  assert row["kernels_per_step"] > 0 and row["flops"] > 0 and row["bytes_accessed"] > 0
+  assert 0 < sum(row["class_ms"].values()) and "convolution / GEMM" in row["class_ms"]
+
+
+def test_step_on_8_simulated_devices_matches_one_device(tmp_path):
+  out, _ = run_benchmark(tmp_path, "sharded_step", "--platform", "cpu",
+                         xla_flags="--xla_force_host_platform_device_count=8")
+  assert "over 8 cpu devices" in out
