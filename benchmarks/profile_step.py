@@ -191,8 +191,12 @@ def profile(name: str, depth: int, args) -> dict:
   step, state = common.library_step(model, tx, batch, donate=args.donate)
   compiled = common.compile_step(step, state, batch)
   step_s, state = common.step_seconds(compiled.executable, state, batch, args.repeats)
-  state, events = traced(compiled.executable, state, batch, args.steps)
-  summary = summarise(events, args.steps)
+  try:
+    state, events = traced(compiled.executable, state, batch, args.steps)
+    summary = summarise(events, args.steps)
+  except (RuntimeError, OSError, ValueError) as error:  # no profiler (e.g. CUPTI missing): keep the rest
+    print(f"{name}-{depth}: no trace ({type(error).__name__}: {error})", flush=True)
+    summary = dict(kernels=None, busy_ms=None, classes={})
   flops, bytes_accessed = floor_cost(name, depth, options, tx, batch)
   variant = ", ".join(p for p in (f"scan_unroll={args.scan_unroll}" if args.scan_unroll > 1 else "",
                                    "" if args.donate else "not donated") if p) or "baseline"
@@ -213,6 +217,8 @@ def profile(name: str, depth: int, args) -> dict:
 def time_table(result: dict) -> list[str]:
   """Kernel classes of one model, per step."""
   step_ms, busy = result["step_ms"], result["busy_ms"]
+  if busy is None:
+    return [f"#### {result['model']}-{result['depth']}: step {step_ms:.2f} ms, no trace", ""]
   lines = [
       f"#### {result['model']}-{result['depth']}, batch {result['batch']}, {result['dtype']}, {result['variant']}",
       "",
