@@ -11,6 +11,7 @@ Each (model, depth) pair is one run of ``configs/default.py``'s shape with ``mod
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import default
 
@@ -19,6 +20,9 @@ def get_config():
   config = default.get_config()
   config.depths = (2, 4, 8, 16, 32, 64, 128, 256)
   config.models = ("mlp_residual", "mlp_plain")
+  # Set per run from `depths` and `models`; a value here is refused rather than overwritten.
+  config.model.name = config_dict.placeholder(str)
+  config.model.depth = config_dict.placeholder(int)
   config.data = ml_collections.ConfigDict(
       dict(name="teacher", dim=16, num_maps=4, strength=0.5, hidden=64, train_size=4096, test_size=1024)
   )

@@ -5,10 +5,12 @@ r"""The depth sweep: δ(L) of trained residual and plain networks against c·log
     python -m experiments.sweep --aggregate --workdir=/tmp/merged /tmp/L32 /tmp/L64
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnorm import sweep
+from resnorm import config_validation, sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for runs and results.", required=True)
@@ -27,7 +29,10 @@ def main(argv):
       raise app.UsageError(f"unexpected arguments {argv[1:]} (use --aggregate to merge workdirs)")
     if _CONFIG.value is None:
       raise app.UsageError("--config is required unless --aggregate is given")
-    summary = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
+    try:
+      summary = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
+    except config_validation.ConfigError as error:
+      sys.exit(f"error: {error}")  # one line, exit status 1, before anything compiles
   print(sweep.format_table(summary))
   logging.info("wrote summary.json, results.csv and the figures to %s", _WORKDIR.value)
 

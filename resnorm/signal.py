@@ -17,6 +17,7 @@ in the forward pass (no batch statistics), so image models are measured in eval 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -143,35 +144,52 @@ def measure(
   )
 
 
-def summarize(report: SignalReport, kind: str = "block") -> dict[str, float]:
-  """δ statistics over every layer of ``kind`` and every example (host-side floats).
+@dataclasses.dataclass(frozen=True)
+class DeltaStats:
+  """δ statistics over every layer of one kind and every example (:func:`summarize`).
 
-  Returns ``delta_max``, ``delta_mean``, ``delta_p50/p90/p99``, ``ratio_min``, ``ratio_max``,
-  ``log_gain`` (the mean over examples of Σ_k log r_k = log(‖∂E/∂x_first‖/‖∂E/∂x_last‖),
-  which compounds with depth unless the ratios stay near 1), ``num_ratios`` and
-  ``num_undefined`` (ratios with a zero or non-finite gradient norm, left out of the rest).
+  Attributes:
+    delta_max, delta_mean, delta_p50, delta_p90, delta_p99: of δ = |r − 1| over the defined ratios.
+    ratio_min, ratio_max: extremes of r.
+    log_gain: the mean over examples of Σ_k log r_k = log(‖∂E/∂x_first‖/‖∂E/∂x_last‖), which
+      compounds with depth unless the ratios stay near 1.
+    num_ratios: layers × examples; ``num_undefined`` of them (a zero or non-finite gradient
+      norm) are left out of the rest. All statistics are NaN when none is defined.
   """
+
+  delta_max: float
+  delta_mean: float
+  delta_p50: float
+  delta_p90: float
+  delta_p99: float
+  ratio_min: float
+  ratio_max: float
+  log_gain: float
+  num_ratios: int
+  num_undefined: int
+
+
+def summarize(report: SignalReport, kind: str = "block") -> DeltaStats:
+  """δ statistics over every layer of ``kind`` and every example, as host-side floats."""
   rows = np.array([k == kind for k in report.kinds])
   if not rows.any():
     raise ValueError(f"no {kind!r} layers in this report; it has {sorted(set(report.kinds))}")
   ratio = np.asarray(report.ratio, dtype=np.float64)[rows]
   defined = np.isfinite(ratio) & (ratio > 0)
   delta = np.abs(ratio[defined] - 1.0)
+  counts = dict(num_ratios=int(ratio.size), num_undefined=int((~defined).sum()))
   if delta.size == 0:
     nan = float("nan")
-    summary = dict(delta_max=nan, delta_mean=nan, ratio_min=nan, ratio_max=nan, log_gain=nan)
-    summary.update({f"delta_p{q}": nan for q in QUANTILES})
-  else:
-    summary = dict(
-        delta_max=float(delta.max()),
-        delta_mean=float(delta.mean()),
-        ratio_min=float(ratio[defined].min()),
-        ratio_max=float(ratio[defined].max()),
-        log_gain=float(np.mean(np.sum(np.log(np.where(defined, ratio, 1.0)), axis=0))),
-    )
-    summary.update({f"delta_p{q}": float(np.percentile(delta, q)) for q in QUANTILES})
-  summary.update(num_ratios=int(ratio.size), num_undefined=int((~defined).sum()))
-  return summary
+    return DeltaStats(nan, nan, nan, nan, nan, nan, nan, nan, **counts)
+  return DeltaStats(
+      delta_max=float(delta.max()),
+      delta_mean=float(delta.mean()),
+      **{f"delta_p{q}": float(np.percentile(delta, q)) for q in QUANTILES},
+      ratio_min=float(ratio[defined].min()),
+      ratio_max=float(ratio[defined].max()),
+      log_gain=float(np.mean(np.sum(np.log(np.where(defined, ratio, 1.0)), axis=0))),
+      **counts,
+  )
 
 
 def layer_profile(report: SignalReport, kind: str = "block") -> dict[str, list[float]]:

@@ -32,6 +32,7 @@ class Family:
   defaults: dict
   check_depth: Callable[[int], None] = lambda depth: validation.positive_int("depth", depth)
   projection_targets: Callable[[tuple[int, ...]], dict] | None = None
+  calibrate_batch_stats: Callable | None = None
 
 
 BRANCH_SCALES = {"1": lambda L: 1.0, "1/sqrt(L)": lambda L: 1.0 / math.sqrt(L), "1/L": lambda L: 1.0 / L}
@@ -73,12 +74,14 @@ FAMILIES: dict[str, Family] = {
     # CIFAR image models (NHWC input, a `train` keyword): resnet, plain, preact_resnet,
     # plain_preact, procresnet.
     **{
-        name: Family(resnet.builder(name), dict(resnet.DEFAULTS), resnet.depth_check(name))
+        name: Family(resnet.builder(name), dict(resnet.DEFAULTS), resnet.depth_check(name),
+                     calibrate_batch_stats=resnet.calibrate_batch_stats)
         for name in resnet.LAYOUTS if name != "procresnet"
     },
     "procresnet": Family(
         resnet.builder("procresnet"), dict(resnet.DEFAULTS), resnet.depth_check("procresnet"),
         projection_targets=lambda input_shape: resnet.procresnet_projection_targets(input_shape[1:3]),
+        calibrate_batch_stats=resnet.calibrate_batch_stats,
     ),
 }
 
