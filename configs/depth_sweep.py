@@ -34,8 +34,11 @@ def get_config():
   config.optimizer.learning_rate = 1e-3
   config.batch_size = 64
   config.num_steps = 500
-  # Runs trained at once (threads): one compiles while another trains.
+  # Runs trained at once (threads) by one process: one compiles while another trains.
   config.parallel_runs = 2
+  # With several processes (--distributed): 'mesh' trains each run on every device of every
+  # process, one run after another; 'spread' deals the runs out, each on one process's devices.
+  config.placement = "mesh"
   config.log_every = 100
   config.checkpoint_every = 250
   return config

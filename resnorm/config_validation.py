@@ -21,6 +21,7 @@ from resnorm import data as data_lib
 from resnorm import loop, models, procrustes, validation
 
 OPTIMIZERS = ("adam", "sgd")
+PLACEMENTS = ("mesh", "spread")
 SCHEDULES = ("constant", "cosine")
 _LIBRARY_MESSAGE = re.compile(r"^(?P<name>[\w.\[\]'\"()]+) = (?P<value>.*?): expected (?P<allowed>.*)$", re.DOTALL)
 
@@ -119,6 +120,7 @@ def check_sweep(config, dataset: data_lib.Dataset, run_config) -> None:
   with fields("config."):
     depths = validation.positive_ints("depths", config.depths)
     validation.positive_int("parallel_runs", config.parallel_runs)
+    validation.one_of("placement", config.placement, PLACEMENTS)
     names = config.models if isinstance(config.models, (tuple, list)) else (config.models,)
     if not names:
       raise ValueError(f"models = {config.models!r}: expected a non-empty list from {sorted(models.FAMILIES)}")

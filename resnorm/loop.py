@@ -22,10 +22,8 @@ entry points (:mod:`resnorm.config_validation`) before it gets here.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import os
 import time
 import zlib
 
@@ -62,8 +60,8 @@ def build_model(config, num_outputs: int):
                              **models.accepted_options(config.model.name, options))
 
 
-def _shardings():
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+def _shardings(devices):
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   return (
       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
@@ -71,9 +69,11 @@ def _shardings():
 
 
 def _global_batch(sharding, x, y, rows, transform=None):
-  """The global batch ``rows`` as arrays split over the mesh; this process supplies its share."""
-  local = data_lib.process_rows(rows)
-  x, y = x[local], y[local]
+  """The global batch ``rows`` as arrays split over the mesh; this process supplies its share
+  (all of it when the mesh holds only this process's devices)."""
+  if not sharding.is_fully_addressable:
+    rows = data_lib.process_rows(rows)
+  x, y = x[rows], y[rows]
   if transform is not None:
     x = transform(x)
   return tuple(jax.make_array_from_process_local_data(sharding, a) for a in (x, y))
@@ -85,7 +85,7 @@ def evaluate(eval_fn, state, dataset, batch_size, sharding) -> dict[str, float]:
   num_test = len(dataset.x_test)
   for start in range(0, num_test, batch_size):
     rows = np.arange(start, min(start + batch_size, num_test))
-    if len(rows) % (jax.device_count() * jax.process_count()):
+    if len(rows) % sharding.mesh.size:
       batch = (jnp.asarray(dataset.x_test[rows]), jnp.asarray(dataset.y_test[rows]))
     else:
       batch = _global_batch(sharding, dataset.x_test, dataset.y_test, rows)
@@ -114,25 +114,42 @@ def _initial_measurement(config, model, state, measure_fn, dataset) -> records.M
   return _measure(measure_fn, variables, dataset, config.signal.num_examples)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> records.RunRecord:
+def _checkpoint_manager(directory, local: bool) -> ocp.CheckpointManager:
+  """Keeps the last two checkpoints; with ``local``, this process alone saves and restores."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+  if local and jax.process_count() > 1:
+    process = jax.process_index()
+    directory.mkdir(parents=True, exist_ok=True)  # Orbax creates it only when every process takes part
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=False, multiprocessing_options=(
+        ocp.options.MultiprocessingOptions(primary_host=process, active_processes={process},
+                                           barrier_sync_key_prefix=f"process{process}")))
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None, *,
+                       local: bool = False) -> records.RunRecord:
   """Trains one model, measures it before and after, writes ``workdir`` (see module docstring).
 
   Args:
     config: a validated run config (``configs/default.py``).
-    workdir: output directory; an existing checkpoint there is resumed.
+    workdir: output directory, local or ``gs://``; an existing checkpoint there is resumed.
     dataset: the loaded ``config.data`` (a sweep loads it once for all runs).
+    local: train on this process's devices alone, and write the files from this process (a
+      sweep that spreads its runs over the processes); otherwise every process takes part,
+      each loading its rows of every batch, and process 0 writes.
 
   Returns:
     The record written to ``workdir/summary.json``.
   """
   dataset = dataset or data_lib.load(config.data)
-  lead = jax.process_index() == 0  # with several processes, one writes the files
-  os.makedirs(workdir, exist_ok=True)
+  lead = local or jax.process_index() == 0  # one process writes the files
+  workdir = records.path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   if lead:
-    records.write_json(os.path.join(workdir, "config.json"), records.config_dict(config))
+    records.write_json(workdir / "config.json", records.config_dict(config))
   model = build_model(config, dataset.num_outputs)
   loss_fn = train.loss_function(dataset.task)
-  replicated, batch_sharding = _shardings()
+  replicated, batch_sharding = _shardings(jax.local_devices() if local else jax.devices())
   seed = run_seed(config)
   targets = models.family(config.model.name).projection_targets
   tx = train.make_optimizer(config, targets(dataset.x_train.shape) if config.procrustes.enabled else None)
@@ -140,57 +157,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   measure_fn = jax.jit(functools.partial(signal.measure, model, loss_fn=loss_fn, train=False))
   init = _initial_measurement(config, model, state, measure_fn, dataset)
 
-  checkpoints = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
-  )
+  checkpoints = _checkpoint_manager(workdir / "checkpoints", local)
+  # Orbax saves device arrays only when every process takes part; a process training alone
+  # among several saves and restores host copies.
+  host_copies = local and jax.process_count() > 1
   start = checkpoints.latest_step() or 0
   if start:
-    state = checkpoints.restore(start, args=ocp.args.StandardRestore(state))
+    target = jax.device_get(state) if host_copies else state
+    state = checkpoints.restore(start, args=ocp.args.StandardRestore(target))
+    state = jax.device_put(state, replicated) if host_copies else state
     logging.info("resumed %s from step %d", workdir, start)
 
   step_fn = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task))
   started = time.time()
-  metrics_path, signal_path = os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "signal.jsonl")
-  logged = records.rewind_log(metrics_path, start, write=lead)
-  history = [records.HistoryPoint.of(r["step"], records.Measurement.from_json(r))
-             for r in records.rewind_log(signal_path, start, write=lead)]
+  metrics_log = records.JsonlLog(workdir / "metrics.jsonl", write=lead)
+  signal_log = records.JsonlLog(workdir / "signal.jsonl", write=lead)
+  logged = metrics_log.rewind(start)
+  history = [records.HistoryPoint.of(r["step"], records.Measurement.from_json(r)) for r in signal_log.rewind(start)]
   divergence, train_loss = None, logged[-1]["train_loss"] if logged else float("nan")
   window, losses = [], []  # step metrics on device since the last check; losses since the last log
   latest = None  # the latest measurement during training, a (step, Measurement) pair
-  with contextlib.ExitStack() as files:
-    metrics_file = files.enter_context(open(metrics_path, "a")) if lead else None
-    signal_file = files.enter_context(open(signal_path, "a")) if lead and config.signal.every else None
-    for step in range(start, config.num_steps):
-      rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
-      transform = functools.partial(data_lib.augment, seed=seed, step=step) if config.augment else None
-      batch = _global_batch(batch_sharding, dataset.x_train, dataset.y_train, rows, transform)
-      state, metrics = step_fn(state, batch)
-      window.append(metrics)  # stays on device until the next check
-      done = step + 1
-      log_now = done % config.log_every == 0 or done == config.num_steps
-      save_now = config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.num_steps)
-      measure_now = config.signal.every and done % config.signal.every == 0
-      if not (log_now or save_now or measure_now):
-        continue
-      window = jax.device_get(window)
-      losses += [float(m["loss"]) for m in window]
-      finite, window = all(m["finite"] for m in window), []
-      if not finite:
-        divergence = Divergence(done, float(np.mean(losses)))
-        break
-      if log_now:
-        train_loss, losses = float(np.mean(losses)), []
-        if lead:
-          records.append_jsonl(metrics_file, {"step": done, "train_loss": train_loss})
-      if measure_now:
-        latest = (done, _measure(measure_fn, train.variables(state), dataset, config.signal.num_examples))
-        history.append(records.HistoryPoint.of(*latest))
-        if lead:
-          records.append_jsonl(signal_file, {"step": done, **latest[1].to_json()})
-      if save_now:
-        checkpoints.save(done, args=ocp.args.StandardSave(state))
+  for step in range(start, config.num_steps):
+    rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
+    transform = functools.partial(data_lib.augment, seed=seed, step=step) if config.augment else None
+    batch = _global_batch(batch_sharding, dataset.x_train, dataset.y_train, rows, transform)
+    state, metrics = step_fn(state, batch)
+    window.append(metrics)  # stays on device until the next check
+    done = step + 1
+    log_now = done % config.log_every == 0 or done == config.num_steps
+    save_now = config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.num_steps)
+    measure_now = config.signal.every and done % config.signal.every == 0
+    if not (log_now or save_now or measure_now):
+      continue
+    window = jax.device_get(window)
+    losses += [float(m["loss"]) for m in window]
+    finite, window = all(m["finite"] for m in window), []
+    if not finite:
+      divergence = Divergence(done, float(np.mean(losses)))
+      break
+    if log_now:
+      train_loss, losses = float(np.mean(losses)), []
+      metrics_log.append({"step": done, "train_loss": train_loss})
+    if measure_now:
+      latest = (done, _measure(measure_fn, train.variables(state), dataset, config.signal.num_examples))
+      history.append(records.HistoryPoint.of(*latest))
+      signal_log.append({"step": done, **latest[1].to_json()})
+    if save_now:
+      checkpoints.save(done, args=ocp.args.StandardSave(jax.device_get(state) if host_copies else state))
   checkpoints.wait_until_finished()
   last_checkpoint = checkpoints.latest_step()
   checkpoints.close()

@@ -6,9 +6,10 @@ field is one edit here. ``to_json`` gives plain JSON values (NaN and ±inf becom
 ``from_json`` reads them back, and also reads the files of earlier versions, which lack the
 fields added since (they load as ``None``).
 
-Files: :func:`write_json` replaces a file atomically (a reader never sees half of it);
-:func:`append_jsonl` adds one record per line and flushes it, so a killed run keeps its log up
-to its last record; :func:`rewind_log` cuts a log back to the step a run resumes from.
+Files: every path goes through :func:`path` (``etils.epath``: local directories and ``gs://``
+alike). :func:`write_json` replaces a file atomically (a reader never sees half of it);
+:class:`JsonlLog` keeps a log of one record per line that is complete on disk after every
+record, and cuts it back to the step a run resumes from.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import dataclasses
 import json
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
+from etils import epath
 
 from resnorm import signal
 
+PathLike = Union[str, os.PathLike]
 STAGES = ("init", "trained")  # a run is measured at initialisation and after training
 HISTORY_KEYS = ("delta_max", "delta_mean", "log_gain")
 
@@ -257,72 +260,88 @@ class SweepSummary:
 # ----------------------------------------------------------------------------- files
 
 
-def write_json(path: str, tree) -> None:
-  """Writes ``tree`` (made :func:`jsonable`) to ``path`` atomically: never half a file."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(jsonable(tree), f, indent=1)
-  os.replace(tmp, path)
+def path(location: PathLike) -> epath.Path:
+  """A local path or a cloud URL (``gs://…``) as an ``etils.epath.Path``, absolute.
 
-
-def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def append_jsonl(file, record: dict) -> None:
-  """One record as a line of an open JSONL file, flushed so that ``tail -f`` and a killed run see it."""
-  file.write(json.dumps(jsonable(record)) + "\n")
-  file.flush()
-
-
-def read_jsonl(path: str) -> list[dict]:
-  """Every complete record of a JSONL log (a line cut short by a kill is left out)."""
-  if not os.path.exists(path):
-    return []
-  records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        if line.endswith("\n"):
-          raise  # a complete line that is not JSON: not ours to drop
-  return records
-
-
-def rewind_log(path: str, step: int, write: bool) -> list[dict]:
-  """The records of a JSONL log up to ``step``, the step a run resumes from.
-
-  A run that stopped after logging past its last checkpoint logs those steps again when it
-  resumes; with ``write`` the file is cut back to ``step`` first, so every step appears once.
+  Every file the project reads or writes goes through this: ``epath`` handles local
+  directories and cloud storage alike, as Orbax does for the checkpoints.
   """
-  records = read_jsonl(path)
-  kept = [r for r in records if r["step"] <= step]
-  if write and os.path.exists(path):  # also drops a line cut short by a kill
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, path)
-  return kept
+  location = epath.Path(location)
+  return location if location.is_absolute() else location.absolute()
 
 
-def read_run(run_dir: str) -> RunRecord:
-  return RunRecord.from_json(read_json(os.path.join(run_dir, "summary.json")))
+def write_text(location: PathLike, text: str) -> None:
+  """Writes ``text`` atomically: to a temporary file, then renamed over ``location``, so a
+  reader or a run killed mid-write never sees half a file."""
+  location = path(location)
+  tmp = location.with_name(location.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(location)
 
 
-def write_run(run_dir: str, record: RunRecord) -> None:
-  write_json(os.path.join(run_dir, "summary.json"), record.to_json())
+def write_json(location: PathLike, tree) -> None:
+  """``tree`` made :func:`jsonable`, written atomically."""
+  write_text(location, json.dumps(jsonable(tree), indent=1))
 
 
-def runs_in(workdirs: Iterable[str], runs: str = "runs") -> list[RunRecord]:
+def read_json(location: PathLike):
+  return json.loads(path(location).read_text())
+
+
+class JsonlLog:
+  """A log of JSON records, one per line, on any filesystem ``epath`` reaches.
+
+  Every :meth:`append` rewrites the file atomically (cloud storage has no append), so the file
+  always holds every record up to the last one appended, and a kill between or during writes
+  loses none of them. Only the process that writes (``write=True``) touches the file.
+  """
+
+  def __init__(self, location: PathLike, write: bool = True):
+    self.location, self.write = path(location), write
+    self.records = json_lines(self.location.read_text()) if self.location.exists() else []
+
+  def rewind(self, step: int) -> list[dict]:
+    """Keeps the records up to ``step``, the step a run resumes from, and returns them.
+
+    A run that stopped after logging past its last checkpoint logs those steps again when it
+    resumes; cutting the log back first keeps every step once.
+    """
+    kept = [r for r in self.records if r["step"] <= step]
+    if len(kept) < len(self.records):
+      self.records = kept
+      self._flush()
+    return list(kept)
+
+  def append(self, record: dict) -> None:
+    self.records.append(jsonable(record))
+    self._flush()
+
+  def _flush(self) -> None:
+    if self.write:
+      write_text(self.location, "".join(json.dumps(r) + "\n" for r in self.records))
+
+
+def json_lines(text: str) -> list[dict]:
+  """The records of JSONL text."""
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def read_run(run_dir: PathLike) -> RunRecord:
+  return RunRecord.from_json(read_json(path(run_dir) / "summary.json"))
+
+
+def write_run(run_dir: PathLike, record: RunRecord) -> None:
+  write_json(path(run_dir) / "summary.json", record.to_json())
+
+
+def runs_in(workdirs: Iterable[PathLike], runs: str = "runs") -> list[RunRecord]:
   """The finished runs (those with a summary) under ``<workdir>/<runs>/*/`` of each workdir."""
   records = []
   for workdir in workdirs:
-    runs_dir = os.path.join(workdir, runs)
-    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-      if os.path.exists(os.path.join(runs_dir, name, "summary.json")):
-        records.append(read_run(os.path.join(runs_dir, name)))
+    runs_dir = path(workdir) / runs
+    for run_dir in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+      if (run_dir / "summary.json").exists():
+        records.append(read_run(run_dir))
   return records
 
 

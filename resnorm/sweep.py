@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
-import os
+import io
 
+import jax
 import ml_collections
 import tqdm
+from absl import logging
+from jax.experimental import multihost_utils
 
 from resnorm import config_validation, loop, plots, records, theory
 
@@ -55,43 +58,89 @@ def plan(config) -> list[tuple[str, int, ml_collections.ConfigDict]]:
   return [(name, depth, run_config(config, name, depth)) for name in _names(config) for depth in sorted(set(depths))]
 
 
-def run_sweep(config, workdir: str, progress: bool = True) -> records.SweepSummary:
+def run_sweep(config, workdir, progress: bool = True) -> records.SweepSummary:
   """Validates the sweep config once, runs (or reuses) every pair and writes the outputs to ``workdir``.
+
+  With several processes (``jax.distributed``), ``config.placement`` says where runs go:
+  ``'mesh'`` trains every run on all devices of all processes, one run after another in the
+  same order everywhere; ``'spread'`` deals the runs out to the processes, each training its
+  own on its local devices, and every process reads the others' records once all are done.
+  Either way process 0 writes the sweep's outputs, and the summary is the one-process sweep's.
 
   Raises:
     config_validation.ConfigError: for a bad field, before anything is written or compiled.
+    RuntimeError: a run failed on some process (spread placement); the message names it.
   """
   dataset = config_validation.load_data(config)
   config_validation.check_sweep(config, dataset, run_config)
+  workdir = records.path(workdir)
   runs = plan(config)
-  os.makedirs(workdir, exist_ok=True)
-  records.write_json(os.path.join(workdir, "config.json"), records.config_dict(config))
-
-  def run(name, depth, single):
-    run_dir = os.path.join(workdir, RUNS, run_name(name, depth))
-    return _finished(run_dir, single) or loop.train_and_evaluate(single, run_dir, dataset)
-
-  # Deepest runs first, `parallel_runs` at a time: one run's compilation (single-threaded)
-  # overlaps another's training, and the longest runs do not end up last.
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    records.write_json(workdir / "config.json", records.config_dict(config))
+  # Deepest runs first: the longest runs do not end up last.
   runs_by_cost = sorted(runs, key=lambda run: -run[1])
+  if config.placement == "spread" and jax.process_count() > 1:
+    results = _run_spread(runs_by_cost, workdir, dataset)
+  else:
+    # One process: `parallel_runs` at a time, so one run's compilation (single-threaded)
+    # overlaps another's training. Several: one at a time, in the same order on every process.
+    threads = config.parallel_runs if jax.process_count() == 1 else 1
+    results = _run_all(runs_by_cost, workdir, dataset, threads, progress and jax.process_index() == 0)
+  summary = summarize(results, list(_names(config)))
+  if jax.process_index() == 0:
+    write_outputs(workdir, summary, results)
+  return summary
+
+
+def _run(name: str, depth: int, single, workdir, dataset, local: bool = False) -> records.RunRecord:
+  run_dir = workdir / RUNS / run_name(name, depth)
+  return _finished(run_dir, single) or loop.train_and_evaluate(single, run_dir, dataset, local=local)
+
+
+def _run_all(runs, workdir, dataset, threads: int, progress: bool) -> list[records.RunRecord]:
   results = []
-  with concurrent.futures.ThreadPoolExecutor(config.parallel_runs) as pool:
-    futures = [pool.submit(run, *r) for r in runs_by_cost]
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    futures = [pool.submit(_run, *run, workdir, dataset) for run in runs]
     bar = tqdm.tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="sweep", unit="run",
                     disable=not progress)
     for future in bar:
       results.append(future.result())
       bar.set_postfix_str(f"{results[-1].model} L={results[-1].depth} done")
-  summary = summarize(results, list(_names(config)))
-  write_outputs(workdir, summary, results)
-  return summary
+  return results
 
 
-def _finished(run_dir: str, single) -> records.RunRecord | None:
+FAILED = "FAILED"  # a run directory's marker of a run that raised, holding the error
+
+
+def _run_spread(runs, workdir, dataset) -> list[records.RunRecord]:
+  """Process p trains runs p, p + P, p + 2P, … of ``runs`` on its own devices; then all wait for
+  each other and read every record. A run that raises leaves its error in ``<run>/FAILED``, so
+  that every process, past the barrier, fails naming it instead of waiting forever."""
+  process, count = jax.process_index(), jax.process_count()
+  for name, depth, single in runs[process::count]:
+    marker = workdir / RUNS / run_name(name, depth) / FAILED
+    if marker.exists():
+      marker.unlink()
+    try:
+      _run(name, depth, single, workdir, dataset, local=True)
+    except Exception as error:  # pylint: disable=broad-except  (reported to every process below)
+      marker.parent.mkdir(parents=True, exist_ok=True)
+      marker.write_text(f"process {process}: {type(error).__name__}: {error}")
+      logging.exception("run %s failed", run_name(name, depth))
+  multihost_utils.sync_global_devices("resnorm.sweep.spread")
+  failed = [(run_name(n, d), (workdir / RUNS / run_name(n, d) / FAILED)) for n, d, _ in runs]
+  failed = [(name, marker.read_text()) for name, marker in failed if marker.exists()]
+  if failed:
+    raise RuntimeError("sweep runs failed: " + "; ".join(f"{name} ({error})" for name, error in failed))
+  return [records.read_run(workdir / RUNS / run_name(name, depth)) for name, depth, _ in runs]
+
+
+def _finished(run_dir, single) -> records.RunRecord | None:
   """The record of a run already completed in ``run_dir`` with the same config, else None."""
-  if not os.path.exists(os.path.join(run_dir, "summary.json")):
+  if not (run_dir / "summary.json").exists():
     return None
-  if records.read_json(os.path.join(run_dir, "config.json")) != records.config_dict(single):
+  if records.read_json(run_dir / "config.json") != records.config_dict(single):
     raise ValueError(f"{run_dir} holds a finished run with another config; choose a new --workdir")
   return records.read_run(run_dir)
 
@@ -125,24 +174,26 @@ CSV_FIELDS = ("model", "depth", "diverged", "diverged_at_step", "train_loss", "t
               "train_seconds") + tuple(f"{stage}_{k}" for stage in records.STAGES for k in CSV_DELTAS)
 
 
-def write_outputs(workdir: str, summary: records.SweepSummary, results: list[records.RunRecord]) -> None:
-  records.write_json(os.path.join(workdir, "summary.json"), summary.to_json())
-  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, CSV_FIELDS)
-    writer.writeheader()
-    for r in sorted(results, key=lambda r: (r.model, r.depth)):
-      row = {k: getattr(r, k) for k in CSV_FIELDS[:8]}
-      for stage in records.STAGES:
-        measured = r.measurement(stage)
-        row.update({f"{stage}_{k}": getattr(measured.block, k) if measured else None for k in CSV_DELTAS})
-      writer.writerow(records.jsonable(row))
-  plots.delta_vs_depth(summary.to_json(), os.path.join(workdir, "delta_vs_depth.png"))
+def write_outputs(workdir, summary: records.SweepSummary, results: list[records.RunRecord]) -> None:
+  workdir = records.path(workdir)
+  records.write_json(workdir / "summary.json", summary.to_json())
+  table = io.StringIO()
+  writer = csv.DictWriter(table, CSV_FIELDS)
+  writer.writeheader()
+  for r in sorted(results, key=lambda r: (r.model, r.depth)):
+    row = {k: getattr(r, k) for k in CSV_FIELDS[:8]}
+    for stage in records.STAGES:
+      measured = r.measurement(stage)
+      row.update({f"{stage}_{k}": getattr(measured.block, k) if measured else None for k in CSV_DELTAS})
+    writer.writerow(records.jsonable(row))
+  records.write_text(workdir / "results.csv", table.getvalue())
+  plots.delta_vs_depth(summary.to_json(), workdir / "delta_vs_depth.png")
   if any(r.history for r in results):
     plots.delta_during_training([r.to_json() for r in results], list(summary.models),
-                                os.path.join(workdir, "delta_during_training.png"))
+                                workdir / "delta_during_training.png")
 
 
-def aggregate(workdirs: list[str], out_dir: str) -> records.SweepSummary:
+def aggregate(workdirs: list, out_dir) -> records.SweepSummary:
   """Merges finished sweep workdirs (e.g. one per depth, run on different machines).
 
   The workdirs must share their config except for ``depths``; a (model, depth) pair found in
@@ -152,7 +203,7 @@ def aggregate(workdirs: list[str], out_dir: str) -> records.SweepSummary:
     raise ValueError(f"workdirs = {workdirs!r}: expected one or more sweep workdirs")
   merged_config, results, seen = None, [], {}
   for workdir in workdirs:
-    config = records.read_json(os.path.join(workdir, "config.json"))
+    config = records.read_json(records.path(workdir) / "config.json")
     shared = {k: v for k, v in config.items() if k != "depths"}
     if merged_config is None:
       merged_config, first_shared = dict(config, depths=[]), shared
@@ -168,8 +219,9 @@ def aggregate(workdirs: list[str], out_dir: str) -> records.SweepSummary:
   if not results:
     raise ValueError(f"no finished runs in {workdirs}")
   merged_config["depths"] = sorted({r.depth for r in results})
-  os.makedirs(out_dir, exist_ok=True)
-  records.write_json(os.path.join(out_dir, "config.json"), merged_config)
+  out_dir = records.path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  records.write_json(out_dir / "config.json", merged_config)
   model_order = [m for m in merged_config["models"] if any(r.model == m for r in results)]
   summary = summarize(results, model_order)
   write_outputs(out_dir, summary, results)
