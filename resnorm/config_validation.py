@@ -158,4 +158,4 @@ def check_spectra(config) -> None:
     for depth in config.depths:
       with fields("config.model.", rename={"depth": "depths", "name": "models"}):
         models.create_model(name, depth, num_classes=config.input_dim,
-                            **models.accepted_options(name, config.model.to_dict()))
+                            **models.accepted_options(name, config.model.to_dict(), prefix=""))

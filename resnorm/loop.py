@@ -57,7 +57,7 @@ def build_model(config, num_outputs: int):
   """``config.model`` built through the registry (options other families take are dropped)."""
   options = {k: v for k, v in config.model.items() if k not in ("name", "depth")}
   return models.create_model(config.model.name, config.model.depth, num_classes=num_outputs,
-                             **models.accepted_options(config.model.name, options))
+                             **models.accepted_options(config.model.name, options, prefix=""))
 
 
 def _shardings(devices):
