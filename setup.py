@@ -35,6 +35,7 @@ setuptools.setup(
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6.29",
+            "import-linter>=2.1",
         ],
         "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
         "cuda": ["jax[cuda13]>=0.8"],

@@ -2,7 +2,7 @@
 # Every GPU check of the project, in one run of about 8 minutes on one H200 (H100: a little more).
 #
 # Run from the repository root on the GPU machine (the device tool), carrying the wheels of the
-# packages its image lacks (ml_collections, for resnorm.train and the sweep's config files):
+# packages its image lacks (ml_collections, for the sweep's config files):
 #   echo /.whl/ >> .git/info/exclude
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml-collections==1.1.0
 #   OUT=<results dir> bash benchmarks/gpu.sh

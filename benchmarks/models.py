@@ -17,7 +17,7 @@ within 2× ResNet-164's) while step time grows linearly with depth (``ms/layer``
 (acting on every step: the worst case). ``--scan_unroll``, ``--dtype``, ``--no-donate`` and
 ``XLA_FLAGS`` in the environment are the speed variants; every row also goes to results.json.
 
-Needs resnorm.train's imports (ml_collections, orbax), not TFDS. Rows print as they finish, so a
+Needs only jax, flax, optax and numpy (no ml_collections, no TFDS). Rows print as they finish, so a
 run stopped early keeps what it measured.
 """
 
@@ -166,7 +166,7 @@ def main(argv=None) -> None:
     jax.config.update("jax_platforms", args.platform)
   try:
     depths = parse_depths(args.depths)
-  except ValueError as error:  # a ConfigError (unknown family, bad depth) or a bad number
+  except ValueError as error:  # an unknown family, a bad depth or a bad number
     parser.error(str(error))
 
   print(header(args), flush=True)

@@ -11,6 +11,7 @@ Each (model, depth) pair is one run of ``configs/default.py``'s shape with ``mod
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import default
 
@@ -19,6 +20,9 @@ def get_config():
   config = default.get_config()
   config.depths = (2, 4, 8, 16, 32, 64, 128, 256)
   config.models = ("mlp_residual", "mlp_plain")
+  # Set per run from `depths` and `models`; a value here is refused rather than overwritten.
+  config.model.name = config_dict.placeholder(str)
+  config.model.depth = config_dict.placeholder(int)
   config.data = ml_collections.ConfigDict(
       dict(name="teacher", dim=16, num_maps=4, strength=0.5, hidden=64, train_size=4096, test_size=1024)
   )
@@ -30,8 +34,11 @@ def get_config():
   config.optimizer.learning_rate = 1e-3
   config.batch_size = 64
   config.num_steps = 500
-  # Runs trained at once (threads): one compiles while another trains.
+  # Runs trained at once (threads) by one process: one compiles while another trains.
   config.parallel_runs = 2
+  # With several processes (--distributed): 'mesh' trains each run on every device of every
+  # process, one run after another; 'spread' deals the runs out, each on one process's devices.
+  config.placement = "mesh"
   config.log_every = 100
   config.checkpoint_every = 250
   return config

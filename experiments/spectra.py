@@ -8,12 +8,13 @@ end-to-end Jacobians of every configured registry model at every depth; writes
 ``recurrence.png``, ``block_singular_values.png`` and ``stack_singular_values.png`` to the workdir.
 """
 
-import os
+import sys
 
 from absl import app, flags, logging
+from matplotlib.figure import Figure
 from ml_collections import config_flags
 
-from resnorm import plots, recurrence, spectra
+from resnorm import config_validation, depth_spectra, plots, records, recurrence
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Spectra config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the figures.", required=True)
@@ -25,9 +26,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   config = _CONFIG.value
+  try:
+    config_validation.check_spectra(config)
+  except config_validation.ConfigError as error:
+    sys.exit(f"error: {error}")  # one line, exit status 1, before anything compiles
   matrix = recurrence.companion(config.coefficients)
   convergence = recurrence.residual_convergence(matrix, config.residual_depths)
-  results = spectra.depth_spectra(
+  results = depth_spectra.depth_spectra(
       config.models, config.depths, config.model.to_dict(), input_dim=config.input_dim,
       num_examples=config.num_examples, seed=config.seed, lanczos_iterations=config.lanczos_iterations,
   )
@@ -41,11 +46,16 @@ def main(argv):
   print(recurrence.format_residual_table(convergence))
   print(f"error constant ‖expm(M) M²‖/2 (M = A − I): {recurrence.residual_error_constant(matrix):.4f}")
   print()
-  print(spectra.format_depth_spectra(results))
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  plots.recurrence_figure(matrix, convergence, os.path.join(_WORKDIR.value, "recurrence.png"))
-  plots.block_spectra_figure(results, os.path.join(_WORKDIR.value, "block_singular_values.png"))
-  plots.stack_spectra_figure(results, os.path.join(_WORKDIR.value, "stack_singular_values.png"))
+  print(depth_spectra.format_depth_spectra(results))
+  workdir = records.path(_WORKDIR.value)
+  workdir.mkdir(parents=True, exist_ok=True)
+  figures = {
+      "recurrence.png": plots.draw_recurrence(Figure(figsize=(11, 4)), matrix, convergence),
+      "block_singular_values.png": plots.draw_block_spectra(Figure(figsize=(5.5 * len(results), 4)), results),
+      "stack_singular_values.png": plots.draw_stack_spectra(Figure(figsize=(6, 4)).subplots(), results),
+  }
+  for filename, fig in figures.items():
+    plots.save(fig, workdir / filename)
 
 
 if __name__ == "__main__":

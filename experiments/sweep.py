@@ -3,12 +3,20 @@ r"""The depth sweep: δ(L) of trained residual and plain networks against c·log
     python -m experiments.sweep --config=configs/depth_sweep.py --workdir=/tmp/sweep
     python -m experiments.sweep --config=configs/depth_sweep.py --workdir=/tmp/L64 --config.depths=64
     python -m experiments.sweep --aggregate --workdir=/tmp/merged /tmp/L32 /tmp/L64
+
+Several hosts: the same command on every host, plus ``--distributed`` (or
+``--coordinator/--num_processes/--process_id``); ``--config.placement`` chooses whether each run
+uses every host (``mesh``) or the runs are spread over the hosts (``spread``).
 """
 
+import sys
+
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnorm import sweep
+from experiments import cluster
+from resnorm import config_validation, sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for runs and results.", required=True)
@@ -20,6 +28,7 @@ _AGGREGATE = flags.DEFINE_bool(
 def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it
+  cluster.initialize()
   if _AGGREGATE.value:
     summary = sweep.aggregate(argv[1:], _WORKDIR.value)
   else:
@@ -27,8 +36,12 @@ def main(argv):
       raise app.UsageError(f"unexpected arguments {argv[1:]} (use --aggregate to merge workdirs)")
     if _CONFIG.value is None:
       raise app.UsageError("--config is required unless --aggregate is given")
-    summary = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
-  print(sweep.format_table(summary))
+    try:
+      summary = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
+    except config_validation.ConfigError as error:
+      sys.exit(f"error: {error}")  # one line, exit status 1, before anything compiles
+  if jax.process_index() == 0:
+    print(sweep.format_table(summary))
   logging.info("wrote summary.json, results.csv and the figures to %s", _WORKDIR.value)
 
 

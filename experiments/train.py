@@ -10,19 +10,17 @@ Several hosts: start one process per host with the same flags plus
 """
 
 import json
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnorm import train
+from experiments import cluster
+from resnorm import config_validation, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.", required=True)
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
-_COORDINATOR = flags.DEFINE_string("coordinator", None, "Coordinator address HOST:PORT (multi-host).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 
 
 def main(argv):
@@ -30,14 +28,23 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if _DISTRIBUTED.value or _COORDINATOR.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  cluster.initialize()
+  try:
+    dataset = config_validation.load_data(_CONFIG.value)
+    config_validation.check_run(_CONFIG.value, dataset)
+  except config_validation.ConfigError as error:
+    sys.exit(f"error: {error}")  # one line, exit status 1, before anything compiles
+  record = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, dataset).to_json()
   if jax.process_index() == 0:
-    print(json.dumps({k: summary[k] for k in ("steps", "diverged", "train_loss", "test_loss", "test_accuracy")
-                      if k in summary}))
-    if "trained" in summary:
-      print(json.dumps({"trained": summary["trained"]["by_kind"]}))
+    print(json.dumps({k: record[k] for k in ("steps", "diverged", "train_loss", "test_loss", "test_accuracy")
+                      if k in record}))
+    if "trained" in record:
+      print(json.dumps({"trained": record["trained"]["by_kind"]}))
+  if record["diverged"]:
+    kept = record["last_checkpoint"]
+    sys.exit(f"error: training diverged by step {record['diverged_at_step']}; "
+             + (f"the last good checkpoint (step {kept}) is kept in {_WORKDIR.value}/checkpoints" if kept
+                else "no checkpoint was saved before"))
 
 
 if __name__ == "__main__":

@@ -67,13 +67,13 @@ def teacher_map(seed: int, dim: int, num_maps: int, strength: float, hidden: int
 
 def teacher(seed=0, dim=16, num_maps=4, strength=0.5, hidden=64, train_size=4096, test_size=1024) -> Dataset:
   """Regression onto the teacher map h; inputs from N(0, I_dim)."""
-  validation.positive_int("data.dim", dim)
-  validation.positive_int("data.num_maps", num_maps)
-  validation.positive_int("data.hidden", hidden)
-  validation.positive_int("data.train_size", train_size)
-  validation.positive_int("data.test_size", test_size)
+  validation.positive_int("dim", dim)
+  validation.positive_int("num_maps", num_maps)
+  validation.positive_int("hidden", hidden)
+  validation.positive_int("train_size", train_size)
+  validation.positive_int("test_size", test_size)
   if not 0 <= strength < 1:
-    raise validation.ConfigError("data.strength", strength, "a number in [0, 1) (so h is invertible)")
+    raise ValueError(f"strength = {strength!r}: expected a number in [0, 1) (so h is invertible)")
   h = teacher_map(seed, dim, num_maps, strength, hidden)
   x = np.random.default_rng([seed, 1]).standard_normal((train_size + test_size, dim))
   y = h(x)
@@ -86,9 +86,9 @@ def digits(seed=0, test_size=297) -> Dataset:
   from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
   bunch = load_digits()
-  validation.positive_int("data.test_size", test_size)
+  validation.positive_int("test_size", test_size)
   if test_size >= len(bunch.target):
-    raise validation.ConfigError("data.test_size", test_size, f"fewer than {len(bunch.target)} examples")
+    raise ValueError(f"test_size = {test_size!r}: expected fewer than {len(bunch.target)} examples")
   order = np.random.default_rng(seed).permutation(len(bunch.target))
   x = (bunch.data / 16.0).astype(np.float32)[order]
   y = bunch.target.astype(np.int32)[order]
@@ -106,7 +106,7 @@ def tfds_images(dataset="cifar10", train_split="train", test_split="test", data_
 
   def read(split, size):
     source = tfds.data_source(dataset, split=split, data_dir=data_dir)
-    count = len(source) if size is None else validation.positive_int(f"data.{split}_size", size)
+    count = len(source) if size is None else validation.positive_int(f"{split}_size", size)
     examples = [source[i] for i in range(min(count, len(source)))]
     images = np.stack([e[image_key] for e in examples]).astype(np.float32) / 255.0
     return images, np.array([e[label_key] for e in examples], dtype=np.int32)
@@ -139,14 +139,14 @@ LOADERS = {"teacher": teacher, "digits": digits, "tfds": tfds_images}
 def load(config) -> Dataset:
   """``config`` is the ``data`` ConfigDict: ``name`` plus the loader's keyword arguments."""
   options = dict(config)
-  name = validation.one_of("data.name", options.pop("name"), LOADERS)
+  name = validation.one_of("name", options.pop("name"), LOADERS)
   return LOADERS[name](**options)
 
 
 def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
   """Rows of the global batch at ``step``: epochs of seeded permutations, a pure function of step."""
   if batch_size > num_examples:
-    raise validation.ConfigError("batch_size", batch_size, f"at most the {num_examples} training examples")
+    raise ValueError(f"batch_size = {batch_size!r}: expected at most the {num_examples} training examples")
   per_epoch = num_examples // batch_size
   epoch, position = divmod(step, per_epoch)
   order = np.random.default_rng([seed, epoch]).permutation(num_examples)
@@ -157,6 +157,6 @@ def process_rows(global_rows: np.ndarray) -> np.ndarray:
   """This process's contiguous share of a global batch's rows."""
   count = jax.process_count()
   if len(global_rows) % count:
-    raise validation.ConfigError("batch_size", len(global_rows), f"a multiple of the {count} processes")
+    raise ValueError(f"batch_size = {len(global_rows)!r}: expected a multiple of the {count} processes")
   share = len(global_rows) // count
   return global_rows[jax.process_index() * share:(jax.process_index() + 1) * share]

@@ -1,7 +1,9 @@
 """Figures from saved results.
 
-Figures are built as ``matplotlib.figure.Figure`` objects, not through pyplot, so writing them
-needs no display and leaves the caller's backend alone (a notebook shows them inline).
+Every figure is a ``draw_*(fig or ax, ...)`` function that fills what it is given and returns
+its figure, and :func:`save` writes one: a notebook draws into pyplot's figures and shows them
+inline, an experiment draws into a bare ``matplotlib.figure.Figure`` (no display, the caller's
+backend left alone) and saves it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from resnorm import recurrence, theory
+from resnorm import records, recurrence, theory
 
 
 def _points(depths, values):
@@ -42,27 +44,32 @@ def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
   ax.legend(fontsize=7)
 
 
-def draw_delta_vs_depth(fig, summary: dict) -> None:
-  """Fills ``fig`` (pyplot's or a bare Figure) with one log–log panel per family."""
+def save(fig, path) -> None:
+  """Writes ``fig`` to ``path``, local or ``gs://`` (the format from its extension, e.g. PNG), at 120 dpi."""
+  path = records.path(path)
+  with path.open("wb") as f:
+    fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=120)
+
+
+def draw_delta_vs_depth(fig, summary: dict):
+  """Fills ``fig`` with one log–log panel of δ against depth per family of ``summary``."""
   names = list(summary["models"])
   axes = fig.subplots(1, len(names), squeeze=False, sharey=True)
   for ax, name in zip(axes[0], names):
     delta_vs_depth_axes(ax, name, summary["models"][name])
   axes[0][0].set_ylabel(r"$\delta = |r - 1|,\ \ r = \|\partial E/\partial x_l\| \,/\, \|\partial E/\partial x_{l+1}\|$")
   fig.tight_layout()
+  return fig
 
 
 def delta_vs_depth(summary: dict, path: str) -> None:
-  """Residual and plain families side by side, written to ``path`` (PNG)."""
-  fig = Figure(figsize=(5 * len(summary["models"]), 4))
-  draw_delta_vs_depth(fig, summary)
-  fig.savefig(path, dpi=120)
+  """:func:`draw_delta_vs_depth`, 5 inches wide per family, saved to ``path``."""
+  save(draw_delta_vs_depth(Figure(figsize=(5 * len(summary["models"]), 4)), summary), path)
 
 
-def delta_during_training(results: list[dict], names: list[str], path: str) -> None:
+def draw_delta_during_training(fig, results: list[dict], names: list[str]):
   """δ_max over blocks against the training step, one panel per family in ``names`` and one line
   per depth (runs' ``history``; the point at step 0 is the measurement at initialisation)."""
-  fig = Figure(figsize=(5 * len(names), 4))
   axes = fig.subplots(1, len(names), squeeze=False, sharey=True)
   depths = sorted({r["depth"] for r in results})
   colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(depths)))
@@ -79,12 +86,16 @@ def delta_during_training(results: list[dict], names: list[str], path: str) -> N
   axes[0][-1].legend(fontsize=7, ncol=2, loc="lower right")  # colours mean the same depth in every panel
   axes[0][0].set_ylabel("δ_max over blocks and held-out examples")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  return fig
 
 
-def recurrence_figure(matrix, convergence, path):
+def delta_during_training(results: list[dict], names: list[str], path: str) -> None:
+  """:func:`draw_delta_during_training`, 5 inches wide per family, saved to ``path``."""
+  save(draw_delta_during_training(Figure(figsize=(5 * len(names), 4)), results, names), path)
+
+
+def draw_recurrence(fig, matrix, convergence):
   """Gain after L steps of A and of its residual steps, against L; the products' error against L."""
-  fig = Figure(figsize=(11, 4))
   ax_gain, ax_error = fig.subplots(1, 2)
   x0 = np.eye(matrix.shape[0])[0]
   depths = convergence.depths
@@ -105,12 +116,14 @@ def recurrence_figure(matrix, convergence, path):
   for ax in (ax_gain, ax_error):
     ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  return fig
 
 
-def block_spectra_figure(results, path):
-  """Histograms of block-Jacobian singular values, one panel per model, one curve per depth."""
-  fig = Figure(figsize=(5.5 * len(results), 4))
+def draw_block_spectra(fig, results):
+  """Histograms of block-Jacobian singular values, one panel per model, one curve per depth.
+
+  ``results``: :func:`resnorm.depth_spectra.depth_spectra`'s.
+  """
   axes = fig.subplots(1, len(results), squeeze=False)
   for ax, (name, by_depth) in zip(axes[0], results.items()):
     values = np.concatenate([r["block"].ravel() for r in by_depth.values()])
@@ -123,16 +136,15 @@ def block_spectra_figure(results, path):
     ax.set_title(name)
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  return fig
 
 
-def stack_spectra_figure(results, path):
-  """End-to-end σ_max, median σ and σ_min (medians over examples) against depth, per model.
+def draw_stack_spectra(ax, results):
+  """End-to-end σ_max, median σ and σ_min (medians over examples) against depth, per model, on ``ax``.
 
-  float32 resolves σ down to about 1e-7·σ_max; below that (a plain ReLU stack is singular) it is rounding.
+  ``results``: :func:`resnorm.depth_spectra.depth_spectra`'s. float32 resolves σ down to about
+  1e-7·σ_max; below that (a plain ReLU stack is singular) it is rounding.
   """
-  fig = Figure(figsize=(6, 4))
-  ax = fig.subplots()
   for name, by_depth in results.items():
     depths = sorted(by_depth)
     stack = {L: by_depth[L]["stack"] for L in depths}
@@ -147,5 +159,5 @@ def stack_spectra_figure(results, path):
   ax.set_title("end to end, at initialisation (float32: σ < 1e-7·σ_max is rounding)", fontsize=9)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  ax.figure.tight_layout()
+  return ax.figure

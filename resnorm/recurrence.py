@@ -47,12 +47,12 @@ LOG_PHI = math.log(PHI)
 
 
 def _square_matrix(field: str, matrix) -> np.ndarray:
-  """``matrix`` as a float64 array, or a ConfigError unless it is a finite, non-empty square matrix."""
+  """``matrix`` as a float64 array, or a ValueError unless it is a finite, non-empty square matrix."""
   array = np.asarray(matrix, dtype=np.float64)
   if array.ndim != 2 or array.shape[0] != array.shape[1] or array.shape[0] == 0:
-    raise validation.ConfigError(field, matrix, f"a non-empty square matrix, not shape {array.shape}")
+    raise validation.invalid(field, matrix, f"a non-empty square matrix, not shape {array.shape}")
   if not np.all(np.isfinite(array)):
-    raise validation.ConfigError(field, matrix, "a matrix with finite entries")
+    raise validation.invalid(field, matrix, "a matrix with finite entries")
   return array
 
 
@@ -60,9 +60,9 @@ def companion(coefficients) -> np.ndarray:
   """The k×k companion matrix of x_n = a_1 x_{n−1} + … + a_k x_{n−k}, ``coefficients`` = (a_1, …, a_k)."""
   a = np.asarray(coefficients, dtype=np.float64)
   if a.ndim != 1 or a.size == 0:
-    raise validation.ConfigError("coefficients", coefficients, "a non-empty 1-D sequence (a_1, ..., a_k)")
+    raise validation.invalid("coefficients", coefficients, "a non-empty 1-D sequence (a_1, ..., a_k)")
   if not np.all(np.isfinite(a)):
-    raise validation.ConfigError("coefficients", coefficients, "finite numbers")
+    raise validation.invalid("coefficients", coefficients, "finite numbers")
   matrix = np.eye(a.size, k=-1)
   matrix[0] = a
   return matrix
@@ -215,7 +215,7 @@ def log_orbit_norms(matrix, x0, steps: int) -> np.ndarray:
   matrix = _square_matrix("matrix", matrix)
   x = np.asarray(x0, dtype=np.float64)
   if x.shape != (matrix.shape[0],) or not np.all(np.isfinite(x)) or not np.any(x):
-    raise validation.ConfigError("x0", x0, f"a finite non-zero vector of length {matrix.shape[0]}")
+    raise validation.invalid("x0", x0, f"a finite non-zero vector of length {matrix.shape[0]}")
   validation.non_negative_int("steps", steps)
   logs = np.empty(steps + 1)
   log_scale = 0.0
@@ -240,7 +240,7 @@ def growth_rate(matrix, x0=None, steps: int = 64) -> float:
   """
   matrix = _square_matrix("matrix", matrix)
   if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-    raise validation.ConfigError("steps", steps, "an integer >= 2")
+    raise validation.invalid("steps", steps, "an integer >= 2")
   x0 = np.eye(matrix.shape[0])[0] if x0 is None else x0
   logs = log_orbit_norms(matrix, x0, steps)
   half = steps // 2
@@ -298,7 +298,7 @@ def residual_convergence(matrix, depths) -> ResidualConvergence:
   """Products, errors from the limit, singular values and the error's order in L."""
   depths = validation.positive_ints("depths", depths)
   if len(set(depths)) < 2:
-    raise validation.ConfigError("depths", depths, "at least two distinct depths (to fit the order)")
+    raise validation.invalid("depths", depths, "at least two distinct depths (to fit the order)")
   limit = residual_limit(matrix)
   products = [residual_product(matrix, L) for L in depths]
   error = np.array([np.linalg.norm(p - limit, 2) for p in products])

@@ -1,6 +1,6 @@
 """Backward norms at every stream site from one backward pass, and forward statistics.
 
-For a network whose stream sites are x_0, x_1, …, x_S (see :mod:`resnorm.models.probes`) the
+For a network whose stream sites are x_0, x_1, …, x_S (see :mod:`resnorm.probes`) the
 backward signal of a loss E obeys ∂E/∂x_k = J_kᵀ ∂E/∂x_{k+1}, with J_k = I + DF_k(x_k) for a
 residual block. For every example and every layer k this module measures
 
@@ -17,6 +17,7 @@ in the forward pass (no batch statistics), so image models are measured in eval 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnorm.models import probes
+from resnorm import probes, validation
 
 QUANTILES = (50, 90, 99)
 
@@ -61,18 +62,9 @@ def _stack_sites(flat: dict[tuple[str, ...], Any]) -> list[tuple[str, Any]]:
     if len(path) == 1:
       leaf = jax.tree.map(lambda a: a[None], leaf)
     elif path[1:] != (probes.SCANNED_PROBE,):
-      raise ValueError(
-          f"probe at {'/'.join(path)}: expected a top-level site or '<site>/{probes.SCANNED_PROBE}'"
-      )
+      raise validation.invalid("probe", "/".join(path), f"a top-level site or '<site>/{probes.SCANNED_PROBE}'")
     sites.append((path[0], leaf))
   return sites
-
-
-def _per_example_norm(g: jax.Array) -> jax.Array:
-  """(sites, B, ...) -> (sites, B) Euclidean norms, in float32 or wider."""
-  g = g.reshape(g.shape[0], g.shape[1], -1)
-  g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-  return jnp.sqrt(jnp.sum(g * g, axis=-1))
 
 
 def zero_probes(model, variables, inputs, **apply_kwargs):
@@ -115,7 +107,7 @@ def measure(
   """Backward ratios and forward statistics of ``model`` on one batch (jit-able).
 
   Args:
-    model: a Flax module whose stream sites call :func:`resnorm.models.probes.probe`.
+    model: a Flax module whose stream sites call :func:`resnorm.probes.probe`.
     variables: its variables (``'params'``, plus ``'batch_stats'`` for BatchNorm models).
     inputs, targets: a batch; examples along axis 0.
     loss_fn: ``loss_fn(outputs, targets) -> scalar``; E in the ratios above.
@@ -128,7 +120,7 @@ def measure(
   stats = [stats[site] for site, _ in grad_sites]
   kinds = tuple(probes.site_kind(site) for site, g in grad_sites for _ in range(g.shape[0]))
 
-  grad_norm = jnp.concatenate([_per_example_norm(g) for _, g in grad_sites])
+  grad_norm = jnp.concatenate([jax.vmap(probes.per_example_norm)(g) for _, g in grad_sites])
   below = grad_norm[1:]
   ratio = jnp.where(below > 0, grad_norm[:-1] / jnp.where(below > 0, below, 1.0), jnp.nan)
   branch = [s.get("branch_ratio", jnp.full_like(s["norm"], jnp.nan)) for s in stats]
@@ -143,35 +135,52 @@ def measure(
   )
 
 
-def summarize(report: SignalReport, kind: str = "block") -> dict[str, float]:
-  """δ statistics over every layer of ``kind`` and every example (host-side floats).
+@dataclasses.dataclass(frozen=True)
+class DeltaStats:
+  """δ statistics over every layer of one kind and every example (:func:`summarize`).
 
-  Returns ``delta_max``, ``delta_mean``, ``delta_p50/p90/p99``, ``ratio_min``, ``ratio_max``,
-  ``log_gain`` (the mean over examples of Σ_k log r_k = log(‖∂E/∂x_first‖/‖∂E/∂x_last‖),
-  which compounds with depth unless the ratios stay near 1), ``num_ratios`` and
-  ``num_undefined`` (ratios with a zero or non-finite gradient norm, left out of the rest).
+  Attributes:
+    delta_max, delta_mean, delta_p50, delta_p90, delta_p99: of δ = |r − 1| over the defined ratios.
+    ratio_min, ratio_max: extremes of r.
+    log_gain: the mean over examples of Σ_k log r_k = log(‖∂E/∂x_first‖/‖∂E/∂x_last‖), which
+      compounds with depth unless the ratios stay near 1.
+    num_ratios: layers × examples; ``num_undefined`` of them (a zero or non-finite gradient
+      norm) are left out of the rest. All statistics are NaN when none is defined.
   """
+
+  delta_max: float
+  delta_mean: float
+  delta_p50: float
+  delta_p90: float
+  delta_p99: float
+  ratio_min: float
+  ratio_max: float
+  log_gain: float
+  num_ratios: int
+  num_undefined: int
+
+
+def summarize(report: SignalReport, kind: str = "block") -> DeltaStats:
+  """δ statistics over every layer of ``kind`` and every example, as host-side floats."""
   rows = np.array([k == kind for k in report.kinds])
   if not rows.any():
-    raise ValueError(f"no {kind!r} layers in this report; it has {sorted(set(report.kinds))}")
+    raise validation.invalid("kind", kind, f"a kind of layer in this report: one of {sorted(set(report.kinds))}")
   ratio = np.asarray(report.ratio, dtype=np.float64)[rows]
   defined = np.isfinite(ratio) & (ratio > 0)
   delta = np.abs(ratio[defined] - 1.0)
+  counts = dict(num_ratios=int(ratio.size), num_undefined=int((~defined).sum()))
   if delta.size == 0:
     nan = float("nan")
-    summary = dict(delta_max=nan, delta_mean=nan, ratio_min=nan, ratio_max=nan, log_gain=nan)
-    summary.update({f"delta_p{q}": nan for q in QUANTILES})
-  else:
-    summary = dict(
-        delta_max=float(delta.max()),
-        delta_mean=float(delta.mean()),
-        ratio_min=float(ratio[defined].min()),
-        ratio_max=float(ratio[defined].max()),
-        log_gain=float(np.mean(np.sum(np.log(np.where(defined, ratio, 1.0)), axis=0))),
-    )
-    summary.update({f"delta_p{q}": float(np.percentile(delta, q)) for q in QUANTILES})
-  summary.update(num_ratios=int(ratio.size), num_undefined=int((~defined).sum()))
-  return summary
+    return DeltaStats(nan, nan, nan, nan, nan, nan, nan, nan, **counts)
+  return DeltaStats(
+      delta_max=float(delta.max()),
+      delta_mean=float(delta.mean()),
+      **{f"delta_p{q}": float(np.percentile(delta, q)) for q in QUANTILES},
+      ratio_min=float(ratio[defined].min()),
+      ratio_max=float(ratio[defined].max()),
+      log_gain=float(np.mean(np.sum(np.log(np.where(defined, ratio, 1.0)), axis=0))),
+      **counts,
+  )
 
 
 def layer_profile(report: SignalReport, kind: str = "block") -> dict[str, list[float]]:

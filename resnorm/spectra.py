@@ -34,13 +34,11 @@ largest, so the smallest end-to-end values of a deep plain stack read as that fl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from resnorm import validation
 
@@ -50,18 +48,8 @@ from resnorm import validation
 def _kernel(kernel) -> jax.Array:
   kernel = jnp.asarray(kernel)
   if kernel.ndim != 4:
-    raise validation.ConfigError("kernel.shape", kernel.shape, "a rank-4 kernel (kh, kw, c_in, c_out), Flax layout")
+    raise validation.invalid("kernel.shape", kernel.shape, "a rank-4 kernel (kh, kw, c_in, c_out), Flax layout")
   return kernel
-
-
-def _spatial_shape(spatial_shape, kernel_size: tuple[int, int]) -> tuple[int, int]:
-  allowed = f"a pair (H, W) of integers with H >= {kernel_size[0]} and W >= {kernel_size[1]} (the kernel's size)"
-  if not isinstance(spatial_shape, (tuple, list)) or len(spatial_shape) != 2:
-    raise validation.ConfigError("spatial_shape", spatial_shape, allowed)
-  for size, minimum in zip(spatial_shape, kernel_size):
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < max(minimum, 1):
-      raise validation.ConfigError("spatial_shape", spatial_shape, allowed)
-  return int(spatial_shape[0]), int(spatial_shape[1])
 
 
 def conv_singular_values(kernel, spatial_shape) -> jax.Array:
@@ -77,7 +65,7 @@ def conv_singular_values(kernel, spatial_shape) -> jax.Array:
     H·W·min(c_in, c_out) singular values of the (H·W·c_out)×(H·W·c_in) operator matrix.
   """
   kernel = _kernel(kernel)
-  height, width = _spatial_shape(spatial_shape, kernel.shape[:2])
+  height, width = validation.spatial_shape("spatial_shape", spatial_shape, kernel.shape[:2])
   transfer = jnp.fft.fft2(kernel, s=(height, width), axes=(0, 1))
   return jnp.linalg.svd(transfer, compute_uv=False)
 
@@ -101,8 +89,8 @@ def strided_pointwise_singular_values(kernel, spatial_shape, stride: int = 2) ->
   """
   kernel = _kernel(kernel)
   if kernel.shape[:2] != (1, 1):
-    raise validation.ConfigError("kernel.shape", kernel.shape, "a 1×1 kernel (1, 1, c_in, c_out)")
-  height, width = _spatial_shape(spatial_shape, (1, 1))
+    raise validation.invalid("kernel.shape", kernel.shape, "a 1×1 kernel (1, 1, c_in, c_out)")
+  height, width = validation.spatial_shape("spatial_shape", spatial_shape)
   stride = validation.positive_int("stride", stride)
   values = jnp.linalg.svd(kernel[0, 0], compute_uv=False)
   return jnp.broadcast_to(values, (-(-height // stride), -(-width // stride), values.shape[0]))
@@ -131,7 +119,7 @@ def per_example(model, variables, **apply_kwargs) -> Callable[[jax.Array], jax.A
 
 
 class BlockStack(NamedTuple):
-  """L identical blocks as data.
+  """L identical blocks as data; a model family's ``block_stack`` extracts them from a model.
 
   Attributes:
     apply: ``apply(params_l, x) -> x_{l+1}``, block l on a batch ``x``.
@@ -142,27 +130,6 @@ class BlockStack(NamedTuple):
   apply: Callable[[Any, jax.Array], jax.Array]
   params: Any
   inputs: jax.Array
-
-
-def _block_stack_extractors() -> dict[type, Callable]:
-  """Model class -> ``extract(model, variables, inputs) -> (apply, params, inputs)``.
-
-  A family whose identical blocks go through one ``nn.scan`` adds its extractor here. The import is
-  deferred because resnorm.models imports resnorm.procrustes, which imports this module.
-  """
-  from resnorm.models import mlp  # pylint: disable=import-outside-toplevel
-
-  return {mlp.MLPStack: mlp.block_stack}
-
-
-def block_stack(model, variables, inputs) -> BlockStack:
-  """The scanned blocks of ``model`` at ``inputs``: a :class:`BlockStack`."""
-  extractors = _block_stack_extractors()
-  extract = extractors.get(type(model))
-  if extract is None:
-    allowed = f"a model of a class in {sorted(cls.__name__ for cls in extractors)}"
-    raise validation.ConfigError("model", type(model).__name__, allowed)
-  return BlockStack(*extract(model, variables, inputs))
 
 
 def block_singular_values(blocks: BlockStack) -> jax.Array:
@@ -282,83 +249,3 @@ def top_singular_value(fn, xs: jax.Array, key, num_iterations: int = 100) -> jax
     return jnp.sqrt(jnp.maximum(jnp.vdot(v, matvec(v)), 0))
 
   return jax.vmap(one)(xs, jax.random.split(key, xs.shape[0]))
-
-
-# ----------------------------------------------------------------------------- depth comparison
-
-
-def _measure(model, init_key, inputs, lanczos_key, lanczos_iterations: int) -> dict:
-  """One model's spectra at initialisation (jitted with ``model`` and ``lanczos_iterations`` static)."""
-  blocks = block_stack(model, model.init(init_key, inputs), inputs)
-  sigma_max, sigma_min = extreme_singular_values(stack_map(blocks), blocks.inputs[0], lanczos_key, lanczos_iterations)
-  return dict(block=block_singular_values(blocks), stack=stack_singular_values(blocks),
-              stack_lanczos=jnp.stack([sigma_max, sigma_min], axis=-1))
-
-
-def depth_spectra(names, depths, options: dict, input_dim: int = 16, num_examples: int = 8, seed: int = 0,
-                  lanczos_iterations: int = 16) -> dict:
-  """Block and end-to-end singular values of registry models at initialisation, across depths.
-
-  Every (name, depth) model is built with ``models.create_model(name, depth, **options)`` (options the
-  family does not take are dropped), initialised from ``seed`` and evaluated on ``num_examples``
-  Gaussian inputs of dimension ``input_dim`` (the same for every model).
-
-  Returns:
-    ``{name: {depth: {"block": (L, B, width), "stack": (B, width), "stack_lanczos": (B, 2)}}}``, NumPy
-    arrays: dense σ(J_l), dense σ(J_{L−1} ⋯ J_0), and (σ_max, σ_min) of the latter from
-    ``lanczos_iterations`` matrix-free Lanczos steps.
-  """
-  from resnorm import models  # pylint: disable=import-outside-toplevel  (see _block_stack_extractors)
-
-  names = (names,) if isinstance(names, str) else tuple(names)
-  if not names:
-    raise validation.ConfigError("models", names, f"a non-empty list from {sorted(models.FAMILIES)}")
-  for name in names:
-    validation.one_of("models", name, models.FAMILIES)
-  depths = validation.positive_ints("depths", depths)
-  for field, value in (("input_dim", input_dim), ("num_examples", num_examples),
-                       ("lanczos_iterations", lanczos_iterations)):
-    validation.positive_int(field, value)
-  built = {}
-  supported = tuple(_block_stack_extractors())
-  for name in names:
-    family_options = models.accepted_options(name, dict(options))
-    for depth in depths:
-      built[name, depth] = models.create_model(name, depth, num_classes=input_dim, **family_options)
-      if not isinstance(built[name, depth], supported):
-        allowed = f"a family built from {sorted(cls.__name__ for cls in supported)}"
-        raise validation.ConfigError("models", name, allowed)
-  init_key, data_key, lanczos_key = jax.random.split(jax.random.key(seed), 3)
-  inputs = jax.random.normal(data_key, (num_examples, input_dim))
-  results = {name: {} for name in names}
-  measure = jax.jit(_measure, static_argnums=(0, 4))
-  for (name, depth), model in built.items():
-    spectra = measure(model, init_key, inputs, lanczos_key, lanczos_iterations)
-    results[name][depth] = jax.tree.map(np.asarray, spectra)
-  return results
-
-
-def format_depth_spectra(results: dict) -> str:
-  """:func:`depth_spectra`'s results as text: per model and depth, block σ quantiles and stack extremes.
-
-  Block columns pool every block and example; stack columns are medians over examples of the end-to-end
-  σ_max and σ_min (dense), their ratio's log10, and the matrix-free σ_max, σ_min beside them.
-  """
-  header = (f"{'model':<16}{'L':>6}  {'block σ: min':>12}{'p50':>8}{'max':>8}  {'|σ−1| max':>9}"
-            f"  {'stack σ_max':>11}{'σ_min':>10}{'log10 κ':>9}  {'Lanczos σ_max':>13}{'σ_min':>10}")
-  lines = [header, "-" * len(header)]
-  for name, by_depth in results.items():
-    for depth, r in sorted(by_depth.items()):
-      block = r["block"].ravel()
-      stack_max, stack_min = np.median(r["stack"][:, 0]), np.median(r["stack"][:, -1])
-      lanczos_max, lanczos_min = np.median(r["stack_lanczos"], axis=0)
-      with np.errstate(divide="ignore"):
-        log_kappa = math.log10(stack_max / stack_min) if stack_min > 0 else math.inf
-      lines.append(
-          f"{name:<16}{depth:>6}  {block.min():>12.4f}{np.median(block):>8.4f}{block.max():>8.4f}"
-          f"  {np.abs(block - 1).max():>9.4f}  {stack_max:>11.4g}{stack_min:>10.3g}{log_kappa:>9.2f}"
-          f"  {lanczos_max:>13.4g}{lanczos_min:>10.3g}"
-      )
-  lines.append("σ below about 1e-7·σ_max is float32 rounding: a plain ReLU block is singular whenever fewer hidden")
-  lines.append("units are on than the stream is wide, and so is every product containing one.")
-  return "\n".join(lines)

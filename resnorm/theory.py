@@ -17,6 +17,8 @@ import dataclasses
 
 import numpy as np
 
+from resnorm import validation
+
 LAWS = {
     "c*log(2L)/L": lambda L: np.log(2 * L) / L,
     "c/L": lambda L: 1.0 / L,
@@ -30,7 +32,7 @@ def delta_bound(L, c):
   """δ = c·log(2L)/L, elementwise in L (L ≥ 1)."""
   L = np.asarray(L, dtype=np.float64)
   if np.any(L < 1):
-    raise ValueError(f"L = {L}: expected depths >= 1")
+    raise validation.invalid("L", L.tolist(), "depths >= 1")
   return c * np.log(2 * L) / L
 
 
@@ -69,10 +71,10 @@ def fit_delta(depths, deltas) -> DeltaFit:
   depths = np.asarray(depths, dtype=np.float64)
   deltas = np.asarray(deltas, dtype=np.float64)
   if depths.shape != deltas.shape or depths.ndim != 1:
-    raise ValueError(f"depths {depths.shape} and deltas {deltas.shape}: expected two lists of one length")
+    raise validation.invalid("deltas", deltas.tolist(), f"a list as long as depths ({depths.size}), both 1-D")
   keep = np.isfinite(deltas) & (deltas > 0)
   if len(np.unique(depths[keep])) < 2:
-    raise ValueError(f"fit_delta needs finite, positive deltas at two depths or more; got {deltas.tolist()}")
+    raise validation.invalid("deltas", deltas.tolist(), "finite, positive deltas at two depths or more")
   L, log_delta = depths[keep], np.log(deltas[keep])
   total = np.sum((log_delta - log_delta.mean()) ** 2)
 

@@ -1,8 +1,8 @@
-"""Config and argument checks that fail before anything compiles.
+"""Argument checks that fail before anything compiles, raising a plain ``ValueError``.
 
-Every error names the field, the value it got and what is allowed, so that a typo in
-``--config.model.width=-3`` reads as ``config.model.width = -3: expected a positive
-integer``.
+Every error names the argument, the value it got and what is allowed, as optax and Flax do:
+``width = -3: expected a positive integer``. The config layer prefixes the names with the
+config path.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from collections.abc import Collection
 from typing import Any
 
 
-class ConfigError(ValueError):
-  """A config field or argument holds a value that is not allowed."""
-
-  def __init__(self, field: str, value: Any, allowed: str):
-    self.field, self.value, self.allowed = field, value, allowed
-    super().__init__(f"{field} = {value!r}: expected {allowed}")
+def invalid(name: str, value: Any, allowed: str) -> ValueError:
+  """The error for ``name = value``: ``ValueError("{name} = {value!r}: expected {allowed}")``."""
+  return ValueError(f"{name} = {value!r}: expected {allowed}")
 
 
 def _is_int(value: Any) -> bool:
@@ -25,36 +22,48 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def positive_int(field: str, value: Any) -> int:
+def positive_int(name: str, value: Any) -> int:
   if not _is_int(value) or value <= 0:
-    raise ConfigError(field, value, "a positive integer")
+    raise invalid(name, value, "a positive integer")
   return int(value)
 
 
-def non_negative_int(field: str, value: Any) -> int:
+def non_negative_int(name: str, value: Any) -> int:
   if not _is_int(value) or value < 0:
-    raise ConfigError(field, value, "a non-negative integer")
+    raise invalid(name, value, "a non-negative integer")
   return int(value)
 
 
-def positive_float(field: str, value: Any) -> float:
+def positive_float(name: str, value: Any) -> float:
   if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-    raise ConfigError(field, value, "a positive number")
+    raise invalid(name, value, "a positive number")
   return float(value)
 
 
-def one_of(field: str, value: Any, allowed: Collection[Any]) -> Any:
+def one_of(name: str, value: Any, allowed: Collection[Any]) -> Any:
   if value not in allowed:
-    raise ConfigError(field, value, f"one of {sorted(allowed)}")
+    raise invalid(name, value, f"one of {sorted(allowed)}")
   return value
 
 
-def positive_ints(field: str, values: Any) -> tuple[int, ...]:
+def positive_ints(name: str, values: Any) -> tuple[int, ...]:
   """A non-empty sequence of positive integers (a single integer counts as one; NumPy arrays too)."""
   if _is_int(values):
     values = (values,)
   if hasattr(values, "tolist"):
     values = values.tolist()
   if not isinstance(values, (tuple, list)) or not values or not all(_is_int(v) and v > 0 for v in values):
-    raise ConfigError(field, values, "a non-empty list of positive integers")
+    raise invalid(name, values, "a non-empty list of positive integers")
   return tuple(int(v) for v in values)
+
+
+def spatial_shape(name: str, value: Any, kernel_size: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+  """A spatial shape (H, W) of integers covering a kernel: H ≥ kh ≥ 1 and W ≥ kw ≥ 1 (NumPy arrays too)."""
+  if hasattr(value, "tolist"):
+    value = value.tolist()
+  low = (max(kernel_size[0], 1), max(kernel_size[1], 1))
+  if (not isinstance(value, (tuple, list)) or len(value) != 2
+      or not all(_is_int(v) and v >= m for v, m in zip(value, low))):
+    covers = "" if low == (1, 1) else " (the kernel's size)"
+    raise invalid(name, value, f"a pair (H, W) of integers with H >= {low[0]} and W >= {low[1]}{covers}")
+  return int(value[0]), int(value[1])

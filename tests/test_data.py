@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from resnorm import data
-from resnorm.validation import ConfigError
 
 
 def test_teacher_map_is_bi_lipschitz_with_the_stated_constants():
@@ -23,7 +22,7 @@ def test_teacher_is_deterministic_and_split():
   np.testing.assert_array_equal(a.y_test, b.y_test)
   assert a.x_train.shape == (100, 16) and a.y_test.shape == (20, 16) and a.task == "regression"
   assert not np.allclose(data.teacher(seed=2, train_size=100, test_size=20).y_test, a.y_test)
-  with pytest.raises(ConfigError, match="data.strength"):
+  with pytest.raises(ValueError, match=r"strength = 1.0: expected a number in \[0, 1\)"):
     data.teacher(strength=1.0)
 
 
@@ -40,7 +39,7 @@ def test_batches_cover_each_epoch_once_and_depend_only_on_step():
     assert sorted(np.concatenate(epoch)) == list(range(100))
   assert not np.array_equal(steps[0], steps[5])
   np.testing.assert_array_equal(data.batch_indices(100, 20, 7, seed=7), steps[7])
-  with pytest.raises(ConfigError, match="batch_size"):
+  with pytest.raises(ValueError, match="batch_size = 20: expected at most the 10"):
     data.batch_indices(10, 20, 0, seed=0)
 
 

@@ -1,12 +1,14 @@
 """The model registry and the MLP families."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from resnorm import models
-from resnorm.validation import ConfigError
+from resnorm.models import mlp, resnet
 
 
 @pytest.mark.parametrize("name", ["mlp_residual", "mlp_plain", "linear_residual"])
@@ -22,8 +24,10 @@ def test_branch_scales():
   assert models.resolve_branch_scale("1/L", 8) == 1 / 8
   assert models.resolve_branch_scale("1/sqrt(L)", 16) == 0.25
   assert models.resolve_branch_scale(0.3, 5) == 0.3
-  with pytest.raises(ConfigError, match="1/sqrt"):
-    models.resolve_branch_scale("L", 4)
+  assert models.resolve_branch_scale("0.5", 5) == 0.5  # a config override of a str field arrives as text
+  for bad in ("L", "-0.5", "nan", 0, True):
+    with pytest.raises(ValueError, match=r"^branch_scale = .*: expected one of \['1', '1/L', '1/sqrt\(L\)'\] or a positive"):
+      models.resolve_branch_scale(bad, 4)
 
 
 def test_residual_and_plain_share_parameters_but_not_the_skip():
@@ -35,18 +39,28 @@ def test_residual_and_plain_share_parameters_but_not_the_skip():
   assert not np.allclose(residual.apply(variables, inputs), plain.apply(variables, inputs))
 
 
+def test_families_declare_their_measurement_hooks():
+  """MLP families extract their scanned blocks; image families (BatchNorm) calibrate statistics."""
+  for name, family in models.FAMILIES.items():
+    image = name in resnet.LAYOUTS
+    assert family.block_stack is (None if image else mlp.block_stack), name
+    assert family.calibrate_batch_stats is (resnet.calibrate_batch_stats if image else None), name
+  assert models.family("procresnet").projection_targets is not None
+
+
 @pytest.mark.parametrize(
     "name, depth, options, match",
     [
-        ("mlp_reisdual", 4, {}, "model = 'mlp_reisdual': expected one of"),
+        ("mlp_reisdual", 4, {}, "name = 'mlp_reisdual': expected one of"),
         ("mlp_residual", 0, {}, "depth = 0: expected a positive integer"),
         ("mlp_residual", 4, {"width": 0}, "width = 0"),
         ("mlp_residual", 4, {"hidden": 2.5}, "hidden = 2.5"),
-        ("mlp_plain", 4, {"branch_scale": "1/L"}, "mlp_plain option 'branch_scale'"),
+        ("mlp_plain", 4, {"branch_scale": "1/L"}, "branch_scale = '1/L': expected an option of mlp_plain"),
+        ("mlp_plain", 4, {"num_classes": 0}, "num_classes = 0: expected a positive integer"),
     ],
 )
 def test_bad_model_arguments_name_what_is_allowed(name, depth, options, match):
-  with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace(")", r"\)")):
+  with pytest.raises(ValueError, match="^" + re.escape(match)):
     models.create_model(name, depth, **options)
 
 
@@ -57,7 +71,7 @@ def test_a_registered_family_is_built_and_validated_like_the_others(monkeypatch)
   models.register("wide_mlp", wide_mlp)
   variables = jax.eval_shape(models.create_model("wide_mlp", 3).init, jax.random.key(0), jnp.ones((1, 5)))
   assert variables["params"]["stem"]["kernel"].shape == (5, 48)
-  with pytest.raises(ConfigError, match="wide_mlp"):
+  with pytest.raises(ValueError, match=r"depth_multiplier = 2: expected an option of wide_mlp"):
     models.create_model("wide_mlp", 3, depth_multiplier=2)
-  with pytest.raises(ValueError, match="already registered"):
+  with pytest.raises(ValueError, match="name = 'mlp_plain': expected a name not yet registered"):
     models.register("mlp_plain", wide_mlp)

@@ -2,13 +2,13 @@
 
 import decimal
 import math
+import re
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from resnorm import recurrence
-from resnorm.validation import ConfigError
 
 SQRT5 = math.sqrt(5)
 
@@ -196,7 +196,5 @@ def test_fibonacci_table_rows():
     ],
 )
 def test_bad_input_names_the_argument(call, field):
-  with pytest.raises(ConfigError) as error:
+  with pytest.raises(ValueError, match=rf"(?s)^{re.escape(field)} = .*: expected "):
     call()
-  assert error.value.field == field
-  assert "expected" in str(error.value)

@@ -104,7 +104,7 @@ def test_zero_initialised_branches_preserve_norms_exactly():
   targets = jax.random.normal(jax.random.key(10), (16, 2))
   report = signal.measure(model, model.init(jax.random.key(11), inputs), inputs, targets, _mse)
   summary = signal.summarize(report)
-  assert summary["delta_max"] <= 1e-6 and summary["num_ratios"] == 8 * 16  # float32 rounding only
+  assert summary.delta_max <= 1e-6 and summary.num_ratios == 8 * 16  # float32 rounding only
   assert report.kinds == ("stem",) + ("block",) * 8
 
 
@@ -116,12 +116,12 @@ def test_summary_statistics_match_numpy():
   )
   summary = signal.summarize(report)
   delta = np.abs(ratio[1:].ravel() - 1)
-  assert summary["delta_max"] == pytest.approx(delta.max())
-  assert summary["delta_mean"] == pytest.approx(delta.mean())
-  assert summary["delta_p90"] == pytest.approx(np.percentile(delta, 90))
-  assert summary["log_gain"] == pytest.approx(np.mean(np.log(ratio[1:]).sum(axis=0)))
+  assert summary.delta_max == pytest.approx(delta.max())
+  assert summary.delta_mean == pytest.approx(delta.mean())
+  assert summary.delta_p90 == pytest.approx(np.percentile(delta, 90))
+  assert summary.log_gain == pytest.approx(np.mean(np.log(ratio[1:]).sum(axis=0)))
   stem = signal.summarize(report, "stem")
-  assert stem["num_undefined"] == 1 and stem["delta_max"] == pytest.approx(0.5)
+  assert stem.num_undefined == 1 and stem.delta_max == pytest.approx(0.5)
   with pytest.raises(ValueError, match="transition"):
     signal.summarize(report, "transition")
 

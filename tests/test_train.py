@@ -14,9 +14,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import default
+from resnorm import config_validation, loop
 from resnorm import data as data_lib
-from resnorm import train
-from resnorm.validation import ConfigError
+from resnorm.config_validation import ConfigError
 
 
 def tiny_run(**overrides):
@@ -34,6 +34,13 @@ def tiny_run(**overrides):
   return config
 
 
+def validated_run(config, workdir):
+  """What the entry point does: validate at the door, then train."""
+  dataset = config_validation.load_data(config)
+  config_validation.check_run(config, dataset)
+  return loop.train_and_evaluate(config, workdir, dataset)
+
+
 def _logged_losses(workdir):
   with open(workdir / "metrics.jsonl") as f:
     return [json.loads(line)["train_loss"] for line in f]
@@ -41,25 +48,25 @@ def _logged_losses(workdir):
 
 def test_digits_run_learns_and_writes_its_outputs(tmp_path):
   config = tiny_run(num_steps=150, log_every=50, checkpoint_every=0, **{"optimizer.learning_rate": 3e-3})
-  summary = train.train_and_evaluate(config, str(tmp_path))
-  assert not summary["diverged"] and summary["steps"] == 150
-  assert summary["test_accuracy"] > 0.8  # chance is 0.1
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  assert not summary.diverged and summary.steps == 150
+  assert summary.test_accuracy > 0.8  # chance is 0.1
   losses = _logged_losses(tmp_path)
   assert len(losses) == 3 and losses[-1] < 0.5 * losses[0]
   with open(tmp_path / "summary.json") as f:
     assert json.load(f)["trained"]["by_kind"]["block"]["num_ratios"] == 3 * 32
-  assert summary["init"]["by_kind"]["block"]["delta_max"] > 0 and len(summary["trained"]["profile"]["delta_mean"]) == 3
+  assert summary.init.block.delta_max > 0 and len(summary.trained.profile["delta_mean"]) == 3
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
-  straight = train.train_and_evaluate(tiny_run(**{"signal.every": 5}), str(tmp_path / "straight"))
-  train.train_and_evaluate(tiny_run(num_steps=15, **{"signal.every": 5}), str(tmp_path / "resumed"))
+  straight = loop.train_and_evaluate(tiny_run(**{"signal.every": 5}), str(tmp_path / "straight"))
+  loop.train_and_evaluate(tiny_run(num_steps=15, **{"signal.every": 5}), str(tmp_path / "resumed"))
   # Killed after logging step 15 and before saving it: the run resumes from step 10.
   shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "15")
-  resumed = train.train_and_evaluate(tiny_run(**{"signal.every": 5}), str(tmp_path / "resumed"))
-  assert resumed["test_loss"] == straight["test_loss"]
-  assert resumed["trained"] == straight["trained"]
-  assert resumed["history"] == straight["history"] and len(straight["history"]) == 4
+  resumed = loop.train_and_evaluate(tiny_run(**{"signal.every": 5}), str(tmp_path / "resumed"))
+  assert resumed.test_loss == straight.test_loss
+  assert resumed.trained == straight.trained
+  assert resumed.history == straight.history and len(straight.history) == 4
   for log in ("metrics.jsonl", "signal.jsonl"):
     assert (tmp_path / "resumed" / log).read_text() == (tmp_path / "straight" / log).read_text()
   steps = [json.loads(line)["step"] for line in (tmp_path / "straight" / "signal.jsonl").read_text().splitlines()]
@@ -68,9 +75,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 def test_logged_loss_averages_every_step_since_the_previous_log(tmp_path):
   every_step = tiny_run(log_every=1, checkpoint_every=0, **{"signal.every": 0})
-  train.train_and_evaluate(every_step, str(tmp_path / "every_step"))
+  loop.train_and_evaluate(every_step, str(tmp_path / "every_step"))
   # Checkpoints and measurements in between must not cut the average short.
-  train.train_and_evaluate(tiny_run(log_every=10, checkpoint_every=4, **{"signal.every": 3}), str(tmp_path / "tens"))
+  loop.train_and_evaluate(tiny_run(log_every=10, checkpoint_every=4, **{"signal.every": 3}), str(tmp_path / "tens"))
   per_step = _logged_losses(tmp_path / "every_step")
   assert len(per_step) == 20
   np.testing.assert_allclose(_logged_losses(tmp_path / "tens"), [np.mean(per_step[:10]), np.mean(per_step[10:])],
@@ -81,12 +88,12 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny_run(log_every=1, checkpoint_every=2)
   dataset = data_lib.load(config.data)
   # Poison the one training example that the batch of step 5 (0-based) draws first.
-  row = data_lib.batch_indices(len(dataset.x_train), config.batch_size, 5, train.run_seed(config))[0]
+  row = data_lib.batch_indices(len(dataset.x_train), config.batch_size, 5, loop.run_seed(config))[0]
   x_train = dataset.x_train.copy()
   x_train[row] = np.inf
-  summary = train.train_and_evaluate(config, str(tmp_path), dataclasses.replace(dataset, x_train=x_train))
-  assert summary["diverged"] and summary["diverged_at_step"] == 6
-  assert summary["last_checkpoint"] == 4 and "trained" not in summary and "test_loss" not in summary
+  summary = loop.train_and_evaluate(config, str(tmp_path), dataclasses.replace(dataset, x_train=x_train))
+  assert summary.diverged and summary.diverged_at_step == 6
+  assert summary.last_checkpoint == 4 and summary.trained is None and summary.test_loss is None
   with open(tmp_path / "summary.json") as f:
     assert json.load(f)["train_loss"] is None  # NaN is written as null
   manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
@@ -107,14 +114,15 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
         ({"model.wdith": 4}, "config.model.wdith"),
         ({"signal.num_examples": 10_000}, "config.signal.num_examples"),
         ({"signal.every": -1}, "config.signal.every"),
-        ({"batch_size": 4096}, "batch_size"),
-        ({"data.name": "mnist"}, "data.name"),
+        ({"batch_size": 4096}, "config.batch_size"),
+        ({"data.name": "mnist"}, "config.data.name"),
+        ({"model.branch_scale": "1/L^2"}, "config.model.branch_scale"),
     ],
 )
 def test_bad_config_names_the_field_before_anything_runs(tmp_path, overrides, field):
   with pytest.raises(ConfigError) as error:
-    train.train_and_evaluate(tiny_run(**overrides), str(tmp_path / "run"))
-  assert error.value.field.endswith(field), error.value
+    validated_run(tiny_run(**overrides), str(tmp_path / "run"))
+  assert error.value.field == field, error.value
   assert str(list(overrides.values())[0]) in str(error.value) and "expected" in str(error.value)
   assert not os.path.exists(tmp_path / "run")
 
@@ -124,9 +132,9 @@ import json, sys
 sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
 import jax
 from test_train import tiny_run
-from resnorm import train
-summary = train.train_and_evaluate(tiny_run(checkpoint_every=0), {workdir!r})
-print(json.dumps([jax.device_count(), summary["train_loss"], summary["test_loss"]]))
+from resnorm import loop
+summary = loop.train_and_evaluate(tiny_run(checkpoint_every=0), {workdir!r})
+print(json.dumps([jax.device_count(), summary.train_loss, summary.test_loss]))
 """
 
 
@@ -155,9 +163,9 @@ import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize("127.0.0.1:{port}", num_processes=2, process_id={process})
 from test_train import tiny_run
-from resnorm import train
-summary = train.train_and_evaluate(tiny_run(), {workdir!r})
-print(json.dumps([jax.process_count(), jax.device_count(), summary["train_loss"], summary["test_loss"]]))
+from resnorm import loop
+summary = loop.train_and_evaluate(tiny_run(), {workdir!r})
+print(json.dumps([jax.process_count(), jax.device_count(), summary.train_loss, summary.test_loss]))
 """
 
 
@@ -178,10 +186,10 @@ def test_two_processes_train_like_one(tmp_path):
   for p, (out, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-3000:]
   results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
-  single = train.train_and_evaluate(tiny_run(), str(tmp_path / "one"))
+  single = loop.train_and_evaluate(tiny_run(), str(tmp_path / "one"))
   for count, devices, train_loss, test_loss in results:
     assert (count, devices) == (2, 2)
-    np.testing.assert_allclose([train_loss, test_loss], [single["train_loss"], single["test_loss"]], rtol=1e-5)
+    np.testing.assert_allclose([train_loss, test_loss], [single.train_loss, single.test_loss], rtol=1e-5)
   with open(os.path.join(workdir, "summary.json")) as f:  # written once, by process 0
     assert json.load(f)["test_loss"] == results[0][3]
 
@@ -197,10 +205,10 @@ def test_procresnet_on_mock_cifar_keeps_its_transitions_projected(tmp_path):
   config.eval_batch_size, config.signal.num_examples = 8, 8
   config.procrustes.every = 1  # project after every step
   with tfds.testing.mock_data(num_examples=16):
-    summary = train.train_and_evaluate(config, str(tmp_path))
-  assert not summary["diverged"] and "test_accuracy" in summary
+    summary = loop.train_and_evaluate(config, str(tmp_path))
+  assert not summary.diverged and summary.test_accuracy is not None
   for stage in ("init", "trained"):
-    assert set(summary[stage]["by_kind"]) == {"stem", "block", "transition"}
+    assert set(summary.measurement(stage).by_kind) == {"stem", "block", "transition"}
   params = ocp.CheckpointManager(str(tmp_path / "checkpoints")).restore(2)["params"]
   for name in ("03_transition_layer", "05_transition_layer"):
     kernel = np.asarray(params[name]["conv"]["kernel"], np.float64)[0, 0]  # 1×1 stride 2: (c_in, c_out)
@@ -210,4 +218,4 @@ def test_procresnet_on_mock_cifar_keeps_its_transitions_projected(tmp_path):
 
 def test_procrustes_needs_a_family_with_transition_kernels(tmp_path):
   with pytest.raises(ConfigError, match="procresnet"):
-    train.train_and_evaluate(tiny_run(**{"procrustes.enabled": True}), str(tmp_path))
+    validated_run(tiny_run(**{"procrustes.enabled": True}), str(tmp_path))

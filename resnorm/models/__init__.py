@@ -1,19 +1,27 @@
 """Model registry: ``create_model(name, depth, num_classes=10, **overrides)``.
 
 A family is registered with the overrides it accepts and a depth check, so a wrong name, depth
-or option fails with a message naming the allowed values before anything is built.
+or option fails with a ``ValueError`` naming the allowed values before anything is built. The
+names in those messages are the config's: prefixed with ``config.model.`` they are its fields
+(``name``, ``depth``, ``num_classes``, ``width``, ``branch_scale``, ...). A family also declares
+what the measurements need from it: the kernels Procrustes projects, the extractor of its
+identical blocks for Jacobian spectra, and the BatchNorm calibration for measuring at
+initialisation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 
-from resnorm import validation
+from resnorm import spectra, validation
 from resnorm.models import mlp, resnet
+from resnorm.models.targets import ConvTarget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,26 +31,48 @@ class Family:
   Attributes:
     build: ``build(depth, num_classes, **options) -> nn.Module``.
     defaults: the options it accepts, with their default values.
-    check_depth: raises :class:`resnorm.validation.ConfigError` for depths outside the family.
-    projection_targets: ``targets(input_shape)`` -> the kernels that
-      :func:`resnorm.procrustes.procrustes` keeps norm-preserving, for families that have them.
+    check_depth: raises a ``ValueError`` for depths outside the family.
+    projection_targets: ``targets(input_shape)`` -> {parameter path: :class:`ConvTarget`}, the
+      kernels that :func:`resnorm.procrustes.procrustes` keeps norm-preserving; None: none.
+    block_stack: ``block_stack(model, variables, inputs)`` -> the model's identical blocks as a
+      :class:`resnorm.spectra.BlockStack`, for block and end-to-end Jacobian spectra; None for
+      families whose blocks are not one scan over identical blocks.
+    calibrate_batch_stats: ``calibrate(model, variables, inputs)`` -> ``variables`` with every
+      BatchNorm's running statistics set to its statistics on ``inputs`` (so that eval mode
+      measures an initialised network as train mode computes it); None for families without
+      BatchNorm.
   """
 
   build: Callable[..., nn.Module]
   defaults: dict
   check_depth: Callable[[int], None] = lambda depth: validation.positive_int("depth", depth)
-  projection_targets: Callable[[tuple[int, ...]], dict] | None = None
+  projection_targets: Callable[[tuple[int, ...]], dict[tuple[str, ...], ConvTarget]] | None = None
+  block_stack: Callable[[nn.Module, dict, jax.Array], spectra.BlockStack] | None = None
+  calibrate_batch_stats: Callable[[nn.Module, dict, jax.Array], dict] | None = None
 
 
 BRANCH_SCALES = {"1": lambda L: 1.0, "1/sqrt(L)": lambda L: 1.0 / math.sqrt(L), "1/L": lambda L: 1.0 / L}
 
 
 def resolve_branch_scale(branch_scale, depth: int) -> float:
-  """``'1'``, ``'1/sqrt(L)'``, ``'1/L'`` or a positive number -> the multiplier s."""
+  """``'1'``, ``'1/sqrt(L)'``, ``'1/L'`` or a positive number -> the multiplier s.
+
+  A number may come as text (``'0.5'``): a config field holding ``'1/L'`` is typed ``str``, so
+  a command-line override of it arrives as a string.
+  """
+  allowed = f"one of {sorted(BRANCH_SCALES)} or a positive number"
   if isinstance(branch_scale, str):
-    validation.one_of("branch_scale", branch_scale, BRANCH_SCALES)
-    return BRANCH_SCALES[branch_scale](depth)
-  return validation.positive_float("branch_scale", branch_scale)
+    if branch_scale in BRANCH_SCALES:
+      return BRANCH_SCALES[branch_scale](depth)
+    try:
+      number = float(branch_scale)
+    except ValueError:
+      raise validation.invalid("branch_scale", branch_scale, allowed) from None
+  else:
+    number = branch_scale
+  if isinstance(number, bool) or not isinstance(number, numbers.Real) or not 0 < number < math.inf:
+    raise validation.invalid("branch_scale", branch_scale, allowed)
+  return float(number)
 
 
 _MLP_COMMON = dict(width=32, hidden=64, layer_norm=False, remat=False)
@@ -66,18 +96,20 @@ def _mlp_builder(residual: bool, linear: bool):
   return build
 
 
+def _resnet_family(name: str, **hooks) -> Family:
+  return Family(resnet.builder(name), dict(resnet.DEFAULTS), resnet.depth_check(name),
+                calibrate_batch_stats=resnet.calibrate_batch_stats, **hooks)
+
+
 FAMILIES: dict[str, Family] = {
-    "mlp_residual": Family(_mlp_builder(residual=True, linear=False), _RESIDUAL_MLP),
-    "mlp_plain": Family(_mlp_builder(residual=False, linear=False), dict(_MLP_COMMON)),
-    "linear_residual": Family(_mlp_builder(residual=True, linear=True), _RESIDUAL_MLP),
+    "mlp_residual": Family(_mlp_builder(residual=True, linear=False), _RESIDUAL_MLP, block_stack=mlp.block_stack),
+    "mlp_plain": Family(_mlp_builder(residual=False, linear=False), dict(_MLP_COMMON), block_stack=mlp.block_stack),
+    "linear_residual": Family(_mlp_builder(residual=True, linear=True), _RESIDUAL_MLP, block_stack=mlp.block_stack),
     # CIFAR image models (NHWC input, a `train` keyword): resnet, plain, preact_resnet,
     # plain_preact, procresnet.
-    **{
-        name: Family(resnet.builder(name), dict(resnet.DEFAULTS), resnet.depth_check(name))
-        for name in resnet.LAYOUTS if name != "procresnet"
-    },
-    "procresnet": Family(
-        resnet.builder("procresnet"), dict(resnet.DEFAULTS), resnet.depth_check("procresnet"),
+    **{name: _resnet_family(name) for name in resnet.LAYOUTS if name != "procresnet"},
+    "procresnet": _resnet_family(
+        "procresnet",
         projection_targets=lambda input_shape: resnet.procresnet_projection_targets(input_shape[1:3]),
     ),
 }
@@ -85,12 +117,12 @@ FAMILIES: dict[str, Family] = {
 
 def register(name: str, family: Family) -> None:
   if name in FAMILIES:
-    raise ValueError(f"model family {name!r} is already registered")
+    raise validation.invalid("name", name, f"a name not yet registered (not one of {sorted(FAMILIES)})")
   FAMILIES[name] = family
 
 
 def family(name: str) -> Family:
-  return FAMILIES[validation.one_of("model", name, FAMILIES)]
+  return FAMILIES[validation.one_of("name", name, FAMILIES)]
 
 
 def accepted_options(name: str, options: dict, prefix: str = "model.") -> dict:
@@ -102,7 +134,7 @@ def accepted_options(name: str, options: dict, prefix: str = "model.") -> dict:
   known = set().union(*(f.defaults for f in FAMILIES.values()))
   for key, value in options.items():
     if key not in known:
-      raise validation.ConfigError(f"{prefix}{key}", value, f"one of {sorted(known)}")
+      raise validation.invalid(f"{prefix}{key}", value, f"one of {sorted(known)}")
   accepted = family(name).defaults
   return {k: v for k, v in options.items() if k in accepted}
 
@@ -114,7 +146,5 @@ def create_model(name: str, depth: int, num_classes: int = 10, **overrides) -> n
   validation.positive_int("num_classes", num_classes)
   unknown = sorted(set(overrides) - set(spec.defaults))
   if unknown:
-    raise validation.ConfigError(
-        f"{name} option {unknown[0]!r}", overrides[unknown[0]], f"one of {sorted(spec.defaults)}"
-    )
+    raise validation.invalid(unknown[0], overrides[unknown[0]], f"an option of {name}: one of {sorted(spec.defaults)}")
   return spec.build(depth, num_classes, **{**spec.defaults, **overrides})

@@ -11,7 +11,7 @@ All three share one layout::
 with an optional LayerNorm at the start of each branch (pre-activation: nothing is applied
 to the stream after the addition). The L identical blocks go through ``nn.scan``, so depth is
 a number: parameters are stacked on a leading axis of length L and the program compiles once
-whatever L is. Every stream site carries a probe (:mod:`resnorm.models.probes`).
+whatever L is. Every stream site carries a probe (:mod:`resnorm.probes`).
 
 Initialisation: the first Dense of a branch is He-normal (variance 2/fan_in, which keeps the
 mean square through a ReLU), the second LeCun-normal (variance 1/fan_in), so a plain block
@@ -26,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnorm.models import probes
+from resnorm import probes, spectra
 
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 lecun_normal = nn.initializers.lecun_normal()
@@ -101,15 +101,16 @@ class MLPStack(nn.Module):
     return nn.Dense(self.num_outputs, kernel_init=lecun_normal, dtype=self.dtype, name="head")(x)
 
 
-def block_stack(stack: MLPStack, variables, inputs):
+def block_stack(stack: MLPStack, variables, inputs) -> spectra.BlockStack:
   """The scanned blocks of ``stack`` as data, so that each can be measured on its own.
 
-  Returns ``(apply, params, block_inputs)``:
+  The MLP families' ``block_stack`` extractor. Returns a :class:`resnorm.spectra.BlockStack`
+  ``(apply, params, inputs)``:
 
   * ``apply(params_l, x)`` is block l's map x_l ↦ x_{l+1} on a batch: the :class:`MLPBlock` that the
     stack's ``nn.scan`` repeats, with its probe inert (no ``'perturbations'`` are passed);
   * ``params``: every block's parameters, stacked on a leading axis of length L (slice l is block l);
-  * ``block_inputs``: (L, B, width), the stream x_0, …, x_{L−1} entering the blocks for ``inputs``.
+  * ``inputs``: (L, B, width), the stream x_0, …, x_{L−1} entering the blocks for ``inputs``.
 
   Nothing about how the stack computes changes: x_0 is the stem's output and x_1, …, x_{L−1} the
   scanned blocks' outputs, read with ``capture_intermediates``.
@@ -127,4 +128,5 @@ def block_stack(stack: MLPStack, variables, inputs):
   )
   stem_output = state["intermediates"]["stem"]["__call__"][0]
   block_outputs = state["intermediates"][blocks]["__call__"][0][0]
-  return apply, variables["params"][blocks], jnp.concatenate([stem_output[None], block_outputs[:-1]])
+  block_inputs = jnp.concatenate([stem_output[None], block_outputs[:-1]])
+  return spectra.BlockStack(apply, variables["params"][blocks], block_inputs)

@@ -32,7 +32,7 @@ Depth counts the stem, the convolutions on each block's branch and the dense hea
 basic block (6n+2), 3 per bottleneck (9n+2), plus ProcResNet's 2 transitions (9n+4).
 Convolutions have no bias and He-normal (fan-out) kernels; 3×3 convolutions pad by 1.
 
-Stream sites (:mod:`resnorm.models.probes`), in order: ``00_input``, ``01_stem``, then per
+Stream sites (:mod:`resnorm.probes`), in order: ``00_input``, ``01_stem``, then per
 stage a top-level ``transition`` site for the block (or ProcResNet convolution) that changes
 dimensions, followed by one ``block`` site for the stage's identical blocks, which go through
 ``nn.scan`` with parameters, BatchNorm statistics, probes and their statistics stacked on a
@@ -67,8 +67,8 @@ import jax
 import jax.numpy as jnp
 
 from resnorm import validation
-from resnorm.models import probes
-from resnorm.procrustes import ConvTarget
+from resnorm import probes
+from resnorm.models.targets import ConvTarget
 
 ModuleDef = Callable[..., nn.Module]
 
@@ -349,7 +349,7 @@ DEFAULTS = dict(width_multiplier=1.0, dtype="float32", bn_momentum=0.9, scan=Tru
 
 
 def depth_check(name: str) -> Callable[[int], None]:
-  """``check(depth)`` raising :class:`~resnorm.validation.ConfigError` outside ``name``'s depths."""
+  """``check(depth)`` raising a ``ValueError`` outside ``name``'s depths."""
   layout = LAYOUTS[name]
 
   def check(depth: int) -> None:
@@ -359,14 +359,14 @@ def depth_check(name: str) -> Callable[[int], None]:
         or depth < layout.per_block + layout.extra
         or (depth - layout.extra) % layout.per_block
     ):
-      raise validation.ConfigError("depth", depth, layout.allowed(name))
+      raise validation.invalid("depth", depth, layout.allowed(name))
 
   return check
 
 
 def _flag(field: str, value: Any) -> bool:
   if not isinstance(value, bool):
-    raise validation.ConfigError(field, value, "True or False")
+    raise validation.invalid(field, value, "True or False")
   return value
 
 
@@ -378,7 +378,7 @@ def builder(name: str) -> Callable[..., nn.Module]:
     validation.positive_float("width_multiplier", width_multiplier)
     validation.one_of("dtype", dtype, DTYPES)
     if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum < 1:
-      raise validation.ConfigError("bn_momentum", bn_momentum, "a number in [0, 1)")
+      raise validation.invalid("bn_momentum", bn_momentum, "a number in [0, 1)")
     return layout.network(
         blocks=layout.blocks(depth),
         num_classes=num_classes,
@@ -397,7 +397,7 @@ def builder(name: str) -> Callable[..., nn.Module]:
 def calibrate_batch_stats(model: nn.Module, variables: Mapping[str, Any], inputs: jax.Array) -> dict:
   """``variables`` with every BatchNorm's running statistics set to its statistics on ``inputs``.
 
-  One train-mode pass with momentum 0: each running mean and variance becomes the batch mean
+  The image families' ``calibrate_batch_stats`` hook. One train-mode pass with momentum 0: each running mean and variance becomes the batch mean
   and (biased) variance of that layer's input, so eval mode then computes on ``inputs`` what
   train mode computes. Measuring an initialised network in eval mode needs this first: the
   initial running statistics (mean 0, variance 1) make every BatchNorm an identity map.
@@ -427,10 +427,7 @@ def procresnet_projection_targets(image_shape=(32, 32)) -> dict[tuple[str, ...],
   Args:
     image_shape: the input images' (height, width).
   """
-  shape = validation.positive_ints("image_shape", image_shape)
-  if len(shape) != 2:
-    raise validation.ConfigError("image_shape", image_shape, "(height, width)")
-  height, width = shape
+  height, width = validation.spatial_shape("image_shape", image_shape)
   half = (-(-height // 2), -(-width // 2))
   return {
       PROCRESNET_STEM: ConvTarget((height, width), stride=1),

@@ -1,4 +1,7 @@
-"""Probes on the residual stream: the one convention that models and `resnorm.signal` share.
+"""Probes on the residual stream: the one convention that models and :mod:`resnorm.signal` share.
+
+A Flax helper of the numeric core (no registry, no model): the models call :func:`probe` at
+their stream sites, and :mod:`resnorm.signal` reads the sites back by the same names.
 
 A *site* is a point of the residual stream: the network input, the stem output, the output of
 every block and of every transition. At each site a model calls :func:`probe`, which
@@ -22,6 +25,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnorm import validation
+
 KINDS = ("input", "stem", "block", "transition")
 SCANNED_PROBE = "stream"
 # Variable axes that nn.scan needs so that probes and their statistics stack over blocks.
@@ -29,31 +34,31 @@ SCAN_AXES = {"params": 0, "perturbations": 0, "intermediates": 0}
 
 
 def site_name(index: int, kind: str) -> str:
-  if kind not in KINDS:
-    raise ValueError(f"site kind {kind!r}: expected one of {KINDS}")
-  return f"{index:02d}_{kind}"
+  return f"{index:02d}_{validation.one_of('kind', kind, KINDS)}"
 
 
 def site_kind(name: str) -> str:
   return name.split("_", 1)[1]
 
 
-def _per_example_norm(x: jnp.ndarray) -> jnp.ndarray:
-  x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+def per_example_norm(x: jnp.ndarray) -> jnp.ndarray:
+  """(B, ...) -> (B,): ‖x_b‖ = sqrt(Σ_i x_{b,i}²) per example, in float32 or wider."""
+  x = x.reshape(x.shape[0], -1)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   return jnp.sqrt(jnp.sum(x * x, axis=-1))
 
 
 def stream_statistics(x, x_in=None, branch=None) -> dict[str, jnp.ndarray]:
   """Forward statistics of a batch ``x`` (batch axis first) at one site."""
   flat = x.reshape(x.shape[0], -1).astype(jnp.float32)
-  norm = _per_example_norm(flat)
+  norm = per_example_norm(flat)
   unit = flat / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny)[:, None]
   gram = unit @ unit.T
   batch = x.shape[0]
   off_diagonal = (jnp.sum(gram) - jnp.trace(gram)) / max(batch * (batch - 1), 1)
   stats = {"norm": norm, "q": jnp.mean(flat * flat), "c": off_diagonal}
   if branch is not None and x_in is not None:
-    stats["branch_ratio"] = _per_example_norm(branch) / _per_example_norm(x_in)
+    stats["branch_ratio"] = per_example_norm(branch) / per_example_norm(x_in)
   return stats
 
 

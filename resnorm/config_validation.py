@@ -1,0 +1,161 @@
+"""Configs checked once, at the door: every entry point validates before anything compiles.
+
+A wrong value raises :class:`ConfigError` naming the config field, the value and what is
+allowed (``config.model.width = -3: expected a positive integer``); the entry points print that
+one line and exit non-zero. Library functions check their own arguments and raise a plain
+``ValueError`` worded ``"name = value: expected allowed"``; here such errors are caught around
+the call that builds a piece of the run (the data, the model, the projection) and re-raised with
+the config path in front of ``name``, so every rule is written once, in the library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+from typing import Any
+
+import jax
+
+from resnorm import data as data_lib
+from resnorm import loop, models, procrustes, validation
+
+OPTIMIZERS = ("adam", "sgd")
+PLACEMENTS = ("mesh", "spread")
+SCHEDULES = ("constant", "cosine")
+_LIBRARY_MESSAGE = re.compile(r"^(?P<name>[\w.\[\]'\"()]+) = (?P<value>.*?): expected (?P<allowed>.*)$", re.DOTALL)
+
+
+class ConfigError(ValueError):
+  """A config field holds a value that is not allowed."""
+
+  def __init__(self, field: str, value: Any, allowed: str):
+    self.field, self.value, self.allowed = field, value, allowed
+    super().__init__(f"{field} = {value!r}: expected {allowed}")
+
+
+@contextlib.contextmanager
+def fields(prefix: str, rename: dict[str, str] | None = None):
+  """Library ``ValueError``s raised inside become :class:`ConfigError`s on ``prefix + name``.
+
+  ``rename`` maps a library argument name to the config field that holds it when they differ
+  (a field outside ``prefix`` is written whole, e.g. ``{"depth": "depths"}`` under
+  ``config.model.`` names ``config.depths``).
+  """
+  try:
+    yield
+  except ConfigError:
+    raise
+  except ValueError as error:
+    match = _LIBRARY_MESSAGE.match(str(error))
+    if match is None:
+      raise ConfigError(prefix.rstrip("."), "(see below)", str(error)) from error
+    field = prefix + match["name"]
+    if rename and match["name"] in rename:
+      field = "config." + rename[match["name"]]
+    raise ConfigError(field, _Verbatim(match["value"]), match["allowed"]) from None
+
+
+class _Verbatim(str):
+  """A value already formatted by the library (``repr`` adds no second pair of quotes)."""
+
+  def __repr__(self) -> str:
+    return str(self)
+
+
+def load_data(config) -> data_lib.Dataset:
+  """``config.data`` loaded, its errors named by field."""
+  with fields("config.data."):
+    return data_lib.load(config.data)
+
+
+def check_run(config, dataset: data_lib.Dataset) -> None:
+  """Every field a single run reads (``configs/default.py``'s shape), for data like ``dataset``."""
+  with fields("config.optimizer."):
+    validation.one_of("name", config.optimizer.name, OPTIMIZERS)
+    validation.positive_float("learning_rate", config.optimizer.learning_rate)
+    momentum, weight_decay = config.optimizer.momentum, config.optimizer.weight_decay
+    if isinstance(momentum, bool) or not 0 <= momentum < 1:
+      raise ValueError(f"momentum = {momentum!r}: expected a number in [0, 1)")
+    if isinstance(weight_decay, bool) or not weight_decay >= 0:
+      raise ValueError(f"weight_decay = {weight_decay!r}: expected a number >= 0")
+    validation.one_of("schedule", config.optimizer.schedule, SCHEDULES)
+  with fields("config."):
+    for field in ("batch_size", "num_steps", "log_every", "eval_batch_size"):
+      validation.positive_int(field, config[field])
+    validation.non_negative_int("checkpoint_every", config.checkpoint_every)
+    if config.augment and dataset.x_train.ndim != 4:
+      raise ValueError(f"augment = {config.augment!r}: expected False for data that are not NHWC images")
+    devices = jax.device_count()
+    if config.batch_size % devices:
+      raise ValueError(f"batch_size = {config.batch_size!r}: expected a multiple of the {devices} devices")
+    data_lib.batch_indices(len(dataset.x_train), config.batch_size, 0, 0)  # the batch fits the data
+  with fields("config.signal."):
+    examples = validation.positive_int("num_examples", config.signal.num_examples)
+    if examples > len(dataset.x_test):
+      raise ValueError(f"num_examples = {examples!r}: expected at most the {len(dataset.x_test)} test examples")
+    validation.non_negative_int("every", config.signal.every)
+  build_model(config, dataset.num_outputs)
+  if config.procrustes.enabled:
+    targets = models.family(config.model.name).projection_targets
+    if targets is None:
+      with_targets = sorted(name for name, f in models.FAMILIES.items() if f.projection_targets)
+      raise ConfigError("config.procrustes.enabled", True,
+                        f"False for {config.model.name} (kernels to project: {with_targets})")
+    with fields("config.procrustes."):
+      validation.non_negative_int("every", config.procrustes.every)
+      procrustes.procrustes(targets(dataset.x_train.shape), probability=config.procrustes.probability,
+                            every=config.procrustes.every or None, seed=config.seed)
+
+
+def build_model(config, num_outputs: int):
+  """``config.model`` built through the registry, its errors named by field."""
+  with fields("config.model."):
+    return loop.build_model(config, num_outputs)
+
+
+def check_sweep(config, dataset: data_lib.Dataset, run_config) -> None:
+  """A sweep config (``configs/depth_sweep.py``'s shape), then each run's config
+  ``run_config(config, model, depth)``."""
+  with fields("config."):
+    depths = validation.positive_ints("depths", config.depths)
+    validation.positive_int("parallel_runs", config.parallel_runs)
+    validation.one_of("placement", config.placement, PLACEMENTS)
+    names = config.models if isinstance(config.models, (tuple, list)) else (config.models,)
+    if not names:
+      raise ValueError(f"models = {config.models!r}: expected a non-empty list from {sorted(models.FAMILIES)}")
+    for name in names:
+      validation.one_of("models", name, models.FAMILIES)
+  for field, instead in (("depth", "config.depths"), ("name", "config.models")):
+    if config.model.get(field) is not None:
+      raise ConfigError(f"config.model.{field}", config.model[field],
+                        f"None in a sweep, which sets it from {instead}: override {instead} instead")
+  for name, depth in itertools.product(names, depths):
+    single = run_config(config, name, depth)
+    try:
+      check_run(single, dataset)
+    except ConfigError as error:
+      if error.field != "config.model.depth":
+        raise
+      raise ConfigError("config.depths", error.value, f"{error.allowed} for {single.model.name}") from None
+
+
+def check_spectra(config) -> None:
+  """The spectra experiment's config (``configs/spectra.py``)."""
+  with fields("config."):
+    validation.positive_ints("depths", config.depths)
+    for field in ("input_dim", "num_examples", "lanczos_iterations"):
+      validation.positive_int(field, config[field])
+    names = (config.models,) if isinstance(config.models, str) else tuple(config.models)
+    if not names:
+      raise ValueError(f"models = {config.models!r}: expected a non-empty list from {sorted(models.FAMILIES)}")
+    for name in names:
+      validation.one_of("models", name, models.FAMILIES)
+      if models.family(name).block_stack is None:
+        with_blocks = sorted(n for n, f in models.FAMILIES.items() if f.block_stack)
+        raise ValueError(f"models = {name!r}: expected families with a block Jacobian extractor ({with_blocks})")
+  for name in names:
+    for depth in config.depths:
+      with fields("config.model.", rename={"depth": "depths", "name": "models"}):
+        models.create_model(name, depth, num_classes=config.input_dim,
+                            **models.accepted_options(name, config.model.to_dict(), prefix=""))

@@ -1,0 +1,91 @@
+"""The typed records round-trip through JSON; the path layer on a local directory and on a
+``gs://`` workdir (``etils.epath.testing.mock_epath`` standing in for cloud storage)."""
+
+import json
+import math
+
+import pytest
+from etils.epath import testing as epath_testing
+
+from resnorm import records, signal
+
+
+def _stats(delta_max):
+  return signal.DeltaStats(delta_max, delta_max / 4, 0.1, 0.2, 0.3, 0.5, 1.5, -0.25, 64, 0)
+
+
+def _record(**changes):
+  init = records.Measurement({"block": _stats(0.5), "stem": _stats(0.25)}, {"delta_mean": [0.1, 0.2]})
+  fields = dict(model="mlp_residual", depth=2, steps=20, diverged=False, diverged_at_step=None, last_checkpoint=20,
+                train_loss=0.5, train_seconds=1.25, init=init, history=[records.HistoryPoint(10, 0.4, 0.1, 0.2)],
+                test_loss=0.75, trained=records.Measurement({"block": _stats(0.375)}, {"delta_mean": [0.3, 0.1]}))
+  return records.RunRecord(**{**fields, **changes})
+
+
+def test_run_record_round_trips_through_json():
+  record = _record()
+  data = json.loads(json.dumps(record.to_json()))
+  assert records.RunRecord.from_json(data) == record
+  assert data["init"]["by_kind"]["block"]["delta_max"] == 0.5 and "test_accuracy" not in data
+
+
+def test_a_diverged_record_writes_nan_as_null_and_has_no_trained_measurement():
+  record = _record(diverged=True, diverged_at_step=6, train_loss=math.nan, test_loss=None, trained=None)
+  data = json.loads(json.dumps(record.to_json()))  # strict JSON: no bare NaN
+  assert data["train_loss"] is None and "trained" not in data and data["diverged_at_step"] == 6
+  assert records.RunRecord.from_json(data).trained is None
+
+
+def test_fields_added_later_load_as_none_and_unknown_ones_are_ignored():
+  data = _record().to_json()
+  data["a_field_from_a_later_version"] = 1
+  del data["init"]["by_kind"]["block"]["ratio_min"]
+  with pytest.raises(TypeError):  # DeltaStats fields are all required: a missing one is an error
+    records.RunRecord.from_json(data)
+  data = _record().to_json()
+  data["a_field_from_a_later_version"] = 1
+  assert records.RunRecord.from_json(data) == _record()
+
+
+def test_jsonl_log_rewinds_and_keeps_every_record_across_a_kill(tmp_path, monkeypatch):
+  log = records.JsonlLog(tmp_path / "metrics.jsonl")
+  for step in (5, 10, 15):
+    log.append({"step": step, "train_loss": 1.0 / step})
+  assert [r["step"] for r in records.JsonlLog(tmp_path / "metrics.jsonl").records] == [5, 10, 15]
+  # A kill after the temporary file is written and before it replaces the log: nothing is lost.
+  monkeypatch.setattr(type(log.location), "replace", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+  with pytest.raises(KeyboardInterrupt):
+    log.append({"step": 20, "train_loss": 0.05})
+  monkeypatch.undo()
+  resumed = records.JsonlLog(tmp_path / "metrics.jsonl")
+  assert [r["step"] for r in resumed.records] == [5, 10, 15]
+  assert [r["step"] for r in resumed.rewind(10)] == [5, 10]
+  assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
+  reader = records.JsonlLog(tmp_path / "metrics.jsonl", write=False)
+  reader.rewind(5)
+  assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2  # a reader never writes
+
+
+def mock_cloud(root):
+  """``gs://`` paths mapped onto the local directory ``root`` for every epath file operation."""
+
+  def local(fn, path, *args, **kwargs):
+    rewritten = [str(a).replace("gs://", f"{root}/") if str(a).startswith("gs://") else a for a in (path, *args)]
+    return fn(*rewritten, **kwargs)
+
+  names = ("copy", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rename",
+           "replace", "rmtree", "stat", "walk")
+  return epath_testing.mock_epath(**{name: local for name in names})
+
+
+def test_records_on_a_cloud_workdir(tmp_path):
+  with mock_cloud(tmp_path):
+    run_dir = records.path("gs://bucket/sweep/runs/a")
+    run_dir.mkdir(parents=True)
+    records.write_run(run_dir, _record())
+    assert records.read_run("gs://bucket/sweep/runs/a") == _record()
+    assert records.runs_in(["gs://bucket/sweep"]) == [_record()]
+    log = records.JsonlLog("gs://bucket/sweep/runs/a/signal.jsonl")
+    log.append({"step": 1})
+  assert (tmp_path / "bucket" / "sweep" / "runs" / "a" / "summary.json").exists()
+  assert (tmp_path / "bucket" / "sweep" / "runs" / "a" / "signal.jsonl").read_text() == '{"step": 1}\n'
