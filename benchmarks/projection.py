@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from benchmarks import common
-from resnorm import procrustes
+from resnorm import models, procrustes
 
 # name, kernel shape (kh, kw, c_in, c_out), input (H, W), stride: ProcResNet's projected kernels.
 KERNELS = (
@@ -65,7 +65,7 @@ def timings(repeats: int) -> list[tuple[str, float, float]]:
       row.append(1e3 * median_seconds(fn, weights[name], repeats=repeats))
     rows.append(tuple(row))
 
-  targets = {(name,): procrustes.ConvTarget(spatial, stride) for name, _, spatial, stride in KERNELS}
+  targets = {(name,): models.ConvTarget(spatial, stride) for name, _, spatial, stride in KERNELS}
   row = ["all three, one procrustes() update (acting)"]
   for method in procrustes.METHODS:
     tx = procrustes.procrustes(targets, probability=1.0, method=method)
