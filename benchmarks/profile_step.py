@@ -46,15 +46,18 @@ PEAKS = {
     "H100 PCIe": (51.0, 378.0, 756.0, 2.0),
     "H100": (67.0, 495.0, 990.0, 3.35),
 }
-# Kernel class -> pattern searched in the lower-cased "kernel name | HLO op"; first match wins.
+# Kernel class -> pattern searched in the lower-cased kernel name, then (for names that match
+# none) in its HLO op's name; first match wins. The op's name is not searched for loop control:
+# every kernel of a scanned stage runs inside a while loop, and its path says so.
+CONTROL = ("while-loop / control", r"dtoh|d2h|memcpy.?dtoh|condition|command.?buffer|graph")
 CLASSES = (
-    ("while-loop / control", r"dtoh|d2h|while|conditional|\bcond\b|command.?buffer|graph"),
     ("convolution / GEMM", r"conv|gemm|xmma|cutlass|cudnn|cublas|dot|matmul|wgrad|dgrad|fprop|triton|sm\d\d_"),
     ("copy / transpose", r"copy|transpose|memcpy|memset|dynamic.?update.?slice|dynamic.?slice|concatenate|reverse"),
     ("BatchNorm-style reduction", r"reduc|batch.?norm"),
     ("elementwise / fusion", r"fusion|loop|elementwise|add|multiply|select|maximum|convert|broadcast"),
 )
 OTHER = "other"
+TOP_KERNELS = 12  # the kernels named in each profile, by time
 
 
 def peaks(device_kind: str):
@@ -65,11 +68,12 @@ def peaks(device_kind: str):
   return None
 
 
-def classify(name: str) -> str:
-  text = name.lower()
-  for label, pattern in CLASSES:
-    if re.search(pattern, text):
-      return label
+def classify(kernel: str, op: str = "") -> str:
+  """The class of a kernel named ``kernel`` that runs HLO op ``op`` (see :data:`CLASSES`)."""
+  for text, classes in ((kernel.lower(), (CONTROL,) + CLASSES), (op.lower(), CLASSES)):
+    for label, pattern in classes:
+      if re.search(pattern, text):
+        return label
   return OTHER
 
 
@@ -134,16 +138,20 @@ def busy_microseconds(kernels: list[dict]) -> float:
 def summarise(events: list[dict], steps: int) -> dict:
   """Per step: kernel count, busy ms, and (count, ms) per kernel class."""
   kernels = kernel_events(events)
-  classes = {}
+  classes, names = {}, {}
   for kernel, own in zip(kernels, self_times(kernels)):
     args = kernel.get("args", {})
-    label = classify(" | ".join((kernel["name"], str(args.get("hlo_op", "")), str(args.get("long_name", "")))))
-    count, ms = classes.get(label, (0, 0.0))
-    classes[label] = (count + 1, ms + own / 1e3)
+    label = classify(kernel["name"], str(args.get("hlo_op", "")))
+    family = re.sub(r"[._]\d+", "", kernel["name"])[:60]  # fusion_12, fusion.3 -> one row
+    for table, key in ((classes, label), (names, (family, label))):
+      count, ms = table.get(key, (0, 0.0))
+      table[key] = (count + 1, ms + own / 1e3)
+  top = sorted(names.items(), key=lambda item: -item[1][1])[:TOP_KERNELS]
   return dict(
       kernels=len(kernels) / steps,
       busy_ms=busy_microseconds(kernels) / 1e3 / steps,
       classes={label: (count / steps, ms / steps) for label, (count, ms) in classes.items()},
+      top=[(name, label, count / steps, ms / steps) for (name, label), (count, ms) in top],
   )
 
 
@@ -196,7 +204,7 @@ def profile(name: str, depth: int, args) -> dict:
     summary = summarise(events, args.steps)
   except (RuntimeError, OSError, ValueError) as error:  # no profiler (e.g. CUPTI missing): keep the rest
     print(f"{name}-{depth}: no trace ({type(error).__name__}: {error})", flush=True)
-    summary = dict(kernels=None, busy_ms=None, classes={})
+    summary = dict(kernels=None, busy_ms=None, classes={}, top=[])
   flops, bytes_accessed = floor_cost(name, depth, options, tx, batch)
   variant = ", ".join(p for p in (f"scan_unroll={args.scan_unroll}" if args.scan_unroll > 1 else "",
                                    "" if args.donate else "not donated") if p) or "baseline"
@@ -205,6 +213,7 @@ def profile(name: str, depth: int, args) -> dict:
       flops=flops, bytes_accessed=bytes_accessed, kernels_per_step=summary["kernels"],
       busy_ms=summary["busy_ms"], class_ms={label: ms for label, (_, ms) in summary["classes"].items()},
       class_kernels={label: n for label, (n, _) in summary["classes"].items()},
+      top_kernels=summary["top"],
       program_mem_gib=common.program_memory_gib(compiled.executable),
   )
   common.record([result])
@@ -234,6 +243,8 @@ def time_table(result: dict) -> list[str]:
     ms = result["class_ms"][label]
     share = 100 * ms / busy if busy else 0.0
     lines.append(f"| {label} | {result['class_kernels'][label]:.0f} | {ms:.3f} | {share:.0f}% |")
+  lines += ["", "| kernel (numbering dropped, first 60 characters), by time | class | per step | ms/step |", "|---|---|---:|---:|"]
+  lines += [f"| `{name}` | {label} | {count:.0f} | {ms:.3f} |" for name, label, count, ms in result["top_kernels"]]
   return lines + [""]
 
 
