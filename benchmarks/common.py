@@ -32,10 +32,11 @@ KEY = ("device", "jax_version", "script", "model", "depth", "batch", "dtype", "v
 GIB = 2.0**30
 
 
-def optimizer(model: str, image: int, probability: float | None = None, every: int = 0):
+def optimizer(model: str, image: int, probability: float | None = None, every: int = 0, act: bool | None = None):
   """configs/cifar.py's optimizer; with ``probability`` or ``every``, ProcResNet's projection
-  (``probability`` per step, or every ``every`` steps) chained last, as the training loop does."""
-  project = probability is not None or every > 0
+  (``probability`` per step, or every ``every`` steps) chained last; ``act`` True or False
+  fixes whether it acts, with no conditional (the training loop's two steps)."""
+  project = probability is not None or every > 0 or act is not None
   config = SimpleNamespace(
       optimizer=SimpleNamespace(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine"),
       num_steps=64_000,
@@ -46,7 +47,7 @@ def optimizer(model: str, image: int, probability: float | None = None, every: i
   targets = resnet.procresnet_projection_targets((image, image)) if project else None
   if project and model != "procresnet":
     raise ValueError(f"only procresnet has kernels to project, not {model}")
-  return train.make_optimizer(config, targets)
+  return train.make_optimizer(config, targets, act)
 
 
 def synthetic_batch(batch: int, image: int, seed: int = 0):

