@@ -46,8 +46,14 @@ from resnorm import spectra, validation
 
 METHODS = ("newton_schulz", "svd")
 
+# How a k×k kernel's projected spectrum is read back into a kernel (see project_conv).
+CONVENTIONS = ("correct", "pytorch", "chainer")
+
 # Default Newton–Schulz steps, from the convergence study in polar's docstring.
 NEWTON_SCHULZ_ITERATIONS = 12
+
+# Default (project spectrum, crop) rounds of a k×k kernel, from benchmarks/stem_projection.py.
+ROUNDS = 1
 
 # The smallest singular value assumed after pre-scaling where the data give no better bound: it
 # sets how long the step scaling stays above 1. Smaller singular values still converge, later.
@@ -264,8 +270,8 @@ def project_matrix(w, scale: float | None = None, *, method: str = "newton_schul
 
 
 def project_conv(kernel, spatial_shape, scale: float | None = None, stride: int = 1, *,
-                 rounds: int = 1, method: str = "newton_schulz", iterations: int | None = None,
-                 tol: float | None = None) -> jax.Array:
+                 rounds: int | None = None, convention: str = "correct", method: str = "newton_schulz",
+                 iterations: int | None = None, tol: float | None = None) -> jax.Array:
   r"""A kernel whose convolution operator's nonzero singular values are (close to) ``scale``.
 
   k×k kernels (stride 1): K̂ = FFT of the kernel zero-padded to ``spatial_shape`` (one
@@ -274,6 +280,27 @@ def project_conv(kernel, spatial_shape, scale: float | None = None, stride: int 
   so the crop is an approximation; ``rounds`` > 1 alternates the two projections (spectrum, then
   support), which never increases :func:`operator_distance` (its rms form). Only the real FFT's
   half-spectrum is projected: polar(conj M) = conj(polar M), so the other half follows.
+
+  ``convention`` says how the projected spectrum becomes a kernel. Write p for the full-support
+  kernel p = IFFT(scale · polar(K̂)) (real, H×W) and crop(p) = p[:kh, :kw].
+
+  * ``"correct"``: K ← crop(p), as above.
+  * ``"pytorch"``, the PyTorch port's ``regularize_conv`` (zaeemzadeh/ProcResNet_PyTorch): it
+    writes the real form [[Re, Im], [−Im, Re]] of each K̂, whose polar factor is the real form of
+    conj(polar K̂), and reads it back as UL − i·UR, i.e. as conj(polar K̂). Since IFFT(conj P)[a, b]
+    = p[−a mod H, −b mod W], K ← crop(R p) with (R p)[a, b] = p[−a, −b]: the crop keeps p[0, 0] and
+    the wrap-around values p[−1], p[−2], not the kernel's support, and repeated projections
+    collapse the kernel onto its [0, 0] tap.
+  * ``"chainer"``, the Chainer original's ``regularize_conv`` (zaeemzadeh/ProcResNet, behind the
+    published CIFAR numbers): the same read-back between a 180° rotation of the kernel in its
+    window, K ← F crop(R p(F K)) with (F K)[a, b] = K[kh−1−a, kw−1−b], so the kept tap is the
+    [kh−1, kw−1] one. Its other steps change nothing: the channel swap commutes with the polar
+    factor (polar(Mᵀ) = polar(M)ᵀ), and its spatial transposition only matters for H ≠ W, which
+    it never meets (it then pads the kernel's width axis to H; this transcription does not).
+
+  The reference conventions compute their polar factors here (by ``method``), not by the
+  references' 10-step coupled Newton–Schulz square root; only the read-back is theirs. For 1×1
+  kernels the three coincide: their spectrum is flat, so p is zero outside [0, 0].
 
   1×1 kernels (any stride): exact, and independent of ``spatial_shape``. A stride-s 1×1
   convolution maps x of shape (H, W, c_in) to y[i, j] = x[s·i, s·j] K with K = kernel[0, 0]
@@ -288,7 +315,10 @@ def project_conv(kernel, spatial_shape, scale: float | None = None, stride: int 
     spatial_shape: the input's (H, W); kh ≤ H and kw ≤ W.
     scale: target singular value; default sqrt(c_out / c_in).
     stride: 1, or the stride of a 1×1 kernel.
-    rounds: alternating (project spectrum, crop) rounds for k×k kernels; ignored for 1×1.
+    rounds: (project spectrum, read back) rounds for k×k kernels; ignored for 1×1. None:
+      ``ROUNDS`` for ``"correct"``, 1 for the reference conventions (their one application
+      per projection).
+    convention: ``"correct"``, ``"pytorch"`` or ``"chainer"``, see above.
     method, iterations, tol: as in :func:`polar`.
 
   Returns:
@@ -297,24 +327,40 @@ def project_conv(kernel, spatial_shape, scale: float | None = None, stride: int 
   kernel = jnp.asarray(kernel)
   _check_finite("kernel", kernel)
   _check_conv(kernel.shape, spatial_shape, stride)
-  validation.positive_int("rounds", rounds)
+  rounds = _rounds(rounds, convention)
   kh, kw, c_in, c_out = kernel.shape
   scale = _scale(scale, c_in, c_out)
   if kh == kw == 1:
     return project_matrix(kernel, scale, method=method, iterations=iterations, tol=tol)
   iterations = _polar_options(method, iterations, tol)
   kernel = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
-  return _project_spectrum(kernel, scale, tuple(spatial_shape), rounds, method, iterations, tol)
+  return _project_spectrum(kernel, scale, tuple(spatial_shape), rounds, convention, method, iterations, tol)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
-def _project_spectrum(kernel, scale, spatial_shape, rounds, method, iterations, tol) -> jax.Array:
-  """``rounds`` × (rfft2 to ``spatial_shape``, scale · polar per frequency, irfft2, crop)."""
+def _rounds(rounds: int | None, convention: str) -> int:
+  """Validates ``convention`` and ``rounds``; None -> ROUNDS ("correct") or 1 (the references)."""
+  validation.one_of("convention", convention, CONVENTIONS)
+  if rounds is None:
+    return ROUNDS if convention == "correct" else 1
+  return validation.positive_int("rounds", rounds)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
+def _project_spectrum(kernel, scale, spatial_shape, rounds, convention, method, iterations, tol) -> jax.Array:
+  """``rounds`` × (rfft2 to ``spatial_shape``, scale · polar per frequency, irfft2, read back)."""
   kh, kw = kernel.shape[:2]
+  flip = convention == "chainer"
   for _ in range(rounds):
+    if flip:
+      kernel = kernel[::-1, ::-1]
     spectrum = jnp.fft.rfft2(kernel, s=spatial_shape, axes=(0, 1))
     spectrum = scale * _polar(spectrum, method, iterations, tol)
-    kernel = jnp.fft.irfft2(spectrum, s=spatial_shape, axes=(0, 1))[:kh, :kw].astype(kernel.dtype)
+    full = jnp.fft.irfft2(spectrum, s=spatial_shape, axes=(0, 1))
+    if convention != "correct":  # p[-a mod H, -b mod W]
+      full = jnp.roll(full[::-1, ::-1], 1, axis=(0, 1))
+    kernel = full[:kh, :kw].astype(kernel.dtype)
+    if flip:
+      kernel = kernel[::-1, ::-1]
   return kernel
 
 
@@ -380,8 +426,10 @@ def _check_conv(shape, spatial_shape, stride) -> None:
 # ----------------------------------------------------------------------------- optax
 
 
-# What procrustes reads from each target (resnorm.models.ConvTarget has them).
+# What procrustes reads from each target (resnorm.models.ConvTarget has them), and the one it
+# reads when present ("correct" when absent).
 _TARGET_ATTRIBUTES = ("spatial_shape", "stride", "scale")
+_OPTIONAL_ATTRIBUTE = "convention"
 
 
 class ProcrustesState(NamedTuple):
@@ -394,7 +442,7 @@ class ProcrustesState(NamedTuple):
 def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0.5,
                every: int | None = None, seed: int = 0, act: bool | None = None,
                method: str = "newton_schulz", iterations: int | None = None, tol: float | None = None,
-               rounds: int = 1) -> optax.GradientTransformation:
+               rounds: int | None = None) -> optax.GradientTransformation:
   r"""Projects the targeted kernels after the optimizer step, as the last link of a chain.
 
   On a step where it acts, each targeted leaf's update u becomes P(w + u) − w, where w is the
@@ -423,15 +471,18 @@ def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0
     targets: parameter path (a key of ``flax.traverse_util.flatten_dict(params)``) -> its
       target, any object with attributes ``spatial_shape`` (the input's (H, W); (1, 1) for a
       Dense kernel), ``stride`` (1, or a 1×1 kernel's stride) and ``scale`` (the target singular
-      value, or None for sqrt(c_out / c_in)), such as :class:`resnorm.models.ConvTarget`;
-      every path must exist in the params.
+      value, or None for sqrt(c_out / c_in)), and optionally ``convention`` (how a k×k kernel's
+      projected spectrum is read back, as in :func:`project_conv`; "correct" when absent), such
+      as :class:`resnorm.models.ConvTarget`; every path must exist in the params.
     probability: chance of acting on each step, in [0, 1] (the reference uses 0.5).
     every: act on every ``every``-th step instead of at random.
     seed: seed of the coin flips.
     act: None to decide on device as above; True or False to act on every update, or on none,
       with no conditional (the state advances the same way).
     method, iterations, tol: as in :func:`polar`.
-    rounds: alternating rounds for k×k kernels, as in :func:`project_conv`.
+    rounds: rounds for k×k kernels, as in :func:`project_conv`; None: its per-convention
+      default (``ROUNDS`` for "correct", one application for the reference conventions, as the
+      references project once per acting step).
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` requires ``params``.
@@ -443,19 +494,21 @@ def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0
   if act not in (None, True, False):
     raise validation.invalid("act", act, "None, True or False")
   _polar_options(method, iterations, tol)
-  validation.positive_int("rounds", rounds)
+  if rounds is not None:
+    validation.positive_int("rounds", rounds)
   targets = dict(targets)
   for path, target in targets.items():
     if not all(hasattr(target, attribute) for attribute in _TARGET_ATTRIBUTES):
       raise validation.invalid(f"targets[{path!r}]", target, f"an object with attributes {_TARGET_ATTRIBUTES}")
     if target.scale is not None:
       validation.positive_float(f"targets[{path!r}].scale", target.scale)
+    validation.one_of(f"targets[{path!r}].convention", _convention(target), CONVENTIONS)
 
   def project(leaf, target):
     if leaf.ndim == 2:
       return project_matrix(leaf, target.scale, method=method, iterations=iterations, tol=tol)
     return project_conv(leaf, target.spatial_shape, target.scale, target.stride, rounds=rounds,
-                        method=method, iterations=iterations, tol=tol)
+                        convention=_convention(target), method=method, iterations=iterations, tol=tol)
 
   def init_fn(params):
     _selected(params, targets)
@@ -494,6 +547,10 @@ def acts(step: int, *, probability: float = 0.5, every: int | None = None, seed:
   if every:
     return step % every == 0
   return bool(np.random.default_rng([seed, step, 0x9E3779B9]).random() < probability)
+
+
+def _convention(target) -> str:
+  return getattr(target, _OPTIONAL_ATTRIBUTE, "correct")
 
 
 def _path(key_path) -> tuple:

@@ -45,7 +45,9 @@ def test_families_declare_their_measurement_hooks():
     image = name in resnet.LAYOUTS
     assert family.block_stack is (None if image else mlp.block_stack), name
     assert family.calibrate_batch_stats is (resnet.calibrate_batch_stats if image else None), name
-  assert models.family("procresnet").projection_targets is not None
+  targets = models.family("procresnet").projection_targets
+  assert targets((1, 32, 32, 3))[resnet.PROCRESNET_STEM].convention == "correct"
+  assert targets((1, 32, 32, 3), stem_convention="chainer")[resnet.PROCRESNET_STEM].convention == "chainer"
 
 
 @pytest.mark.parametrize(

@@ -133,7 +133,7 @@ def test_3x3_distance_is_correct_and_shrinks_with_rounds(x64, shape, spatial_sha
   target = np.sqrt(shape[3] / shape[2])
   distances, projected = [], kernel
   for _ in range(4):  # four alternating rounds, one at a time
-    projected = procrustes.project_conv(projected, spatial_shape)
+    projected = procrustes.project_conv(projected, spatial_shape, rounds=1)
     deviation = operator_singular_values(projected, spatial_shape) / target - 1
     for norm, expected in (("rms", np.sqrt(np.mean(deviation**2))), ("max", np.max(np.abs(deviation)))):
       reported = float(procrustes.operator_distance(projected, spatial_shape, norm=norm))
@@ -143,6 +143,83 @@ def test_3x3_distance_is_correct_and_shrinks_with_rounds(x64, shape, spatial_sha
   assert np.sqrt(np.mean(raw**2)) > distances[0]
   assert all(later < earlier for earlier, later in zip(distances, distances[1:])), distances
   np.testing.assert_allclose(procrustes.project_conv(kernel, spatial_shape, rounds=4), projected, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the references' read-back
+
+
+def reference_read_back(weight, spatial_shape, code):
+  """The references' ``regularize_conv`` arithmetic, transcribed to NumPy from reading it.
+
+  ``weight`` in the references' layout (c_out, c_in, kh, kw). Both permute it to (kw, kh, c_in,
+  c_out); the Chainer original then rotates it by 180° in its window and swaps the channel axes.
+  Per frequency of the 2-D FFT padded to ``spatial_shape``, the c×c' matrix A = R + iI goes into
+  the real form K = [[R, I], [−I, R]]; K is replaced by scale · K (KᵀK)^(−1/2) (here an SVD
+  polar factor, U Vᵀ, instead of their 10-step Newton–Schulz square root) and read back as
+  UL − i·UR (upper-left and upper-right blocks); then the real part of the inverse FFT, cropped
+  to the kernel's support, and the permutations undone.
+  """
+  scale = np.sqrt(weight.shape[0] / weight.shape[1])
+  kernel = np.transpose(weight, (3, 2, 1, 0))
+  if code == "chainer":
+    kernel = np.transpose(np.rot90(kernel, 2, axes=(0, 1)), (0, 1, 3, 2))
+  spectrum = np.fft.fft2(kernel, s=spatial_shape, axes=(0, 1))
+  m, n = spectrum.shape[2:]
+  real, imag = spectrum.real, spectrum.imag
+  real_form = np.concatenate([np.concatenate([real, imag], -1), np.concatenate([-imag, real], -1)], -2)
+  u, _, vh = np.linalg.svd(real_form, full_matrices=False)
+  polar = scale * u @ vh
+  read_back = polar[..., :m, :n] - 1j * polar[..., :m, n:]
+  kernel = np.fft.ifft2(read_back, axes=(0, 1)).real[: kernel.shape[0], : kernel.shape[1]]
+  if code == "chainer":
+    kernel = np.rot90(np.transpose(kernel, (0, 1, 3, 2)), 2, axes=(0, 1))
+  return np.transpose(kernel, (3, 2, 1, 0))
+
+
+def largest_tap(kernel):
+  """(share of Σ K² in the largest tap, that tap's (row, column)), kernel in Flax layout."""
+  energy = np.sum(np.asarray(kernel, np.float64) ** 2, axis=(2, 3))
+  return energy.max() / energy.sum(), np.unravel_index(np.argmax(energy), energy.shape)
+
+
+@pytest.mark.parametrize("convention", ["pytorch", "chainer"])
+def test_reference_read_back_equals_a_transcription_of_the_references(x64, convention):
+  weight = np.random.default_rng(4).standard_normal((16, 3, 3, 3))  # (c_out, c_in, kh, kw), as they store it
+  flax_layout = lambda w: np.transpose(w, (2, 3, 1, 0))
+  expected = flax_layout(reference_read_back(weight, (8, 8), convention))
+  projected = procrustes.project_conv(flax_layout(weight), (8, 8), convention=convention, method="svd")
+  np.testing.assert_allclose(projected, expected, atol=1e-12)
+  correct = procrustes.project_conv(flax_layout(weight), (8, 8), method="svd")
+  assert np.max(np.abs(correct - expected)) > 0.1  # the read-back is not the projection
+  pointwise = np.random.default_rng(5).standard_normal((1, 1, 8, 16))  # 1×1: the conventions coincide
+  np.testing.assert_allclose(procrustes.project_conv(pointwise, (8, 8), convention=convention),
+                             procrustes.project_conv(pointwise, (8, 8)), atol=1e-12)
+
+
+def test_reference_read_back_collapses_the_stem_onto_one_tap(x64):
+  """Three applications to ProcResNet's stem (3×3, 3 → 64, 32×32): one tap keeps > 99.9%."""
+  stem = np.random.default_rng(6).standard_normal((3, 3, 3, 64)) / np.sqrt(27)
+  kept = {"pytorch": (0, 0), "chainer": (2, 2)}
+  for convention in ("correct", *kept):
+    kernel = stem
+    for _ in range(3):
+      kernel = procrustes.project_conv(kernel, (32, 32), convention=convention)
+    share, tap = largest_tap(kernel)
+    if convention == "correct":
+      assert share < 0.2, share
+    else:
+      assert share > 0.999 and tap == kept[convention], (convention, share, tap)
+  np.testing.assert_allclose(procrustes.project_conv(stem, (32, 32), convention="chainer", rounds=3), kernel,
+                             atol=1e-12)
+
+
+def test_a_target_s_convention_reaches_the_projection():
+  stem = np.random.default_rng(7).standard_normal((3, 3, 3, 16)).astype(np.float32)
+  params = {"stem": jnp.asarray(stem)}
+  tx = procrustes.procrustes({("stem",): ConvTarget((8, 8), convention="pytorch")}, probability=1.0)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  np.testing.assert_allclose(optax.apply_updates(params, updates)["stem"],  # one application: rounds=None
+                             procrustes.project_conv(stem, (8, 8), convention="pytorch", rounds=1), atol=1e-5)
 
 
 def test_project_conv_newton_schulz_equals_svd():
@@ -166,6 +243,9 @@ def test_project_conv_newton_schulz_equals_svd():
     (lambda: procrustes.polar(np.ones((3, 3)), method="svd", iterations=3), "method"),
     (lambda: ConvTarget((8, 8), scale=0.0), "scale"),
     (lambda: ConvTarget((8,)), "spatial_shape"),
+    (lambda: ConvTarget((8, 8), convention="torch"), "convention"),
+    (lambda: procrustes.project_conv(np.ones((3, 3, 2, 2)), (4, 4), convention="reference"), "convention"),
+    (lambda: procrustes.project_conv(np.ones((3, 3, 2, 2)), (4, 4), rounds=0), "rounds"),
     (lambda: procrustes.procrustes({}, probability=1.5), "probability"),
     (lambda: procrustes.procrustes({}, every=0), "every"),
 ])

@@ -125,6 +125,111 @@ def test_parameter_counts_match_the_architecture_and_the_papers(name, depth, pub
     assert abs(count / (float(published) * 1e6) - 1) < tolerance
 
 
+def _reference_count(code, model, n, classes=10):
+  """Trainable parameters of a reference code's CIFAR network, written out from reading it.
+
+  ``code`` "chainer": zaeemzadeh/ProcResNet models/resnet.py and models/procresnet.py;
+  "pytorch": zaeemzadeh/ProcResNet_PyTorch models/resnet.py and models/procresnet.py.
+  ``model`` "resnet" (9n+2) or "procresnet" (9n+4). Convolutions have no bias (Chainer
+  nobias=True, PyTorch bias=False); BN has a scale and a bias; the head is BN(256) and a dense
+  layer with bias. Returns (parameters the forward pass uses, parameters the code registers).
+  """
+  bn = lambda c: 2 * c
+  head = bn(256) + 256 * classes + classes
+  if model == "procresnet":
+    # Both: conv1 3→64 (3×3) with no BN after it; n identity units per stage (BN–ReLU–conv
+    # ×3, no shortcut conv); trans_conv 1×1 64→128 and 128→256. Chainer also registers
+    # bn_trans_1 = BN(64) and bn_trans_2 = BN(128), which __call__ never uses.
+    unit = lambda m: bn(4 * m) + _conv(1, 4 * m, m) + bn(m) + _conv(3, m, m) + bn(m) + _conv(1, m, 4 * m)
+    used = _conv(3, 3, 64) + n * sum(unit(m) for m in (16, 32, 64)) + _conv(1, 64, 128) + _conv(1, 128, 256) + head
+    return used, used + (bn(64) + bn(128) if code == "chainer" else 0)
+  used = registered = _conv(3, 3, 16) + bn(16)  # conv1 and its BN (bn2 in Chainer, bn1 in PyTorch)
+  c_in = 16
+  for m in (16, 32, 64):
+    for unit in range(n):
+      convs = _conv(1, c_in, m) + _conv(3, m, m) + _conv(1, m, 4 * m) + (_conv(1, c_in, 4 * m) if unit == 0 else 0)
+      norms = bn(c_in) + bn(m) + bn(m) + (bn(c_in) if unit == 0 else 0)  # bn1, bn2, bn3, the shortcut's BN
+      registered += convs + norms
+      # Chainer's first unit of stage 1 (loc='first') calls neither bn1 nor its shortcut's BN.
+      used += convs + norms - (2 * bn(c_in) if code == "chainer" and m == 16 and unit == 0 else 0)
+      c_in = 4 * m
+  return used + head, registered + head
+
+
+@pytest.mark.parametrize("model, depth, published", [
+    ("resnet", 164, {"pytorch": (1_703_706, 1_703_706), "chainer": (1_703_642, 1_703_706)}),
+    ("resnet", 1001, {"pytorch": (10_328_154, 10_328_154), "chainer": (10_328_090, 10_328_154)}),
+    ("procresnet", 166, {"pytorch": (1_715_018, 1_715_018), "chainer": (1_715_018, 1_715_402)}),
+])
+def test_preact_layouts_have_the_reference_codes_parameter_counts(model, depth, published):
+  """(used, registered) counts by the formula of each code, and resnorm's count for its layout."""
+  name = "preact_resnet" if model == "resnet" else model
+  n = (depth - (2 if model == "resnet" else 4)) // 9
+  for code in ("chainer", "pytorch"):
+    assert _reference_count(code, model, n) == published[code], code
+    shapes = _shapes(models.create_model(name, depth, preact_layout=code), jnp.zeros((1, 32, 32, 3)))
+    assert sum(leaf.size for leaf in jax.tree.leaves(shapes["params"])) == published[code][0], code
+  he2016 = _shapes(models.create_model(name, depth), jnp.zeros((1, 32, 32, 3)))
+  assert sum(leaf.size for leaf in jax.tree.leaves(he2016["params"])) == _expected_count(name, depth)
+
+
+def test_layouts_place_the_stride_and_the_batchnorms_as_their_codes_do():
+  x = jnp.zeros((1, 8, 8, 3))
+  sizes = {}
+  for layout in ("he2016", "chainer", "pytorch"):
+    model = models.create_model("preact_resnet", 11, preact_layout=layout)  # n = 1: three transitions
+    variables = jax.eval_shape(
+        lambda x: model.init_with_output(jax.random.key(0), x, capture_intermediates=True)[1], x
+    )
+    params = variables["params"]
+    stage1, stage2 = params["02_transition_layer"], params["03_transition_layer"]
+    has = lambda tree, key: key in tree
+    sizes[layout] = variables["intermediates"]["03_transition_layer"]["conv1"]["__call__"][0].shape[1]
+    assert has(params, "stem_bn") == (layout != "he2016")
+    assert has(stage1, "bn1") == (layout != "chainer")  # Chainer's first unit takes the stem's BN–ReLU
+    assert has(stage1, "shortcut_bn") == (layout == "pytorch")
+    assert has(stage2, "bn1") and has(stage2, "shortcut_bn") == (layout != "he2016")
+  assert sizes == {"he2016": 8, "chainer": 4, "pytorch": 8}  # conv1's output: the stride is on it in Chainer's
+
+
+@pytest.mark.parametrize("init", ["he_fan_out", "chainer", "pytorch"])
+@pytest.mark.parametrize("name", ["preact_resnet", "procresnet"])
+def test_inits_draw_the_reference_variances(name, init):
+  """Var·fan_in (Var·fan_out for he_fan_out) per role, from the drawn kernels; ±15%."""
+  model_depth = {"preact_resnet": 11, "procresnet": 13}[name]
+  x = jnp.zeros((1, 8, 8, 3))
+  expected = {  # role -> (he_fan_out, chainer, pytorch)
+      "conv": (2.0, 2.0, 1 / 3), "linear": (2.0, 1.0, 1 / 3), "shortcut": (2.0, 2e-4, 1 / 3), "head": (None, 2.0, 1 / 3),
+  }
+  column = ("he_fan_out", "chainer", "pytorch").index(init)
+  params = models.create_model(name, model_depth, init=init).init(jax.random.key(1), x)["params"]
+  for path, kernel in traverse_util.flatten_dict(params).items():
+    if path[-1] != "kernel":
+      continue
+    role = ("head" if path[0] == "head" else "shortcut" if path[-2] == "shortcut"
+            else "linear" if name == "procresnet" and (path[0] == "stem" or "transition" in path[0]) else "conv")
+    if kernel.ndim == 2:  # the head's (in, out)
+      fan = kernel.shape[0]
+    else:  # a conv kernel (kh, kw, c_in, c_out), stacked on a leading axis in a scanned stage
+      fan = math.prod(kernel.shape[-4:-2]) * kernel.shape[-1 if init == "he_fan_out" else -2]
+    target = expected[role][column]
+    if target is None or kernel.size < 2000:
+      continue
+    np.testing.assert_allclose(float(jnp.var(kernel)) * fan, target, rtol=0.15, err_msg=f"{init} {path}")
+    if init == "pytorch":
+      assert float(jnp.max(jnp.abs(kernel))) <= 1 / math.sqrt(fan) + 1e-7
+  if init == "pytorch":
+    bias = params["head"]["bias"]
+    assert float(jnp.max(jnp.abs(bias))) <= 1 / 16 and float(jnp.max(jnp.abs(bias))) > 0  # U(±1/sqrt(256))
+
+
+def test_procresnet_is_one_network_in_every_layout():
+  x = jnp.zeros((1, 8, 8, 3))
+  trees = {layout: jax.tree.map(lambda leaf: leaf.shape, _shapes(models.create_model(
+      "procresnet", 13, preact_layout=layout), x)) for layout in ("he2016", "chainer", "pytorch")}
+  assert trees["he2016"] == trees["chainer"] == trees["pytorch"]
+
+
 # ----------------------------------------------------------------------------- shapes, sites
 
 
@@ -385,6 +490,12 @@ def test_procresnet_projection_targets_label_stem_and_transitions():
   }
   with pytest.raises(ValueError, match=r"image_shape = \(32,\): expected a pair \(H, W\)"):
     resnet.procresnet_projection_targets((32,))
+  chainer = resnet.procresnet_projection_targets((32, 32), stem_convention="chainer")
+  assert chainer[resnet.PROCRESNET_STEM] == models.ConvTarget((32, 32), convention="chainer")
+  assert {path: target for path, target in chainer.items() if path != resnet.PROCRESNET_STEM} == {
+      path: target for path, target in targets.items() if path != resnet.PROCRESNET_STEM}
+  with pytest.raises(ValueError, match=r"^convention = 'torch': expected one of"):
+    resnet.procresnet_projection_targets((32, 32), stem_convention="torch")
 
 
 def test_projected_procresnet_transitions_have_the_target_operator_singular_values():
@@ -447,6 +558,11 @@ def test_projected_procresnet_transitions_have_the_target_operator_singular_valu
         ("resnet", 20, {"scan": "yes"}, "scan = 'yes': expected True or False"),
         ("resnet", 20, {"bn_momentum": 1.0}, "bn_momentum = 1.0: expected a number in [0, 1)"),
         ("resnet", 20, {"width": 16}, "width = 16: expected an option of resnet: one of"),
+        ("preact_resnet", 164, {"preact_layout": "he2015"}, "preact_layout = 'he2015': expected one of"),
+        ("procresnet", 166, {"init": "kaiming"}, "init = 'kaiming': expected one of"),
+        ("resnet", 20, {"preact_layout": "chainer"},
+         "preact_layout = 'chainer': expected 'he2016' for resnet: a post-activation family"),
+        ("plain", 20, {"init": "pytorch"}, "init = 'pytorch': expected 'he_fan_out' for plain: a post-activation family"),
     ],
 )
 def test_bad_arguments_name_what_is_allowed(name, depth, options, match):

@@ -32,8 +32,10 @@ class Family:
     build: ``build(depth, num_classes, **options) -> nn.Module``.
     defaults: the options it accepts, with their default values.
     check_depth: raises a ``ValueError`` for depths outside the family.
-    projection_targets: ``targets(input_shape)`` -> {parameter path: :class:`ConvTarget`}, the
-      kernels that :func:`resnorm.procrustes.procrustes` keeps norm-preserving; None: none.
+    projection_targets: ``targets(input_shape, stem_convention="correct")`` -> {parameter path:
+      :class:`ConvTarget`}, the kernels that :func:`resnorm.procrustes.procrustes` keeps
+      norm-preserving, with the stem's k×k projection read back by ``stem_convention`` (see
+      :func:`resnorm.models.resnet.procresnet_projection_targets`); None: none.
     block_stack: ``block_stack(model, variables, inputs)`` -> the model's identical blocks as a
       :class:`resnorm.spectra.BlockStack`, for block and end-to-end Jacobian spectra; None for
       families whose blocks are not one scan over identical blocks.
@@ -46,7 +48,7 @@ class Family:
   build: Callable[..., nn.Module]
   defaults: dict
   check_depth: Callable[[int], None] = lambda depth: validation.positive_int("depth", depth)
-  projection_targets: Callable[[tuple[int, ...]], dict[tuple[str, ...], ConvTarget]] | None = None
+  projection_targets: Callable[..., dict[tuple[str, ...], ConvTarget]] | None = None
   block_stack: Callable[[nn.Module, dict, jax.Array], spectra.BlockStack] | None = None
   calibrate_batch_stats: Callable[[nn.Module, dict, jax.Array], dict] | None = None
 
@@ -110,7 +112,8 @@ FAMILIES: dict[str, Family] = {
     **{name: _resnet_family(name) for name in resnet.LAYOUTS if name != "procresnet"},
     "procresnet": _resnet_family(
         "procresnet",
-        projection_targets=lambda input_shape: resnet.procresnet_projection_targets(input_shape[1:3]),
+        projection_targets=lambda input_shape, stem_convention="correct": resnet.procresnet_projection_targets(
+            input_shape[1:3], stem_convention),
     ),
 }
 

@@ -30,7 +30,39 @@ shortcut):
 
 Depth counts the stem, the convolutions on each block's branch and the dense head: 2 per
 basic block (6n+2), 3 per bottleneck (9n+2), plus ProcResNet's 2 transitions (9n+4).
-Convolutions have no bias and He-normal (fan-out) kernels; 3×3 convolutions pad by 1.
+Convolutions have no bias; 3×3 convolutions pad by 1.
+
+``preact_layout`` (``preact_resnet``, ``plain_preact``; the post-activation ``resnet`` and
+``plain`` take only the default) follows one of three codes; each first block of a stage is
+the stage's transition:
+
+* ``'he2016'`` (default; He et al.'s layout above): no BN–ReLU after the stem; the block's
+  pre-activation h is shared by the branch and the projection shortcut; the stride on the 3×3.
+* ``'chainer'``, the Chainer original behind the published numbers (zaeemzadeh/ProcResNet,
+  models/resnet.py): stem conv3×3, BN, ReLU; the first unit of stage 1 takes that output as is
+  (no bn1; its shortcut convolves it directly); every other projection shortcut is
+  conv1×1_s(ρ(BN'(x))) with its own BN'; the stride on the first 1×1 convolution.
+* ``'pytorch'``, the PyTorch port (zaeemzadeh/ProcResNet_PyTorch, models/resnet.py): stem
+  conv3×3, BN, ReLU, and every block still starts with its own BN–ReLU; every projection
+  shortcut is conv1×1_s(ρ(BN'(x))); the stride on the 3×3.
+
+The extra BatchNorms are parameters ``stem_bn`` and ``<block>/shortcut_bn``. ProcResNet is the
+same network in all three codes (stem conv without BN, identity pre-activation units, bare
+transitions), so ``procresnet`` accepts the option and builds one network for every value.
+Parameter counts at n = 18 (ResNet-164): 1,703,258 (he2016), 1,703,642 (chainer: Chainer's own
+count is 1,703,706, as it also registers the first unit's bn1 and shortcut BN, which it never
+calls), 1,703,706 (pytorch).
+
+``init`` (``preact_resnet``, ``plain_preact``, ``procresnet``; ``resnet`` and ``plain`` take
+only the default) draws the kernels (:data:`INITS`):
+
+* ``'he_fan_out'`` (default): He-normal on fan-out, Var = 2/(kh·kw·c_out), for every
+  convolution; Flax's Dense defaults for the head.
+* ``'chainer'``: normal, Var = 2/fan_in in the blocks, the pre-activation stem and the head;
+  1/fan_in (He-normal × sqrt(1/2)) for ProcResNet's stem and transitions; 2·10⁻⁴/fan_in
+  (× 0.01) for projection shortcuts; zero head bias.
+* ``'pytorch'``: PyTorch's defaults, which the port trains with (its ``init_params`` is never
+  called): U(±1/sqrt(fan_in)) for every kernel, head bias U(±1/sqrt(256·width)).
 
 Stream sites (:mod:`resnorm.probes`), in order: ``00_input``, ``01_stem``, then per
 stage a top-level ``transition`` site for the block (or ProcResNet convolution) that changes
@@ -82,7 +114,7 @@ SCAN_AXES = {**probes.SCAN_AXES, "batch_stats": 0}
 # ----------------------------------------------------------------------------- layers
 
 
-def conv(features: int, kernel: int, strides: int = 1, *, dtype=None, name=None) -> nn.Conv:
+def conv(features: int, kernel: int, strides: int = 1, *, kernel_init=he_normal, dtype=None, name=None) -> nn.Conv:
   """A bias-free ``kernel``×``kernel`` convolution, padded by ``kernel // 2``."""
   pad = kernel // 2
   return nn.Conv(
@@ -91,10 +123,63 @@ def conv(features: int, kernel: int, strides: int = 1, *, dtype=None, name=None)
       strides=(strides, strides),
       padding=((pad, pad), (pad, pad)),
       use_bias=False,
-      kernel_init=he_normal,
+      kernel_init=kernel_init,
       dtype=dtype,
       name=name,
   )
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+
+Initializer = Callable[..., jax.Array]
+
+
+def _uniform_bias(fan_in: int) -> Initializer:
+  """U(−1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default ``nn.Linear`` bias."""
+  bound = 1 / fan_in**0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class Init:
+  """Kernel initialisers by the role of a layer.
+
+  Attributes:
+    conv: the blocks' convolutions and the pre-activation ResNet's stem.
+    linear: ProcResNet's stem and transitions (convolutions that no ReLU follows).
+    shortcut: projection shortcuts.
+    dense: the head's kernel.
+    dense_bias: the head's fan-in -> its bias initialiser.
+  """
+
+  conv: Initializer
+  linear: Initializer
+  shortcut: Initializer
+  dense: Initializer
+  dense_bias: Callable[[int], Initializer]
+
+
+def _variance(scale: float, distribution: str = "normal") -> Initializer:
+  """Var = scale / fan_in, fan_in = kh·kw·c_in (kernels) or the input width (Dense)."""
+  return nn.initializers.variance_scaling(scale, "fan_in", distribution)
+
+
+INITS = {
+    # He-normal on fan-out, Var = 2 / (kh·kw·c_out), for every convolution; Flax's Dense defaults
+    # (LeCun normal, truncated; zero bias).
+    "he_fan_out": Init(he_normal, he_normal, he_normal, nn.initializers.lecun_normal(),
+                       lambda fan_in: nn.initializers.zeros),
+    # The Chainer original (chainer.initializers.HeNormal, a normal of std scale·sqrt(2 / fan_in)):
+    # scale 1 in the blocks, stems and head, sqrt(1/2) for ProcResNet's stem and transitions,
+    # 0.01 for projection shortcuts; Chainer's zero Linear bias.
+    "chainer": Init(_variance(2.0), _variance(1.0), _variance(2.0 * 0.01**2), _variance(2.0),
+                    lambda fan_in: nn.initializers.zeros),
+    # PyTorch's defaults, which the port trains with (its main.py never calls init_params):
+    # kaiming_uniform(a=√5) for Conv2d and Linear weights, U(±sqrt(1/fan_in)), Var = 1/(3·fan_in);
+    # Linear bias U(±1/sqrt(fan_in)).
+    "pytorch": Init(*(_variance(1 / 3, "uniform"),) * 4, _uniform_bias),
+}
 
 
 def batch_norm(train: bool, momentum: float, dtype) -> ModuleDef:
@@ -132,28 +217,40 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-  """Pre-activation bottleneck of inner width ``features``; returns ``(x', branch)``."""
+  """Pre-activation bottleneck of inner width ``features``; returns ``(x', branch)``.
+
+  ``layout`` (module docstring) places the stride and the shortcut's pre-activation;
+  ``first`` marks the Chainer layout's first unit, which takes the stem's BN–ReLU output as is.
+  """
 
   features: int
   strides: int
   residual: bool
   norm: ModuleDef
+  layout: str = "he2016"
+  first: bool = False
+  inits: Init = INITS["he_fan_out"]
   dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
     out_features = EXPANSION * self.features
-    h = nn.relu(self.norm(name="bn1")(x))
-    y = conv(self.features, 1, dtype=self.dtype, name="conv1")(h)
+    layer = functools.partial(conv, kernel_init=self.inits.conv, dtype=self.dtype)
+    strides = (self.strides, 1) if self.layout == "chainer" else (1, self.strides)
+    h = x if self.first else nn.relu(self.norm(name="bn1")(x))
+    y = layer(self.features, 1, strides[0], name="conv1")(h)
     y = nn.relu(self.norm(name="bn2")(y))
-    y = conv(self.features, 3, self.strides, dtype=self.dtype, name="conv2")(y)
+    y = layer(self.features, 3, strides[1], name="conv2")(y)
     y = nn.relu(self.norm(name="bn3")(y))
-    y = conv(out_features, 1, dtype=self.dtype, name="conv3")(y)
+    y = layer(out_features, 1, name="conv3")(y)
     if not self.residual:
       return y, y
     if self.strides == 1 and x.shape[-1] == out_features:
       return x + y, y
-    shortcut = conv(out_features, 1, self.strides, dtype=self.dtype, name="shortcut")(h)
+    if self.layout != "he2016" and not self.first:
+      h = nn.relu(self.norm(name="shortcut_bn")(x))
+    shortcut = conv(out_features, 1, self.strides, kernel_init=self.inits.shortcut, dtype=self.dtype,
+                    name="shortcut")(h)
     return shortcut + y, y
 
 
@@ -224,6 +321,8 @@ class _CifarNet(nn.Module):
   scan: bool = True
   remat: bool = False
   scan_unroll: int = 1
+  layout: str = "he2016"
+  inits: Init = INITS["he_fan_out"]
 
   def width(self, base: int) -> int:
     return max(1, round(base * self.width_multiplier))
@@ -233,7 +332,8 @@ class _CifarNet(nn.Module):
     if norm is not None:
       x = nn.relu(norm(name="head_bn")(x))
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(x)
+    return nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=self.inits.dense,
+                    bias_init=self.inits.dense_bias(x.shape[-1]), name="head")(x)
 
   def input_and_stem(self, x, sites, stem: Callable[[jax.Array], jax.Array]):
     """Probes the input and the stem's output ``stem(x)`` at sites ``00_input``, ``01_stem``."""
@@ -279,10 +379,16 @@ class PreActResNet(_CifarNet):
   def __call__(self, x, train: bool = False):
     norm = batch_norm(train, self.bn_momentum, self.dtype)
     sites = itertools.count()
-    x = self.input_and_stem(x, sites, conv(self.width(16), 3, dtype=self.dtype, name="stem"))
-    block = functools.partial(Bottleneck, residual=self.residual, norm=norm, dtype=self.dtype)
+    stem = conv(self.width(16), 3, kernel_init=self.inits.conv, dtype=self.dtype, name="stem")
+    if self.layout == "he2016":
+      x = self.input_and_stem(x, sites, stem)
+    else:
+      x = self.input_and_stem(x, sites, lambda x: nn.relu(norm(name="stem_bn")(stem(x))))
+    block = functools.partial(Bottleneck, residual=self.residual, norm=norm, layout=self.layout,
+                              inits=self.inits, dtype=self.dtype)
     for base, strides in ((16, 1), (32, 2), (64, 2)):
-      x = self.transition(x, sites, functools.partial(block, features=self.width(base), strides=strides))
+      first = self.layout == "chainer" and base == 16
+      x = self.transition(x, sites, functools.partial(block, features=self.width(base), strides=strides, first=first))
       x = self.repeat(x, sites, functools.partial(block, features=self.width(base), strides=1), self.blocks - 1)
     return self.head(x, norm)
 
@@ -291,11 +397,12 @@ class _Transition(nn.Module):
   """ProcResNet's standalone transition: x' = T x, a 1×1 stride-2 convolution, no skip."""
 
   features: int
+  kernel_init: Initializer = he_normal
   dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
-    out = conv(self.features, 1, 2, dtype=self.dtype, name="conv")(x)
+    out = conv(self.features, 1, 2, kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
     return out, out
 
 
@@ -306,11 +413,13 @@ class ProcResNet(_CifarNet):
   def __call__(self, x, train: bool = False):
     norm = batch_norm(train, self.bn_momentum, self.dtype)
     sites = itertools.count()
-    x = self.input_and_stem(x, sites, conv(EXPANSION * self.width(16), 3, dtype=self.dtype, name="stem"))
-    block = functools.partial(Bottleneck, strides=1, residual=True, norm=norm, dtype=self.dtype)
+    stem = conv(EXPANSION * self.width(16), 3, kernel_init=self.inits.linear, dtype=self.dtype, name="stem")
+    x = self.input_and_stem(x, sites, stem)
+    block = functools.partial(Bottleneck, strides=1, residual=True, norm=norm, inits=self.inits, dtype=self.dtype)
     x = self.repeat(x, sites, functools.partial(block, features=self.width(16)), self.blocks)
     for base in (32, 64):
-      transition = functools.partial(_Transition, features=EXPANSION * self.width(base), dtype=self.dtype)
+      transition = functools.partial(_Transition, features=EXPANSION * self.width(base),
+                                     kernel_init=self.inits.linear, dtype=self.dtype)
       x = self.transition(x, sites, transition)
       x = self.repeat(x, sites, functools.partial(block, features=self.width(base)), self.blocks)
     return self.head(x, norm)
@@ -345,7 +454,12 @@ LAYOUTS = {
     "procresnet": Layout(ProcResNet, True, 9, 4, (166, 274, 634, 1003)),
 }
 # The options every family accepts (``create_model`` overrides), with their defaults.
-DEFAULTS = dict(width_multiplier=1.0, dtype="float32", bn_momentum=0.9, scan=True, remat=False, scan_unroll=1)
+DEFAULTS = dict(width_multiplier=1.0, dtype="float32", bn_momentum=0.9, scan=True, remat=False, scan_unroll=1,
+                preact_layout="he2016", init="he_fan_out")
+# Pre-activation layouts (module docstring). ProcResNet is the same network in all three.
+PREACT_LAYOUTS = ("he2016", "chainer", "pytorch")
+# The post-activation families take only the defaults of these two options.
+_POST_ACTIVATION = {"preact_layout": "he2016", "init": "he_fan_out"}
 
 
 def depth_check(name: str) -> Callable[[int], None]:
@@ -374,11 +488,19 @@ def builder(name: str) -> Callable[..., nn.Module]:
   """``build(depth, num_classes, **DEFAULTS)`` for family ``name``; validates every option."""
   layout = LAYOUTS[name]
 
-  def build(depth, num_classes, *, width_multiplier, dtype, bn_momentum, scan, remat, scan_unroll):
+  def build(depth, num_classes, *, width_multiplier, dtype, bn_momentum, scan, remat, scan_unroll, preact_layout,
+            init):
     validation.positive_float("width_multiplier", width_multiplier)
     validation.one_of("dtype", dtype, DTYPES)
     if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum < 1:
       raise validation.invalid("bn_momentum", bn_momentum, "a number in [0, 1)")
+    validation.one_of("preact_layout", preact_layout, PREACT_LAYOUTS)
+    validation.one_of("init", init, INITS)
+    if layout.network is ResNet:
+      for field, value in (("preact_layout", preact_layout), ("init", init)):
+        if value != _POST_ACTIVATION[field]:
+          raise validation.invalid(field, value, f"{_POST_ACTIVATION[field]!r} for {name}: a post-activation "
+                                   "family, which the reference codes do not have")
     return layout.network(
         blocks=layout.blocks(depth),
         num_classes=num_classes,
@@ -389,6 +511,8 @@ def builder(name: str) -> Callable[..., nn.Module]:
         scan=_flag("scan", scan),
         remat=_flag("remat", remat),
         scan_unroll=validation.positive_int("scan_unroll", scan_unroll),
+        layout=preact_layout,
+        inits=INITS[init],
     )
 
   return build
@@ -415,7 +539,8 @@ PROCRESNET_TRANSITIONS = tuple(
 )
 
 
-def procresnet_projection_targets(image_shape=(32, 32)) -> dict[tuple[str, ...], ConvTarget]:
+def procresnet_projection_targets(image_shape=(32, 32), stem_convention: str = "correct"
+                                  ) -> dict[tuple[str, ...], ConvTarget]:
   """ProcResNet's kernels for :func:`resnorm.procrustes.procrustes`, keyed by parameter path.
 
   The stem (3×3, stride 1) acts on the image, the first transition (1×1, stride 2) on the
@@ -424,13 +549,19 @@ def procresnet_projection_targets(image_shape=(32, 32)) -> dict[tuple[str, ...],
   backward signal's norm in expectation: Tᵀ has rank c_in/c_out of its input's dimension and
   nonzero singular values s, so E‖Tᵀg‖² = ‖g‖² for an isotropic g.
 
+  ``stem_convention`` reads the stem's projected spectrum back as resnorm does ("correct") or
+  as a reference code does ("chainer", behind the published numbers, or "pytorch"), whose
+  conjugate read-back collapses the stem toward one tap
+  (:func:`resnorm.procrustes.project_conv`); the 1×1 transitions are the same in all three.
+
   Args:
     image_shape: the input images' (height, width).
+    stem_convention: "correct", "chainer" or "pytorch".
   """
   height, width = validation.spatial_shape("image_shape", image_shape)
   half = (-(-height // 2), -(-width // 2))
   return {
-      PROCRESNET_STEM: ConvTarget((height, width), stride=1),
+      PROCRESNET_STEM: ConvTarget((height, width), stride=1, convention=stem_convention),
       PROCRESNET_TRANSITIONS[0]: ConvTarget((height, width), stride=2),
       PROCRESNET_TRANSITIONS[1]: ConvTarget(half, stride=2),
   }
