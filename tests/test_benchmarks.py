@@ -53,19 +53,20 @@ def test_projection_benchmark_writes_a_row_per_kernel_and_method(tmp_path):
 
 
 @pytest.mark.slow
-def test_projection_overhead_benchmark_writes_its_four_rows(tmp_path):
+def test_projection_overhead_benchmark_writes_its_five_rows(tmp_path):
   _, rows = run_benchmark(tmp_path, "projection_overhead", *TINY, "--depth", "13", "--batch", "2",
                           "--rounds", "1", "--per_round", "1")
   assert [row["variant"] for row in rows] == [
       "no projection", "procrustes(every=1), lax.cond", "procrustes(probability=0.5), lax.cond",
-      "projection on every step, no conditional"]
+      "procrustes(act=True): every step, no conditional",
+      "probability 0.5 decided on the host, two compiled steps"]
 
 
 @pytest.mark.slow
 def test_profile_step_summarises_a_cpu_trace_and_the_floor(tmp_path):
   out, (row,) = run_benchmark(tmp_path, "profile_step", *TINY, "--batch", "2", "--width_multiplier", "0.25",
                               "--models", "resnet=8", "--repeats", "1", "--steps", "1")
-  assert "| kernel class |" in out and "The floor on cpu" in out
+  assert "| kernel class |" in out and "The floor on cpu" in out and "| `conv" in out  # the top kernels
   assert row["kernels_per_step"] > 0 and row["flops"] > 0 and row["bytes_accessed"] > 0
   assert 0 < sum(row["class_ms"].values()) and "convolution / GEMM" in row["class_ms"]
 
