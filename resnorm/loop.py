@@ -121,22 +121,29 @@ def _initial_measurement(config, model, state, measure_fn, dataset) -> records.M
 
 
 def _checkpoint_manager(directory, local: bool) -> ocp.CheckpointManager:
-  """Keeps the last two checkpoints; with ``local``, this process alone saves and restores."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+  """Keeps the last two checkpoints; with ``local``, this process alone saves and restores.
+
+  Saves run in the background, except in a run on a thread other than the main one (a sweep's
+  parallel runs): two managers of one process saving the same step at once in the background
+  race in Orbax 0.12 (one removes the other's temporary directory).
+  """
+  background = threading.current_thread() is threading.main_thread()
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=background)
   if local and jax.process_count() > 1:
     process = jax.process_index()
     directory.mkdir(parents=True, exist_ok=True)  # Orbax creates it only when every process takes part
-    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=False, multiprocessing_options=(
-        ocp.options.MultiprocessingOptions(primary_host=process, active_processes={process},
-                                           barrier_sync_key_prefix=f"process{process}")))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=2, create=False, enable_async_checkpointing=background, multiprocessing_options=(
+            ocp.options.MultiprocessingOptions(primary_host=process, active_processes={process},
+                                               barrier_sync_key_prefix=f"process{process}")))
   return ocp.CheckpointManager(directory, options=options)
 
 
 # ----------------------------------------------------------------------------- the workdir
 
-# Fields that change how a run reports, not what it trains: a resumed run may change them.
-REPORTING_FIELDS = ("log_every", "checkpoint_every", "eval_every", "eval_batch_size", "data.data_dir",
-                    "tensorboard", "progress_bar", "prefetch")
+# Fields a resumed run may change: how it reports, and how long it trains.
+RESUMABLE_FIELDS = ("log_every", "checkpoint_every", "eval_every", "eval_batch_size", "data.data_dir",
+                    "tensorboard", "progress_bar", "prefetch", "num_steps", "num_epochs")
 
 
 class WorkdirError(ValueError):
@@ -163,11 +170,11 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, config) -> list[str]:
-  """``field: saved -> now`` for each field (outside :data:`REPORTING_FIELDS`) that differs."""
+  """``field: saved -> now`` for each field (outside :data:`RESUMABLE_FIELDS`) that differs."""
   saved, now = _flat(saved), _flat(records.config_dict(config))
   return [f"{key}: {saved.get(key, '(absent)')!r} there, {now.get(key, '(absent)')!r} now"
           for key in sorted(set(saved) | set(now))
-          if key not in REPORTING_FIELDS and saved.get(key) != now.get(key)]
+          if key not in RESUMABLE_FIELDS and saved.get(key) != now.get(key)]
 
 
 def _checkpoint_steps(directory) -> list[int]:

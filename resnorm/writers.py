@@ -43,8 +43,9 @@ class EventWriter:
 
 
 def _tags(prefix: str, row: dict) -> dict[str, float]:
-  """``row``'s numbers (``step`` aside) as TensorBoard tags under ``prefix/``."""
-  return {f"{prefix}/{key}": value for key, value in row.items()
+  """``row``'s numbers (``step`` aside) as TensorBoard tags under ``prefix/`` (``test_loss``
+  under ``test`` is ``test/loss``)."""
+  return {f"{prefix}/{key.removeprefix(prefix + '_')}": value for key, value in row.items()
           if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
@@ -70,7 +71,7 @@ class MetricWriter:
   def evaluation(self, step: int, row: dict) -> None:
     """An evaluation row (``test_loss``, ``test_accuracy``) to the log and TensorBoard."""
     self.metrics.append({"step": step, **row})
-    self._scalars(step, _tags("test", {key.removeprefix("test_"): value for key, value in row.items()}))
+    self._scalars(step, _tags("test", row))
 
   def measurement(self, step: int, measurement: records.Measurement) -> None:
     """The δ statistics of a measurement to ``signal.jsonl`` and, per kind of layer, to TensorBoard."""
