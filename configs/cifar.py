@@ -26,8 +26,8 @@ Variants (``:name``) and the CIFAR-10 test error each targets:
 
 CIFAR-10 is read with ``tfds.data_source`` from a prepared TFDS directory (``tfds build cifar10
 --data_dir=DIR --file_format=array_record`` on a machine with network access); nothing is
-downloaded at run time. ``--config.data.name=synthetic`` trains on random CIFAR-shaped data
-instead (timing without a dataset).
+downloaded at run time. ``--config=configs/cifar.py:procresnet166,synthetic`` trains on random
+CIFAR-shaped data instead (timing without a dataset).
 """
 
 import ml_collections
@@ -45,9 +45,12 @@ VARIANTS = {
 }
 
 
-def get_config(variant: str = "procresnet166"):
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/cifar.py:{variant}: expected one of {sorted(VARIANTS)}")
+def get_config(arg: str = "procresnet166"):
+  """``arg``: a variant, optionally followed by ``,synthetic`` (random CIFAR-shaped data: the
+  input pipeline and the step timed without a dataset, benchmarks/end_to_end.py)."""
+  variant, *options = arg.split(",")
+  if variant not in VARIANTS or set(options) - {"synthetic"}:
+    raise ValueError(f"configs/cifar.py:{arg}: expected one of {sorted(VARIANTS)}, optionally with ',synthetic'")
   name, depth, project, warmup_epochs = VARIANTS[variant]
   config = default.get_config()
   config.data = ml_collections.ConfigDict(
@@ -81,4 +84,6 @@ def get_config(variant: str = "procresnet166"):
   config.eval_batch_size = 500
   config.signal.num_examples = 128
   config.signal.every = 1_000  # the per-block ratios during training (signal.jsonl, the heatmap)
+  if "synthetic" in options:
+    config.data = ml_collections.ConfigDict(dict(name="synthetic", train_size=50_000, test_size=10_000))
   return config
