@@ -179,7 +179,7 @@ def draw_ratio_heatmap(fig, runs: dict[str, list[dict]]):
     steps = [row["step"] for row in rows]
     image = ax.imshow(grids[name], aspect="auto", origin="lower", cmap="RdBu_r", norm=norm, interpolation="nearest",
                       extent=(-0.5, len(steps) - 0.5, -0.5, grids[name].shape[0] - 0.5))
-    ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int))
+    ticks = np.arange(0, len(steps), max(1, -(-len(steps) // 6)))  # at most 6, evenly spaced
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
     ax.set_xlabel("step")
     ax.set_ylabel("block l")
