@@ -24,6 +24,7 @@ setuptools.setup(
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
         "scikit-learn>=1.4",
+        "tensorboard>=2.16",  # the event writer and reader, without TensorFlow
         "tensorflow-datasets>=4.9.7",
         "tqdm>=4.66",
     ],

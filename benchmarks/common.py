@@ -47,7 +47,7 @@ def optimizer(model: str, image: int, probability: float | None = None, every: i
   targets = resnet.procresnet_projection_targets((image, image)) if project else None
   if project and model != "procresnet":
     raise ValueError(f"only procresnet has kernels to project, not {model}")
-  return train.make_optimizer(config, targets, act)
+  return train.make_optimizer(config, targets, act, steps_per_epoch=50_000 // 128)
 
 
 def synthetic_batch(batch: int, image: int, seed: int = 0):

@@ -5,6 +5,7 @@
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config():
@@ -24,18 +25,29 @@ def get_config():
           remat=False,
       )
   )
+  # schedule: 'constant', 'cosine' (to 0 over the run) or 'piecewise' (times decay_factor at
+  # each of decay_epochs); warmup_epochs > 0 ramps the rate up linearly from 0 first.
   config.optimizer = ml_collections.ConfigDict(
-      dict(name="adam", learning_rate=1e-3, momentum=0.9, weight_decay=0.0, schedule="cosine")
+      dict(name="adam", learning_rate=1e-3, momentum=0.9, weight_decay=0.0, schedule="cosine",
+           decay_epochs=(), decay_factor=0.1, warmup_epochs=0.0)
   )
   config.augment = False  # random crops and flips (NHWC image data only)
+  config.augment_padding = "zero"  # of the crops: 'zero' (Chainer original) or 'reflect' (PyTorch port)
   config.batch_size = 128
+  # The run's length: num_steps, or num_epochs epochs of len(train split) // batch_size steps; the
+  # other is 0 (--config.num_steps=0 --config.num_epochs=3).
   config.num_steps = 1000
+  config.num_epochs = 0
   config.log_every = 100
-  config.checkpoint_every = 500  # 0: never
+  config.checkpoint_every = 500  # 0: never (SIGTERM still saves one)
+  config.eval_every = config_dict.placeholder(int)  # steps between evaluations; None: once an epoch, 0: at the end
   config.eval_batch_size = 512
+  config.prefetch = 2  # batches built ahead on a background thread (0: each when its step comes)
+  config.tensorboard = True  # event files in workdir/tensorboard besides the JSONL logs
+  config.progress_bar = config_dict.placeholder(bool)  # None: when stderr is a terminal, else a log line per log
   # Procrustes projection of the family's transition kernels after each optimizer step it acts
   # on (ProcResNet only): with `probability` per step, or every `every` steps when every > 0.
-  config.procrustes = ml_collections.ConfigDict(dict(enabled=False, probability=0.5, every=0))
+  config.procrustes = ml_collections.ConfigDict(dict(enabled=False, probability=0.5, every=0, stem="correct"))
   # Backward ratios are measured on this many held-out examples, at init and after training,
   # and every `every` steps in between (0: never; written to workdir/signal.jsonl).
   config.signal = ml_collections.ConfigDict(dict(num_examples=256, every=100))

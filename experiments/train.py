@@ -7,9 +7,14 @@ r"""Train one model and measure its backward ratios before and after.
 Several hosts: start one process per host with the same flags plus
 ``--coordinator=HOST:PORT --num_processes=N --process_id=I`` (or let
 ``jax.distributed.initialize()`` discover them on TPU pods and SLURM clusters with ``--distributed``).
+
+Exit status 1 with a one-line message for a bad config, a workdir that holds another config's
+checkpoints, a diverged run, and SIGTERM (after a checkpoint of the current step is saved: the
+same command resumes).
 """
 
 import json
+import logging as python_logging
 import sys
 
 import jax
@@ -23,20 +28,29 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lo
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.", required=True)
 
 
+class _QuietOrbax(python_logging.Filter):
+  """Drops Orbax's INFO and DEBUG lines (one per save and restore); its warnings pass."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return record.levelno >= python_logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it
+    logging.set_verbosity(logging.INFO)  # the run's milestones: resume, evaluations, checkpoints
+  logging.get_absl_handler().addFilter(_QuietOrbax())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   cluster.initialize()
   try:
     dataset = config_validation.load_data(_CONFIG.value)
     config_validation.check_run(_CONFIG.value, dataset)
-  except config_validation.ConfigError as error:
-    sys.exit(f"error: {error}")  # one line, exit status 1, before anything compiles
-  record = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, dataset).to_json()
+    record = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, dataset).to_json()
+  except (config_validation.ConfigError, loop.WorkdirError, loop.Preempted) as error:
+    sys.exit(f"error: {error}")  # one line, exit status 1
   if jax.process_index() == 0:
-    print(json.dumps({k: record[k] for k in ("steps", "diverged", "train_loss", "test_loss", "test_accuracy")
+    print(json.dumps({k: record[k] for k in ("steps", "diverged", "train_loss", "test_loss", "test_accuracy",
+                                             "best_test_accuracy", "best_step", "images_per_second")
                       if k in record}))
     if "trained" in record:
       print(json.dumps({"trained": record["trained"]["by_kind"]}))

@@ -22,7 +22,7 @@ from resnorm import loop, models, procrustes, validation
 
 OPTIMIZERS = ("adam", "sgd")
 PLACEMENTS = ("mesh", "spread")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "piecewise")
 _LIBRARY_MESSAGE = re.compile(r"^(?P<name>[\w.\[\]'\"()]+) = (?P<value>.*?): expected (?P<allowed>.*)$", re.DOTALL)
 
 
@@ -80,12 +80,18 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
     if isinstance(weight_decay, bool) or not weight_decay >= 0:
       raise ValueError(f"weight_decay = {weight_decay!r}: expected a number >= 0")
     validation.one_of("schedule", config.optimizer.schedule, SCHEDULES)
+    _check_schedule(config.optimizer)
   with fields("config."):
-    for field in ("batch_size", "num_steps", "log_every", "eval_batch_size"):
+    for field in ("batch_size", "log_every", "eval_batch_size"):
       validation.positive_int(field, config[field])
-    validation.non_negative_int("checkpoint_every", config.checkpoint_every)
+    _check_length(config)
+    for field in ("checkpoint_every", "prefetch"):
+      validation.non_negative_int(field, config[field])
+    if config.eval_every is not None:
+      validation.non_negative_int("eval_every", config.eval_every)
     if config.augment and dataset.x_train.ndim != 4:
       raise ValueError(f"augment = {config.augment!r}: expected False for data that are not NHWC images")
+    validation.one_of("augment_padding", config.augment_padding, data_lib.PADDINGS)
     devices = jax.device_count()
     if config.batch_size % devices:
       raise ValueError(f"batch_size = {config.batch_size!r}: expected a multiple of the {devices} devices")
@@ -102,10 +108,35 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
       with_targets = sorted(name for name, f in models.FAMILIES.items() if f.projection_targets)
       raise ConfigError("config.procrustes.enabled", True,
                         f"False for {config.model.name} (kernels to project: {with_targets})")
-    with fields("config.procrustes."):
+    with fields("config.procrustes.", rename={"stem_convention": "procrustes.stem"}):
       validation.non_negative_int("every", config.procrustes.every)
-      procrustes.procrustes(targets(dataset.x_train.shape), probability=config.procrustes.probability,
-                            every=config.procrustes.every or None, seed=config.seed)
+      procrustes.procrustes(targets(dataset.x_train.shape, stem_convention=config.procrustes.get("stem", "correct")),
+                            probability=config.procrustes.probability, every=config.procrustes.every or None,
+                            seed=config.seed)
+
+
+def _check_schedule(optimizer) -> None:
+  """The piecewise schedule's epochs and factor, and the warm-up (``config.optimizer.`` fields)."""
+  epochs = tuple(optimizer.decay_epochs)
+  if any(isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0 for e in epochs) or list(epochs) != sorted(
+      set(epochs)):
+    raise ValueError(f"decay_epochs = {optimizer.decay_epochs!r}: expected increasing positive numbers of epochs")
+  factor = optimizer.decay_factor
+  if isinstance(factor, bool) or not 0 < factor <= 1:
+    raise ValueError(f"decay_factor = {factor!r}: expected a number in (0, 1]")
+  warmup = optimizer.warmup_epochs
+  if isinstance(warmup, bool) or not warmup >= 0:
+    raise ValueError(f"warmup_epochs = {warmup!r}: expected a number >= 0")
+
+
+def _check_length(config) -> None:
+  """Exactly one of ``num_steps`` and ``num_epochs`` positive, the other 0 (``config.`` fields)."""
+  steps, epochs = config.num_steps, config.num_epochs
+  validation.non_negative_int("num_steps", steps)
+  validation.non_negative_int("num_epochs", epochs)
+  if bool(steps) == bool(epochs):
+    raise ValueError(f"num_epochs = {epochs!r}: expected exactly one of num_steps (= {steps!r}) and num_epochs "
+                     "positive and the other 0, e.g. --config.num_steps=0 --config.num_epochs=300")
 
 
 def build_model(config, num_outputs: int):

@@ -8,15 +8,21 @@
 * :func:`digits` — scikit-learn's bundled 8×8 digits (1797 images, 10 classes).
 * :func:`tfds_images` — CIFAR-10 and other TFDS image datasets already prepared on disk,
   with :func:`augment` (random crops and flips) for training.
+* :func:`synthetic` — random CIFAR-shaped images and labels, seeded: the input pipeline and
+  the step timed without a dataset on disk (nothing to learn).
 
 Batches are a pure function of (seed, step), so a run resumed from a checkpoint at step t sees
 exactly the batches it would have seen, and every process takes its own rows of the global
-batch (``jax.make_array_from_process_local_data`` reassembles it).
+batch (``jax.make_array_from_process_local_data`` reassembles it). :func:`prefetch` builds them
+ahead on a background thread, in the same order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 
 import jax
 import numpy as np
@@ -95,17 +101,52 @@ def digits(seed=0, test_size=297) -> Dataset:
   return Dataset(x[test_size:], y[test_size:], x[:test_size], y[:test_size], "classification", 10)
 
 
+# The PyTorch port's fixed per-channel constants (zaeemzadeh/ProcResNet_PyTorch, main.py).
+PYTORCH_MEAN = np.array([125.3, 123.0, 113.9], np.float32) / 255
+PYTORCH_STD = np.array([63.0, 62.1, 66.7], np.float32) / 255
+NORMALIZATIONS = ("train_split", "pytorch")
+
+
+def standardize(x_train, x_test, normalization: str = "train_split"):
+  """Both splits standardised per channel: with the training split's mean and std (the Chainer
+  original), or with the PyTorch port's fixed constants; pixels are in [0, 1]."""
+  validation.one_of("normalization", normalization, NORMALIZATIONS)
+  if normalization == "pytorch":
+    mean, std = PYTORCH_MEAN, PYTORCH_STD
+  else:
+    mean, std = x_train.mean(axis=(0, 1, 2)), x_train.std(axis=(0, 1, 2))
+  return (x_train - mean) / std, (x_test - mean) / std
+
+
+def _tfds_source(tfds, dataset: str, split: str, data_dir):
+  """``tfds.data_source`` without a download; a dataset not prepared in ``data_dir`` is a
+  ``ValueError`` naming the directory looked in and the command that prepares it."""
+  try:
+    return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(f"dataset = {dataset!r}: expected a TFDS dataset name") from None
+  except Exception as error:  # pylint: disable=broad-except  (TFDS raises several kinds here)
+    root = tfds.builder(dataset, data_dir=data_dir).data_dir
+    raise ValueError(
+        f"dataset = {dataset!r}: expected a dataset prepared in {root} (not found or not in ArrayRecord format: "
+        f"{type(error).__name__}); prepare it on a machine with network access with "
+        f"`tfds build {dataset} --data_dir={data_dir or '~/tensorflow_datasets'} --file_format=array_record`"
+    ) from None
+
+
 def tfds_images(dataset="cifar10", train_split="train", test_split="test", data_dir=None, image_key="image",
-                label_key="label", train_size=None, test_size=None) -> Dataset:
+                label_key="label", train_size=None, test_size=None, normalization="train_split") -> Dataset:
   """An image-classification dataset from TFDS, read through ``tfds.data_source`` (ArrayRecord
   random access: no TensorFlow) into memory, pixels scaled to [0, 1] then standardised per
-  channel with the training split's statistics. The dataset must already be prepared in
-  ``data_dir`` (``tfds build``); ``train_size``/``test_size`` keep only the first examples.
+  channel (:func:`standardize`). The dataset must already be prepared in ``data_dir`` (``tfds
+  build``): nothing is downloaded. ``train_size``/``test_size`` keep only the first examples.
   """
   import tensorflow_datasets as tfds  # only this loader needs TFDS
 
+  validation.one_of("normalization", normalization, NORMALIZATIONS)
+
   def read(split, size):
-    source = tfds.data_source(dataset, split=split, data_dir=data_dir)
+    source = _tfds_source(tfds, dataset, split, data_dir)
     count = len(source) if size is None else validation.positive_int(f"{split}_size", size)
     examples = [source[i] for i in range(min(count, len(source)))]
     images = np.stack([e[image_key] for e in examples]).astype(np.float32) / 255.0
@@ -113,27 +154,43 @@ def tfds_images(dataset="cifar10", train_split="train", test_split="test", data_
 
   x_train, y_train = read(train_split, train_size)
   x_test, y_test = read(test_split, test_size)
-  mean, std = x_train.mean(axis=(0, 1, 2)), x_train.std(axis=(0, 1, 2))
   num_classes = int(max(y_train.max(), y_test.max())) + 1
-  return Dataset((x_train - mean) / std, y_train, (x_test - mean) / std, y_test, "classification", num_classes)
+  x_train, x_test = standardize(x_train, x_test, normalization)
+  return Dataset(x_train, y_train, x_test, y_test, "classification", num_classes)
 
 
-def augment(images: np.ndarray, seed: int, step: int, padding: int = 4) -> np.ndarray:
-  """Random crops of the zero-padded images and random horizontal flips (NHWC), as in He et
-  al. (2016) for CIFAR; a pure function of (seed, step) like the batches."""
+def synthetic(seed=0, height=32, width=32, channels=3, num_classes=10, train_size=50_000, test_size=10_000) -> Dataset:
+  """Standard-normal NHWC images with uniform random labels (CIFAR-10's shapes by default)."""
+  for name, value in (("height", height), ("width", width), ("channels", channels), ("num_classes", num_classes),
+                      ("train_size", train_size), ("test_size", test_size)):
+    validation.positive_int(name, value)
+  rng = np.random.default_rng([seed, 2])
+  x = rng.standard_normal((train_size + test_size, height, width, channels), dtype=np.float32)
+  y = rng.integers(0, num_classes, train_size + test_size).astype(np.int32)
+  return Dataset(x[:train_size], y[:train_size], x[train_size:], y[train_size:], "classification", num_classes)
+
+
+PADDINGS = {"zero": "constant", "reflect": "reflect"}  # np.pad's mode for each
+
+
+def augment(images: np.ndarray, seed: int, step: int, padding: int = 4, mode: str = "zero") -> np.ndarray:
+  """Random crops of the padded images and random horizontal flips (NHWC), as in He et al.
+  (2016) for CIFAR: ``mode`` ``'zero'`` pads with zeros (the mean, after standardisation; the
+  Chainer original), ``'reflect'`` mirrors the border (the PyTorch port). A pure function of
+  (seed, step) like the batches; one gather for the whole batch, no loop over images."""
+  validation.one_of("mode", mode, PADDINGS)
   rng = np.random.default_rng([seed, step, 1])
   batch, height, width, _ = images.shape
-  padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode=PADDINGS[mode])
   top, left = rng.integers(0, 2 * padding + 1, size=(2, batch))
+  flip = rng.random(batch) < 0.5
   rows = top[:, None] + np.arange(height)[None, :]
   cols = left[:, None] + np.arange(width)[None, :]
-  crops = padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
-  flip = rng.random(batch) < 0.5
-  crops[flip] = crops[flip, :, ::-1]
-  return crops
+  cols = np.where(flip[:, None], cols[:, ::-1], cols)  # a flipped crop reads its columns backwards
+  return padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-LOADERS = {"teacher": teacher, "digits": digits, "tfds": tfds_images}
+LOADERS = {"teacher": teacher, "digits": digits, "tfds": tfds_images, "synthetic": synthetic}
 
 
 def load(config) -> Dataset:
@@ -160,3 +217,51 @@ def process_rows(global_rows: np.ndarray) -> np.ndarray:
     raise ValueError(f"batch_size = {len(global_rows)!r}: expected a multiple of the {count} processes")
   share = len(global_rows) // count
   return global_rows[jax.process_index() * share:(jax.process_index() + 1) * share]
+
+
+def prefetch(items: Iterable, size: int = 2) -> Iterator:
+  """The items of ``items``, in order, computed up to ``size`` ahead on a background thread.
+
+  Building a batch (gather, augmentation, the transfer to the devices) then overlaps the
+  previous steps, which run asynchronously on the devices. An exception raised while building
+  is raised here, at the item it would have been; closing the generator (``break``, an error in
+  the caller) stops the thread. ``size`` 0 builds each item when asked for, on this thread.
+  """
+  if size == 0:
+    yield from items
+    return
+  ready, stop = queue.Queue(maxsize=size), threading.Event()
+  end = object()
+
+  def put(entry) -> bool:
+    """Waits for room unless the consumer has stopped; whether ``entry`` was queued."""
+    while not stop.is_set():
+      try:
+        ready.put(entry, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def produce():
+    try:
+      for item in items:
+        if not put((item, None)):
+          return
+      put((end, None))
+    except Exception as error:  # pylint: disable=broad-except  (re-raised on the consumer's thread)
+      put((end, error))
+
+  thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+  thread.start()
+  try:
+    while True:
+      item, error = ready.get()
+      if error is not None:
+        raise error
+      if item is end:
+        return
+      yield item
+  finally:
+    stop.set()
+    thread.join()

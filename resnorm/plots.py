@@ -161,3 +161,28 @@ def draw_stack_spectra(ax, results):
   ax.legend(fontsize=8)
   ax.figure.tight_layout()
   return ax.figure
+
+
+def draw_ratio_heatmap(fig, runs: dict[str, list[dict]]):
+  """Per-block backward ratios during training, one panel per run side by side (e.g. ResNet
+  against ProcResNet): block index × step, coloured by r_l = ‖∂E/∂x_l‖ / ‖∂E/∂x_{l+1}‖ (mean
+  over examples) on one scale diverging at 1. ``runs`` maps a label to the rows of its
+  ``signal.jsonl``; the reference's animated figure, as a still.
+  """
+  grids = {name: np.array([row["profile"]["ratio_mean"] for row in rows], dtype=float).T
+           for name, rows in runs.items()}
+  finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()]) if grids else np.array([1.0])
+  spread = max(float(np.max(np.abs(finite - 1.0))), 1e-6)
+  norm = matplotlib.colors.TwoSlopeNorm(vcenter=1.0, vmin=1.0 - spread, vmax=1.0 + spread)
+  axes = fig.subplots(1, len(runs), squeeze=False, sharey=False)[0]
+  for ax, (name, rows) in zip(axes, runs.items()):
+    steps = [row["step"] for row in rows]
+    image = ax.imshow(grids[name], aspect="auto", origin="lower", cmap="RdBu_r", norm=norm, interpolation="nearest",
+                      extent=(-0.5, len(steps) - 0.5, -0.5, grids[name].shape[0] - 0.5))
+    ticks = np.arange(0, len(steps), max(1, -(-len(steps) // 6)))  # at most 6, evenly spaced
+    ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
+    ax.set_xlabel("step")
+    ax.set_ylabel("block l")
+    ax.set_title(name)
+  fig.colorbar(image, ax=list(axes), label=r"$r_l = \|\partial E/\partial x_l\| \,/\, \|\partial E/\partial x_{l+1}\|$")
+  return fig

@@ -116,6 +116,10 @@ class RunRecord:
     init: measurement at initialisation; ``trained``: after the last step.
     history: block δ statistics every ``config.signal.every`` steps.
     test_loss, test_accuracy: on the whole test split (accuracy for classification only).
+    best_test_accuracy, best_step: the best accuracy of the evaluations during training (every
+      ``config.eval_every`` steps) and the step it was reached at.
+    images_per_second: training throughput of the last session, input pipeline and logging
+      included, from the first log onwards (compilation left out); None when too short to tell.
   """
 
   model: str
@@ -131,6 +135,9 @@ class RunRecord:
   test_loss: float | None = None
   test_accuracy: float | None = None
   trained: Measurement | None = None
+  best_test_accuracy: float | None = None
+  best_step: int | None = None
+  images_per_second: float | None = None
 
   def measurement(self, stage: str) -> Measurement | None:
     """``init`` or ``trained`` by name."""
@@ -147,6 +154,9 @@ class RunRecord:
       del data["test_accuracy"]  # regression runs have none
     if self.trained is None:
       del data["trained"]
+    for key in ("best_test_accuracy", "best_step", "images_per_second"):
+      if data[key] is None:
+        del data[key]  # absent, as in the files written before these fields
     return jsonable(data)
 
   @classmethod

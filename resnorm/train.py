@@ -22,16 +22,44 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-def make_optimizer(config, projection_targets=None, project: bool | None = None) -> optax.GradientTransformation:
-  """``config.optimizer``: Adam or SGD with momentum, constant or cosine learning rate; then,
-  with ``config.procrustes.enabled``, the Procrustes projection of ``projection_targets``
-  (:func:`resnorm.procrustes.procrustes`, chained last so the projected kernels are what the
-  step leaves in the parameters). ``project`` None lets the projection decide on device when it
-  acts; True or False fixes it for every step (a loop that decides on the host builds both)."""
+def total_steps(config, steps_per_epoch: int) -> int:
+  """The run's length: ``config.num_steps``, or when that is 0, ``config.num_epochs`` epochs
+  of ``steps_per_epoch`` steps (configs before epochs have no ``num_epochs``)."""
+  return config.num_steps or config.num_epochs * steps_per_epoch
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """``config.optimizer.schedule``: ``constant``; ``cosine`` decay to 0 over the run;
+  ``piecewise``, multiplied by ``decay_factor`` at each of ``decay_epochs`` (the CIFAR
+  recipe: 0.1, divided by 10 at epochs 150 and 225). With ``warmup_epochs`` > 0 the rate
+  first rises linearly from 0 over that many epochs (He et al. 2016 warmed ResNet-110 up).
+
+  Step ``s`` (0-based; ``s // steps_per_epoch`` is its epoch) is taken with the rate at ``s``.
+  """
   opt = config.optimizer
-  learning_rate = opt.learning_rate
   if opt.schedule == "cosine":
-    learning_rate = optax.cosine_decay_schedule(opt.learning_rate, config.num_steps)
+    schedule = optax.cosine_decay_schedule(opt.learning_rate, total_steps(config, steps_per_epoch))
+  elif opt.schedule == "piecewise":
+    schedule = optax.piecewise_constant_schedule(
+        opt.learning_rate, {int(epoch * steps_per_epoch): opt.decay_factor for epoch in opt.decay_epochs})
+  else:
+    schedule = optax.constant_schedule(opt.learning_rate)
+  warmup = round(opt.get("warmup_epochs", 0) * steps_per_epoch)
+  if not warmup:
+    return schedule
+  return lambda count: schedule(count) * jnp.minimum(1.0, (count + 1) / warmup)
+
+
+def make_optimizer(config, projection_targets=None, project: bool | None = None, *,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
+  """``config.optimizer``: Adam or SGD with momentum, at the rate of
+  :func:`learning_rate_schedule`; then, with ``config.procrustes.enabled``, the Procrustes
+  projection of ``projection_targets`` (:func:`resnorm.procrustes.procrustes`, chained last so
+  the projected kernels are what the step leaves in the parameters). ``project`` None lets the
+  projection decide on device when it acts; True or False fixes it for every step (a loop that
+  decides on the host builds both)."""
+  opt = config.optimizer
+  learning_rate = learning_rate_schedule(config, steps_per_epoch)
   if opt.name == "adam":
     tx = optax.adamw(learning_rate, weight_decay=opt.weight_decay)
   else:
@@ -41,11 +69,11 @@ def make_optimizer(config, projection_targets=None, project: bool | None = None)
     )
   if not config.procrustes.enabled:
     return tx
-  project = procrustes.procrustes(
+  projection = procrustes.procrustes(
       projection_targets, probability=config.procrustes.probability, every=config.procrustes.every or None,
       seed=config.seed, act=project,
   )
-  return optax.chain(tx, project)
+  return optax.chain(tx, projection)
 
 
 def loss_function(task: str):
