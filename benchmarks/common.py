@@ -17,10 +17,10 @@ import functools
 import json
 import os
 import time
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from resnorm import train
@@ -37,13 +37,13 @@ def optimizer(model: str, image: int, probability: float | None = None, every: i
   (``probability`` per step, or every ``every`` steps) chained last; ``act`` True or False
   fixes whether it acts, with no conditional (the training loop's two steps)."""
   project = probability is not None or every > 0 or act is not None
-  config = SimpleNamespace(
-      optimizer=SimpleNamespace(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine"),
+  config = ml_collections.ConfigDict(dict(
+      optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine",
+                     warmup_epochs=0.0),
       num_steps=64_000,
-      procrustes=SimpleNamespace(enabled=project, probability=0.5 if probability is None else probability,
-                                 every=every),
+      procrustes=dict(enabled=project, probability=0.5 if probability is None else probability, every=every),
       seed=0,
-  )
+  ))
   targets = resnet.procresnet_projection_targets((image, image)) if project else None
   if project and model != "procresnet":
     raise ValueError(f"only procresnet has kernels to project, not {model}")
