@@ -6,6 +6,8 @@
   with (1 − s)‖u − v‖ ≤ ‖g_k(u) − g_k(v)‖ ≤ (1 + s)‖u − v‖: h is smooth and bi-Lipschitz, the
   kind of map Theorem 1 represents with L near-identity residual blocks.
 * :func:`digits` — scikit-learn's bundled 8×8 digits (1797 images, 10 classes).
+* :func:`digits_images` — the same digits as CIFAR-shaped images (32×32×3 by default): the
+  embedded real-image default of the image depth sweep.
 * :func:`tfds_images` — CIFAR-10 and other TFDS image datasets already prepared on disk,
   with :func:`augment` (random crops and flips) for training.
 
@@ -95,6 +97,34 @@ def digits(seed=0, test_size=297) -> Dataset:
   return Dataset(x[test_size:], y[test_size:], x[:test_size], y[:test_size], "classification", 10)
 
 
+def digits_images(seed=0, test_size=297, train_size=None, image_size=32, method="bilinear") -> Dataset:
+  """scikit-learn's 8×8 digits as ``image_size``×``image_size``×3 NHWC images (no download).
+
+  Each 8×8 image (pixels in [0, 1]) is resized by ``jax.image.resize`` (``method``:
+  ``'bilinear'`` or ``'nearest'``), copied into 3 identical channels, and standardised,
+  x ↦ (x − m)/s, with the training split's mean m and standard deviation s. The split is
+  :func:`digits`'s (same seed, same test examples); ``train_size`` keeps only the first
+  training examples (a harder task). A pure function of its arguments.
+  """
+  validation.positive_int("image_size", image_size)
+  validation.one_of("method", method, ("bilinear", "nearest"))
+  flat = digits(seed, test_size)
+  if train_size is not None:
+    validation.positive_int("train_size", train_size)
+    if train_size > len(flat.x_train):
+      raise ValueError(f"train_size = {train_size!r}: expected at most the {len(flat.x_train)} training examples")
+
+  def images(x):
+    x = x.reshape(-1, 8, 8, 1)
+    x = np.asarray(jax.image.resize(x, (len(x), image_size, image_size, 1), method), dtype=np.float32)
+    return np.repeat(x, 3, axis=-1)
+
+  x_train, y_train = flat.x_train[:train_size], flat.y_train[:train_size]
+  x_train, x_test = images(x_train), images(flat.x_test)
+  mean, std = x_train.mean(), x_train.std()
+  return Dataset((x_train - mean) / std, y_train, (x_test - mean) / std, flat.y_test, "classification", 10)
+
+
 def tfds_images(dataset="cifar10", train_split="train", test_split="test", data_dir=None, image_key="image",
                 label_key="label", train_size=None, test_size=None) -> Dataset:
   """An image-classification dataset from TFDS, read through ``tfds.data_source`` (ArrayRecord
@@ -133,7 +163,7 @@ def augment(images: np.ndarray, seed: int, step: int, padding: int = 4) -> np.nd
   return crops
 
 
-LOADERS = {"teacher": teacher, "digits": digits, "tfds": tfds_images}
+LOADERS = {"teacher": teacher, "digits": digits, "digits_images": digits_images, "tfds": tfds_images}
 
 
 def load(config) -> Dataset:
