@@ -71,7 +71,8 @@ def get_config(arg=None):
     config.depths = GPU_RESNET_DEPTHS
     config.overrides.resnet.depths = GPU_RESNET_DEPTHS + (1202,)
     config.overrides.procresnet.depths = GPU_PROCRESNET_DEPTHS
-    config.num_steps, config.log_every, config.parallel_runs = 500, 100, 1
+    # parallel_runs 4: the host compiles the next runs (16 cores) while the accelerator trains one.
+    config.num_steps, config.log_every, config.parallel_runs = 500, 100, 4
   if arg == "cifar10":
     config.data = ml_collections.ConfigDict(dict(
         name="tfds", dataset="cifar10", train_split="train", test_split="test",

@@ -89,13 +89,14 @@ def draw_delta_vs_depth(fig, summary: dict):
   return fig
 
 
-def _figsize(count: int, columns: int = 3, width: float = 4.5, height: float = 3.6):
+def figsize(count: int, columns: int = 3, width: float = 4.5, height: float = 3.6):
+  """(width, height) in inches of ``count`` panels on rows of ``columns``."""
   return (width * min(count, columns), height * -(-count // columns))
 
 
 def delta_vs_depth(summary: dict, path: str) -> None:
   """:func:`draw_delta_vs_depth`, three panels a row, saved to ``path``."""
-  save(draw_delta_vs_depth(Figure(figsize=_figsize(len(summary["models"]))), summary), path)
+  save(draw_delta_vs_depth(Figure(figsize=figsize(len(summary["models"]))), summary), path)
 
 
 def draw_task_vs_depth(fig, summary: dict):
@@ -157,7 +158,7 @@ def draw_delta_by_kind(fig, summary: dict, key: str = "delta_max"):
 
 
 def delta_by_kind(summary: dict, path: str) -> None:
-  save(draw_delta_by_kind(Figure(figsize=_figsize(len(summary["models"]))), summary), path)
+  save(draw_delta_by_kind(Figure(figsize=figsize(len(summary["models"]))), summary), path)
 
 
 def draw_ratio_profile(fig, results: list[dict], names: list[str], seed=None):
@@ -225,7 +226,7 @@ def draw_delta_during_training(fig, results: list[dict], names: list[str]):
 
 def delta_during_training(results: list[dict], names: list[str], path: str) -> None:
   """:func:`draw_delta_during_training`, three panels a row, saved to ``path``."""
-  save(draw_delta_during_training(Figure(figsize=_figsize(len(names))), results, names), path)
+  save(draw_delta_during_training(Figure(figsize=figsize(len(names))), results, names), path)
 
 
 def draw_recurrence(fig, matrix, convergence):

@@ -149,8 +149,8 @@ def read_bound(depths, per_seed, *, replicates: int = 2000, level: float = 0.9, 
     above every measured network) and ``c_min_depth`` (the L that sets it); ``slope`` of the
     free line log δ̄ = slope·log L + b through the seed means δ̄ and its ``slope_interval``;
     ``laws``: each law's R² and R² interval; ``best``: the law whose R² exceeds every other
-    law's in the lower end of the interval of their paired differences, else None (the data do
-    not separate the laws); ``num_points`` (depths with δ̄ > 0), ``seeds`` (per depth), ``note``.
+    law's in a fraction ``level`` of the replicates, else None (the data do not separate the
+    laws, or a depth has a single seed); ``num_points`` (depths with δ̄ > 0), ``seeds`` (per depth), ``note``.
     Fewer than two positive δ̄'s give c_min alone and a note, never an exception.
   """
   depths = np.asarray(depths, dtype=np.float64)
@@ -195,6 +195,6 @@ def read_bound(depths, per_seed, *, replicates: int = 2000, level: float = 0.9, 
       best = name
   reading.update(slope=float(slope), slope_interval=np.percentile(slopes, [tail, 100 - tail]).tolist(),
                  laws=laws, best=best)
-  if min(reading["seeds"]) < 2:
-    reading["note"] = "a depth with one seed: the intervals do not cover its seed-to-seed spread"
+  if min(len(s) for s in kept) < 2:
+    reading.update(best=None, note="a depth with one seed: no interval covers its seed-to-seed spread, no law is named")
   return reading

@@ -15,7 +15,7 @@ def tiny_sweep(depths=(2, 4), settings=("mlp_residual", "mlp_plain"), seeds=(0,)
   return config
 
 
-def tiny_image_sweep(depths=(8,), settings=("resnet", "plain", "procresnet"), seeds=(0, 1)):
+def tiny_image_sweep(depths=(8,), settings=("resnet", "procresnet"), seeds=(0,)):
   config = image_depth_sweep.get_config()
   config.depths, config.settings, config.seeds = depths, settings, seeds
   config.overrides.procresnet.depths = (13,)
