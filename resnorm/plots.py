@@ -124,7 +124,8 @@ def draw_task_vs_depth(fig, summary: dict):
     ax.set_xlabel("depth L")
     ax.set_ylabel(label)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # summaries of the first format have no relative losses
+      ax.legend(fontsize=7)
   fig.tight_layout()
   return fig
 
