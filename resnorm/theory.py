@@ -150,7 +150,7 @@ def read_bound(depths, per_seed, *, replicates: int = 2000, level: float = 0.9, 
     free line log δ̄ = slope·log L + b through the seed means δ̄ and its ``slope_interval``;
     ``laws``: each law's R² and R² interval; ``best``: the law whose R² exceeds every other
     law's in a fraction ``level`` of the replicates, else None (the data do not separate the
-    laws, or a depth has a single seed); ``num_points`` (depths with δ̄ > 0), ``seeds`` (per depth), ``note``.
+    laws, fewer than three depths, or a depth with a single seed); ``num_points`` (depths with δ̄ > 0), ``seeds`` (per depth), ``note``.
     Fewer than two positive δ̄'s give c_min alone and a note, never an exception.
   """
   depths = np.asarray(depths, dtype=np.float64)
@@ -197,4 +197,6 @@ def read_bound(depths, per_seed, *, replicates: int = 2000, level: float = 0.9, 
                  laws=laws, best=best)
   if min(len(s) for s in kept) < 2:
     reading.update(best=None, note="a depth with one seed: no interval covers its seed-to-seed spread, no law is named")
+  elif len(L) < 3:
+    reading.update(best=None, note="two depths: every one-parameter law is a slope through two points, no law is named")
   return reading
