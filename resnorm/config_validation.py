@@ -11,7 +11,6 @@ the config path in front of ``name``, so every rule is written once, in the libr
 from __future__ import annotations
 
 import contextlib
-import itertools
 import re
 from typing import Any
 
@@ -145,30 +144,49 @@ def build_model(config, num_outputs: int):
     return loop.build_model(config, num_outputs)
 
 
-def check_sweep(config, dataset: data_lib.Dataset, run_config) -> None:
-  """A sweep config (``configs/depth_sweep.py``'s shape), then each run's config
-  ``run_config(config, model, depth)``."""
+def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
+  """A sweep config (``configs/depth_sweep.py``'s shape), then each run's config from
+  ``plan(config)`` (triples ``(setting, depth, seed, run config)``)."""
   with fields("config."):
-    depths = validation.positive_ints("depths", config.depths)
+    validation.positive_ints("depths", config.depths)
     validation.positive_int("parallel_runs", config.parallel_runs)
     validation.one_of("placement", config.placement, PLACEMENTS)
-    names = config.models if isinstance(config.models, (tuple, list)) else (config.models,)
+    seeds = config.seeds if isinstance(config.seeds, (tuple, list)) else (config.seeds,)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+      raise ValueError(f"seeds = {config.seeds!r}: expected a non-empty list of integers >= 0")
+    names = config.settings if isinstance(config.settings, (tuple, list)) else (config.settings,)
+    overrides = config.get("overrides") or {}
     if not names:
-      raise ValueError(f"models = {config.models!r}: expected a non-empty list from {sorted(models.FAMILIES)}")
+      raise ValueError(f"settings = {config.settings!r}: expected a non-empty list of names from config.overrides "
+                       f"({sorted(overrides)}) or of model families ({sorted(models.FAMILIES)})")
     for name in names:
-      validation.one_of("models", name, models.FAMILIES)
-  for field, instead in (("depth", "config.depths"), ("name", "config.models")):
+      if name not in overrides:
+        validation.one_of("settings", name, sorted(set(overrides) | set(models.FAMILIES)))
+  for name in names:
+    if name in overrides:
+      with fields(f"config.overrides.{name}."):
+        validation.one_of("name", overrides[name].get("name"), models.FAMILIES)
+        if "depths" in overrides[name]:
+          validation.positive_ints("depths", overrides[name].depths)
+  for field, instead in (("depth", "config.depths"), ("name", "config.settings")):
     if config.model.get(field) is not None:
       raise ConfigError(f"config.model.{field}", config.model[field],
                         f"None in a sweep, which sets it from {instead}: override {instead} instead")
-  for name, depth in itertools.product(names, depths):
-    single = run_config(config, name, depth)
+  checked = set()
+  for setting, depth, _, single in plan(config):
+    if (setting, depth) in checked:
+      continue  # seeds change no field that is checked
+    checked.add((setting, depth))
     try:
       check_run(single, dataset)
     except ConfigError as error:
-      if error.field != "config.model.depth":
-        raise
-      raise ConfigError("config.depths", error.value, f"{error.allowed} for {single.model.name}") from None
+      field = error.field.removeprefix("config.model.")
+      if field == "depth":
+        depths = f"config.overrides.{setting}.depths" if "depths" in overrides.get(setting, {}) else "config.depths"
+        raise ConfigError(depths, error.value, f"{error.allowed} for {single.model.name}") from None
+      if setting in overrides and field in overrides[setting]:
+        raise ConfigError(f"config.overrides.{setting}.{field}", error.value, error.allowed) from None
+      raise
 
 
 def check_spectra(config) -> None:

@@ -6,6 +6,8 @@
   with (1 − s)‖u − v‖ ≤ ‖g_k(u) − g_k(v)‖ ≤ (1 + s)‖u − v‖: h is smooth and bi-Lipschitz, the
   kind of map Theorem 1 represents with L near-identity residual blocks.
 * :func:`digits` — scikit-learn's bundled 8×8 digits (1797 images, 10 classes).
+* :func:`digits_images` — the same digits as CIFAR-shaped images (32×32×3 by default): the
+  embedded real-image default of the image depth sweep.
 * :func:`tfds_images` — CIFAR-10 and other TFDS image datasets already prepared on disk,
   with :func:`augment` (random crops and flips) for training.
 * :func:`synthetic` — random CIFAR-shaped images and labels, seeded: the input pipeline and
@@ -101,6 +103,34 @@ def digits(seed=0, test_size=297) -> Dataset:
   return Dataset(x[test_size:], y[test_size:], x[:test_size], y[:test_size], "classification", 10)
 
 
+def digits_images(seed=0, test_size=297, train_size=None, image_size=32, method="bilinear") -> Dataset:
+  """scikit-learn's 8×8 digits as ``image_size``×``image_size``×3 NHWC images (no download).
+
+  Each 8×8 image (pixels in [0, 1]) is resized by ``jax.image.resize`` (``method``:
+  ``'bilinear'`` or ``'nearest'``), copied into 3 identical channels, and standardised,
+  x ↦ (x − m)/s, with the training split's mean m and standard deviation s. The split is
+  :func:`digits`'s (same seed, same test examples); ``train_size`` keeps only the first
+  training examples (a harder task). A pure function of its arguments.
+  """
+  validation.positive_int("image_size", image_size)
+  validation.one_of("method", method, ("bilinear", "nearest"))
+  flat = digits(seed, test_size)
+  if train_size is not None:
+    validation.positive_int("train_size", train_size)
+    if train_size > len(flat.x_train):
+      raise ValueError(f"train_size = {train_size!r}: expected at most the {len(flat.x_train)} training examples")
+
+  def images(x):
+    x = x.reshape(-1, 8, 8, 1)
+    x = np.asarray(jax.image.resize(x, (len(x), image_size, image_size, 1), method), dtype=np.float32)
+    return np.repeat(x, 3, axis=-1)
+
+  x_train, y_train = flat.x_train[:train_size], flat.y_train[:train_size]
+  x_train, x_test = images(x_train), images(flat.x_test)
+  mean, std = x_train.mean(), x_train.std()
+  return Dataset((x_train - mean) / std, y_train, (x_test - mean) / std, flat.y_test, "classification", 10)
+
+
 # The PyTorch port's fixed per-channel constants (zaeemzadeh/ProcResNet_PyTorch, main.py).
 PYTORCH_MEAN = np.array([125.3, 123.0, 113.9], np.float32) / 255
 PYTORCH_STD = np.array([63.0, 62.1, 66.7], np.float32) / 255
@@ -190,7 +220,8 @@ def augment(images: np.ndarray, seed: int, step: int, padding: int = 4, mode: st
   return padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-LOADERS = {"teacher": teacher, "digits": digits, "tfds": tfds_images, "synthetic": synthetic}
+LOADERS = {"teacher": teacher, "digits": digits, "digits_images": digits_images, "tfds": tfds_images,
+           "synthetic": synthetic}
 
 
 def load(config) -> Dataset:

@@ -459,6 +459,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
       init=init,
       history=history,
       images_per_second=progress.throughput(),
+      setting=config.get("setting"),
+      seed=config.seed,
+      target_variance=float(np.mean(np.var(dataset.y_train, axis=0))) if dataset.task == "regression" else None,
   )
   if divergence:
     kept = f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint else "no checkpoint was saved"

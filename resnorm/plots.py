@@ -15,33 +15,51 @@ from matplotlib.figure import Figure
 from resnorm import records, recurrence, theory
 
 
-def _points(depths, values):
-  pairs = [(L, v) for L, v in zip(depths, values) if v is not None and v > 0]
-  return (np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])) if pairs else (np.array([]),) * 2
+def _points(depths, values, spread=None):
+  """(L, value, spread) where the value is positive (log axes); spread 0 where unknown."""
+  spread = spread or [None] * len(depths)
+  rows = [(L, v, e or 0.0) for L, v, e in zip(depths, values, spread) if v is not None and v > 0]
+  return tuple(np.array(column) for column in zip(*rows)) if rows else (np.array([]),) * 3
+
+
+def _log_depth_axes(ax, title: str) -> None:
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log")
+  ax.set_xlabel("depth L")
+  ax.set_title(title, fontsize=9)
+  ax.grid(True, which="both", alpha=0.3)
+
+
+DELTA_LINES = (("trained", "delta_max", "o-", "δ_max (blocks × examples)"),
+               ("trained", "layer_p90_max", "s--", "max over blocks of p90 (fixed sample)"),
+               ("trained", "batch_delta_max", "d-.", "whole-batch ratio δ_max"),
+               ("init", "delta_max", "^:", "δ_max at init"))
 
 
 def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
-  """One family on log–log axes: δ_max and δ_mean after training, δ_max at init, the fit."""
+  """One setting on log–log axes: δ after training (three statistics, means over seeds with
+  their spread), δ_max at initialisation, and the bound envelope c_min·log(2L)/L of trained δ_max
+  (the smallest c for which the theorem's bound holds at every measured depth). A diverged depth
+  is a red cross."""
   depths = entry["depths"]
-  for stage, key, style in (("trained", "delta_max", "o-"), ("trained", "delta_mean", "s--"),
-                            ("init", "delta_max", "^:")):
-    L, d = _points(depths, entry[stage][key])
+  for stage, key, style, label in DELTA_LINES:
+    values = entry[stage].get(key)
+    if values is None:
+      continue
+    L, d, e = _points(depths, values, (entry[stage].get("std") or {}).get(key))
     if len(L):
-      ax.plot(L, d, style, label=f"{key.replace('delta_', 'δ ')} {stage}", fillstyle="none" if stage == "init" else "full")
-  fit = entry["trained"]["fit"]
-  if fit.get("c") is not None:
+      ax.errorbar(L, d, yerr=np.minimum(e, 0.95 * d), fmt=style, ms=4, capsize=2, label=label,
+                  fillstyle="none" if stage == "init" else "full")
+  reading = (entry["trained"].get("bound") or {}).get("delta_max")
+  if reading and reading.get("c_min"):
     grid = np.geomspace(min(depths), max(depths), 100)
-    ax.plot(grid, theory.delta_bound(grid, fit["c"]), "k-", lw=1,
-            label=f"{fit['c']:.2g}·log(2L)/L, R²={fit['r2']:.2f}")
+    ax.plot(grid, theory.delta_bound(grid, reading["c_min"]), "k-", lw=1,
+            label=f"envelope {reading['c_min']:.2g}·log(2L)/L (c_min, set at L={reading['c_min_depth']})")
   diverged = [L for L, flag in zip(depths, entry["diverged"]) if flag]
   if diverged:
     ax.plot(diverged, np.full(len(diverged), ax.get_ylim()[0] if ax.has_data() else 1.0), "rx", ms=10, label="diverged")
-  ax.set_xscale("log", base=2)
-  ax.set_yscale("log")
-  ax.set_xlabel("depth L (blocks)")
-  ax.set_title(name)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=7)
+  _log_depth_axes(ax, f"{name} ({entry.get('model') or name})")
+  ax.legend(fontsize=6)
 
 
 def save(fig, path) -> None:
@@ -51,47 +69,165 @@ def save(fig, path) -> None:
     fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=120)
 
 
+def _grid(fig, count: int, columns: int = 3, **kwargs):
+  """``count`` axes on rows of ``columns``; the unused ones hidden."""
+  rows = -(-count // columns)
+  axes = fig.subplots(rows, min(count, columns), squeeze=False, **kwargs).ravel()
+  for ax in axes[count:]:
+    ax.set_visible(False)
+  return axes[:count]
+
+
 def draw_delta_vs_depth(fig, summary: dict):
-  """Fills ``fig`` with one log–log panel of δ against depth per family of ``summary``."""
+  """Fills ``fig`` with one log–log panel of δ against depth per setting of ``summary``."""
   names = list(summary["models"])
-  axes = fig.subplots(1, len(names), squeeze=False, sharey=True)
-  for ax, name in zip(axes[0], names):
+  axes = _grid(fig, len(names), sharey=True)
+  for ax, name in zip(axes, names):
     delta_vs_depth_axes(ax, name, summary["models"][name])
-  axes[0][0].set_ylabel(r"$\delta = |r - 1|,\ \ r = \|\partial E/\partial x_l\| \,/\, \|\partial E/\partial x_{l+1}\|$")
+  axes[0].set_ylabel(r"$\delta = |r - 1|,\ \ r = \|\partial E/\partial x_l\| \,/\, \|\partial E/\partial x_{l+1}\|$")
   fig.tight_layout()
   return fig
 
 
+def figsize(count: int, columns: int = 3, width: float = 4.5, height: float = 3.6):
+  """(width, height) in inches of ``count`` panels on rows of ``columns``."""
+  return (width * min(count, columns), height * -(-count // columns))
+
+
 def delta_vs_depth(summary: dict, path: str) -> None:
-  """:func:`draw_delta_vs_depth`, 5 inches wide per family, saved to ``path``."""
-  save(draw_delta_vs_depth(Figure(figsize=(5 * len(summary["models"]), 4)), summary), path)
+  """:func:`draw_delta_vs_depth`, three panels a row, saved to ``path``."""
+  save(draw_delta_vs_depth(Figure(figsize=figsize(len(summary["models"]))), summary), path)
+
+
+def draw_task_vs_depth(fig, summary: dict):
+  """How well every depth fitted the task, per setting (means over seeds, their spread as bars):
+  train and test loss relative to the targets' variance (regression), or test accuracy and test
+  loss (classification). A network whose δ is small but that did not fit the task says little."""
+  entries = summary["models"]
+  classification = any(e.get("test_accuracy") is not None for e in entries.values())
+  panels = (("test_accuracy", "test accuracy"), ("test_loss", "test loss")) if classification else (
+      ("train_loss_relative", "train loss / target variance"), ("test_loss_relative", "test loss / target variance"))
+  axes = fig.subplots(1, 2, squeeze=False)[0]
+  for ax, (key, label) in zip(axes, panels):
+    for name, entry in entries.items():
+      values = entry.get(key)
+      if values is None:
+        continue
+      spread = (entry.get("std") or {}).get(key.replace("_relative", ""))
+      if spread and key.endswith("_relative"):
+        scale = [v / l if v is not None and l else None for v, l in zip(values, entry[key.replace("_relative", "")])]
+        spread = [s * c if s is not None and c is not None else None for s, c in zip(spread, scale)]
+      L, v, e = _points(entry["depths"], values, spread)
+      ax.errorbar(L, v, yerr=e, fmt="o-", ms=4, capsize=2, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("linear" if key == "test_accuracy" else "log")
+    ax.set_xlabel("depth L")
+    ax.set_ylabel(label)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:  # summaries of the first format have no relative losses
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def task_vs_depth(summary: dict, path: str) -> None:
+  save(draw_task_vs_depth(Figure(figsize=(10, 4)), summary), path)
+
+
+KIND_STYLES = {"block": "o-", "transition": "s--", "stem": "^:"}
+
+
+def draw_delta_by_kind(fig, summary: dict, key: str = "delta_max"):
+  """δ (``key``, mean over seeds) against depth per kind of layer, one panel per setting:
+  identity blocks (the theorem's domain), transitions (where ProcResNet's projection acts) and
+  the stem; filled after training, open at initialisation."""
+  names = list(summary["models"])
+  axes = _grid(fig, len(names), sharey=True)
+  for ax, name in zip(axes, names):
+    entry = summary["models"][name]
+    stages = {"block": {s: entry[s] for s in ("init", "trained")}, **(entry.get("by_kind") or {})}
+    for kind, by_stage in stages.items():
+      for stage in ("trained", "init"):
+        L, d, _ = _points(entry["depths"], by_stage[stage][key])
+        if len(L):
+          ax.plot(L, d, KIND_STYLES.get(kind, "x-"), ms=4, label=f"{kind} {stage}",
+                  fillstyle="none" if stage == "init" else "full", alpha=1.0 if stage == "trained" else 0.5)
+    _log_depth_axes(ax, f"{name}: {key} per kind of layer")
+    ax.legend(fontsize=6)
+  fig.tight_layout()
+  return fig
+
+
+def delta_by_kind(summary: dict, path: str) -> None:
+  save(draw_delta_by_kind(Figure(figsize=figsize(len(summary["models"]))), summary), path)
+
+
+def draw_ratio_profile(fig, results: list[dict], names: list[str], seed=None):
+  """The ratio r_k (mean over examples) along the network, layer by layer in stream order, at
+  initialisation (left) and after training (right), one row per setting and one line per
+  depth, for one seed (the smallest by default). Transitions are marked ×, the stem ▲; x is the
+  layer's position as a fraction of the network's layers, so depths share an axis."""
+  axes = fig.subplots(len(names), 2, squeeze=False, sharey=True)
+  depths = sorted({r["depth"] for r in results})
+  colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(depths)))
+  for row, name in zip(axes, names):
+    runs = [r for r in results if r["setting"] == name and r["init"].get("layers")]
+    chosen = seed if seed is not None else min((r.get("seed") or 0 for r in runs), default=0)
+    for r in sorted((r for r in runs if (r.get("seed") or 0) == chosen), key=lambda r: r["depth"]):
+      for ax, stage in zip(row, ("init", "trained")):
+        if not r.get(stage):
+          continue
+        layers = r[stage]["layers"]
+        ratio = np.array([np.nan if v is None else v for v in layers["ratio_mean"]])
+        x = (np.arange(len(ratio)) + 1) / len(ratio)
+        color = colors[depths.index(r["depth"])]
+        ax.plot(x, ratio, "-", lw=1, color=color, label=f"L = {r['depth']}")
+        for kind, marker in (("transition", "x"), ("stem", "^")):
+          where = np.array([k == kind for k in layers["kind"]])
+          ax.plot(x[where], ratio[where], marker, color=color, ms=7)
+    for ax, stage in zip(row, ("init", "trained")):
+      ax.axhline(1.0, color="k", lw=0.8)
+      ax.set_title(f"{name}, {stage} (seed {chosen})", fontsize=9)
+      ax.set_xlabel("layer position k / layers (×: transition, ▲: stem)")
+      ax.grid(True, alpha=0.3)
+    row[0].set_ylabel("r_k = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖")
+    row[1].legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  return fig
+
+
+def ratio_profile(results: list[dict], names: list[str], path: str) -> None:
+  save(draw_ratio_profile(Figure(figsize=(10, 3.2 * len(names))), results, names), path)
 
 
 def draw_delta_during_training(fig, results: list[dict], names: list[str]):
-  """δ_max over blocks against the training step, one panel per family in ``names`` and one line
-  per depth (runs' ``history``; the point at step 0 is the measurement at initialisation)."""
-  axes = fig.subplots(1, len(names), squeeze=False, sharey=True)
+  """δ_max over blocks against the training step, one panel per setting in ``names`` and one line
+  per depth (runs' ``history``, the smallest seed; the point at step 0 is the measurement at
+  initialisation). ``results``: run records as JSON with their ``setting``."""
+  axes = _grid(fig, len(names), sharey=True)
   depths = sorted({r["depth"] for r in results})
   colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(depths)))
-  for ax, name in zip(axes[0], names):
-    for r in sorted((r for r in results if r["model"] == name), key=lambda r: r["depth"]):
+  for ax, name in zip(axes, names):
+    runs = [r for r in results if r.get("setting", r["model"]) == name]
+    first = min((r.get("seed") or 0 for r in runs), default=0)
+    for r in sorted((r for r in runs if (r.get("seed") or 0) == first), key=lambda r: r["depth"]):
       measured = [(0, r["init"]["by_kind"]["block"])] + [(h["step"], h) for h in r.get("history", [])]
-      points = [(step, m["delta_max"]) for step, m in measured if m["delta_max"]]  # None: no finite ratio
+      points = [(step, m["delta_max"]) for step, m in measured if m["delta_max"]]  # None or 0: not on log axes
       if points:
         ax.plot(*zip(*points), "o-", ms=3, color=colors[depths.index(r["depth"])], label=f"L = {r['depth']}")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_title(name)
+    ax.set_title(name, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-  axes[0][-1].legend(fontsize=7, ncol=2, loc="lower right")  # colours mean the same depth in every panel
-  axes[0][0].set_ylabel("δ_max over blocks and held-out examples")
+  axes[-1].legend(fontsize=7, ncol=2, loc="lower right")  # colours mean the same depth in every panel
+  axes[0].set_ylabel("δ_max over blocks and held-out examples")
   fig.tight_layout()
   return fig
 
 
 def delta_during_training(results: list[dict], names: list[str], path: str) -> None:
-  """:func:`draw_delta_during_training`, 5 inches wide per family, saved to ``path``."""
-  save(draw_delta_during_training(Figure(figsize=(5 * len(names), 4)), results, names), path)
+  """:func:`draw_delta_during_training`, three panels a row, saved to ``path``."""
+  save(draw_delta_during_training(Figure(figsize=figsize(len(names))), results, names), path)
 
 
 def draw_recurrence(fig, matrix, convergence):

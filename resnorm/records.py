@@ -45,6 +45,17 @@ def jsonable(tree):
   return tree
 
 
+def _unset_dropped(data: dict, names) -> dict:
+  """``data`` without the entries of ``names`` that are None: fields added since the first
+  version are left out of a file when unset, so a file of that version reads back unchanged."""
+  return {k: v for k, v in data.items() if not (k in names and v is None)}
+
+
+def _added_fields(cls) -> tuple[str, ...]:
+  """The fields of ``cls`` that default to None (added after the first file format)."""
+  return tuple(f.name for f in dataclasses.fields(cls) if f.default is None)
+
+
 def _known_fields(cls, data: dict) -> dict:
   """The entries of ``data`` that are fields of ``cls`` (files of later versions may hold more)."""
   names = {f.name for f in dataclasses.fields(cls)}
@@ -61,10 +72,12 @@ class Measurement:
   Attributes:
     by_kind: kind of layer (``stem``, ``block``, ``transition``) -> its δ statistics.
     profile: per-block means over examples (:func:`resnorm.signal.layer_profile`).
+    layers: every layer in stream order, transitions included (:func:`resnorm.signal.stream_profile`).
   """
 
   by_kind: dict[str, signal.DeltaStats]
   profile: dict[str, list[float]]
+  layers: dict[str, list] | None = None
 
   @property
   def block(self) -> signal.DeltaStats:
@@ -74,16 +87,18 @@ class Measurement:
   @classmethod
   def from_report(cls, report: signal.SignalReport) -> Measurement:
     kinds = sorted(set(report.kinds))
-    return cls({kind: signal.summarize(report, kind) for kind in kinds}, signal.layer_profile(report))
+    return cls({kind: signal.summarize(report, kind) for kind in kinds}, signal.layer_profile(report),
+               signal.stream_profile(report))
 
   def to_json(self) -> dict:
-    return jsonable({"by_kind": {k: dataclasses.asdict(v) for k, v in self.by_kind.items()},
-                     "profile": self.profile})
+    added = _added_fields(signal.DeltaStats)
+    by_kind = {k: _unset_dropped(jsonable(dataclasses.asdict(v)), added) for k, v in self.by_kind.items()}
+    return _unset_dropped(jsonable({"by_kind": by_kind, "profile": self.profile, "layers": self.layers}), ("layers",))
 
   @classmethod
   def from_json(cls, data: dict) -> Measurement:
     by_kind = {k: signal.DeltaStats(**_known_fields(signal.DeltaStats, v)) for k, v in data["by_kind"].items()}
-    return cls(by_kind, data["profile"])
+    return cls(by_kind, data["profile"], data.get("layers"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +135,10 @@ class RunRecord:
       ``config.eval_every`` steps) and the step it was reached at.
     images_per_second: training throughput of the last session, input pipeline and logging
       included, from the first log onwards (compilation left out); None when too short to tell.
+    setting, seed: the sweep setting the run belongs to and its ``config.seed`` (None for runs
+      outside a sweep and in files written before settings existed).
+    target_variance: regression only: the mean over output coordinates of the training
+      targets' variance, the loss of predicting their mean; loss / target_variance = 1 − R².
   """
 
   model: str
@@ -138,6 +157,9 @@ class RunRecord:
   best_test_accuracy: float | None = None
   best_step: int | None = None
   images_per_second: float | None = None
+  setting: str | None = None
+  seed: int | None = None
+  target_variance: float | None = None
 
   def measurement(self, stage: str) -> Measurement | None:
     """``init`` or ``trained`` by name."""
@@ -150,14 +172,8 @@ class RunRecord:
     data["init"] = self.init.to_json()
     data["trained"] = self.trained.to_json() if self.trained else None
     data["history"] = [dataclasses.asdict(h) for h in self.history]
-    if self.test_accuracy is None:
-      del data["test_accuracy"]  # regression runs have none
-    if self.trained is None:
-      del data["trained"]
-    for key in ("best_test_accuracy", "best_step", "images_per_second"):
-      if data[key] is None:
-        del data[key]  # absent, as in the files written before these fields
-    return jsonable(data)
+    # regression runs have no accuracy, diverged ones no trained measurement
+    return _unset_dropped(jsonable(data), ("test_accuracy", "trained") + _added_fields(RunRecord))
 
   @classmethod
   def from_json(cls, data: dict) -> RunRecord:
@@ -172,12 +188,33 @@ class RunRecord:
 # ----------------------------------------------------------------------------- a sweep
 
 
+BOUND_KEYS = ("delta_max", "layer_p90_max", "batch_delta_max")  # the statistics read as bounds
+
+
+def seed_mean(values: list) -> float | None:
+  """The mean of the finite values (one per seed); None when there is none."""
+  finite = [v for v in values if v is not None and np.isfinite(v)]
+  return float(np.mean(finite)) if finite else None
+
+
+def seed_std(values: list) -> float | None:
+  """The sample standard deviation (ddof 1) of the finite values; None for fewer than two."""
+  finite = [v for v in values if v is not None and np.isfinite(v)]
+  return float(np.std(finite, ddof=1)) if len(finite) > 1 else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One family's block δ statistics across depths at one stage, and their fit to c·log(2L)/L.
+  """One setting's δ statistics of one kind of layer across depths at one stage.
 
-  Each list is aligned with the family's ``depths``; an entry is ``None`` where the run has no
-  such measurement (a diverged run after training) or no finite ratio.
+  Each list is aligned with the setting's ``depths`` and holds the mean over its seeds; an
+  entry is ``None`` where no seed has such a measurement (a diverged run after training) or a
+  finite ratio. ``fit``: the fit of δ_max to c·log(2L)/L (:func:`resnorm.theory.fit_delta`, or
+  a note). Added since the first format (``None`` in older files):
+
+    layer_mean_max … batch_delta_mean: the depth-fair statistics of :class:`signal.DeltaStats`.
+    std: statistic -> the standard deviation over seeds per depth (None with one seed).
+    bound: statistic in :data:`BOUND_KEYS` -> :func:`resnorm.theory.read_bound` over the seeds.
   """
 
   delta_max: list[float | None]
@@ -187,19 +224,49 @@ class Stage:
   delta_p99: list[float | None]
   log_gain: list[float | None]
   fit: dict
+  layer_mean_max: list[float | None] | None = None
+  layer_p90_max: list[float | None] | None = None
+  layer_p90_mean: list[float | None] | None = None
+  batch_delta_max: list[float | None] | None = None
+  batch_delta_mean: list[float | None] | None = None
+  std: dict[str, list[float | None]] | None = None
+  bound: dict[str, dict] | None = None
 
   @classmethod
-  def columns(cls, runs: list[RunRecord], stage: str, fit) -> Stage:
-    """The columns of ``runs`` (sorted by depth) at ``stage``; ``fit(depths, deltas) -> dict``."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "fit"]
-    measured = [r.measurement(stage) for r in runs]
-    columns = {key: [getattr(m.block, key) if m else None for m in measured] for key in names}
-    return cls(**columns, fit=fit([r.depth for r in runs], columns["delta_max"]))
+  def columns(cls, groups: list[list[RunRecord]], stage: str, fit, bound, kind: str = "block") -> Stage:
+    """The columns of ``groups`` (one list of seeds' runs per depth, ascending) at ``stage`` for
+    layers of ``kind``; ``fit(depths, deltas) -> dict``, ``bound(depths, per_seed) -> dict``."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("fit", "std", "bound")]
+    depths = [runs[0].depth for runs in groups]
+
+    def values(runs, key):
+      measured = [r.measurement(stage) for r in runs]
+      return [getattr(m.by_kind[kind], key) if m and kind in m.by_kind else None for m in measured]
+
+    per_seed = {key: [values(runs, key) for runs in groups] for key in names}
+    columns = {key: [seed_mean(v) for v in per_seed[key]] for key in names}
+    return cls(**columns, fit=fit(depths, columns["delta_max"]),
+               std={key: [seed_std(v) for v in per_seed[key]] for key in names},
+               bound={key: bound(depths, per_seed[key]) for key in BOUND_KEYS})
+
+  def to_json(self) -> dict:
+    return _unset_dropped(jsonable(dataclasses.asdict(self)), _added_fields(Stage))
 
 
 @dataclasses.dataclass(frozen=True)
 class FamilyResults:
-  """One model family across the sweep's depths."""
+  """One sweep setting (a model family with its overrides) across the sweep's depths.
+
+  Per-depth lists hold means over the setting's seeds; ``diverged`` is True at a depth where
+  any seed diverged (``num_diverged`` of ``seeds`` did, ``diverged_at_step`` is the earliest).
+  ``init`` and ``trained`` are the identity blocks' statistics, the theorem's domain. Added
+  since the first format (``None`` in older files):
+
+    model: the registry family; ``seeds``: the seeds run at every depth.
+    train_loss_relative, test_loss_relative: regression: loss / target variance (1 − R²).
+    std: train_loss, test_loss, test_accuracy -> the standard deviation over seeds per depth.
+    by_kind: the other kinds of layer (``stem``, ``transition``) -> {stage: :class:`Stage`}.
+  """
 
   depths: list[int]
   diverged: list[bool]
@@ -209,23 +276,37 @@ class FamilyResults:
   init: Stage
   trained: Stage
   test_accuracy: list[float | None] | None = None  # classification only
+  model: str | None = None
+  seeds: list[int] | None = None
+  num_diverged: list[int] | None = None
+  train_loss_relative: list[float | None] | None = None
+  test_loss_relative: list[float | None] | None = None
+  std: dict[str, list[float | None]] | None = None
+  by_kind: dict[str, dict[str, Stage]] | None = None
 
-  def stage(self, name: str) -> Stage:
+  def stage(self, name: str, kind: str = "block") -> Stage | None:
+    """The :class:`Stage` ``init`` or ``trained`` of layers of ``kind`` (None: no such layers)."""
     if name not in STAGES:
       raise ValueError(f"stage = {name!r}: expected one of {list(STAGES)}")
-    return getattr(self, name)
+    if kind == "block":
+      return getattr(self, name)
+    return (self.by_kind or {}).get(kind, {}).get(name)
 
   def to_json(self) -> dict:
-    data = dataclasses.asdict(self)
-    if self.test_accuracy is None:
-      del data["test_accuracy"]
-    return jsonable(data)
+    data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    data["init"], data["trained"] = self.init.to_json(), self.trained.to_json()
+    if self.by_kind is not None:
+      data["by_kind"] = {k: {s: v.to_json() for s, v in stages.items()} for k, stages in self.by_kind.items()}
+    return _unset_dropped(jsonable(data), _added_fields(FamilyResults))
 
   @classmethod
   def from_json(cls, data: dict) -> FamilyResults:
     data = _known_fields(cls, data)
     for stage in STAGES:
       data[stage] = Stage(**_known_fields(Stage, data[stage]))
+    if data.get("by_kind") is not None:
+      data["by_kind"] = {k: {s: Stage(**_known_fields(Stage, v)) for s, v in stages.items()}
+                         for k, stages in data["by_kind"].items()}
     return cls(**data)
 
 
@@ -233,9 +314,10 @@ class FamilyResults:
 class SweepSummary:
   """A sweep's results (``workdir/summary.json``).
 
-  ``models`` maps every family, in the config's order, to its results; the first is the
-  reference family whose trained block δ's the JSON file also holds at its top level
-  (``depths``, ``delta_max``, ``delta_mean``, ``diverged``, ``fit``: the public contract).
+  ``models`` maps every setting (a family with its overrides, or in files of the first format
+  a family), in the config's order, to its results; the first is the reference setting whose
+  trained block δ's (means over seeds) the JSON file also holds at its top level (``depths``,
+  ``delta_max``, ``delta_mean``, ``diverged``, ``fit``: the public contract).
   """
 
   reference_model: str

@@ -146,6 +146,17 @@ class DeltaStats:
       compounds with depth unless the ratios stay near 1.
     num_ratios: layers × examples; ``num_undefined`` of them (a zero or non-finite gradient
       norm) are left out of the rest. All statistics are NaN when none is defined.
+
+  δ_max is a maximum over layers × examples, a sample that grows with depth. The statistics
+  below compare depths on equal terms (``None`` in files written before they existed):
+
+    layer_mean_max, layer_p90_max: the max over layers of each layer's mean (90th percentile) of
+      δ_k over the same ``num_examples`` examples; ``layer_p90_mean``: the mean over layers of
+      the latter. Each layer's statistic has a sample of ``num_examples`` whatever the depth.
+    batch_delta_max, batch_delta_mean: max and mean over layers of |R_k − 1| for the whole-batch
+      ratio R_k = ‖∂E/∂x_k‖_B / ‖∂E/∂x_{k+1}‖_B, ‖g‖_B = (Σ_b ‖g_b‖²)^½ the norm of the
+      gradient of the batch loss (the ratio the reference code records).
+    num_layers, num_examples: the shape of the ratios.
   """
 
   delta_max: float
@@ -158,6 +169,35 @@ class DeltaStats:
   log_gain: float
   num_ratios: int
   num_undefined: int
+  layer_mean_max: float | None = None
+  layer_p90_max: float | None = None
+  layer_p90_mean: float | None = None
+  batch_delta_max: float | None = None
+  batch_delta_mean: float | None = None
+  num_layers: int | None = None
+  num_examples: int | None = None
+
+
+def _per_layer(ratio: np.ndarray, defined: np.ndarray) -> dict[str, float]:
+  """The per-layer statistics of :class:`DeltaStats` from (layers, examples) ratios."""
+  delta = np.where(defined, np.abs(ratio - 1.0), np.nan)
+  rows = defined.any(axis=1)
+  if not rows.any():
+    return dict(layer_mean_max=float("nan"), layer_p90_max=float("nan"), layer_p90_mean=float("nan"))
+  means = np.nanmean(delta[rows], axis=1)
+  p90 = np.nanpercentile(delta[rows], 90, axis=1)
+  return dict(layer_mean_max=float(means.max()), layer_p90_max=float(p90.max()), layer_p90_mean=float(p90.mean()))
+
+
+def _whole_batch(grad_norm: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+  """max and mean over the ``rows`` layers of |R_k − 1|, R_k the ratio of whole-batch norms."""
+  batch = np.sqrt(np.sum(np.square(grad_norm), axis=1))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    delta = np.abs(batch[:-1] / batch[1:] - 1.0)[rows]
+  delta = delta[np.isfinite(delta)]
+  if delta.size == 0:
+    return dict(batch_delta_max=float("nan"), batch_delta_mean=float("nan"))
+  return dict(batch_delta_max=float(delta.max()), batch_delta_mean=float(delta.mean()))
 
 
 def summarize(report: SignalReport, kind: str = "block") -> DeltaStats:
@@ -168,10 +208,12 @@ def summarize(report: SignalReport, kind: str = "block") -> DeltaStats:
   ratio = np.asarray(report.ratio, dtype=np.float64)[rows]
   defined = np.isfinite(ratio) & (ratio > 0)
   delta = np.abs(ratio[defined] - 1.0)
-  counts = dict(num_ratios=int(ratio.size), num_undefined=int((~defined).sum()))
+  counts = dict(num_ratios=int(ratio.size), num_undefined=int((~defined).sum()), num_layers=int(ratio.shape[0]),
+                num_examples=int(ratio.shape[1]))
   if delta.size == 0:
     nan = float("nan")
-    return DeltaStats(nan, nan, nan, nan, nan, nan, nan, nan, **counts)
+    return DeltaStats(nan, nan, nan, nan, nan, nan, nan, nan, **counts, **_per_layer(ratio, defined),
+                      **_whole_batch(np.asarray(report.grad_norm, dtype=np.float64), rows))
   return DeltaStats(
       delta_max=float(delta.max()),
       delta_mean=float(delta.mean()),
@@ -180,6 +222,8 @@ def summarize(report: SignalReport, kind: str = "block") -> DeltaStats:
       ratio_max=float(ratio[defined].max()),
       log_gain=float(np.mean(np.sum(np.log(np.where(defined, ratio, 1.0)), axis=0))),
       **counts,
+      **_per_layer(ratio, defined),
+      **_whole_batch(np.asarray(report.grad_norm, dtype=np.float64), rows),
   )
 
 
@@ -195,3 +239,12 @@ def layer_profile(report: SignalReport, kind: str = "block") -> dict[str, list[f
         q=np.asarray(report.q)[1:][rows].tolist(),
         c=np.asarray(report.c)[1:][rows].tolist(),
     )
+
+
+def stream_profile(report: SignalReport) -> dict[str, list]:
+  """Every layer in stream order (stem, blocks, transitions): its kind, and the means over
+  examples of r_k and δ_k; the profile along the whole network, transitions included."""
+  ratio = np.asarray(report.ratio, dtype=np.float64)
+  with np.errstate(invalid="ignore"):
+    return dict(kind=list(report.kinds), ratio_mean=np.nanmean(ratio, axis=1).tolist(),
+                delta_mean=np.nanmean(np.abs(ratio - 1.0), axis=1).tolist())

@@ -1,18 +1,27 @@
-"""The depth sweep: train every (model, depth) pair, collect δ(L), fit it, write the results.
+"""The depth sweep: train every (setting, depth, seed), collect δ(L), read it, write the results.
 
-A sweep workdir holds one run directory per pair (``runs/<model>_L<depth>/``, written by
-:func:`resnorm.loop.train_and_evaluate`) and the sweep's own outputs:
+A *setting* is a model family with overrides of ``config.model`` (``config.overrides.<setting>``:
+``name`` = the family, the overrides, optionally its own ``depths``, and a dict for another
+config section, e.g. ``procrustes=dict(enabled=True)``); a setting named like a
+family with no overrides entry is that family as configured. The sweep runs every setting at
+every depth with every seed of ``config.seeds``.
+
+A sweep workdir holds one run directory per triple (``runs/<setting>_L<depth>_s<seed>/``,
+written by :func:`resnorm.loop.train_and_evaluate`) and the sweep's own outputs:
 
 * ``summary.json`` — top level: ``depths``, ``delta_max``, ``delta_mean``, ``diverged`` (lists
-  aligned with ``depths``) and ``fit`` = {c, r2, …} for the trained networks of the reference
-  family (the first of ``config.models``); under ``models.<name>``: the same lists after
-  training and at initialisation, quantiles, test and train losses, and fits, for every family;
+  aligned with ``depths``, means over seeds) and ``fit`` = {c, r2, …} for the trained networks of
+  the reference setting (the first of ``config.settings``); under ``models.<setting>``: the same
+  lists after training and at initialisation, the depth-fair statistics, spreads over seeds,
+  the bound readings (c_min, slope interval, laws), losses, and the other kinds of layer;
 * ``results.csv`` — one row per run;
-* ``delta_vs_depth.png`` — δ against L on log–log axes with the fitted c·log(2L)/L;
-* ``delta_during_training.png`` — δ_max against the training step for every run (runs
-  measured during training, ``signal.every`` > 0).
+* ``delta_vs_depth.png`` — δ against L on log–log axes with the envelope c_min·log(2L)/L;
+* ``task_vs_depth.png`` — how well each depth fitted the task (test loss, accuracy);
+* ``delta_by_kind.png`` — δ against L per kind of layer (networks with transitions);
+* ``ratio_profile.png`` — the ratio r_k along the network, at init and trained, per depth;
+* ``delta_during_training.png`` — δ_max against the training step (``signal.every`` > 0).
 
-Runs are independent (each seeds itself from config.seed, model and depth), so a sweep can be
+Runs are independent (each seeds itself from its seed, model and depth), so a sweep can be
 split into single-depth jobs on many machines and merged with :func:`aggregate`: the merged
 summary equals that of the joint sweep. A finished run found in the workdir is reused, an
 interrupted one resumes from its checkpoint.
@@ -26,6 +35,7 @@ import io
 
 import jax
 import ml_collections
+import numpy as np
 import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
@@ -33,33 +43,57 @@ from jax.experimental import multihost_utils
 from resnorm import config_validation, loop, plots, records, theory
 
 RUNS = "runs"
-CSV_DELTAS = ("delta_max", "delta_mean", "delta_p50", "delta_p90", "delta_p99", "log_gain")
+CSV_DELTAS = ("delta_max", "delta_mean", "delta_p50", "delta_p90", "delta_p99", "log_gain", "layer_p90_max",
+              "batch_delta_max")
+SWEEP_FIELDS = ("depths", "settings", "overrides", "seeds", "parallel_runs", "placement")
 
 
-def run_name(model: str, depth: int) -> str:
-  return f"{model}_L{depth:05d}"
+def run_name(setting: str, depth: int, seed: int) -> str:
+  return f"{setting}_L{depth:05d}_s{seed}"
 
 
-def _names(config) -> tuple[str, ...]:
-  return tuple(config.models) if isinstance(config.models, (tuple, list)) else (config.models,)
+def settings(config) -> tuple[str, ...]:
+  return tuple(config.settings) if isinstance(config.settings, (tuple, list)) else (config.settings,)
 
 
-def run_config(config, model: str, depth: int) -> ml_collections.ConfigDict:
-  """The single-run config of one pair: the sweep config without its lists."""
+def setting_overrides(config, setting: str) -> dict:
+  """``config.overrides.<setting>`` as a dict, ``{'name': setting}`` for a bare family name."""
+  overrides = config.get("overrides") or {}
+  return dict(overrides[setting]) if setting in overrides else {"name": setting}
+
+
+def setting_depths(config, setting: str) -> tuple[int, ...]:
+  depths = setting_overrides(config, setting).get("depths", config.depths)
+  return tuple(sorted(set(depths if isinstance(depths, (tuple, list)) else (depths,))))
+
+
+def run_config(config, setting: str, depth: int, seed: int) -> ml_collections.ConfigDict:
+  """The single-run config of one triple: the sweep config without its lists, ``config.model``
+  with the setting's overrides, ``seed`` and ``setting`` filled in."""
   single = ml_collections.ConfigDict(config.to_dict())
-  del single["depths"], single["models"], single["parallel_runs"]
-  single.model.name, single.model.depth = model, depth
+  for field in SWEEP_FIELDS:
+    if field in single:
+      del single[field]
+  for key, value in setting_overrides(config, setting).items():
+    if key == "depths":
+      continue
+    if isinstance(value, (dict, ml_collections.ConfigDict)):  # a section, e.g. procrustes=dict(enabled=True)
+      single[key].update(dict(value))
+    else:
+      single.model[key] = value
+  single.model.depth, single.seed, single.setting = depth, seed, setting
   return single
 
 
-def plan(config) -> list[tuple[str, int, ml_collections.ConfigDict]]:
-  """Every (model, depth, run config) of a validated sweep config, in config order, depths ascending."""
-  depths = config.depths if isinstance(config.depths, (tuple, list)) else (config.depths,)
-  return [(name, depth, run_config(config, name, depth)) for name in _names(config) for depth in sorted(set(depths))]
+def plan(config) -> list[tuple[str, int, int, ml_collections.ConfigDict]]:
+  """Every (setting, depth, seed, run config) of a validated sweep config, in config order."""
+  seeds = config.seeds if isinstance(config.seeds, (tuple, list)) else (config.seeds,)
+  return [(setting, depth, seed, run_config(config, setting, depth, seed))
+          for setting in settings(config) for depth in setting_depths(config, setting) for seed in seeds]
 
 
 def run_sweep(config, workdir, progress: bool = True) -> records.SweepSummary:
-  """Validates the sweep config once, runs (or reuses) every pair and writes the outputs to ``workdir``.
+  """Validates the sweep config once, runs (or reuses) every triple and writes the outputs to ``workdir``.
 
   With several processes (``jax.distributed``), ``config.placement`` says where runs go:
   ``'mesh'`` trains every run on all devices of all processes, one run after another in the
@@ -72,7 +106,7 @@ def run_sweep(config, workdir, progress: bool = True) -> records.SweepSummary:
     RuntimeError: a run failed on some process (spread placement); the message names it.
   """
   dataset = config_validation.load_data(config)
-  config_validation.check_sweep(config, dataset, run_config)
+  config_validation.check_sweep(config, dataset, plan)
   workdir = records.path(workdir)
   runs = plan(config)
   if jax.process_index() == 0:
@@ -87,14 +121,14 @@ def run_sweep(config, workdir, progress: bool = True) -> records.SweepSummary:
     # overlaps another's training. Several: one at a time, in the same order on every process.
     threads = config.parallel_runs if jax.process_count() == 1 else 1
     results = _run_all(runs_by_cost, workdir, dataset, threads, progress and jax.process_index() == 0)
-  summary = summarize(results, list(_names(config)))
+  summary = summarize(results, list(settings(config)))
   if jax.process_index() == 0:
     write_outputs(workdir, summary, results)
   return summary
 
 
-def _run(name: str, depth: int, single, workdir, dataset, local: bool = False) -> records.RunRecord:
-  run_dir = workdir / RUNS / run_name(name, depth)
+def _run(setting: str, depth: int, seed: int, single, workdir, dataset, local: bool = False) -> records.RunRecord:
+  run_dir = workdir / RUNS / run_name(setting, depth, seed)
   return _finished(run_dir, single) or loop.train_and_evaluate(single, run_dir, dataset, local=local)
 
 
@@ -106,7 +140,7 @@ def _run_all(runs, workdir, dataset, threads: int, progress: bool) -> list[recor
                     disable=not progress)
     for future in bar:
       results.append(future.result())
-      bar.set_postfix_str(f"{results[-1].model} L={results[-1].depth} done")
+      bar.set_postfix_str(f"{results[-1].setting} L={results[-1].depth} done")
   return results
 
 
@@ -118,22 +152,23 @@ def _run_spread(runs, workdir, dataset) -> list[records.RunRecord]:
   each other and read every record. A run that raises leaves its error in ``<run>/FAILED``, so
   that every process, past the barrier, fails naming it instead of waiting forever."""
   process, count = jax.process_index(), jax.process_count()
-  for name, depth, single in runs[process::count]:
-    marker = workdir / RUNS / run_name(name, depth) / FAILED
+  for setting, depth, seed, single in runs[process::count]:
+    marker = workdir / RUNS / run_name(setting, depth, seed) / FAILED
     if marker.exists():
       marker.unlink()
     try:
-      _run(name, depth, single, workdir, dataset, local=True)
+      _run(setting, depth, seed, single, workdir, dataset, local=True)
     except Exception as error:  # pylint: disable=broad-except  (reported to every process below)
       marker.parent.mkdir(parents=True, exist_ok=True)
       marker.write_text(f"process {process}: {type(error).__name__}: {error}")
-      logging.exception("run %s failed", run_name(name, depth))
+      logging.exception("run %s failed", run_name(setting, depth, seed))
   multihost_utils.sync_global_devices("resnorm.sweep.spread")
-  failed = [(run_name(n, d), (workdir / RUNS / run_name(n, d) / FAILED)) for n, d, _ in runs]
+  names = [run_name(*run[:3]) for run in runs]
+  failed = [(name, (workdir / RUNS / name / FAILED)) for name in names]
   failed = [(name, marker.read_text()) for name, marker in failed if marker.exists()]
   if failed:
     raise RuntimeError("sweep runs failed: " + "; ".join(f"{name} ({error})" for name, error in failed))
-  return [records.read_run(workdir / RUNS / run_name(name, depth)) for name, depth, _ in runs]
+  return [records.read_run(workdir / RUNS / name) for name in names]
 
 
 def _finished(run_dir, single) -> records.RunRecord | None:
@@ -146,32 +181,68 @@ def _finished(run_dir, single) -> records.RunRecord | None:
 
 
 def _fit(depths, deltas) -> dict:
-  points = [(L, d) for L, d in zip(depths, deltas) if d is not None]
-  if len({L for L, _ in points}) < 2:
-    return {"c": None, "r2": None, "note": "fewer than two depths with a finite delta"}
-  return theory.fit_delta(*zip(*points)).to_dict()
+  """:func:`theory.fit_delta` where it can fit, else a note: a fit never loses a sweep."""
+  values = [np.nan if d is None else d for d in deltas]
+  if not theory.fittable(depths, values):
+    return {"c": None, "r2": None, "note": f"no fit: fewer than two depths with a finite, positive delta ({deltas})"}
+  return theory.fit_delta(depths, values).to_dict()
 
 
-def summarize(results: list[records.RunRecord], model_order: list[str]) -> records.SweepSummary:
+def _setting_of(record: records.RunRecord) -> str:
+  return record.setting or record.model  # runs of the first format: one setting per family
+
+
+def _relative(losses: list, variance: float | None) -> list | None:
+  if variance is None:
+    return None
+  return [None if loss is None else loss / variance for loss in losses]
+
+
+def _family(runs: list[records.RunRecord]) -> records.FamilyResults:
+  """One setting's results: its runs grouped by depth, means and spreads over the seeds."""
+  depths = sorted({r.depth for r in runs})
+  groups = [sorted((r for r in runs if r.depth == L), key=lambda r: r.seed or 0) for L in depths]
+
+  def column(key):
+    return [records.seed_mean([getattr(r, key) for r in group]) for group in groups]
+
+  def spread(key):
+    return [records.seed_std([getattr(r, key) for r in group]) for group in groups]
+
+  classification = any(r.test_accuracy is not None for r in runs)
+  variances = [r.target_variance for r in runs if r.target_variance is not None]
+  variance = variances[0] if variances else None
+  train_loss, test_loss = column("train_loss"), column("test_loss")
+  kinds = sorted({k for r in runs for m in (r.init, r.trained) if m for k in m.by_kind} - {"block"})
+  seeds = sorted({r.seed for r in runs if r.seed is not None})
+  return records.FamilyResults(
+      depths=depths,
+      diverged=[any(r.diverged for r in group) for group in groups],
+      diverged_at_step=[min((r.diverged_at_step for r in group if r.diverged), default=None) for group in groups],
+      train_loss=train_loss,
+      test_loss=test_loss,
+      test_accuracy=column("test_accuracy") if classification else None,
+      **{stage: records.Stage.columns(groups, stage, _fit, theory.read_bound) for stage in records.STAGES},
+      model=runs[0].model if runs[0].setting else None,
+      seeds=seeds or None,
+      num_diverged=[sum(r.diverged for r in group) for group in groups] if seeds else None,
+      train_loss_relative=_relative(train_loss, variance),
+      test_loss_relative=_relative(test_loss, variance),
+      std={key: spread(key) for key in ("train_loss", "test_loss", "test_accuracy")} if seeds else None,
+      by_kind={kind: {stage: records.Stage.columns(groups, stage, _fit, theory.read_bound, kind)
+                      for stage in records.STAGES} for kind in kinds} if seeds else None,
+  )
+
+
+def summarize(results: list[records.RunRecord], setting_order: list[str]) -> records.SweepSummary:
   """The sweep summary from run records; independent of their order and timing."""
-  by_model = {}
-  for name in model_order:
-    runs = sorted((r for r in results if r.model == name), key=lambda r: r.depth)
-    classification = any(r.test_accuracy is not None for r in runs)
-    by_model[name] = records.FamilyResults(
-        depths=[r.depth for r in runs],
-        diverged=[r.diverged for r in runs],
-        diverged_at_step=[r.diverged_at_step for r in runs],
-        train_loss=[r.train_loss for r in runs],
-        test_loss=[r.test_loss for r in runs],
-        test_accuracy=[r.test_accuracy for r in runs] if classification else None,
-        **{stage: records.Stage.columns(runs, stage, _fit) for stage in records.STAGES},
-    )
-  return records.SweepSummary(model_order[0], by_model)
+  by_setting = {name: _family([r for r in results if _setting_of(r) == name]) for name in setting_order}
+  return records.SweepSummary(setting_order[0], by_setting)
 
 
-CSV_FIELDS = ("model", "depth", "diverged", "diverged_at_step", "train_loss", "test_loss", "test_accuracy",
-              "train_seconds") + tuple(f"{stage}_{k}" for stage in records.STAGES for k in CSV_DELTAS)
+CSV_FIELDS = ("setting", "model", "depth", "seed", "diverged", "diverged_at_step", "train_loss", "test_loss",
+              "test_accuracy", "target_variance", "train_seconds") + tuple(
+                  f"{stage}_{k}" for stage in records.STAGES for k in CSV_DELTAS)
 
 
 def write_outputs(workdir, summary: records.SweepSummary, results: list[records.RunRecord]) -> None:
@@ -180,24 +251,32 @@ def write_outputs(workdir, summary: records.SweepSummary, results: list[records.
   table = io.StringIO()
   writer = csv.DictWriter(table, CSV_FIELDS)
   writer.writeheader()
-  for r in sorted(results, key=lambda r: (r.model, r.depth)):
-    row = {k: getattr(r, k) for k in CSV_FIELDS[:8]}
+  for r in sorted(results, key=lambda r: (_setting_of(r), r.depth, r.seed or 0)):
+    row = {k: getattr(r, k) for k in CSV_FIELDS[1:11]}
+    row["setting"] = _setting_of(r)
     for stage in records.STAGES:
       measured = r.measurement(stage)
       row.update({f"{stage}_{k}": getattr(measured.block, k) if measured else None for k in CSV_DELTAS})
     writer.writerow(records.jsonable(row))
   records.write_text(workdir / "results.csv", table.getvalue())
-  plots.delta_vs_depth(summary.to_json(), workdir / "delta_vs_depth.png")
+  data = summary.to_json()
+  run_data = [dict(r.to_json(), setting=_setting_of(r)) for r in results]
+  plots.delta_vs_depth(data, workdir / "delta_vs_depth.png")
+  plots.task_vs_depth(data, workdir / "task_vs_depth.png")
+  if any(r.init.layers and "transition" in r.init.layers["kind"] for r in results):
+    plots.delta_by_kind(data, workdir / "delta_by_kind.png")
+  if any(r.init.layers for r in results):
+    plots.ratio_profile(run_data, list(summary.models), workdir / "ratio_profile.png")
   if any(r.history for r in results):
-    plots.delta_during_training([r.to_json() for r in results], list(summary.models),
-                                workdir / "delta_during_training.png")
+    plots.delta_during_training(run_data, list(summary.models), workdir / "delta_during_training.png")
 
 
 def aggregate(workdirs: list, out_dir) -> records.SweepSummary:
   """Merges finished sweep workdirs (e.g. one per depth, run on different machines).
 
-  The workdirs must share their config except for ``depths``; a (model, depth) pair found in
-  two of them is an error, since it is not clear which to keep.
+  The workdirs must share their config except for ``depths``; a (setting, depth, seed) found in
+  two of them is an error, since it is not clear which to keep. Workdirs of the first format
+  (``models`` instead of ``settings``, one seed) merge too.
   """
   if not workdirs:
     raise ValueError(f"workdirs = {workdirs!r}: expected one or more sweep workdirs")
@@ -211,9 +290,9 @@ def aggregate(workdirs: list, out_dir) -> records.SweepSummary:
       differing = sorted(k for k in set(shared) | set(first_shared) if shared.get(k) != first_shared.get(k))
       raise ValueError(f"{workdir} was run with another config than {workdirs[0]} (fields {differing})")
     for result in records.runs_in([workdir], RUNS):
-      key = (result.model, result.depth)
+      key = (_setting_of(result), result.depth, result.seed)
       if key in seen:
-        raise ValueError(f"{result.model} at depth {result.depth} is in both {seen[key]} and {workdir}")
+        raise ValueError(f"{key[0]} at depth {result.depth}, seed {result.seed} is in both {seen[key]} and {workdir}")
       seen[key] = workdir
       results.append(result)
   if not results:
@@ -222,42 +301,74 @@ def aggregate(workdirs: list, out_dir) -> records.SweepSummary:
   out_dir = records.path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   records.write_json(out_dir / "config.json", merged_config)
-  model_order = [m for m in merged_config["models"] if any(r.model == m for r in results)]
-  summary = summarize(results, model_order)
+  order = merged_config.get("settings") or merged_config["models"]
+  order = [m for m in order if any(_setting_of(r) == m for r in results)]
+  summary = summarize(results, order)
   write_outputs(out_dir, summary, results)
   return summary
 
 
 def format_table(summary: records.SweepSummary) -> str:
-  """A fixed-width table: one row per depth, δ_max at init and after training per family."""
-  names = list(summary.models)
-  header = ["L"]
-  for name in names:
-    header += [f"{name} δmax init", "δmax trained", "δmean trained", "test loss"]
-  rows = [header]
-  for L in summary.depths:
-    row = [str(L)]
-    for name in names:
-      family = summary.models[name]
-      if L not in family.depths:
-        row += ["-"] * 4
-        continue
-      i = family.depths.index(L)
+  """One block per setting: a row per depth with δ at init and after training (means over seeds
+  ± their spread), the depth-fair statistics, and how well the depth fitted the task; then the
+  bound reading of trained δ_max."""
+  lines = []
+  for name, family in summary.models.items():
+    seeds = len(family.seeds or [None])
+    lines.append(f"{name} ({family.model or name}, {seeds} seed{'s' * (seeds > 1)}; means ± std over seeds)")
+    fitted = family.test_loss_relative is not None
+    accuracy = family.test_accuracy is not None
+    header = ["L", "δmax init", "δmax trained", "δmean", "layer p90 max", "batch δmax",
+              "train/var" if fitted else "train loss", "test/var" if fitted else "test loss"]
+    header += ["test acc"] if accuracy else []
+    rows = [header]
+    trained, std = family.trained, family.trained.std or {}
+    for i, L in enumerate(family.depths):
+      row = [str(L), _fmt(family.init.delta_max[i])]
       if family.diverged[i]:
-        row += [_fmt(family.init.delta_max[i]), f"diverged@{family.diverged_at_step[i]}", "-", "-"]
+        count = f"{family.num_diverged[i]}/{seeds} " if family.num_diverged else ""
+        row.append(f"{count}diverged@{family.diverged_at_step[i]}")
       else:
-        row += [_fmt(v[i]) for v in (family.init.delta_max, family.trained.delta_max, family.trained.delta_mean,
-                                     family.test_loss)]
-    rows.append(row)
-  widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
-  lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
-  fit = summary.reference.trained.fit
-  if fit.get("c") is not None:
-    lines.append(
-        f"{summary.reference_model} trained: δmax ≈ {fit['c']:.3g}·log(2L)/L (R² {fit['r2']:.3f}); "
-        f"log-log slope {fit['slope']:.2f}; best law {fit['best']} (R² {fit['laws'][fit['best']]['r2']:.3f})"
-    )
-  return "\n".join(lines)
+        row.append(_pm(trained.delta_max[i], std.get("delta_max"), i))
+      row += [_pm(trained.delta_mean[i], std.get("delta_mean"), i),
+              _pm((trained.layer_p90_max or [None] * (i + 1))[i], std.get("layer_p90_max"), i),
+              _fmt((trained.batch_delta_max or [None] * (i + 1))[i])]
+      losses = (family.train_loss_relative, family.test_loss_relative) if fitted else (family.train_loss,
+                                                                                      family.test_loss)
+      row += [_fmt(v[i]) for v in losses]
+      row += [_fmt(family.test_accuracy[i])] if accuracy else []
+      rows.append(row)
+    widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
+    lines += ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines += [_bound_line("trained δmax", trained), _bound_line("trained layer p90 max", trained, "layer_p90_max")]
+    for kind, stages in sorted((family.by_kind or {}).items()):
+      if kind != "stem":
+        lines.append(_bound_line(f"trained {kind} δmax", stages["trained"]) + "  (init δmax "
+                     + ", ".join(_fmt(v) for v in stages["init"].delta_max) + ")")
+    lines.append("")
+  return "\n".join(lines).rstrip()
+
+
+def _bound_line(label: str, stage: records.Stage, key: str = "delta_max") -> str:
+  """c_min, the slope with its interval and the separated law, or why there is none."""
+  reading = (stage.bound or {}).get(key)
+  if reading is None:
+    fit = stage.fit
+    return f"  {label}: log(2L)/L fit c {_fmt(fit.get('c'))} (first-format summary: no bound reading)"
+  text = f"  {label}: c_min {_fmt(reading['c_min'])} (set at L = {reading['c_min_depth']})"
+  if reading["slope"] is None:
+    return text + f"; {reading['note']}"
+  low, high = reading["slope_interval"]
+  level = round(100 * reading["level"])
+  best = reading["best"] or "none separated"
+  r2 = ", ".join(f"{law} {v['r2']:.2f}" for law, v in reading["laws"].items())
+  return text + f"; log-log slope {reading['slope']:.2f} [{low:.2f}, {high:.2f}] ({level}%); best law: {best} (R² {r2})"
+
+
+def _pm(value, spread, i) -> str:
+  if value is None:
+    return "nan"
+  return _fmt(value) + (f"±{spread[i]:.2g}" if spread and spread[i] is not None else "")
 
 
 def _fmt(value) -> str:

@@ -6,9 +6,16 @@ residual blocks whose backward ratios satisfy
 
     (1 − δ) ‖∂E/∂x_{l+1}‖ ≤ ‖∂E/∂x_l‖ ≤ (1 + δ) ‖∂E/∂x_{l+1}‖,     δ = c·log(2L)/L,
 
-so δ shrinks as the network deepens. :func:`fit_delta` fits measured δ's to that law and to the
-alternatives c/L, c/√L and c (no depth dependence), each as a one-parameter least-squares fit of
-log δ = log c + log g(L), and reports R² in log space for each.
+so δ shrinks as the network deepens. The theorem is an existence result: it bounds δ from
+above for *some* network of L blocks, so a measured δ(L) is read against it as a bound.
+
+* :func:`fit_delta` fits measured δ's to that law and to the alternatives c/L, c/√L and c (no
+  depth dependence), each as a one-parameter least-squares fit of log δ = log c + log g(L), and
+  reports R² in log space for each.
+* :func:`read_bound` reads δ(L) as a bound: c_min = max_L δ(L)·L/log(2L), the smallest c for
+  which δ ≤ c·log(2L)/L holds at every measured depth (the envelope :func:`delta_bound` with
+  c = c_min), and the free log–log slope and the law fits with bootstrap intervals over seeds.
+  It never raises for data it cannot fit: too few points is a ``note``.
 """
 
 from __future__ import annotations
@@ -66,6 +73,13 @@ class DeltaFit:
     return dataclasses.asdict(self)
 
 
+def fittable(depths, deltas) -> bool:
+  """Whether :func:`fit_delta` can fit: finite, positive δ's at two depths or more."""
+  depths, deltas = np.asarray(depths, dtype=np.float64), np.asarray(deltas, dtype=np.float64)
+  keep = np.isfinite(deltas) & (deltas > 0)
+  return depths.shape == deltas.shape and len(np.unique(depths[keep])) >= 2
+
+
 def fit_delta(depths, deltas) -> DeltaFit:
   """Fits δ(L) to each law in :data:`LAWS`; non-finite or non-positive δ's are left out."""
   depths = np.asarray(depths, dtype=np.float64)
@@ -95,3 +109,94 @@ def fit_delta(depths, deltas) -> DeltaFit:
       best=max(laws, key=lambda name: laws[name].r2),
       num_points=int(keep.sum()),
   )
+
+
+def c_min(depths, deltas) -> float | None:
+  """max over the finite δ's of δ·L/log(2L): the smallest c with δ ≤ c·log(2L)/L at every point.
+
+  δ = 0 counts (it bounds nothing away); None when no δ is finite.
+  """
+  depths, deltas = np.asarray(depths, dtype=np.float64), np.asarray(deltas, dtype=np.float64)
+  keep = np.isfinite(deltas)
+  if not keep.any():
+    return None
+  return float(np.max(deltas[keep] * depths[keep] / np.log(2 * depths[keep])))
+
+
+def _law_r2(L, log_delta) -> dict[str, float]:
+  """R² in log space of every one-parameter law fitted to (L, log δ)."""
+  total = np.sum((log_delta - log_delta.mean()) ** 2)
+  r2 = {}
+  for name, shape in LAWS.items():
+    residual = log_delta - np.log(shape(L))
+    residual = residual - residual.mean()
+    r2[name] = float(1.0 - np.sum(residual**2) / total) if total > 0 else float(np.all(residual == 0))
+  return r2
+
+
+def read_bound(depths, per_seed, *, replicates: int = 2000, level: float = 0.9, seed: int = 0) -> dict:
+  """δ(L) read as a bound, with bootstrap intervals over seeds.
+
+  Args:
+    depths: the L's, one per entry of ``per_seed``.
+    per_seed: for every depth, the δ's of its seeds (``None`` or NaN: no measurement).
+    replicates: bootstrap replicates; each draws, at every depth, as many seeds as it has with
+      replacement and averages them.
+    level: the intervals' coverage (central percentiles).
+
+  Returns:
+    ``c_min`` (:func:`c_min` over every seed's δ, so the envelope c_min·log(2L)/L lies on or
+    above every measured network) and ``c_min_depth`` (the L that sets it); ``slope`` of the
+    free line log δ̄ = slope·log L + b through the seed means δ̄ and its ``slope_interval``;
+    ``laws``: each law's R² and R² interval; ``best``: the law whose R² exceeds every other
+    law's in a fraction ``level`` of the replicates, else None (the data do not separate the
+    laws, fewer than three depths, or a depth with a single seed); ``num_points`` (depths with δ̄ > 0), ``seeds`` (per depth), ``note``.
+    Fewer than two positive δ̄'s give c_min alone and a note, never an exception.
+  """
+  depths = np.asarray(depths, dtype=np.float64)
+  samples = [np.array([np.nan if v is None else v for v in values], dtype=np.float64) for values in per_seed]
+  samples = [s[np.isfinite(s)] for s in samples]
+  flat_L = np.concatenate([np.full(len(s), L) for L, s in zip(depths, samples)]) if samples else np.zeros(0)
+  flat = np.concatenate(samples) if samples else np.zeros(0)
+  bound = c_min(flat_L, flat)
+  reading = dict(c_min=bound, c_min_depth=None, slope=None, slope_interval=None, laws=None, best=None,
+                 num_points=0, seeds=[len(s) for s in samples], level=level, note=None)
+  if bound is not None:
+    reading["c_min_depth"] = int(flat_L[np.argmax(flat * flat_L / np.log(2 * flat_L))])
+  means = np.array([s.mean() if len(s) else np.nan for s in samples])
+  keep = np.isfinite(means) & (means > 0)
+  reading["num_points"] = int(keep.sum())
+  if len(np.unique(depths[keep])) < 2:
+    reading["note"] = "fewer than two depths with a finite, positive delta: no slope or law fit"
+    return reading
+  L = depths[keep]
+  kept = [s for s, k in zip(samples, keep) if k]
+
+  def statistics(values):
+    log_delta = np.log(values)
+    return np.polyfit(np.log(L), log_delta, 1)[0], _law_r2(L, log_delta)
+
+  slope, r2 = statistics(means[keep])
+  rng = np.random.default_rng(seed)
+  slopes, r2s = [], []
+  for _ in range(replicates):
+    resampled = np.array([rng.choice(s, size=len(s)).mean() for s in kept])
+    if np.all(resampled > 0):
+      s_, r_ = statistics(resampled)
+      slopes.append(s_)
+      r2s.append([r_[name] for name in LAWS])
+  tail = 100 * (1 - level) / 2
+  r2s = np.array(r2s).reshape(-1, len(LAWS))
+  laws, best = {}, None
+  for j, name in enumerate(LAWS):
+    laws[name] = dict(r2=r2[name], r2_interval=np.percentile(r2s[:, j], [tail, 100 - tail]).tolist())
+    margin = r2s[:, j] - np.max(np.delete(r2s, j, axis=1), axis=1)
+    if len(margin) and np.percentile(margin, 100 - level * 100) > 0:
+      best = name
+  reading.update(slope=float(slope), slope_interval=np.percentile(slopes, [tail, 100 - tail]).tolist(),
+                 laws=laws, best=best)
+  if min(len(s) for s in kept) < 2:
+    reading.update(best=None, note="a depth with one seed: no interval covers its seed-to-seed spread, no law is named")
+  elif len(L) < 3:
+    reading.update(best=None, note="two depths: every one-parameter law is a slope through two points, no law is named")
+  return reading

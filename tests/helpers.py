@@ -32,17 +32,33 @@ def execute_notebook(name: str, timeout: int = 600, **parameters):
   return notebook
 
 
-def tiny_sweep(depths=(2, 4), models=("mlp_residual", "mlp_plain")):
-  """configs/depth_sweep.py with tiny data, widths and step counts."""
+def tiny_sweep(depths=(2, 4), settings=("mlp_residual", "mlp_plain"), seeds=(0,)):
+  """configs/depth_sweep.py with tiny data, widths and step counts; bare family names as
+  settings (the families as configured, branch scale 1/L), one seed unless asked."""
   from configs import depth_sweep  # ml_collections: only the tests that build configs need it
 
   config = depth_sweep.get_config()
-  config.depths = depths
-  config.models = models
+  config.depths, config.settings, config.seeds = depths, settings, seeds
+  config.model.branch_scale = "1/L"
   config.data.train_size, config.data.test_size = 256, 64
   config.model.width, config.model.hidden = 8, 8
   config.batch_size, config.num_steps, config.log_every, config.checkpoint_every = 32, 20, 10, 10
   config.signal.num_examples, config.signal.every = 32, 10
+  return config
+
+
+def tiny_image_sweep(depths=(8,), settings=("resnet", "procresnet"), seeds=(0,)):
+  """configs/image_depth_sweep.py at 8×8 pixels, quarter width, a few steps."""
+  from configs import image_depth_sweep
+
+  config = image_depth_sweep.get_config()
+  config.depths, config.settings, config.seeds = depths, settings, seeds
+  config.overrides.procresnet.depths = (13,)
+  config.data.image_size, config.data.train_size, config.data.test_size = 8, 64, 32
+  config.model.width_multiplier = 0.25
+  config.batch_size, config.num_steps, config.log_every, config.checkpoint_every = 16, 4, 2, 0
+  config.eval_batch_size = 32
+  config.signal.num_examples, config.signal.every = 16, 0
   return config
 
 

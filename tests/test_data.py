@@ -64,3 +64,23 @@ def test_augment_crops_and_flips_deterministically():
     assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
   steps = [data.augment(images, seed=0, step=s, padding=1) for s in range(20)]
   assert len({a.tobytes() for a in steps}) > 1
+
+
+def test_digits_images_are_cifar_shaped_standardised_and_deterministic():
+  images = data.digits_images(seed=0, test_size=297)
+  flat = data.digits(seed=0, test_size=297)
+  assert images.x_train.shape == (1500, 32, 32, 3) and images.x_test.shape == (297, 32, 32, 3)
+  assert images.x_train.dtype == np.float32 and images.task == "classification" and images.num_outputs == 10
+  np.testing.assert_array_equal(images.y_test, flat.y_test)  # the same split and labels as the flat digits
+  np.testing.assert_array_equal(images.x_train[..., 0], images.x_train[..., 2])  # three identical channels
+  assert abs(images.x_train.mean()) < 1e-4 and images.x_train.std() == pytest.approx(1.0, abs=1e-4)
+  # Nearest upsampling repeats each pixel in a 4×4 block: downsampling recovers the digit up to the standardisation.
+  nearest = data.digits_images(seed=0, method="nearest", image_size=32)
+  pixels = nearest.x_test[:, ::4, ::4, 0].reshape(297, 64)
+  np.testing.assert_allclose(np.corrcoef(pixels.ravel(), flat.x_test.ravel())[0, 1], 1.0, atol=1e-6)
+  again = data.digits_images(seed=0, test_size=297)
+  np.testing.assert_array_equal(again.x_train, images.x_train)
+  small = data.digits_images(seed=1, train_size=100, image_size=16)
+  assert small.x_train.shape == (100, 16, 16, 3) and not np.array_equal(small.y_test, images.y_test)
+  with pytest.raises(ValueError, match="train_size = 2000: expected at most the 1500"):
+    data.digits_images(train_size=2000)

@@ -14,8 +14,9 @@ from helpers import tiny_sweep
 from resnorm import records, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# tiny_sweep(models=("mlp_residual",)) as command-line overrides of the real config file.
-TINY = dict(depths="(2,4)", models="('mlp_residual',)", **{
+# tiny_sweep(settings=("mlp_residual",)) as command-line overrides of the real config file.
+TINY = dict(depths="(2,4)", settings="('mlp_residual',)", seeds="(0,)", **{
+    "model.branch_scale": "1/L",
     "data.train_size": 256, "data.test_size": 64, "model.width": 8, "model.hidden": 8, "batch_size": 32,
     "num_steps": 20, "log_every": 10, "checkpoint_every": 10, "signal.num_examples": 32, "signal.every": 10})
 
@@ -49,7 +50,7 @@ def _two_process_sweep(workdir, placement: str, timeout: int = 240):
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("one")
-  return workdir, sweep.run_sweep(tiny_sweep(models=("mlp_residual",)), str(workdir), progress=False)
+  return workdir, sweep.run_sweep(tiny_sweep(settings=("mlp_residual",)), str(workdir), progress=False)
 
 
 @pytest.mark.slow
@@ -74,12 +75,12 @@ def test_two_processes_sweep_like_one(one_process, tmp_path, placement, rtol):
 @pytest.mark.slow
 def test_a_failing_run_in_the_spread_placement_names_itself_instead_of_hanging(tmp_path):
   # A finished run of another config in one run directory: that process's run raises.
-  broken = tmp_path / "runs" / sweep.run_name("mlp_residual", 4)
+  broken = tmp_path / "runs" / sweep.run_name("mlp_residual", 4, 0)
   broken.mkdir(parents=True)
   (broken / "config.json").write_text(json.dumps({"another": "config"}))
   (broken / "summary.json").write_text("{}")
   results = _two_process_sweep(tmp_path, "spread", timeout=180)
   for p, out, err in results:
     assert p.returncode != 0
-    assert "mlp_residual_L00004" in err and "another config" in err, err[-3000:]
-  assert (tmp_path / "runs" / sweep.run_name("mlp_residual", 2) / "summary.json").exists()  # the other run finished
+    assert "mlp_residual_L00004_s0" in err and "another config" in err, err[-3000:]
+  assert (tmp_path / "runs" / sweep.run_name("mlp_residual", 2, 0) / "summary.json").exists()  # the other run finished

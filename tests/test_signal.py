@@ -138,3 +138,51 @@ def test_forward_statistics():
   assert float(report.c[0]) == pytest.approx((gram.sum() - np.trace(gram)) / 6, rel=1e-6)
   # Plain blocks: the branch is the whole output, so ‖F(x_l)‖/‖x_l‖ = ‖x_{l+1}‖/‖x_l‖.
   np.testing.assert_allclose(report.branch_ratio[1:], report.stream_norm[2:] / report.stream_norm[1:-1], rtol=1e-5)
+
+
+def _report(ratio, grad_norm=None):
+  layers, batch = ratio.shape
+  return signal.SignalReport(
+      grad_norm=np.ones((layers + 1, batch)) if grad_norm is None else grad_norm, ratio=ratio,
+      stream_norm=np.ones((layers + 1, batch)), branch_ratio=np.ones((layers, batch)), q=np.ones(layers + 1),
+      c=np.zeros(layers + 1), kinds=("block",) * layers)
+
+
+def test_per_layer_statistics_have_a_sample_size_independent_of_depth():
+  """Every block sees the same 64 ratios (shuffled): the per-block statistics are the same at
+  every depth, while δ_max, a max over L·64 ratios of a wider draw, can only grow with L."""
+  rng = np.random.default_rng(0)
+  values = 1 + rng.normal(0, 0.1, 64)
+  stats = {}
+  for depth in (2, 16, 128):
+    ratio = np.stack([rng.permutation(values) for _ in range(depth)])
+    ratio[-1, 0] = 1 + 0.01 * depth  # one outlier whose size grows with depth, in one block
+    stats[depth] = signal.summarize(_report(ratio))
+    assert stats[depth].num_examples == 64 and stats[depth].num_layers == depth
+  delta = np.abs(values - 1)
+  for depth, s in stats.items():
+    assert s.layer_p90_mean == pytest.approx(np.percentile(delta, 90), abs=0.02)  # one row differs by an outlier
+    assert s.layer_mean_max == pytest.approx(max(delta.mean(), (delta.sum() - delta[0] + 0.01 * depth) / 64), rel=0.5)
+  assert stats[2].layer_p90_max == pytest.approx(stats[128].layer_p90_max, rel=0.05)
+  assert stats[2].delta_max < stats[128].delta_max  # the outlier: sample-max statistics track it
+
+
+def test_whole_batch_ratio_is_the_ratio_of_root_sums_of_squares():
+  grad_norm = np.array([[3.0, 4.0], [1.0, 1.0], [2.0, 0.0]])  # sites × examples
+  ratio = grad_norm[:-1] / np.where(grad_norm[1:] > 0, grad_norm[1:], np.nan)
+  stats = signal.summarize(_report(ratio, grad_norm))
+  batch = np.sqrt([25.0, 2.0, 4.0])  # ‖∂E/∂x_k‖_B
+  expected = np.abs(batch[:-1] / batch[1:] - 1)
+  assert stats.batch_delta_max == pytest.approx(expected.max()) and stats.batch_delta_mean == pytest.approx(expected.mean())
+  assert stats.delta_max == pytest.approx(3.0)  # per example: 4/1 − 1
+
+
+def test_stream_profile_lists_every_layer_in_order():
+  ratio = np.array([[1.0, 3.0], [0.5, 0.5], [2.0, np.nan]])
+  report = \
+      signal.SignalReport(np.ones((4, 2)), ratio, np.ones((4, 2)), np.ones((3, 2)), np.ones(4), np.zeros(4),
+                          ("stem", "block", "transition"))
+  profile = signal.stream_profile(report)
+  assert profile["kind"] == ["stem", "block", "transition"]
+  np.testing.assert_allclose(profile["ratio_mean"], [2.0, 0.5, 2.0])
+  np.testing.assert_allclose(profile["delta_mean"], [1.0, 0.5, 1.0])

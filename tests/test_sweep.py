@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-from helpers import tiny_sweep
+from helpers import tiny_image_sweep, tiny_sweep
 
-from resnorm import loop, records, sweep
+from resnorm import loop, records, sweep, theory
 from resnorm.config_validation import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,23 +40,25 @@ def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
   assert all(d > 0 for d in summary["delta_max"] + summary["delta_mean"])
   assert {"c", "r2", "slope", "best", "laws"} <= set(summary["fit"])
   assert set(summary["models"]) == {"mlp_residual", "mlp_plain"}
+  assert summary["models"]["mlp_residual"]["seeds"] == [0]
+  assert all(0 < v for v in summary["models"]["mlp_residual"]["test_loss_relative"])
   for entry in summary["models"].values():
     assert len(entry["test_loss"]) == 2 and all(loss > 0 for loss in entry["test_loss"])
     for stage in ("init", "trained"):
       assert len(entry[stage]["delta_p99"]) == 2 and "fit" in entry[stage]
   with open(root / "joint" / "results.csv") as f:
     rows = list(csv.DictReader(f))
-  assert sorted((r["model"], int(r["depth"])) for r in rows) == sorted(
+  assert sorted((r["setting"], int(r["depth"])) for r in rows) == sorted(
       (m, L) for m in ("mlp_residual", "mlp_plain") for L in (2, 4))
   assert all(float(r["trained_delta_max"]) > 0 for r in rows)
-  for figure in ("delta_vs_depth.png", "delta_during_training.png"):
+  for figure in ("delta_vs_depth.png", "delta_during_training.png", "task_vs_depth.png", "ratio_profile.png"):
     with open(root / "joint" / figure, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  history = _read(root / "joint" / "runs" / sweep.run_name("mlp_residual", 4) / "summary.json")["history"]
+  history = _read(root / "joint" / "runs" / sweep.run_name("mlp_residual", 4, 0) / "summary.json")["history"]
   assert [h["step"] for h in history] == [10, 20]
   assert history[-1]["delta_max"] == summary["delta_max"][1]  # the last measurement is the trained one
   table = sweep.format_table(joint)
-  assert len(table.splitlines()) == 4 and "log(2L)/L" in table
+  assert "c_min" in table and "log-log slope" in table
 
 
 def test_aggregating_single_depth_jobs_equals_the_joint_sweep(sweeps, tmp_path):
@@ -75,7 +78,7 @@ def test_aggregate_from_the_command_line(sweeps, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert _read(tmp_path / "summary.json") == _read(root / "joint" / "summary.json")
-  assert "mlp_residual δmax init" in result.stdout
+  assert "mlp_residual (mlp_residual, 1 seed" in result.stdout and "δmax init" in result.stdout
 
 
 def test_a_finished_sweep_is_reused_not_retrained(sweeps, monkeypatch):
@@ -93,7 +96,7 @@ def test_a_finished_sweep_is_reused_not_retrained(sweeps, monkeypatch):
 
 
 def test_a_diverging_depth_is_recorded_and_the_sweep_goes_on(tmp_path):
-  config = tiny_sweep(depths=(2, 64), models=("mlp_residual",))
+  config = tiny_sweep(depths=(2, 64), settings=("mlp_residual",))
   # Unscaled branches double the mean square per block: 2^64 overflows the SGD step at L = 64.
   config.model.branch_scale = "1"
   config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.01
@@ -109,14 +112,16 @@ def test_a_diverging_depth_is_recorded_and_the_sweep_goes_on(tmp_path):
 @pytest.mark.parametrize(
     "change, field, allowed",
     [
-        (dict(models=("mlp_residual", "resnet_mlp")), "config.models", "mlp_plain"),
+        (dict(settings=("mlp_residual", "resnet_mlp")), "config.settings", "residual_zero_init"),
+        (dict(settings=()), "config.settings", "non-empty"),
+        (dict(seeds=(0, -1)), "config.seeds", "integers >= 0"),
         (dict(depths=(2, 0)), "config.depths", "positive integers"),
         (dict(depths=()), "config.depths", "non-empty"),
         (dict(width=0), "config.model.width", "positive integer"),
         (dict(learning_rate=-0.1), "config.optimizer.learning_rate", "positive number"),
         (dict(branch_scale="1/L^2"), "config.model.branch_scale", "1/sqrt(L)"),
         (dict(depth=99), "config.model.depth", "override config.depths instead"),
-        (dict(name="mlp_plain"), "config.model.name", "override config.models instead"),
+        (dict(name="mlp_plain"), "config.model.name", "override config.settings instead"),
     ],
 )
 def test_bad_sweep_config_fails_before_any_run(tmp_path, change, field, allowed):
@@ -127,7 +132,22 @@ def test_bad_sweep_config_fails_before_any_run(tmp_path, change, field, allowed)
   with pytest.raises(ConfigError) as error:
     sweep.run_sweep(config, str(tmp_path / "sweep"), progress=False)
   assert error.value.field == field and allowed in str(error.value)
+
+
+def test_a_bad_setting_override_names_its_field(tmp_path):
+  config = tiny_sweep(settings=("residual_zero_init",))
+  config.overrides.residual_zero_init.branch_scale = "1/L^2"
+  with pytest.raises(ConfigError) as error:
+    sweep.run_sweep(config, str(tmp_path / "sweep"), progress=False)
+  assert error.value.field == "config.overrides.residual_zero_init.branch_scale"
   assert not os.path.exists(tmp_path / "sweep")
+
+
+def _holds(new, old) -> bool:
+  """Every entry of ``old`` is in ``new`` with the same value (a new file extends an old one)."""
+  if isinstance(old, dict):
+    return isinstance(new, dict) and all(k in new and _holds(new[k], v) for k, v in old.items())
+  return new == old
 
 
 def test_a_workdir_of_the_previous_format_still_loads_and_aggregates(tmp_path):
@@ -135,9 +155,66 @@ def test_a_workdir_of_the_previous_format_still_loads_and_aggregates(tmp_path):
   old = os.path.join(REPO, "tests", "data", "sweep_workdir_v0")
   runs = records.runs_in([old])
   assert sorted((r.model, r.depth) for r in runs) == [(m, L) for m in ("mlp_plain", "mlp_residual") for L in (2, 4)]
-  for run, path in ((r, os.path.join(old, "runs", sweep.run_name(r.model, r.depth), "summary.json")) for r in runs):
+  assert all(r.setting is None and r.seed is None and r.init.block.layer_p90_max is None for r in runs)
+  for run in runs:
+    path = os.path.join(old, "runs", f"{run.model}_L{run.depth:05d}", "summary.json")
     assert run.to_json() == _read(path)  # read and written back, field for field
   assert records.SweepSummary.from_json(_read(os.path.join(old, "summary.json"))).to_json() == _read(
       os.path.join(old, "summary.json"))
   merged = sweep.aggregate([old], str(tmp_path / "merged"))
-  assert merged.to_json() == _read(os.path.join(old, "summary.json"))
+  assert _holds(merged.to_json(), _read(os.path.join(old, "summary.json")))  # extended, nothing changed
+  assert merged.reference.trained.bound["delta_max"]["c_min"] > 0
+
+
+def test_zero_initialised_branches_give_a_note_not_a_lost_sweep(tmp_path):
+  """δ = 0 at every depth at initialisation: no law can be fitted there, the sweep still writes
+  its summary, with the note, and c_min = 0."""
+  config = tiny_sweep(settings=("residual_zero_init",))
+  summary = sweep.run_sweep(config, str(tmp_path), progress=False)
+  init = summary.reference.init
+  assert init.delta_max == [0.0, 0.0] and init.fit["c"] is None and "no fit" in init.fit["note"]
+  assert init.bound["delta_max"]["c_min"] == 0.0 and init.bound["delta_max"]["slope"] is None
+  assert summary.reference.trained.fit["c"] > 0
+  assert _read(tmp_path / "summary.json")["fit"] == summary.reference.trained.fit
+
+
+def test_seeds_are_averaged_with_their_spread_and_bootstrapped(tmp_path):
+  summary = sweep.run_sweep(tiny_sweep(settings=("mlp_residual",), seeds=(0, 1)), str(tmp_path), progress=False)
+  family = summary.reference
+  runs = [records.read_run(tmp_path / sweep.RUNS / sweep.run_name("mlp_residual", 4, seed)) for seed in (0, 1)]
+  assert family.seeds == [0, 1]
+  assert family.trained.delta_max[1] == pytest.approx(np.mean([r.trained.block.delta_max for r in runs]))
+  assert family.trained.std["delta_max"][1] == pytest.approx(np.std([r.trained.block.delta_max for r in runs], ddof=1))
+  reading = family.trained.bound["delta_max"]
+  low, high = reading["slope_interval"]
+  assert low <= reading["slope"] <= high and reading["seeds"] == [2, 2]
+  assert reading["c_min"] == pytest.approx(theory.c_min([2, 2, 4, 4], [
+      records.read_run(tmp_path / sweep.RUNS / sweep.run_name("mlp_residual", L, s)).trained.block.delta_max
+      for L in (2, 4) for s in (0, 1)]))
+
+
+@pytest.fixture(scope="module")
+def image_sweep(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("images")
+  return workdir, sweep.run_sweep(tiny_image_sweep(), str(workdir), progress=False)
+
+
+@pytest.mark.slow
+def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
+  workdir, summary = image_sweep
+  data = _read(workdir / "summary.json")
+  assert list(data["models"]) == ["resnet", "procresnet"] and data["depths"] == [8]
+  assert data["models"]["procresnet"]["depths"] == [13]  # the setting's own depths
+  for name, entry in data["models"].items():
+    assert set(entry["by_kind"]) == {"stem", "transition"}, name
+    for kind in ("stem", "transition"):
+      for stage in ("init", "trained"):
+        assert entry["by_kind"][kind][stage]["delta_max"][0] > 0
+    assert 0 <= entry["test_accuracy"][0] <= 1 and entry["trained"]["delta_max"][0] > 0
+  run = records.read_run(workdir / sweep.RUNS / sweep.run_name("procresnet", 13, 0))
+  assert run.init.layers["kind"].count("transition") == 2 and run.setting == "procresnet"
+  assert json.loads((workdir / sweep.RUNS / sweep.run_name("procresnet", 13, 0) / "config.json").read_text())[
+      "procrustes"]["enabled"]
+  for figure in ("delta_by_kind.png", "ratio_profile.png", "task_vs_depth.png", "delta_vs_depth.png"):
+    assert (workdir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "transition δmax" in sweep.format_table(summary)

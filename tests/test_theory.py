@@ -43,3 +43,39 @@ def test_fit_skips_diverged_and_rejects_too_few_points():
     theory.fit_delta([4, 8], [np.nan, 0.1])
   with pytest.raises(ValueError, match=r"deltas = \[0.1\]: expected a list as long as depths"):
     theory.fit_delta([4, 8], [0.1])
+
+
+def test_c_min_is_the_smallest_c_of_a_bound_that_holds_at_every_depth():
+  # By hand: δ·L/log(2L) = 0.5·2/log 4 = 0.7213, 0.1·8/log 16 = 0.2885, 0.3·8/log 16 = 0.8656, 0.
+  depths, deltas = [2, 8, 8, 32], [0.5, 0.1, 0.3, 0.0]
+  assert theory.c_min(depths, deltas) == pytest.approx(2.4 / np.log(16), rel=1e-12)
+  envelope = theory.delta_bound(np.array(depths), theory.c_min(depths, deltas))
+  assert np.all(envelope >= np.array(deltas)) and np.isclose(envelope[2], 0.3)
+  assert theory.c_min([4], [np.nan]) is None and theory.c_min([4, 8], [0.0, 0.0]) == 0.0
+
+
+def test_read_bound_on_exact_data_recovers_c_min_slope_and_law():
+  seeds = [[0.5 / L, 0.5 / L, 0.5 / L] for L in DEPTHS]  # δ = 0.5/L exactly, three equal seeds
+  reading = theory.read_bound(DEPTHS, seeds, replicates=50)
+  assert reading["slope"] == pytest.approx(-1.0, abs=1e-9) and reading["slope_interval"] == pytest.approx([-1, -1])
+  assert reading["c_min"] == pytest.approx(0.5 / np.log(4)) and reading["c_min_depth"] == 2  # log(2L) largest / L
+  assert reading["best"] == "c/L" and reading["laws"]["c/L"]["r2"] == pytest.approx(1.0)
+  assert reading["num_points"] == len(DEPTHS) and reading["note"] is None
+
+
+def test_read_bound_names_no_law_when_seeds_do_not_separate_them():
+  rng = np.random.default_rng(0)
+  depths = np.array([16, 32, 64])
+  seeds = [list(0.5 / L * np.exp(rng.normal(0, 0.5, 3))) for L in depths]  # spread about the trend's size
+  reading = theory.read_bound(depths, seeds, replicates=500)
+  assert max(reading["laws"], key=lambda law: reading["laws"][law]["r2"]) == "c*log(2L)/L"  # the point estimate's pick
+  assert reading["best"] is None  # … which the seeds do not support
+  low, high = reading["slope_interval"]
+  assert low < reading["slope"] < high and high - low > 0.2
+
+
+def test_read_bound_never_raises_on_data_it_cannot_fit():
+  reading = theory.read_bound([2, 8, 32], [[0.0, 0.0], [0.0], [None]])
+  assert reading["c_min"] == 0.0 and reading["slope"] is None and "fewer than two" in reading["note"]
+  assert theory.read_bound([2], [[None]])["c_min"] is None
+  assert not theory.fittable([2, 8], [0.0, 0.0]) and theory.fittable([2, 8], [0.1, 0.2])
