@@ -11,29 +11,24 @@
 #
 # Steps run in order of priority, each under its own time limit, and none starts once DEADLINE_S
 # (default 470 s) have passed since the start, nor runs past it: a slow step cannot starve the
-# ones before it, only those after it. $OUT receives 8 files: env.txt (environment and the log of
-# steps), profile.md, models.md, projection.md, results.json (every row the benchmarks wrote),
-# sweep.txt, sweep_summary.json, tests.txt.
+# ones before it, only those after it. $OUT receives 8 files: env.txt (environment, the log of
+# steps, the GPU tests), profile.md, models.md, projection.md, results.json (every row the
+# benchmarks wrote), sweep.txt (both sweeps' tables), image_sweep_summary.json, sweep_summary.json.
 #
-# Estimated wall time per step on an H200, from benchmarks/RESULTS.md (2026-11-27, jax 0.11.2: the
-# first compilation ~8 s then ~3 s per train step, lowering ~1 s; steps of 29 ms for ResNet-164 and
-# ProcResNet-166, 172 ms for ResNet-1001, 20.5 ms for ResNet-110; ~6 s to start Python and the
-# GPU backend per process; the sweep 60 s):
-#   environment                          ~5 s
-#   profile, 4 models                    ~70 s  (per model: 1 scanned + 2 small unrolled compiles, 13 steps, trace)
-#   models, 164/166/166+proj/110         ~35 s
-#   models, ResNet-1001 (own peak)       ~12 s
-#   projection overhead, interleaved     ~50 s  (4 compiles, 30 rounds x 5 steps x 4 steps of ~29 ms)
-#   bfloat16, 164/166                    ~20 s
-#   scan_unroll=2, 164/166               ~20 s
-#   batch 512, batch 1024 (164)          ~30 s
-#   profile bfloat16 164                 ~20 s
-#   command buffers for loops, 164/166   ~20 s
-#   not donated, 164                     ~14 s
-#   tests                                ~60 s
-#   projection (NS vs SVD)               ~25 s
-#   depth scaling, the remaining depths  ~40 s
-#   depth sweep                          ~60 s  (total ~480 s; what the deadline leaves out is logged as skipped)
+# Estimated wall time per step on an H200 (2026-11-27, jax 0.11.2: ~6 s to start Python and the GPU
+# backend per process; compiles of 3-10 s; steps of 29-31 ms for ResNet-164 and ProcResNet-166 at
+# batch 128, 172 ms for ResNet-1001, 20 ms for ResNet-110; measured by the first run of this script):
+#   environment                                        ~5 s
+#   projection overhead, 5 configurations interleaved  ~60 s
+#   end to end, ProcResNet-166, 300 steps + bare step  ~70 s
+#   image sweep :gpu, one seed, without ResNet-1202    ~150 s (18 runs of 500 steps, 4 compiling at once)
+#   bfloat16, command buffers, scan_unroll=2 (164/166) ~25 s each
+#   batch 512 and 1024 (164)                           ~35 s
+#   profile 164 and 166 (trace, top kernels, floor)    ~50 s
+#   ResNet-1001 with remat (its own peak memory)       ~25 s
+#   stem projection (rounds, both operators)           ~40 s
+#   then, as the deadline allows: profile bf16, not donated, the batch-128 rows, ResNet-1001,
+#   the GPU tests, Newton-Schulz vs SVD, the remaining depths, the default MLP depth sweep.
 set -u
 OUT=${OUT:-/tmp/resnorm_gpu}
 DEADLINE_S=${DEADLINE_S:-$([ -n "${SMOKE:-}" ] && echo 3000 || echo 470)}
@@ -52,14 +47,23 @@ if [ -n "${SMOKE:-}" ]; then
   SIZE=(--platform cpu --image 8 --width_multiplier 0.25) B128=4 B512=8 B1024=16 REPEATS=1 STEPS=1
   OVERHEAD=(--platform cpu --image 8 --depth 13 --batch 4 --rounds 1 --per_round 1)
   PROJECTION=(--platform cpu --repeats 1)
+  END_TO_END=(--steps=6 --width=0.25 --depth=13 --noscan --batch_size=8)
+  IMAGE_SWEEP=(--config.depths=8 "--config.overrides.resnet.depths=(8,)" --config.overrides.procresnet.depths=13
+               "--config.settings=('resnet','procresnet')" --config.seeds=0 --config.num_steps=4 --config.data.image_size=8
+               --config.model.width_multiplier=0.25 --config.model.scan=False)
+  STEM=(--platform cpu --repeats 1 --no-padded)
   SWEEP=(--config.depths=2 --config.num_steps=20 --config.log_every=10 --config.checkpoint_every=10)
   TESTS=(tests/test_theory.py)
 else
   P164=preact_resnet=164 P272=preact_resnet=272,632 P1001=preact_resnet=1001 PROC=procresnet=166
   PROC_DEEP=procresnet=1003 R110=resnet=110 R1202=resnet=1202 UNROLL=2
   SIZE=() B128=128 B512=512 B1024=1024 REPEATS=10 STEPS=3
-  OVERHEAD=(--rounds 30 --per_round 5)
+  OVERHEAD=(--rounds 20 --per_round 5)
   PROJECTION=(--repeats 50)
+  END_TO_END=(--variant=procresnet166 --steps=300)
+  # One seed, without ResNet-1202 (its 500 steps alone take ~100 s): what fits this run's budget.
+  IMAGE_SWEEP=(--config.seeds=0 "--config.overrides.resnet.depths=(8,14,20,32,56,110)")
+  STEM=(--repeats 10)
   SWEEP=()
   TESTS=(tests/test_signal.py tests/test_procrustes.py tests/test_theory.py)
 fi
@@ -94,29 +98,40 @@ log environment
   date -u +%Y-%m-%d
 } 2>&1 | tee -a "$OUT/env.txt"
 
-step 150 profile.md "profile: where a step's time goes, batch $B128, float32" -- \
-  python3 -m benchmarks.profile_step "${SIZE[@]}" --batch "$B128" --repeats "$REPEATS" --steps "$STEPS" \
-  --models "$P164" --models "$PROC" --models "$P1001" --models "$R110"
-step 70 models.md "models: batch $B128, float32 (ProcResNet also projecting every step)" -- \
-  "${MODELS[@]}" --batch "$B128" --procrustes --depths "$P164" --depths "$PROC" --depths "$R110"
-step 40 models.md "models: pre-act ResNet-1001 in its own process (its own peak memory)" -- \
-  "${MODELS[@]}" --batch "$B128" --depths "$P1001"
-step 90 projection.md "projection overhead: ProcResNet step with procrustes p=0.5, every=1, unconditional" -- \
+step 80 projection.md "projection overhead: ProcResNet step with procrustes p=0.5 (cond, host-decided), every=1, unconditional" -- \
   python3 -m benchmarks.projection_overhead "${OVERHEAD[@]}"
+step 100 models.md "end to end: experiments.train (CIFAR recipe, synthetic data, input pipeline) against the bare step" -- \
+  python3 -m benchmarks.end_to_end "${END_TO_END[@]}"
+image_start=$(date +%s)
+step 170 sweep.txt "the image depth sweep (configs/image_depth_sweep.py:gpu; ${IMAGE_SWEEP[*]})" -- \
+  python3 -m experiments.sweep --config=configs/image_depth_sweep.py:gpu --workdir=/tmp/resnorm_images "${IMAGE_SWEEP[@]}"
+echo "wall time: $(( $(date +%s) - image_start )) s" >> "$OUT/sweep.txt"
+cp /tmp/resnorm_images/summary.json "$OUT/image_sweep_summary.json" 2>/dev/null
 step 45 models.md "variant: bfloat16 compute, float32 parameters" -- \
   "${MODELS[@]}" --batch "$B128" --dtype bfloat16 --depths "$P164" --depths "$PROC"
+step 45 models.md "variant: command buffers for while loops and conditionals (XLA_FLAGS)" -- \
+  env XLA_FLAGS="${XLA_FLAGS:-} $COMMAND_BUFFERS" python3 -m benchmarks.models "${SIZE[@]}" --repeats "$REPEATS" \
+  --batch "$B128" --depths "$P164" --depths "$PROC"
 step 45 models.md "variant: scan_unroll=$UNROLL" -- \
   "${MODELS[@]}" --batch "$B128" --scan_unroll "$UNROLL" --depths "$P164" --depths "$PROC"
 step 35 models.md "batch $B512" -- "${MODELS[@]}" --batch "$B512" --depths "$P164"
 step 40 models.md "batch $B1024" -- "${MODELS[@]}" --batch "$B1024" --depths "$P164"
+step 90 profile.md "profile: where a step's time goes, batch $B128, float32" -- \
+  python3 -m benchmarks.profile_step "${SIZE[@]}" --batch "$B128" --repeats "$REPEATS" --steps "$STEPS" \
+  --models "$P164" --models "$PROC"
+step 40 models.md "variant: pre-act ResNet-1001 with remat (its own process, its own peak memory)" -- \
+  "${MODELS[@]}" --batch "$B128" --remat --depths "$P1001"
+step 60 projection.md "stem projection: error of the circular and zero-padded operators against rounds" -- \
+  python3 -m benchmarks.stem_projection "${STEM[@]}"
 step 60 profile.md "profile: bfloat16" -- \
   python3 -m benchmarks.profile_step "${SIZE[@]}" --batch "$B128" --repeats "$REPEATS" --steps "$STEPS" \
   --dtype bfloat16 --models "$P164"
-step 45 models.md "variant: command buffers for while loops and conditionals (XLA_FLAGS)" -- \
-  env XLA_FLAGS="${XLA_FLAGS:-} $COMMAND_BUFFERS" python3 -m benchmarks.models "${SIZE[@]}" --repeats "$REPEATS" \
-  --batch "$B128" --depths "$P164" --depths "$PROC"
 step 30 models.md "variant: state not donated" -- "${MODELS[@]}" --batch "$B128" --no-donate --depths "$P164"
-step 100 tests.txt "tests that exercise jax 0.11 on the GPU" -- \
+step 70 models.md "models: batch $B128, float32 (ProcResNet also projecting every step)" -- \
+  "${MODELS[@]}" --batch "$B128" --procrustes --depths "$P164" --depths "$PROC" --depths "$R110"
+step 40 models.md "models: pre-act ResNet-1001 in its own process (its own peak memory)" -- \
+  "${MODELS[@]}" --batch "$B128" --depths "$P1001"
+step 100 env.txt "tests that exercise jax 0.11 on the GPU" -- \
   python3 -m pytest -q -x -p no:cacheprovider -m "not slow" "${TESTS[@]}"
 step 60 projection.md "projection: Newton-Schulz vs SVD on ProcResNet's kernels" -- \
   python3 -m benchmarks.projection "${PROJECTION[@]}"

@@ -53,9 +53,7 @@ def get_config(arg=None):
   config.model = ml_collections.ConfigDict(dict(
       name=config_dict.placeholder(str), depth=config_dict.placeholder(int), width_multiplier=0.5,
       dtype="float32", bn_momentum=0.9, scan=False, remat=False))
-  config.optimizer = ml_collections.ConfigDict(
-      dict(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine"))
-  config.procrustes = ml_collections.ConfigDict(dict(enabled=False, probability=0.5, every=0))
+  config.optimizer.update(dict(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine"))
   config.augment = False
   config.batch_size = 64
   config.num_steps = 150
