@@ -72,11 +72,13 @@ def main(argv=None) -> None:
   parser.add_argument("--rounds", type=int, default=20)
   parser.add_argument("--per_round", type=int, default=5)
   parser.add_argument("--image", type=int, default=32, help="input height and width")
+  parser.add_argument("--width_multiplier", type=float, default=1.0)
+  parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument("--platform", help="force a JAX platform (cpu, gpu, tpu)")
   args = parser.parse_args(argv)
   if args.platform:
     jax.config.update("jax_platforms", args.platform)
-  model = models.create_model("procresnet", args.depth)
+  model = models.create_model("procresnet", args.depth, width_multiplier=args.width_multiplier, scan=args.scan)
   batch = common.synthetic_batch(args.batch, args.image)
   host = {act: common.optimizer("procresnet", args.image, act=act) for act in (False, True)}
   rows = {

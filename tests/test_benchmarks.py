@@ -55,7 +55,7 @@ def test_projection_benchmark_writes_a_row_per_kernel_and_method(tmp_path):
 @pytest.mark.slow
 def test_projection_overhead_benchmark_writes_its_five_rows(tmp_path):
   _, rows = run_benchmark(tmp_path, "projection_overhead", *TINY, "--depth", "13", "--batch", "2",
-                          "--rounds", "1", "--per_round", "1")
+                          "--width_multiplier", "0.25", "--no-scan", "--rounds", "1", "--per_round", "1")
   assert [row["variant"] for row in rows] == [
       "no projection", "procrustes(every=1), lax.cond", "procrustes(probability=0.5), lax.cond",
       "procrustes(act=True): every step, no conditional",

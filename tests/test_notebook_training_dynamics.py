@@ -1,6 +1,6 @@
 """notebooks/training_dynamics.ipynb runs end to end on two tiny runs, residual against plain."""
 
-from conftest import execute_notebook
+from helpers import execute_notebook
 from test_train import tiny_run
 
 from resnorm import loop
