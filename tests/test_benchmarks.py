@@ -71,6 +71,7 @@ def test_profile_step_summarises_a_cpu_trace_and_the_floor(tmp_path):
   assert 0 < sum(row["class_ms"].values()) and "convolution / GEMM" in row["class_ms"]
 
 
+@pytest.mark.slow
 def test_step_on_8_simulated_devices_matches_one_device(tmp_path):
   out, _ = run_benchmark(tmp_path, "sharded_step", "--platform", "cpu",
                          xla_flags="--xla_force_host_platform_device_count=8")

@@ -210,6 +210,7 @@ LONG_DIGITS = (("model.depth", 3), ("model.width", 16), ("model.hidden", 16), ("
                ("signal.every", 500), ("optimizer.schedule", "constant"))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_step_and_the_same_command_ends_like_an_uninterrupted_run(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   run = lambda workdir: subprocess.Popen(_entry_point(workdir, *LONG_DIGITS), cwd=REPO, env=env, text=True,
@@ -244,6 +245,7 @@ def test_sigterm_saves_the_step_and_the_same_command_ends_like_an_uninterrupted_
   assert [r for r in rows[1] if r["step"] != first_after] == [r for r in rows[0] if r["step"] != first_after]
 
 
+@pytest.mark.slow
 def test_a_diverging_run_says_so_through_the_entry_point(tmp_path):
   result = subprocess.run(
       _entry_point(tmp_path, ("model.depth", 64), ("model.branch_scale", "1"), ("optimizer.name", "sgd"),
@@ -260,6 +262,7 @@ def _snapshot(directory):
   return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_workdir_of_another_config_is_refused_and_left_as_it_is(tmp_path):
   loop.train_and_evaluate(tiny_run(), str(tmp_path))
   before = _snapshot(tmp_path)
@@ -283,6 +286,7 @@ def _corrupt(step_dir):
       path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
 
 
+@pytest.mark.slow
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
   straight = loop.train_and_evaluate(tiny_run(), str(tmp_path / "straight"))
   loop.train_and_evaluate(tiny_run(num_steps=20, checkpoint_every=5), str(tmp_path / "run"))
@@ -304,6 +308,7 @@ def test_no_readable_checkpoint_stops_with_a_message_and_leaves_the_files(tmp_pa
   assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_save_cut_short_is_ignored_and_the_run_resumes_from_the_last_complete_one(tmp_path):
   loop.train_and_evaluate(tiny_run(num_steps=10), str(tmp_path / "run"))
   # What kill -9 during Orbax's save of step 20 leaves: a temporary directory, half written.

@@ -1,6 +1,10 @@
 """notebooks/delta_vs_depth.ipynb runs end to end with a tiny sweep."""
 
+import pytest
+
 from helpers import execute_notebook
+
+pytestmark = pytest.mark.slow  # a Jupyter kernel and a sweep or runs: full suite only
 
 
 def test_delta_vs_depth_notebook_executes(tmp_path):

@@ -1,8 +1,12 @@
 """notebooks/fibonacci_vs_resnet.ipynb runs end to end with small parameters and draws its figures."""
 
+import pytest
+
 import helpers
 
 NOTEBOOK = "fibonacci_vs_resnet.ipynb"
+
+pytestmark = pytest.mark.slow  # a Jupyter kernel and a sweep or runs: full suite only
 
 
 def _outputs(notebook, kind):

@@ -1,9 +1,13 @@
 """notebooks/training_dynamics.ipynb runs end to end on two tiny runs, residual against plain."""
 
+import pytest
+
 from helpers import execute_notebook
 from test_train import tiny_run
 
 from resnorm import loop
+
+pytestmark = pytest.mark.slow  # a Jupyter kernel and a sweep or runs: full suite only
 
 
 def test_training_dynamics_notebook_executes(tmp_path):

@@ -31,6 +31,7 @@ def _read(path):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
   root, joint = sweeps
   summary = _read(root / "joint" / "summary.json")
@@ -61,6 +62,7 @@ def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
   assert "c_min" in table and "log-log slope" in table
 
 
+@pytest.mark.slow
 def test_aggregating_single_depth_jobs_equals_the_joint_sweep(sweeps, tmp_path):
   root, _ = sweeps
   merged = sweep.aggregate([str(root / "L4"), str(root / "L2")], str(tmp_path / "merged"))
@@ -70,6 +72,7 @@ def test_aggregating_single_depth_jobs_equals_the_joint_sweep(sweeps, tmp_path):
     sweep.aggregate([str(root / "L2"), str(root / "joint")], str(tmp_path / "twice"))
 
 
+@pytest.mark.slow
 def test_aggregate_from_the_command_line(sweeps, tmp_path):
   root, _ = sweeps
   result = subprocess.run(
@@ -81,6 +84,7 @@ def test_aggregate_from_the_command_line(sweeps, tmp_path):
   assert "mlp_residual (mlp_residual, 1 seed" in result.stdout and "δmax init" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_finished_sweep_is_reused_not_retrained(sweeps, monkeypatch):
   root, joint = sweeps
 
@@ -178,6 +182,7 @@ def test_zero_initialised_branches_give_a_note_not_a_lost_sweep(tmp_path):
   assert _read(tmp_path / "summary.json")["fit"] == summary.reference.trained.fit
 
 
+@pytest.mark.slow
 def test_seeds_are_averaged_with_their_spread_and_bootstrapped(tmp_path):
   summary = sweep.run_sweep(tiny_sweep(settings=("mlp_residual",), seeds=(0, 1)), str(tmp_path), progress=False)
   family = summary.reference

@@ -149,6 +149,7 @@ def _run_with_devices(count: int, workdir: str):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_batch_split_over_four_devices_matches_one_device(tmp_path):
   one = _run_with_devices(1, str(tmp_path / "one"))
   four = _run_with_devices(4, str(tmp_path / "four"))
@@ -169,6 +170,7 @@ print(json.dumps([jax.process_count(), jax.device_count(), summary.train_loss, s
 """
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
   """Two local processes (jax.distributed over gloo), each loading half of every batch."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,6 +196,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert json.load(f)["test_loss"] == results[0][3]
 
 
+@pytest.mark.slow
 def test_procresnet_on_mock_cifar_projects_its_transitions_on_the_scheduled_steps(tmp_path, every=0, probability=0.5):
   """Projected after the steps procrustes.acts draws, and only those (the host decides; each
   choice has its own compiled step; `every` goes through the same function, tested there)."""
@@ -228,3 +231,12 @@ def test_procresnet_on_mock_cifar_projects_its_transitions_on_the_scheduled_step
 def test_procrustes_needs_a_family_with_transition_kernels(tmp_path):
   with pytest.raises(ConfigError, match="procresnet"):
     validated_run(tiny_run(**{"procrustes.enabled": True}), str(tmp_path))
+
+
+def test_a_numeric_branch_scale_passes_the_door_as_the_readme_promises():
+  """``--config.model.branch_scale=0.5`` reaches the str-typed field as '0.5'."""
+  config = tiny_run(**{"model.branch_scale": "0.5"})
+  config_validation.check_run(config, config_validation.load_data(config))
+  with pytest.raises(ConfigError, match=r"config.model.branch_scale = '-0.5'.*positive number"):
+    bad = tiny_run(**{"model.branch_scale": "-0.5"})
+    config_validation.check_run(bad, config_validation.load_data(bad))
