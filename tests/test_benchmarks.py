@@ -76,3 +76,23 @@ def test_step_on_8_simulated_devices_matches_one_device(tmp_path):
   out, _ = run_benchmark(tmp_path, "sharded_step", "--platform", "cpu",
                          xla_flags="--xla_force_host_platform_device_count=8")
   assert "over 8 cpu devices" in out
+
+
+@pytest.mark.slow
+def test_stem_projection_benchmark_tables_the_error_against_rounds(tmp_path):
+  out, _ = run_benchmark(tmp_path, "stem_projection", "--platform", "cpu", "--repeats", "1",
+                         "--no-padded")
+  assert "| pytorch | 3 |" in out and "| chainer | 1 |" in out
+
+
+@pytest.mark.slow
+def test_input_pipeline_benchmark_times_the_host(tmp_path):
+  out, _ = run_benchmark(tmp_path, "input_pipeline", "--batches=5", "--train_size=256", "--batch_size=32")
+  assert "batches/s" in out
+
+
+@pytest.mark.slow
+def test_end_to_end_benchmark_compares_the_entry_point_with_the_bare_step(tmp_path):
+  out, _ = run_benchmark(tmp_path, "end_to_end", "--steps=6", "--width=0.25", "--depth=13", "--noscan",
+                         "--batch_size=8")
+  assert "| end to end images/s | bare step images/s | gap |" in out
