@@ -22,6 +22,7 @@ ahead on a background thread, in the same order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -237,8 +238,15 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> n
     raise ValueError(f"batch_size = {batch_size!r}: expected at most the {num_examples} training examples")
   per_epoch = num_examples // batch_size
   epoch, position = divmod(step, per_epoch)
+  return _epoch_order(num_examples, seed, epoch)[position * batch_size:(position + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=16)
+def _epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The seeded permutation of one epoch, drawn once for all its steps (read-only)."""
   order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-  return order[position * batch_size:(position + 1) * batch_size]
+  order.flags.writeable = False
+  return order
 
 
 def process_rows(global_rows: np.ndarray) -> np.ndarray:
