@@ -1,6 +1,6 @@
 """Helpers the tests share (imported as ``helpers``; fixtures stay in conftest.py).
 
-Notebook execution with injected parameters, tiny versions of the real config files, and
+The environment of the processes tests start, notebook execution with injected parameters, tiny versions of the real config files, and
 matrices with a chosen condition number.
 """
 
@@ -9,6 +9,17 @@ import os
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cpu_env(devices: int | None = None, **variables) -> dict[str, str]:
+  """The environment of a process a test starts: this one's (the session's compilation cache and
+  XLA flags, conftest.py), on CPU, with ``devices`` simulated host devices and the repository
+  importable; tests that compare a subprocess's numbers with their own need the same flags."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if devices is not None:
+    flags = f"{flags} --xla_force_host_platform_device_count={devices}"
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip(),
+              PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **variables)
 
 
 def execute_notebook(name: str, timeout: int = 600, **parameters):

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+import helpers
 from configs import cifar
 from resnorm import config_validation, loop, records, train, writers
 from resnorm import data as data_lib
@@ -212,7 +213,7 @@ LONG_DIGITS = (("model.depth", 3), ("model.width", 16), ("model.hidden", 16), ("
 
 @pytest.mark.slow
 def test_sigterm_saves_the_step_and_the_same_command_ends_like_an_uninterrupted_run(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = helpers.cpu_env()
   run = lambda workdir: subprocess.Popen(_entry_point(workdir, *LONG_DIGITS), cwd=REPO, env=env, text=True,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   straight, stopped = run(tmp_path / "straight"), run(tmp_path / "stopped")
@@ -250,7 +251,7 @@ def test_a_diverging_run_says_so_through_the_entry_point(tmp_path):
   result = subprocess.run(
       _entry_point(tmp_path, ("model.depth", 64), ("model.branch_scale", "1"), ("optimizer.name", "sgd"),
                    ("optimizer.learning_rate", 10.0), ("num_steps", 50), ("log_every", 5), ("checkpoint_every", 0)),
-      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), text=True, capture_output=True, check=False)
+      cwd=REPO, env=helpers.cpu_env(), text=True, capture_output=True, check=False)
   assert result.returncode == 1
   assert "error: training diverged by step" in result.stderr
   printed = json.loads(result.stdout.splitlines()[0])
@@ -273,7 +274,7 @@ def test_a_workdir_of_another_config_is_refused_and_left_as_it_is(tmp_path):
   assert "Nothing was changed" in message and "num_steps" not in message
   assert _snapshot(tmp_path) == before
   result = subprocess.run(_entry_point(tmp_path, ("model.depth", 8)), cwd=REPO, text=True, capture_output=True,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), check=False)
+                          env=helpers.cpu_env(), check=False)
   assert result.returncode == 1 and "model.depth: 3 there, 8 now" in result.stderr
   assert "error: " in result.stderr and "fields that differ" in result.stderr and "Traceback" not in result.stderr
   assert _snapshot(tmp_path) == before

@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 import pytest
+
+import helpers
 from helpers import tiny_sweep
 
 from resnorm import records, sweep
@@ -30,8 +32,7 @@ def _free_port() -> int:
 def _two_process_sweep(workdir, placement: str, timeout: int = 240):
   """Runs the sweep entry point as two processes; returns their (returncode, stdout, stderr)."""
   port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = helpers.cpu_env(devices=1, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   overrides = [f"--config.{k}={v}" for k, v in dict(TINY, placement=placement).items()]
   processes = [
       subprocess.Popen(

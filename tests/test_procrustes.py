@@ -6,7 +6,6 @@ target to ≤ 1e-5 (relative); reported distances match the dense oracle to ≤ 
 """
 
 import collections
-import os
 import re
 import subprocess
 import sys
@@ -18,11 +17,11 @@ import numpy as np
 import optax
 import pytest
 
+import helpers
+from helpers import REPO
 from helpers import random_matrix as unit_matrix
 from resnorm import procrustes
 from resnorm.models import ConvTarget
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def random_matrix(rng, shape, kappa, is_complex):
@@ -436,8 +435,7 @@ def test_replicated_on_a_four_device_mesh_matches_one_device():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
       print("ok")
       """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = helpers.cpu_env(devices=4)
   result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr

@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import helpers
 from configs import default
 from resnorm import config_validation, loop
 from resnorm import data as data_lib
@@ -140,7 +141,7 @@ print(json.dumps([jax.device_count(), summary.train_loss, summary.test_loss]))
 
 def _run_with_devices(count: int, workdir: str):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}", JAX_PLATFORMS="cpu")
+  env = helpers.cpu_env(devices=count)
   result = subprocess.run(
       [sys.executable, "-c", _DATA_PARALLEL.format(repo=repo, workdir=workdir)],
       capture_output=True, text=True, env=env, cwd=repo, check=False,
@@ -177,7 +178,7 @@ def test_two_processes_train_like_one(tmp_path):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = helpers.cpu_env(devices=1)
   workdir = str(tmp_path / "two")
   processes = [
       subprocess.Popen([sys.executable, "-c", _PROCESS.format(repo=repo, port=port, process=i, workdir=workdir)],
