@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +68,8 @@ def build_model(config, num_outputs: int):
                              **models.accepted_options(config.model.name, options, prefix=""))
 
 
-def _shardings(devices):
+def shardings(devices) -> tuple[jax.sharding.NamedSharding, jax.sharding.NamedSharding]:
+  """(replicated, batch split over axis ``'data'``) on a one-axis mesh of ``devices``."""
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   return (
       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
@@ -84,6 +86,20 @@ def _global_batch(sharding, x, y, rows, transform=None):
   if transform is not None:
     x = transform(x)
   return tuple(jax.make_array_from_process_local_data(sharding, a) for a in (x, y))
+
+
+def training_batches(config, dataset, sharding, seed: int, steps: range) -> Iterator[tuple[jax.Array, jax.Array]]:
+  """The global training batches of ``steps`` on ``sharding``, ``config.prefetch`` ahead on a
+  background thread: rows (:func:`resnorm.data.batch_indices`) and augmentation are pure
+  functions of (``seed``, step), so a resumed run sees the batches an uninterrupted one would."""
+
+  def batch_at(step):
+    rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
+    transform = functools.partial(data_lib.augment, seed=seed, step=step,
+                                  mode=config.get("augment_padding", "zero")) if config.augment else None
+    return _global_batch(sharding, dataset.x_train, dataset.y_train, rows, transform)
+
+  return data_lib.prefetch(map(batch_at, steps), config.get("prefetch", 0))
 
 
 def evaluate(eval_fn, state, dataset, batch_size, sharding) -> dict[str, float]:
@@ -111,7 +127,7 @@ def _measure(measure_fn, variables, dataset, num_examples: int) -> records.Measu
   return records.Measurement.from_report(report)
 
 
-def _optimizers(config, dataset, steps_per_epoch: int) -> dict[bool, optax.GradientTransformation]:
+def optimizers(config, dataset, steps_per_epoch: int) -> dict[bool, optax.GradientTransformation]:
   """The optimizer of a step that projects (True) and of one that does not (False).
 
   With ``config.procrustes.enabled`` the host decides, step by step, whether the projection
@@ -128,7 +144,7 @@ def _optimizers(config, dataset, steps_per_epoch: int) -> dict[bool, optax.Gradi
           for project in (False, True)}
 
 
-def _projects(config, step: int) -> bool:
+def projects(config, step: int) -> bool:
   """Whether the projection acts after optimizer step ``step`` (1, 2, …)."""
   return config.procrustes.enabled and procrustes.acts(
       step, probability=config.procrustes.probability, every=config.procrustes.every or None, seed=config.seed)
@@ -353,14 +369,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
   workdir.mkdir(parents=True, exist_ok=True)
   model = build_model(config, dataset.num_outputs)
   loss_fn = train.loss_function(dataset.task)
-  replicated, batch_sharding = _shardings(jax.local_devices() if local else jax.devices())
+  replicated, batch_sharding = shardings(jax.local_devices() if local else jax.devices())
   seed = run_seed(config)
   steps_per_epoch = len(dataset.x_train) // config.batch_size
   num_steps = train.total_steps(config, steps_per_epoch)
   eval_every = steps_per_epoch if config.get("eval_every") is None else config.eval_every
   schedule = train.learning_rate_schedule(config, steps_per_epoch)
-  optimizers = _optimizers(config, dataset, steps_per_epoch)
-  state = train.create_train_state(model, jax.random.key(seed), dataset.x_train[:1], optimizers[False], replicated)
+  optimizers_by_choice = optimizers(config, dataset, steps_per_epoch)
+  state = train.create_train_state(model, jax.random.key(seed), dataset.x_train[:1], optimizers_by_choice[False], replicated)
   measure_fn = jax.jit(functools.partial(signal.measure, model, loss_fn=loss_fn, train=False))
   init = _initial_measurement(config, model, state, measure_fn, dataset)
 
@@ -388,16 +404,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
   preempted = None  # the step SIGTERM stopped the run at
   progress = _Progress(lead, _show_bar(config), start, num_steps, steps_per_epoch, config.batch_size)
 
-  def batch_at(step):
-    rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
-    transform = functools.partial(data_lib.augment, seed=seed, step=step,
-                                  mode=config.get("augment_padding", "zero")) if config.augment else None
-    return _global_batch(batch_sharding, dataset.x_train, dataset.y_train, rows, transform)
-
-  batches = data_lib.prefetch(map(batch_at, range(start, num_steps)), config.get("prefetch", 0))
+  batches = training_batches(config, dataset, batch_sharding, seed, range(start, num_steps))
   with contextlib.closing(batches), _SigtermFlag() as sigterm:
     for step, batch in zip(range(start, num_steps), batches):
-      state, metrics = step_fn(state.replace(tx=optimizers[_projects(config, step + 1)]), batch)
+      state, metrics = step_fn(state.replace(tx=optimizers_by_choice[projects(config, step + 1)]), batch)
       window.append(metrics)  # stays on device until the next check
       done = step + 1
       stop_now = sigterm.requested or (jax.process_count() > 1 and not local

@@ -5,11 +5,12 @@ imported), with results going to a temporary results.json.
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+
+import helpers
 from helpers import REPO
 
 from benchmarks import common
@@ -17,15 +18,20 @@ from benchmarks import common
 TINY = ["--platform", "cpu", "--image", "8"]
 
 
-def run_benchmark(tmp_path, module, *args, xla_flags="", timeout=240):
-  """``python -m benchmarks.<module> args``; returns (stdout, results.json rows)."""
+def run_benchmark(tmp_path, module, *args, devices=None, timeout=240):
+  """``python -m benchmarks.<module> args``; returns (stdout, results.json rows with the variant
+  as the script names it, the XLA flags it appends taken off)."""
   results = tmp_path / "results.json"
-  env = dict(os.environ, BENCHMARK_RESULTS=str(results), XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu",
-             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = helpers.cpu_env(devices, BENCHMARK_RESULTS=str(results))
   done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
-  return done.stdout, json.loads(results.read_text()) if results.exists() else []
+  rows = json.loads(results.read_text()) if results.exists() else []
+  flags = f"; XLA_FLAGS={env['XLA_FLAGS']}" if env["XLA_FLAGS"] else ""
+  for row in rows:  # every row says which XLA flags it ran with (the session's, conftest.py)
+    assert row["variant"].endswith(flags), (row["variant"], flags)
+    row["variant"] = row["variant"].removesuffix(flags)
+  return done.stdout, rows
 
 
 def test_models_benchmark_times_the_library_step(tmp_path):
@@ -74,7 +80,7 @@ def test_profile_step_summarises_a_cpu_trace_and_the_floor(tmp_path):
 @pytest.mark.slow
 def test_step_on_8_simulated_devices_matches_one_device(tmp_path):
   out, _ = run_benchmark(tmp_path, "sharded_step", "--platform", "cpu",
-                         xla_flags="--xla_force_host_platform_device_count=8")
+                         devices=8)
   assert "over 8 cpu devices" in out
 
 
@@ -93,6 +99,8 @@ def test_input_pipeline_benchmark_times_the_host(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_benchmark_compares_the_entry_point_with_the_bare_step(tmp_path):
-  out, _ = run_benchmark(tmp_path, "end_to_end", "--steps=6", "--width=0.25", "--depth=13", "--noscan",
-                         "--batch_size=8")
-  assert "| end to end images/s | bare step images/s | gap |" in out
+  out, rows = run_benchmark(tmp_path, "end_to_end", "--steps=6", "--width=0.25", "--depth=13", "--noscan",
+                            "--batch_size=8")
+  assert "| measurement | images/s | vs bare step |" in out
+  assert [row["variant"] for row in rows] == ["bare step", "+ projection schedule", "+ input pipeline",
+                                              "bare step, again", "entry point (experiments.train)"]
