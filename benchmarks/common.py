@@ -6,16 +6,20 @@ BatchNorm statistics, finiteness check) on a :class:`resnorm.train.TrainState` b
 :func:`resnorm.train.create_train_state`, with the optimizer of ``configs/cifar.py`` (SGD,
 momentum 0.9, weight decay 1e-4, cosine schedule) from :func:`resnorm.train.make_optimizer`,
 jitted with the state donated, as the training loop does. ``BENCHMARK_RESULTS`` names another
-results file (the tests use one of their own).
+results file (the tests use one of their own). SIGUSR1 prints every thread's stack to stderr and
+lets the script go on: ``benchmarks/gpu.sh`` sends it to a step that overruns its time limit, so
+its log says where the time went (compiling, autotuning, running) before the step is killed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import faulthandler
 import functools
 import json
 import os
+import signal
 import time
 
 import jax
@@ -30,6 +34,7 @@ RESULTS = os.environ.get("BENCHMARK_RESULTS", os.path.join(os.path.dirname(os.pa
 # A row replaces an earlier row with the same values of these fields.
 KEY = ("device", "jax_version", "script", "model", "depth", "batch", "dtype", "variant")
 GIB = 2.0**30
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def optimizer(model: str, image: int, probability: float | None = None, every: int = 0, act: bool | None = None):

@@ -193,7 +193,7 @@ def floor_cost(name: str, depth: int, options: dict, tx, batch) -> tuple[float, 
 def profile(name: str, depth: int, args) -> dict:
   """Compile, time, trace and cost one model's step; returns its results.json row."""
   options = dict(dtype=args.dtype, width_multiplier=args.width_multiplier, scan_unroll=args.scan_unroll)
-  model = models.create_model(name, depth, **options)
+  model = models.create_model(name, depth, **options, scan=args.scan)
   batch = common.synthetic_batch(args.batch, args.image)
   tx = common.optimizer(name, args.image)
   step, state = common.library_step(model, tx, batch, donate=args.donate)
@@ -207,6 +207,7 @@ def profile(name: str, depth: int, args) -> dict:
     summary = dict(kernels=None, busy_ms=None, classes={}, top=[])
   flops, bytes_accessed = floor_cost(name, depth, options, tx, batch)
   variant = ", ".join(p for p in (f"scan_unroll={args.scan_unroll}" if args.scan_unroll > 1 else "",
+                                   "" if args.scan else "unrolled build",
                                    "" if args.donate else "not donated") if p) or "baseline"
   result = common.row(
       "profile_step", name, depth, args.batch, args.dtype, variant, step_s, compiled.compile_s,
@@ -293,6 +294,8 @@ def main(argv=None) -> None:
   parser.add_argument("--dtype", choices=sorted(resnet.DTYPES), default="float32")
   parser.add_argument("--width_multiplier", type=float, default=1.0)
   parser.add_argument("--scan_unroll", type=int, default=1, help="blocks per trip of a scanned stage")
+  parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True,
+                      help="--no-scan: the unrolled build, one module per block (no while loops)")
   parser.add_argument("--donate", action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument("--repeats", type=int, default=10, help="untraced steps timed (median)")
   parser.add_argument("--steps", type=int, default=3, help="steps traced")
