@@ -4,6 +4,7 @@
   python -m benchmarks.models --platform cpu --batch 8 --repeats 2 \\
       --depths resnet=20,110 --depths preact_resnet=164,1001 --depths procresnet=166,1003
   python -m benchmarks.models --dtype bfloat16 --remat            # bf16 compute, rematerialised blocks
+  python -m benchmarks.models --remat --remat_policy dots_saveable --depths preact_resnet=1001
   python -m benchmarks.models --no-scan --depths resnet=20,56     # the unrolled build, for contrast
 
 One row per (family, depth): the library's jitted train step (:mod:`benchmarks.common`:
@@ -45,7 +46,8 @@ DEFAULT_DEPTHS = {
 
 def variant(args, project: bool = False) -> str:
   """What differs from the baseline step (scanned, donated, width 1, no projection)."""
-  parts = [f"scan_unroll={args.scan_unroll}" if args.scan_unroll > 1 else "", "remat" if args.remat else "",
+  parts = [f"scan_unroll={args.scan_unroll}" if args.scan_unroll > 1 else "",
+           f"remat {args.remat_policy}" if args.remat else "",
            "" if args.scan else "unrolled build", "" if args.donate else "not donated",
            f"width×{args.width_multiplier:g}" if args.width_multiplier != 1 else "",
            "procrustes every=1" if project else ""]
@@ -55,8 +57,8 @@ def variant(args, project: bool = False) -> str:
 def measure(name: str, depth: int, args, project: bool = False) -> dict:
   """Lower, compile and time the library's train step; returns a table row (also a results.json row)."""
   model = models.create_model(
-      name, depth, dtype=args.dtype, remat=args.remat, scan=args.scan, width_multiplier=args.width_multiplier,
-      scan_unroll=args.scan_unroll,
+      name, depth, dtype=args.dtype, remat=args.remat, remat_policy=args.remat_policy, scan=args.scan,
+      width_multiplier=args.width_multiplier, scan_unroll=args.scan_unroll,
   )
   batch = common.synthetic_batch(args.batch, args.image)
   tx = common.optimizer(name, args.image, every=1 if project else 0)
@@ -154,6 +156,8 @@ def main(argv=None) -> None:
   parser.add_argument("--dtype", choices=sorted(resnet.DTYPES), default="float32")
   parser.add_argument("--width_multiplier", type=float, default=1.0)
   parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--remat_policy", choices=resnet.REMAT_POLICIES, default="nothing_saveable",
+                      help="what a rematerialised block keeps: its input only, or its convolutions' outputs")
   parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument("--scan_unroll", type=int, default=1, help="blocks per trip of a scanned stage")
   parser.add_argument("--donate", action=argparse.BooleanOptionalAction, default=True,

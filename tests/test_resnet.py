@@ -1,5 +1,6 @@
 """CIFAR ResNets, plain twins and ProcResNet: sizes, modes, the scan, signal, projection."""
 
+import functools
 import math
 import re
 
@@ -308,21 +309,18 @@ def test_depth_is_a_scan_length():
 def test_scanned_and_unrolled_builds_agree():
   """Same parameters -> same logits, updated statistics, parameter gradients, and probe
   gradients and statistics (one train-mode forward and backward pass per build), with and
-  without rematerialisation in the scan."""
+  without rematerialisation in the scan (under each policy)."""
   x, y = _batch(size=4, image=8)
   # Three scanned stages of 2 blocks each, between top-level stem and transition sites.
-  builds = {
-      (scan, remat): models.create_model("procresnet", 22, width_multiplier=0.25, scan=scan, remat=remat)
-      for scan, remat in ((True, False), (True, True), (False, False))
-  }
-  variables = _random_variables(builds[True, False], x)
+  builds = {scan: models.create_model("procresnet", 22, width_multiplier=0.25, scan=scan) for scan in (True, False)}
+  variables = _random_variables(builds[True], x)
   per_block = {collection: _unstacked(tree) for collection, tree in variables.items()}
-  unrolled_shapes = _shapes(builds[False, False], x)
+  unrolled_shapes = _shapes(builds[False], x)
   assert jax.tree.structure(per_block) == jax.tree.structure(
       {collection: unrolled_shapes[collection] for collection in per_block}
   )
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), unrolled_shapes["perturbations"])
-  assert jax.tree.structure(zeros) == jax.tree.structure(_shapes(builds[True, False], x)["perturbations"])
+  assert jax.tree.structure(zeros) == jax.tree.structure(_shapes(builds[True], x)["perturbations"])
 
   def step(model, variables, *collections):
     def loss(params, perturbations):
@@ -340,9 +338,9 @@ def test_scanned_and_unrolled_builds_agree():
     assert jax.tree.structure(got) == jax.tree.structure(want)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), got, want)
 
-  (grads, probe_grads), (logits, state) = jax.jit(lambda v: step(builds[False, False], v, "intermediates"))(per_block)
+  (grads, probe_grads), (logits, state) = jax.jit(lambda v: step(builds[False], v, "intermediates"))(per_block)
   (scan_grads, scan_probe_grads), (scan_logits, scan_state) = jax.jit(
-      lambda v: step(builds[True, False], v, "intermediates")
+      lambda v: step(builds[True], v, "intermediates")
   )(variables)
   close(scan_logits, logits)
   close(_unstacked(scan_grads), grads)
@@ -350,10 +348,31 @@ def test_scanned_and_unrolled_builds_agree():
   close(scan_probe_grads, probe_grads)  # same layout: stacked over each stage's blocks
   close(scan_state["intermediates"], state["intermediates"])
   # Rematerialised blocks: the same logits, gradients and statistics (probe statistics left out).
-  (remat_grads, _), (remat_logits, remat_state) = jax.jit(lambda v: step(builds[True, True], v))(variables)
-  close(remat_logits, logits)
-  close(_unstacked(remat_grads), grads)
-  close(_unstacked(remat_state["batch_stats"]), state["batch_stats"])
+  for policy in resnet.REMAT_POLICIES:
+    model = builds[True].clone(remat=True, remat_policy=policy)
+    (remat_grads, _), (remat_logits, remat_state) = jax.jit(functools.partial(step, model))(variables)
+    close(remat_logits, logits)
+    close(_unstacked(remat_grads), grads)
+    close(_unstacked(remat_state["batch_stats"]), state["batch_stats"])
+
+
+def test_remat_policies_trade_memory_for_recomputation():
+  """XLA's buffer assignment for one gradient: keeping the convolutions' outputs
+  (``'dots_saveable'``) needs less than keeping every activation and more than keeping only the
+  blocks' inputs (``'nothing_saveable'``), so the policy reaches the scanned blocks."""
+  x, y = _batch(size=16, image=8)
+  model = models.create_model("preact_resnet", 29, width_multiplier=0.25)
+  variables = model.init(jax.random.key(0), x[:1])
+
+  def temporary_bytes(model):
+    def loss(params):
+      logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+      return _cross_entropy(logits, y)
+
+    return jax.jit(jax.grad(loss)).lower(variables["params"]).compile().memory_analysis().temp_size_in_bytes
+
+  kept = {policy: temporary_bytes(model.clone(remat=True, remat_policy=policy)) for policy in resnet.REMAT_POLICIES}
+  assert kept["nothing_saveable"] < kept["dots_saveable"] < temporary_bytes(model)
 
 
 def test_partially_unrolled_scan_agrees_with_the_full_scan():
