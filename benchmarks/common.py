@@ -133,16 +133,17 @@ def device_name() -> str:
   return jax.devices()[0].device_kind
 
 
-def row(script: str, model: str, depth: int, batch: int, dtype: str, variant: str, step_s: float,
+def row(script: str, model: str, depth: int, batch: int, dtype: str, variant: str, step_s: float | None,
         compile_s: float | None, **extra) -> dict:
   """One results.json row; ``variant`` says what differs from the baseline step (XLA_FLAGS from
-  the environment are added to it)."""
+  the environment are added to it); ``step_s`` None for a step compiled but not run."""
   flags = os.environ.get("XLA_FLAGS", "").strip()
   if flags:
     variant = f"{variant}; XLA_FLAGS={flags}"
   return dict(
       device=device_name(), jax_version=jax.__version__, script=script, model=model, depth=depth, batch=batch,
-      dtype=dtype, variant=variant, img_per_s=batch / step_s if batch else None, step_ms=1e3 * step_s,
+      dtype=dtype, variant=variant, img_per_s=batch / step_s if batch and step_s else None,
+      step_ms=None if step_s is None else 1e3 * step_s,
       compile_s=compile_s, peak_mem_gib=peak_memory_gib(), date=datetime.date.today().isoformat(), **extra,
   )
 

@@ -5,6 +5,7 @@
       --depths resnet=20,110 --depths preact_resnet=164,1001 --depths procresnet=166,1003
   python -m benchmarks.models --dtype bfloat16 --remat            # bf16 compute, rematerialised blocks
   python -m benchmarks.models --remat --remat_policy dots_saveable --depths preact_resnet=1001
+  python -m benchmarks.models --platform cpu --repeats 0 --depths preact_resnet=164,1001   # memory, not run
   python -m benchmarks.models --no-scan --depths resnet=20,56     # the unrolled build, for contrast
 
 One row per (family, depth): the library's jitted train step (:mod:`benchmarks.common`:
@@ -65,7 +66,7 @@ def measure(name: str, depth: int, args, project: bool = False) -> dict:
   step, state = common.library_step(model, tx, batch, donate=args.donate)
   compiled = common.compile_step(step, state, batch)
   count = sum(leaf.size for leaf in jax.tree.leaves(state.params))
-  step_s, _ = common.step_seconds(compiled.executable, state, batch, args.repeats)
+  step_s = common.step_seconds(compiled.executable, state, batch, args.repeats)[0] if args.repeats else None
   result = common.row("models", name, depth, args.batch, args.dtype, variant(args, project), step_s,
                       compiled.compile_s, lower_s=compiled.lower_s, params_m=count / 1e6,
                       program_mem_gib=common.program_memory_gib(compiled.executable))
@@ -76,9 +77,10 @@ def measure(name: str, depth: int, args, project: bool = False) -> dict:
       params=count / 1e6,
       lower=compiled.lower_s,
       compile=compiled.compile_s,
-      step=1e3 * step_s,
-      per_layer=1e3 * step_s / depth,
-      images=args.batch / step_s,
+      step=result["step_ms"],
+      per_layer=step_s and 1e3 * step_s / depth,
+      images=result["img_per_s"],
+      program=result["program_mem_gib"],
       peak=result["peak_mem_gib"],
   )
 
@@ -92,6 +94,7 @@ COLUMNS = (
     ("step", "{:.1f} ms"),
     ("per_layer", "{:.3f} ms"),
     ("images", "{:.3g}/s"),
+    ("program", "{:.2f} GiB"),
     ("peak", "{:.2f} GiB"),
 )
 
@@ -103,11 +106,13 @@ def header(args) -> str:
       f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
       f"Python {platform.python_version()}; {datetime.date.today().isoformat()}.",
       f"Train step: batch {args.batch} of {args.image}×{args.image}×3, dtype {args.dtype}, "
-      f"{variant(args)}; resnorm.train.train_step with configs/cifar.py's SGD; step = median of {args.repeats}; "
+      f"{variant(args)}; resnorm.train.train_step with configs/cifar.py's SGD; "
+      + (f"step = median of {args.repeats}; " if args.repeats else "compiled, not run; ")
+      + "program: XLA's buffer assignment (arguments, outputs, temporaries, less donated aliases); "
       "peak memory: the process's high-water mark so far.",
       "",
-      "| family | depth | params | lower | compile | step | ms/layer | images/s | peak memory |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+      "| family | depth | params | lower | compile | step | ms/layer | images/s | program | peak memory |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   return "\n".join(lines)
 
@@ -124,12 +129,12 @@ def summary(results: list[dict]) -> list[str]:
     if len(rows) < 2:
       continue
     first, last = rows[0], rows[-1]
-    per_layer = [r["per_layer"] for r in rows]
-    lines.append(
-        f"{family}: compile {last['depth']} / {first['depth']} = {last['compile'] / first['compile']:.2f}×; "
-        f"step {last['depth']} / {first['depth']} = {last['step'] / first['step']:.2f}× for "
-        f"{last['depth'] / first['depth']:.2f}× the depth (ms/layer {min(per_layer):.3f}–{max(per_layer):.3f})"
-    )
+    line = f"{family}: compile {last['depth']} / {first['depth']} = {last['compile'] / first['compile']:.2f}×"
+    if first["step"] is not None:
+      per_layer = [r["per_layer"] for r in rows]
+      line += (f"; step {last['depth']} / {first['depth']} = {last['step'] / first['step']:.2f}× for "
+               f"{last['depth'] / first['depth']:.2f}× the depth (ms/layer {min(per_layer):.3f}–{max(per_layer):.3f})")
+    lines.append(line)
   return lines
 
 
@@ -152,7 +157,8 @@ def main(argv=None) -> None:
                       help="depths of one family (repeat the flag per family); default: %s" % DEFAULT_DEPTHS)
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--image", type=int, default=32)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=5,
+                      help="steps timed (median); 0: compile only, for compile time and memory (a CPU can size ResNet-1001)")
   parser.add_argument("--dtype", choices=sorted(resnet.DTYPES), default="float32")
   parser.add_argument("--width_multiplier", type=float, default=1.0)
   parser.add_argument("--remat", action="store_true")
