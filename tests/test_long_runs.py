@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -167,19 +169,20 @@ def test_synthetic_images_are_seeded_and_cifar_shaped():
 # ----------------------------------------------------------------------------- a fed device
 
 
-def _batch_at(dataset, step):
-  rows = data_lib.batch_indices(len(dataset.x_train), 32, step, seed=5)
-  return data_lib.augment(dataset.x_train[rows], seed=5, step=step), dataset.y_train[rows]
-
-
 def test_prefetching_yields_exactly_the_synchronous_batches():
+  """The loop's input pipeline (rows, augmentation, placement) gives the same batches built
+  ahead on a thread as built one at a time."""
+  config = ml_collections.ConfigDict(dict(batch_size=32, augment=True, augment_padding="reflect", prefetch=0))
   dataset = data_lib.synthetic(train_size=200, test_size=8)
-  synchronous = [_batch_at(dataset, step) for step in range(3, 23)]
-  prefetched = list(data_lib.prefetch((_batch_at(dataset, step) for step in range(3, 23)), size=3))
-  assert len(prefetched) == len(synchronous)
+  _, sharding = loop.shardings(jax.devices())
+  synchronous = list(loop.training_batches(config, dataset, sharding, seed=5, steps=range(3, 23)))
+  config.prefetch = 3
+  prefetched = list(loop.training_batches(config, dataset, sharding, seed=5, steps=range(3, 23)))
+  assert len(prefetched) == len(synchronous) == 20
   for (x, y), (px, py) in zip(synchronous, prefetched):
     np.testing.assert_array_equal(px, x)
     np.testing.assert_array_equal(py, y)
+  assert not np.array_equal(synchronous[0][0], synchronous[1][0])  # the steps differ
 
 
 def test_prefetching_raises_the_builders_error_and_stops_when_closed():
