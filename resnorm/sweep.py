@@ -360,7 +360,7 @@ def _bound_line(label: str, stage: records.Stage, key: str = "delta_max") -> str
     return text + f"; {reading['note']}"
   low, high = reading["slope_interval"]
   level = round(100 * reading["level"])
-  best = reading["best"] or "none separated"
+  best = reading["best"] or f"none ({reading['note'] or 'not separated by the seeds'})"
   r2 = ", ".join(f"{law} {v['r2']:.2f}" for law, v in reading["laws"].items())
   return text + f"; log-log slope {reading['slope']:.2f} [{low:.2f}, {high:.2f}] ({level}%); best law: {best} (R² {r2})"
 

@@ -150,7 +150,9 @@ def read_bound(depths, per_seed, *, replicates: int = 2000, level: float = 0.9, 
     free line log δ̄ = slope·log L + b through the seed means δ̄ and its ``slope_interval``;
     ``laws``: each law's R² and R² interval; ``best``: the law whose R² exceeds every other
     law's in a fraction ``level`` of the replicates, else None (the data do not separate the
-    laws, fewer than three depths, or a depth with a single seed); ``num_points`` (depths with δ̄ > 0), ``seeds`` (per depth), ``note``.
+    laws, fewer than three depths, or a depth with a single seed). The constant law's R² is 0
+    by construction (its fit is the mean), so it "wins" whenever every other law does worse
+    than the mean, also when δ̄ rises with L; it is named only when the slope interval holds 0; ``num_points`` (depths with δ̄ > 0), ``seeds`` (per depth), ``note``.
     Fewer than two positive δ̄'s give c_min alone and a note, never an exception.
   """
   depths = np.asarray(depths, dtype=np.float64)
@@ -193,8 +195,10 @@ def read_bound(depths, per_seed, *, replicates: int = 2000, level: float = 0.9, 
     margin = r2s[:, j] - np.max(np.delete(r2s, j, axis=1), axis=1)
     if len(margin) and np.percentile(margin, 100 - level * 100) > 0:
       best = name
-  reading.update(slope=float(slope), slope_interval=np.percentile(slopes, [tail, 100 - tail]).tolist(),
-                 laws=laws, best=best)
+  low, high = np.percentile(slopes, [tail, 100 - tail])
+  reading.update(slope=float(slope), slope_interval=[float(low), float(high)], laws=laws, best=best)
+  if best == "c" and not low <= 0 <= high:  # every decreasing law fits worse than the mean
+    reading.update(best=None, note="no law fits: δ " + ("rises with L" if low > 0 else "falls more slowly than any law"))
   if min(len(s) for s in kept) < 2:
     reading.update(best=None, note="a depth with one seed: no interval covers its seed-to-seed spread, no law is named")
   elif len(L) < 3:

@@ -74,6 +74,22 @@ def test_read_bound_names_no_law_when_seeds_do_not_separate_them():
   assert low < reading["slope"] < high and high - low > 0.2
 
 
+def test_read_bound_names_the_constant_law_only_when_the_slope_interval_holds_zero():
+  """The constant law's R² is 0 by construction, so it beats every decreasing law on flat data
+  and on rising data alike; only on flat data may it be named."""
+  rng = np.random.default_rng(1)
+  depths = np.array([2, 8, 32, 128])
+  flat = [list(0.3 * np.exp(rng.normal(0, 0.05, 3))) for _ in depths]
+  rising = [list(0.01 * L**0.3 * np.exp(rng.normal(0, 0.05, 3))) for L in depths]
+  reading = theory.read_bound(depths, flat, replicates=500)
+  low, high = reading["slope_interval"]
+  assert reading["best"] == "c" and low < 0 < high and reading["note"] is None
+  reading = theory.read_bound(depths, rising, replicates=500)
+  assert max(reading["laws"], key=lambda law: reading["laws"][law]["r2"]) == "c"  # R² 0 against negatives
+  assert reading["best"] is None and reading["slope_interval"][0] > 0.2
+  assert reading["note"].startswith("no law fits: δ rises with L")
+
+
 def test_read_bound_never_raises_on_data_it_cannot_fit():
   reading = theory.read_bound([2, 8, 32], [[0.0, 0.0], [0.0], [None]])
   assert reading["c_min"] == 0.0 and reading["slope"] is None and "fewer than two" in reading["note"]
