@@ -18,7 +18,7 @@ reads CIFAR-10 through TFDS with the usual crops and flips.
 
 Budget: the default (CPU) variant trains at 16×16 pixels, half width, ResNet/plain at depths
 8, 14, 20 and ProcResNet at 13, 22, 2 seeds each, 150 SGD steps of 64 images: 16 runs,
-16.7 minutes measured on 2 cores shared with other jobs (load 8–12), with the blocks unrolled (``scan=False``: XLA:CPU runs scanned convolution
+3 min 54 s measured on 2 cores (16.7 minutes under a load of 8–12), with the blocks unrolled (``scan=False``: XLA:CPU runs scanned convolution
 gradients on a slow path). ``:gpu`` is the full list at 32×32 and full width, scanned:
 ResNet and plain at 8, 14, 20, 32, 56, 110 and ResNet at 1202; ProcResNet at 13 … 166.
 """
