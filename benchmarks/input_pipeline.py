@@ -4,8 +4,9 @@ r"""Host batches/s of the CIFAR input pipeline against the device's step rate.
 
 Builds CIFAR-shaped batches (batch 128, 32×32×3, gather + random crop + flip, placed on the
 device) with the loop's own pipeline (:func:`resnorm.loop.training_batches`), one step after
-another on this thread and ahead on the prefetching thread while a consumer waits on each; prints batches/s of each and the step rate the device
-would have to exceed to starve (ProcResNet-166 on an H200: about 29 ms a step, 34 steps/s).
+another on this thread and ahead on the prefetching thread while a consumer waits on each;
+prints batches/s of each and the step rate the device would have to exceed to starve
+(ProcResNet-166 on an H200: about 29 ms a step, 34 steps/s).
 """
 
 import time

@@ -133,7 +133,8 @@ def summary(results: list[dict]) -> list[str]:
     if first["step"] is not None:
       per_layer = [r["per_layer"] for r in rows]
       line += (f"; step {last['depth']} / {first['depth']} = {last['step'] / first['step']:.2f}× for "
-               f"{last['depth'] / first['depth']:.2f}× the depth (ms/layer {min(per_layer):.3f}–{max(per_layer):.3f})")
+               f"{last['depth'] / first['depth']:.2f}× the depth "
+               f"(ms/layer {min(per_layer):.3f}–{max(per_layer):.3f})")
     lines.append(line)
   return lines
 
@@ -158,7 +159,8 @@ def main(argv=None) -> None:
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--image", type=int, default=32)
   parser.add_argument("--repeats", type=int, default=5,
-                      help="steps timed (median); 0: compile only, for compile time and memory (a CPU can size ResNet-1001)")
+                      help="steps timed (median); 0: compile only, for compile time and memory "
+                      "(a CPU can size ResNet-1001)")
   parser.add_argument("--dtype", choices=sorted(resnet.DTYPES), default="float32")
   parser.add_argument("--width_multiplier", type=float, default=1.0)
   parser.add_argument("--remat", action="store_true")

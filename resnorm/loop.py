@@ -88,7 +88,7 @@ def _global_batch(sharding, x, y, rows, transform=None):
   return tuple(jax.make_array_from_process_local_data(sharding, a) for a in (x, y))
 
 
-def training_batches(config, dataset, sharding, seed: int, steps: range) -> Iterator[tuple[jax.Array, jax.Array]]:
+def training_batches(config, dataset, sharding, seed: int, steps: range) -> Iterator[tuple[jax.Array, ...]]:
   """The global training batches of ``steps`` on ``sharding``, ``config.prefetch`` ahead on a
   background thread: rows (:func:`resnorm.data.batch_indices`) and augmentation are pure
   functions of (``seed``, step), so a resumed run sees the batches an uninterrupted one would."""
@@ -375,8 +375,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
   num_steps = train.total_steps(config, steps_per_epoch)
   eval_every = steps_per_epoch if config.get("eval_every") is None else config.eval_every
   schedule = train.learning_rate_schedule(config, steps_per_epoch)
-  optimizers_by_choice = optimizers(config, dataset, steps_per_epoch)
-  state = train.create_train_state(model, jax.random.key(seed), dataset.x_train[:1], optimizers_by_choice[False], replicated)
+  optimizer_if = optimizers(config, dataset, steps_per_epoch)  # projecting step? -> its optimizer
+  state = train.create_train_state(model, jax.random.key(seed), dataset.x_train[:1], optimizer_if[False], replicated)
   measure_fn = jax.jit(functools.partial(signal.measure, model, loss_fn=loss_fn, train=False))
   init = _initial_measurement(config, model, state, measure_fn, dataset)
 
@@ -407,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
   batches = training_batches(config, dataset, batch_sharding, seed, range(start, num_steps))
   with contextlib.closing(batches), _SigtermFlag() as sigterm:
     for step, batch in zip(range(start, num_steps), batches):
-      state, metrics = step_fn(state.replace(tx=optimizers_by_choice[projects(config, step + 1)]), batch)
+      state, metrics = step_fn(state.replace(tx=optimizer_if[projects(config, step + 1)]), batch)
       window.append(metrics)  # stays on device until the next check
       done = step + 1
       stop_now = sigterm.requested or (jax.process_count() > 1 and not local

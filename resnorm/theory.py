@@ -198,7 +198,8 @@ def read_bound(depths, per_seed, *, replicates: int = 2000, level: float = 0.9, 
   low, high = np.percentile(slopes, [tail, 100 - tail])
   reading.update(slope=float(slope), slope_interval=[float(low), float(high)], laws=laws, best=best)
   if best == "c" and not low <= 0 <= high:  # every decreasing law fits worse than the mean
-    reading.update(best=None, note="no law fits: δ " + ("rises with L" if low > 0 else "falls more slowly than any law"))
+    trend = "rises with L" if low > 0 else "falls more slowly than any law"
+    reading.update(best=None, note=f"no law fits: δ {trend}")
   if min(len(s) for s in kept) < 2:
     reading.update(best=None, note="a depth with one seed: no interval covers its seed-to-seed spread, no law is named")
   elif len(L) < 3:
