@@ -41,6 +41,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
+from flax import traverse_util
 
 from resnorm import data as data_lib
 from resnorm import models, procrustes, records, signal, train, writers
@@ -199,19 +200,9 @@ class Preempted(Exception):
                      f"{workdir}/checkpoints: run the same command to resume")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flat(value, f"{prefix}{key}."))
-    else:
-      flat[prefix + key] = value
-  return flat
-
-
 def config_differences(saved: dict, config) -> list[str]:
   """``field: saved -> now`` for each field (outside :data:`RESUMABLE_FIELDS`) that differs."""
-  saved, now = _flat(saved), _flat(records.config_dict(config))
+  saved, now = (traverse_util.flatten_dict(tree, sep=".") for tree in (saved, records.config_dict(config)))
   return [f"{key}: {saved.get(key, '(absent)')!r} there, {now.get(key, '(absent)')!r} now"
           for key in sorted(set(saved) | set(now))
           if key not in RESUMABLE_FIELDS and saved.get(key) != now.get(key)]
@@ -474,7 +465,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
       target_variance=float(np.mean(np.var(dataset.y_train, axis=0))) if dataset.task == "regression" else None,
   )
   if divergence:
-    kept = f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint else "no checkpoint was saved"
+    kept = (f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint
+            else "no checkpoint was saved")
     logging.warning("%s: training diverged by step %d (mean loss %s); %s", workdir, divergence.step,
                     divergence.loss, kept)
   else:
