@@ -90,15 +90,7 @@ def fit_delta(depths, deltas) -> DeltaFit:
   if len(np.unique(depths[keep])) < 2:
     raise validation.invalid("deltas", deltas.tolist(), "finite, positive deltas at two depths or more")
   L, log_delta = depths[keep], np.log(deltas[keep])
-  total = np.sum((log_delta - log_delta.mean()) ** 2)
-
-  def r_squared(residual):
-    return float(1.0 - np.sum(residual**2) / total) if total > 0 else float(np.all(residual == 0))
-
-  laws = {}
-  for name, shape in LAWS.items():
-    log_c = np.mean(log_delta - np.log(shape(L)))
-    laws[name] = LawFit(c=float(np.exp(log_c)), r2=r_squared(log_delta - log_c - np.log(shape(L))))
+  laws = _law_fits(L, log_delta)
   slope, intercept = np.polyfit(np.log(L), log_delta, 1)
   return DeltaFit(
       c=laws[THEOREM_LAW].c,
@@ -111,27 +103,34 @@ def fit_delta(depths, deltas) -> DeltaFit:
   )
 
 
+def _law_fits(L, log_delta) -> dict[str, LawFit]:
+  """Every law g of :data:`LAWS` fitted to (L, log δ) by least squares in log space,
+  log c = mean(log δ − log g(L)), with its R² there."""
+  total = np.sum((log_delta - log_delta.mean()) ** 2)
+  fits = {}
+  for name, shape in LAWS.items():
+    log_g = np.log(shape(L))
+    log_c = np.mean(log_delta - log_g)
+    residual = log_delta - log_c - log_g
+    r2 = float(1.0 - np.sum(residual**2) / total) if total > 0 else float(np.all(residual == 0))
+    fits[name] = LawFit(c=float(np.exp(log_c)), r2=r2)
+  return fits
+
+
+def _bound_constants(depths, deltas) -> tuple[np.ndarray, np.ndarray]:
+  """(L, δ·L/log(2L)) at the finite δ's: the c each point needs for δ ≤ c·log(2L)/L."""
+  depths, deltas = np.asarray(depths, dtype=np.float64), np.asarray(deltas, dtype=np.float64)
+  keep = np.isfinite(deltas)
+  return depths[keep], deltas[keep] * depths[keep] / np.log(2 * depths[keep])
+
+
 def c_min(depths, deltas) -> float | None:
   """max over the finite δ's of δ·L/log(2L): the smallest c with δ ≤ c·log(2L)/L at every point.
 
   δ = 0 counts (it bounds nothing away); None when no δ is finite.
   """
-  depths, deltas = np.asarray(depths, dtype=np.float64), np.asarray(deltas, dtype=np.float64)
-  keep = np.isfinite(deltas)
-  if not keep.any():
-    return None
-  return float(np.max(deltas[keep] * depths[keep] / np.log(2 * depths[keep])))
-
-
-def _law_r2(L, log_delta) -> dict[str, float]:
-  """R² in log space of every one-parameter law fitted to (L, log δ)."""
-  total = np.sum((log_delta - log_delta.mean()) ** 2)
-  r2 = {}
-  for name, shape in LAWS.items():
-    residual = log_delta - np.log(shape(L))
-    residual = residual - residual.mean()
-    r2[name] = float(1.0 - np.sum(residual**2) / total) if total > 0 else float(np.all(residual == 0))
-  return r2
+  _, needed = _bound_constants(depths, deltas)
+  return float(needed.max()) if needed.size else None
 
 
 def read_bound(depths, per_seed, *, replicates: int = 2000, level: float = 0.9, seed: int = 0) -> dict:
@@ -152,19 +151,19 @@ def read_bound(depths, per_seed, *, replicates: int = 2000, level: float = 0.9, 
     law's in a fraction ``level`` of the replicates, else None (the data do not separate the
     laws, fewer than three depths, or a depth with a single seed). The constant law's R² is 0
     by construction (its fit is the mean), so it "wins" whenever every other law does worse
-    than the mean, also when δ̄ rises with L; it is named only when the slope interval holds 0; ``num_points`` (depths with δ̄ > 0), ``seeds`` (per depth), ``note``.
+    than the mean, also when δ̄ rises with L; it is named only when the slope interval holds 0.
+    ``num_points`` (depths with δ̄ > 0), ``seeds`` (per depth), ``note``.
     Fewer than two positive δ̄'s give c_min alone and a note, never an exception.
   """
   depths = np.asarray(depths, dtype=np.float64)
   samples = [np.array([np.nan if v is None else v for v in values], dtype=np.float64) for values in per_seed]
   samples = [s[np.isfinite(s)] for s in samples]
   flat_L = np.concatenate([np.full(len(s), L) for L, s in zip(depths, samples)]) if samples else np.zeros(0)
-  flat = np.concatenate(samples) if samples else np.zeros(0)
-  bound = c_min(flat_L, flat)
-  reading = dict(c_min=bound, c_min_depth=None, slope=None, slope_interval=None, laws=None, best=None,
+  every_L, needed = _bound_constants(flat_L, np.concatenate(samples) if samples else np.zeros(0))
+  reading = dict(c_min=None, c_min_depth=None, slope=None, slope_interval=None, laws=None, best=None,
                  num_points=0, seeds=[len(s) for s in samples], level=level, note=None)
-  if bound is not None:
-    reading["c_min_depth"] = int(flat_L[np.argmax(flat * flat_L / np.log(2 * flat_L))])
+  if needed.size:
+    reading.update(c_min=float(needed.max()), c_min_depth=int(every_L[np.argmax(needed)]))
   means = np.array([s.mean() if len(s) else np.nan for s in samples])
   keep = np.isfinite(means) & (means > 0)
   reading["num_points"] = int(keep.sum())
@@ -176,7 +175,7 @@ def read_bound(depths, per_seed, *, replicates: int = 2000, level: float = 0.9, 
 
   def statistics(values):
     log_delta = np.log(values)
-    return np.polyfit(np.log(L), log_delta, 1)[0], _law_r2(L, log_delta)
+    return np.polyfit(np.log(L), log_delta, 1)[0], {name: fit.r2 for name, fit in _law_fits(L, log_delta).items()}
 
   slope, r2 = statistics(means[keep])
   rng = np.random.default_rng(seed)
