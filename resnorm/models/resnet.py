@@ -79,9 +79,7 @@ against. ``remat=True`` recomputes each block's activations in the backward pass
 ``remat_policy`` says (:data:`REMAT_POLICIES`, names in ``jax.checkpoint_policies`` as in
 big_vision): ``'nothing_saveable'`` keeps only the blocks' inputs and recomputes the whole block,
 convolutions included; ``'dots_saveable'`` keeps the convolutions' outputs and recomputes only the
-BatchNorms and ReLUs. XLA's buffer assignment (CPU, batch 128, float32) puts pre-activation
-ResNet-1001's train step at 29.8 GiB without remat, 6.5 GiB with ``'nothing_saveable'`` and
-9.5 GiB with ``'dots_saveable'``. XLA's CPU
+BatchNorms and ReLUs (the memory of each: benchmarks/RESULTS.md). XLA's CPU
 backend runs convolution gradients inside loops on a slow path (jax-ml/jax#12868), so on CPU
 the scanned train step is several times slower than the unrolled one; on GPU and TPU the
 scanned build is the intended one.
