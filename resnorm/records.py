@@ -191,15 +191,19 @@ class RunRecord:
 BOUND_KEYS = ("delta_max", "layer_p90_max", "batch_delta_max")  # the statistics read as bounds
 
 
+def _finite(values: list) -> list:
+  return [v for v in values if v is not None and np.isfinite(v)]
+
+
 def seed_mean(values: list) -> float | None:
   """The mean of the finite values (one per seed); None when there is none."""
-  finite = [v for v in values if v is not None and np.isfinite(v)]
+  finite = _finite(values)
   return float(np.mean(finite)) if finite else None
 
 
 def seed_std(values: list) -> float | None:
   """The sample standard deviation (ddof 1) of the finite values; None for fewer than two."""
-  finite = [v for v in values if v is not None and np.isfinite(v)]
+  finite = _finite(values)
   return float(np.std(finite, ddof=1)) if len(finite) > 1 else None
 
 
