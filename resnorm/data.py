@@ -1,10 +1,12 @@
 """Datasets that need no download, and deterministic, shardable batches.
 
-* :func:`teacher` — the embedded default: x ~ N(0, I_d), y = h(x) with
-  h = Q ∘ g_K ∘ … ∘ g_1, g_k(x) = x + s·V_k tanh(U_k x + b_k), where ‖U_k‖₂ = ‖V_k‖₂ = 1 and
-  0 ≤ s < 1, and Q is a random rotation. Each g_k − id is s-Lipschitz, so g_k is invertible
-  with (1 − s)‖u − v‖ ≤ ‖g_k(u) − g_k(v)‖ ≤ (1 + s)‖u − v‖: h is smooth and bi-Lipschitz, the
-  kind of map Theorem 1 represents with L near-identity residual blocks.
+* :func:`teacher` — the embedded default: x ~ N(0, I_d), y = h(x) with h = Q ∘ Φ_K ∘ … ∘ Φ_1,
+  Φ_k the flow for time s of the ReLU vector field v_k(z) = V_k relu(U_k z + b_k), where
+  ‖U_k‖₂ = ‖V_k‖₂ = 1, and Q a random rotation (:class:`resnorm.models.targets.FlowTarget`).
+  Each Φ_k is invertible with e^{−s}‖u − w‖ ≤ ‖Φ_k(u) − Φ_k(w)‖ ≤ e^{s}‖u − w‖, so h is
+  bi-Lipschitz: the kind of map Theorem 1 represents with L near-identity residual blocks, and
+  one that the residual MLPs of the sweep represent by construction (Euler steps of the flow,
+  :func:`resnorm.models.mlp.construct`).
 * :func:`digits` — scikit-learn's bundled 8×8 digits (1797 images, 10 classes).
 * :func:`digits_images` — the same digits as CIFAR-shaped images (32×32×3 by default): the
   embedded real-image default of the image depth sweep.
@@ -31,11 +33,13 @@ import jax
 import numpy as np
 
 from resnorm import validation
+from resnorm.models import targets
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """In-memory train/test splits; ``task`` is ``'regression'`` or ``'classification'``."""
+  """In-memory train/test splits; ``task`` is ``'regression'`` or ``'classification'``; ``flow``:
+  the teacher, for the theorem's constructed networks (:func:`teacher` only)."""
 
   x_train: np.ndarray
   y_train: np.ndarray
@@ -43,6 +47,7 @@ class Dataset:
   y_test: np.ndarray
   task: str
   num_outputs: int
+  flow: targets.FlowTarget | None = None  # the map the targets are drawn from, where it is known
 
 
 def _spectrally_normalized(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
@@ -56,38 +61,29 @@ def random_rotation(rng: np.random.Generator, dim: int) -> np.ndarray:
   return q * np.sign(np.diag(r))
 
 
-def teacher_map(seed: int, dim: int, num_maps: int, strength: float, hidden: int):
-  """The teacher h as a numpy function ``h(x)`` on rows of ``x`` (see the module docstring)."""
-  rng = np.random.default_rng(seed)
-  maps = [
-      (_spectrally_normalized(rng, hidden, dim), 0.5 * rng.standard_normal(hidden),
-       _spectrally_normalized(rng, dim, hidden))
-      for _ in range(num_maps)
-  ]
-  rotation = random_rotation(rng, dim)
-
-  def h(x):
-    for u, b, v in maps:
-      x = x + strength * np.tanh(x @ u.T + b) @ v.T
-    return x @ rotation.T
-
-  return h
-
-
-def teacher(seed=0, dim=16, num_maps=4, strength=0.5, hidden=64, train_size=4096, test_size=1024) -> Dataset:
-  """Regression onto the teacher map h; inputs from N(0, I_dim)."""
+def teacher_flow(seed: int, dim: int, num_maps: int, strength: float, hidden: int) -> targets.FlowTarget:
+  """The teacher h of :func:`teacher` (see the module docstring), a pure function of its arguments."""
   validation.positive_int("dim", dim)
   validation.positive_int("num_maps", num_maps)
   validation.positive_int("hidden", hidden)
+  validation.positive_float("strength", strength)
+  rng = np.random.default_rng(seed)
+  fields = [(_spectrally_normalized(rng, hidden, dim), 0.5 * rng.standard_normal(hidden),
+             _spectrally_normalized(rng, dim, hidden)) for _ in range(num_maps)]
+  u, b, v = (np.stack(parts) for parts in zip(*fields))
+  return targets.FlowTarget(u, b, v, random_rotation(rng, dim), float(strength))
+
+
+def teacher(seed=0, dim=16, num_maps=4, strength=0.5, hidden=64, train_size=4096, test_size=1024) -> Dataset:
+  """Regression onto the teacher map h; inputs from N(0, I_dim). The dataset carries h as its
+  ``flow``."""
+  flow = teacher_flow(seed, dim, num_maps, strength, hidden)
   validation.positive_int("train_size", train_size)
   validation.positive_int("test_size", test_size)
-  if not 0 <= strength < 1:
-    raise ValueError(f"strength = {strength!r}: expected a number in [0, 1) (so h is invertible)")
-  h = teacher_map(seed, dim, num_maps, strength, hidden)
   x = np.random.default_rng([seed, 1]).standard_normal((train_size + test_size, dim))
-  y = h(x)
+  y = flow(x)
   x, y = x.astype(np.float32), y.astype(np.float32)
-  return Dataset(x[:train_size], y[:train_size], x[train_size:], y[train_size:], "regression", dim)
+  return Dataset(x[:train_size], y[:train_size], x[train_size:], y[train_size:], "regression", dim, flow)
 
 
 def digits(seed=0, test_size=297) -> Dataset:

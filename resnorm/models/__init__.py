@@ -21,7 +21,7 @@ import jax
 
 from resnorm import spectra, validation
 from resnorm.models import mlp, resnet
-from resnorm.models.targets import ConvTarget
+from resnorm.models.targets import ConvTarget, FlowTarget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,10 @@ class Family:
       BatchNorm's running statistics set to its statistics on ``inputs`` (so that eval mode
       measures an initialised network as train mode computes it); None for families without
       BatchNorm.
+    construct: ``construct(model, variables, target)`` -> the theorem's network for a
+      :class:`FlowTarget`, built rather than trained (:class:`resnorm.models.mlp.Constructed`:
+      the family's own variables and the per-block bound on ‖J_l − I‖₂ it promises); None for
+      families without a construction.
   """
 
   build: Callable[..., nn.Module]
@@ -51,13 +55,15 @@ class Family:
   projection_targets: Callable[..., dict[tuple[str, ...], ConvTarget]] | None = None
   block_stack: Callable[[nn.Module, dict, jax.Array], spectra.BlockStack] | None = None
   calibrate_batch_stats: Callable[[nn.Module, dict, jax.Array], dict] | None = None
+  construct: Callable[[nn.Module, dict, FlowTarget], mlp.Constructed] | None = None
 
 
 BRANCH_SCALES = {"1": lambda L: 1.0, "1/sqrt(L)": lambda L: 1.0 / math.sqrt(L), "1/L": lambda L: 1.0 / L}
 
 
-def resolve_branch_scale(branch_scale, depth: int) -> float:
-  """``'1'``, ``'1/sqrt(L)'``, ``'1/L'`` or a positive number -> the multiplier s.
+def resolve_branch_scale(branch_scale, depth: int, name: str = "branch_scale") -> float:
+  """``'1'``, ``'1/sqrt(L)'``, ``'1/L'`` or a positive number -> the multiplier s at depth L;
+  ``name`` is the argument an error names (the optimizer's ``block_lr_scale`` reads the same way).
 
   A number may come as text (``'0.5'``): a config field holding ``'1/L'`` is typed ``str``, so
   a command-line override of it arrives as a string.
@@ -69,11 +75,11 @@ def resolve_branch_scale(branch_scale, depth: int) -> float:
     try:
       number = float(branch_scale)
     except ValueError:
-      raise validation.invalid("branch_scale", branch_scale, allowed) from None
+      raise validation.invalid(name, branch_scale, allowed) from None
   else:
     number = branch_scale
   if isinstance(number, bool) or not isinstance(number, numbers.Real) or not 0 < number < math.inf:
-    raise validation.invalid("branch_scale", branch_scale, allowed)
+    raise validation.invalid(name, branch_scale, allowed)
   return float(number)
 
 
@@ -104,7 +110,8 @@ def _resnet_family(name: str, **hooks) -> Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "mlp_residual": Family(_mlp_builder(residual=True, linear=False), _RESIDUAL_MLP, block_stack=mlp.block_stack),
+    "mlp_residual": Family(_mlp_builder(residual=True, linear=False), _RESIDUAL_MLP, block_stack=mlp.block_stack,
+                           construct=mlp.construct),
     "mlp_plain": Family(_mlp_builder(residual=False, linear=False), dict(_MLP_COMMON), block_stack=mlp.block_stack),
     "linear_residual": Family(_mlp_builder(residual=True, linear=True), _RESIDUAL_MLP, block_stack=mlp.block_stack),
     # CIFAR image models (NHWC input, a `train` keyword): resnet, plain, preact_resnet,

@@ -21,12 +21,15 @@ branch, which makes every block the identity at initialisation.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from resnorm import probes, spectra
+from resnorm.models import targets
 
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 lecun_normal = nn.initializers.lecun_normal()
@@ -130,3 +133,82 @@ def block_stack(stack: MLPStack, variables, inputs) -> spectra.BlockStack:
   block_outputs = state["intermediates"][blocks]["__call__"][0][0]
   block_inputs = jnp.concatenate([stem_output[None], block_outputs[:-1]])
   return spectra.BlockStack(apply, variables["params"][blocks], block_inputs)
+
+
+def _block_fields(depth: int, target: targets.FlowTarget) -> np.ndarray:
+  """(L,) the field k(l) = ⌊(l + ½)·K/L⌋ that block l steps: the one in force at the midpoint of
+  its time slice [l·K/L, (l + 1)·K/L) of the time-dependent field s·v_⌊t⌋, t ∈ [0, K)."""
+  return np.floor((np.arange(depth) + 0.5) * target.num_maps / depth).astype(int)
+
+
+class Constructed(NamedTuple):
+  """A constructed network: its ``variables``, and ``block_bounds`` (L,), the bound on each block's
+  ‖J_l − I‖₂ (so on |r_l − 1| and on the direction-free δ) that the construction promises at every
+  input."""
+
+  variables: dict
+  block_bounds: np.ndarray
+
+
+def construct(stack: MLPStack, variables, target: targets.FlowTarget) -> Constructed:
+  """The theorem's network for ``target``: the residual MLP ``stack`` whose L blocks are the L
+  explicit Euler steps of the target's flow, built, not trained.
+
+  With the target h = Q ∘ (flow of v(z, t) = s·v_⌊t⌋(z) for t ∈ [0, K)) and τ = K/L:
+
+      stem:    x ↦ (x, 0)                                the input in the first d stream coordinates
+      block l: x ↦ x + τ·s·V_k relu(U_k x + b_k),  k = ⌊(l + ½)τ⌋   one Euler step (first Dense: U_k,
+                                                          b_k; second: τ·s·V_k divided by the branch scale)
+      head:    x ↦ Q x_{1..d}
+
+  unused stream coordinates and hidden units held at zero. Each block's Jacobian is
+  I + τ·s·V_k D U_k, D diagonal in [0, 1], so ‖J_l − I‖₂ ≤ τ·s·‖V_k‖‖U_k‖ (``block_bounds``):
+  the blocks are near-identity by construction, δ_l = O(1/L). Euler's global error is O(1/L) when
+  L is a multiple of K, so the network's mean squared error falls as O(1/L²) (for L < K some
+  fields are skipped and the error is O(1)).
+
+  Args:
+    stack: a residual, non-linear :class:`MLPStack` without LayerNorm, width ≥ d and hidden ≥
+      the target's hidden units, with d outputs.
+    variables: its initial variables (only their structure and shapes are used).
+    target: the map to represent.
+
+  Returns:
+    :class:`Constructed`: ``variables`` with every parameter replaced, and the per-block bounds.
+  """
+  d, hidden = target.dim, target.hidden
+  if not stack.residual or stack.linear or stack.layer_norm:
+    raise ValueError(f"model = {type(stack).__name__}(residual={stack.residual}, linear={stack.linear}, "
+                     f"layer_norm={stack.layer_norm}): expected a residual ReLU stack without LayerNorm")
+  if stack.width < d or stack.hidden < hidden or stack.num_outputs != d:
+    raise ValueError(f"model width, hidden, outputs = {stack.width}, {stack.hidden}, {stack.num_outputs}: expected "
+                     f"width >= {d}, hidden >= {hidden} and {d} outputs to represent the target")
+  params = variables["params"]
+  blocks = probes.site_name(2, "block")
+  fields = _block_fields(stack.depth, target)
+  step = target.num_maps / stack.depth * target.strength / stack.branch_scale
+
+  def placed(shape, block, rows, cols=None):
+    """``block`` at ``rows`` (and ``cols``) of zeros of ``shape``."""
+    out = np.zeros(shape, np.float32)
+    out[(rows,) if cols is None else (rows, cols)] = block
+    return out
+
+  width = stack.width
+  built = {
+      "stem": {"kernel": placed((d, width), np.eye(d), slice(None), slice(0, d)), "bias": np.zeros(width, np.float32)},
+      "head": {"kernel": placed((width, d), target.rotation.T, slice(0, d)), "bias": np.zeros(d, np.float32)},
+      blocks: {
+          "Dense_0": {"kernel": np.stack([placed((width, stack.hidden), target.u[k].T, slice(0, d), slice(0, hidden))
+                                          for k in fields]),
+                      "bias": np.stack([placed((stack.hidden,), target.b[k], slice(0, hidden)) for k in fields])},
+          "Dense_1": {"kernel": np.stack([placed((stack.hidden, width), step * target.v[k].T, slice(0, hidden),
+                                                 slice(0, d)) for k in fields]),
+                      "bias": np.zeros((stack.depth, width), np.float32)},
+      },
+  }
+  if jax.tree.structure(built) != jax.tree.structure(params):
+    raise ValueError(f"variables = {jax.tree.structure(params)}: expected the parameters of {type(stack).__name__}")
+  bounds = target.num_maps / stack.depth * target.strength * target.lipschitz()[fields]
+  return Constructed({**variables, "params": jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), built, params)},
+                     bounds)
