@@ -13,11 +13,24 @@ after training, and writes ``workdir/``:
   ``signal.every`` steps during training;
 * ``summary.json`` — the :class:`resnorm.records.RunRecord`.
 
+Runs that differ only in their seed train together (:func:`train_group`): one compiled program
+holds every run's parameters and optimizer state on a leading *member* axis (``jax.vmap``), and
+each member's numbers are those of its run alone; each writes its own workdir. A single run is a
+group of one.
+
+Steps run in stretches: one dispatch runs every step up to the next log, measurement,
+evaluation or checkpoint (at most ``config.steps_per_dispatch``) in a compiled loop
+(:func:`resnorm.train.train_steps`), drawing each batch on the device from the training set held
+there, by rows that are a pure function of (seed, step). Runs with host-side augmentation build
+each batch on the host instead, and runs whose Procrustes projection the host decides step by
+step take one step per dispatch.
+
 Parameters are replicated and batches split over the mesh axis ``'data'``; with several
-processes, each loads only its rows of every batch and process 0 writes the files. A step
-whose loss or parameters are not finite stops the run: the checkpoint directory keeps the last
-good state and the record says ``diverged`` with the step. The config is validated by the
-entry points (:mod:`resnorm.config_validation`) before it gets here.
+processes, every process runs the same program and process 0 writes the files. A step whose loss
+or parameters are not finite stops its run (the others of its group go on): the checkpoint
+directory keeps the last good state and the record says ``diverged`` with the first step that
+was not finite. The config is validated by the entry points (:mod:`resnorm.config_validation`)
+before it gets here.
 """
 
 from __future__ import annotations
@@ -27,11 +40,13 @@ import dataclasses
 import datetime
 import functools
 import signal as signal_lib
+import math
 import sys
 import threading
 import time
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,13 +59,13 @@ from absl import logging
 from flax import traverse_util
 
 from resnorm import data as data_lib
-from resnorm import models, procrustes, records, signal, train, writers
+from resnorm import models, procrustes, records, signal, spectra, train, writers
 
 
 @dataclasses.dataclass(frozen=True)
 class Divergence:
-  """A non-finite loss or parameter, found at the check after ``step`` (checks come every few
-  steps); ``loss`` is the mean train loss since the previous log."""
+  """A non-finite loss or parameter, first after optimizer step ``step``; ``loss`` is the mean
+  train loss from the previous log to that step."""
 
   step: int
   loss: float
@@ -103,8 +118,9 @@ def training_batches(config, dataset, sharding, seed: int, steps: range) -> Iter
   return data_lib.prefetch(map(batch_at, steps), config.get("prefetch", 0))
 
 
-def evaluate(eval_fn, state, dataset, batch_size, sharding) -> dict[str, float]:
-  """Averages over the whole test split (the last, smaller batch included)."""
+def evaluate(eval_fn, state, dataset, batch_size, sharding) -> list[dict[str, float]]:
+  """Every member's averages over the whole test split (the last, smaller batch included);
+  ``eval_fn(state, batch)`` returns per-member sums."""
   totals = {}
   num_test = len(dataset.x_test)
   for start in range(0, num_test, batch_size):
@@ -116,16 +132,59 @@ def evaluate(eval_fn, state, dataset, batch_size, sharding) -> dict[str, float]:
     for key, value in eval_fn(state, batch).items():
       totals[key] = totals.get(key, 0) + value
   totals = jax.device_get(totals)
-  results = {"test_loss": float(totals["loss"] / totals["count"])}
-  if "correct" in totals:
-    results["test_accuracy"] = float(totals["correct"] / totals["count"])
+  results = [{"test_loss": float(loss / count)} for loss, count in zip(totals["loss"], totals["count"])]
+  for result, correct, count in zip(results, totals.get("correct", ()), totals["count"]):
+    result["test_accuracy"] = float(correct / count)
   return results
 
 
-def _measure(measure_fn, variables, dataset, num_examples: int) -> records.Measurement:
-  """The backward ratios on the first ``num_examples`` held-out examples."""
-  report = measure_fn(variables, dataset.x_test[:num_examples], dataset.y_test[:num_examples])
-  return records.Measurement.from_report(report)
+class Measurer:
+  """Every member's backward ratios (and direction-free δ) on the first held-out examples.
+
+  ``config.signal.num_examples`` examples for the ratios; with ``config.signal.free_examples`` > 0
+  and a family that extracts its blocks, the first that many for the block Jacobians' extreme
+  singular values (dense SVDs up to width 256, else Lanczos). Programs are compiled once per group.
+  """
+
+  DENSE_WIDTH = 256  # block Jacobians up to this width are formed and decomposed
+
+  def __init__(self, config, model, loss_fn, dataset):
+    self.inputs = dataset.x_test[:config.signal.num_examples]
+    self.targets = dataset.y_test[:config.signal.num_examples]
+    one = functools.partial(signal.measure, model, loss_fn=loss_fn, train=False)
+    self.ratios = jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+    family = models.family(config.model.name)
+    calibrate = family.calibrate_batch_stats
+    self.calibrate = calibrate and jax.jit(jax.vmap(functools.partial(calibrate, model), in_axes=(0, None)))
+    examples = min(config.signal.get("free_examples", 0), len(self.inputs))
+    self.free = None
+    if examples and family.block_stack is not None:
+      self.free_inputs = self.inputs[:examples]
+
+      def extremes(variables, inputs):
+        blocks = family.block_stack(model, variables, inputs)
+        dense = math.prod(blocks.inputs.shape[2:]) <= self.DENSE_WIDTH
+        return spectra.block_extremes(blocks, dense=dense)
+
+      self.free = jax.jit(jax.vmap(extremes, in_axes=(0, None)))
+
+  def __call__(self, variables, *, initial: bool = False, free: bool = False) -> list[records.Measurement]:
+    """The measurements of the stacked ``variables``, one per member. ``initial``: first set
+    BatchNorm's running statistics to those of the measured batch (eval mode with the initial
+    statistics, mean 0 and variance 1, would make every BatchNorm the identity); ``free``: add
+    the direction-free δ."""
+    if initial and self.calibrate is not None:
+      variables = self.calibrate(variables, self.inputs)
+    reports = jax.device_get(self.ratios(variables, self.inputs, self.targets))
+    extremes = jax.device_get(self.free(variables, self.free_inputs)) if free and self.free else None
+    return [records.Measurement.from_report(
+        _member(reports, m), extremes and signal.direction_free(*_member(extremes, m)))
+            for m in range(len(reports.grad_norm))]
+
+
+def _member(tree, m: int):
+  """Member ``m`` of a tree of host arrays stacked on a leading member axis."""
+  return jax.tree.map(lambda leaf: leaf[m], tree)
 
 
 def optimizers(config, dataset, steps_per_epoch: int) -> dict[bool, optax.GradientTransformation]:
@@ -149,16 +208,6 @@ def projects(config, step: int) -> bool:
   """Whether the projection acts after optimizer step ``step`` (1, 2, …)."""
   return config.procrustes.enabled and procrustes.acts(
       step, probability=config.procrustes.probability, every=config.procrustes.every or None, seed=config.seed)
-
-
-def _initial_measurement(config, model, state, measure_fn, dataset) -> records.Measurement:
-  variables = train.variables(state)
-  calibrate = models.family(config.model.name).calibrate_batch_stats
-  if calibrate is not None:
-    # Eval mode with the initial running statistics (mean 0, variance 1) would make every
-    # BatchNorm the identity: measure with statistics of the measured batch instead.
-    variables = jax.jit(functools.partial(calibrate, model))(variables, dataset.x_test[:config.signal.num_examples])
-  return _measure(measure_fn, variables, dataset, config.signal.num_examples)
 
 
 def _checkpoint_manager(directory, local: bool) -> ocp.CheckpointManager:
@@ -192,12 +241,13 @@ class WorkdirError(ValueError):
 
 
 class Preempted(Exception):
-  """SIGTERM stopped the run after it saved a checkpoint at ``step``."""
+  """SIGTERM stopped the run (or the group of runs) after saving a checkpoint at ``step``."""
 
-  def __init__(self, step: int, workdir):
-    self.step, self.workdir = step, workdir
-    super().__init__(f"stopped by SIGTERM at step {step}; the checkpoint of step {step} is saved in "
-                     f"{workdir}/checkpoints: run the same command to resume")
+  def __init__(self, step: int, workdirs):
+    self.step, self.workdirs = step, list(workdirs)
+    where = ", ".join(f"{w}/checkpoints" for w in self.workdirs)
+    super().__init__(f"stopped by SIGTERM at step {step}; the checkpoint of step {step} is saved in {where}: "
+                     "run the same command to resume")
 
 
 def config_differences(saved: dict, config) -> list[str]:
@@ -333,6 +383,8 @@ def _best(evaluations: list[dict]) -> tuple[float | None, int | None]:
 
 # ----------------------------------------------------------------------------- the run
 
+STEPS_PER_DISPATCH = 100  # the default longest stretch of steps one dispatch runs
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None, *,
                        local: bool = False) -> records.RunRecord:
@@ -343,8 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
     workdir: output directory, local or ``gs://``; an existing checkpoint there is resumed.
     dataset: the loaded ``config.data`` (a sweep loads it once for all runs).
     local: train on this process's devices alone, and write the files from this process (a
-      sweep that spreads its runs over the processes); otherwise every process takes part,
-      each loading its rows of every batch, and process 0 writes.
+      sweep that spreads its runs over the processes); otherwise every process takes part and
+      process 0 writes.
 
   Returns:
     The record written to ``workdir/summary.json``.
@@ -353,101 +405,307 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
     WorkdirError: the workdir holds checkpoints of another config, or none that restores.
     Preempted: SIGTERM arrived (on the main thread); a checkpoint of the current step is saved.
   """
+  return train_group([config], [workdir], dataset, local=local)[0]
+
+
+@dataclasses.dataclass
+class _Member:
+  """What the loop keeps for one run of a group: its files and what it has logged so far."""
+
+  config: ml_collections.ConfigDict
+  workdir: Any
+  checkpoints: ocp.CheckpointManager
+  writer: writers.MetricWriter
+  history: list
+  train_rows: list  # the logged train rows, earlier sessions' included
+  evaluations: list
+  losses: list = dataclasses.field(default_factory=list)  # step losses since the last log
+  divergence: Divergence | None = None
+  latest: tuple | None = None  # (step, Measurement) of the latest measurement during training
+
+
+def groupable(config) -> bool:
+  """Whether runs of ``config`` may share a program with other seeds: not when the host decides
+  step by step whether each run projects (the coins differ by seed), nor with host augmentation."""
+  return not (config.procrustes.enabled or config.augment)
+
+
+def _check_group(configs) -> None:
+  seeds = [c.seed for c in configs]
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds = {seeds}: expected distinct seeds in one group")
+  for other in configs[1:]:
+    differences = [d for d in config_differences(records.config_dict(configs[0]), other)
+                   if not d.startswith("seed:")]
+    if differences:
+      raise ValueError(f"configs differ beyond their seed ({'; '.join(differences)}): expected one group of seeds")
+  if len(configs) > 1 and not groupable(configs[0]):
+    raise ValueError("procrustes.enabled or augment: expected one run per group (the host decides per run)")
+
+
+def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list[records.RunRecord]:
+  """Trains runs whose configs differ only in ``seed`` as one program, each member's numbers
+  those of its run alone (same initial keys, same batches, same steps), and writes each run's
+  workdir as :func:`train_and_evaluate` does. Members that left off at different steps in an
+  earlier session go on as separate groups.
+
+  Returns:
+    The records, in the order of ``configs``.
+  """
+  configs, config = list(configs), configs[0]
+  _check_group(configs)
   dataset = dataset or data_lib.load(config.data)
   lead = local or jax.process_index() == 0  # one process writes the files
-  workdir = records.path(workdir)
-  check_workdir(workdir, config)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdirs = [records.path(w) for w in workdirs]
+  for workdir, member_config in zip(workdirs, configs):
+    check_workdir(workdir, member_config)
+  for workdir in workdirs:
+    workdir.mkdir(parents=True, exist_ok=True)
   model = build_model(config, dataset.num_outputs)
   loss_fn = train.loss_function(dataset.task)
   replicated, batch_sharding = shardings(jax.local_devices() if local else jax.devices())
-  seed = run_seed(config)
+  seeds = [run_seed(c) for c in configs]
   steps_per_epoch = len(dataset.x_train) // config.batch_size
   num_steps = train.total_steps(config, steps_per_epoch)
   eval_every = steps_per_epoch if config.get("eval_every") is None else config.eval_every
   schedule = train.learning_rate_schedule(config, steps_per_epoch)
   optimizer_if = optimizers(config, dataset, steps_per_epoch)  # projecting step? -> its optimizer
-  state = train.create_train_state(model, jax.random.key(seed), dataset.x_train[:1], optimizer_if[False], replicated)
-  measure_fn = jax.jit(functools.partial(signal.measure, model, loss_fn=loss_fn, train=False))
-  init = _initial_measurement(config, model, state, measure_fn, dataset)
+  keys = jnp.stack([jax.random.key(seed) for seed in seeds])
+  state = train.create_train_states(model, keys, dataset.x_train[:1], optimizer_if[False], replicated)
+  construction = None
+  if config.get("init_from", "random") == "constructed":
+    state, construction = _constructed(config, model, state, dataset, replicated)
+  measure = Measurer(config, model, loss_fn, dataset)
+  init = measure(train.variables(state), initial=True, free=True)
+  eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task),
+                             in_axes=(0, None)))
+  init_metrics = evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding)
 
-  checkpoints = _checkpoint_manager(workdir / "checkpoints", local)
+  managers = [_checkpoint_manager(workdir / "checkpoints", local) for workdir in workdirs]
   # Orbax saves device arrays only when every process takes part; a process training alone
   # among several saves and restores host copies.
   host_copies = local and jax.process_count() > 1
-  start, state = _restore(checkpoints, state, workdir, host_copies, replicated)
+  take, stack = _member_ops(replicated)
+  restored = [_restore(manager, take(state, m), workdir, host_copies, replicated)
+              for m, (manager, workdir) in enumerate(zip(managers, workdirs))]
+  starts = sorted({step for step, _ in restored})
+  if len(starts) > 1:  # members left off at different steps: each step's members go on together
+    for manager in managers:
+      manager.close()
+    order = {id(c): i for i, c in enumerate(configs)}
+    results = [None] * len(configs)
+    for start in starts:
+      chosen = [m for m, (step, _) in enumerate(restored) if step == start]
+      group = train_group([configs[m] for m in chosen], [workdirs[m] for m in chosen], dataset, local=local)
+      for m, record in zip(chosen, group):
+        results[order[id(configs[m])]] = record
+    return results
+  start = starts[0]
   if start:
-    logging.info("resumed %s from step %d of %d", workdir, start, num_steps)
+    state = stack([member_state for _, member_state in restored])
+    logging.info("resumed %s from step %d of %d", ", ".join(map(str, workdirs)), start, num_steps)
   if lead:
-    records.write_json(workdir / "config.json", records.config_dict(config))
+    for workdir, member_config in zip(workdirs, configs):
+      records.write_json(workdir / "config.json", records.config_dict(member_config))
 
-  step_fn = jax.jit(functools.partial(train.train_step, loss_fn=loss_fn), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task))
+  members = []
+  for member_config, workdir, manager in zip(configs, workdirs, managers):
+    writer = writers.MetricWriter(workdir, write=lead, tensorboard=member_config.get("tensorboard", False))
+    logged, measured = writer.rewind(start)
+    members.append(_Member(
+        member_config, workdir, manager, writer,
+        history=[records.HistoryPoint.of(r["step"], records.Measurement.from_json(r)) for r in measured],
+        train_rows=[r for r in logged if "train_loss" in r], evaluations=[r for r in logged if "test_loss" in r]))
+
+  per_step = bool(config.procrustes.enabled)  # the host decides, step by step, whether to project
+  capacity = 1 if per_step or config.augment else config.get("steps_per_dispatch", STEPS_PER_DISPATCH)
+  run_stretch = _Stretches(config, dataset, seeds, loss_fn, capacity, replicated, batch_sharding, start, num_steps)
+  intervals = (config.log_every, config.checkpoint_every, config.signal.every, eval_every)
   started = time.time()
-  writer = writers.MetricWriter(workdir, write=lead, tensorboard=config.get("tensorboard", False))
-  logged, measured = writer.rewind(start)
-  history = [records.HistoryPoint.of(r["step"], records.Measurement.from_json(r)) for r in measured]
-  trained_rows = [r for r in logged if "train_loss" in r]
-  evaluations = [r for r in logged if "test_loss" in r]
-  divergence, train_loss = None, trained_rows[-1]["train_loss"] if trained_rows else float("nan")
-  window, losses = [], []  # step metrics on device since the last check; losses since the last log
-  latest = None  # the latest measurement during training, a (step, Measurement) pair
-  preempted = None  # the step SIGTERM stopped the run at
-  progress = _Progress(lead, _show_bar(config), start, num_steps, steps_per_epoch, config.batch_size)
-
-  batches = training_batches(config, dataset, batch_sharding, seed, range(start, num_steps))
-  with contextlib.closing(batches), _SigtermFlag() as sigterm:
-    for step, batch in zip(range(start, num_steps), batches):
-      state, metrics = step_fn(state.replace(tx=optimizer_if[projects(config, step + 1)]), batch)
-      window.append(metrics)  # stays on device until the next check
-      done = step + 1
-      stop_now = sigterm.requested or (jax.process_count() > 1 and not local
-                                       and checkpoints.reached_preemption(done))
-      log_now = done % config.log_every == 0 or done == num_steps
-      save_now = stop_now or config.checkpoint_every and (done % config.checkpoint_every == 0 or done == num_steps)
-      measure_now = config.signal.every and done % config.signal.every == 0
-      eval_now = eval_every and done % eval_every == 0 or done == num_steps
-      if not (log_now or save_now or measure_now or eval_now):
-        continue
-      window = jax.device_get(window)
-      losses += [float(m["loss"]) for m in window]
-      finite, window = all(m["finite"] for m in window), []
-      if not finite:
-        divergence = Divergence(done, float(np.mean(losses)))
+  preempted = None  # the step SIGTERM stopped the group at
+  progress = _Progress(lead, _show_bar(config), start, num_steps, steps_per_epoch, config.batch_size * len(members))
+  with contextlib.closing(run_stretch), _SigtermFlag() as sigterm:
+    step = start
+    while step < num_steps:
+      done = min([num_steps, step + capacity] + [(step // k + 1) * k for k in intervals if k])
+      if per_step:
+        state = state.replace(tx=optimizer_if[projects(config, done)])
+      state, metrics = run_stretch(state, step, done - step)
+      _account(members, jax.device_get(metrics), done - step, step)
+      step = done
+      alive = [m for m in members if m.divergence is None]
+      if not alive:
         break
-      if log_now:
-        train_loss, losses = float(np.mean(losses)), []
-        learning_rate = float(schedule(step))
-        images_per_second = progress.update(done, train_loss, learning_rate)
-        writer.train(done, {"train_loss": train_loss, "learning_rate": learning_rate,
-                            "epoch": done / steps_per_epoch}, images_per_second=images_per_second)
-      if measure_now:
-        latest = (done, _measure(measure_fn, train.variables(state), dataset, config.signal.num_examples))
-        history.append(records.HistoryPoint.of(*latest))
-        writer.measurement(done, latest[1])
-      if eval_now:
-        evaluations.append({"step": done, **evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding)})
-        writer.evaluation(done, evaluations[-1])
-        best = _best(evaluations)
-        logging.info("step %d: test loss %.4g%s", done, evaluations[-1]["test_loss"],
-                     f", accuracy {evaluations[-1]['test_accuracy']:.4f} (best {best[0]:.4f} at step {best[1]})"
-                     if best[0] is not None else "")
-      if save_now:
-        checkpoints.save(done, args=ocp.args.StandardSave(jax.device_get(state) if host_copies else state),
-                         force=stop_now)
-        logging.info("checkpoint of step %d saved in %s", done, workdir / "checkpoints")
+      stop_now = sigterm.requested or (jax.process_count() > 1 and not local
+                                       and managers[0].reached_preemption(done))
+      if done % config.log_every == 0 or done == num_steps:
+        learning_rate = float(schedule(done - 1))
+        for member in alive:
+          member.train_rows.append({"step": done, "train_loss": float(np.mean(member.losses)),
+                                    "learning_rate": learning_rate, "epoch": done / steps_per_epoch})
+          member.losses = []
+        images_per_second = progress.update(done, float(np.mean([m.train_rows[-1]["train_loss"] for m in alive])),
+                                            learning_rate)
+        for member in alive:
+          row = {k: v for k, v in member.train_rows[-1].items() if k != "step"}
+          member.writer.train(done, row, images_per_second=images_per_second / len(members))
+      if config.signal.every and done % config.signal.every == 0:
+        measured = measure(train.variables(state))
+        for m, member in enumerate(members):
+          if member.divergence is None:
+            member.latest = (done, measured[m])
+            member.history.append(records.HistoryPoint.of(done, measured[m]))
+            member.writer.measurement(done, measured[m])
+      if eval_every and done % eval_every == 0 or done == num_steps:
+        evaluated = evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding)
+        for m, member in enumerate(members):
+          if member.divergence is None:
+            member.evaluations.append({"step": done, **evaluated[m]})
+            member.writer.evaluation(done, member.evaluations[-1])
+            _log_evaluation(member, done)
+      if stop_now or config.checkpoint_every and (done % config.checkpoint_every == 0 or done == num_steps):
+        for m, member in enumerate(members):
+          if member.divergence is None:
+            member_state = take(state, m)
+            member.checkpoints.save(done, args=ocp.args.StandardSave(
+                jax.device_get(member_state) if host_copies else member_state), force=stop_now)
+        logging.info("checkpoint of step %d saved in %s", done, ", ".join(str(m.workdir / "checkpoints") for m in alive))
       if stop_now:
         preempted = done
         break
   progress.close()
-  checkpoints.wait_until_finished()
-  last_checkpoint = checkpoints.latest_step()
-  checkpoints.close()
-  writer.close()
+  for member in members:
+    member.checkpoints.wait_until_finished()
+  last_checkpoints = [member.checkpoints.latest_step() for member in members]
+  for member in members:
+    member.checkpoints.close()
+    member.writer.close()
   if preempted is not None:
-    raise Preempted(preempted, workdir)
+    raise Preempted(preempted, [m.workdir for m in members])
 
-  best_accuracy, best_step = _best(evaluations)
+  alive = any(m.divergence is None for m in members)
+  final = measure(train.variables(state), free=True) if alive else [None] * len(members)
+  last_evaluation = evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding) if any(
+      m.divergence is None and not (m.evaluations and m.evaluations[-1]["step"] == num_steps) for m in members) else None
+  train_seconds = time.time() - started
+  results = []
+  for m, member in enumerate(members):
+    results.append(_record(member, init[m], init_metrics[m], final[m], last_evaluation and last_evaluation[m],
+                           last_checkpoints[m], num_steps, train_seconds, progress.throughput(), dataset,
+                           construction, len(members)))
+    if lead:
+      records.write_run(member.workdir, results[-1])
+  return results
+def _member_ops(sharding):
+  """(take, stack): member m of a stacked tree, and member trees stacked, both placed on ``sharding``."""
+  take = jax.jit(lambda tree, m: jax.tree.map(lambda leaf: jax.lax.dynamic_index_in_dim(leaf, m, keepdims=False),
+                                                tree), out_shardings=sharding)
+  stack = jax.jit(lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees), out_shardings=sharding)
+  return take, stack
+
+
+def _replicated(tree, sharding):
+  """Host arrays (the same on every process) as arrays on every device of ``sharding``."""
+  return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), tree)
+
+
+def _constructed(config, model, state, dataset, sharding):
+  """``state`` with every member's parameters those of the theorem's constructed network for the
+  data's teacher (:attr:`resnorm.models.Family.construct`), and what the construction promises.
+
+  The optimizer state is left as created: Adam's and SGD's depend only on the parameters' shapes.
+  """
+  members = jax.tree.leaves(state.params)[0].shape[0]
+  template = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), state.params)
+  built = models.family(config.model.name).construct(model, {"params": template}, dataset.flow)
+  params = jax.tree.map(lambda leaf: np.broadcast_to(leaf, (members,) + leaf.shape), built.variables["params"])
+  return state.replace(params=_replicated(params, sharding)), {"block_bound_max": float(built.block_bounds.max())}
+
+
+class _Stretches:
+  """Runs stretches of steps of the group, one dispatch each (:func:`resnorm.train.train_steps`).
+
+  Where the training set stays on the host's side of the pipeline (host augmentation), each
+  stretch is one step on the batch :func:`training_batches` built; otherwise the training set is
+  placed on every device once and each stretch gathers its batches there, by the rows
+  :func:`resnorm.data.batch_indices` draws for (seed, step) on the host.
+  """
+
+  def __init__(self, config, dataset, seeds, loss_fn, capacity, replicated, batch_sharding, start, num_steps):
+    self.capacity, self.seeds, self.batch_size = capacity, seeds, config.batch_size
+    self.num_examples, self.replicated = len(dataset.x_train), replicated
+    if config.augment:
+      self.batches = training_batches(config, dataset, batch_sharding, seeds[0], range(start, num_steps))
+
+      def stretch(state, batch):
+        return jax.vmap(lambda member: train.train_steps(member, lambda i: batch, 1, 1, loss_fn))(state)
+
+    else:
+      self.batches = None
+      self.data = _replicated((dataset.x_train, dataset.y_train), replicated)
+
+      def stretch(state, data, rows, num_steps):
+        def member(state, rows):
+          def batch_at(i):
+            return jax.lax.with_sharding_constraint((data[0][rows[i]], data[1][rows[i]]), batch_sharding)
+
+          return train.train_steps(state, batch_at, num_steps, capacity, loss_fn)
+
+        return jax.vmap(member)(state, rows)
+
+    self.program = jax.jit(stretch, donate_argnums=0)
+
+  def __call__(self, state, step: int, count: int):
+    """Runs steps ``step`` … ``step + count − 1`` (0-based) of every member; returns the state and
+    the steps' metrics, (members, capacity) each."""
+    if self.batches is not None:
+      return self.program(state, next(self.batches))
+    rows = np.zeros((len(self.seeds), self.capacity, self.batch_size), np.int32)
+    for m, seed in enumerate(self.seeds):
+      for i in range(count):
+        rows[m, i] = data_lib.batch_indices(self.num_examples, self.batch_size, step + i, seed)
+    return self.program(state, self.data, _replicated(rows, self.replicated), count)
+
+  def close(self) -> None:
+    if self.batches is not None:
+      self.batches.close()
+
+
+def _account(members: list[_Member], metrics: dict, count: int, step: int) -> None:
+  """Adds each member's losses of the stretch that ran steps ``step + 1`` … ``step + count`` and
+  marks the members whose loss or parameters stopped being finite, at the first such step."""
+  for m, member in enumerate(members):
+    if member.divergence is not None:
+      continue
+    finite, losses = metrics["finite"][m, :count], metrics["loss"][m, :count]
+    if finite.all():
+      member.losses += losses.tolist()
+    else:
+      first = int(np.argmin(finite))
+      member.losses += losses[:first + 1].tolist()
+      member.divergence = Divergence(step + first + 1, float(np.mean(member.losses)))
+
+
+def _log_evaluation(member: _Member, step: int) -> None:
+  best = _best(member.evaluations)
+  latest = member.evaluations[-1]
+  logging.info("%s step %d: test loss %.4g%s", member.workdir, step, latest["test_loss"],
+               f", accuracy {latest['test_accuracy']:.4f} (best {best[0]:.4f} at step {best[1]})"
+               if best[0] is not None else "")
+
+
+def budget(config, num_steps: int) -> dict:
+  """What "trained" means for a run of ``config``: steps, optimizer, learning rate, schedule, batch."""
+  opt = config.optimizer
+  return dict(steps=num_steps, optimizer=opt.name, learning_rate=opt.learning_rate, schedule=opt.schedule,
+              batch_size=config.batch_size, block_lr_scale=opt.get("block_lr_scale", "1"))
+
+
+def _record(member: _Member, init, init_metrics: dict, final, last_evaluation, last_checkpoint, num_steps: int,
+            train_seconds: float, throughput, dataset, construction, group_size: int) -> records.RunRecord:
+  """The record of one member once the group has trained."""
+  config, divergence, rows = member.config, member.divergence, member.train_rows
+  convergence = config.get("convergence") or {"window": 0.25, "tolerance": 0.05}
   record = records.RunRecord(
       model=config.model.name,
       depth=config.model.depth,
@@ -455,30 +713,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
       diverged=divergence is not None,
       diverged_at_step=divergence.step if divergence else None,
       last_checkpoint=last_checkpoint,
-      train_loss=divergence.loss if divergence else train_loss,
-      train_seconds=time.time() - started,
+      train_loss=divergence.loss if divergence else (rows[-1]["train_loss"] if rows else float("nan")),
+      train_seconds=train_seconds,
       init=init,
-      history=history,
-      images_per_second=progress.throughput(),
+      history=member.history,
+      images_per_second=throughput / group_size if throughput else None,
       setting=config.get("setting"),
       seed=config.seed,
       target_variance=float(np.mean(np.var(dataset.y_train, axis=0))) if dataset.task == "regression" else None,
+      init_test_loss=init_metrics["test_loss"],
+      init_test_accuracy=init_metrics.get("test_accuracy"),
+      convergence=None if divergence else train.convergence([r["step"] for r in rows], [r["train_loss"] for r in rows],
+                                                            convergence["window"], convergence["tolerance"]),
+      budget=budget(config, num_steps),
+      construction=construction,
+      group_size=group_size,
   )
   if divergence:
     kept = (f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint
             else "no checkpoint was saved")
-    logging.warning("%s: training diverged by step %d (mean loss %s); %s", workdir, divergence.step,
+    logging.warning("%s: training diverged at step %d (mean loss %s); %s", member.workdir, divergence.step,
                     divergence.loss, kept)
-  else:
-    trained = latest[1] if latest and latest[0] == num_steps else _measure(
-        measure_fn, train.variables(state), dataset, config.signal.num_examples)
-    final = evaluations[-1] if evaluations and evaluations[-1]["step"] == num_steps else evaluate(
-        eval_fn, state, dataset, config.eval_batch_size, batch_sharding)
-    record = dataclasses.replace(record, trained=trained, best_test_accuracy=best_accuracy, best_step=best_step,
-                                 **{k: v for k, v in final.items() if k != "step"})
-  if lead:
-    records.write_run(workdir, record)
-  return record
+    return record
+  evaluations = member.evaluations
+  metrics = evaluations[-1] if evaluations and evaluations[-1]["step"] == num_steps else last_evaluation
+  best_accuracy, best_step = _best(evaluations)
+  return dataclasses.replace(record, trained=final, best_test_accuracy=best_accuracy, best_step=best_step,
+                             **{k: v for k, v in metrics.items() if k != "step"})
 
 
 def _show_bar(config) -> bool:

@@ -41,6 +41,14 @@ def site_kind(name: str) -> str:
   return name.split("_", 1)[1]
 
 
+def is_kind(name: str, kind: str) -> bool:
+  """Whether ``name`` is the site name of a layer of ``kind`` (``'02_block'``), as the modules that
+  carry a site's parameters are named; ``'stem'``, ``'head'`` and ``'03_transition_layer'`` are not
+  blocks."""
+  index, _, rest = name.partition("_")
+  return index.isdigit() and rest == kind
+
+
 def per_example_norm(x: jnp.ndarray) -> jnp.ndarray:
   """(B, ...) -> (B,): ‖x_b‖ = sqrt(Σ_i x_{b,i}²) per example, in float32 or wider."""
   x = x.reshape(x.shape[0], -1)

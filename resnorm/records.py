@@ -85,10 +85,13 @@ class Measurement:
     return self.by_kind["block"]
 
   @classmethod
-  def from_report(cls, report: signal.SignalReport) -> Measurement:
-    kinds = sorted(set(report.kinds))
-    return cls({kind: signal.summarize(report, kind) for kind in kinds}, signal.layer_profile(report),
-               signal.stream_profile(report))
+  def from_report(cls, report: signal.SignalReport, free: dict[str, float] | None = None) -> Measurement:
+    """The statistics of ``report``; ``free``: the identity blocks' direction-free fields
+    (:func:`resnorm.signal.direction_free`), where they were measured."""
+    by_kind = {kind: signal.summarize(report, kind) for kind in sorted(set(report.kinds))}
+    if free is not None:
+      by_kind["block"] = dataclasses.replace(by_kind["block"], **free)
+    return cls(by_kind, signal.layer_profile(report), signal.stream_profile(report))
 
   def to_json(self) -> dict:
     added = _added_fields(signal.DeltaStats)
@@ -139,6 +142,16 @@ class RunRecord:
       outside a sweep and in files written before settings existed).
     target_variance: regression only: the mean over output coordinates of the training
       targets' variance, the loss of predicting their mean; loss / target_variance = 1 − R².
+    init_test_loss, init_test_accuracy: the test metrics of the initial network.
+    convergence: the verdict on the train loss (:func:`resnorm.train.convergence`): ``change``,
+      its ``from_step`` and ``to_step``, ``window``, ``tolerance`` and ``converged``.
+    budget: what "trained" means for this run: ``steps``, ``optimizer``, ``learning_rate``,
+      ``schedule``, ``batch_size`` and ``block_lr_scale``.
+    construction: for a run started from the theorem's constructed network (``init_from =
+      'constructed'``): ``block_bound_max``, the largest per-block bound on ‖J_l − I‖₂ that the
+      construction promises.
+    group_size: the runs trained together as one program (seeds vmapped), this one included;
+      ``train_seconds`` and ``images_per_second`` are the group's, shared.
   """
 
   model: str
@@ -160,6 +173,12 @@ class RunRecord:
   setting: str | None = None
   seed: int | None = None
   target_variance: float | None = None
+  init_test_loss: float | None = None
+  init_test_accuracy: float | None = None
+  convergence: dict | None = None
+  budget: dict | None = None
+  construction: dict | None = None
+  group_size: int | None = None
 
   def measurement(self, stage: str) -> Measurement | None:
     """``init`` or ``trained`` by name."""
@@ -188,7 +207,9 @@ class RunRecord:
 # ----------------------------------------------------------------------------- a sweep
 
 
-BOUND_KEYS = ("delta_max", "layer_p90_max", "batch_delta_max")  # the statistics read as bounds
+# The statistics read as bounds: over blocks × examples, per block (a sample that does not grow
+# with L), the typical block, the whole batch, and in every direction.
+BOUND_KEYS = ("delta_max", "layer_p90_max", "delta_mean", "batch_delta_max", "free_delta_max")
 
 
 def _finite(values: list) -> list:
@@ -219,6 +240,7 @@ class Stage:
     layer_mean_max … batch_delta_mean: the depth-fair statistics of :class:`signal.DeltaStats`.
     std: statistic -> the standard deviation over seeds per depth (None with one seed).
     bound: statistic in :data:`BOUND_KEYS` -> :func:`resnorm.theory.read_bound` over the seeds.
+    free_delta_max … identity_distance_max: δ in every direction (:class:`signal.DeltaStats`).
   """
 
   delta_max: list[float | None]
@@ -235,6 +257,10 @@ class Stage:
   batch_delta_mean: list[float | None] | None = None
   std: dict[str, list[float | None]] | None = None
   bound: dict[str, dict] | None = None
+  free_delta_max: list[float | None] | None = None
+  free_delta_mean: list[float | None] | None = None
+  free_layer_p90_max: list[float | None] | None = None
+  identity_distance_max: list[float | None] | None = None
 
   @classmethod
   def columns(cls, groups: list[list[RunRecord]], stage: str, fit, bound, kind: str = "block") -> Stage:
@@ -270,6 +296,12 @@ class FamilyResults:
     train_loss_relative, test_loss_relative: regression: loss / target variance (1 − R²).
     std: train_loss, test_loss, test_accuracy -> the standard deviation over seeds per depth.
     by_kind: the other kinds of layer (``stem``, ``transition``) -> {stage: :class:`Stage`}.
+    init_test_loss (and ``init_test_loss_relative``, ``init_test_accuracy``): of the initial networks.
+    num_converged: per depth, the seeds whose train loss had stopped changing
+      (:func:`resnorm.train.convergence`); ``convergence_change``: the mean relative change over
+      the seeds; ``convergence``: the verdict's ``window`` and ``tolerance``.
+    budget: the runs' budget (:class:`RunRecord`); ``construction``: per depth, the constructed
+      network's promised ``block_bound_max`` (settings started from it only).
   """
 
   depths: list[int]
@@ -287,6 +319,14 @@ class FamilyResults:
   test_loss_relative: list[float | None] | None = None
   std: dict[str, list[float | None]] | None = None
   by_kind: dict[str, dict[str, Stage]] | None = None
+  init_test_loss: list[float | None] | None = None
+  init_test_loss_relative: list[float | None] | None = None
+  init_test_accuracy: list[float | None] | None = None
+  num_converged: list[int] | None = None
+  convergence_change: list[float | None] | None = None
+  convergence: dict | None = None
+  budget: dict | None = None
+  construction: dict[str, list] | None = None
 
   def stage(self, name: str, kind: str = "block") -> Stage | None:
     """The :class:`Stage` ``init`` or ``trained`` of layers of ``kind`` (None: no such layers)."""

@@ -157,6 +157,16 @@ class DeltaStats:
       ratio R_k = ‖∂E/∂x_k‖_B / ‖∂E/∂x_{k+1}‖_B, ‖g‖_B = (Σ_b ‖g_b‖²)^½ the norm of the
       gradient of the batch loss (the ratio the reference code records).
     num_layers, num_examples: the shape of the ratios.
+
+  δ in every direction (identity blocks only, where the family extracts its block Jacobians; None
+  elsewhere): a ratio measures J_lᵀ along one gradient, so |r_l − 1| ≤ δ^free_l =
+  max(σ_max(J_l) − 1, 1 − σ_min(J_l)), the largest deviation over every direction, which
+  Theorem 1 bounds (:func:`direction_free`):
+
+    free_delta_max, free_delta_mean: max and mean over blocks × examples of δ^free.
+    free_layer_p90_max: the max over blocks of each block's 90th percentile of δ^free.
+    identity_distance_max: the max over blocks × examples of ‖J_l − I‖₂ ≥ δ^free.
+    free_examples: the examples they are taken over (the first of the measured ones).
   """
 
   delta_max: float
@@ -176,6 +186,11 @@ class DeltaStats:
   batch_delta_mean: float | None = None
   num_layers: int | None = None
   num_examples: int | None = None
+  free_delta_max: float | None = None
+  free_delta_mean: float | None = None
+  free_layer_p90_max: float | None = None
+  identity_distance_max: float | None = None
+  free_examples: int | None = None
 
 
 def _per_layer(ratio: np.ndarray, defined: np.ndarray) -> dict[str, float]:
@@ -248,3 +263,13 @@ def stream_profile(report: SignalReport) -> dict[str, list]:
   with np.errstate(invalid="ignore"):
     return dict(kind=list(report.kinds), ratio_mean=np.nanmean(ratio, axis=1).tolist(),
                 delta_mean=np.nanmean(np.abs(ratio - 1.0), axis=1).tolist())
+
+
+def direction_free(sigma_max, sigma_min, identity_distance) -> dict[str, float]:
+  """The direction-free fields of :class:`DeltaStats` from (blocks, examples) arrays of the
+  block Jacobians' extreme singular values and ‖J_l − I‖₂ (:func:`resnorm.spectra.block_extremes`)."""
+  sigma_max, sigma_min = np.asarray(sigma_max, np.float64), np.asarray(sigma_min, np.float64)
+  free = np.maximum(sigma_max - 1.0, 1.0 - sigma_min)
+  return dict(free_delta_max=float(free.max()), free_delta_mean=float(free.mean()),
+              free_layer_p90_max=float(np.percentile(free, 90, axis=1).max()),
+              identity_distance_max=float(np.max(identity_distance)), free_examples=int(free.shape[1]))

@@ -6,6 +6,7 @@ the loop that drives them, checkpoints and measures is :mod:`resnorm.loop`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from resnorm import procrustes
+from resnorm import models, probes, procrustes
 
 
 class TrainState(train_state.TrainState):
@@ -53,7 +54,10 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
 def make_optimizer(config, projection_targets=None, project: bool | None = None, *,
                    steps_per_epoch: int) -> optax.GradientTransformation:
   """``config.optimizer``: Adam or SGD with momentum, at the rate of
-  :func:`learning_rate_schedule`; then, with ``config.procrustes.enabled``, the Procrustes
+  :func:`learning_rate_schedule`; the identity blocks' updates times ``block_lr_scale`` (``'1'``,
+  ``'1/sqrt(L)'``, ``'1/L'`` or a number, L = ``config.model.depth``: scaling the update of Adam or
+  of SGD with momentum scales its learning rate; depth-μP takes ``'1/sqrt(L)'`` with Adam);
+  then, with ``config.procrustes.enabled``, the Procrustes
   projection of ``projection_targets`` (:func:`resnorm.procrustes.procrustes`, chained last so
   the projected kernels are what the step leaves in the parameters). ``project`` None lets the
   projection decide on device when it acts; True or False fixes it for every step (a loop that
@@ -67,6 +71,9 @@ def make_optimizer(config, projection_targets=None, project: bool | None = None,
         optax.add_decayed_weights(opt.weight_decay),
         optax.sgd(learning_rate, momentum=opt.momentum or None),
     )
+  block_scale = models.resolve_branch_scale(opt.get("block_lr_scale", "1"), config.model.depth, "block_lr_scale")
+  if block_scale != 1.0:
+    tx = optax.chain(tx, optax.masked(optax.scale(block_scale), block_parameters))
   if not config.procrustes.enabled:
     return tx
   projection = procrustes.procrustes(
@@ -74,6 +81,13 @@ def make_optimizer(config, projection_targets=None, project: bool | None = None,
       seed=config.seed, act=project,
   )
   return optax.chain(tx, projection)
+
+
+def block_parameters(params) -> dict:
+  """The mask of the identity blocks' parameters: True under every top-level module named as a
+  block site (``NN_block``, :mod:`resnorm.probes`), False under the stem, transitions and head."""
+  return {name: jax.tree.map(lambda _, block=probes.is_kind(name, "block"): block, tree)
+          for name, tree in params.items()}
 
 
 def loss_function(task: str):
@@ -87,14 +101,23 @@ def loss_function(task: str):
 
 def create_train_state(model, rng, sample_inputs, tx, sharding=None) -> TrainState:
   """Initial parameters and optimizer state, in one compiled program placed on ``sharding``."""
+  return jax.jit(_create(model, tx), out_shardings=sharding)(rng, sample_inputs)
 
+
+def create_train_states(model, rngs, sample_inputs, tx, sharding=None) -> TrainState:
+  """:func:`create_train_state` for every key of ``rngs`` (M,), stacked on a leading member axis:
+  member m holds exactly what ``create_train_state(model, rngs[m], ...)`` returns."""
+  return jax.jit(jax.vmap(_create(model, tx), in_axes=(0, None)), out_shardings=sharding)(rngs, sample_inputs)
+
+
+def _create(model, tx):
   def create(rng, sample_inputs):
     variables = model.init(rng, sample_inputs, train=False)
     return TrainState.create(
         apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats")
     )
 
-  return jax.jit(create, out_shardings=sharding)(rng, sample_inputs)
+  return create
 
 
 def _all_finite(tree) -> jax.Array:
@@ -117,6 +140,51 @@ def train_step(state: TrainState, batch, loss_fn) -> tuple[TrainState, dict]:
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   finite = jnp.isfinite(value) & _all_finite(state.params)
   return state, {"loss": value, "finite": finite}
+
+
+def train_steps(state: TrainState, batch_at, num_steps, capacity: int, loss_fn) -> tuple[TrainState, dict]:
+  """Up to ``capacity`` optimizer steps in one compiled loop; pure, for ``jax.jit``.
+
+  Runs :func:`train_step` on ``batch_at(0)``, ``batch_at(1)``, … for the first ``num_steps``
+  (traced, ≤ ``capacity``: one program serves every stretch length). Returns the state and, per
+  step slot, ``loss`` (NaN in slots not run) and ``finite`` (True in slots not run). Step i of
+  the loop runs the same compiled body as every other, so a stretch of k steps followed by one of
+  m steps leaves exactly the state of one stretch of k + m.
+  """
+
+  def body(i, carry):
+    state, losses, finite = carry
+    state, metrics = train_step(state, batch_at(i), loss_fn)
+    return state, losses.at[i].set(metrics["loss"]), finite.at[i].set(metrics["finite"])
+
+  initial = (state, jnp.full((capacity,), jnp.nan, jnp.float32), jnp.ones((capacity,), bool))
+  state, losses, finite = jax.lax.fori_loop(0, num_steps, body, initial)
+  return state, {"loss": losses, "finite": finite}
+
+
+def convergence(steps, losses, window: float, tolerance: float) -> dict:
+  """Whether a run's train loss had stopped falling: the verdict each run records.
+
+  ``steps``, ``losses``: the logged train losses (each the mean over the steps since the
+  previous log) up to the last step T. The loss at the last log, ℓ(T), is compared with the
+  loss at the last log at or before (1 − ``window``)·T, ℓ(T₀):
+
+      change = (ℓ(T₀) − ℓ(T)) / ℓ(T),     converged ⇔ |change| ≤ ``tolerance``.
+
+  A loss still falling by more than ``tolerance`` of itself over the last ``window`` of the run
+  is not converged, nor is one rising by as much. Under a decaying learning rate the verdict
+  says the run stopped changing, not that it reached the optimum: a budget ladder at a constant
+  rate tells the two apart. ``converged`` is None when there are fewer than two logs to compare.
+  """
+  steps, losses = [int(s) for s in steps], [float(v) for v in losses]
+  verdict = dict(window=window, tolerance=tolerance, from_step=None, to_step=None, change=None, converged=None)
+  if len(steps) < 2 or not all(map(math.isfinite, losses)):
+    return verdict
+  last = steps[-1]
+  earlier = [i for i, s in enumerate(steps[:-1]) if s <= (1 - window) * last]
+  first = earlier[-1] if earlier else 0
+  change = (losses[first] - losses[-1]) / abs(losses[-1]) if losses[-1] else math.inf
+  return dict(verdict, from_step=steps[first], to_step=last, change=change, converged=bool(abs(change) <= tolerance))
 
 
 def variables(state: TrainState) -> dict:
