@@ -27,9 +27,11 @@ def get_config():
   )
   # schedule: 'constant', 'cosine' (to 0 over the run) or 'piecewise' (times decay_factor at
   # each of decay_epochs); warmup_epochs > 0 ramps the rate up linearly from 0 first.
+  # block_lr_scale: the identity blocks' learning rate relative to the others', '1', '1/sqrt(L)',
+  # '1/L' or a number (depth-μP: '1/sqrt(L)' with branch_scale '1/sqrt(L)').
   config.optimizer = ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-3, momentum=0.9, weight_decay=0.0, schedule="cosine",
-           decay_epochs=(), decay_factor=0.1, warmup_epochs=0.0)
+           decay_epochs=(), decay_factor=0.1, warmup_epochs=0.0, block_lr_scale="1")
   )
   config.augment = False  # random crops and flips (NHWC image data only)
   config.augment_padding = "zero"  # of the crops: 'zero' (Chainer original) or 'reflect' (PyTorch port)
@@ -49,6 +51,17 @@ def get_config():
   # on (ProcResNet only): with `probability` per step, or every `every` steps when every > 0.
   config.procrustes = ml_collections.ConfigDict(dict(enabled=False, probability=0.5, every=0, stem="correct"))
   # Backward ratios are measured on this many held-out examples, at init and after training,
-  # and every `every` steps in between (0: never; written to workdir/signal.jsonl).
-  config.signal = ml_collections.ConfigDict(dict(num_examples=256, every=100))
+  # and every `every` steps in between (0: never; written to workdir/signal.jsonl); δ in every
+  # direction (the block Jacobians' extreme singular values) on the first `free_examples` of
+  # them, at init and after training (0: never; families that extract their blocks).
+  config.signal = ml_collections.ConfigDict(dict(num_examples=256, every=100, free_examples=64))
+  # 'random', or 'constructed': start from the theorem's network for the data's teacher (residual
+  # MLPs on the teacher task: the Euler steps of its flow, resnorm.models.mlp.construct).
+  config.init_from = "random"
+  # A run is converged when its logged train loss changed by at most `tolerance` of itself over
+  # the last `window` of the run (resnorm.train.convergence).
+  config.convergence = ml_collections.ConfigDict(dict(window=0.25, tolerance=0.05))
+  # The longest stretch of steps one dispatch runs (between logs, measurements, evaluations and
+  # checkpoints; SIGTERM is answered at the end of a stretch).
+  config.steps_per_dispatch = 100
   return config

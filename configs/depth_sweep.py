@@ -1,26 +1,38 @@
 """The depth sweep: δ(L) of residual and plain MLPs on the embedded teacher task.
 
     python -m experiments.sweep --config=configs/depth_sweep.py --workdir=/tmp/sweep
+    python -m experiments.sweep --config=configs/depth_sweep.py:ladder --workdir=/tmp/ladder
     python -m experiments.sweep --config=configs/depth_sweep.py --workdir=/tmp/L64 --config.depths=64
     python -m experiments.sweep --config=configs/depth_sweep.py --workdir=/tmp/s \
         --config.settings=residual_inv_L --config.seeds=0
 
-A sweep runs every *setting* (a family plus overrides of ``config.model``, below) at every depth
-with every seed. The settings ask whether training makes deeper residual networks more
-norm-preserving without building the answer into the initialisation:
+A sweep runs every *setting* (a family plus overrides, below) at every depth with every seed.
+The settings ask whether training makes deeper residual networks more norm-preserving without
+building the answer into the initialisation, and set what is achievable beside what is found:
 
 * ``residual_zero_init`` (the reference, first): unscaled branches whose last layer starts at 0
   (SkipInit/Fixup style): δ = 0 at initialisation at every depth, so any depth dependence after
   training is learned, not built in;
+* ``residual_constructed``: the same network started from the theorem's construction for the
+  teacher (the Euler steps of its flow, :func:`resnorm.models.mlp.construct`): δ = O(1/L) and a
+  test loss falling as O(1/L²) by construction, measured at "init"; then trained, to see whether
+  the optimizer keeps what it was given;
 * ``residual_layer_norm``: unscaled branches, LayerNorm at the start of each branch;
 * ``residual_inv_sqrt_L`` and ``residual_inv_L``: branches scaled by 1/√L and 1/L, which put
   depth into the initialisation (δ·L is about constant at 1/L *before* training);
+* ``residual_depth_mup``: depth-μP (Yang et al. 2023, "Tensor Programs VI"; Bordelon et al. 2023):
+  branches scaled by 1/√L and, with Adam, the blocks' learning rate by 1/√L, the parametrisation
+  under which every block keeps learning as L grows;
 * ``plain`` and ``plain_layer_norm``: the same blocks without the skip.
 
-Budget: depths 2, 8, 32, 128 (a factor 4 apart), 3 seeds per depth for the spread, 400 Adam steps,
-which bring every residual setting but LayerNorm's to a test loss of under 10% of the target
-variance: 72 runs, 4 min 17 s on 2 otherwise idle CPU cores (most of it per-run compilation;
-12.8 minutes on the same cores shared with other jobs); ``--config.seeds='(0,1)'`` takes two thirds.
+Budget: depths 2, 8, 32, 128 (a factor 4 apart); 5 seeds for the reference and the constructed
+network (the slope intervals need them), 3 for the others; 400 Adam steps on a cosine schedule.
+Its wall time and its parts are in benchmarks/RESULTS.md. Variants (``--config=...:variant``):
+
+* ``ladder``: the reference setting at budgets of 400, 2,000 and 10,000 steps, each on the
+  cosine schedule and at a constant learning rate: whether δ(L) moves with the budget, and
+  whether the runs converged (their verdicts are in the tables);
+* ``ladder_gpu``: the same at 400, 4,000 and 40,000 steps, for an accelerator.
 """
 
 import ml_collections
@@ -28,20 +40,25 @@ from ml_collections import config_dict
 
 from configs import default
 
+VARIANTS = {"ladder": (400, 2_000, 10_000), "ladder_gpu": (400, 4_000, 40_000)}
 
-def get_config():
+
+def get_config(variant: str | None = None):
   config = default.get_config()
   del config.seed  # a sweep runs `seeds`; each run's config.seed is one of them
   config.depths = (2, 8, 32, 128)
   config.seeds = (0, 1, 2)
-  config.settings = ("residual_zero_init", "residual_layer_norm", "residual_inv_sqrt_L", "residual_inv_L", "plain",
-                     "plain_layer_norm")
   residual = dict(name="mlp_residual", branch_scale="1", zero_init_last=False, layer_norm=False)
+  reference = dict(residual, zero_init_last=True, seeds=(0, 1, 2, 3, 4))
+  config.settings = ("residual_zero_init", "residual_constructed", "residual_layer_norm", "residual_inv_sqrt_L",
+                     "residual_inv_L", "residual_depth_mup", "plain", "plain_layer_norm")
   config.overrides = ml_collections.ConfigDict(dict(
-      residual_zero_init=dict(residual, zero_init_last=True),
+      residual_zero_init=reference,
+      residual_constructed=dict(residual, init_from="constructed", seeds=(0, 1, 2, 3, 4)),
       residual_layer_norm=dict(residual, layer_norm=True),
       residual_inv_sqrt_L=dict(residual, branch_scale="1/sqrt(L)"),
       residual_inv_L=dict(residual, branch_scale="1/L"),
+      residual_depth_mup=dict(residual, branch_scale="1/sqrt(L)", optimizer=dict(block_lr_scale="1/sqrt(L)")),
       plain=dict(name="mlp_plain", layer_norm=False),
       plain_layer_norm=dict(name="mlp_plain", layer_norm=True),
   ))
@@ -56,12 +73,31 @@ def get_config():
   config.optimizer.learning_rate = 1e-3
   config.batch_size = 64
   config.num_steps = 400
-  # Runs trained at once (threads) by one process: one compiles while another trains.
+  # Groups of runs (the seeds of a setting and depth) trained at once (threads) by one process:
+  # one compiles while another trains.
   config.parallel_runs = 2
   # With several processes (--distributed): 'mesh' trains each run on every device of every
   # process, one run after another; 'spread' deals the runs out, each on one process's devices.
   config.placement = "mesh"
-  config.log_every = 100
+  config.log_every = 50
+  config.eval_every = 0  # the test loss at the start and the end
   config.checkpoint_every = 0  # runs are short: a finished run is reused, an unfinished one rerun
   config.signal.every = 100
+  if variant is not None:
+    _ladder(config, variant)
   return config
+
+
+def _ladder(config, variant: str) -> None:
+  """The reference setting at each budget of ``VARIANTS[variant]``, cosine and constant rate."""
+  if variant not in VARIANTS:
+    raise ValueError(f"variant = {variant!r}: expected one of {sorted(VARIANTS)}")
+  reference = dict(config.overrides.residual_zero_init)
+  ladder = {}
+  for steps in VARIANTS[variant]:
+    every = dict(log_every=steps // 16, signal=dict(every=steps // 4))
+    for schedule in ("cosine", "constant"):
+      ladder[f"zero_init_{schedule}_{steps}"] = dict(reference, num_steps=steps, optimizer=dict(schedule=schedule),
+                                                     seeds=(0, 1, 2), **every)
+  config.settings = tuple(ladder)
+  config.overrides = ml_collections.ConfigDict(ladder)

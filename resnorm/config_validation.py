@@ -22,6 +22,7 @@ from resnorm import loop, models, procrustes, validation
 OPTIMIZERS = ("adam", "sgd")
 PLACEMENTS = ("mesh", "spread")
 SCHEDULES = ("constant", "cosine", "piecewise")
+INIT_FROM = ("random", "constructed")
 _LIBRARY_MESSAGE = re.compile(r"^(?P<name>[\w.\[\]'\"()]+) = (?P<value>.*?): expected (?P<allowed>.*)$", re.DOTALL)
 
 
@@ -80,12 +81,15 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
       raise ValueError(f"weight_decay = {weight_decay!r}: expected a number >= 0")
     validation.one_of("schedule", config.optimizer.schedule, SCHEDULES)
     _check_schedule(config.optimizer)
+    models.resolve_branch_scale(config.optimizer.get("block_lr_scale", "1"), 1, "block_lr_scale")
   with fields("config."):
     for field in ("batch_size", "log_every", "eval_batch_size"):
       validation.positive_int(field, config[field])
     _check_length(config)
     for field in ("checkpoint_every", "prefetch"):
       validation.non_negative_int(field, config[field])
+    validation.positive_int("steps_per_dispatch", config.get("steps_per_dispatch", 1))
+    validation.one_of("init_from", config.get("init_from", "random"), INIT_FROM)
     if config.eval_every is not None:
       validation.non_negative_int("eval_every", config.eval_every)
     if config.augment and dataset.x_train.ndim != 4:
@@ -100,7 +104,16 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
     if examples > len(dataset.x_test):
       raise ValueError(f"num_examples = {examples!r}: expected at most the {len(dataset.x_test)} test examples")
     validation.non_negative_int("every", config.signal.every)
-  build_model(config, dataset.num_outputs)
+    validation.non_negative_int("free_examples", config.signal.get("free_examples", 0))
+  if "convergence" in config:
+    with fields("config.convergence."):
+      window, tolerance = config.convergence.window, config.convergence.tolerance
+      if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < 1:
+        raise ValueError(f"window = {window!r}: expected a fraction of the run in (0, 1)")
+      validation.positive_float("tolerance", tolerance)
+  model = build_model(config, dataset.num_outputs)
+  if config.get("init_from", "random") == "constructed":
+    _check_construction(config, model, dataset)
   if config.procrustes.enabled:
     targets = models.family(config.model.name).projection_targets
     if targets is None:
@@ -112,6 +125,23 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
       procrustes.procrustes(targets(dataset.x_train.shape, stem_convention=config.procrustes.get("stem", "correct")),
                             probability=config.procrustes.probability, every=config.procrustes.every or None,
                             seed=config.seed)
+
+
+def _check_construction(config, model, dataset: data_lib.Dataset) -> None:
+  """``init_from='constructed'`` needs a family with a construction and data from a known teacher."""
+  construct = models.family(config.model.name).construct
+  if construct is None:
+    with_construction = sorted(name for name, f in models.FAMILIES.items() if f.construct)
+    raise ConfigError("config.init_from", "constructed", f"'random' for {config.model.name} (families with a "
+                      f"construction: {with_construction})")
+  if dataset.flow is None:
+    raise ConfigError("config.init_from", "constructed", f"'random' for data {config.data.name!r} (a construction "
+                      "needs the teacher's flow: data.name='teacher')")
+  template = jax.eval_shape(model.init, jax.random.key(0), dataset.x_train[:1])
+  try:
+    construct(model, template, dataset.flow)
+  except ValueError as error:
+    raise ConfigError("config.init_from", "constructed", f"'random' for this model ({error})") from None
 
 
 def _check_schedule(optimizer) -> None:
@@ -151,9 +181,7 @@ def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
     validation.positive_ints("depths", config.depths)
     validation.positive_int("parallel_runs", config.parallel_runs)
     validation.one_of("placement", config.placement, PLACEMENTS)
-    seeds = config.seeds if isinstance(config.seeds, (tuple, list)) else (config.seeds,)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-      raise ValueError(f"seeds = {config.seeds!r}: expected a non-empty list of integers >= 0")
+    _check_seeds("seeds", config.seeds)
     names = config.settings if isinstance(config.settings, (tuple, list)) else (config.settings,)
     overrides = config.get("overrides") or {}
     if not names:
@@ -168,6 +196,8 @@ def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
         validation.one_of("name", overrides[name].get("name"), models.FAMILIES)
         if "depths" in overrides[name]:
           validation.positive_ints("depths", overrides[name].depths)
+        if "seeds" in overrides[name]:
+          _check_seeds("seeds", overrides[name].seeds)
   for field, instead in (("depth", "config.depths"), ("name", "config.settings")):
     if config.model.get(field) is not None:
       raise ConfigError(f"config.model.{field}", config.model[field],
@@ -187,6 +217,14 @@ def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
       if setting in overrides and field in overrides[setting]:
         raise ConfigError(f"config.overrides.{setting}.{field}", error.value, error.allowed) from None
       raise
+
+
+def _check_seeds(name: str, seeds) -> None:
+  listed = seeds if isinstance(seeds, (tuple, list)) else (seeds,)
+  if not listed or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in listed):
+    raise ValueError(f"{name} = {seeds!r}: expected a non-empty list of integers >= 0")
+  if len(set(listed)) != len(listed):
+    raise ValueError(f"{name} = {seeds!r}: expected distinct seeds (a seed names a run directory)")
 
 
 def check_spectra(config) -> None:

@@ -138,6 +138,21 @@ def evaluate(eval_fn, state, dataset, batch_size, sharding) -> list[dict[str, fl
   return results
 
 
+# Programs a run calls a handful of times (initialisation, measurements, evaluations): on XLA:CPU
+# compiling them with LLVM's optimisations costs more than it saves, so they compile without.
+SELDOM_OPTIONS = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+
+
+def jit_seldom(fn, **kwargs):
+  """``jax.jit`` for a program called a handful of times per run (:data:`SELDOM_OPTIONS`)."""
+  return jax.jit(fn, compiler_options=SELDOM_OPTIONS, **kwargs)
+
+
+# Two large batched SVDs running at once in one process (a sweep's threads) deadlock XLA:CPU
+# (jaxlib 0.10: both wait on the intra-op thread pool); the direction-free δ takes turns.
+_ONE_SVD_AT_A_TIME = threading.Lock()
+
+
 class Measurer:
   """Every member's backward ratios (and direction-free δ) on the first held-out examples.
 
@@ -152,10 +167,10 @@ class Measurer:
     self.inputs = dataset.x_test[:config.signal.num_examples]
     self.targets = dataset.y_test[:config.signal.num_examples]
     one = functools.partial(signal.measure, model, loss_fn=loss_fn, train=False)
-    self.ratios = jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+    self.ratios = jit_seldom(jax.vmap(one, in_axes=(0, None, None)))
     family = models.family(config.model.name)
     calibrate = family.calibrate_batch_stats
-    self.calibrate = calibrate and jax.jit(jax.vmap(functools.partial(calibrate, model), in_axes=(0, None)))
+    self.calibrate = calibrate and jit_seldom(jax.vmap(functools.partial(calibrate, model), in_axes=(0, None)))
     examples = min(config.signal.get("free_examples", 0), len(self.inputs))
     self.free = None
     if examples and family.block_stack is not None:
@@ -166,7 +181,7 @@ class Measurer:
         dense = math.prod(blocks.inputs.shape[2:]) <= self.DENSE_WIDTH
         return spectra.block_extremes(blocks, dense=dense)
 
-      self.free = jax.jit(jax.vmap(extremes, in_axes=(0, None)))
+      self.free = jit_seldom(jax.vmap(extremes, in_axes=(0, None)))
 
   def __call__(self, variables, *, initial: bool = False, free: bool = False) -> list[records.Measurement]:
     """The measurements of the stacked ``variables``, one per member. ``initial``: first set
@@ -176,7 +191,10 @@ class Measurer:
     if initial and self.calibrate is not None:
       variables = self.calibrate(variables, self.inputs)
     reports = jax.device_get(self.ratios(variables, self.inputs, self.targets))
-    extremes = jax.device_get(self.free(variables, self.free_inputs)) if free and self.free else None
+    extremes = None
+    if free and self.free:
+      with _ONE_SVD_AT_A_TIME:
+        extremes = jax.device_get(self.free(variables, self.free_inputs))
     return [records.Measurement.from_report(
         _member(reports, m), extremes and signal.direction_free(*_member(extremes, m)))
             for m in range(len(reports.grad_norm))]
@@ -471,14 +489,15 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   schedule = train.learning_rate_schedule(config, steps_per_epoch)
   optimizer_if = optimizers(config, dataset, steps_per_epoch)  # projecting step? -> its optimizer
   keys = jnp.stack([jax.random.key(seed) for seed in seeds])
-  state = train.create_train_states(model, keys, dataset.x_train[:1], optimizer_if[False], replicated)
+  state = train.create_train_states(model, keys, dataset.x_train[:1], optimizer_if[False], replicated,
+                                    compiler_options=SELDOM_OPTIONS)
   construction = None
   if config.get("init_from", "random") == "constructed":
     state, construction = _constructed(config, model, state, dataset, replicated)
   measure = Measurer(config, model, loss_fn, dataset)
   init = measure(train.variables(state), initial=True, free=True)
-  eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task),
-                             in_axes=(0, None)))
+  eval_fn = jit_seldom(jax.vmap(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task),
+                                in_axes=(0, None)))
   init_metrics = evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding)
 
   managers = [_checkpoint_manager(workdir / "checkpoints", local) for workdir in workdirs]
@@ -486,7 +505,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   # among several saves and restores host copies.
   host_copies = local and jax.process_count() > 1
   take, stack = _member_ops(replicated)
-  restored = [_restore(manager, take(state, m), workdir, host_copies, replicated)
+  restored = [_restore(manager, take(state, m), workdir, host_copies, replicated) if manager.all_steps() else (0, None)
               for m, (manager, workdir) in enumerate(zip(managers, workdirs))]
   starts = sorted({step for step, _ in restored})
   if len(starts) > 1:  # members left off at different steps: each step's members go on together
@@ -598,9 +617,9 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   return results
 def _member_ops(sharding):
   """(take, stack): member m of a stacked tree, and member trees stacked, both placed on ``sharding``."""
-  take = jax.jit(lambda tree, m: jax.tree.map(lambda leaf: jax.lax.dynamic_index_in_dim(leaf, m, keepdims=False),
-                                                tree), out_shardings=sharding)
-  stack = jax.jit(lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees), out_shardings=sharding)
+  take = jit_seldom(lambda tree, m: jax.tree.map(lambda leaf: jax.lax.dynamic_index_in_dim(leaf, m, keepdims=False),
+                                                  tree), out_shardings=sharding)
+  stack = jit_seldom(lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees), out_shardings=sharding)
   return take, stack
 
 

@@ -99,6 +99,55 @@ def delta_vs_depth(summary: dict, path: str) -> None:
   save(draw_delta_vs_depth(Figure(figsize=figsize(len(summary["models"]))), summary), path)
 
 
+def draw_constructed_vs_trained(fig, summary: dict, constructed: str):
+  """The theorem's constructed network beside the trained ones, against depth (log–log): left, δ_max
+  of the constructed network (the ``constructed`` setting at initialisation), its promised bound
+  on ‖J_l − I‖, the reference setting after training (δ_max, δ_mean, δ in every direction) with
+  its envelope c_min·log(2L)/L, and the constructed network after training; right, how well each
+  fits the task (test loss / target variance). Means over seeds with their spread."""
+  reference = summary["reference_model"]
+  built, trained = summary["models"][constructed], summary["models"][reference]
+  ax_delta, ax_loss = fig.subplots(1, 2)
+  lines = ((built, "init", "delta_max", "o-", "constructed δ_max"),
+           (trained, "trained", "delta_max", "s-", f"trained δ_max ({reference})"),
+           (trained, "trained", "delta_mean", "s:", "trained δ_mean"),
+           (trained, "trained", "free_delta_max", "d--", "trained δ in every direction (max)"),
+           (built, "trained", "delta_max", "^-.", "trained from the constructed network, δ_max"))
+  for entry, stage, key, style, label in lines:
+    values = entry[stage].get(key)
+    if values is None:
+      continue
+    L, d, e = _points(entry["depths"], values, (entry[stage].get("std") or {}).get(key))
+    if len(L):
+      ax_delta.errorbar(L, d, yerr=np.minimum(e, 0.95 * d), fmt=style, ms=4, capsize=2, label=label)
+  L, bound, _ = _points(built["depths"], (built.get("construction") or {}).get("block_bound_max") or [])
+  if len(L):
+    ax_delta.plot(L, bound, "k--", lw=1, label="constructed: promised bound on ‖J_l − I‖")
+  reading = (trained["trained"].get("bound") or {}).get("delta_max")
+  if reading and reading.get("c_min"):
+    grid = np.geomspace(min(trained["depths"]), max(trained["depths"]), 100)
+    ax_delta.plot(grid, theory.delta_bound(grid, reading["c_min"]), "k-", lw=1,
+                  label=f"envelope {reading['c_min']:.2g}·log(2L)/L of trained δ_max")
+  _log_depth_axes(ax_delta, "δ: constructed, trained, bound")
+  ax_delta.set_ylabel("δ")
+  ax_delta.legend(fontsize=6)
+  for entry, key, style, label in ((built, "init_test_loss_relative", "o-", "constructed"),
+                                   (trained, "test_loss_relative", "s-", f"trained ({reference})"),
+                                   (built, "test_loss_relative", "^-.", "trained from the constructed network")):
+    L, v, _ = _points(entry["depths"], entry.get(key) or [])
+    if len(L):
+      ax_loss.plot(L, v, style, ms=4, label=label)
+  _log_depth_axes(ax_loss, "fit of the task")
+  ax_loss.set_ylabel("test loss / target variance")
+  ax_loss.legend(fontsize=6)
+  fig.tight_layout()
+  return fig
+
+
+def constructed_vs_trained(summary: dict, constructed: str, path: str) -> None:
+  save(draw_constructed_vs_trained(Figure(figsize=(10, 4)), summary, constructed), path)
+
+
 def draw_task_vs_depth(fig, summary: dict):
   """How well every depth fitted the task, per setting (means over seeds, their spread as bars):
   train and test loss relative to the targets' variance (regression), or test accuracy and test

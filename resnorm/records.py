@@ -302,6 +302,7 @@ class FamilyResults:
       the seeds; ``convergence``: the verdict's ``window`` and ``tolerance``.
     budget: the runs' budget (:class:`RunRecord`); ``construction``: per depth, the constructed
       network's promised ``block_bound_max`` (settings started from it only).
+    overrides: what the setting is (its family and overrides, ``config.overrides.<setting>``).
   """
 
   depths: list[int]
@@ -327,6 +328,7 @@ class FamilyResults:
   convergence: dict | None = None
   budget: dict | None = None
   construction: dict[str, list] | None = None
+  overrides: dict | None = None
 
   def stage(self, name: str, kind: str = "block") -> Stage | None:
     """The :class:`Stage` ``init`` or ``trained`` of layers of ``kind`` (None: no such layers)."""

@@ -1,14 +1,18 @@
 """The depth sweep: train every (setting, depth, seed), collect δ(L), read it, write the results.
 
-A *setting* is a model family with overrides of ``config.model`` (``config.overrides.<setting>``:
-``name`` = the family, the overrides, optionally its own ``depths``, and a dict for another
-config section, e.g. ``procrustes=dict(enabled=True)``); a setting named like a
-family with no overrides entry is that family as configured. The sweep runs every setting at
-every depth with every seed of ``config.seeds``.
+A *setting* is a model family with overrides (``config.overrides.<setting>``: ``name`` = the
+family; options of ``config.model``; top-level run fields such as ``num_steps`` or
+``init_from``; a dict for another config section, e.g. ``procrustes=dict(enabled=True)``;
+optionally its own ``depths`` and ``seeds``); a setting named like a family with no overrides
+entry is that family as configured. The sweep runs every setting at every depth with every seed
+of ``config.seeds`` (or its own). The seeds of one setting and depth train together as one
+program (:func:`resnorm.loop.train_group`) where their runs allow it.
 
 A sweep workdir holds one run directory per triple (``runs/<setting>_L<depth>_s<seed>/``,
 written by :func:`resnorm.loop.train_and_evaluate`) and the sweep's own outputs:
 
+* ``report.md`` — the findings, every sentence and number generated from the summary
+  (:mod:`resnorm.report`);
 * ``summary.json`` — top level: ``depths``, ``delta_max``, ``delta_mean``, ``diverged`` (lists
   aligned with ``depths``, means over seeds) and ``fit`` = {c, r2, …} for the trained networks of
   the reference setting (the first of ``config.settings``); under ``models.<setting>``: the same
@@ -17,6 +21,8 @@ written by :func:`resnorm.loop.train_and_evaluate`) and the sweep's own outputs:
 * ``results.csv`` — one row per run;
 * ``delta_vs_depth.png`` — δ against L on log–log axes with the envelope c_min·log(2L)/L;
 * ``task_vs_depth.png`` — how well each depth fitted the task (test loss, accuracy);
+* ``constructed_vs_trained.png`` — the theorem's constructed network beside the trained ones
+  (sweeps with a setting started from it);
 * ``delta_by_kind.png`` — δ against L per kind of layer (networks with transitions);
 * ``ratio_profile.png`` — the ratio r_k along the network, at init and trained, per depth;
 * ``delta_during_training.png`` — δ_max against the training step (``signal.every`` > 0).
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import dataclasses
 import io
 
 import jax
@@ -40,7 +47,7 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from resnorm import config_validation, loop, plots, records, theory
+from resnorm import config_validation, loop, plots, records, report, theory
 
 RUNS = "runs"
 CSV_DELTAS = ("delta_max", "delta_mean", "delta_p50", "delta_p90", "delta_p99", "log_gain", "layer_p90_max",
@@ -59,7 +66,10 @@ def settings(config) -> tuple[str, ...]:
 def setting_overrides(config, setting: str) -> dict:
   """``config.overrides.<setting>`` as a dict, ``{'name': setting}`` for a bare family name."""
   overrides = config.get("overrides") or {}
-  return dict(overrides[setting]) if setting in overrides else {"name": setting}
+  if setting not in overrides:
+    return {"name": setting}
+  entry = overrides[setting]
+  return entry.to_dict() if hasattr(entry, "to_dict") else dict(entry)
 
 
 def setting_depths(config, setting: str) -> tuple[int, ...]:
@@ -67,29 +77,47 @@ def setting_depths(config, setting: str) -> tuple[int, ...]:
   return tuple(sorted(set(depths if isinstance(depths, (tuple, list)) else (depths,))))
 
 
+def setting_seeds(config, setting: str) -> tuple[int, ...]:
+  seeds = setting_overrides(config, setting).get("seeds", config.seeds)
+  return tuple(seeds) if isinstance(seeds, (tuple, list)) else (seeds,)
+
+
 def run_config(config, setting: str, depth: int, seed: int) -> ml_collections.ConfigDict:
-  """The single-run config of one triple: the sweep config without its lists, ``config.model``
-  with the setting's overrides, ``seed`` and ``setting`` filled in."""
+  """The single-run config of one triple: the sweep config without its lists, the setting's
+  overrides applied (to ``config.model`` unless the key is a top-level run field), ``seed`` and
+  ``setting`` filled in."""
   single = ml_collections.ConfigDict(config.to_dict())
   for field in SWEEP_FIELDS:
     if field in single:
       del single[field]
   for key, value in setting_overrides(config, setting).items():
-    if key == "depths":
+    if key in ("depths", "seeds"):
       continue
     if isinstance(value, (dict, ml_collections.ConfigDict)):  # a section, e.g. procrustes=dict(enabled=True)
       single[key].update(dict(value))
-    else:
+    elif key in single.model or key not in single:
       single.model[key] = value
+    else:  # a top-level run field, e.g. num_steps or init_from
+      single[key] = value
   single.model.depth, single.seed, single.setting = depth, seed, setting
   return single
 
 
 def plan(config) -> list[tuple[str, int, int, ml_collections.ConfigDict]]:
   """Every (setting, depth, seed, run config) of a validated sweep config, in config order."""
-  seeds = config.seeds if isinstance(config.seeds, (tuple, list)) else (config.seeds,)
   return [(setting, depth, seed, run_config(config, setting, depth, seed))
-          for setting in settings(config) for depth in setting_depths(config, setting) for seed in seeds]
+          for setting in settings(config) for depth in setting_depths(config, setting)
+          for seed in setting_seeds(config, setting)]
+
+
+def groups(runs) -> list[list[tuple]]:
+  """``runs`` (from :func:`plan`) in the groups that train as one program: the seeds of one
+  setting and depth, where :func:`resnorm.loop.groupable`; every other run alone."""
+  grouped = {}
+  for run in runs:
+    setting, depth, seed, single = run
+    grouped.setdefault((setting, depth) if loop.groupable(single) else (setting, depth, seed), []).append(run)
+  return list(grouped.values())
 
 
 def run_sweep(config, workdir, progress: bool = True) -> records.SweepSummary:
@@ -112,58 +140,70 @@ def run_sweep(config, workdir, progress: bool = True) -> records.SweepSummary:
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     records.write_json(workdir / "config.json", records.config_dict(config))
-  # Deepest runs first: the longest runs do not end up last.
-  runs_by_cost = sorted(runs, key=lambda run: -run[1])
+  # The costliest groups (depth × seeds) first: the longest do not end up last.
+  by_cost = sorted(groups(runs), key=lambda group: -group[0][1] * len(group))
   if config.placement == "spread" and jax.process_count() > 1:
-    results = _run_spread(runs_by_cost, workdir, dataset)
+    results = _run_spread(by_cost, workdir, dataset)
   else:
-    # One process: `parallel_runs` at a time, so one run's compilation (single-threaded)
+    # One process: `parallel_runs` groups at a time, so one group's compilation (single-threaded)
     # overlaps another's training. Several: one at a time, in the same order on every process.
     threads = config.parallel_runs if jax.process_count() == 1 else 1
-    results = _run_all(runs_by_cost, workdir, dataset, threads, progress and jax.process_index() == 0)
-  summary = summarize(results, list(settings(config)))
+    results = _run_all(by_cost, workdir, dataset, threads, progress and jax.process_index() == 0)
+  summary = summarize(results, list(settings(config)), {name: setting_overrides(config, name)
+                                                        for name in settings(config)})
   if jax.process_index() == 0:
     write_outputs(workdir, summary, results)
   return summary
 
 
-def _run(setting: str, depth: int, seed: int, single, workdir, dataset, local: bool = False) -> records.RunRecord:
-  run_dir = workdir / RUNS / run_name(setting, depth, seed)
-  return _finished(run_dir, single) or loop.train_and_evaluate(single, run_dir, dataset, local=local)
+def _run_group(group, workdir, dataset, local: bool = False) -> list[records.RunRecord]:
+  """The records of a group's runs: finished ones read back, the others trained together."""
+  run_dirs = [workdir / RUNS / run_name(setting, depth, seed) for setting, depth, seed, _ in group]
+  found = [_finished(run_dir, single) for run_dir, (*_, single) in zip(run_dirs, group)]
+  todo = [i for i, record in enumerate(found) if record is None]
+  if todo:
+    trained = loop.train_group([group[i][3] for i in todo], [run_dirs[i] for i in todo], dataset, local=local)
+    for i, record in zip(todo, trained):
+      found[i] = record
+  return found
 
 
-def _run_all(runs, workdir, dataset, threads: int, progress: bool) -> list[records.RunRecord]:
+def _run_all(groups_, workdir, dataset, threads: int, progress: bool) -> list[records.RunRecord]:
   results = []
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    futures = [pool.submit(_run, *run, workdir, dataset) for run in runs]
-    bar = tqdm.tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="sweep", unit="run",
-                    disable=not progress)
-    for future in bar:
-      results.append(future.result())
+    futures = [pool.submit(_run_group, group, workdir, dataset) for group in groups_]
+    bar = tqdm.tqdm(total=sum(map(len, groups_)), desc="sweep", unit="run", disable=not progress)
+    for future in concurrent.futures.as_completed(futures):
+      results += future.result()
+      bar.update(len(future.result()))
       bar.set_postfix_str(f"{results[-1].setting} L={results[-1].depth} done")
+    bar.close()
   return results
 
 
 FAILED = "FAILED"  # a run directory's marker of a run that raised, holding the error
 
 
-def _run_spread(runs, workdir, dataset) -> list[records.RunRecord]:
-  """Process p trains runs p, p + P, p + 2P, … of ``runs`` on its own devices; then all wait for
-  each other and read every record. A run that raises leaves its error in ``<run>/FAILED``, so
-  that every process, past the barrier, fails naming it instead of waiting forever."""
+def _run_spread(groups_, workdir, dataset) -> list[records.RunRecord]:
+  """Process p trains groups p, p + P, p + 2P, … of ``groups_`` on its own devices; then all wait
+  for each other and read every record. A group that raises leaves its error in each of its runs'
+  ``<run>/FAILED``, so that every process, past the barrier, fails naming them instead of
+  waiting forever."""
   process, count = jax.process_index(), jax.process_count()
-  for setting, depth, seed, single in runs[process::count]:
-    marker = workdir / RUNS / run_name(setting, depth, seed) / FAILED
-    if marker.exists():
-      marker.unlink()
+  for group in groups_[process::count]:
+    markers = [workdir / RUNS / run_name(*run[:3]) / FAILED for run in group]
+    for marker in markers:
+      if marker.exists():
+        marker.unlink()
     try:
-      _run(setting, depth, seed, single, workdir, dataset, local=True)
+      _run_group(group, workdir, dataset, local=True)
     except Exception as error:  # pylint: disable=broad-except  (reported to every process below)
-      marker.parent.mkdir(parents=True, exist_ok=True)
-      marker.write_text(f"process {process}: {type(error).__name__}: {error}")
-      logging.exception("run %s failed", run_name(setting, depth, seed))
+      for marker in markers:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"process {process}: {type(error).__name__}: {error}")
+      logging.exception("runs %s failed", ", ".join(run_name(*run[:3]) for run in group))
   multihost_utils.sync_global_devices("resnorm.sweep.spread")
-  names = [run_name(*run[:3]) for run in runs]
+  names = [run_name(*run[:3]) for group in groups_ for run in group]
   failed = [(name, (workdir / RUNS / name / FAILED)) for name in names]
   failed = [(name, marker.read_text()) for name, marker in failed if marker.exists()]
   if failed:
@@ -215,6 +255,9 @@ def _family(runs: list[records.RunRecord]) -> records.FamilyResults:
   train_loss, test_loss = column("train_loss"), column("test_loss")
   kinds = sorted({k for r in runs for m in (r.init, r.trained) if m for k in m.by_kind} - {"block"})
   seeds = sorted({r.seed for r in runs if r.seed is not None})
+  init_test_loss = column("init_test_loss") if any(r.init_test_loss is not None for r in runs) else None
+  verdicts = [[r.convergence for r in group if r.convergence] for group in groups]
+  constructed = any(r.construction for r in runs)
   return records.FamilyResults(
       depths=depths,
       diverged=[any(r.diverged for r in group) for group in groups],
@@ -231,12 +274,29 @@ def _family(runs: list[records.RunRecord]) -> records.FamilyResults:
       std={key: spread(key) for key in ("train_loss", "test_loss", "test_accuracy")} if seeds else None,
       by_kind={kind: {stage: records.Stage.columns(groups, stage, _fit, theory.read_bound, kind)
                       for stage in records.STAGES} for kind in kinds} if seeds else None,
+      init_test_loss=init_test_loss,
+      init_test_loss_relative=_relative(init_test_loss, variance) if init_test_loss else None,
+      init_test_accuracy=column("init_test_accuracy") if classification and init_test_loss else None,
+      num_converged=[sum(bool(v["converged"]) for v in group) for group in verdicts] if any(verdicts) else None,
+      convergence_change=[records.seed_mean([v["change"] for v in group]) for group in verdicts]
+      if any(verdicts) else None,
+      convergence={k: next(v for group in verdicts for v in group)[k] for k in ("window", "tolerance")}
+      if any(verdicts) else None,
+      budget=next((r.budget for r in runs if r.budget), None),
+      construction={"block_bound_max": [records.seed_mean([(r.construction or {}).get("block_bound_max")
+                                                          for r in group]) for group in groups]}
+      if constructed else None,
   )
 
 
-def summarize(results: list[records.RunRecord], setting_order: list[str]) -> records.SweepSummary:
-  """The sweep summary from run records; independent of their order and timing."""
+def summarize(results: list[records.RunRecord], setting_order: list[str],
+              overrides: dict | None = None) -> records.SweepSummary:
+  """The sweep summary from run records; independent of their order and timing. ``overrides``:
+  each setting's overrides (:func:`setting_overrides`), kept with its results."""
   by_setting = {name: _family([r for r in results if _setting_of(r) == name]) for name in setting_order}
+  if overrides:
+    by_setting = {name: dataclasses.replace(family, overrides=records.config_dict(overrides.get(name, {})))
+                  for name, family in by_setting.items()}
   return records.SweepSummary(setting_order[0], by_setting)
 
 
@@ -263,6 +323,10 @@ def write_outputs(workdir, summary: records.SweepSummary, results: list[records.
   run_data = [dict(r.to_json(), setting=_setting_of(r)) for r in results]
   plots.delta_vs_depth(data, workdir / "delta_vs_depth.png")
   plots.task_vs_depth(data, workdir / "task_vs_depth.png")
+  constructed = [name for name, family in summary.models.items() if family.construction]
+  if constructed:
+    plots.constructed_vs_trained(data, constructed[0], workdir / "constructed_vs_trained.png")
+  records.write_text(workdir / "report.md", report.render(summary))
   if any(r.init.layers and "transition" in r.init.layers["kind"] for r in results):
     plots.delta_by_kind(data, workdir / "delta_by_kind.png")
   if any(r.init.layers for r in results):
@@ -303,7 +367,8 @@ def aggregate(workdirs: list, out_dir) -> records.SweepSummary:
   records.write_json(out_dir / "config.json", merged_config)
   order = merged_config.get("settings") or merged_config["models"]
   order = [m for m in order if any(_setting_of(r) == m for r in results)]
-  summary = summarize(results, order)
+  known = merged_config.get("overrides") or {}
+  summary = summarize(results, order, {name: known.get(name, {"name": name}) for name in order})
   write_outputs(out_dir, summary, results)
   return summary
 

@@ -104,10 +104,11 @@ def create_train_state(model, rng, sample_inputs, tx, sharding=None) -> TrainSta
   return jax.jit(_create(model, tx), out_shardings=sharding)(rng, sample_inputs)
 
 
-def create_train_states(model, rngs, sample_inputs, tx, sharding=None) -> TrainState:
+def create_train_states(model, rngs, sample_inputs, tx, sharding=None, compiler_options=None) -> TrainState:
   """:func:`create_train_state` for every key of ``rngs`` (M,), stacked on a leading member axis:
   member m holds exactly what ``create_train_state(model, rngs[m], ...)`` returns."""
-  return jax.jit(jax.vmap(_create(model, tx), in_axes=(0, None)), out_shardings=sharding)(rngs, sample_inputs)
+  create = jax.vmap(_create(model, tx), in_axes=(0, None))
+  return jax.jit(create, out_shardings=sharding, compiler_options=compiler_options)(rngs, sample_inputs)
 
 
 def _create(model, tx):

@@ -7,6 +7,7 @@ config path.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Collection
 from typing import Any
@@ -35,7 +36,8 @@ def non_negative_int(name: str, value: Any) -> int:
 
 
 def positive_float(name: str, value: Any) -> float:
-  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+  """A finite number > 0 (not a bool)."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
     raise invalid(name, value, "a positive number")
   return float(value)
 
