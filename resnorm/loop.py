@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import json
 import signal as signal_lib
 import math
 import sys
@@ -138,14 +139,17 @@ def evaluate(eval_fn, state, dataset, batch_size, sharding) -> list[dict[str, fl
   return results
 
 
-# Programs a run calls a handful of times (initialisation, measurements, evaluations): on XLA:CPU
-# compiling them with LLVM's optimisations costs more than it saves, so they compile without.
-SELDOM_OPTIONS = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+def seldom_options() -> dict | None:
+  """The compiler options of programs a run calls a handful of times (initialisation,
+  measurements, evaluations): on XLA:CPU, compiling them with LLVM's optimisations costs more than
+  it saves, so they compile without. (A function: the backend must not start at import, before
+  ``jax.distributed.initialize``.)"""
+  return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
 
 
 def jit_seldom(fn, **kwargs):
-  """``jax.jit`` for a program called a handful of times per run (:data:`SELDOM_OPTIONS`)."""
-  return jax.jit(fn, compiler_options=SELDOM_OPTIONS, **kwargs)
+  """``jax.jit`` for a program called a handful of times per run (:func:`seldom_options`)."""
+  return jax.jit(fn, compiler_options=seldom_options(), **kwargs)
 
 
 # Two large batched SVDs running at once in one process (a sweep's threads) deadlock XLA:CPU
@@ -442,21 +446,35 @@ class _Member:
   latest: tuple | None = None  # (step, Measurement) of the latest measurement during training
 
 
+# The fields in which the runs of one group may differ: numbers the program reads from the state
+# (the branch scale from the model's constants, the blocks' learning-rate scale from the optimizer
+# state), how the parameters start, and the names of the runs.
+MEMBER_FIELDS = ("seed", "setting", "model.branch_scale", "model.zero_init_last", "init_from",
+                 "optimizer.block_lr_scale")
+
+
 def groupable(config) -> bool:
-  """Whether runs of ``config`` may share a program with other seeds: not when the host decides
-  step by step whether each run projects (the coins differ by seed), nor with host augmentation."""
+  """Whether runs of ``config`` may share a program with others: not when the host decides step by
+  step whether each run projects (the coins differ by seed), nor with host augmentation."""
   return not (config.procrustes.enabled or config.augment)
 
 
+def group_key(config) -> str:
+  """Runs with equal keys share one program (:func:`train_group`): their configs agree outside
+  :data:`MEMBER_FIELDS`."""
+  flat = traverse_util.flatten_dict(records.config_dict(config), sep=".")
+  return json.dumps({k: v for k, v in sorted(flat.items()) if k not in MEMBER_FIELDS})
+
+
 def _check_group(configs) -> None:
-  seeds = [c.seed for c in configs]
-  if len(set(seeds)) != len(seeds):
-    raise ValueError(f"seeds = {seeds}: expected distinct seeds in one group")
-  for other in configs[1:]:
-    differences = [d for d in config_differences(records.config_dict(configs[0]), other)
-                   if not d.startswith("seed:")]
-    if differences:
-      raise ValueError(f"configs differ beyond their seed ({'; '.join(differences)}): expected one group of seeds")
+  names = [(c.get("setting"), c.seed) for c in configs]
+  if len(set(names)) != len(names):
+    raise ValueError(f"(setting, seed) = {names}: expected distinct runs in one group")
+  if len({group_key(c) for c in configs}) > 1:
+    differences = [d for d in config_differences(records.config_dict(configs[0]), configs[-1])
+                   if d.split(":")[0] not in MEMBER_FIELDS]
+    raise ValueError(f"configs differ in {'; '.join(differences)}: expected one group (they may differ only in "
+                     f"{', '.join(MEMBER_FIELDS)})")
   if len(configs) > 1 and not groupable(configs[0]):
     raise ValueError("procrustes.enabled or augment: expected one run per group (the host decides per run)")
 
@@ -488,12 +506,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   eval_every = steps_per_epoch if config.get("eval_every") is None else config.eval_every
   schedule = train.learning_rate_schedule(config, steps_per_epoch)
   optimizer_if = optimizers(config, dataset, steps_per_epoch)  # projecting step? -> its optimizer
-  keys = jnp.stack([jax.random.key(seed) for seed in seeds])
-  state = train.create_train_states(model, keys, dataset.x_train[:1], optimizer_if[False], replicated,
-                                    compiler_options=SELDOM_OPTIONS)
-  construction = None
-  if config.get("init_from", "random") == "constructed":
-    state, construction = _constructed(config, model, state, dataset, replicated)
+  state, constructions = _initial_states(configs, seeds, dataset, steps_per_epoch, replicated)
   measure = Measurer(config, model, loss_fn, dataset)
   init = measure(train.variables(state), initial=True, free=True)
   eval_fn = jit_seldom(jax.vmap(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task),
@@ -611,7 +624,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   for m, member in enumerate(members):
     results.append(_record(member, init[m], init_metrics[m], final[m], last_evaluation and last_evaluation[m],
                            last_checkpoints[m], num_steps, train_seconds, progress.throughput(), dataset,
-                           construction, len(members)))
+                           constructions[m], len(members)))
     if lead:
       records.write_run(member.workdir, results[-1])
   return results
@@ -628,17 +641,44 @@ def _replicated(tree, sharding):
   return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), tree)
 
 
-def _constructed(config, model, state, dataset, sharding):
-  """``state`` with every member's parameters those of the theorem's constructed network for the
-  data's teacher (:attr:`resnorm.models.Family.construct`), and what the construction promises.
+def _initial_states(configs, seeds, dataset, steps_per_epoch: int, sharding):
+  """Every member's initial train state, stacked, and per member what its construction promises
+  (None for a random start).
 
-  The optimizer state is left as created: Adam's and SGD's depend only on the parameters' shapes.
+  Members that start alike (the same model options, start and optimizer) are created together;
+  the stacks are joined in member order. A constructed start replaces the parameters by the
+  theorem's network for the data's teacher (:attr:`resnorm.models.Family.construct`) and keeps
+  the optimizer state as created: Adam's and SGD's depend only on the parameters' shapes.
   """
-  members = jax.tree.leaves(state.params)[0].shape[0]
-  template = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), state.params)
-  built = models.family(config.model.name).construct(model, {"params": template}, dataset.flow)
-  params = jax.tree.map(lambda leaf: np.broadcast_to(leaf, (members,) + leaf.shape), built.variables["params"])
-  return state.replace(params=_replicated(params, sharding)), {"block_bound_max": float(built.block_bounds.max())}
+  kinds = {}
+  for m, config in enumerate(configs):
+    kinds.setdefault(json.dumps([config.model.to_dict(), config.get("init_from", "random"),
+                                 config.optimizer.get("block_lr_scale", "1")], default=str), []).append(m)
+  parts, constructions = [None] * len(configs), [None] * len(configs)
+  for members in kinds.values():
+    config = configs[members[0]]
+    model = build_model(config, dataset.num_outputs)
+    tx = optimizers(config, dataset, steps_per_epoch)[False]
+    keys = jnp.stack([jax.random.key(seeds[m]) for m in members])
+    state = train.create_train_states(model, keys, dataset.x_train[:1], tx, compiler_options=seldom_options())
+    if config.get("init_from", "random") == "constructed":
+      template = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), state.params)
+      built = models.family(config.model.name).construct(model, {"params": template}, dataset.flow)
+      params = jax.tree.map(lambda leaf: np.broadcast_to(leaf, (len(members),) + leaf.shape),
+                            built.variables["params"])
+      state = state.replace(params=jax.tree.map(jnp.asarray, params))
+      for m in members:
+        constructions[m] = {"block_bound_max": float(built.block_bounds.max())}
+    for i, m in enumerate(members):
+      parts[m] = (state, i)
+  def arrays(state):  # the state without its static fields (each kind has its own optimizer object)
+    return state.step, state.params, state.opt_state, state.batch_stats, state.constants
+
+  members = [jax.tree.map(lambda leaf, i=i: np.asarray(leaf[i]), arrays(state)) for state, i in parts]
+  step, params, opt_state, batch_stats, constants = jax.tree.map(lambda *leaves: np.stack(leaves), *members)
+  group = parts[0][0].replace(step=step, params=params, opt_state=opt_state, batch_stats=batch_stats,
+                              constants=constants)
+  return _replicated(group, sharding), constructions
 
 
 class _Stretches:

@@ -240,7 +240,8 @@ class Stage:
     layer_mean_max … batch_delta_mean: the depth-fair statistics of :class:`signal.DeltaStats`.
     std: statistic -> the standard deviation over seeds per depth (None with one seed).
     bound: statistic in :data:`BOUND_KEYS` -> :func:`resnorm.theory.read_bound` over the seeds.
-    free_delta_max … identity_distance_max: δ in every direction (:class:`signal.DeltaStats`).
+    free_delta_max, free_delta_mean, free_layer_p90_max, free_examples: δ in every direction
+      (:class:`signal.DeltaStats`).
   """
 
   delta_max: list[float | None]
@@ -260,7 +261,7 @@ class Stage:
   free_delta_max: list[float | None] | None = None
   free_delta_mean: list[float | None] | None = None
   free_layer_p90_max: list[float | None] | None = None
-  identity_distance_max: list[float | None] | None = None
+  free_examples: list[float | None] | None = None
 
   @classmethod
   def columns(cls, groups: list[list[RunRecord]], stage: str, fit, bound, kind: str = "block") -> Stage:

@@ -30,6 +30,9 @@ from flax import traverse_util
 from resnorm import probes, validation
 
 QUANTILES = (50, 90, 99)
+# Ratios within this of 1 are 1: norms are float32, and two equal gradients reduced in different
+# vector lanes (a vmapped group, another site's alignment) differ by a few ulps.
+RESOLUTION = 16 * float(np.finfo(np.float32).eps)
 
 
 @flax.struct.dataclass
@@ -38,7 +41,8 @@ class SignalReport:
 
   Attributes:
     grad_norm: (S+1, B) ‖∂E/∂x_k‖.
-    ratio: (S, B) r_k = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖; NaN where the denominator is 0.
+    ratio: (S, B) r_k = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖; NaN where the denominator is 0, and exactly 1
+      within :data:`RESOLUTION` of 1 (float32 rounding).
     stream_norm: (S+1, B) ‖x_k‖.
     branch_ratio: (S, B) ‖F_k(x_k)‖ / ‖x_k‖ for the layer producing x_{k+1}.
     q: (S+1,) mean square of x_k.
@@ -123,6 +127,7 @@ def measure(
   grad_norm = jnp.concatenate([jax.vmap(probes.per_example_norm)(g) for _, g in grad_sites])
   below = grad_norm[1:]
   ratio = jnp.where(below > 0, grad_norm[:-1] / jnp.where(below > 0, below, 1.0), jnp.nan)
+  ratio = jnp.where(jnp.abs(ratio - 1) <= RESOLUTION, 1.0, ratio)
   branch = [s.get("branch_ratio", jnp.full_like(s["norm"], jnp.nan)) for s in stats]
   return SignalReport(
       grad_norm=grad_norm,
@@ -165,7 +170,6 @@ class DeltaStats:
 
     free_delta_max, free_delta_mean: max and mean over blocks × examples of δ^free.
     free_layer_p90_max: the max over blocks of each block's 90th percentile of δ^free.
-    identity_distance_max: the max over blocks × examples of ‖J_l − I‖₂ ≥ δ^free.
     free_examples: the examples they are taken over (the first of the measured ones).
   """
 
@@ -189,7 +193,6 @@ class DeltaStats:
   free_delta_max: float | None = None
   free_delta_mean: float | None = None
   free_layer_p90_max: float | None = None
-  identity_distance_max: float | None = None
   free_examples: int | None = None
 
 
@@ -265,11 +268,10 @@ def stream_profile(report: SignalReport) -> dict[str, list]:
                 delta_mean=np.nanmean(np.abs(ratio - 1.0), axis=1).tolist())
 
 
-def direction_free(sigma_max, sigma_min, identity_distance) -> dict[str, float]:
-  """The direction-free fields of :class:`DeltaStats` from (blocks, examples) arrays of the
-  block Jacobians' extreme singular values and ‖J_l − I‖₂ (:func:`resnorm.spectra.block_extremes`)."""
+def direction_free(sigma_max, sigma_min) -> dict[str, float]:
+  """The direction-free fields of :class:`DeltaStats` from (blocks, examples) arrays of the block
+  Jacobians' extreme singular values (:func:`resnorm.spectra.block_extremes`)."""
   sigma_max, sigma_min = np.asarray(sigma_max, np.float64), np.asarray(sigma_min, np.float64)
   free = np.maximum(sigma_max - 1.0, 1.0 - sigma_min)
   return dict(free_delta_max=float(free.max()), free_delta_mean=float(free.mean()),
-              free_layer_p90_max=float(np.percentile(free, 90, axis=1).max()),
-              identity_distance_max=float(np.max(identity_distance)), free_examples=int(free.shape[1]))
+              free_layer_p90_max=float(np.percentile(free, 90, axis=1).max()), free_examples=int(free.shape[1]))

@@ -5,8 +5,9 @@ family; options of ``config.model``; top-level run fields such as ``num_steps`` 
 ``init_from``; a dict for another config section, e.g. ``procrustes=dict(enabled=True)``;
 optionally its own ``depths`` and ``seeds``); a setting named like a family with no overrides
 entry is that family as configured. The sweep runs every setting at every depth with every seed
-of ``config.seeds`` (or its own). The seeds of one setting and depth train together as one
-program (:func:`resnorm.loop.train_group`) where their runs allow it.
+of ``config.seeds`` (or its own). The runs of one depth that differ only in numbers (seed,
+branch scale, initialisation, the blocks' learning-rate scale) train together as one program
+(:func:`resnorm.loop.train_group`) where their runs allow it.
 
 A sweep workdir holds one run directory per triple (``runs/<setting>_L<depth>_s<seed>/``,
 written by :func:`resnorm.loop.train_and_evaluate`) and the sweep's own outputs:
@@ -111,12 +112,15 @@ def plan(config) -> list[tuple[str, int, int, ml_collections.ConfigDict]]:
 
 
 def groups(runs) -> list[list[tuple]]:
-  """``runs`` (from :func:`plan`) in the groups that train as one program: the seeds of one
-  setting and depth, where :func:`resnorm.loop.groupable`; every other run alone."""
+  """``runs`` (from :func:`plan`) in the groups that train as one program: at each depth, the runs
+  whose configs differ only in seed, branch scale, initialisation and the blocks' learning-rate
+  scale (:func:`resnorm.loop.group_key`), where :func:`resnorm.loop.groupable`; every other run
+  alone."""
   grouped = {}
   for run in runs:
     setting, depth, seed, single = run
-    grouped.setdefault((setting, depth) if loop.groupable(single) else (setting, depth, seed), []).append(run)
+    key = loop.group_key(single) if loop.groupable(single) else (setting, depth, seed)
+    grouped.setdefault(key, []).append(run)
   return list(grouped.values())
 
 
@@ -423,11 +427,12 @@ def _bound_line(label: str, stage: records.Stage, key: str = "delta_max") -> str
   text = f"  {label}: c_min {_fmt(reading['c_min'])} (set at L = {reading['c_min_depth']})"
   if reading["slope"] is None:
     return text + f"; {reading['note']}"
-  low, high = reading["slope_interval"]
+  interval = reading.get("slope_interval")
   level = round(100 * reading["level"])
+  interval = f"[{interval[0]:.2f}, {interval[1]:.2f}] ({level}%)" if interval else "(no interval)"
   best = reading["best"] or f"none ({reading['note'] or 'not separated by the seeds'})"
   r2 = ", ".join(f"{law} {v['r2']:.2f}" for law, v in reading["laws"].items())
-  return text + f"; log-log slope {reading['slope']:.2f} [{low:.2f}, {high:.2f}] ({level}%); best law: {best} (R² {r2})"
+  return text + f"; log-log slope {reading['slope']:.2f} {interval}; best law: {best} (R² {r2})"
 
 
 def _pm(value, spread, i) -> str:

@@ -18,9 +18,11 @@ from resnorm import models, probes, procrustes
 
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState plus BatchNorm statistics (``None`` for models without them)."""
+  """Flax's TrainState plus BatchNorm statistics and the model's constants (``'constants'``: numbers
+  it reads but training never changes, such as a branch scale); ``None`` where a model has none."""
 
   batch_stats: Any = None
+  constants: Any = None
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
@@ -71,9 +73,11 @@ def make_optimizer(config, projection_targets=None, project: bool | None = None,
         optax.add_decayed_weights(opt.weight_decay),
         optax.sgd(learning_rate, momentum=opt.momentum or None),
     )
-  block_scale = models.resolve_branch_scale(opt.get("block_lr_scale", "1"), config.model.depth, "block_lr_scale")
-  if block_scale != 1.0:
-    tx = optax.chain(tx, optax.masked(optax.scale(block_scale), block_parameters))
+  depth = config.model.depth if "model" in config else 1  # a scale of 1/L needs the depth
+  block_scale = models.resolve_branch_scale(opt.get("block_lr_scale", "1"), depth, "block_lr_scale")
+  # The scale lives in the optimizer state (inject_hyperparams), not in the trace: optimizers that
+  # differ only in it share their compiled steps.
+  tx = optax.chain(tx, optax.masked(optax.inject_hyperparams(optax.scale)(step_size=block_scale), block_parameters))
   if not config.procrustes.enabled:
     return tx
   projection = procrustes.procrustes(
@@ -114,9 +118,8 @@ def create_train_states(model, rngs, sample_inputs, tx, sharding=None, compiler_
 def _create(model, tx):
   def create(rng, sample_inputs):
     variables = model.init(rng, sample_inputs, train=False)
-    return TrainState.create(
-        apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats")
-    )
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats"), constants=variables.get("constants"))
 
   return create
 
@@ -130,7 +133,7 @@ def train_step(state: TrainState, batch, loss_fn) -> tuple[TrainState, dict]:
   inputs, targets = batch
 
   def loss(params):
-    variables = {"params": params}
+    variables = {"params": params, **_fixed(state)}
     if state.batch_stats is None:
       return loss_fn(state.apply_fn(variables, inputs, train=True), targets), None
     variables["batch_stats"] = state.batch_stats
@@ -189,10 +192,15 @@ def convergence(steps, losses, window: float, tolerance: float) -> dict:
 
 
 def variables(state: TrainState) -> dict:
-  """The variables ``apply`` needs: parameters, and BatchNorm statistics where the model has them."""
-  if state.batch_stats is None:
-    return {"params": state.params}
-  return {"params": state.params, "batch_stats": state.batch_stats}
+  """The variables ``apply`` needs: parameters, and BatchNorm statistics and constants where the
+  model has them."""
+  return {"params": state.params, **_fixed(state),
+          **({} if state.batch_stats is None else {"batch_stats": state.batch_stats})}
+
+
+def _fixed(state: TrainState) -> dict:
+  """The constants collection, where the model has one."""
+  return {} if state.constants is None else {"constants": state.constants}
 
 
 def eval_step(state: TrainState, batch, loss_fn, task: str) -> dict:

@@ -45,11 +45,14 @@ def execute_notebook(name: str, timeout: int = 600, **parameters):
 
 def tiny_sweep(depths=(2, 4), settings=("mlp_residual", "mlp_plain"), seeds=(0,)):
   """configs/depth_sweep.py with tiny data, widths and step counts; bare family names as
-  settings (the families as configured, branch scale 1/L), one seed unless asked."""
+  settings (the families as configured, branch scale 1/L), one seed for every setting unless asked."""
   from configs import depth_sweep  # ml_collections: only the tests that build configs need it
 
   config = depth_sweep.get_config()
   config.depths, config.settings, config.seeds = depths, settings, seeds
+  for override in config.overrides.values():  # every setting runs the seeds asked for
+    if "seeds" in override:
+      del override["seeds"]
   config.model.branch_scale = "1/L"
   config.data.train_size, config.data.test_size = 256, 64
   config.model.width, config.model.hidden = 8, 8

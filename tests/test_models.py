@@ -31,12 +31,20 @@ def test_branch_scales():
 
 
 def test_residual_and_plain_share_parameters_but_not_the_skip():
+  """Same parameters; with them, a residual block's output minus the plain block's is its input
+  (the skip, scaled branch and all: here s = 0.5 read from the constants), and nothing else."""
   inputs = jax.random.normal(jax.random.key(1), (3, 5))
   residual = models.create_model("mlp_residual", 2, num_classes=2, branch_scale="1")
   plain = models.create_model("mlp_plain", 2, num_classes=2)
   variables = residual.init(jax.random.key(2), inputs)
-  assert jax.tree.structure(variables) == jax.tree.structure(plain.init(jax.random.key(2), inputs))
-  assert not np.allclose(residual.apply(variables, inputs), plain.apply(variables, inputs))
+  assert jax.tree.structure(variables["params"]) == jax.tree.structure(plain.init(jax.random.key(2), inputs)["params"])
+  x = jax.random.normal(jax.random.key(3), (3, 6))
+  block = mlp.MLPBlock(hidden=4, branch_scale=0.5)
+  block_variables = block.init(jax.random.key(4), x)
+  assert float(block_variables["constants"]["branch_scale"]) == 0.5
+  with_skip = block.apply(block_variables, x)[0]
+  branch = mlp.MLPBlock(hidden=4, residual=False).apply({"params": block_variables["params"]}, x)[0]
+  np.testing.assert_allclose(with_skip, x + 0.5 * branch, rtol=1e-6, atol=1e-6)
 
 
 def test_families_declare_their_measurement_hooks():

@@ -17,6 +17,11 @@ Initialisation: the first Dense of a branch is He-normal (variance 2/fan_in, whi
 mean square through a ReLU), the second LeCun-normal (variance 1/fan_in), so a plain block
 preserves q-values in expectation. ``zero_init_last`` zeroes the second Dense of a residual
 branch, which makes every block the identity at initialisation.
+
+The branch scale s is a number the blocks read from the ``'constants'`` collection (set from
+``branch_scale`` at initialisation, never trained), not a constant of the trace: stacks that
+differ only in s or in their initialisation compile to one program, and a sweep trains them
+together.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ import numpy as np
 
 from resnorm import probes, spectra
 from resnorm.models import targets
+
+CONSTANTS = "constants"  # the variables a model reads but training never changes
+SCAN_AXES = {**probes.SCAN_AXES, CONSTANTS: 0}  # one branch scale per block, stacked like the parameters
 
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 lecun_normal = nn.initializers.lecun_normal()
@@ -58,11 +66,24 @@ class MLPBlock(nn.Module):
       h = nn.relu(h)
       h = nn.Dense(width, kernel_init=last_init, dtype=self.dtype)(h)
     if self.residual:
-      branch = self.branch_scale * h
+      branch = jnp.asarray(self.scale(), h.dtype) * h
       out = x + branch
     else:
       branch = out = h
     return probes.probe(self, probes.SCANNED_PROBE, out, x_in=x, branch=branch), None
+
+
+  def scale(self):
+    """s: the ``'constants'`` variable where the variables hold one (created at initialisation),
+    else the ``branch_scale`` attribute (variables made by hand with parameters alone)."""
+    if self.is_initializing() or self.has_variable(CONSTANTS, "branch_scale"):
+      return self.variable(CONSTANTS, "branch_scale", lambda: jnp.asarray(self.branch_scale)).value
+    return self.branch_scale
+
+
+def _stem(width: int, dtype) -> nn.Dense:
+  """The stem: inputs (flattened) to the stream width."""
+  return nn.Dense(width, kernel_init=lecun_normal, dtype=dtype, name="stem")
 
 
 class MLPStack(nn.Module):
@@ -91,12 +112,12 @@ class MLPStack(nn.Module):
     x = inputs.reshape(inputs.shape[0], -1)
     x = probes.probe(self, probes.site_name(0, "input"), x)
     stem_in = x
-    x = nn.Dense(self.width, kernel_init=lecun_normal, dtype=self.dtype, name="stem")(x)
+    x = _stem(self.width, self.dtype)(x)
     x = probes.probe(self, probes.site_name(1, "stem"), x, x_in=stem_in, branch=x)
     block = nn.remat(MLPBlock, prevent_cse=False) if self.remat else MLPBlock
     blocks = nn.scan(
         block,
-        variable_axes=probes.SCAN_AXES,
+        variable_axes=SCAN_AXES,
         split_rngs={"params": True},
         length=self.depth,
     )(**self.block_options(), name=probes.site_name(2, "block"))
@@ -110,29 +131,26 @@ def block_stack(stack: MLPStack, variables, inputs) -> spectra.BlockStack:
   The MLP families' ``block_stack`` extractor. Returns a :class:`resnorm.spectra.BlockStack`
   ``(apply, params, inputs)``:
 
-  * ``apply(params_l, x)`` is block l's map x_l ↦ x_{l+1} on a batch: the :class:`MLPBlock` that the
-    stack's ``nn.scan`` repeats, with its probe inert (no ``'perturbations'`` are passed);
-  * ``params``: every block's parameters, stacked on a leading axis of length L (slice l is block l);
+  * ``apply(variables_l, x)`` is block l's map x_l ↦ x_{l+1} on a batch: the :class:`MLPBlock` that
+    the stack's ``nn.scan`` repeats, with its probe inert (no ``'perturbations'`` are passed);
+  * ``params``: every block's variables (parameters and constants), stacked on a leading axis of
+    length L (slice l is block l);
   * ``inputs``: (L, B, width), the stream x_0, …, x_{L−1} entering the blocks for ``inputs``.
 
-  Nothing about how the stack computes changes: x_0 is the stem's output and x_1, …, x_{L−1} the
-  scanned blocks' outputs, read with ``capture_intermediates``.
+  x_0 is the stem's output and x_{l+1} = block l (x_l): the stack's own stem and blocks, applied one
+  after another (a ``lax.scan`` over the stacked variables), as the stack applies them.
   """
   blocks = probes.site_name(2, "block")  # the name MLPStack gives its nn.scan
   block = MLPBlock(**stack.block_options())
 
-  def apply(params, x):
-    return block.apply({"params": params}, x)[0]
+  def apply(block_variables, x):
+    return block.apply(block_variables, x)[0]
 
-  params = {"params": variables["params"]}
-  _, state = stack.apply(
-      params, inputs, capture_intermediates=lambda module, _: module.name in ("stem", blocks),
-      mutable="intermediates",
-  )
-  stem_output = state["intermediates"]["stem"]["__call__"][0]
-  block_outputs = state["intermediates"][blocks]["__call__"][0][0]
-  block_inputs = jnp.concatenate([stem_output[None], block_outputs[:-1]])
-  return spectra.BlockStack(apply, variables["params"][blocks], block_inputs)
+  per_block = {k: v[blocks] for k, v in variables.items() if k in ("params", CONSTANTS)}
+  x0 = _stem(stack.width, stack.dtype).apply({"params": variables["params"]["stem"]},
+                                             inputs.reshape(inputs.shape[0], -1))
+  _, block_inputs = jax.lax.scan(lambda x, v: (apply(v, x), x), x0, per_block)
+  return spectra.BlockStack(apply, per_block, block_inputs)
 
 
 def _block_fields(depth: int, target: targets.FlowTarget) -> np.ndarray:

@@ -1,0 +1,108 @@
+"""Runs trained as one program: a group equals its runs one by one, a stretch of steps equals the
+steps one at a time, a resume inside a stretch equals the stretch, one trace serves a group, and
+each run says whether it converged."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_train import tiny_run
+
+from resnorm import data as data_lib
+from resnorm import loop, train
+
+
+def _member(seed, **overrides):
+  return tiny_run(seed=seed, checkpoint_every=0, log_every=5, **{"signal.every": 10, **overrides})
+
+
+MEMBERS = [  # two seeds of a zero-initialised stack, two of one with branches scaled by 1/L and
+  _member(0, **{"model.branch_scale": "1", "model.zero_init_last": True}),  # the blocks' rate by 1/√L
+  _member(1, **{"model.branch_scale": "1", "model.zero_init_last": True}),
+  _member(0, **{"model.branch_scale": "1/L", "optimizer.block_lr_scale": "1/sqrt(L)", "setting": "scaled"}),
+  _member(2, **{"model.branch_scale": "1/L", "optimizer.block_lr_scale": "1/sqrt(L)", "setting": "scaled"}),
+]
+
+
+def test_a_group_equals_its_runs_one_by_one(tmp_path, monkeypatch):
+  """Four runs of two settings in one vmapped program against each alone: the same initial keys,
+  batches and steps, so the same numbers up to float rounding (a batched matrix product may sum
+  in another order): losses and δ statistics to 1e-5 relative after 20 Adam steps. One trace of
+  the stretch program serves the whole group."""
+  traces = []
+  real = train.train_steps
+  monkeypatch.setattr(train, "train_steps", lambda *args, **kwargs: traces.append(1) or real(*args, **kwargs))
+  together = loop.train_group(MEMBERS, [tmp_path / "group" / str(i) for i in range(4)])
+  assert len(traces) == 1 and all(r.group_size == 4 for r in together)
+  alone = [loop.train_and_evaluate(config, tmp_path / "alone" / str(i)) for i, config in enumerate(MEMBERS)]
+  assert len(traces) == 5
+  for a, b in zip(together, alone):
+    assert a.seed == b.seed and a.steps == b.steps == 20 and b.group_size == 1
+    for key in ("train_loss", "test_loss", "init_test_loss"):
+      assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-5), key
+    for stage in ("init", "trained"):
+      for key in ("delta_max", "delta_mean", "layer_p90_max", "free_delta_max", "free_delta_mean"):
+        assert getattr(a.measurement(stage).block, key) == pytest.approx(getattr(b.measurement(stage).block, key),
+                                                                         rel=1e-5, abs=1e-7), (stage, key)
+    assert [h.step for h in a.history] == [10, 20]
+  assert together[0].init.block.delta_max == 0 and together[2].init.block.delta_max > 0  # the starts differ
+  assert together[0].train_loss != together[1].train_loss  # and the seeds
+
+
+def test_a_stretch_of_steps_equals_the_steps_one_at_a_time():
+  """train.train_steps runs k steps in one compiled loop; the same k steps as k jitted calls of
+  train.train_step give the same parameters, optimizer state and losses (to float rounding: the
+  loop body and the single step are compiled apart)."""
+  config = tiny_run()
+  dataset = data_lib.load(config.data)
+  model = loop.build_model(config, dataset.num_outputs)
+  loss_fn = train.loss_function(dataset.task)
+  tx = train.make_optimizer(config, steps_per_epoch=10)
+  state = train.create_train_state(model, jax.random.key(0), dataset.x_train[:1], tx)
+  rows = np.stack([data_lib.batch_indices(len(dataset.x_train), 32, step, 5) for step in range(7)])
+  x, y = jnp.asarray(dataset.x_train[rows]), jnp.asarray(dataset.y_train[rows])
+  stretch = jax.jit(lambda s, n: train.train_steps(s, lambda i: (x[i], y[i]), n, 10, loss_fn))
+  looped, metrics = stretch(state, 7)
+  step = jax.jit(lambda s, batch: train.train_step(s, batch, loss_fn))
+  losses = []
+  for i in range(7):
+    state, single = step(state, (x[i], y[i]))
+    losses.append(float(single["loss"]))
+  np.testing.assert_allclose(metrics["loss"][:7], losses, rtol=1e-6)
+  assert np.all(np.isnan(metrics["loss"][7:])) and np.all(metrics["finite"])
+  for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(state)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_resume_inside_a_stretch_equals_the_uninterrupted_stretch(tmp_path):
+  """One stretch of 20 steps against a run stopped at step 7 (its checkpoint) and resumed: the
+  loop body is one compiled program whatever the stretch's length, so the results are equal."""
+  config = dict(num_steps=20, log_every=20, checkpoint_every=0, steps_per_dispatch=20, **{"signal.every": 0})
+  straight = loop.train_and_evaluate(tiny_run(**config), tmp_path / "straight")
+  loop.train_and_evaluate(tiny_run(**dict(config, num_steps=7, checkpoint_every=7)), tmp_path / "resumed")
+  resumed = loop.train_and_evaluate(tiny_run(**config), tmp_path / "resumed")
+  assert resumed.test_loss == straight.test_loss and resumed.trained == straight.trained
+
+
+def test_the_convergence_verdict():
+  """Converged when the logged loss changed by at most the tolerance over the last window."""
+  verdict = train.convergence([100, 200, 300, 400], [1.0, 0.5, 0.42, 0.41], window=0.25, tolerance=0.05)
+  assert verdict["converged"] and verdict["from_step"] == 300 and verdict["change"] == pytest.approx(0.01 / 0.41)
+  still_falling = train.convergence([100, 200, 300, 400], [1.0, 0.5, 0.4, 0.3], window=0.25, tolerance=0.05)
+  assert not still_falling["converged"] and still_falling["change"] == pytest.approx(1 / 3)
+  rising = train.convergence([100, 200], [0.5, 0.6], window=0.5, tolerance=0.05)
+  assert not rising["converged"] and rising["change"] < 0
+  assert train.convergence([400], [0.3], window=0.25, tolerance=0.05)["converged"] is None
+
+
+def test_a_run_stopped_early_is_not_converged_and_one_at_its_plateau_is(tmp_path):
+  """20 steps at a constant rate of 3e-3 still lower the loss quickly; the same run at a rate of
+  1e-9 sits on its plateau (its loss cannot move)."""
+  early = loop.train_and_evaluate(tiny_run(log_every=5, **{"optimizer.learning_rate": 3e-3}), tmp_path / "early")
+  assert early.convergence["converged"] is False and early.convergence["change"] > 0.05
+  flat = loop.train_and_evaluate(tiny_run(log_every=5, **{"optimizer.learning_rate": 1e-9}), tmp_path / "flat")
+  assert flat.convergence["converged"] is True
+  with open(tmp_path / "flat" / "summary.json") as f:
+    assert json.load(f)["convergence"]["to_step"] == 20
