@@ -1,39 +1,54 @@
-r"""Write a sweep's report from its summary, or bring README's findings up to date.
+r"""Write a sweep's report from its summary, or bring a Markdown file's generated sections up to date.
 
-    python -m experiments.report --summary=/tmp/sweep/summary.json          # prints report.md
-    python -m experiments.report --summary=docs/summary.json --readme=README.md --figures=docs/
+    python -m experiments.report --summary=/tmp/sweep/summary.json     # prints report.md
+    python -m experiments.report --readme=README.md                    # regenerates README's findings
 
-With ``--readme``, the text between README's markers ``<!-- report -->`` and ``<!-- /report -->``
-is replaced by the report (figures linked under ``--figures``); nothing else in the file changes.
+A generated section of a Markdown file lies between ``<!-- report: PATH -->`` and
+``<!-- /report -->``, PATH a summary.json relative to the repository root; its figures are
+linked in PATH's directory. ``--readme`` replaces every such section by the report of its
+summary; nothing else in the file changes.
 """
+
+import os
+import re
 
 from absl import app, flags
 
 from resnorm import records, report
 
-_SUMMARY = flags.DEFINE_string("summary", None, "A sweep's summary.json.", required=True)
-_README = flags.DEFINE_string("readme", None, "A Markdown file whose report section to replace.")
-_FIGURES = flags.DEFINE_string("figures", "", "Prefix of the figures' paths in the report.")
+_SUMMARY = flags.DEFINE_string("summary", None, "A sweep's summary.json: print its report.")
+_README = flags.DEFINE_string("readme", None, "A Markdown file whose generated sections to regenerate.")
 
-BEGIN, END = "<!-- report -->", "<!-- /report -->"
+SECTION = re.compile(r"(<!-- report: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.DOTALL)
 
 
-def readme_with(text: str, section: str) -> str:
-  """``text`` with the part between :data:`BEGIN` and :data:`END` replaced by ``section``."""
-  start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-  return text[:start] + "\n" + section + text[end:]
+def section(summary_path: str, root: str = "") -> str:
+  """The report of the summary at ``summary_path`` (relative to ``root``) as a README section."""
+  summary = records.SweepSummary.from_json(records.read_json(os.path.join(root, summary_path)))
+  figures = os.path.dirname(summary_path)
+  return report.render(summary, figures=f"{figures}/" if figures else "", heading="##")
+
+
+def sections(text: str) -> list[tuple[str, str]]:
+  """(summary path, current body) of every generated section of ``text``."""
+  return [(match["path"], match["body"]) for match in SECTION.finditer(text)]
+
+
+def regenerated(text: str, root: str = "") -> str:
+  """``text`` with every generated section replaced by its summary's report."""
+  return SECTION.sub(lambda m: m.group(1) + section(m["path"], root) + m.group(4), text)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  summary = records.SweepSummary.from_json(records.read_json(_SUMMARY.value))
-  section = report.render(summary, figures=_FIGURES.value, heading="##")
   if _README.value is None:
-    print(section)
+    if _SUMMARY.value is None:
+      raise app.UsageError("give --summary (print a report) or --readme (regenerate its sections)")
+    print(report.render(records.SweepSummary.from_json(records.read_json(_SUMMARY.value))))
     return
   readme = records.path(_README.value)
-  records.write_text(readme, readme_with(readme.read_text(), section))
+  records.write_text(readme, regenerated(readme.read_text(), os.path.dirname(_README.value)))
 
 
 if __name__ == "__main__":

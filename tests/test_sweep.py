@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import tiny_image_sweep, tiny_sweep
 
-from resnorm import loop, records, sweep, theory
+from resnorm import loop, records, report, sweep, theory
 from resnorm.config_validation import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +55,7 @@ def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
   for figure in ("delta_vs_depth.png", "delta_during_training.png", "task_vs_depth.png", "ratio_profile.png"):
     with open(root / "joint" / figure, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert (root / "joint" / "report.md").read_text() == report.render(joint)  # generated from the summary
   history = _read(root / "joint" / "runs" / sweep.run_name("mlp_residual", 4, 0) / "summary.json")["history"]
   assert [h["step"] for h in history] == [10, 20]
   assert history[-1]["delta_max"] == summary["delta_max"][1]  # the last measurement is the trained one
@@ -119,6 +120,10 @@ def test_a_diverging_depth_is_recorded_and_the_sweep_goes_on(tmp_path):
         (dict(settings=("mlp_residual", "resnet_mlp")), "config.settings", "residual_zero_init"),
         (dict(settings=()), "config.settings", "non-empty"),
         (dict(seeds=(0, -1)), "config.seeds", "integers >= 0"),
+        (dict(seeds=(0, 0)), "config.seeds", "distinct seeds"),
+        (dict(learning_rate=float("inf")), "config.optimizer.learning_rate", "positive number"),
+        (dict(block_lr_scale="1/L^2"), "config.optimizer.block_lr_scale", "1/sqrt(L)"),
+        (dict(init_from="trained"), "config.init_from", "['constructed', 'random']"),
         (dict(depths=(2, 0)), "config.depths", "positive integers"),
         (dict(depths=()), "config.depths", "non-empty"),
         (dict(width=0), "config.model.width", "positive integer"),
@@ -131,7 +136,8 @@ def test_a_diverging_depth_is_recorded_and_the_sweep_goes_on(tmp_path):
 def test_bad_sweep_config_fails_before_any_run(tmp_path, change, field, allowed):
   config = tiny_sweep()
   for key, value in change.items():
-    section = config.model if key in ("width", "branch_scale", "depth", "name") else config.optimizer if key == "learning_rate" else config
+    section = (config.model if key in ("width", "branch_scale", "depth", "name") else
+               config.optimizer if key in ("learning_rate", "block_lr_scale") else config)
     section[key] = value
   with pytest.raises(ConfigError) as error:
     sweep.run_sweep(config, str(tmp_path / "sweep"), progress=False)

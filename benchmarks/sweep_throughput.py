@@ -1,0 +1,184 @@
+r"""The depth sweep's wall time against its arithmetic floor, and where the rest goes.
+
+    python -m benchmarks.sweep_throughput                       # the default sweep (configs/depth_sweep.py)
+    python -m benchmarks.sweep_throughput --rerun               # then again, the compilation cache warm
+    python -m benchmarks.sweep_throughput --quick               # a tiny sweep (the tests run this)
+
+Runs the sweep in this process and splits its time into thread-seconds (the sweep trains two
+groups at once, so they add up to more than the wall time): tracing and compiling (JAX's own
+monitoring events), training stretches, measurements, evaluations, creating the initial states,
+and writing the outputs and the figures; each net of the compilation that happened inside it.
+
+The floor: one compiled stretch of ``--floor_steps`` steps of a stack of the sweep's own blocks
+at the largest depth (batch, width and hidden of the config; one run, the library's
+:func:`resnorm.train.train_steps`, no host work), timed after compiling; its seconds per
+block-step times the sweep's member-block-steps (Σ over runs of steps × depth) is the time the
+arithmetic takes on one core. The row records the wall time over that floor. ``--long_run``
+times one run of the reference setting at the largest depth for that many steps the same way.
+"""
+
+import collections
+import contextlib
+import functools
+import tempfile
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from benchmarks import common
+from configs import depth_sweep
+from resnorm import loop, models, plots, sweep, train
+
+_RERUN = flags.DEFINE_bool("rerun", False, "Run the sweep a second time with the compilation cache warm.")
+_QUICK = flags.DEFINE_bool("quick", False, "A tiny sweep: two depths, one seed, 20 steps (for the tests).")
+_FLOOR_STEPS = flags.DEFINE_integer("floor_steps", 50, "Steps of the stretch that sets the floor.")
+_CACHE = flags.DEFINE_string("cache", None, "Persistent compilation cache directory (default: a new temporary one).")
+_LONG_RUN = flags.DEFINE_integer("long_run", 4_000, "Steps of one run of the reference setting at the largest depth, "
+                                 "timed against its floor too (0: none).")
+
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+
+
+class Clock:
+  """Thread-seconds per phase; compilation inside a phase is counted as compilation only."""
+
+  def __init__(self):
+    self.seconds = collections.defaultdict(float)
+    self._local = threading.local()
+    self._lock = threading.Lock()
+    jax.monitoring.register_event_duration_secs_listener(self._compiled)
+
+  def _compiled(self, event: str, duration: float, **_) -> None:
+    if event in COMPILE_EVENTS:
+      with self._lock:
+        self.seconds["compile"] += duration
+      self._local.compiled = getattr(self._local, "compiled", 0.0) + duration
+
+  @contextlib.contextmanager
+  def phase(self, name: str):
+    compiled = getattr(self._local, "compiled", 0.0)
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      inside = getattr(self._local, "compiled", 0.0) - compiled
+      with self._lock:
+        self.seconds[name] += time.perf_counter() - start - inside
+
+  def wrap(self, owner, attribute: str, name: str, wait: bool = False):
+    """Times every call of ``owner.attribute`` as phase ``name`` (``wait``: until its results are ready)."""
+    original = getattr(owner, attribute)
+
+    @functools.wraps(original)
+    def timed(*args, **kwargs):
+      with self.phase(name):
+        result = original(*args, **kwargs)
+        return jax.block_until_ready(result) if wait else result
+
+    setattr(owner, attribute, timed)
+
+
+def sweep_config():
+  config = depth_sweep.get_config()
+  if _QUICK.value:
+    config.depths, config.settings, config.seeds = (2, 4), ("residual_zero_init", "plain"), (0,)
+    for override in config.overrides.values():
+      if "seeds" in override:
+        del override["seeds"]
+    config.data.train_size, config.data.test_size, config.model.width, config.model.hidden = 256, 64, 8, 8
+    config.batch_size, config.num_steps, config.log_every, config.signal.every = 32, 20, 10, 10
+    config.signal.num_examples, config.signal.free_examples = 32, 8
+  return config
+
+
+def floor_seconds_per_block_step(config, steps: int) -> float:
+  """One compiled stretch of the sweep's blocks at its largest depth: seconds per block-step."""
+  depth = max(config.depths)
+  model = models.create_model("mlp_residual", depth, num_classes=config.data.dim, width=config.model.width,
+                              hidden=config.model.hidden, branch_scale="1")
+  tx = train.make_optimizer(_with_depth(config, depth), steps_per_epoch=64)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((steps, config.batch_size, config.data.dim)), jnp.float32)
+  y = jnp.asarray(rng.standard_normal((steps, config.batch_size, config.data.dim)), jnp.float32)
+  state = train.create_train_state(model, jax.random.key(0), x[0], tx)
+  loss_fn = train.loss_function("regression")
+  stretch = jax.jit(lambda s: train.train_steps(s, lambda i: (x[i], y[i]), steps, steps, loss_fn))
+  jax.block_until_ready(stretch(state))
+  start = time.perf_counter()
+  jax.block_until_ready(stretch(state))
+  return (time.perf_counter() - start) / (steps * depth)
+
+
+def _with_depth(config, depth: int):
+  single = config.copy_and_resolve_references()
+  single.model.depth = depth
+  return single
+
+
+def block_steps(config) -> int:
+  """Σ over the sweep's runs of steps × depth."""
+  return sum(single.num_steps * depth for _, depth, _, single in sweep.plan(config))
+
+
+def timed_sweep(config) -> float:
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    sweep.run_sweep(config, workdir, progress=False)
+    return time.perf_counter() - start
+
+
+def main(argv):
+  del argv
+  cache = _CACHE.value or tempfile.mkdtemp(prefix="resnorm-sweep-cache-")
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  config = sweep_config()
+  clock = Clock()
+  clock.wrap(loop._Stretches, "__call__", "train", wait=True)
+  clock.wrap(loop.Measurer, "__call__", "measure")
+  clock.wrap(loop, "evaluate", "evaluate")
+  clock.wrap(loop, "_initial_states", "initial states", wait=True)
+  for figure in ("delta_vs_depth", "task_vs_depth", "constructed_vs_trained", "ratio_profile", "delta_during_training"):
+    clock.wrap(plots, figure, "figures")
+  clock.wrap(sweep, "write_outputs", "outputs and figures")
+  per_block_step = floor_seconds_per_block_step(config, _FLOOR_STEPS.value)
+  floor = per_block_step * block_steps(config)
+  rows = []
+  for variant in ("first run", "rerun, compilation cache warm")[:2 if _RERUN.value else 1]:
+    clock.seconds.clear()
+    wall = timed_sweep(config)
+    parts = dict(clock.seconds)
+    parts["outputs and figures"] = parts.get("outputs and figures", 0.0) - parts.get("figures", 0.0)
+    runs = len(sweep.plan(config))
+    groups = len(sweep.groups(sweep.plan(config)))
+    print(f"{variant}: {runs} runs in {groups} programs, wall {wall:.1f} s; floor {floor:.1f} s "
+          f"({1e6 * per_block_step:.1f} µs per block-step × {block_steps(config)}): {wall / floor:.2f}× the floor")
+    for name, seconds in sorted(parts.items(), key=lambda item: -item[1]):
+      print(f"  {name:22s} {seconds:7.1f} thread-s")
+    rows.append(common.row("sweep_throughput", "mlp_residual", max(config.depths), config.batch_size, "float32",
+                           ("quick; " if _QUICK.value else "") + variant, None, parts.get("compile"),
+                           wall_s=wall, floor_s=floor, over_floor=wall / floor, runs=runs, programs=groups,
+                           us_per_block_step=1e6 * per_block_step, parts={k: round(v, 2) for k, v in parts.items()}))
+  if _LONG_RUN.value:
+    single = [run for run in sweep.plan(config) if run[1] == max(config.depths)][0][3]
+    single.num_steps, single.log_every, single.signal.every = _LONG_RUN.value, _LONG_RUN.value // 8, _LONG_RUN.value // 4
+    floor = per_block_step * single.num_steps * single.model.depth
+    with tempfile.TemporaryDirectory() as workdir:
+      start = time.perf_counter()
+      loop.train_and_evaluate(single, workdir)
+      wall = time.perf_counter() - start
+    print(f"one run of {single.setting} at L = {single.model.depth}, {single.num_steps} steps: wall {wall:.1f} s; "
+          f"floor {floor:.1f} s: {wall / floor:.2f}× the floor")
+    rows.append(common.row("sweep_throughput", "mlp_residual", single.model.depth, single.batch_size, "float32",
+                           f"one run of {single.num_steps} steps", None, None, wall_s=wall, floor_s=floor,
+                           over_floor=wall / floor, us_per_block_step=1e6 * per_block_step))
+  common.record(rows)
+
+
+if __name__ == "__main__":
+  app.run(main)
