@@ -443,7 +443,6 @@ class _Member:
   evaluations: list
   losses: list = dataclasses.field(default_factory=list)  # step losses since the last log
   divergence: Divergence | None = None
-  latest: tuple | None = None  # (step, Measurement) of the latest measurement during training
 
 
 # The fields in which the runs of one group may differ: numbers the program reads from the state
@@ -480,9 +479,9 @@ def _check_group(configs) -> None:
 
 
 def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list[records.RunRecord]:
-  """Trains runs whose configs differ only in ``seed`` as one program, each member's numbers
-  those of its run alone (same initial keys, same batches, same steps), and writes each run's
-  workdir as :func:`train_and_evaluate` does. Members that left off at different steps in an
+  """Trains runs whose configs differ only in :data:`MEMBER_FIELDS` as one program, each member's
+  numbers those of its run alone (same initial keys, same batches, same steps), and writes each
+  run's workdir as :func:`train_and_evaluate` does. Members that left off at different steps in an
   earlier session go on as separate groups.
 
   Returns:
@@ -524,13 +523,12 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   if len(starts) > 1:  # members left off at different steps: each step's members go on together
     for manager in managers:
       manager.close()
-    order = {id(c): i for i, c in enumerate(configs)}
     results = [None] * len(configs)
     for start in starts:
       chosen = [m for m, (step, _) in enumerate(restored) if step == start]
       group = train_group([configs[m] for m in chosen], [workdirs[m] for m in chosen], dataset, local=local)
       for m, record in zip(chosen, group):
-        results[order[id(configs[m])]] = record
+        results[m] = record
     return results
   start = starts[0]
   if start:
@@ -585,7 +583,6 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
         measured = measure(train.variables(state))
         for m, member in enumerate(members):
           if member.divergence is None:
-            member.latest = (done, measured[m])
             member.history.append(records.HistoryPoint.of(done, measured[m]))
             member.writer.measurement(done, measured[m])
       if eval_every and done % eval_every == 0 or done == num_steps:
