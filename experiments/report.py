@@ -5,8 +5,9 @@ r"""Write a sweep's report from its summary, or bring a Markdown file's generate
 
 A generated section of a Markdown file lies between ``<!-- report: PATH -->`` and
 ``<!-- /report -->``, PATH a summary.json relative to the repository root; its figures are
-linked in PATH's directory. ``--readme`` replaces every such section by the report of its
-summary; nothing else in the file changes.
+linked in PATH's directory. ``<!-- report: PATH budgets -->`` holds only the report's budget
+ladder (:func:`resnorm.report.budget_ladder`). ``--readme`` replaces every such section by
+the report of its summary; nothing else in the file changes.
 """
 
 import os
@@ -19,24 +20,28 @@ from resnorm import records, report
 _SUMMARY = flags.DEFINE_string("summary", None, "A sweep's summary.json: print its report.")
 _README = flags.DEFINE_string("readme", None, "A Markdown file whose generated sections to regenerate.")
 
-SECTION = re.compile(r"(<!-- report: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.DOTALL)
+SECTION = re.compile(r"(<!-- report: (?P<path>\S+)(?: (?P<part>budgets))? -->\n)(?P<body>.*?)(<!-- /report -->)",
+                     re.DOTALL)
 
 
-def section(summary_path: str, root: str = "") -> str:
-  """The report of the summary at ``summary_path`` (relative to ``root``) as a README section."""
+def section(summary_path: str, root: str = "", part: str | None = None) -> str:
+  """The report of the summary at ``summary_path`` (relative to ``root``) as a README section;
+  ``part="budgets"``: its budget ladder only."""
   summary = records.SweepSummary.from_json(records.read_json(os.path.join(root, summary_path)))
+  if part == "budgets":
+    return "\n".join(report.budget_ladder(summary, heading="###")).rstrip() + "\n"
   figures = os.path.dirname(summary_path)
   return report.render(summary, figures=f"{figures}/" if figures else "", heading="##")
 
 
-def sections(text: str) -> list[tuple[str, str]]:
-  """(summary path, current body) of every generated section of ``text``."""
-  return [(match["path"], match["body"]) for match in SECTION.finditer(text)]
+def sections(text: str) -> list[tuple[str, str | None, str]]:
+  """(summary path, part, current body) of every generated section of ``text``."""
+  return [(match["path"], match["part"], match["body"]) for match in SECTION.finditer(text)]
 
 
 def regenerated(text: str, root: str = "") -> str:
   """``text`` with every generated section replaced by its summary's report."""
-  return SECTION.sub(lambda m: m.group(1) + section(m["path"], root) + m.group(4), text)
+  return SECTION.sub(lambda m: m.group(1) + section(m["path"], root, m["part"]) + m.group(5), text)
 
 
 def main(argv):
@@ -45,7 +50,7 @@ def main(argv):
   if _README.value is None:
     if _SUMMARY.value is None:
       raise app.UsageError("give --summary (print a report) or --readme (regenerate its sections)")
-    print(report.render(records.SweepSummary.from_json(records.read_json(_SUMMARY.value))))
+    print(report.render(records.SweepSummary.from_json(records.read_json(_SUMMARY.value))), end="")
     return
   readme = records.path(_README.value)
   records.write_text(readme, regenerated(readme.read_text(), os.path.dirname(_README.value)))

@@ -12,6 +12,7 @@ the report of the default sweep (``python -m experiments.report``).
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -43,6 +44,7 @@ def render(summary: records.SweepSummary, figures: str = "", heading: str = "#")
     lines += [f"{heading}# The constructed network beside the trained ones", ""]
     lines += _side_by_side(summary, constructed[0], level)
     lines += [f"![constructed, trained and bound]({figures}constructed_vs_trained.png)", ""]
+  lines += budget_ladder(summary, level, heading + "#")
   lines += [f"{heading}# Setting by setting", ""]
   for name, family in families.items():
     lines += _setting(name, family, summary.reference_model, level, heading + "##")
@@ -180,6 +182,73 @@ def _side_by_side(summary: records.SweepSummary, constructed: str, level: float)
   lines += [f"* **Trained from the constructed network** ({budget_text(built.budget)}): " + _kept(built) + " "
             + _loss_trend(built, "trained")]
   return lines + [""]
+
+
+def budget_ladder(summary: records.SweepSummary, level: float = 0.9, heading: str = "##") -> list[str]:
+  """Settings that differ only in their number of steps, budget by budget (none: no lines).
+
+  Per ladder (one model, schedule and optimizer): a row per budget with each statistic's slope
+  and, at the largest depth, δ_max, the fit of the task and the train loss's relative fall over
+  the end of the run (:func:`resnorm.train.convergence`), and the converged runs; then per
+  statistic whether its slope moved from the smallest budget to the largest (their intervals
+  do not overlap) or not detectably (they do).
+  """
+  ladders = {}
+  for name, family in summary.models.items():
+    budget = family.budget
+    if budget and not family.construction:
+      rest = {k: v for k, v in budget.items() if k != "steps"}
+      ladders.setdefault((describe(name, family), json.dumps(rest, sort_keys=True)), []).append((budget["steps"], name))
+  lines = []
+  for (what, _), rungs in ladders.items():
+    if len({steps for steps, _ in rungs}) < 2:
+      continue
+    rungs.sort()
+    first = summary.models[rungs[0][1]]
+    schedule = first.budget["schedule"]
+    depth = max(first.depths)
+    lines += [f"{heading} Budget ladder: {what}, {schedule} learning rate", ""]
+    header = ["budget", "setting"] + [f"{SHORT[key]} slope" for key, _ in STATISTICS if key != "layer_p90_max"]
+    header += [f"δ_max at L = {depth}", f"train/var, test/var at L = {depth}",
+               f"train-loss change over the last {_percent((first.convergence or {}).get('window'))} at L = {depth}",
+               "converged"]
+    rows = []
+    for steps, name in rungs:
+      family = summary.models[name]
+      i = family.depths.index(depth) if depth in family.depths else None
+      cells = [f"{steps} steps", f"`{name}`"]
+      for key, _ in STATISTICS:
+        if key != "layer_p90_max":
+          reading = (family.trained.bound or {}).get(key)
+          cells.append(_power(reading).removeprefix("L^") if reading and reading["slope"] is not None else "—")
+      cells.append("—" if i is None else _mean_interval(family, family.trained, "delta_max", i, level))
+      cells.append("—" if i is None else f"{_fmt((family.train_loss_relative or [None] * (i + 1))[i])}, "
+                   f"{_fmt(_relative_loss(family, 'trained', i))}")
+      cells.append("—" if i is None else _percent((family.convergence_change or [None] * (i + 1))[i]))
+      total = sum(_seeds_at(family, j) for j in range(len(family.depths)))
+      cells.append(f"{sum(family.num_converged)}/{total}" if family.num_converged is not None else "—")
+      rows.append(cells)
+    lines += _table(header, rows) + [""]
+    low, high = summary.models[rungs[0][1]], summary.models[rungs[-1][1]]
+    for key, _ in STATISTICS:
+      if key != "layer_p90_max":
+        lines.append(f"* {_moved(SHORT[key], key, low, high)}")
+    lines.append("")
+  return lines
+
+
+def _moved(label: str, key: str, low: records.FamilyResults, high: records.FamilyResults) -> str:
+  """Whether a statistic's slope moved between the smallest and the largest budget."""
+  a, b = ((family.trained.bound or {}).get(key) for family in (low, high))
+  if not a or not b or a["slope"] is None or b["slope"] is None:
+    return f"{label}: no slope at one of the budgets."
+  steps = f"{low.budget['steps']} to {high.budget['steps']} steps"
+  if a["slope_interval"] and b["slope_interval"]:
+    if _overlap(a["slope_interval"], b["slope_interval"]):
+      return (f"{label}'s slope does not move detectably from {steps}: {_power(a)} and {_power(b)} "
+              "(the intervals overlap).")
+    return f"{label}'s slope moves with the budget from {steps}: {_power(a)} to {_power(b)} (the intervals do not overlap)."
+  return f"{label}'s slope goes from {_power(a)} to {_power(b)} from {steps} (no interval at one budget)."
 
 
 def _within_bound(built: records.FamilyResults) -> str:
@@ -335,6 +404,10 @@ def _setting_table(family: records.FamilyResults, level: float) -> list[str]:
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
   return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _percent(value) -> str:
+  return "—" if value is None else f"{100 * value:.3g}%"
 
 
 def _fmt(value) -> str:

@@ -18,10 +18,20 @@ README = os.path.join(helpers.REPO, "README.md")
 def test_readme_findings_are_the_reports_of_their_committed_summaries():
   with open(README) as f:
     sections = report_entry.sections(f.read())
-  assert [path for path, _ in sections] == ["docs/summary.json"]
-  for path, body in sections:
-    assert body == report_entry.section(path, helpers.REPO), f"README's section of {path} is stale: run " \
+  assert [(path, part) for path, part, _ in sections] == [("docs/summary.json", None),
+                                                          ("docs/ladder/summary.json", "budgets")]
+  for path, part, body in sections:
+    assert body == report_entry.section(path, helpers.REPO, part), f"README's section of {path} is stale: run " \
         "python -m experiments.report --readme=README.md"
+  assert "Budget ladder" in sections[1][2]
+
+
+def test_the_committed_ladder_report_is_its_summarys():
+  """docs/ladder/report.md is the report the ladder sweep wrote beside its summary."""
+  directory = os.path.join(helpers.REPO, "docs", "ladder")
+  summary = records.SweepSummary.from_json(records.read_json(os.path.join(directory, "summary.json")))
+  with open(os.path.join(directory, "report.md")) as f:
+    assert f.read() == report.render(summary)
 
 
 def test_regenerating_the_readme_changes_nothing_else(tmp_path):
@@ -77,6 +87,40 @@ def test_the_sentences_follow_the_numbers():
   assert "x_(l+1) = x + F(x)/L" in scaled_part and "of the laws only c/L fits" in scaled_part
   assert "the intervals overlap, so training leaves δ_max's depth dependence where the initialisation put it" in \
       scaled_part
+
+
+def test_a_budget_ladder_says_whether_each_slope_moved():
+  """Three budgets of one setting: δ_max's slope −0.3 at 400 and 2,000 steps and −1 at 10,000 is
+  said to move (the intervals of 400 and 10,000 steps do not overlap); δ_mean's, the same slope at
+  every budget, is said not to. A setting of another schedule is a ladder of its own, and
+  settings of one budget make none."""
+  depths = [2, 8, 32, 128]
+  spread = np.exp([-0.05, 0.0, 0.05])
+  shallow, steep = ([0.3 * L**power * spread for L in depths] for power in (-0.3, -1.0))
+  overrides = dict(name="mlp_residual", zero_init_last=True, branch_scale="1")
+
+  def rung(steps, schedule, deltas):
+    budget = dict(steps=steps, optimizer="adam", learning_rate=1e-3, schedule=schedule, batch_size=64)
+    trained = _stage(deltas, depths)
+    trained.bound["delta_mean"] = theory.read_bound(depths, shallow)
+    return _family(_stage(shallow, depths), trained, depths, budget=budget, overrides=overrides,
+                   num_converged=[3, 3, 3, steps // 5000], convergence=dict(window=0.25, tolerance=0.05),
+                   convergence_change=[0.01, 0.02, 0.03, 0.5], train_loss_relative=[0.01] * 4,
+                   test_loss_relative=[0.02] * 4)
+
+  summary = records.SweepSummary("a", {"a": rung(400, "cosine", shallow), "c": rung(10_000, "cosine", steep),
+                                       "b": rung(2_000, "cosine", shallow), "d": rung(400, "constant", shallow)})
+  text = "\n".join(report.budget_ladder(summary))
+  assert text.count("## Budget ladder") == 1 and "cosine learning rate" in text
+  rows = [line for line in text.splitlines() if line.startswith("| ") and "steps" in line and "budget" not in line]
+  assert [row.split(" | ")[0] for row in rows] == ["| 400 steps", "| 2000 steps", "| 10000 steps"]
+  assert "| train/var, test/var at L = 128 | train-loss change over the last 25% at L = 128 |" in text
+  assert rows[0].endswith("| 0.01, 0.02 | 50% | 9/12 |")
+  assert rows[2].endswith("| 11/12 |")  # converged: 0 and 2 of 3 at L = 128
+  assert "δ_max's slope moves with the budget from 400 to 10000 steps: L^−0.30 [" in text
+  assert "δ_mean's slope does not move detectably from 400 to 10000 steps" in text
+  one_budget = records.SweepSummary("a", {"a": rung(400, "cosine", shallow), "d": rung(400, "constant", shallow)})
+  assert report.budget_ladder(one_budget) == []
 
 
 @pytest.mark.slow
