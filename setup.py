@@ -16,6 +16,7 @@ setuptools.setup(
     # Lower bounds that hold on jax 0.10 (Python 3.11, CPU) and jax 0.11 (the GPU image).
     install_requires=[
         "absl-py>=2.1",
+        "etils[epath]>=1.5",  # resnorm.records: local and gs:// paths
         "flax>=0.10.4",
         "jax>=0.5.0",
         "matplotlib>=3.8",
@@ -24,6 +25,7 @@ setuptools.setup(
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
         "scikit-learn>=1.4",
+        "scipy>=1.11",  # resnorm.theory (t quantiles), resnorm.recurrence
         "tensorboard>=2.16",  # the event writer and reader, without TensorFlow
         "tensorflow-datasets>=4.9.7",
         "tqdm>=4.66",
@@ -32,7 +34,6 @@ setuptools.setup(
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",
-            "scipy>=1.11",
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6.29",
