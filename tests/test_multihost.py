@@ -55,7 +55,6 @@ def one_process(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("one_process")  # one worker builds the one-process sweep
 @pytest.mark.parametrize("placement, rtol", [("spread", 0), ("mesh", 1e-4)])
 def test_two_processes_sweep_like_one(one_process, tmp_path, placement, rtol):
   """spread: each run on one process's single device, as in the one-process sweep (equal);

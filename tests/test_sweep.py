@@ -32,7 +32,6 @@ def _read(path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sweeps")  # one worker builds the module's sweeps
 def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
   root, joint = sweeps
   summary = _read(root / "joint" / "summary.json")
@@ -65,7 +64,6 @@ def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sweeps")  # one worker builds the module's sweeps
 def test_aggregating_single_depth_jobs_equals_the_joint_sweep(sweeps, tmp_path):
   root, _ = sweeps
   merged = sweep.aggregate([str(root / "L4"), str(root / "L2")], str(tmp_path / "merged"))
@@ -76,7 +74,6 @@ def test_aggregating_single_depth_jobs_equals_the_joint_sweep(sweeps, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sweeps")  # one worker builds the module's sweeps
 def test_aggregate_from_the_command_line(sweeps, tmp_path):
   root, _ = sweeps
   result = subprocess.run(
@@ -89,7 +86,6 @@ def test_aggregate_from_the_command_line(sweeps, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sweeps")  # one worker builds the module's sweeps
 def test_a_finished_sweep_is_reused_not_retrained(sweeps, monkeypatch):
   root, joint = sweeps
 
