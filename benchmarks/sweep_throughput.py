@@ -11,9 +11,9 @@ and writing the outputs and the figures; each net of the compilation that happen
 
 The floor: one compiled stretch of ``--floor_steps`` steps of a stack of the sweep's own blocks
 at the largest depth (batch, width and hidden of the config; one run, the library's
-:func:`resnorm.train.train_steps`, no host work), timed after compiling; its seconds per
-block-step times the sweep's member-block-steps (Σ over runs of steps × depth) is the time the
-arithmetic takes on one core. The row records the wall time over that floor. ``--long_run``
+:func:`resnorm.train.train_steps`, no host work), the fastest of five calls after compiling;
+its seconds per block-step times the sweep's member-block-steps (Σ over runs of steps × depth)
+is the time the arithmetic takes on one core. The row records the wall time over that floor. ``--long_run``
 times one run of the reference setting at the largest depth for that many steps the same way.
 """
 
@@ -96,8 +96,9 @@ def sweep_config():
   return config
 
 
-def floor_seconds_per_block_step(config, steps: int) -> float:
-  """One compiled stretch of the sweep's blocks at its largest depth: seconds per block-step."""
+def floor_seconds_per_block_step(config, steps: int, repeats: int = 5) -> float:
+  """One compiled stretch of the sweep's blocks at its largest depth: seconds per block-step,
+  the fastest of ``repeats`` timed calls (a floor: a shared machine only ever adds time)."""
   depth = max(config.depths)
   model = models.create_model("mlp_residual", depth, num_classes=config.data.dim, width=config.model.width,
                               hidden=config.model.hidden, branch_scale="1")
@@ -109,9 +110,12 @@ def floor_seconds_per_block_step(config, steps: int) -> float:
   loss_fn = train.loss_function("regression")
   stretch = jax.jit(lambda s: train.train_steps(s, lambda i: (x[i], y[i]), steps, steps, loss_fn))
   jax.block_until_ready(stretch(state))
-  start = time.perf_counter()
-  jax.block_until_ready(stretch(state))
-  return (time.perf_counter() - start) / (steps * depth)
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(stretch(state))
+    seconds.append(time.perf_counter() - start)
+  return min(seconds) / (steps * depth)
 
 
 def _with_depth(config, depth: int):
