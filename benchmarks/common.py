@@ -107,6 +107,19 @@ def step_seconds(executable, state, batch, repeats: int, warmup: int = 1) -> tup
   return float(np.median(times)), state
 
 
+def call_seconds(fn, arg, repeats: int, warmup: int = 1) -> list[float]:
+  """The wall time of each of ``repeats`` calls ``fn(arg)`` (each waiting for its result), after
+  ``warmup`` calls (compiling and first-run costs)."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(arg))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(arg))
+    times.append(time.perf_counter() - start)
+  return times
+
+
 def peak_memory_gib() -> float | None:
   """The device's peak bytes in use so far in this process, in GiB (None where the backend does
   not report it, e.g. CPU). A process-wide high-water mark: give each model its own process to

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from benchmarks.projection import header
 from resnorm import procrustes
 from resnorm.models import resnet
@@ -79,14 +79,7 @@ def largest_tap_share(kernel) -> float:
 
 
 def median_ms(fn, arg, repeats: int) -> float:
-  jax.block_until_ready(fn(arg))
-  jax.block_until_ready(fn(arg))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(arg))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+  return 1e3 * statistics.median(common.call_seconds(fn, arg, repeats, warmup=2))
 
 
 def measure(repeats: int, padded: bool) -> list[dict]:

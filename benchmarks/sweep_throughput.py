@@ -109,13 +109,7 @@ def floor_seconds_per_block_step(config, steps: int, repeats: int = 5) -> float:
   state = train.create_train_state(model, jax.random.key(0), x[0], tx)
   loss_fn = train.loss_function("regression")
   stretch = jax.jit(lambda s: train.train_steps(s, lambda i: (x[i], y[i]), steps, steps, loss_fn))
-  jax.block_until_ready(stretch(state))
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(stretch(state))
-    seconds.append(time.perf_counter() - start)
-  return min(seconds) / (steps * depth)
+  return min(common.call_seconds(stretch, state, repeats)) / (steps * depth)
 
 
 def _with_depth(config, depth: int):
