@@ -81,15 +81,19 @@ def _glance(summary: records.SweepSummary) -> list[str]:
   for name, family in summary.models.items():
     budget = family.budget or {}
     cells = [f"`{name}`", f"{budget.get('steps', '—')} steps, {budget.get('schedule', '—')}"]
-    for key, _ in STATISTICS:
-      reading = (family.trained.bound or {}).get(key)
-      cells.append(_power(reading).removeprefix("L^") if reading and reading["slope"] is not None else "—")
+    cells += [_slope_cell(family, key) for key, _ in STATISTICS]
     if family.num_converged is not None:
       cells.append(f"{sum(family.num_converged)}/{sum(_seeds_at(family, i) for i in range(len(family.depths)))}")
     else:
       cells.append("—")
     rows.append(cells)
   return _table(header, rows)
+
+
+def _slope_cell(family: records.FamilyResults, key: str) -> str:
+  """"−0.26 [−0.29, −0.23]": the trained slope of statistic ``key`` with its interval, or "—"."""
+  reading = (family.trained.bound or {}).get(key)
+  return _power(reading).removeprefix("L^") if reading and reading["slope"] is not None else "—"
 
 
 def budget_text(budget: dict | None) -> str:
@@ -217,10 +221,7 @@ def budget_ladder(summary: records.SweepSummary, level: float = 0.9, heading: st
       family = summary.models[name]
       i = family.depths.index(depth) if depth in family.depths else None
       cells = [f"{steps} steps", f"`{name}`"]
-      for key, _ in STATISTICS:
-        if key != "layer_p90_max":
-          reading = (family.trained.bound or {}).get(key)
-          cells.append(_power(reading).removeprefix("L^") if reading and reading["slope"] is not None else "—")
+      cells += [_slope_cell(family, key) for key, _ in STATISTICS if key != "layer_p90_max"]
       cells.append("—" if i is None else _mean_interval(family, family.trained, "delta_max", i, level))
       cells.append("—" if i is None else f"{_fmt((family.train_loss_relative or [None] * (i + 1))[i])}, "
                    f"{_fmt(_relative_loss(family, 'trained', i))}")
