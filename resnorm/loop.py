@@ -671,7 +671,8 @@ def _initial_states(configs, seeds, dataset, steps_per_epoch: int, sharding):
   def arrays(state):  # the state without its static fields (each kind has its own optimizer object)
     return state.step, state.params, state.opt_state, state.batch_stats, state.constants
 
-  members = [jax.tree.map(lambda leaf, i=i: np.asarray(leaf[i]), arrays(state)) for state, i in parts]
+  on_host = {id(state): jax.device_get(arrays(state)) for state, _ in parts}  # indexed on the host: no program per leaf
+  members = [jax.tree.map(lambda leaf, i=i: leaf[i], on_host[id(state)]) for state, i in parts]
   step, params, opt_state, batch_stats, constants = jax.tree.map(lambda *leaves: np.stack(leaves), *members)
   group = parts[0][0].replace(step=step, params=params, opt_state=opt_state, batch_stats=batch_stats,
                               constants=constants)

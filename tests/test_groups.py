@@ -51,6 +51,32 @@ def test_a_group_equals_its_runs_one_by_one(tmp_path, monkeypatch):
   assert together[0].train_loss != together[1].train_loss  # and the seeds
 
 
+def test_an_image_group_with_batch_norm_and_sgd_equals_its_runs_one_by_one(tmp_path):
+  """Two seeds of the image sweep's ResNet (BatchNorm running statistics in the state, SGD with
+  momentum and weight decay on a cosine schedule) as one program and alone: the sweep groups them,
+  and losses, accuracies and δ statistics agree to 1e-5 relative."""
+  from helpers import tiny_image_sweep
+
+  from resnorm import sweep
+
+  config = tiny_image_sweep(settings=("resnet",), seeds=(0, 1))
+  (group,) = sweep.groups(sweep.plan(config))
+  configs = [run[3] for run in group]
+  assert len(configs) == 2 and configs[0].optimizer.name == "sgd"
+  together = loop.train_group(configs, [tmp_path / "group" / str(i) for i in range(2)])
+  alone = [loop.train_and_evaluate(c, tmp_path / "alone" / str(i)) for i, c in enumerate(configs)]
+  for a, b in zip(together, alone):
+    assert a.group_size == 2 and b.group_size == 1
+    for key in ("train_loss", "test_loss", "test_accuracy", "init_test_loss"):
+      assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-5), key
+    for stage in ("init", "trained"):
+      for kind in ("block", "transition"):
+        ours, theirs = a.measurement(stage).by_kind[kind], b.measurement(stage).by_kind[kind]
+        for key in ("delta_max", "delta_mean"):
+          assert getattr(ours, key) == pytest.approx(getattr(theirs, key), rel=1e-5, abs=1e-7), (stage, kind, key)
+  assert together[0].train_loss != together[1].train_loss
+
+
 def test_a_stretch_of_steps_equals_the_steps_one_at_a_time():
   """train.train_steps runs k steps in one compiled loop; the same k steps as k jitted calls of
   train.train_step give the same parameters, optimizer state and losses (to float rounding: the
