@@ -58,8 +58,8 @@ if [ -n "${SMOKE:-}" ]; then
   SIZE=(--platform cpu --image 8 --width_multiplier 0.25) B128=4 B512=8 B1024=16 REPEATS=1 STEPS=1
   OVERHEAD=(--platform cpu --image 8 --depth 13 --batch 4 --rounds 1 --per_round 1)
   END_TO_END=(--steps=6 --width=0.25 --depth=13 --noscan --batch_size=8)
-  IMAGE_SWEEP=(--config.depths=8 "--config.overrides.resnet.depths=(8,)" --config.overrides.procresnet.depths=13
-               "--config.settings=('resnet','procresnet')" --config.seeds=0 --config.num_steps=4 --config.data.image_size=8
+  IMAGE_SWEEP=(--config.depths=20 --config.overrides.procresnet.depths=13
+               "--config.settings=('preact_resnet','procresnet')" --config.seeds=0 --config.num_steps=4 --config.data.image_size=8
                --config.model.width_multiplier=0.25 --config.model.scan=False)
   STEM=(--platform cpu --repeats 1 --no-padded)
   SWEEP=(--config.depths=2 --config.num_steps=20 --config.log_every=10 --config.checkpoint_every=10)

@@ -79,6 +79,9 @@ def get_config(variant: str | None = None):
   # With several processes (--distributed): 'mesh' trains each run on every device of every
   # process, one run after another; 'spread' deals the runs out, each on one process's devices.
   config.placement = "mesh"
+  # L in the bound reading: 'layers' (the blocks a statistic is taken over, Theorem 1's L; here
+  # equal to the depth) or 'depth' (the network's depth).
+  config.bound_L = "layers"
   config.log_every = 50
   config.eval_every = 0  # the test loss at the start and the end
   config.checkpoint_every = 0  # runs are short: a finished run is reused, an unfinished one rerun

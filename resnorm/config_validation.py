@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from resnorm import data as data_lib
-from resnorm import loop, models, procrustes, validation
+from resnorm import loop, models, procrustes, records, validation
 
 OPTIMIZERS = ("adam", "sgd")
 PLACEMENTS = ("mesh", "spread")
@@ -181,6 +181,7 @@ def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
     validation.positive_ints("depths", config.depths)
     validation.positive_int("parallel_runs", config.parallel_runs)
     validation.one_of("placement", config.placement, PLACEMENTS)
+    validation.one_of("bound_L", config.get("bound_L", "layers"), records.BOUND_LENGTHS)
     _check_seeds("seeds", config.seeds)
     names = config.settings if isinstance(config.settings, (tuple, list)) else (config.settings,)
     overrides = config.get("overrides") or {}

@@ -16,16 +16,25 @@ from resnorm import records, recurrence, theory
 
 
 def _points(depths, values, spread=None):
-  """(L, value, spread) where the value is positive (log axes); spread 0 where unknown."""
+  """(L, value, spread) where L and the value are positive (log axes); spread 0 where unknown."""
   spread = spread or [None] * len(depths)
-  rows = [(L, v, e or 0.0) for L, v, e in zip(depths, values, spread) if v is not None and v > 0]
+  rows = [(L, v, e or 0.0) for L, v, e in zip(depths, values, spread) if L and v is not None and v > 0]
   return tuple(np.array(column) for column in zip(*rows)) if rows else (np.array([]),) * 3
 
 
-def _log_depth_axes(ax, title: str) -> None:
+def bound_lengths(entry: dict) -> tuple[list, str]:
+  """(the L of each depth in the setting's bound reading, its axis label): the identity blocks
+  when the summary read the bound against them (``Stage.L``), else the network's depth."""
+  measured = entry["trained"]
+  if measured.get("L") == "layers" and measured.get("num_layers") is not None:
+    return measured["num_layers"], "L (identity blocks)"
+  return entry["depths"], "depth L"
+
+
+def _log_depth_axes(ax, title: str, xlabel: str = "depth L") -> None:
   ax.set_xscale("log", base=2)
   ax.set_yscale("log")
-  ax.set_xlabel("depth L")
+  ax.set_xlabel(xlabel)
   ax.set_title(title, fontsize=9)
   ax.grid(True, which="both", alpha=0.3)
 
@@ -40,8 +49,8 @@ def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
   """One setting on log–log axes: δ after training (three statistics, means over seeds with
   their spread), δ_max at initialisation, and the bound envelope c_min·log(2L)/L of trained δ_max
   (the smallest c for which the theorem's bound holds at every measured depth). A diverged depth
-  is a red cross."""
-  depths = entry["depths"]
+  is a red cross. The x axis is the L of the bound reading (:func:`bound_lengths`)."""
+  depths, xlabel = bound_lengths(entry)
   for stage, key, style, label in DELTA_LINES:
     values = entry[stage].get(key)
     if values is None:
@@ -51,14 +60,15 @@ def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
       ax.errorbar(L, d, yerr=np.minimum(e, 0.95 * d), fmt=style, ms=4, capsize=2, label=label,
                   fillstyle="none" if stage == "init" else "full")
   reading = (entry["trained"].get("bound") or {}).get("delta_max")
-  if reading and reading.get("c_min"):
-    grid = np.geomspace(min(depths), max(depths), 100)
+  lengths = [L for L in depths if L]
+  if reading and reading.get("c_min") and lengths:
+    grid = np.geomspace(min(lengths), max(lengths), 100)
     ax.plot(grid, theory.delta_bound(grid, reading["c_min"]), "k-", lw=1,
             label=f"envelope {reading['c_min']:.2g}·log(2L)/L (c_min, set at L={reading['c_min_depth']})")
-  diverged = [L for L, flag in zip(depths, entry["diverged"]) if flag]
+  diverged = [L for L, flag in zip(depths, entry["diverged"]) if flag and L]
   if diverged:
     ax.plot(diverged, np.full(len(diverged), ax.get_ylim()[0] if ax.has_data() else 1.0), "rx", ms=10, label="diverged")
-  _log_depth_axes(ax, f"{name} ({entry.get('model') or name})")
+  _log_depth_axes(ax, f"{name} ({entry.get('model') or name})", xlabel)
   ax.legend(fontsize=6)
 
 
@@ -167,7 +177,8 @@ def draw_task_vs_depth(fig, summary: dict):
         scale = [v / l if v is not None and l else None for v, l in zip(values, entry[key.replace("_relative", "")])]
         spread = [s * c if s is not None and c is not None else None for s, c in zip(spread, scale)]
       L, v, e = _points(entry["depths"], values, spread)
-      ax.errorbar(L, v, yerr=e, fmt="o-", ms=4, capsize=2, label=name)
+      if len(L):  # none where every run diverged
+        ax.errorbar(L, v, yerr=e, fmt="o-", ms=4, capsize=2, label=name)
     ax.set_xscale("log", base=2)
     ax.set_yscale("linear" if key == "test_accuracy" else "log")
     ax.set_xlabel("depth L")
@@ -247,6 +258,10 @@ def draw_ratio_profile(fig, results: list[dict], names: list[str], seed=None):
 
 def ratio_profile(results: list[dict], names: list[str], path: str) -> None:
   save(draw_ratio_profile(Figure(figsize=(10, 3.2 * len(names))), results, names), path)
+
+
+def ratio_heatmap(runs: dict[str, list[dict]], path: str) -> None:
+  save(draw_ratio_heatmap(Figure(figsize=(5.5 * len(runs) + 1.5, 4), layout="constrained"), runs), path)
 
 
 def draw_delta_during_training(fig, results: list[dict], names: list[str]):
@@ -348,26 +363,47 @@ def draw_stack_spectra(ax, results):
   return ax.figure
 
 
+def ratio_grid(rows: list[dict]) -> tuple[np.ndarray, list[str]]:
+  """(layers × measurements of r_k, mean over examples; the kind of each layer) from the rows of
+  a ``signal.jsonl``: every layer in stream order, the stem and the transitions included, where
+  the rows hold the whole stream (``layers``); the identity blocks alone (``profile``) in files
+  written before."""
+  if all(row.get("layers") for row in rows):
+    return np.array([row["layers"]["ratio_mean"] for row in rows], dtype=float).T, list(rows[0]["layers"]["kind"])
+  grid = np.array([row["profile"]["ratio_mean"] for row in rows], dtype=float).T
+  return grid, ["block"] * grid.shape[0]
+
+
+LAYER_MARKS = {"stem": "▲ stem", "transition": "× transition"}
+
+
 def draw_ratio_heatmap(fig, runs: dict[str, list[dict]]):
-  """Per-block backward ratios during training, one panel per run side by side (e.g. ResNet
-  against ProcResNet): block index × step, coloured by r_l = ‖∂E/∂x_l‖ / ‖∂E/∂x_{l+1}‖ (mean
-  over examples) on one scale diverging at 1. ``runs`` maps a label to the rows of its
-  ``signal.jsonl``; the reference's animated figure, as a still.
+  """Backward ratios layer by layer during training, one panel per run side by side (e.g. ResNet
+  against ProcResNet): layer index × step, coloured by r_k = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖ (mean over
+  examples) on one logarithmic scale diverging at r = 1 and clipped at the 98th percentile of
+  |log₁₀ r| (a stem whose ratio is 10⁴ would otherwise wash out every other layer), the stem and
+  every transition labelled on the layer axis (:func:`ratio_grid`). ``runs`` maps a label to the rows of its ``signal.jsonl``; the
+  reference's animated figure, as a still.
   """
-  grids = {name: np.array([row["profile"]["ratio_mean"] for row in rows], dtype=float).T
-           for name, rows in runs.items()}
-  finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()]) if grids else np.array([1.0])
-  spread = max(float(np.max(np.abs(finite - 1.0))), 1e-6)
-  norm = matplotlib.colors.TwoSlopeNorm(vcenter=1.0, vmin=1.0 - spread, vmax=1.0 + spread)
+  grids = {name: ratio_grid(rows) for name, rows in runs.items()}
+  logs = {name: np.log10(grid) for name, (grid, _) in grids.items()}
+  finite = np.concatenate([g[np.isfinite(g)] for g in logs.values()]) if logs else np.array([0.0])
+  spread = max(float(np.percentile(np.abs(finite), 98)), 1e-3)  # a stray layer does not wash out the rest
+  norm = matplotlib.colors.TwoSlopeNorm(vcenter=0.0, vmin=-spread, vmax=spread)
   axes = fig.subplots(1, len(runs), squeeze=False, sharey=False)[0]
   for ax, (name, rows) in zip(axes, runs.items()):
+    kinds = grids[name][1]
     steps = [row["step"] for row in rows]
-    image = ax.imshow(grids[name], aspect="auto", origin="lower", cmap="RdBu_r", norm=norm, interpolation="nearest",
-                      extent=(-0.5, len(steps) - 0.5, -0.5, grids[name].shape[0] - 0.5))
+    image = ax.imshow(logs[name], aspect="auto", origin="lower", cmap="RdBu_r", norm=norm, interpolation="nearest",
+                      extent=(-0.5, len(steps) - 0.5, -0.5, logs[name].shape[0] - 0.5))
     ticks = np.arange(0, len(steps), max(1, -(-len(steps) // 6)))  # at most 6, evenly spaced
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
     ax.set_xlabel("step")
-    ax.set_ylabel("block l")
-    ax.set_title(name)
-  fig.colorbar(image, ax=list(axes), label=r"$r_l = \|\partial E/\partial x_l\| \,/\, \|\partial E/\partial x_{l+1}\|$")
+    marked = [k for k, kind in enumerate(kinds) if kind in LAYER_MARKS]
+    ax.set_yticks(marked, [f"{LAYER_MARKS[kinds[k]]} {k}" for k in marked], fontsize=6)
+    ax.set_ylabel("layer k (the others: identity blocks)")
+    ax.set_title(name, fontsize=8)
+  fig.colorbar(image, ax=list(axes), extend="both",
+               label=r"$\log_{10} r_k,\ r_k = \|\partial E/\partial x_k\| \,/\, \|\partial E/\partial x_{k+1}\|$"
+               f" (clipped at ±{spread:.2g})")
   return fig

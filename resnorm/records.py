@@ -80,16 +80,17 @@ class Measurement:
   layers: dict[str, list] | None = None
 
   @property
-  def block(self) -> signal.DeltaStats:
-    """The statistics of the identity blocks, the theorem's domain."""
-    return self.by_kind["block"]
+  def block(self) -> signal.DeltaStats | None:
+    """The statistics of the identity blocks, the theorem's domain (None for a network without
+    any, such as a pre-activation ResNet with one block per stage: every block a transition)."""
+    return self.by_kind.get("block")
 
   @classmethod
   def from_report(cls, report: signal.SignalReport, free: dict[str, float] | None = None) -> Measurement:
     """The statistics of ``report``; ``free``: the identity blocks' direction-free fields
     (:func:`resnorm.signal.direction_free`), where they were measured."""
     by_kind = {kind: signal.summarize(report, kind) for kind in sorted(set(report.kinds))}
-    if free is not None:
+    if free is not None and "block" in by_kind:
       by_kind["block"] = dataclasses.replace(by_kind["block"], **free)
     return cls(by_kind, signal.layer_profile(report), signal.stream_profile(report))
 
@@ -115,7 +116,8 @@ class HistoryPoint:
 
   @classmethod
   def of(cls, step: int, measurement: Measurement) -> HistoryPoint:
-    return cls(step, *(getattr(measurement.block, key) for key in HISTORY_KEYS))
+    block = measurement.block
+    return cls(step, *(getattr(block, key) if block else None for key in HISTORY_KEYS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +212,8 @@ class RunRecord:
 # The statistics read as bounds: over blocks × examples, per block (a sample that does not grow
 # with L), the typical block, the whole batch, and in every direction.
 BOUND_KEYS = ("delta_max", "layer_p90_max", "delta_mean", "batch_delta_max", "free_delta_max")
+# What L is in the bound reading: the number of layers of the kind measured, or the network's depth.
+BOUND_LENGTHS = ("layers", "depth")
 
 
 def _finite(values: list) -> list:
@@ -242,6 +246,11 @@ class Stage:
     bound: statistic in :data:`BOUND_KEYS` -> :func:`resnorm.theory.read_bound` over the seeds.
     free_delta_max, free_delta_mean, free_layer_p90_max, free_examples: δ in every direction
       (:class:`signal.DeltaStats`).
+    num_layers: per depth, the layers of this kind (identity blocks for ``block``; None where a
+      network has none).
+    L: what the bound reading and the fit take as L: ``'layers'``, the number of layers of this
+      kind the statistic is taken over (Theorem 1 counts blocks), or ``'depth'``, the network's
+      depth. None in older files, which read the network's depth.
   """
 
   delta_max: list[float | None]
@@ -262,13 +271,18 @@ class Stage:
   free_delta_mean: list[float | None] | None = None
   free_layer_p90_max: list[float | None] | None = None
   free_examples: list[float | None] | None = None
+  num_layers: list[int | None] | None = None
+  L: str | None = None
 
   @classmethod
-  def columns(cls, groups: list[list[RunRecord]], stage: str, fit, bound, kind: str = "block") -> Stage:
+  def columns(cls, groups: list[list[RunRecord]], stage: str, fit, bound, kind: str = "block",
+              L: str = "layers") -> Stage:
     """The columns of ``groups`` (one list of seeds' runs per depth, ascending) at ``stage`` for
-    layers of ``kind``; ``fit(depths, deltas) -> dict``, ``bound(depths, per_seed) -> dict``."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("fit", "std", "bound")]
-    depths = [runs[0].depth for runs in groups]
+    layers of ``kind``; ``fit(lengths, deltas) -> dict``, ``bound(lengths, per_seed) -> dict``,
+    with the lengths ``L`` names (depths where the network has no layer of ``kind`` left out)."""
+    if L not in BOUND_LENGTHS:
+      raise ValueError(f"L = {L!r}: expected one of {list(BOUND_LENGTHS)}")
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("fit", "std", "bound", "L")]
 
     def values(runs, key):
       measured = [r.measurement(stage) for r in runs]
@@ -276,9 +290,19 @@ class Stage:
 
     per_seed = {key: [values(runs, key) for runs in groups] for key in names}
     columns = {key: [seed_mean(v) for v in per_seed[key]] for key in names}
-    return cls(**columns, fit=fit(depths, columns["delta_max"]),
+    columns["num_layers"] = [None if n is None else int(n) for n in columns["num_layers"]]
+    measured = any(v is not None for v in columns["delta_max"])
+    if L == "layers" and measured and all(n is None for n in columns["num_layers"]):
+      L = "depth"  # files of the first formats did not count their layers
+    lengths = columns["num_layers"] if L == "layers" else [runs[0].depth for runs in groups]
+    kept = [i for i, n in enumerate(lengths) if n]
+
+    def at_kept(values):
+      return [values[i] for i in kept]
+
+    return cls(**columns, L=L, fit=fit(at_kept(lengths), at_kept(columns["delta_max"])),
                std={key: [seed_std(v) for v in per_seed[key]] for key in names},
-               bound={key: bound(depths, per_seed[key]) for key in BOUND_KEYS})
+               bound={key: bound(at_kept(lengths), at_kept(per_seed[key])) for key in BOUND_KEYS})
 
   def to_json(self) -> dict:
     return _unset_dropped(jsonable(dataclasses.asdict(self)), _added_fields(Stage))

@@ -53,7 +53,7 @@ from resnorm import config_validation, loop, plots, records, report, theory
 RUNS = "runs"
 CSV_DELTAS = ("delta_max", "delta_mean", "delta_p50", "delta_p90", "delta_p99", "log_gain", "layer_p90_max",
               "batch_delta_max")
-SWEEP_FIELDS = ("depths", "settings", "overrides", "seeds", "parallel_runs", "placement")
+SWEEP_FIELDS = ("depths", "settings", "overrides", "seeds", "parallel_runs", "placement", "bound_L")
 
 
 def run_name(setting: str, depth: int, seed: int) -> str:
@@ -154,7 +154,8 @@ def run_sweep(config, workdir, progress: bool = True) -> records.SweepSummary:
     threads = config.parallel_runs if jax.process_count() == 1 else 1
     results = _run_all(by_cost, workdir, dataset, threads, progress and jax.process_index() == 0)
   summary = summarize(results, list(settings(config)), {name: setting_overrides(config, name)
-                                                        for name in settings(config)})
+                                                        for name in settings(config)},
+                      L=config.get("bound_L", "layers"))
   if jax.process_index() == 0:
     write_outputs(workdir, summary, results)
   return summary
@@ -242,8 +243,9 @@ def _relative(losses: list, variance: float | None) -> list | None:
   return [None if loss is None else loss / variance for loss in losses]
 
 
-def _family(runs: list[records.RunRecord]) -> records.FamilyResults:
-  """One setting's results: its runs grouped by depth, means and spreads over the seeds."""
+def _family(runs: list[records.RunRecord], L: str = "layers") -> records.FamilyResults:
+  """One setting's results: its runs grouped by depth, means and spreads over the seeds; the
+  bound read against ``L`` (:attr:`resnorm.records.Stage.L`)."""
   depths = sorted({r.depth for r in runs})
   groups = [sorted((r for r in runs if r.depth == L), key=lambda r: r.seed or 0) for L in depths]
 
@@ -269,14 +271,14 @@ def _family(runs: list[records.RunRecord]) -> records.FamilyResults:
       train_loss=train_loss,
       test_loss=test_loss,
       test_accuracy=column("test_accuracy") if classification else None,
-      **{stage: records.Stage.columns(groups, stage, _fit, theory.read_bound) for stage in records.STAGES},
+      **{stage: records.Stage.columns(groups, stage, _fit, theory.read_bound, L=L) for stage in records.STAGES},
       model=runs[0].model if runs[0].setting else None,
       seeds=seeds or None,
       num_diverged=[sum(r.diverged for r in group) for group in groups] if seeds else None,
       train_loss_relative=_relative(train_loss, variance),
       test_loss_relative=_relative(test_loss, variance),
       std={key: spread(key) for key in ("train_loss", "test_loss", "test_accuracy")} if seeds else None,
-      by_kind={kind: {stage: records.Stage.columns(groups, stage, _fit, theory.read_bound, kind)
+      by_kind={kind: {stage: records.Stage.columns(groups, stage, _fit, theory.read_bound, kind, L=L)
                       for stage in records.STAGES} for kind in kinds} if seeds else None,
       init_test_loss=init_test_loss,
       init_test_loss_relative=_relative(init_test_loss, variance) if init_test_loss else None,
@@ -294,10 +296,11 @@ def _family(runs: list[records.RunRecord]) -> records.FamilyResults:
 
 
 def summarize(results: list[records.RunRecord], setting_order: list[str],
-              overrides: dict | None = None) -> records.SweepSummary:
+              overrides: dict | None = None, L: str = "layers") -> records.SweepSummary:
   """The sweep summary from run records; independent of their order and timing. ``overrides``:
-  each setting's overrides (:func:`setting_overrides`), kept with its results."""
-  by_setting = {name: _family([r for r in results if _setting_of(r) == name]) for name in setting_order}
+  each setting's overrides (:func:`setting_overrides`), kept with its results; ``L``: what the
+  bound reading takes as L (``config.bound_L``, :data:`resnorm.records.BOUND_LENGTHS`)."""
+  by_setting = {name: _family([r for r in results if _setting_of(r) == name], L) for name in setting_order}
   if overrides:
     by_setting = {name: dataclasses.replace(family, overrides=records.config_dict(overrides.get(name, {})))
                   for name, family in by_setting.items()}
@@ -309,7 +312,9 @@ CSV_FIELDS = ("setting", "model", "depth", "seed", "diverged", "diverged_at_step
                   f"{stage}_{k}" for stage in records.STAGES for k in CSV_DELTAS)
 
 
-def write_outputs(workdir, summary: records.SweepSummary, results: list[records.RunRecord]) -> None:
+def write_outputs(workdir, summary: records.SweepSummary, results: list[records.RunRecord], sources=None) -> None:
+  """``summary.json``, ``results.csv``, ``report.md`` and the figures in ``workdir``; ``sources``:
+  the workdirs whose ``runs/`` hold the runs (``workdir`` itself unless aggregated)."""
   workdir = records.path(workdir)
   records.write_json(workdir / "summary.json", summary.to_json())
   table = io.StringIO()
@@ -320,7 +325,8 @@ def write_outputs(workdir, summary: records.SweepSummary, results: list[records.
     row["setting"] = _setting_of(r)
     for stage in records.STAGES:
       measured = r.measurement(stage)
-      row.update({f"{stage}_{k}": getattr(measured.block, k) if measured else None for k in CSV_DELTAS})
+      block = measured and measured.block
+      row.update({f"{stage}_{k}": getattr(block, k) if block else None for k in CSV_DELTAS})
     writer.writerow(records.jsonable(row))
   records.write_text(workdir / "results.csv", table.getvalue())
   data = summary.to_json()
@@ -337,6 +343,26 @@ def write_outputs(workdir, summary: records.SweepSummary, results: list[records.
     plots.ratio_profile(run_data, list(summary.models), workdir / "ratio_profile.png")
   if any(r.history for r in results):
     plots.delta_during_training(run_data, list(summary.models), workdir / "delta_during_training.png")
+  if any(r.history and r.init.layers and "transition" in r.init.layers["kind"] for r in results):
+    plots.ratio_heatmap(_heatmap_runs([records.path(w) for w in sources or [workdir]], results, list(summary.models)),
+                        workdir / "ratio_heatmap.png")
+
+
+def _heatmap_runs(sources: list, results: list[records.RunRecord], names: list[str]) -> dict[str, list[dict]]:
+  """Per setting, the ``signal.jsonl`` rows of its deepest run of the smallest seed, labelled
+  with its depth and identity blocks: the paper's figure of ratios over training."""
+  runs = {}
+  for name in names:
+    measured = [r for r in results if _setting_of(r) == name and r.history]
+    if not measured:
+      continue
+    run = max(measured, key=lambda r: (r.depth, -(r.seed or 0)))
+    blocks = run.init.block.num_layers if run.init.block else 0
+    name_of_run = run_name(name, run.depth, run.seed or 0)
+    run_dir = next(w / RUNS / name_of_run for w in sources if (w / RUNS / name_of_run).exists())
+    rows = records.JsonlLog(run_dir / "signal.jsonl", write=False).records
+    runs[f"{name}\ndepth {run.depth} ({blocks} identity blocks), seed {run.seed}"] = rows
+  return runs
 
 
 def aggregate(workdirs: list, out_dir) -> records.SweepSummary:
@@ -372,8 +398,9 @@ def aggregate(workdirs: list, out_dir) -> records.SweepSummary:
   order = merged_config.get("settings") or merged_config["models"]
   order = [m for m in order if any(_setting_of(r) == m for r in results)]
   known = merged_config.get("overrides") or {}
-  summary = summarize(results, order, {name: known.get(name, {"name": name}) for name in order})
-  write_outputs(out_dir, summary, results)
+  summary = summarize(results, order, {name: known.get(name, {"name": name}) for name in order},
+                      L=merged_config.get("bound_L", "layers"))
+  write_outputs(out_dir, summary, results, sources=workdirs)
   return summary
 
 
@@ -387,13 +414,15 @@ def format_table(summary: records.SweepSummary) -> str:
     lines.append(f"{name} ({family.model or name}, {seeds} seed{'s' * (seeds > 1)}; means ± std over seeds)")
     fitted = family.test_loss_relative is not None
     accuracy = family.test_accuracy is not None
-    header = ["L", "δmax init", "δmax trained", "δmean", "layer p90 max", "batch δmax",
-              "train/var" if fitted else "train loss", "test/var" if fitted else "test loss"]
+    trained, std = family.trained, family.trained.std or {}
+    blocks = trained.num_layers if trained.L == "layers" and trained.num_layers != family.depths else None
+    header = ["depth"] + (["blocks"] if blocks else []) + [
+        "δmax init", "δmax trained", "δmean", "layer p90 max", "batch δmax",
+        "train/var" if fitted else "train loss", "test/var" if fitted else "test loss"]
     header += ["test acc"] if accuracy else []
     rows = [header]
-    trained, std = family.trained, family.trained.std or {}
     for i, L in enumerate(family.depths):
-      row = [str(L), _fmt(family.init.delta_max[i])]
+      row = [str(L)] + ([str(blocks[i] or 0)] if blocks else []) + [_fmt(family.init.delta_max[i])]
       if family.diverged[i]:
         count = f"{family.num_diverged[i]}/{seeds} " if family.num_diverged else ""
         row.append(f"{count}diverged@{family.diverged_at_step[i]}")
@@ -412,19 +441,24 @@ def format_table(summary: records.SweepSummary) -> str:
     lines += [_bound_line("trained δmax", trained), _bound_line("trained layer p90 max", trained, "layer_p90_max")]
     for kind, stages in sorted((family.by_kind or {}).items()):
       if kind != "stem":
-        lines.append(_bound_line(f"trained {kind} δmax", stages["trained"]) + "  (init δmax "
+        lines.append(_bound_line(f"trained {kind} δmax", stages["trained"], kind=kind) + "  (init δmax "
                      + ", ".join(_fmt(v) for v in stages["init"].delta_max) + ")")
     lines.append("")
   return "\n".join(lines).rstrip()
 
 
-def _bound_line(label: str, stage: records.Stage, key: str = "delta_max") -> str:
-  """c_min, the slope with its interval and the separated law, or why there is none."""
+# What L counts in a bound reading against layers, per kind of layer.
+_LAYER_NOUNS = {"block": "identity blocks", "transition": "transitions", "stem": "stem layers"}
+
+
+def _bound_line(label: str, stage: records.Stage, key: str = "delta_max", kind: str = "block") -> str:
+  """c_min, the slope with its interval and the separated law, or why there is none; and what L is."""
   reading = (stage.bound or {}).get(key)
   if reading is None:
     fit = stage.fit
     return f"  {label}: log(2L)/L fit c {_fmt(fit.get('c'))} (first-format summary: no bound reading)"
-  text = f"  {label}: c_min {_fmt(reading['c_min'])} (set at L = {reading['c_min_depth']})"
+  counted = _LAYER_NOUNS.get(kind, kind) if stage.L == "layers" else "network depth"
+  text = f"  {label} [L = {counted}]: c_min {_fmt(reading['c_min'])} (set at L = {reading['c_min_depth']})"
   if reading["slope"] is None:
     return text + f"; {reading['note']}"
   interval = reading.get("slope_interval")

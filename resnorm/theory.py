@@ -178,10 +178,10 @@ def read_bound(depths, per_seed, *, level: float = 0.9) -> dict:
   if needed.size:
     reading.update(c_min=float(needed.max()), c_min_depth=int(every_L[np.argmax(needed)]))
   logs = [np.log(s[s > 0]) for s in finite]
-  keep = np.array([len(y) > 0 for y in logs])
+  keep = np.array([len(y) > 0 for y in logs], dtype=bool)
   reading["num_points"] = int(keep.sum())
   if len(np.unique(depths[keep])) < 2:
-    reading["note"] = "fewer than two depths with a finite, positive delta: no slope or law fit"
+    reading["note"] = "fewer than two values of L with a finite, positive delta: no slope or law fit"
     return reading
   L, logs = depths[keep], [y for y, k in zip(logs, keep) if k]
   x = np.log(L)

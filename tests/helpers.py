@@ -61,13 +61,15 @@ def tiny_sweep(depths=(2, 4), settings=("mlp_residual", "mlp_plain"), seeds=(0,)
   return config
 
 
-def tiny_image_sweep(depths=(8,), settings=("resnet", "procresnet"), seeds=(0,)):
-  """configs/image_depth_sweep.py at 8×8 pixels, quarter width, a few steps."""
+def tiny_image_sweep(depths=(11, 20), settings=("preact_resnet", "procresnet"), seeds=(0,)):
+  """configs/image_depth_sweep.py at 8×8 pixels, quarter width, a few steps: by default the
+  pre-activation ResNet at n = 1 (no identity block) and 2, and ProcResNet at n = 1."""
   from configs import image_depth_sweep
 
   config = image_depth_sweep.get_config()
   config.depths, config.settings, config.seeds = depths, settings, seeds
   config.overrides.procresnet.depths = (13,)
+  config.overrides.resnet_postact.depths = config.overrides.plain_postact.depths = (8,)
   config.data.image_size, config.data.train_size, config.data.test_size = 8, 64, 32
   config.model.width_multiplier = 0.25
   config.batch_size, config.num_steps, config.log_every, config.checkpoint_every = 16, 4, 2, 0

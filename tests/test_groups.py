@@ -59,7 +59,7 @@ def test_an_image_group_with_batch_norm_and_sgd_equals_its_runs_one_by_one(tmp_p
 
   from resnorm import sweep
 
-  config = tiny_image_sweep(settings=("resnet",), seeds=(0, 1))
+  config = tiny_image_sweep(settings=("resnet_postact",), seeds=(0, 1))
   (group,) = sweep.groups(sweep.plan(config))
   configs = [run[3] for run in group]
   assert len(configs) == 2 and configs[0].optimizer.name == "sgd"

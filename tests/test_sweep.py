@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import tiny_image_sweep, tiny_sweep
 
-from resnorm import loop, records, report, sweep, theory
+from resnorm import loop, records, report, signal, sweep, theory
 from resnorm.config_validation import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,6 +126,7 @@ def test_a_diverging_depth_is_recorded_and_the_sweep_goes_on(tmp_path):
         (dict(init_from="trained"), "config.init_from", "['constructed', 'random']"),
         (dict(depths=(2, 0)), "config.depths", "positive integers"),
         (dict(depths=()), "config.depths", "non-empty"),
+        (dict(bound_L="blocks"), "config.bound_L", "['depth', 'layers']"),
         (dict(width=0), "config.model.width", "positive integer"),
         (dict(learning_rate=-0.1), "config.optimizer.learning_rate", "positive number"),
         (dict(branch_scale="1/L^2"), "config.model.branch_scale", "1/sqrt(L)"),
@@ -217,20 +218,91 @@ def image_sweep(tmp_path_factory):
 
 @pytest.mark.slow
 def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
+  """The pre-activation ResNet at n = 1 (depth 11: every block a transition, no identity block)
+  and n = 2 (depth 20: one identity block per stage), ProcResNet at n = 1: δ per kind, the bound
+  read against the identity blocks, and a network without them summarised, tabled and drawn
+  with that kind empty."""
   workdir, summary = image_sweep
   data = _read(workdir / "summary.json")
-  assert list(data["models"]) == ["resnet", "procresnet"] and data["depths"] == [8]
-  assert data["models"]["procresnet"]["depths"] == [13]  # the setting's own depths
-  for name, entry in data["models"].items():
+  assert list(data["models"]) == ["preact_resnet", "procresnet"] and data["depths"] == [11, 20]
+  preact, proc = data["models"]["preact_resnet"], data["models"]["procresnet"]
+  assert proc["depths"] == [13]  # the setting's own depths
+  assert preact["trained"]["num_layers"] == [None, 3] and proc["trained"]["num_layers"] == [3]
+  assert preact["trained"]["delta_max"][0] is None and preact["trained"]["L"] == "layers"
+  runs = {(r.setting, r.depth): r for r in records.runs_in([workdir], sweep.RUNS)}
+  assert preact["trained"]["delta_max"][1] == runs["preact_resnet", 20].trained.block.delta_max
+  assert runs["preact_resnet", 11].trained.block is None
+  for name, transitions in (("preact_resnet", 3), ("procresnet", 2)):  # each stage's first block; T₁, T₂
+    entry = data["models"][name]
     assert set(entry["by_kind"]) == {"stem", "transition"}, name
-    for kind in ("stem", "transition"):
-      for stage in ("init", "trained"):
-        assert entry["by_kind"][kind][stage]["delta_max"][0] > 0
-    assert 0 <= entry["test_accuracy"][0] <= 1 and entry["trained"]["delta_max"][0] > 0
-  run = records.read_run(workdir / sweep.RUNS / sweep.run_name("procresnet", 13, 0))
+    assert entry["by_kind"]["transition"]["trained"]["num_layers"] == [transitions] * len(entry["depths"]), name
+  assert preact["test_accuracy"] == [runs["preact_resnet", L].test_accuracy for L in (11, 20)]
+  run = runs["procresnet", 13]
   assert run.init.layers["kind"].count("transition") == 2 and run.setting == "procresnet"
   assert json.loads((workdir / sweep.RUNS / sweep.run_name("procresnet", 13, 0) / "config.json").read_text())[
       "procrustes"]["enabled"]
+  with open(workdir / "results.csv") as f:
+    rows = {(r["setting"], r["depth"]): r for r in csv.DictReader(f)}
+  assert rows["preact_resnet", "11"]["trained_delta_max"] == "" and rows["preact_resnet", "20"]["trained_delta_max"]
   for figure in ("delta_by_kind.png", "ratio_profile.png", "task_vs_depth.png", "delta_vs_depth.png"):
     assert (workdir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert "transition δmax" in sweep.format_table(summary)
+  table = sweep.format_table(summary)
+  assert "transition δmax [L = transitions]" in table and "depth  blocks" in table
+
+
+def _synthetic_run(depth: int, seed: int, blocks: int, delta: float, train_loss: float = 0.1) -> records.RunRecord:
+  """A run whose identity blocks (``blocks`` of them; none when 0) all have δ_max = ``delta``,
+  with two transitions of δ_max 0.5."""
+
+  def stats(value, layers):
+    return signal.DeltaStats(value, value / 2, value, value, value, 1 - value, 1 + value, 0.0, 8 * layers, 0,
+                             num_layers=layers, num_examples=8)
+
+  by_kind = {"transition": stats(0.5, 2), **({"block": stats(delta, blocks)} if blocks else {})}
+  measurement = records.Measurement(by_kind, {})
+  return records.RunRecord(model="preact_resnet", depth=depth, steps=10, diverged=False, diverged_at_step=None,
+                           last_checkpoint=None, train_loss=train_loss, train_seconds=1.0, init=measurement, history=[],
+                           trained=measurement, setting="preact_resnet", seed=seed, test_loss=0.2, test_accuracy=0.9)
+
+
+def test_the_bound_reads_L_as_the_identity_blocks_or_as_the_depth_and_c_min_moves_as_the_law_says():
+  """Pre-activation networks of depth 9n+2 hold 3(n−1) identity blocks: with δ_max = 2·log(2L)/L
+  in L = blocks, the reading against blocks gives c_min = 2 and the law's slope exactly; against
+  the depth, c_min is δ·D/log(2D) at the depth that needs most; the depth without blocks is left
+  out of both, and the tables say which L they use."""
+  depths, blocks = (11, 29, 47, 83), (0, 6, 12, 24)
+  runs = [_synthetic_run(D, s, n, float(theory.delta_bound(n, 2.0)) if n else 0.0)
+          for D, n in zip(depths, blocks) for s in (0, 1)]
+  by_blocks = sweep.summarize(runs, ["preact_resnet"]).models["preact_resnet"]
+  by_depth = sweep.summarize(runs, ["preact_resnet"], L="depth").models["preact_resnet"]
+  reading = by_blocks.trained.bound["delta_max"]
+  assert by_blocks.trained.num_layers == [None, 6, 12, 24] and by_blocks.trained.L == "layers"
+  assert reading["c_min"] == pytest.approx(2.0) and reading["seeds"] == [2, 2, 2]
+  assert reading["slope"] == pytest.approx(reading["laws"]["c*log(2L)/L"]["slope"])
+  needed = [float(theory.delta_bound(n, 2.0)) * D / np.log(2 * D) for D, n in zip(depths[1:], blocks[1:])]
+  assert by_depth.trained.bound["delta_max"]["c_min"] == pytest.approx(max(needed))
+  assert by_depth.trained.bound["delta_max"]["c_min_depth"] == depths[1 + int(np.argmax(needed))]
+  # transitions: two at every depth, so one L and no slope; c_min = 0.5·2/log 4 against their count
+  transitions = by_blocks.by_kind["transition"]["trained"].bound["delta_max"]
+  assert transitions["c_min"] == pytest.approx(0.5 * 2 / np.log(4)) and transitions["slope"] is None
+  table = sweep.format_table(sweep.summarize(runs, ["preact_resnet"]))
+  assert "depth  blocks" in table and "[L = identity blocks]" in table and "[L = transitions]" in table
+  assert "[L = network depth]" in sweep.format_table(sweep.summarize(runs, ["preact_resnet"], L="depth"))
+
+
+def test_the_report_of_an_image_sweep_counts_blocks_reads_transitions_and_degradation_from_train_loss():
+  """Its table has the identity blocks beside the depth; the transitions get their own reading
+  and a comparison with the blocks that names the depths it holds at; the train loss's change
+  from the shallowest to the deepest network is judged by its intervals over the seeds."""
+  depths, blocks = (11, 29, 47), (0, 6, 12)
+  rising = [_synthetic_run(D, s, n, 0.1 if n else 0.0, train_loss=0.1 * (1 + i) + 0.01 * s)
+            for i, (D, n) in enumerate(zip(depths, blocks)) for s in (0, 1, 2)]
+  text = report.render(sweep.summarize(rising, ["preact_resnet"]))
+  assert "| depth | L (identity blocks) | seeds |" in text and "| 11 | 0 | 3 |" in text
+  assert "transition δ_max (L = 2 transitions): fewer than two values of L" in text
+  # transitions' mean δ 0.25 against the blocks' 0.05 where there are blocks
+  assert "Mean δ of the transition layers exceeds the identity blocks' at every depth (29: 0.25 vs 0.05" in text
+  assert "Train loss rises from 0.11 [" in text and "at depth 47 (the intervals do not overlap)" in text
+  flat = [_synthetic_run(D, s, n, 0.1 if n else 0.0, train_loss=0.1 + 0.05 * s)
+          for D, n in zip(depths, blocks) for s in (0, 1, 2)]
+  assert "the intervals overlap: no change detectable" in report.render(sweep.summarize(flat, ["preact_resnet"]))

@@ -254,6 +254,7 @@ def test_bfloat16_trains_to_the_float32_accuracy_and_measures_alike(tmp_path):
   for dtype in ("float32", "bfloat16"):
     config = image_depth_sweep.get_config()
     config.seed, config.num_steps, config.log_every, config.data.image_size = 0, 150, 50, 8
+    config.eval_every, config.signal.every, config.signal.num_examples = None, 0, 128  # as when measured
     config.model.name, config.model.depth, config.model.dtype = "resnet", 8, dtype
     runs[dtype] = loop.train_and_evaluate(config, str(tmp_path / dtype))
   full, half = runs["float32"], runs["bfloat16"]
