@@ -19,16 +19,18 @@ def test_readme_findings_are_the_reports_of_their_committed_summaries():
   with open(README) as f:
     sections = report_entry.sections(f.read())
   assert [(path, part) for path, part, _ in sections] == [("docs/summary.json", None),
-                                                          ("docs/ladder/summary.json", "budgets")]
+                                                          ("docs/ladder/summary.json", "budgets"),
+                                                          ("docs/images/summary.json", None)]
   for path, part, body in sections:
     assert body == report_entry.section(path, helpers.REPO, part), f"README's section of {path} is stale: run " \
         "python -m experiments.report --readme=README.md"
   assert "Budget ladder" in sections[1][2]
 
 
-def test_the_committed_ladder_report_is_its_summarys():
-  """docs/ladder/report.md is the report the ladder sweep wrote beside its summary."""
-  directory = os.path.join(helpers.REPO, "docs", "ladder")
+@pytest.mark.parametrize("sweep_name", ["ladder", "images"])
+def test_the_committed_reports_are_their_summaries(sweep_name):
+  """docs/<sweep>/report.md is the report of the summary beside it."""
+  directory = os.path.join(helpers.REPO, "docs", sweep_name)
   summary = records.SweepSummary.from_json(records.read_json(os.path.join(directory, "summary.json")))
   with open(os.path.join(directory, "report.md")) as f:
     assert f.read() == report.render(summary)
