@@ -275,7 +275,8 @@ def draw_delta_during_training(fig, results: list[dict], names: list[str]):
     runs = [r for r in results if r.get("setting", r["model"]) == name]
     first = min((r.get("seed") or 0 for r in runs), default=0)
     for r in sorted((r for r in runs if (r.get("seed") or 0) == first), key=lambda r: r["depth"]):
-      measured = [(0, r["init"]["by_kind"]["block"])] + [(h["step"], h) for h in r.get("history", [])]
+      init = r["init"]["by_kind"].get("block", {"delta_max": None})  # none in a network without identity blocks
+      measured = [(0, init)] + [(h["step"], h) for h in r.get("history", [])]
       points = [(step, m["delta_max"]) for step, m in measured if m["delta_max"]]  # None or 0: not on log axes
       if points:
         ax.plot(*zip(*points), "o-", ms=3, color=colors[depths.index(r["depth"])], label=f"L = {r['depth']}")

@@ -74,7 +74,7 @@ def tiny_image_sweep(depths=(11, 20), settings=("preact_resnet", "procresnet"), 
   config.model.width_multiplier = 0.25
   config.batch_size, config.num_steps, config.log_every, config.checkpoint_every = 16, 4, 2, 0
   config.eval_batch_size = 32
-  config.signal.num_examples, config.signal.every = 16, 0
+  config.signal.num_examples, config.signal.every = 16, 2
   return config
 
 

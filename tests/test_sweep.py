@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import tiny_image_sweep, tiny_sweep
 
-from resnorm import loop, records, report, signal, sweep, theory
+from resnorm import loop, plots, records, report, signal, sweep, theory
 from resnorm.config_validation import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,8 +244,15 @@ def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
   with open(workdir / "results.csv") as f:
     rows = {(r["setting"], r["depth"]): r for r in csv.DictReader(f)}
   assert rows["preact_resnet", "11"]["trained_delta_max"] == "" and rows["preact_resnet", "20"]["trained_delta_max"]
-  for figure in ("delta_by_kind.png", "ratio_profile.png", "task_vs_depth.png", "delta_vs_depth.png"):
+  for figure in ("delta_by_kind.png", "ratio_profile.png", "task_vs_depth.png", "delta_vs_depth.png",
+                 "ratio_heatmap.png"):
     assert (workdir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # the paper's figure: one row per layer of the network, the stem and every transition included
+  heatmap = sweep._heatmap_runs([workdir], list(runs.values()), ["preact_resnet", "procresnet"])
+  for (label, rows), run in zip(heatmap.items(), (runs["preact_resnet", 20], runs["procresnet", 13])):
+    grid, kinds = plots.ratio_grid(rows)
+    assert grid.shape == (len(run.init.layers["kind"]), 2) and kinds == run.init.layers["kind"], label
+    assert kinds.count("stem") == 1 and kinds.count("transition") == (3 if run.setting == "preact_resnet" else 2)
   table = sweep.format_table(summary)
   assert "transition δmax [L = transitions]" in table and "depth  blocks" in table
 
