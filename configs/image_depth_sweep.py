@@ -24,10 +24,10 @@ Data: scikit-learn's handwritten digits as 3-channel images (no download), the f
 1500 training images, so that depth and skips show in the test loss and accuracy; ``:cifar10``
 reads CIFAR-10 through TFDS with the usual crops and flips.
 
-Budget: the default (CPU) variant trains at the digits' own 8×8 pixels and half width (a step of
-the 83-layer network: 88 ms on one core, against 301 ms at 16×16), with the blocks unrolled (``scan=False``: XLA:CPU runs scanned convolution gradients on a slow path); its steps,
-seeds and wall time are in benchmarks/RESULTS.md and each run's convergence verdict in the
-tables. ``:gpu`` is 32×32 (bilinear upsampling) at full width, scanned, up to ResNet-164 and
+Budget: the default (CPU) variant trains at the digits' own 8×8 pixels (a step costs about a
+third of one at 16×16) and half width, with the blocks unrolled (``scan=False``: XLA:CPU runs
+scanned convolution gradients on a slow path); its wall time is in benchmarks/RESULTS.md and each
+run's convergence verdict in the tables. ``:gpu`` is 32×32 (bilinear upsampling) at full width, scanned, up to ResNet-164 and
 ProcResNet-166.
 """
 
