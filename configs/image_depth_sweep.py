@@ -27,8 +27,8 @@ reads CIFAR-10 through TFDS with the usual crops and flips.
 Budget: the default (CPU) variant trains at the digits' own 8×8 pixels (a step costs about a
 third of one at 16×16) and half width, with the blocks unrolled (``scan=False``: XLA:CPU runs
 scanned convolution gradients on a slow path); its wall time is in benchmarks/RESULTS.md and each
-run's convergence verdict in the tables. ``:gpu`` is 32×32 (bilinear upsampling) at full width, scanned, up to ResNet-164 and
-ProcResNet-166.
+run's convergence verdict in the tables. ``:gpu`` is 32×32 (bilinear upsampling) at full width,
+scanned, up to ResNet-164 and ProcResNet-166.
 """
 
 import ml_collections

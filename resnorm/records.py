@@ -355,6 +355,12 @@ class FamilyResults:
   construction: dict[str, list] | None = None
   overrides: dict | None = None
 
+  def block_counts(self) -> list[int | None] | None:
+    """Per depth, the identity blocks that the bound reading took as L, where they differ from the
+    network's depth (None where they are the depth, as in the MLPs, or the depth was the L)."""
+    trained = self.trained
+    return trained.num_layers if trained.L == "layers" and trained.num_layers != self.depths else None
+
   def stage(self, name: str, kind: str = "block") -> Stage | None:
     """The :class:`Stage` ``init`` or ``trained`` of layers of ``kind`` (None: no such layers)."""
     if name not in STAGES:

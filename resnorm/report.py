@@ -60,7 +60,7 @@ def _preamble(summary: records.SweepSummary, level: float) -> list[str]:
   reference = summary.reference
   depths = ", ".join(map(str, summary.depths))
   where = f"at depths L = {depths} (L counts the identity blocks)"
-  if any(_blocks(f) for f in summary.models.values()):
+  if any(f.block_counts() for f in summary.models.values()):
     where = (f"at network depths {depths} (the bound reads L as the number of identity blocks, per kind of layer as "
              "the number of layers of that kind; the tables give both)")
   seeds = sorted({len(f.seeds or [None]) for f in summary.models.values()})
@@ -143,18 +143,28 @@ def _seeds_at(family: records.FamilyResults, i: int) -> int:
   return total - (family.num_diverged[i] if family.num_diverged else int(family.diverged[i]))
 
 
-def _mean_interval(family: records.FamilyResults, stage: records.Stage, key: str, i: int, level: float) -> str:
-  """"0.123 [0.101, 0.145]": the mean over seeds at depth ``i`` with its t interval."""
-  values = getattr(stage, key) or []
+def _t_interval(values: list, spreads: list | None, family: records.FamilyResults, i: int,
+                level: float) -> tuple[float | None, tuple[float, float] | None]:
+  """(the mean over seeds at depth ``i``, its t interval or None with fewer than two seeds)."""
   value = values[i] if i < len(values) else None
+  spread = (spreads or [None] * (i + 1))[i]
+  count = _seeds_at(family, i)
+  if value is None or spread is None or count < 2:
+    return value, None
+  half = stats.t.ppf(0.5 + level / 2, count - 1) * spread / math.sqrt(count)
+  return value, (value - half, value + half)
+
+
+def _with_interval(value, interval) -> str:
+  """"0.123 [0.101, 0.145]", "0.123" without an interval, "—" without a value."""
   if value is None:
     return "—"
-  spread = ((stage.std or {}).get(key) or [None] * (i + 1))[i]
-  count = _seeds_at(family, i)
-  if spread is None or count < 2:
-    return _fmt(value)
-  half = stats.t.ppf(0.5 + level / 2, count - 1) * spread / math.sqrt(count)
-  return f"{_fmt(value)} [{_fmt(value - half)}, {_fmt(value + half)}]"
+  return _fmt(value) + (f" [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else "")
+
+
+def _mean_interval(family: records.FamilyResults, stage: records.Stage, key: str, i: int, level: float) -> str:
+  """"0.123 [0.101, 0.145]": the mean over seeds at depth ``i`` with its t interval."""
+  return _with_interval(*_t_interval(getattr(stage, key) or [], (stage.std or {}).get(key), family, i, level))
 
 
 def _relative_loss(family: records.FamilyResults, stage: str, i: int) -> float | None:
@@ -358,7 +368,7 @@ def _convergence(family: records.FamilyResults) -> str:
   parts = []
   if family.num_converged is not None:
     verdict = family.convergence or {}
-    label = "depth" if _blocks(family) else "L ="
+    label = "depth" if family.block_counts() else "L ="
     counts = ", ".join(f"{label} {L}: {k}/{_seeds_at(family, i)}" for i, (L, k) in
                        enumerate(zip(family.depths, family.num_converged)))
     parts.append(f"converged (train loss changed by at most {100 * verdict.get('tolerance', 0):.0f}% over the last "
@@ -390,17 +400,13 @@ def _setting(name: str, family: records.FamilyResults, reference: str, level: fl
   return lines + [""]
 
 
-def _blocks(family: records.FamilyResults) -> list | None:
-  """The identity blocks per depth where the bound reads L as them and they differ from the depth."""
-  trained = family.trained
-  return trained.num_layers if trained.L == "layers" and trained.num_layers != family.depths else None
-
-
 def _kinds_compared(family: records.FamilyResults, level: float) -> list[str]:
   """The transitions (where dimensions change, and ProcResNet's projection acts): their trained
-  δ_max read as a bound against their own count, and at which depths their mean δ exceeds the
-  identity blocks'. (The stem, one layer at every depth, has no L to read a bound against.)"""
+  δ_max read as a bound against their own count, and per depth whether their mean δ is above or
+  below the identity blocks' beyond the t intervals over the seeds. (The stem, one layer at every
+  depth, has no L to read a bound against.)"""
   lines = []
+  blocks = family.trained
   for kind, stages in sorted((family.by_kind or {}).items()):
     if kind == "stem":
       continue
@@ -408,14 +414,22 @@ def _kinds_compared(family: records.FamilyResults, level: float) -> list[str]:
     counts = sorted({n for n in (trained.num_layers or []) if n})
     label = f"{kind} δ_max (L = {' or '.join(map(str, counts))} {kind}s)" if trained.L == "layers" else f"{kind} δ_max"
     lines.append(f"* {_reading_sentence(label, trained, 'delta_max')}")
-    pairs = [(L, k, b) for L, k, b in zip(family.depths, trained.delta_mean, family.trained.delta_mean)
-             if k is not None and b is not None]
-    if pairs:
-      above = [L for L, k, b in pairs if k > b]
-      where = ("at every depth" if len(above) == len(pairs) else "at no depth" if not above
-               else f"at depth{'s' * (len(above) > 1)} {', '.join(map(str, above))} only")
-      values = ", ".join(f"{L}: {_fmt(k)} vs {_fmt(b)}" for L, k, b in pairs)
-      lines.append(f"* Mean δ of the {kind} layers exceeds the identity blocks' {where} ({values}).")
+    verdicts, values = {"above": [], "below": [], "not separated": []}, []
+    for i, depth in enumerate(family.depths):
+      ours = _t_interval(trained.delta_mean, (trained.std or {}).get("delta_mean"), family, i, level)
+      theirs = _t_interval(blocks.delta_mean, (blocks.std or {}).get("delta_mean"), family, i, level)
+      if ours[0] is None or theirs[0] is None:
+        continue
+      if ours[1] and theirs[1] and not _overlap(ours[1], theirs[1]):
+        verdicts["above" if ours[0] > theirs[0] else "below"].append(depth)
+      else:
+        verdicts["not separated"].append(depth)
+      values.append(f"{depth}: {_with_interval(*ours)} vs {_with_interval(*theirs)}")
+    if values:
+      found = "; ".join(f"{verdict} at depth{'s' * (len(depths) > 1)} {', '.join(map(str, depths))}"
+                        for verdict, depths in verdicts.items() if depths)
+      lines.append(f"* Mean δ of the {kind} layers against the identity blocks' ({round(100 * level)}% t intervals over "
+                   f"the seeds): {found} ({'; '.join(values)}).")
   return lines
 
 
@@ -425,33 +439,23 @@ def _train_loss_trend(family: records.FamilyResults, level: float) -> str:
   points = [i for i, v in enumerate(family.train_loss) if v is not None]
   if len(points) < 2 or family.train_loss_relative is not None:
     return ""
-  first, last = points[0], points[-1]
-
-  def interval(i):
-    value, spread = family.train_loss[i], ((family.std or {}).get("train_loss") or [None] * (i + 1))[i]
-    count = _seeds_at(family, i)
-    if spread is None or count < 2:
-      return value, None
-    half = stats.t.ppf(0.5 + level / 2, count - 1) * spread / math.sqrt(count)
-    return value, (value - half, value + half)
-
-  (a, a_ci), (b, b_ci) = interval(first), interval(last)
-  text = lambda v, ci: _fmt(v) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")  # noqa: E731
-  direction = "rises" if b > a else "falls"
+  spreads = (family.std or {}).get("train_loss")
+  (a, a_ci), (b, b_ci) = (_t_interval(family.train_loss, spreads, family, i, level) for i in (points[0], points[-1]))
   if a_ci and b_ci:
     verdict = ("the intervals do not overlap" if not _overlap(a_ci, b_ci)
                else "the intervals overlap: no change detectable with these seeds")
   else:
     verdict = "one seed: no interval"
-  return (f"Train loss {direction} from {text(a, a_ci)} at depth {family.depths[first]} to {text(b, b_ci)} at depth "
-          f"{family.depths[last]} ({verdict}).")
+  return (f"Train loss {'rises' if b > a else 'falls'} from {_with_interval(a, a_ci)} at depth "
+          f"{family.depths[points[0]]} to {_with_interval(b, b_ci)} at depth {family.depths[points[-1]]} ({verdict}).")
 
 
 def _setting_table(family: records.FamilyResults, level: float) -> list[str]:
   regression = family.test_loss_relative is not None
-  blocks = _blocks(family)
-  header = (["depth", "L (identity blocks)"] if blocks else ["L"]) + ["seeds", "δ_max init", "δ_max trained", "δ_mean", "per-block p90 max", "direction-free δ_max",
-            "train/var" if regression else "train loss", "test/var" if regression else "test loss", "converged"]
+  blocks = family.block_counts()
+  header = (["depth", "L (identity blocks)"] if blocks else ["L"]) + [
+      "seeds", "δ_max init", "δ_max trained", "δ_mean", "per-block p90 max", "direction-free δ_max",
+      "train/var" if regression else "train loss", "test/var" if regression else "test loss", "converged"]
   rows = []
   for i, L in enumerate(family.depths):
     losses = (family.train_loss_relative, family.test_loss_relative) if regression else (family.train_loss,

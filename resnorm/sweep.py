@@ -415,7 +415,7 @@ def format_table(summary: records.SweepSummary) -> str:
     fitted = family.test_loss_relative is not None
     accuracy = family.test_accuracy is not None
     trained, std = family.trained, family.trained.std or {}
-    blocks = trained.num_layers if trained.L == "layers" and trained.num_layers != family.depths else None
+    blocks = family.block_counts()
     header = ["depth"] + (["blocks"] if blocks else []) + [
         "δmax init", "δmax trained", "δmean", "layer p90 max", "batch δmax",
         "train/var" if fitted else "train loss", "test/var" if fitted else "test loss"]
