@@ -97,6 +97,7 @@ def get_config(arg: str = "procresnet166"):
   config.eval_batch_size = 500
   config.signal.num_examples = 128
   config.signal.every = 1_000  # the per-block ratios during training (signal.jsonl, the heatmap)
+  config.signal.train_batch = True  # and the reference's train-mode mini-batch ratios beside them
   if "synthetic" in options:
     config.data = ml_collections.ConfigDict(dict(name="synthetic", train_size=50_000, test_size=10_000))
   return config

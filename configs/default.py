@@ -53,13 +53,17 @@ def get_config():
   # Backward ratios are measured on this many held-out examples, at init and after training,
   # and every `every` steps in between (0: never; written to workdir/signal.jsonl); δ in every
   # direction (the block Jacobians' extreme singular values) on the first `free_examples` of
-  # them, at init and after training (0: never; families that extract their blocks).
-  config.signal = ml_collections.ConfigDict(dict(num_examples=256, every=100, free_examples=64))
+  # them, at init and after training (0: never; families that extract their blocks). With
+  # `train_batch`, every measurement during training also takes each layer's ratio of whole
+  # mini-batch gradient norms in train mode on the next training batch (the reference
+  # ProcResNet code's measure; it differs from eval mode where BatchNorm uses batch statistics).
+  config.signal = ml_collections.ConfigDict(dict(num_examples=256, every=100, free_examples=64, train_batch=False))
   # 'random', or 'constructed': start from the theorem's network for the data's teacher (residual
   # MLPs on the teacher task: the Euler steps of its flow, resnorm.models.mlp.construct).
   config.init_from = "random"
-  # A run is converged when its logged train loss changed by at most `tolerance` of itself over
-  # the last `window` of the run (resnorm.train.convergence).
+  # A run is converged when its logged train loss changed by at most `tolerance` over the last
+  # `window` of the run, relative to the larger of its final value and its range over the run
+  # (resnorm.train.convergence).
   config.convergence = ml_collections.ConfigDict(dict(window=0.25, tolerance=0.05))
   # The longest stretch of steps one dispatch runs (between logs, measurements, evaluations and
   # checkpoints; SIGTERM is answered at the end of a stretch).

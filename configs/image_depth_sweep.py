@@ -25,10 +25,12 @@ Data: scikit-learn's handwritten digits as 3-channel images (no download), the f
 reads CIFAR-10 through TFDS with the usual crops and flips.
 
 Budget: the default (CPU) variant trains at the digits' own 8×8 pixels (a step costs about a
-third of one at 16×16) and half width, with the blocks unrolled (``scan=False``: XLA:CPU runs
-scanned convolution gradients on a slow path); its wall time is in benchmarks/RESULTS.md and each
-run's convergence verdict in the tables. ``:gpu`` is 32×32 (bilinear upsampling) at full width,
-scanned, up to ResNet-164 and ProcResNet-166.
+third of one at 16×16) and half width, with the blocks unrolled (``scan=False``), one step per
+dispatch and every run its own program: XLA:CPU runs convolutions inside a loop body (a scan
+over blocks or over steps) several times slower, and vmapped over seeds as grouped
+convolutions. Its wall time is in benchmarks/RESULTS.md and each run's convergence verdict in the
+tables. ``:gpu`` is 32×32 (bilinear upsampling) at full width, scanned, up to ResNet-164 and
+ProcResNet-166.
 """
 
 import ml_collections
@@ -73,7 +75,14 @@ def get_config(arg=None):
   config.eval_batch_size = 297
   config.signal.num_examples = 64
   config.signal.every = 100  # the ratio of every layer over training (the paper's figure)
+  config.signal.train_batch = True  # in eval mode per example and in train mode per mini-batch
   config.parallel_runs = 2
+  # Every run its own program: vmapped over seeds, a convolution's kernel gains a batch axis and
+  # XLA runs it as a grouped convolution, slower per seed than separate runs side by side
+  # (benchmarks/RESULTS.md).
+  config.group_seeds = False
+  # One step per dispatch: XLA:CPU runs convolutions inside a loop body several times slower.
+  config.steps_per_dispatch = 1
   config.placement = "mesh"
   # L in the bound reading: 'layers', the number of layers of the kind measured (identity blocks
   # for the theorem's statistic, 3(n−1) in a pre-activation ResNet of depth 9n+2), or 'depth',
@@ -86,6 +95,7 @@ def get_config(arg=None):
     config.overrides.resnet_postact.depths = config.overrides.plain_postact.depths = GPU_POSTACT_DEPTHS
     # parallel_runs 4: the host compiles the next runs (16 cores) while the accelerator trains one.
     config.num_steps, config.log_every, config.parallel_runs = 500, 100, 4
+    config.steps_per_dispatch = 100  # on a GPU the loop body is the same kernels
     config.signal.num_examples = 128
   if arg == "cifar10":
     config.data = ml_collections.ConfigDict(dict(

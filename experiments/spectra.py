@@ -14,6 +14,7 @@ from absl import app, flags, logging
 from matplotlib.figure import Figure
 from ml_collections import config_flags
 
+from experiments import cli
 from resnorm import config_validation, depth_spectra, plots, records, recurrence
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Spectra config file.", lock_config=True)
@@ -59,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -15,13 +15,16 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import cluster
-from resnorm import config_validation, sweep
+from experiments import cli, cluster
+from resnorm import config_validation, loop, records, sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for runs and results.", required=True)
 _AGGREGATE = flags.DEFINE_bool(
     "aggregate", False, "Merge the finished sweep workdirs given as arguments into --workdir."
+)
+_ALLOW_INCOMPLETE = flags.DEFINE_bool(
+    "allow_incomplete", False, "With --aggregate: merge although some planned runs did not finish."
 )
 
 
@@ -29,21 +32,24 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it
   cluster.initialize()
-  if _AGGREGATE.value:
-    summary = sweep.aggregate(argv[1:], _WORKDIR.value)
-  else:
+  if not _AGGREGATE.value:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]} (use --aggregate to merge workdirs)")
     if _CONFIG.value is None:
       raise app.UsageError("--config is required unless --aggregate is given")
-    try:
-      summary = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
-    except config_validation.ConfigError as error:
-      sys.exit(f"error: {error}")  # one line, exit status 1, before anything compiles
+  try:
+    if _AGGREGATE.value:
+      summary = sweep.aggregate(argv[1:], _WORKDIR.value, allow_incomplete=_ALLOW_INCOMPLETE.value)
+    else:
+      with loop.sigterm_stops():  # from start-up on: SIGTERM stops the runs at a saved step
+        summary = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
+  except (config_validation.ConfigError, loop.WorkdirError, loop.Preempted, records.WriteFailed,
+          records.UnreadableRecord) as error:
+    sys.exit(f"error: {error}")  # one line, exit status 1, before anything compiles or changes
   if jax.process_index() == 0:
     print(sweep.format_table(summary))
   logging.info("wrote summary.json, results.csv and the figures to %s", _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

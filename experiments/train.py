@@ -13,6 +13,7 @@ checkpoints, a diverged run, and SIGTERM (after a checkpoint of the current step
 same command resumes).
 """
 
+import contextlib
 import json
 import logging as python_logging
 import sys
@@ -21,8 +22,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import cluster
-from resnorm import config_validation, loop
+from experiments import cli, cluster
+from resnorm import config_validation, loop, plots, records
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.", required=True)
@@ -35,6 +36,15 @@ class _QuietOrbax(python_logging.Filter):
     return record.levelno >= python_logging.WARNING or "orbax" not in record.pathname
 
 
+def _draw_ratio_heatmap(record: dict) -> None:
+  """``workdir/ratio_heatmap.png``: every layer's ratio over training (the paper's figure), where
+  the run measured during training (``config.signal.every``)."""
+  rows = records.JsonlLog(records.path(_WORKDIR.value) / "signal.jsonl", write=False).records
+  if rows:
+    plots.ratio_heatmap({f"{record['model']}, depth {record['depth']}": rows},
+                        records.path(_WORKDIR.value) / "ratio_heatmap.png")
+
+
 def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)  # the run's milestones: resume, evaluations, checkpoints
@@ -43,10 +53,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   cluster.initialize()
   try:
-    dataset = config_validation.load_data(_CONFIG.value)
-    config_validation.check_run(_CONFIG.value, dataset)
-    record = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, dataset).to_json()
-  except (config_validation.ConfigError, loop.WorkdirError, loop.Preempted) as error:
+    with loop.sigterm_stops():  # from start-up on: SIGTERM stops the run at a saved step
+      dataset = config_validation.load_data(_CONFIG.value)
+      config_validation.check_run(_CONFIG.value, dataset)
+      # One run per workdir (one process: a process of several cannot refuse alone).
+      with loop.WorkdirLock(_WORKDIR.value) if jax.process_count() == 1 else contextlib.nullcontext():
+        record = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, dataset).to_json()
+  except (config_validation.ConfigError, loop.WorkdirError, loop.Preempted, records.WriteFailed) as error:
     sys.exit(f"error: {error}")  # one line, exit status 1
   if jax.process_index() == 0:
     print(json.dumps({k: record[k] for k in ("steps", "diverged", "train_loss", "test_loss", "test_accuracy",
@@ -54,6 +67,7 @@ def main(argv):
                       if k in record}))
     if "trained" in record:
       print(json.dumps({"trained": record["trained"]["by_kind"]}))
+    _draw_ratio_heatmap(record)
   if record["diverged"]:
     kept = record["last_checkpoint"]
     sys.exit(f"error: training diverged by step {record['diverged_at_step']}; "
@@ -62,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

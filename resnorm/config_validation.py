@@ -105,6 +105,7 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
       raise ValueError(f"num_examples = {examples!r}: expected at most the {len(dataset.x_test)} test examples")
     validation.non_negative_int("every", config.signal.every)
     validation.non_negative_int("free_examples", config.signal.get("free_examples", 0))
+    validation.boolean("train_batch", config.signal.get("train_batch", False))
   if "convergence" in config:
     with fields("config.convergence."):
       window, tolerance = config.convergence.window, config.convergence.tolerance
@@ -182,6 +183,7 @@ def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
     validation.positive_int("parallel_runs", config.parallel_runs)
     validation.one_of("placement", config.placement, PLACEMENTS)
     validation.one_of("bound_L", config.get("bound_L", "layers"), records.BOUND_LENGTHS)
+    validation.boolean("group_seeds", config.get("group_seeds", True))
     _check_seeds("seeds", config.seeds)
     names = config.settings if isinstance(config.settings, (tuple, list)) else (config.settings,)
     overrides = config.get("overrides") or {}

@@ -40,8 +40,10 @@ import dataclasses
 import datetime
 import functools
 import json
-import signal as signal_lib
 import math
+import os
+import signal as signal_lib
+import socket
 import sys
 import threading
 import time
@@ -105,6 +107,16 @@ def _global_batch(sharding, x, y, rows, transform=None):
   return tuple(jax.make_array_from_process_local_data(sharding, a) for a in (x, y))
 
 
+def training_batch(config, dataset, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+  """The whole training batch of (0-based) ``step`` as host arrays, augmented where the run
+  augments, as a one-process run trains on it."""
+  rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
+  x = dataset.x_train[rows]
+  if config.augment:
+    x = data_lib.augment(x, seed=seed, step=step, mode=config.get("augment_padding", "zero"))
+  return x, dataset.y_train[rows]
+
+
 def training_batches(config, dataset, sharding, seed: int, steps: range) -> Iterator[tuple[jax.Array, ...]]:
   """The global training batches of ``steps`` on ``sharding``, ``config.prefetch`` ahead on a
   background thread: rows (:func:`resnorm.data.batch_indices`) and augmentation are pure
@@ -162,7 +174,9 @@ class Measurer:
 
   ``config.signal.num_examples`` examples for the ratios; with ``config.signal.free_examples`` > 0
   and a family that extracts its blocks, the first that many for the block Jacobians' extreme
-  singular values (dense SVDs up to width 256, else Lanczos). Programs are compiled once per group.
+  singular values (dense SVDs up to width 256, else Lanczos); with ``config.signal.train_batch``,
+  each member's training batch of a given step for the ratios in train mode. Programs are
+  compiled once per group.
   """
 
   DENSE_WIDTH = 256  # block Jacobians up to this width are formed and decomposed
@@ -172,6 +186,9 @@ class Measurer:
     self.targets = dataset.y_test[:config.signal.num_examples]
     one = functools.partial(signal.measure, model, loss_fn=loss_fn, train=False)
     self.ratios = jit_seldom(jax.vmap(one, in_axes=(0, None, None)))
+    self.config, self.dataset = config, dataset
+    self.train_ratios = config.signal.get("train_batch", False) and jit_seldom(jax.vmap(
+        functools.partial(signal.measure, model, loss_fn=loss_fn, train=True)))
     family = models.family(config.model.name)
     calibrate = family.calibrate_batch_stats
     self.calibrate = calibrate and jit_seldom(jax.vmap(functools.partial(calibrate, model), in_axes=(0, None)))
@@ -187,11 +204,14 @@ class Measurer:
 
       self.free = jit_seldom(jax.vmap(extremes, in_axes=(0, None)))
 
-  def __call__(self, variables, *, initial: bool = False, free: bool = False) -> list[records.Measurement]:
+  def __call__(self, variables, *, initial: bool = False, free: bool = False,
+               step: int | None = None, seeds: list[int] | None = None) -> list[records.Measurement]:
     """The measurements of the stacked ``variables``, one per member. ``initial``: first set
     BatchNorm's running statistics to those of the measured batch (eval mode with the initial
     statistics, mean 0 and variance 1, would make every BatchNorm the identity); ``free``: add
-    the direction-free δ."""
+    the direction-free δ; ``step`` and the members' ``seeds``: with ``config.signal.train_batch``,
+    add the train-mode ratios on each member's batch of that (0-based) step, the batch the
+    step after the measurement trains on."""
     if initial and self.calibrate is not None:
       variables = self.calibrate(variables, self.inputs)
     reports = jax.device_get(self.ratios(variables, self.inputs, self.targets))
@@ -199,9 +219,13 @@ class Measurer:
     if free and self.free:
       with _ONE_SVD_AT_A_TIME:
         extremes = jax.device_get(self.free(variables, self.free_inputs))
+    in_train_mode = None
+    if self.train_ratios and step is not None:
+      batches = [training_batch(self.config, self.dataset, seed, step) for seed in seeds]
+      in_train_mode = jax.device_get(self.train_ratios(variables, *map(np.stack, zip(*batches))))
     return [records.Measurement.from_report(
-        _member(reports, m), extremes and signal.direction_free(*_member(extremes, m)))
-            for m in range(len(reports.grad_norm))]
+        _member(reports, m), extremes and signal.direction_free(*_member(extremes, m)),
+        None if in_train_mode is None else _member(in_train_mode, m)) for m in range(len(reports.grad_norm))]
 
 
 def _member(tree, m: int):
@@ -262,25 +286,129 @@ class WorkdirError(ValueError):
   """The workdir holds what this run cannot continue: nothing in it was changed."""
 
 
+class WorkdirLock:
+  """One owner per workdir: ``workdir/lock.json`` (host, pid, start, heartbeat) while a sweep or a
+  run works there; a second process is refused with :class:`WorkdirError` naming the holder.
+
+  A lock whose holder is gone is taken over, so a killed process never blocks the rerun: on the
+  same host, when its pid no longer runs; from another host (a shared filesystem, ``gs://``), when
+  its heartbeat, rewritten every ``lease / 4`` seconds, is older than ``lease``. On a local disk
+  the lock is created atomically (``O_EXCL``) and a stale one is renamed away before it is taken,
+  so one of two racing processes wins; on ``gs://`` creation is check-then-write, so two
+  processes started within the same moment may both proceed.
+  """
+
+  NAME = "lock.json"
+
+  def __init__(self, workdir, lease: float = 600.0):
+    self.path, self.lease = records.path(workdir) / self.NAME, lease
+    self.me = dict(host=socket.gethostname(), pid=os.getpid(), started=time.time())
+    self._stop = threading.Event()
+    self._heartbeat = None
+
+  def __enter__(self):
+    records.make_dir(self.path.parent)
+    for _ in range(3):
+      if self._create():
+        self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="workdir-lock")
+        self._heartbeat.start()
+        return self
+      holder = self._holder()
+      if holder is not None and self._alive(holder):
+        since = datetime.datetime.fromtimestamp(holder.get("started", 0)).isoformat(timespec="seconds")
+        raise WorkdirError(f"{self.path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} "
+                           f"(since {since}): wait for it to end or stop it; a lock left by a process that is "
+                           f"gone is taken over ({self.path})")
+      self._set_aside(holder)
+    raise WorkdirError(f"{self.path}: could not take the lock of {self.path.parent} (another process keeps taking it)")
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    if self._heartbeat is not None:
+      self._heartbeat.join()
+    if self._mine(self._holder()):
+      self.path.unlink(missing_ok=True)
+
+  def _mine(self, holder: dict | None) -> bool:
+    return holder is not None and all(holder.get(key) == value for key, value in self.me.items())
+
+  def _record(self, heartbeat: float | None = None) -> dict:
+    return dict(self.me, heartbeat=heartbeat or self.me["started"])
+
+  def _create(self) -> bool:
+    text = json.dumps(self._record())
+    if "://" in str(self.path):
+      if self.path.exists():
+        return False
+      records.write_text(self.path, text)
+      return True
+    try:
+      descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(descriptor, "w") as f:
+      f.write(text)
+    return True
+
+  def _holder(self) -> dict | None:
+    try:
+      return json.loads(self.path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+      return None
+
+  def _alive(self, holder: dict) -> bool:
+    if holder.get("host") == self.me["host"]:
+      try:
+        os.kill(int(holder.get("pid", -1)), 0)
+      except (ProcessLookupError, ValueError, OverflowError):
+        return False
+      except PermissionError:
+        return True  # another user's process
+      return True
+    return time.time() - float(holder.get("heartbeat", 0)) < self.lease
+
+  def _set_aside(self, holder: dict | None) -> None:
+    """Renames a stale (or unreadable) lock away, so that only one of several takers wins."""
+    stale = self.path.with_name(f"{self.NAME}.stale-{self.me['host']}-{self.me['pid']}")
+    try:
+      self.path.rename(stale)
+    except FileNotFoundError:
+      return
+    logging.warning("%s: took over the lock of %s, whose holder is gone", self.path.parent,
+                    holder and f"process {holder.get('pid')} on {holder.get('host')}")
+    stale.unlink(missing_ok=True)
+
+  def _beat(self) -> None:
+    while not self._stop.wait(self.lease / 4):
+      if not self._mine(self._holder()):
+        return  # taken over meanwhile: leave it
+      records.write_text(self.path, json.dumps(self._record(time.time())))
+
+
 class Preempted(Exception):
-  """SIGTERM stopped the run (or the group of runs) after saving a checkpoint at ``step``."""
+  """SIGTERM stopped the run (or the group of runs) after saving a checkpoint at ``step``; a
+  sweep's runs at their own steps (``step`` None)."""
 
-  def __init__(self, step: int, workdirs):
+  def __init__(self, step: int | None, workdirs):
     self.step, self.workdirs = step, list(workdirs)
-    where = ", ".join(f"{w}/checkpoints" for w in self.workdirs)
-    super().__init__(f"stopped by SIGTERM at step {step}; the checkpoint of step {step} is saved in {where}: "
-                     "run the same command to resume")
+    where = ", ".join(f"{w}/checkpoints" for w in self.workdirs) or "no run (none had started)"
+    if step is None:
+      super().__init__(f"stopped by SIGTERM; the runs in training saved their current step in {where}: "
+                       "run the same command to resume")
+    else:
+      super().__init__(f"stopped by SIGTERM at step {step}; the checkpoint of step {step} is saved in {where}: "
+                       "run the same command to resume")
 
 
-def config_differences(saved: dict, config) -> list[str]:
-  """``field: saved -> now`` for each field (outside :data:`RESUMABLE_FIELDS`) that differs."""
+def config_differences(saved: dict, config, resumable=RESUMABLE_FIELDS) -> list[str]:
+  """``field: saved -> now`` for each field (outside ``resumable``) that differs."""
   saved, now = (traverse_util.flatten_dict(tree, sep=".") for tree in (saved, records.config_dict(config)))
   return [f"{key}: {saved.get(key, '(absent)')!r} there, {now.get(key, '(absent)')!r} now"
           for key in sorted(set(saved) | set(now))
-          if key not in RESUMABLE_FIELDS and saved.get(key) != now.get(key)]
+          if key not in resumable and saved.get(key) != now.get(key)]
 
 
-def _checkpoint_steps(directory) -> list[int]:
+def checkpoint_steps(directory) -> list[int]:
   """The steps of the finished checkpoints in ``directory`` (a save cut short leaves a temporary
   directory whose name is not a number)."""
   if not directory.is_dir():
@@ -291,7 +419,7 @@ def _checkpoint_steps(directory) -> list[int]:
 def check_workdir(workdir, config) -> None:
   """Refuses a workdir whose checkpoints belong to another model or config, naming the fields
   that differ; reads only."""
-  steps = _checkpoint_steps(workdir / "checkpoints")
+  steps = checkpoint_steps(workdir / "checkpoints")
   if not steps or not (workdir / "config.json").exists():
     return
   differences = config_differences(records.read_json(workdir / "config.json"), config)
@@ -301,20 +429,25 @@ def check_workdir(workdir, config) -> None:
         f"{'; '.join(differences)}. Nothing was changed: use another --workdir, or the same config to resume.")
 
 
-def _restore(checkpoints, state, workdir, host_copies: bool, sharding):
-  """The state of the latest checkpoint that restores, and its step (0 and ``state`` when there
-  is none). An unreadable checkpoint is moved to ``workdir/unreadable_checkpoints/`` with a
-  warning and the one before it tried; when checkpoints exist but none restores, the run stops
-  with :class:`WorkdirError` rather than starting again from scratch."""
-  steps = checkpoints.all_steps()
+def _restore(state, workdir, local: bool, host_copies: bool, sharding):
+  """The state of the latest checkpoint in ``workdir/checkpoints`` that restores, and its step (0
+  and None when there is none). An unreadable checkpoint (its item gone, its directory empty,
+  its files cut short) is moved to ``workdir/unreadable_checkpoints/`` with a warning and the
+  one before it tried, each step by a manager of its own (a manager fixes its item names from
+  the first step it reads); when checkpoints exist but none restores, the run stops with
+  :class:`WorkdirError` rather than starting again from scratch."""
+  steps = checkpoint_steps(workdir / "checkpoints")
   errors = []
   for step in sorted(steps, reverse=True):
     target = jax.device_get(state) if host_copies else state
+    checkpoints = _checkpoint_manager(workdir / "checkpoints", local)
     try:
       restored = checkpoints.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as error:  # pylint: disable=broad-except  (Orbax raises many kinds on bad files)
       errors.append(f"step {step}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
       continue
+    finally:
+      checkpoints.close()
     if errors:
       aside = workdir / "unreadable_checkpoints"
       aside.mkdir(parents=True, exist_ok=True)
@@ -323,12 +456,11 @@ def _restore(checkpoints, state, workdir, host_copies: bool, sharding):
           (workdir / "checkpoints" / str(bad)).rename(aside / str(bad))
       logging.warning("%s: the later checkpoints do not restore (%s); moved them to %s and resumed from step %d",
                       workdir, "; ".join(errors), aside, step)
-      checkpoints.reload()
     return step, jax.device_put(restored, sharding) if host_copies else restored
   if errors:
     raise WorkdirError(f"{workdir}/checkpoints: no checkpoint restores ({'; '.join(errors)}). Nothing was changed: "
                        "move the checkpoints away to start from scratch.")
-  return 0, state
+  return 0, None
 
 
 # ----------------------------------------------------------------------------- what a person watches
@@ -372,26 +504,40 @@ class _Progress:
       self.bar.close()
 
 
-class _SigtermFlag:
-  """While entered on the main thread, SIGTERM sets ``requested`` instead of killing the process
-  (threads cannot take signals: a sweep's runs in threads keep the default)."""
+_STOP = threading.Event()  # set by SIGTERM while sigterm_stops() is entered; every training loop answers it
+_STOP_HOLDERS = [0]  # how many sigterm_stops() are entered on the main thread
 
-  def __init__(self):
-    self.requested, self._previous = False, None
 
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal_lib.signal(signal_lib.SIGTERM, self._handle)
-    return self
+@contextlib.contextmanager
+def sigterm_stops():
+  """While entered on the main thread (an entry point, or a run trained there), SIGTERM asks
+  every training loop of the process, on whatever thread, to save a checkpoint at its current
+  step and stop with :class:`Preempted`; runs not yet started stop before they train (threads
+  cannot take signals themselves, so the handler sets a flag they all read). Entered on another
+  thread it only reads the flag. Nested entries share one handler."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
 
-  def _handle(self, signum, frame):
+  def handle(signum, frame):
     del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint at the current step, then stopping")
-    self.requested = True
+    logging.warning("SIGTERM: saving a checkpoint at the current step of every run, then stopping")
+    _STOP.set()
 
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal_lib.signal(signal_lib.SIGTERM, self._previous)
+  if not _STOP_HOLDERS[0]:
+    _STOP.clear()
+  previous = signal_lib.signal(signal_lib.SIGTERM, handle)
+  _STOP_HOLDERS[0] += 1
+  try:
+    yield
+  finally:
+    _STOP_HOLDERS[0] -= 1
+    signal_lib.signal(signal_lib.SIGTERM, previous)
+
+
+def stop_requested() -> bool:
+  """Whether SIGTERM arrived while :func:`sigterm_stops` was entered."""
+  return _STOP.is_set()
 
 
 def _best(evaluations: list[dict]) -> tuple[float | None, int | None]:
@@ -495,7 +641,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   for workdir, member_config in zip(workdirs, configs):
     check_workdir(workdir, member_config)
   for workdir in workdirs:
-    workdir.mkdir(parents=True, exist_ok=True)
+    records.make_dir(workdir)
   model = build_model(config, dataset.num_outputs)
   loss_fn = train.loss_function(dataset.task)
   replicated, batch_sharding = shardings(jax.local_devices() if local else jax.devices())
@@ -512,17 +658,14 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
                                 in_axes=(0, None)))
   init_metrics = evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding)
 
-  managers = [_checkpoint_manager(workdir / "checkpoints", local) for workdir in workdirs]
   # Orbax saves device arrays only when every process takes part; a process training alone
   # among several saves and restores host copies.
   host_copies = local and jax.process_count() > 1
   take, stack = _member_ops(replicated)
-  restored = [_restore(manager, take(state, m), workdir, host_copies, replicated) if manager.all_steps() else (0, None)
-              for m, (manager, workdir) in enumerate(zip(managers, workdirs))]
+  restored = [_restore(take(state, m), workdir, local, host_copies, replicated) if checkpoint_steps(
+      workdir / "checkpoints") else (0, None) for m, workdir in enumerate(workdirs)]
   starts = sorted({step for step, _ in restored})
   if len(starts) > 1:  # members left off at different steps: each step's members go on together
-    for manager in managers:
-      manager.close()
     results = [None] * len(configs)
     for start in starts:
       chosen = [m for m, (step, _) in enumerate(restored) if step == start]
@@ -538,6 +681,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
     for workdir, member_config in zip(workdirs, configs):
       records.write_json(workdir / "config.json", records.config_dict(member_config))
 
+  managers = [_checkpoint_manager(workdir / "checkpoints", local) for workdir in workdirs]
   members = []
   for member_config, workdir, manager in zip(configs, workdirs, managers):
     writer = writers.MetricWriter(workdir, write=lead, tensorboard=member_config.get("tensorboard", False))
@@ -554,7 +698,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   started = time.time()
   preempted = None  # the step SIGTERM stopped the group at
   progress = _Progress(lead, _show_bar(config), start, num_steps, steps_per_epoch, config.batch_size * len(members))
-  with contextlib.closing(run_stretch), _SigtermFlag() as sigterm:
+  with contextlib.closing(run_stretch), sigterm_stops():
     step = start
     while step < num_steps:
       done = min([num_steps, step + capacity] + [(step // k + 1) * k for k in intervals if k])
@@ -566,7 +710,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
       alive = [m for m in members if m.divergence is None]
       if not alive:
         break
-      stop_now = sigterm.requested or (jax.process_count() > 1 and not local
+      stop_now = stop_requested() or (jax.process_count() > 1 and not local
                                        and managers[0].reached_preemption(done))
       if done % config.log_every == 0 or done == num_steps:
         learning_rate = float(schedule(done - 1))
@@ -580,7 +724,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
           row = {k: v for k, v in member.train_rows[-1].items() if k != "step"}
           member.writer.train(done, row, images_per_second=images_per_second / len(members))
       if config.signal.every and done % config.signal.every == 0:
-        measured = measure(train.variables(state))
+        measured = measure(train.variables(state), step=done, seeds=seeds)
         for m, member in enumerate(members):
           if member.divergence is None:
             member.history.append(records.HistoryPoint.of(done, measured[m]))

@@ -8,6 +8,8 @@ backend left alone) and saves it.
 
 from __future__ import annotations
 
+import io
+
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
@@ -73,10 +75,12 @@ def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
 
 
 def save(fig, path) -> None:
-  """Writes ``fig`` to ``path``, local or ``gs://`` (the format from its extension, e.g. PNG), at 120 dpi."""
+  """Writes ``fig`` to ``path``, local or ``gs://`` (the format from its extension, e.g. PNG), at
+  120 dpi, atomically (:func:`resnorm.records.write_text`)."""
   path = records.path(path)
-  with path.open("wb") as f:
-    fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=120)
+  image = io.BytesIO()
+  fig.savefig(image, format=path.suffix.lstrip(".") or "png", dpi=120)
+  records.write_text(path, image.getvalue())
 
 
 def _grid(fig, count: int, columns: int = 3, **kwargs):
@@ -261,7 +265,9 @@ def ratio_profile(results: list[dict], names: list[str], path: str) -> None:
 
 
 def ratio_heatmap(runs: dict[str, list[dict]], path: str) -> None:
-  save(draw_ratio_heatmap(Figure(figsize=(5.5 * len(runs) + 1.5, 4), layout="constrained"), runs), path)
+  measures = min((len(ratio_measures(rows)) for rows in runs.values()), default=1)
+  save(draw_ratio_heatmap(Figure(figsize=(5.5 * len(runs) + 1.5, 4 * max(measures, 1)), layout="constrained"), runs),
+       path)
 
 
 def draw_delta_during_training(fig, results: list[dict], names: list[str]):
@@ -364,46 +370,61 @@ def draw_stack_spectra(ax, results):
   return ax.figure
 
 
-def ratio_grid(rows: list[dict]) -> tuple[np.ndarray, list[str]]:
-  """(layers × measurements of r_k, mean over examples; the kind of each layer) from the rows of
-  a ``signal.jsonl``: every layer in stream order, the stem and the transitions included, where
-  the rows hold the whole stream (``layers``); the identity blocks alone (``profile``) in files
-  written before."""
+# The two measures of the ratio over training: this project's (eval mode, per held-out example,
+# mean over examples) and the reference code's (train mode, whole training mini-batch).
+RATIO_MEASURES = {"ratio_mean": "eval mode, mean over held-out examples",
+                  "train_batch_ratio": "train mode, whole training mini-batch"}
+
+
+def ratio_grid(rows: list[dict], measure: str = "ratio_mean") -> tuple[np.ndarray, list[str]]:
+  """(layers × measurements of r_k in ``measure``, one of :data:`RATIO_MEASURES`; the kind of each
+  layer) from the rows of a ``signal.jsonl``: every layer in stream order, the stem and the
+  transitions included, where the rows hold the whole stream (``layers``); the identity blocks
+  alone (``profile``, eval mode) in files written before."""
   if all(row.get("layers") for row in rows):
-    return np.array([row["layers"]["ratio_mean"] for row in rows], dtype=float).T, list(rows[0]["layers"]["kind"])
+    return np.array([row["layers"][measure] for row in rows], dtype=float).T, list(rows[0]["layers"]["kind"])
   grid = np.array([row["profile"]["ratio_mean"] for row in rows], dtype=float).T
   return grid, ["block"] * grid.shape[0]
+
+
+def ratio_measures(rows: list[dict]) -> list[str]:
+  """The measures of :data:`RATIO_MEASURES` every row of a ``signal.jsonl`` holds."""
+  return [key for key in RATIO_MEASURES if rows and all(key in (row.get("layers") or {"ratio_mean": 0}) for row in rows)]
 
 
 LAYER_MARKS = {"stem": "▲ stem", "transition": "× transition"}
 
 
 def draw_ratio_heatmap(fig, runs: dict[str, list[dict]]):
-  """Backward ratios layer by layer during training, one panel per run side by side (e.g. ResNet
-  against ProcResNet): layer index × step, coloured by r_k = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖ (mean over
-  examples) on one logarithmic scale diverging at r = 1 and clipped at the 98th percentile of
-  |log₁₀ r| (a stem whose ratio is 10⁴ would otherwise wash out every other layer), the stem and
-  every transition labelled on the layer axis (:func:`ratio_grid`). ``runs`` maps a label to the rows of its ``signal.jsonl``; the
-  reference's animated figure, as a still.
+  """Backward ratios layer by layer during training, one column per run side by side (e.g. ResNet
+  against ProcResNet) and one row per measure the rows hold (:data:`RATIO_MEASURES`: eval mode
+  per example, and the reference's train-mode mini-batch ratio where recorded): layer index ×
+  step, coloured by r_k = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖ on one logarithmic scale diverging at r = 1
+  and clipped at the 98th percentile of |log₁₀ r| (a stem whose ratio is 10⁴ would otherwise
+  wash out every other layer), the stem and every transition labelled on the layer axis
+  (:func:`ratio_grid`). ``runs`` maps a label to the rows of its ``signal.jsonl``; the reference's
+  animated figure, as a still.
   """
-  grids = {name: ratio_grid(rows) for name, rows in runs.items()}
-  logs = {name: np.log10(grid) for name, (grid, _) in grids.items()}
+  measures = [key for key in RATIO_MEASURES if all(key in ratio_measures(rows) for rows in runs.values())]
+  panels = [(name, key) for key in measures for name in runs]
+  grids = {(name, key): ratio_grid(runs[name], key) for name, key in panels}
+  logs = {panel: np.log10(grid) for panel, (grid, _) in grids.items()}
   finite = np.concatenate([g[np.isfinite(g)] for g in logs.values()]) if logs else np.array([0.0])
   spread = max(float(np.percentile(np.abs(finite), 98)), 1e-3)  # a stray layer does not wash out the rest
   norm = matplotlib.colors.TwoSlopeNorm(vcenter=0.0, vmin=-spread, vmax=spread)
-  axes = fig.subplots(1, len(runs), squeeze=False, sharey=False)[0]
-  for ax, (name, rows) in zip(axes, runs.items()):
-    kinds = grids[name][1]
+  axes = fig.subplots(max(len(measures), 1), len(runs), squeeze=False, sharey=False).ravel()
+  for ax, (name, key) in zip(axes, panels):
+    rows, kinds = runs[name], grids[name, key][1]
     steps = [row["step"] for row in rows]
-    image = ax.imshow(logs[name], aspect="auto", origin="lower", cmap="RdBu_r", norm=norm, interpolation="nearest",
-                      extent=(-0.5, len(steps) - 0.5, -0.5, logs[name].shape[0] - 0.5))
+    image = ax.imshow(logs[name, key], aspect="auto", origin="lower", cmap="RdBu_r", norm=norm,
+                      interpolation="nearest", extent=(-0.5, len(steps) - 0.5, -0.5, logs[name, key].shape[0] - 0.5))
     ticks = np.arange(0, len(steps), max(1, -(-len(steps) // 6)))  # at most 6, evenly spaced
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
     ax.set_xlabel("step")
     marked = [k for k, kind in enumerate(kinds) if kind in LAYER_MARKS]
     ax.set_yticks(marked, [f"{LAYER_MARKS[kinds[k]]} {k}" for k in marked], fontsize=6)
     ax.set_ylabel("layer k (the others: identity blocks)")
-    ax.set_title(name, fontsize=8)
+    ax.set_title(f"{name}\n{RATIO_MEASURES[key]}", fontsize=8)
   fig.colorbar(image, ax=list(axes), extend="both",
                label=r"$\log_{10} r_k,\ r_k = \|\partial E/\partial x_k\| \,/\, \|\partial E/\partial x_{k+1}\|$"
                f" (clipped at ±{spread:.2g})")

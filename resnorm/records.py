@@ -72,7 +72,9 @@ class Measurement:
   Attributes:
     by_kind: kind of layer (``stem``, ``block``, ``transition``) -> its δ statistics.
     profile: per-block means over examples (:func:`resnorm.signal.layer_profile`).
-    layers: every layer in stream order, transitions included (:func:`resnorm.signal.stream_profile`).
+    layers: every layer in stream order, transitions included (:func:`resnorm.signal.stream_profile`);
+      with ``train_batch_ratio``, where measured, each layer's ratio of whole mini-batch gradient
+      norms in train mode on the next training batch (:func:`resnorm.signal.batch_ratios`).
   """
 
   by_kind: dict[str, signal.DeltaStats]
@@ -86,13 +88,18 @@ class Measurement:
     return self.by_kind.get("block")
 
   @classmethod
-  def from_report(cls, report: signal.SignalReport, free: dict[str, float] | None = None) -> Measurement:
+  def from_report(cls, report: signal.SignalReport, free: dict[str, float] | None = None,
+                  train_batch: signal.SignalReport | None = None) -> Measurement:
     """The statistics of ``report``; ``free``: the identity blocks' direction-free fields
-    (:func:`resnorm.signal.direction_free`), where they were measured."""
+    (:func:`resnorm.signal.direction_free`), where they were measured; ``train_batch``: the same
+    network measured in train mode on a training batch, where it was."""
     by_kind = {kind: signal.summarize(report, kind) for kind in sorted(set(report.kinds))}
     if free is not None and "block" in by_kind:
       by_kind["block"] = dataclasses.replace(by_kind["block"], **free)
-    return cls(by_kind, signal.layer_profile(report), signal.stream_profile(report))
+    layers = signal.stream_profile(report)
+    if train_batch is not None:
+      layers["train_batch_ratio"] = signal.batch_ratios(train_batch)
+    return cls(by_kind, signal.layer_profile(report), layers)
 
   def to_json(self) -> dict:
     added = _added_fields(signal.DeltaStats)
@@ -439,13 +446,35 @@ def path(location: PathLike) -> epath.Path:
   return location if location.is_absolute() else location.absolute()
 
 
-def write_text(location: PathLike, text: str) -> None:
-  """Writes ``text`` atomically: to a temporary file, then renamed over ``location``, so a
-  reader or a run killed mid-write never sees half a file."""
+def write_text(location: PathLike, text: str | bytes) -> None:
+  """Writes ``text`` (or bytes) atomically: to a temporary file, then renamed over ``location``,
+  so a reader, a run killed mid-write or a disk that fills up never leaves half a file."""
   location = path(location)
   tmp = location.with_name(location.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(location)
+  try:
+    if isinstance(text, bytes):
+      tmp.write_bytes(text)
+    else:
+      tmp.write_text(text)
+    tmp.replace(location)
+  except BaseException as error:
+    try:
+      tmp.unlink(missing_ok=True)
+    except OSError:
+      pass  # the directory itself is what failed (read-only, gone)
+    if isinstance(error, OSError):
+      raise WriteFailed(f"could not write {location}: {error.strerror or error} (the file as it was is "
+                        "unchanged)") from error
+    raise
+
+
+def make_dir(location: PathLike) -> None:
+  """``location`` and its parents as directories; :class:`WriteFailed` naming it where that fails."""
+  location = path(location)
+  try:
+    location.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise WriteFailed(f"could not create the directory {location}: {error.strerror or error}") from error
 
 
 def write_json(location: PathLike, tree) -> None:
@@ -453,8 +482,22 @@ def write_json(location: PathLike, tree) -> None:
   write_text(location, json.dumps(jsonable(tree), indent=1))
 
 
+class WriteFailed(OSError):
+  """A record or figure could not be written (a full disk, a read-only filesystem); the message
+  names the file, and the file as it was before is intact (writes are atomic)."""
+
+
+class UnreadableRecord(ValueError):
+  """A record file that does not parse (cut short, overwritten, missing a field); the message
+  names the file."""
+
+
 def read_json(location: PathLike):
-  return json.loads(path(location).read_text())
+  location = path(location)
+  try:
+    return json.loads(location.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise UnreadableRecord(f"{location} does not read as JSON ({error})") from error
 
 
 class JsonlLog:
@@ -467,7 +510,10 @@ class JsonlLog:
 
   def __init__(self, location: PathLike, write: bool = True):
     self.location, self.write = path(location), write
-    self.records = json_lines(self.location.read_text()) if self.location.exists() else []
+    try:
+      self.records = json_lines(self.location.read_text()) if self.location.exists() else []
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+      raise UnreadableRecord(f"{self.location} does not read as JSON lines ({error})") from error
 
   def rewind(self, step: int) -> list[dict]:
     """Keeps the records up to ``step``, the step a run resumes from, and returns them.
@@ -496,7 +542,13 @@ def json_lines(text: str) -> list[dict]:
 
 
 def read_run(run_dir: PathLike) -> RunRecord:
-  return RunRecord.from_json(read_json(path(run_dir) / "summary.json"))
+  """The run record of ``run_dir/summary.json``; :class:`UnreadableRecord` if it does not read."""
+  location = path(run_dir) / "summary.json"
+  data = read_json(location)
+  try:
+    return RunRecord.from_json(data)
+  except (KeyError, TypeError, AttributeError) as error:
+    raise UnreadableRecord(f"{location} is not a run record ({type(error).__name__}: {error})") from error
 
 
 def write_run(run_dir: PathLike, record: RunRecord) -> None:

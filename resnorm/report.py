@@ -371,8 +371,9 @@ def _convergence(family: records.FamilyResults) -> str:
     label = "depth" if family.block_counts() else "L ="
     counts = ", ".join(f"{label} {L}: {k}/{_seeds_at(family, i)}" for i, (L, k) in
                        enumerate(zip(family.depths, family.num_converged)))
-    parts.append(f"converged (train loss changed by at most {100 * verdict.get('tolerance', 0):.0f}% over the last "
-                 f"{100 * verdict.get('window', 0):.0f}% of the run) in {counts}")
+    scale = verdict.get("scale", "the final loss")
+    parts.append(f"converged (train loss changed over the last {100 * verdict.get('window', 0):.0f}% of the run by at "
+                 f"most {100 * verdict.get('tolerance', 0):.0f}% of {scale}) in {counts}")
   diverged = [f"L = {L} ({(family.num_diverged or [1] * len(family.depths))[i]} seeds)"
               for i, L in enumerate(family.depths) if family.diverged[i]]
   if diverged:

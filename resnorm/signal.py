@@ -12,7 +12,10 @@ blocks that represents a smooth invertible map.
 
 All gradients come from one ``jax.grad`` with respect to the zero probes the model adds at its
 sites; the model runs unchanged. Per-example gradients are exact when examples do not interact
-in the forward pass (no batch statistics), so image models are measured in eval mode.
+in the forward pass (no batch statistics), so image models are measured in eval mode. In train
+mode (``train=True``: BatchNorm normalises by the batch's own statistics) the per-example norms
+still add up to the whole mini-batch's: ‖∂E/∂X_k‖_F² = Σ_b ‖∂E/∂x_k^(b)‖², the norm the
+reference ProcResNet code records during training (:func:`batch_ratios`).
 """
 
 from __future__ import annotations
@@ -71,10 +74,16 @@ def _stack_sites(flat: dict[tuple[str, ...], Any]) -> list[tuple[str, Any]]:
   return sites
 
 
+def _updated(variables, apply_kwargs) -> list[str]:
+  """The collections a forward pass updates besides the probes': BatchNorm's statistics in train mode."""
+  return ["batch_stats"] if apply_kwargs.get("train") and "batch_stats" in variables else []
+
+
 def zero_probes(model, variables, inputs, **apply_kwargs):
   """Zero perturbations shaped for ``inputs``; no computation beyond tracing."""
+  mutable = ["perturbations", *_updated(variables, apply_kwargs)]
   shapes = jax.eval_shape(
-      lambda: model.apply(variables, inputs, mutable="perturbations", **apply_kwargs)[1]["perturbations"]
+      lambda: model.apply(variables, inputs, mutable=mutable, **apply_kwargs)[1]["perturbations"]
   )
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
@@ -89,10 +98,11 @@ def stream_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs)
   """
   variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
   zeros = zero_probes(model, variables, inputs, **apply_kwargs)
+  mutable = ["intermediates", *_updated(variables, apply_kwargs)]  # updated statistics are dropped
 
   def loss(perturbations):
     outputs, state = model.apply(
-        {**variables, "perturbations": perturbations}, inputs, mutable="intermediates", **apply_kwargs
+        {**variables, "perturbations": perturbations}, inputs, mutable=mutable, **apply_kwargs
     )
     return loss_fn(outputs, targets), state["intermediates"]
 
@@ -207,11 +217,17 @@ def _per_layer(ratio: np.ndarray, defined: np.ndarray) -> dict[str, float]:
   return dict(layer_mean_max=float(means.max()), layer_p90_max=float(p90.max()), layer_p90_mean=float(p90.mean()))
 
 
+def _batch_ratio(grad_norm: np.ndarray) -> np.ndarray:
+  """(S,) R_k = ‖∂E/∂X_k‖_F / ‖∂E/∂X_{k+1}‖_F from the (S+1, B) per-example norms; NaN where the
+  denominator is 0."""
+  batch = np.sqrt(np.sum(np.square(np.asarray(grad_norm, dtype=np.float64)), axis=1))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(batch[1:] > 0, batch[:-1] / batch[1:], np.nan)
+
+
 def _whole_batch(grad_norm: np.ndarray, rows: np.ndarray) -> dict[str, float]:
   """max and mean over the ``rows`` layers of |R_k − 1|, R_k the ratio of whole-batch norms."""
-  batch = np.sqrt(np.sum(np.square(grad_norm), axis=1))
-  with np.errstate(divide="ignore", invalid="ignore"):
-    delta = np.abs(batch[:-1] / batch[1:] - 1.0)[rows]
+  delta = np.abs(_batch_ratio(grad_norm) - 1.0)[rows]
   delta = delta[np.isfinite(delta)]
   if delta.size == 0:
     return dict(batch_delta_max=float("nan"), batch_delta_mean=float("nan"))
@@ -266,6 +282,13 @@ def stream_profile(report: SignalReport) -> dict[str, list]:
   with np.errstate(invalid="ignore"):
     return dict(kind=list(report.kinds), ratio_mean=np.nanmean(ratio, axis=1).tolist(),
                 delta_mean=np.nanmean(np.abs(ratio - 1.0), axis=1).tolist())
+
+
+def batch_ratios(report: SignalReport) -> list[float]:
+  """Every layer's ratio of whole mini-batch gradient norms, R_k = ‖∂E/∂X_k‖_F / ‖∂E/∂X_{k+1}‖_F
+  with X_k the batch's stream at site k (NaN where the denominator is 0): the reference code's
+  measure when ``report`` was taken in train mode on a training batch."""
+  return _batch_ratio(report.grad_norm).tolist()
 
 
 def direction_free(sigma_max, sigma_min) -> dict[str, float]:

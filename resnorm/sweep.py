@@ -37,9 +37,11 @@ interrupted one resumes from its checkpoint.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import io
+import time
 
 import jax
 import ml_collections
@@ -51,9 +53,10 @@ from jax.experimental import multihost_utils
 from resnorm import config_validation, loop, plots, records, report, theory
 
 RUNS = "runs"
+SET_ASIDE = "set_aside"  # run directories whose files did not read, moved here
 CSV_DELTAS = ("delta_max", "delta_mean", "delta_p50", "delta_p90", "delta_p99", "log_gain", "layer_p90_max",
               "batch_delta_max")
-SWEEP_FIELDS = ("depths", "settings", "overrides", "seeds", "parallel_runs", "placement", "bound_L")
+SWEEP_FIELDS = ("depths", "settings", "overrides", "seeds", "parallel_runs", "placement", "bound_L", "group_seeds")
 
 
 def run_name(setting: str, depth: int, seed: int) -> str:
@@ -111,15 +114,15 @@ def plan(config) -> list[tuple[str, int, int, ml_collections.ConfigDict]]:
           for seed in setting_seeds(config, setting)]
 
 
-def groups(runs) -> list[list[tuple]]:
+def groups(runs, together: bool = True) -> list[list[tuple]]:
   """``runs`` (from :func:`plan`) in the groups that train as one program: at each depth, the runs
   whose configs differ only in seed, branch scale, initialisation and the blocks' learning-rate
-  scale (:func:`resnorm.loop.group_key`), where :func:`resnorm.loop.groupable`; every other run
-  alone."""
+  scale (:func:`resnorm.loop.group_key`), where :func:`resnorm.loop.groupable` and ``together``
+  (the sweep's ``group_seeds``); every other run alone."""
   grouped = {}
   for run in runs:
     setting, depth, seed, single = run
-    key = loop.group_key(single) if loop.groupable(single) else (setting, depth, seed)
+    key = loop.group_key(single) if together and loop.groupable(single) else (setting, depth, seed)
     grouped.setdefault(key, []).append(run)
   return list(grouped.values())
 
@@ -141,18 +144,27 @@ def run_sweep(config, workdir, progress: bool = True) -> records.SweepSummary:
   config_validation.check_sweep(config, dataset, plan)
   workdir = records.path(workdir)
   runs = plan(config)
+  check_workdir(workdir, runs)
+  # One sweep per workdir (one process: a process of several cannot refuse alone).
+  with loop.WorkdirLock(workdir) if jax.process_count() == 1 else contextlib.nullcontext():
+    return _run_sweep(config, workdir, dataset, runs, progress)
+
+
+def _run_sweep(config, workdir, dataset, runs, progress: bool) -> records.SweepSummary:
+  """:func:`run_sweep` once its config and workdir passed the door."""
   if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
+    records.make_dir(workdir)
     records.write_json(workdir / "config.json", records.config_dict(config))
   # The costliest groups (depth × seeds) first: the longest do not end up last.
-  by_cost = sorted(groups(runs), key=lambda group: -group[0][1] * len(group))
+  by_cost = sorted(groups(runs, config.get("group_seeds", True)), key=lambda group: -group[0][1] * len(group))
   if config.placement == "spread" and jax.process_count() > 1:
     results = _run_spread(by_cost, workdir, dataset)
   else:
     # One process: `parallel_runs` groups at a time, so one group's compilation (single-threaded)
     # overlaps another's training. Several: one at a time, in the same order on every process.
     threads = config.parallel_runs if jax.process_count() == 1 else 1
-    results = _run_all(by_cost, workdir, dataset, threads, progress and jax.process_index() == 0)
+    with loop.sigterm_stops():
+      results = _run_all(by_cost, workdir, dataset, threads, progress and jax.process_index() == 0)
   summary = summarize(results, list(settings(config)), {name: setting_overrides(config, name)
                                                         for name in settings(config)},
                       L=config.get("bound_L", "layers"))
@@ -162,10 +174,15 @@ def run_sweep(config, workdir, progress: bool = True) -> records.SweepSummary:
 
 
 def _run_group(group, workdir, dataset, local: bool = False) -> list[records.RunRecord]:
-  """The records of a group's runs: finished ones read back, the others trained together."""
+  """The records of a group's runs: finished ones read back, the others trained together (a run
+  whose files do not read set aside first, :func:`_set_aside_if_unreadable`)."""
   run_dirs = [workdir / RUNS / run_name(setting, depth, seed) for setting, depth, seed, _ in group]
+  for run_dir in run_dirs:
+    _set_aside_if_unreadable(run_dir, workdir)
   found = [_finished(run_dir, single) for run_dir, (*_, single) in zip(run_dirs, group)]
   todo = [i for i, record in enumerate(found) if record is None]
+  if todo and loop.stop_requested():
+    raise loop.Preempted(None, [])  # SIGTERM before this group started
   if todo:
     trained = loop.train_group([group[i][3] for i in todo], [run_dirs[i] for i in todo], dataset, local=local)
     for i, record in zip(todo, trained):
@@ -174,15 +191,25 @@ def _run_group(group, workdir, dataset, local: bool = False) -> list[records.Run
 
 
 def _run_all(groups_, workdir, dataset, threads: int, progress: bool) -> list[records.RunRecord]:
-  results = []
+  """Every group's records, ``threads`` groups at a time. SIGTERM (:func:`resnorm.loop.sigterm_stops`)
+  stops the groups in training at their current step, each saving a checkpoint, and the others
+  before they start; then :class:`resnorm.loop.Preempted` names the checkpoints saved."""
+  results, stopped = [], []
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     futures = [pool.submit(_run_group, group, workdir, dataset) for group in groups_]
     bar = tqdm.tqdm(total=sum(map(len, groups_)), desc="sweep", unit="run", disable=not progress)
     for future in concurrent.futures.as_completed(futures):
-      results += future.result()
-      bar.update(len(future.result()))
+      try:
+        finished = future.result()
+      except loop.Preempted as error:
+        stopped += error.workdirs
+        continue
+      results += finished
+      bar.update(len(finished))
       bar.set_postfix_str(f"{results[-1].setting} L={results[-1].depth} done")
     bar.close()
+  if stopped or loop.stop_requested():
+    raise loop.Preempted(None, stopped)
   return results
 
 
@@ -216,12 +243,61 @@ def _run_spread(groups_, workdir, dataset) -> list[records.RunRecord]:
   return [records.read_run(workdir / RUNS / name) for name in names]
 
 
+def _set_aside_if_unreadable(run_dir, workdir) -> None:
+  """Moves a run directory whose record files do not read (a summary cut short, a log cut
+  mid-row, garbage bytes, a field missing) to ``workdir/set_aside/``, with a warning naming the
+  file: nothing is deleted, and the run trains again from the start, as an uninterrupted one."""
+  try:
+    for name in ("config.json", "summary.json"):
+      if (run_dir / name).exists():
+        records.read_json(run_dir / name)
+    if (run_dir / "summary.json").exists():
+      records.read_run(run_dir)
+    for name in ("metrics.jsonl", "signal.jsonl"):
+      records.JsonlLog(run_dir / name, write=False)
+  except records.UnreadableRecord as error:
+    aside = workdir / SET_ASIDE / f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.rename(aside)
+    logging.warning("%s: moved the run to %s; it trains again", error, aside)
+
+
+def check_workdir(workdir, runs) -> None:
+  """Refuses (:class:`resnorm.loop.WorkdirError`) a workdir that holds one of ``runs`` (from
+  :func:`plan`), finished or with checkpoints, under another config, naming the runs and the
+  fields that differ; reads only, so nothing in the workdir has changed. A finished run must
+  match in every field, ``num_steps`` included; an unfinished one may differ where a resume
+  allows (:data:`resnorm.loop.RESUMABLE_FIELDS`). Files that do not read are left to
+  :func:`_set_aside_if_unreadable`."""
+  if workdir.exists() and not workdir.is_dir():
+    raise loop.WorkdirError(f"--workdir {workdir} is a file: expected a directory (or a path to create)")
+  refused = []
+  for setting, depth, seed, single in runs:
+    run_dir = workdir / RUNS / run_name(setting, depth, seed)
+    if not (run_dir / "config.json").exists():
+      continue
+    try:
+      saved = records.read_json(run_dir / "config.json")
+    except records.UnreadableRecord:
+      continue
+    if (run_dir / "summary.json").exists():
+      differences = loop.config_differences(saved, single, resumable=())
+    elif loop.checkpoint_steps(run_dir / "checkpoints"):
+      differences = loop.config_differences(saved, single)
+    else:
+      continue
+    if differences:
+      refused.append(f"{run_dir.name} ({'; '.join(differences)})")
+  if refused:
+    shown = "; ".join(refused[:3]) + (f"; and {len(refused) - 3} more" if len(refused) > 3 else "")
+    raise loop.WorkdirError(f"{workdir} holds {len(refused)} runs of another config: {shown}. Nothing was "
+                            "changed: use another --workdir, or the config those runs were trained with.")
+
+
 def _finished(run_dir, single) -> records.RunRecord | None:
-  """The record of a run already completed in ``run_dir`` with the same config, else None."""
+  """The record of a run already completed in ``run_dir`` (with the same config: :func:`check_workdir`), else None."""
   if not (run_dir / "summary.json").exists():
     return None
-  if records.read_json(run_dir / "config.json") != records.config_dict(single):
-    raise ValueError(f"{run_dir} holds a finished run with another config; choose a new --workdir")
   return records.read_run(run_dir)
 
 
@@ -286,7 +362,8 @@ def _family(runs: list[records.RunRecord], L: str = "layers") -> records.FamilyR
       num_converged=[sum(bool(v["converged"]) for v in group) for group in verdicts] if any(verdicts) else None,
       convergence_change=[records.seed_mean([v["change"] for v in group]) for group in verdicts]
       if any(verdicts) else None,
-      convergence={k: next(v for group in verdicts for v in group)[k] for k in ("window", "tolerance")}
+      convergence={k: v for k, v in next(v for group in verdicts for v in group).items()
+                   if k in ("window", "tolerance", "scale")}
       if any(verdicts) else None,
       budget=next((r.budget for r in runs if r.budget), None),
       construction={"block_bound_max": [records.seed_mean([(r.construction or {}).get("block_bound_max")
@@ -365,35 +442,66 @@ def _heatmap_runs(sources: list, results: list[records.RunRecord], names: list[s
   return runs
 
 
-def aggregate(workdirs: list, out_dir) -> records.SweepSummary:
+def _incomplete_or_mixed(workdir, config: dict) -> tuple[list[str], list[str]]:
+  """The runs a sweep workdir's config plans that are not finished there, and those whose own
+  ``config.json`` is not the one its sweep config gives them (each with the fields that
+  differ). Workdirs of the first format (no ``settings``) are not checked."""
+  if "settings" not in config:
+    return [], []
+  missing, mixed = [], []
+  for setting, depth, seed, single in plan(ml_collections.ConfigDict(config)):
+    run_dir = workdir / RUNS / run_name(setting, depth, seed)
+    if not (run_dir / "summary.json").exists():
+      missing.append(run_dir.name)
+    elif differences := loop.config_differences(records.read_json(run_dir / "config.json"), single, resumable=()):
+      mixed.append(f"{run_dir.name} ({'; '.join(differences)})")
+  return missing, mixed
+
+
+def aggregate(workdirs: list, out_dir, allow_incomplete: bool = False) -> records.SweepSummary:
   """Merges finished sweep workdirs (e.g. one per depth, run on different machines).
 
-  The workdirs must share their config except for ``depths``; a (setting, depth, seed) found in
-  two of them is an error, since it is not clear which to keep. Workdirs of the first format
-  (``models`` instead of ``settings``, one seed) merge too.
+  The workdirs must share their config except for ``depths``, and each run its own config as its
+  sweep config gives it; a (setting, depth, seed) found in two of them is an error, since it is
+  not clear which to keep. A run the config plans but that did not finish is an error too,
+  unless ``allow_incomplete`` (then the summary has fewer seeds there, and a warning names
+  the runs). Workdirs of the first format (``models`` instead of ``settings``, one seed) merge
+  too. Raises :class:`resnorm.loop.WorkdirError` for each of these, before anything is written.
   """
   if not workdirs:
-    raise ValueError(f"workdirs = {workdirs!r}: expected one or more sweep workdirs")
-  merged_config, results, seen = None, [], {}
-  for workdir in workdirs:
-    config = records.read_json(records.path(workdir) / "config.json")
+    raise loop.WorkdirError("no workdirs to merge: expected one or more sweep workdirs after the flags")
+  merged_config, results, seen, missing = None, [], {}, []
+  for workdir in map(records.path, workdirs):
+    if not (workdir / "config.json").is_file():
+      raise loop.WorkdirError(f"{workdir} is not a sweep workdir (it has no config.json)")
+    config = records.read_json(workdir / "config.json")
     shared = {k: v for k, v in config.items() if k != "depths"}
     if merged_config is None:
       merged_config, first_shared = dict(config, depths=[]), shared
     elif shared != first_shared:
       differing = sorted(k for k in set(shared) | set(first_shared) if shared.get(k) != first_shared.get(k))
-      raise ValueError(f"{workdir} was run with another config than {workdirs[0]} (fields {differing})")
+      raise loop.WorkdirError(f"{workdir} was run with another config than {workdirs[0]} (fields {differing})")
+    unfinished, mixed = _incomplete_or_mixed(workdir, config)
+    if mixed:
+      raise loop.WorkdirError(f"{workdir} holds runs trained with another config than its sweep's: {'; '.join(mixed)}")
+    missing += [str(workdir / RUNS / name) for name in unfinished]
     for result in records.runs_in([workdir], RUNS):
       key = (_setting_of(result), result.depth, result.seed)
       if key in seen:
-        raise ValueError(f"{key[0]} at depth {result.depth}, seed {result.seed} is in both {seen[key]} and {workdir}")
+        raise loop.WorkdirError(f"{key[0]} at depth {result.depth}, seed {result.seed} is in both {seen[key]} and "
+                              f"{workdir}")
       seen[key] = workdir
       results.append(result)
+  if missing and not allow_incomplete:
+    raise loop.WorkdirError(f"{len(missing)} runs are not finished: {', '.join(missing)} (finish them with the "
+                            "sweep's command, or merge without them: --allow_incomplete)")
+  if missing:
+    logging.warning("merging without the unfinished runs %s", ", ".join(missing))
   if not results:
-    raise ValueError(f"no finished runs in {workdirs}")
+    raise loop.WorkdirError(f"no finished runs in {', '.join(map(str, workdirs))}")
   merged_config["depths"] = sorted({r.depth for r in results})
   out_dir = records.path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  records.make_dir(out_dir)
   records.write_json(out_dir / "config.json", merged_config)
   order = merged_config.get("settings") or merged_config["models"]
   order = [m for m in order if any(_setting_of(r) == m for r in results)]

@@ -153,8 +153,13 @@ def train_steps(state: TrainState, batch_at, num_steps, capacity: int, loss_fn) 
   (traced, ≤ ``capacity``: one program serves every stretch length). Returns the state and, per
   step slot, ``loss`` (NaN in slots not run) and ``finite`` (True in slots not run). Step i of
   the loop runs the same compiled body as every other, so a stretch of k steps followed by one of
-  m steps leaves exactly the state of one stretch of k + m.
+  m steps leaves exactly the state of one stretch of k + m. A ``capacity`` of 1 runs the step
+  without a loop: XLA:CPU runs convolutions inside a loop body about 3.5× slower than outside one
+  (benchmarks/RESULTS.md), so the image networks on CPU take one step per dispatch.
   """
+  if capacity == 1:
+    state, metrics = train_step(state, batch_at(0), loss_fn)
+    return state, {"loss": metrics["loss"][None], "finite": metrics["finite"][None]}
 
   def body(i, carry):
     state, losses, finite = carry
@@ -166,28 +171,39 @@ def train_steps(state: TrainState, batch_at, num_steps, capacity: int, loss_fn) 
   return state, {"loss": losses, "finite": finite}
 
 
+# What a verdict's change is a fraction of, recorded with it (the reports quote it; verdicts
+# recorded without it were fractions of the final loss alone).
+CONVERGENCE_SCALE = "the larger of the final loss and the loss's range over the run"
+
+
 def convergence(steps, losses, window: float, tolerance: float) -> dict:
   """Whether a run's train loss had stopped falling: the verdict each run records.
 
   ``steps``, ``losses``: the logged train losses (each the mean over the steps since the
   previous log) up to the last step T. The loss at the last log, ℓ(T), is compared with the
-  loss at the last log at or before (1 − ``window``)·T, ℓ(T₀):
+  loss at the last log at or before (1 − ``window``)·T, ℓ(T₀), on the scale of the larger of
+  ℓ(T) and the range the logged losses spanned over the run:
 
-      change = (ℓ(T₀) − ℓ(T)) / ℓ(T),     converged ⇔ |change| ≤ ``tolerance``.
+      change = (ℓ(T₀) − ℓ(T)) / max(|ℓ(T)|, max ℓ − min ℓ),     converged ⇔ |change| ≤ ``tolerance``.
 
-  A loss still falling by more than ``tolerance`` of itself over the last ``window`` of the run
-  is not converged, nor is one rising by as much. Under a decaying learning rate the verdict
-  says the run stopped changing, not that it reached the optimum: a budget ladder at a constant
-  rate tells the two apart. ``converged`` is None when there are fewer than two logs to compare.
+  A loss still falling (or rising) by more than ``tolerance`` of that scale over the last
+  ``window`` of the run is not converged. The range keeps a loss that trained to nearly zero
+  (cross-entropy on a training set the network fits) from being judged by its batch noise
+  relative to a vanishing value; the final loss keeps a run that barely moved from being judged
+  by its noise relative to a vanishing range. Under a decaying learning rate the verdict says the
+  run stopped changing, not that it reached the optimum: a budget ladder at a constant rate tells
+  the two apart. ``converged`` is None when there are fewer than two logs to compare.
   """
   steps, losses = [int(s) for s in steps], [float(v) for v in losses]
-  verdict = dict(window=window, tolerance=tolerance, from_step=None, to_step=None, change=None, converged=None)
+  verdict = dict(window=window, tolerance=tolerance, scale=CONVERGENCE_SCALE, from_step=None, to_step=None,
+                 change=None, converged=None)
   if len(steps) < 2 or not all(map(math.isfinite, losses)):
     return verdict
   last = steps[-1]
   earlier = [i for i, s in enumerate(steps[:-1]) if s <= (1 - window) * last]
   first = earlier[-1] if earlier else 0
-  change = (losses[first] - losses[-1]) / abs(losses[-1]) if losses[-1] else math.inf
+  scale = max(abs(losses[-1]), max(losses) - min(losses))
+  change = (losses[first] - losses[-1]) / scale if scale else 0.0
   return dict(verdict, from_step=steps[first], to_step=last, change=change, converged=bool(abs(change) <= tolerance))
 
 

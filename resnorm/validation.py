@@ -42,6 +42,12 @@ def positive_float(name: str, value: Any) -> float:
   return float(value)
 
 
+def boolean(name: str, value: Any) -> bool:
+  if not isinstance(value, bool):
+    raise invalid(name, value, "True or False")
+  return value
+
+
 def one_of(name: str, value: Any, allowed: Collection[Any]) -> Any:
   if value not in allowed:
     raise invalid(name, value, f"one of {sorted(allowed)}")

@@ -243,6 +243,7 @@ def test_sigterm_saves_the_step_and_the_same_command_ends_like_an_uninterrupted_
       a.test_loss, a.test_accuracy, a.best_test_accuracy, a.best_step)
   assert b.trained == a.trained and b.history == a.history
   assert (tmp_path / "stopped" / "signal.jsonl").read_text() == (tmp_path / "straight" / "signal.jsonl").read_text()
+  assert (tmp_path / "straight" / "ratio_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the paper's figure
   rows = [records.json_lines((tmp_path / name / "metrics.jsonl").read_text()) for name in ("straight", "stopped")]
   first_after = min(r["step"] for r in rows[1] if r["step"] > saved[0] and "train_loss" in r)
   # The one log after the resume averages the steps since the resume, not since the previous log.

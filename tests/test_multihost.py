@@ -1,7 +1,6 @@
 """The sweep over two processes (jax.distributed on 127.0.0.1, gloo CPU collectives), in both
 placements, against the one-process sweep; a failing run names itself instead of hanging."""
 
-import json
 import os
 import socket
 import subprocess
@@ -75,13 +74,13 @@ def test_two_processes_sweep_like_one(one_process, tmp_path, placement, rtol):
 
 @pytest.mark.slow
 def test_a_failing_run_in_the_spread_placement_names_itself_instead_of_hanging(tmp_path):
-  # A finished run of another config in one run directory: that process's run raises.
-  broken = tmp_path / "runs" / sweep.run_name("mlp_residual", 4, 0)
+  # One run directory holds a checkpoint that does not restore (and passes the door, which
+  # reads configs and records only): that process's run raises when it resumes.
+  broken = tmp_path / "runs" / sweep.run_name("mlp_residual", 4, 0) / "checkpoints" / "10"
   broken.mkdir(parents=True)
-  (broken / "config.json").write_text(json.dumps({"another": "config"}))
-  (broken / "summary.json").write_text("{}")
+  (broken / "garbage").write_text("not a checkpoint")
   results = _two_process_sweep(tmp_path, "spread", timeout=180)
   for p, out, err in results:
     assert p.returncode != 0
-    assert "mlp_residual_L00004_s0" in err and "another config" in err, err[-3000:]
+    assert "mlp_residual_L00004_s0" in err and "no checkpoint restores" in err, err[-3000:]
   assert (tmp_path / "runs" / sweep.run_name("mlp_residual", 2, 0) / "summary.json").exists()  # the other run finished

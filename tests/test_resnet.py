@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 from flax import traverse_util
 
 from resnorm import models, procrustes, signal
@@ -480,6 +481,57 @@ def test_plain_backward_gain_compounds_with_depth_while_residual_ratios_stay_nea
   # grows; the whole network's gain is a fraction of its plain twin's.
   assert residual_delta < 0.15
   assert abs(np.sum(residual)) < 0.5 * abs(np.sum(plain))
+
+
+def _first_identity_block(model, variables, x):
+  """The first identity block's input x_k (eval mode) and the block as a function of its own
+  input, (x', F(x)) = block(x), by intercepting the family's block calls."""
+  found = []
+
+  def intercept(next_fun, args, kwargs, context):
+    module = context.module
+    outputs = next_fun(*args, **kwargs)
+    if (context.method_name == "__call__" and isinstance(module, (resnet.BasicBlock, resnet.Bottleneck))
+        and not found and outputs[0].shape == args[0].shape):  # stride 1, same width: an identity block
+      found.append((module.clone(parent=None), module.variables, args[0]))
+    return outputs
+
+  with nn.intercept_methods(intercept):
+    model.apply(variables, x, train=False)
+  block, block_variables, block_input = found[0]
+  return block_input, lambda v: block.apply(block_variables, v)
+
+
+@pytest.mark.parametrize("name, is_theorems_block", [("preact_resnet", True), ("resnet", False)])
+def test_a_measured_block_ratio_is_the_dense_jacobian_i_plus_df_for_the_preact_block_only(name, is_theorems_block):
+  """The first identity block's measured ratio r = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖ against
+  ‖(I + DF)ᵀ g‖ / ‖g‖, with g = ∂E/∂x_{k+1} (measured) and I + DF the block's dense Jacobian
+  formed from its residual branch F alone, per example, in float64. The pre-activation block
+  returns x + F(x): equal to 1e-5. ResNet v1's returns ρ(x + F(x)), whose Jacobian D·(I + DF)
+  includes the ReLU: not equal, but equal once D is put back."""
+  model = models.create_model(name, SMALL[name], width_multiplier=0.25, scan=False)
+  x, y = _batch(size=4, image=8, seed=3)
+  variables = _random_variables(model, x, seed=3)
+  sites, _ = signal.stream_gradients(model, variables, x, y, _cross_entropy, train=False)
+  gradients = [g for _, stacked in sites for g in stacked]  # ∂E/∂x_k at every site k, in stream order
+  report = signal.measure(model, variables, x, y, _cross_entropy, train=False)
+  block_input, block = _first_identity_block(model, variables, x)
+  k = report.kinds.index("block")  # r_k: the layer from site k (its input) to site k + 1
+  g_out = np.asarray(gradients[k + 1], np.float64).reshape(len(x), -1)
+  for b in range(len(x)):
+    def branch(v, b=b):
+      return block(v.reshape((1,) + block_input.shape[1:]))[1].reshape(-1)
+    df = np.asarray(jax.jacfwd(branch)(block_input[b].reshape(-1)), np.float64)  # DF, (d, d)
+    jacobian = np.eye(len(df)) + df
+    theorem = np.linalg.norm(jacobian.T @ g_out[b]) / np.linalg.norm(g_out[b])
+    measured = float(report.ratio[k, b])
+    if is_theorems_block:
+      np.testing.assert_allclose(measured, theorem, rtol=1e-5)
+    else:
+      assert abs(measured / theorem - 1) > 1e-3
+      relu = (np.asarray(block(block_input[b][None])[0], np.float64).reshape(-1) > 0).astype(np.float64)
+      with_relu = np.linalg.norm(jacobian.T @ (relu * g_out[b])) / np.linalg.norm(g_out[b])
+      np.testing.assert_allclose(measured, with_relu, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- ProcResNet projection

@@ -247,12 +247,16 @@ def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
   for figure in ("delta_by_kind.png", "ratio_profile.png", "task_vs_depth.png", "delta_vs_depth.png",
                  "ratio_heatmap.png"):
     assert (workdir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  # the paper's figure: one row per layer of the network, the stem and every transition included
+  # the paper's figure: one row per layer of the network, the stem and every transition included,
+  # in eval mode per example and in the reference's train-mode mini-batch measure
   heatmap = sweep._heatmap_runs([workdir], list(runs.values()), ["preact_resnet", "procresnet"])
   for (label, rows), run in zip(heatmap.items(), (runs["preact_resnet", 20], runs["procresnet", 13])):
+    assert plots.ratio_measures(rows) == ["ratio_mean", "train_batch_ratio"], label
     grid, kinds = plots.ratio_grid(rows)
     assert grid.shape == (len(run.init.layers["kind"]), 2) and kinds == run.init.layers["kind"], label
     assert kinds.count("stem") == 1 and kinds.count("transition") == (3 if run.setting == "preact_resnet" else 2)
+    in_train_mode, _ = plots.ratio_grid(rows, "train_batch_ratio")
+    assert in_train_mode.shape == grid.shape and not np.allclose(in_train_mode, grid, rtol=1e-3), label
   table = sweep.format_table(summary)
   assert "transition δmax [L = transitions]" in table and "depth  blocks" in table
 

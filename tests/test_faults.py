@@ -1,0 +1,247 @@
+"""Faults a sweep meets on shared machines: mistakes at the door, files cut short or garbled,
+checkpoints missing their item, workdirs merged by hand, writes that fail."""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from etils import epath
+
+import helpers
+from helpers import tiny_sweep
+from resnorm import loop, records, sweep
+from test_train import tiny_run
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+  """A finished sweep of one setting, one depth and two seeds, and its summary."""
+  workdir = tmp_path_factory.mktemp("two_seeds") / "sweep"
+  config = tiny_sweep(depths=(2,), settings=("mlp_residual",), seeds=(0, 1))
+  return config, workdir, sweep.run_sweep(config, str(workdir), progress=False)
+
+
+def _copy(workdir, tmp_path):
+  shutil.copytree(workdir, tmp_path / "copy")
+  return tmp_path / "copy"
+
+
+def _run_dir(workdir, seed):
+  return workdir / sweep.RUNS / sweep.run_name("mlp_residual", 2, seed)
+
+
+def test_runs_whose_files_do_not_read_are_set_aside_and_trained_again(two_seeds, tmp_path, caplog):
+  """A summary cut in half (seed 0) and a metrics log cut mid-row (seed 1): the rerun names each
+  file, moves both runs to set_aside/ and ends with the uninterrupted sweep's summary."""
+  config, workdir, summary = two_seeds
+  copy = _copy(workdir, tmp_path)
+  text = (_run_dir(copy, 0) / "summary.json").read_text()
+  (_run_dir(copy, 0) / "summary.json").write_text(text[:len(text) // 2])
+  text = (_run_dir(copy, 1) / "metrics.jsonl").read_text()
+  (_run_dir(copy, 1) / "metrics.jsonl").write_text(text[:len(text) - 1 - len(text.splitlines()[-1]) // 2])
+  rerun = sweep.run_sweep(config, str(copy), progress=False)
+  assert rerun.to_json() == summary.to_json()
+  assert sorted(p.name.split(".")[0] for p in (copy / sweep.SET_ASIDE).iterdir()) == [
+      sweep.run_name("mlp_residual", 2, seed) for seed in (0, 1)]
+  for seed, name in ((0, "summary.json"), (1, "metrics.jsonl")):
+    assert str(_run_dir(copy, seed) / name) in caplog.text
+
+
+def test_a_run_record_missing_a_field_is_unreadable_and_names_its_file(two_seeds, tmp_path):
+  _, workdir, _ = two_seeds
+  copy = _copy(workdir, tmp_path)
+  data = json.loads((_run_dir(copy, 0) / "summary.json").read_text())
+  del data["depth"]
+  (_run_dir(copy, 0) / "summary.json").write_text(json.dumps(data))
+  with pytest.raises(records.UnreadableRecord, match=str(_run_dir(copy, 0) / "summary.json")):
+    records.read_run(_run_dir(copy, 0))
+
+
+def test_a_rerun_with_another_config_is_refused_before_anything_changes(two_seeds, tmp_path):
+  config, workdir, _ = two_seeds
+  copy = _copy(workdir, tmp_path)
+  before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+  changed = tiny_sweep(depths=(2,), settings=("mlp_residual",), seeds=(0, 1))
+  changed.num_steps = 30
+  with pytest.raises(loop.WorkdirError, match=r"holds 2 runs of another config: .*num_steps: 20 there, 30 now"):
+    sweep.run_sweep(changed, str(copy), progress=False)
+  assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
+def test_aggregate_refuses_runs_of_another_config_and_names_unfinished_ones(two_seeds, tmp_path):
+  _, workdir, summary = two_seeds
+  mixed = _copy(workdir, tmp_path)
+  run_config = json.loads((_run_dir(mixed, 1) / "config.json").read_text())
+  run_config["optimizer"]["learning_rate"] = 0.5
+  (_run_dir(mixed, 1) / "config.json").write_text(json.dumps(run_config))
+  with pytest.raises(loop.WorkdirError, match="trained with another config.*s1 .*learning_rate: 0.5 there"):
+    sweep.aggregate([str(mixed)], str(tmp_path / "merged"))
+  assert not (tmp_path / "merged").exists()
+  shutil.rmtree(mixed)
+  incomplete = _copy(workdir, tmp_path)
+  (_run_dir(incomplete, 1) / "summary.json").unlink()
+  with pytest.raises(loop.WorkdirError, match=f"1 runs are not finished: {_run_dir(incomplete, 1)}"):
+    sweep.aggregate([str(incomplete)], str(tmp_path / "merged"))
+  merged = sweep.aggregate([str(incomplete)], str(tmp_path / "merged"), allow_incomplete=True)
+  assert merged.reference.seeds == [0] and summary.reference.seeds == [0, 1]
+
+
+def test_a_later_checkpoint_missing_its_item_falls_back_to_the_one_before(tmp_path, caplog):
+  """Checkpoints at steps 10 and 20 of a 20-step run; step 20 loses its item directory. Going on
+  to 30 steps resumes from step 10 and ends as the uninterrupted 30-step run."""
+  loop.train_and_evaluate(tiny_run(), tmp_path / "run")
+  for item in (tmp_path / "run" / "checkpoints" / "20").iterdir():
+    if item.is_dir():
+      shutil.rmtree(item)
+  resumed = loop.train_and_evaluate(tiny_run(num_steps=30), tmp_path / "run")
+  assert "resumed from step 10" in caplog.text
+  assert sorted(os.listdir(tmp_path / "run" / "unreadable_checkpoints")) == ["20"]
+  straight = loop.train_and_evaluate(tiny_run(num_steps=30), tmp_path / "straight")
+  assert resumed.test_loss == straight.test_loss and resumed.trained == straight.trained
+
+
+def test_a_failed_write_names_the_file_and_leaves_the_previous_version_whole(tmp_path, monkeypatch):
+  target = tmp_path / "summary.json"
+  records.write_json(target, {"a": 1})
+
+  def full_disk(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(epath.Path, "write_text", full_disk)
+  with pytest.raises(records.WriteFailed, match=f"could not write {target}: No space left on device"):
+    records.write_json(target, {"a": 2})
+  assert json.loads(target.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["summary.json"]
+  with pytest.raises(records.WriteFailed, match="could not create the directory"):
+    records.make_dir(target / "below_a_file")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arguments, message", [
+    (["--config=configs/depth_sweep.py", "--config.nonexistent=1"],
+     "error: --config.nonexistent=1: no config field 'nonexistent'"),
+    (["--config=configs/missing.py"], "No such file or directory: 'configs/missing.py'"),
+    (["--config=configs/depth_sweep.py", "--config.num_steps=abc"], "error: flag --config.num_steps=abc"),
+    (["--config=configs/depth_sweep.py", "--config.optimizer.learning_rate=inf"],
+     "error: config.optimizer.learning_rate = inf: expected a positive number"),
+    (["--config=configs/depth_sweep.py", "--config.seeds=(0,0)"], "expected distinct seeds"),
+    (["--aggregate"], "error: no workdirs to merge"),
+    (["--aggregate", "/nonexistent/sweep"], "error: /nonexistent/sweep is not a sweep workdir"),
+])
+def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, arguments, message):
+  workdir = tmp_path / "workdir"
+  result = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *arguments],
+                          cwd=helpers.REPO, env=helpers.cpu_env(), capture_output=True, text=True, check=False)
+  assert result.returncode == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+  assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_a_workdir_that_is_a_file_is_refused_in_one_line(tmp_path):
+  workdir = tmp_path / "a_file"
+  workdir.write_text("mine")
+  result = subprocess.run([sys.executable, "-m", "experiments.sweep", "--config=configs/depth_sweep.py",
+                           f"--workdir={workdir}"], cwd=helpers.REPO, env=helpers.cpu_env(), capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 1 and result.stderr.strip() == (
+      f"error: --workdir {workdir} is a file: expected a directory (or a path to create)"), result.stderr
+  assert workdir.read_text() == "mine"
+
+
+SWEEP_FLAGS = ("--config=configs/depth_sweep.py", "--config.depths=(2,)", "--config.settings=('residual_zero_init','plain')",
+               "--config.overrides.residual_zero_init.seeds=(0,)", "--config.seeds=(0,)", "--config.num_steps=2000",
+               "--config.log_every=10", "--config.checkpoint_every=0", "--config.signal.every=0",
+               "--config.data.train_size=512", "--config.data.test_size=128", "--config.signal.num_examples=32")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweeps_threads_at_a_saved_step_and_the_rerun_ends_as_an_uninterrupted_sweep(tmp_path):
+  """Two runs training on the sweep's two threads when SIGTERM arrives: exit 1 with the resume
+  message, a checkpoint of each run's current step; the same command then finishes them, with
+  the trained measurements and test losses of a sweep never interrupted."""
+  import signal
+  import time
+
+  def command(workdir):
+    return [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *SWEEP_FLAGS]
+
+  env = helpers.cpu_env()
+  stopped = subprocess.Popen(command(tmp_path / "stopped"), cwd=helpers.REPO, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  logs = [tmp_path / "stopped" / sweep.RUNS / sweep.run_name(s, 2, 0) / "metrics.jsonl"
+          for s in ("residual_zero_init", "plain")]
+  deadline = time.time() + 180
+  while not all(log.exists() and any(r["step"] >= 20 for r in records.json_lines(log.read_text())) for log in logs):
+    assert time.time() < deadline and stopped.poll() is None, "the runs ended before both logged step 20"
+    time.sleep(0.05)
+  stopped.send_signal(signal.SIGTERM)
+  _, err = stopped.communicate(timeout=180)
+  assert stopped.returncode == 1 and "stopped by SIGTERM" in err and "run the same command to resume" in err, err[-2000:]
+  for log in logs:
+    saved = [p for p in os.listdir(log.parent / "checkpoints") if p.isdigit()]
+    assert len(saved) == 1 and 20 <= int(saved[0]) < 2000, saved
+  resumed = subprocess.run(command(tmp_path / "stopped"), cwd=helpers.REPO, env=env, text=True, capture_output=True,
+                           check=False)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  straight = subprocess.run(command(tmp_path / "straight"), cwd=helpers.REPO, env=env, text=True, capture_output=True,
+                            check=False)
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  for setting in ("residual_zero_init", "plain"):
+    a, b = (records.read_run(tmp_path / name / sweep.RUNS / sweep.run_name(setting, 2, 0))
+            for name in ("straight", "stopped"))
+    assert (b.steps, b.test_loss, b.trained) == (a.steps, a.test_loss, a.trained), setting
+
+
+def test_a_second_owner_of_a_workdir_is_refused_and_a_dead_owners_lock_is_taken_over(tmp_path):
+  """While a lock is held, another taker is refused with the holder named; a lock whose process is
+  gone (a pid that runs no more, here a finished child's) or, from another host, whose heartbeat
+  is older than the lease, is taken over."""
+  import socket
+
+  with loop.WorkdirLock(tmp_path):
+    held = json.loads((tmp_path / "lock.json").read_text())
+    assert held["pid"] == os.getpid()
+    with pytest.raises(loop.WorkdirError, match=f"in use by process {os.getpid()} on {socket.gethostname()}"):
+      loop.WorkdirLock(tmp_path).__enter__()
+  assert not (tmp_path / "lock.json").exists()
+  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                        check=True)
+  for holder in (dict(host=socket.gethostname(), pid=int(gone.stdout), started=0.0, heartbeat=0.0),
+                 dict(host="elsewhere", pid=1, started=0.0, heartbeat=0.0)):
+    (tmp_path / "lock.json").write_text(json.dumps(holder))
+    with loop.WorkdirLock(tmp_path):
+      assert json.loads((tmp_path / "lock.json").read_text())["pid"] == os.getpid()
+  (tmp_path / "lock.json").write_text(json.dumps(dict(host="elsewhere", pid=1, started=0.0, heartbeat=1e12)))
+  with pytest.raises(loop.WorkdirError, match="in use by process 1 on elsewhere"):
+    loop.WorkdirLock(tmp_path).__enter__()
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_at_once_on_one_workdir_one_refuses(tmp_path):
+  workdir = tmp_path / "sweep"
+  command = [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *SWEEP_FLAGS]
+  command = [arg.replace("num_steps=2000", "num_steps=300") for arg in command]
+  first, second = (subprocess.Popen(command, cwd=helpers.REPO, env=helpers.cpu_env(), text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2))
+  errors = [p.communicate(timeout=300)[1] for p in (first, second)]
+  outcomes = sorted((p.returncode, err) for p, err in zip((first, second), errors))
+  (ok, _), (refused, err) = outcomes
+  assert ok == 0 and refused == 1 and "is in use by process" in err and err.count("\n") == 1, err[-2000:]
+  assert (workdir / "summary.json").exists() and not (workdir / "lock.json").exists()
+
+
+def test_a_sweep_whose_every_run_diverged_ends_with_its_table_and_says_so(tmp_path):
+  """Unscaled branches at L = 64 with SGD at 0.01 overflow (as in test_sweep's diverging depth):
+  one setting, that depth only. The summary, the table and every figure are written; the table
+  marks the depth diverged."""
+  config = tiny_sweep(depths=(64,), settings=("mlp_residual",))
+  config.model.branch_scale = "1"
+  config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.01
+  summary = sweep.run_sweep(config, str(tmp_path), progress=False)
+  assert summary.reference.diverged == [True] and summary.reference.trained.delta_max == [None]
+  assert "diverged@" in sweep.format_table(summary)
+  for name in ("summary.json", "results.csv", "report.md", "delta_vs_depth.png", "task_vs_depth.png"):
+    assert (tmp_path / name).stat().st_size > 0, name
