@@ -62,8 +62,8 @@ def get_config():
   # MLPs on the teacher task: the Euler steps of its flow, resnorm.models.mlp.construct).
   config.init_from = "random"
   # A run is converged when its logged train loss changed by at most `tolerance` over the last
-  # `window` of the run, relative to the larger of its final value and its range over the run
-  # (resnorm.train.convergence).
+  # `window` of the run, relative to the larger of its final value and `tolerance` times its range
+  # over the run (resnorm.train.convergence).
   config.convergence = ml_collections.ConfigDict(dict(window=0.25, tolerance=0.05))
   # The longest stretch of steps one dispatch runs (between logs, measurements, evaluations and
   # checkpoints; SIGTERM is answered at the end of a stretch).

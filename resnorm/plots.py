@@ -71,7 +71,7 @@ def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
   if diverged:
     ax.plot(diverged, np.full(len(diverged), ax.get_ylim()[0] if ax.has_data() else 1.0), "rx", ms=10, label="diverged")
   _log_depth_axes(ax, f"{name} ({entry.get('model') or name})", xlabel)
-  ax.legend(fontsize=6)
+  _legend(ax, fontsize=6)
 
 
 def save(fig, path) -> None:
@@ -81,6 +81,12 @@ def save(fig, path) -> None:
   image = io.BytesIO()
   fig.savefig(image, format=path.suffix.lstrip(".") or "png", dpi=120)
   records.write_text(path, image.getvalue())
+
+
+def _legend(ax, **kwargs) -> None:
+  """``ax.legend(**kwargs)`` where the panel has labelled lines (a panel of runs that all diverged has none)."""
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(**kwargs)
 
 
 def _grid(fig, count: int, columns: int = 3, **kwargs):
@@ -255,7 +261,7 @@ def draw_ratio_profile(fig, results: list[dict], names: list[str], seed=None):
       ax.set_xlabel("layer position k / layers (×: transition, ▲: stem)")
       ax.grid(True, alpha=0.3)
     row[0].set_ylabel("r_k = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖")
-    row[1].legend(fontsize=6, ncol=2)
+    _legend(row[1], fontsize=6, ncol=2)
   fig.tight_layout()
   return fig
 

@@ -173,7 +173,7 @@ def train_steps(state: TrainState, batch_at, num_steps, capacity: int, loss_fn) 
 
 # What a verdict's change is a fraction of, recorded with it (the reports quote it; verdicts
 # recorded without it were fractions of the final loss alone).
-CONVERGENCE_SCALE = "the larger of the final loss and the loss's range over the run"
+CONVERGENCE_SCALE = "the larger of the final loss and that fraction of the loss's range over the run"
 
 
 def convergence(steps, losses, window: float, tolerance: float) -> dict:
@@ -182,17 +182,17 @@ def convergence(steps, losses, window: float, tolerance: float) -> dict:
   ``steps``, ``losses``: the logged train losses (each the mean over the steps since the
   previous log) up to the last step T. The loss at the last log, ℓ(T), is compared with the
   loss at the last log at or before (1 − ``window``)·T, ℓ(T₀), on the scale of the larger of
-  ℓ(T) and the range the logged losses spanned over the run:
+  ℓ(T) and ``tolerance`` times the range R = max ℓ − min ℓ the logged losses spanned:
 
-      change = (ℓ(T₀) − ℓ(T)) / max(|ℓ(T)|, max ℓ − min ℓ),     converged ⇔ |change| ≤ ``tolerance``.
+      change = (ℓ(T₀) − ℓ(T)) / max(|ℓ(T)|, tolerance·R),     converged ⇔ |change| ≤ ``tolerance``.
 
-  A loss still falling (or rising) by more than ``tolerance`` of that scale over the last
-  ``window`` of the run is not converged. The range keeps a loss that trained to nearly zero
-  (cross-entropy on a training set the network fits) from being judged by its batch noise
-  relative to a vanishing value; the final loss keeps a run that barely moved from being judged
-  by its noise relative to a vanishing range. Under a decaying learning rate the verdict says the
-  run stopped changing, not that it reached the optimum: a budget ladder at a constant rate tells
-  the two apart. ``converged`` is None when there are fewer than two logs to compare.
+  A loss still falling (or rising) by more than ``tolerance`` of itself over the last ``window``
+  of the run is not converged, unless it has fallen to nearly zero (below ``tolerance``·R): a
+  cross-entropy that fits its training set moves by a sizeable fraction of its vanishing value
+  from batch noise alone, and is judged against ``tolerance``² of the range it fell instead.
+  Under a decaying learning rate the verdict says the run stopped changing, not that it reached
+  the optimum: a budget ladder at a constant rate tells the two apart. ``converged`` is None when
+  there are fewer than two logs to compare.
   """
   steps, losses = [int(s) for s in steps], [float(v) for v in losses]
   verdict = dict(window=window, tolerance=tolerance, scale=CONVERGENCE_SCALE, from_step=None, to_step=None,
@@ -202,7 +202,7 @@ def convergence(steps, losses, window: float, tolerance: float) -> dict:
   last = steps[-1]
   earlier = [i for i, s in enumerate(steps[:-1]) if s <= (1 - window) * last]
   first = earlier[-1] if earlier else 0
-  scale = max(abs(losses[-1]), max(losses) - min(losses))
+  scale = max(abs(losses[-1]), tolerance * (max(losses) - min(losses)))
   change = (losses[first] - losses[-1]) / scale if scale else 0.0
   return dict(verdict, from_step=steps[first], to_step=last, change=change, converged=bool(abs(change) <= tolerance))
 

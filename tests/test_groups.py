@@ -114,11 +114,11 @@ def test_a_resume_inside_a_stretch_equals_the_uninterrupted_stretch(tmp_path):
 
 def test_the_convergence_verdict():
   """Converged when the logged loss changed over the last window by at most the tolerance of the
-  larger of the final loss and the loss's range over the run."""
+  larger of the final loss and the tolerance times the loss's range over the run."""
   verdict = train.convergence([100, 200, 300, 400], [1.0, 0.5, 0.42, 0.41], window=0.25, tolerance=0.05)
-  assert verdict["converged"] and verdict["from_step"] == 300 and verdict["change"] == pytest.approx(0.01 / 0.59)
+  assert verdict["converged"] and verdict["from_step"] == 300 and verdict["change"] == pytest.approx(0.01 / 0.41)
   still_falling = train.convergence([100, 200, 300, 400], [1.0, 0.5, 0.4, 0.3], window=0.25, tolerance=0.05)
-  assert not still_falling["converged"] and still_falling["change"] == pytest.approx(0.1 / 0.7)
+  assert not still_falling["converged"] and still_falling["change"] == pytest.approx(0.1 / 0.3)
   rising = train.convergence([100, 200], [0.5, 0.6], window=0.5, tolerance=0.05)
   assert not rising["converged"] and rising["change"] == pytest.approx(-0.1 / 0.6)
   assert train.convergence([400], [0.3], window=0.25, tolerance=0.05)["converged"] is None
@@ -127,12 +127,12 @@ def test_the_convergence_verdict():
 def test_a_loss_trained_to_nearly_zero_is_judged_on_its_range_and_a_flat_one_on_its_value():
   """The image sweep's pre-activation ResNet at depth 29 (its logged losses, 1.70 → 0.0042): the
   last quarter moved the loss by 17% of its final value, batch noise on a loss that fits the
-  training set, but by 0.04% of the 1.7 it fell. A loss that barely moved (2.303 ± 0.002) is
-  judged on its value: 0.04%, converged; the same noise on a loss of 0.003 that never fell is not."""
+  training set, but by 0.8% of 5% of the 1.7 it fell. A loss that barely moved (2.303 ± 0.002) is
+  judged on its value: 0.2%, converged; the same noise on a loss of 0.003 that never fell is not."""
   steps = list(range(25, 301, 25))
   fitted = [1.7, 0.328, 0.0447, 0.0134, 0.0072, 0.00648, 0.0055, 0.00492, 0.00492, 0.00478, 0.00471, 0.00421]
   verdict = train.convergence(steps, fitted, window=0.25, tolerance=0.05)
-  assert verdict["converged"] and verdict["change"] == pytest.approx((0.00492 - 0.00421) / (1.7 - 0.00421))
+  assert verdict["converged"] and verdict["change"] == pytest.approx((0.00492 - 0.00421) / (0.05 * (1.7 - 0.00421)))
   assert (0.00492 - 0.00421) / 0.00421 > 0.05  # the final loss's scale alone would call it unconverged
   flat = [2.303 + 0.002 * (-1) ** i for i in range(12)]
   assert train.convergence(steps, flat, window=0.25, tolerance=0.05)["converged"]

@@ -518,10 +518,9 @@ def test_a_measured_block_ratio_is_the_dense_jacobian_i_plus_df_for_the_preact_b
   block_input, block = _first_identity_block(model, variables, x)
   k = report.kinds.index("block")  # r_k: the layer from site k (its input) to site k + 1
   g_out = np.asarray(gradients[k + 1], np.float64).reshape(len(x), -1)
+  branch_jacobian = jax.jit(jax.jacfwd(lambda v: block(v.reshape((1,) + block_input.shape[1:]))[1].reshape(-1)))
   for b in range(len(x)):
-    def branch(v, b=b):
-      return block(v.reshape((1,) + block_input.shape[1:]))[1].reshape(-1)
-    df = np.asarray(jax.jacfwd(branch)(block_input[b].reshape(-1)), np.float64)  # DF, (d, d)
+    df = np.asarray(branch_jacobian(block_input[b].reshape(-1)), np.float64)  # DF, (d, d)
     jacobian = np.eye(len(df)) + df
     theorem = np.linalg.norm(jacobian.T @ g_out[b]) / np.linalg.norm(g_out[b])
     measured = float(report.ratio[k, b])
