@@ -111,10 +111,16 @@ def training_batch(config, dataset, seed: int, step: int) -> tuple[np.ndarray, n
   """The whole training batch of (0-based) ``step`` as host arrays, augmented where the run
   augments, as a one-process run trains on it."""
   rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
+  augment = _augmentation(config, seed, step)
   x = dataset.x_train[rows]
-  if config.augment:
-    x = data_lib.augment(x, seed=seed, step=step, mode=config.get("augment_padding", "zero"))
-  return x, dataset.y_train[rows]
+  return (x if augment is None else augment(x)), dataset.y_train[rows]
+
+
+def _augmentation(config, seed: int, step: int):
+  """The crops and flips of ``step``'s batch (a function of the images), None without augmentation."""
+  if not config.augment:
+    return None
+  return functools.partial(data_lib.augment, seed=seed, step=step, mode=config.get("augment_padding", "zero"))
 
 
 def training_batches(config, dataset, sharding, seed: int, steps: range) -> Iterator[tuple[jax.Array, ...]]:
@@ -124,9 +130,7 @@ def training_batches(config, dataset, sharding, seed: int, steps: range) -> Iter
 
   def batch_at(step):
     rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, seed)
-    transform = functools.partial(data_lib.augment, seed=seed, step=step,
-                                  mode=config.get("augment_padding", "zero")) if config.augment else None
-    return _global_batch(sharding, dataset.x_train, dataset.y_train, rows, transform)
+    return _global_batch(sharding, dataset.x_train, dataset.y_train, rows, _augmentation(config, seed, step))
 
   return data_lib.prefetch(map(batch_at, steps), config.get("prefetch", 0))
 
@@ -374,8 +378,8 @@ class WorkdirLock:
       self.path.rename(stale)
     except FileNotFoundError:
       return
-    logging.warning("%s: took over the lock of %s, whose holder is gone", self.path.parent,
-                    holder and f"process {holder.get('pid')} on {holder.get('host')}")
+    logging.warning("%s: took over its lock (%s), whose holder is gone", self.path.parent,
+                    f"process {holder.get('pid')} on {holder.get('host')}" if holder else "unreadable")
     stale.unlink(missing_ok=True)
 
   def _beat(self) -> None:

@@ -394,8 +394,13 @@ def ratio_grid(rows: list[dict], measure: str = "ratio_mean") -> tuple[np.ndarra
 
 
 def ratio_measures(rows: list[dict]) -> list[str]:
-  """The measures of :data:`RATIO_MEASURES` every row of a ``signal.jsonl`` holds."""
-  return [key for key in RATIO_MEASURES if rows and all(key in (row.get("layers") or {"ratio_mean": 0}) for row in rows)]
+  """The measures of :data:`RATIO_MEASURES` every row of a ``signal.jsonl`` holds (rows written
+  before the whole stream was recorded hold the eval-mode one, over the identity blocks)."""
+  if not rows:
+    return []
+  if not all(row.get("layers") for row in rows):
+    return ["ratio_mean"]
+  return [key for key in RATIO_MEASURES if all(key in row["layers"] for row in rows)]
 
 
 LAYER_MARKS = {"stem": "▲ stem", "transition": "× transition"}

@@ -248,9 +248,8 @@ def _set_aside_if_unreadable(run_dir, workdir) -> None:
   mid-row, garbage bytes, a field missing) to ``workdir/set_aside/``, with a warning naming the
   file: nothing is deleted, and the run trains again from the start, as an uninterrupted one."""
   try:
-    for name in ("config.json", "summary.json"):
-      if (run_dir / name).exists():
-        records.read_json(run_dir / name)
+    if (run_dir / "config.json").exists():
+      records.read_json(run_dir / "config.json")
     if (run_dir / "summary.json").exists():
       records.read_run(run_dir)
     for name in ("metrics.jsonl", "signal.jsonl"):
