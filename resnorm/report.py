@@ -347,7 +347,7 @@ def _by_construction(name: str, family: records.FamilyResults) -> str:
   before, after = _power(start), _power(end)
   if start["slope_interval"] and end["slope_interval"] and _overlap(start["slope_interval"], end["slope_interval"]):
     return (f"At initialisation δ_max goes as {before}, after training as {after}: the intervals overlap, so "
-            "training leaves δ_max's depth dependence where the initialisation put it.")
+            "with these seeds training's change of δ_max's depth dependence is not detectable.")
   return f"At initialisation δ_max goes as {before}; training moves it to {after}."
 
 
