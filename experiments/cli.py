@@ -1,8 +1,14 @@
-"""The entry points' flag parsing: a mistake in a flag is one line, not a traceback."""
+"""The entry points' flag parsing and error reports: a mistake in a flag, or a disk that refuses a
+checkpoint, is one line, not a traceback."""
 
+import logging
 import sys
+import traceback
 
 from absl import flags
+from absl import logging as absl_logging
+
+from resnorm import checkpoints
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -20,3 +26,40 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"error: {' '.join(named)}: no config field {field!r} (the config file lists the fields)")
   except (flags.Error, OSError, TypeError, ValueError) as error:  # a file that does not load, a value refused
     sys.exit("error: " + " ".join(line.strip() for line in str(error).splitlines() if line.strip()))
+
+
+class _DiskErrorEchoes(logging.Filter):
+  """Drops the log records that repeat a disk's refusal (Orbax's background threads, asyncio's
+  unretrieved tasks): the entry point reports it once, as :class:`resnorm.records.WriteFailed`."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    if record.exc_info:
+      text += "".join(traceback.format_exception(*record.exc_info))
+    return not any(message in text for message in checkpoints.DISK_MESSAGES)
+
+
+def _is_closed_loop_echo(kind, error, trace) -> bool:
+  """'Event loop is closed' from ``call_soon_threadsafe``: a TensorStore callback of a write still
+  pending when Orbax gave up a failed save and closed its loop."""
+  return kind is RuntimeError and str(error) == "Event loop is closed" and any(
+      frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(trace))
+
+
+def _without_closed_loop_echoes(unraisablehook):
+  """``unraisablehook`` (how TensorStore's callbacks report) except for :func:`_is_closed_loop_echo`."""
+
+  def hook(unraisable):
+    if not _is_closed_loop_echo(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+      unraisablehook(unraisable)
+
+  return hook
+
+
+def report_disk_errors_once() -> None:
+  """A checkpoint that a full or read-only disk refuses is reported in one line (the entry point's
+  ``error: could not save …``), without Orbax's and TensorStore's echoes of it."""
+  echoes = _DiskErrorEchoes()
+  absl_logging.get_absl_handler().addFilter(echoes)
+  logging.getLogger("asyncio").addFilter(echoes)
+  sys.unraisablehook = _without_closed_loop_echoes(sys.unraisablehook)

@@ -32,6 +32,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it
   cluster.initialize()
+  cli.report_disk_errors_once()
   if not _AGGREGATE.value:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]} (use --aggregate to merge workdirs)")
@@ -43,7 +44,7 @@ def main(argv):
     else:
       with loop.sigterm_stops():  # from start-up on: SIGTERM stops the runs at a saved step
         summary = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
-  except (config_validation.ConfigError, loop.WorkdirError, loop.Preempted, records.WriteFailed,
+  except (config_validation.ConfigError, records.WorkdirError, loop.Preempted, records.WriteFailed,
           records.UnreadableRecord) as error:
     sys.exit(f"error: {error}")  # one line, exit status 1, before anything compiles or changes
   if jax.process_index() == 0:

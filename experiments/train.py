@@ -52,6 +52,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   cluster.initialize()
+  cli.report_disk_errors_once()
   try:
     with loop.sigterm_stops():  # from start-up on: SIGTERM stops the run at a saved step
       dataset = config_validation.load_data(_CONFIG.value)
@@ -59,7 +60,7 @@ def main(argv):
       # One run per workdir (one process: a process of several cannot refuse alone).
       with loop.WorkdirLock(_WORKDIR.value) if jax.process_count() == 1 else contextlib.nullcontext():
         record = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, dataset).to_json()
-  except (config_validation.ConfigError, loop.WorkdirError, loop.Preempted, records.WriteFailed) as error:
+  except (config_validation.ConfigError, records.WorkdirError, loop.Preempted, records.WriteFailed) as error:
     sys.exit(f"error: {error}")  # one line, exit status 1
   if jax.process_index() == 0:
     print(json.dumps({k: record[k] for k in ("steps", "diverged", "train_loss", "test_loss", "test_accuracy",

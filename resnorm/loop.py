@@ -7,8 +7,10 @@ after training, and writes ``workdir/``:
 * ``config.json`` — the resolved config;
 * ``checkpoints/`` — Orbax checkpoints every ``checkpoint_every`` steps; a run started again
   in the same workdir resumes from the latest one;
+* ``checkpoints.json`` — per checkpoint, the digest of its arrays and the losses since the last
+  log (:mod:`resnorm.checkpoints`);
 * ``metrics.jsonl`` — every ``log_every`` steps, the train loss averaged over the steps since
-  the previous log (or since the resume);
+  the previous log;
 * ``signal.jsonl`` — with ``signal.every`` > 0, the δ statistics and per-layer profiles every
   ``signal.every`` steps during training;
 * ``summary.json`` — the :class:`resnorm.records.RunRecord`.
@@ -61,6 +63,7 @@ import tqdm
 from absl import logging
 from flax import traverse_util
 
+from resnorm import checkpoints as checkpoints_lib
 from resnorm import data as data_lib
 from resnorm import models, procrustes, records, signal, spectra, train, writers
 
@@ -260,25 +263,6 @@ def projects(config, step: int) -> bool:
       step, probability=config.procrustes.probability, every=config.procrustes.every or None, seed=config.seed)
 
 
-def _checkpoint_manager(directory, local: bool) -> ocp.CheckpointManager:
-  """Keeps the last two checkpoints; with ``local``, this process alone saves and restores.
-
-  Saves run in the background, except in a run on a thread other than the main one (a sweep's
-  parallel runs): two managers of one process saving the same step at once in the background
-  race in Orbax 0.12 (one removes the other's temporary directory).
-  """
-  background = threading.current_thread() is threading.main_thread()
-  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=background)
-  if local and jax.process_count() > 1:
-    process = jax.process_index()
-    directory.mkdir(parents=True, exist_ok=True)  # Orbax creates it only when every process takes part
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=2, create=False, enable_async_checkpointing=background, multiprocessing_options=(
-            ocp.options.MultiprocessingOptions(primary_host=process, active_processes={process},
-                                               barrier_sync_key_prefix=f"process{process}")))
-  return ocp.CheckpointManager(directory, options=options)
-
-
 # ----------------------------------------------------------------------------- the workdir
 
 # Fields a resumed run may change: how it reports, and how long it trains.
@@ -286,13 +270,9 @@ RESUMABLE_FIELDS = ("log_every", "checkpoint_every", "eval_every", "eval_batch_s
                     "tensorboard", "progress_bar", "prefetch", "num_steps", "num_epochs")
 
 
-class WorkdirError(ValueError):
-  """The workdir holds what this run cannot continue: nothing in it was changed."""
-
-
 class WorkdirLock:
   """One owner per workdir: ``workdir/lock.json`` (host, pid, start, heartbeat) while a sweep or a
-  run works there; a second process is refused with :class:`WorkdirError` naming the holder.
+  run works there; a second process is refused with :class:`resnorm.records.WorkdirError` naming the holder.
 
   A lock whose holder is gone is taken over, so a killed process never blocks the rerun: on the
   same host, when its pid no longer runs; from another host (a shared filesystem, ``gs://``), when
@@ -320,11 +300,13 @@ class WorkdirLock:
       holder = self._holder()
       if holder is not None and self._alive(holder):
         since = datetime.datetime.fromtimestamp(holder.get("started", 0)).isoformat(timespec="seconds")
-        raise WorkdirError(f"{self.path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} "
-                           f"(since {since}): wait for it to end or stop it; a lock left by a process that is "
-                           f"gone is taken over ({self.path})")
+        raise records.WorkdirError(
+            f"{self.path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} (since "
+            f"{since}): wait for it to end or stop it; a lock left by a process that is gone is taken over "
+            f"({self.path})")
       self._set_aside(holder)
-    raise WorkdirError(f"{self.path}: could not take the lock of {self.path.parent} (another process keeps taking it)")
+    raise records.WorkdirError(
+        f"{self.path}: could not take the lock of {self.path.parent} (another process keeps taking it)")
 
   def __exit__(self, *exc):
     self._stop.set()
@@ -412,59 +394,17 @@ def config_differences(saved: dict, config, resumable=RESUMABLE_FIELDS) -> list[
           if key not in resumable and saved.get(key) != now.get(key)]
 
 
-def checkpoint_steps(directory) -> list[int]:
-  """The steps of the finished checkpoints in ``directory`` (a save cut short leaves a temporary
-  directory whose name is not a number)."""
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
-
-
 def check_workdir(workdir, config) -> None:
   """Refuses a workdir whose checkpoints belong to another model or config, naming the fields
   that differ; reads only."""
-  steps = checkpoint_steps(workdir / "checkpoints")
+  steps = checkpoints_lib.steps(workdir / "checkpoints")
   if not steps or not (workdir / "config.json").exists():
     return
   differences = config_differences(records.read_json(workdir / "config.json"), config)
   if differences:
-    raise WorkdirError(
+    raise records.WorkdirError(
         f"{workdir} holds checkpoints (steps {steps}) of another config; fields that differ: "
         f"{'; '.join(differences)}. Nothing was changed: use another --workdir, or the same config to resume.")
-
-
-def _restore(state, workdir, local: bool, host_copies: bool, sharding):
-  """The state of the latest checkpoint in ``workdir/checkpoints`` that restores, and its step (0
-  and None when there is none). An unreadable checkpoint (its item gone, its directory empty,
-  its files cut short) is moved to ``workdir/unreadable_checkpoints/`` with a warning and the
-  one before it tried, each step by a manager of its own (a manager fixes its item names from
-  the first step it reads); when checkpoints exist but none restores, the run stops with
-  :class:`WorkdirError` rather than starting again from scratch."""
-  steps = checkpoint_steps(workdir / "checkpoints")
-  errors = []
-  for step in sorted(steps, reverse=True):
-    target = jax.device_get(state) if host_copies else state
-    checkpoints = _checkpoint_manager(workdir / "checkpoints", local)
-    try:
-      restored = checkpoints.restore(step, args=ocp.args.StandardRestore(target))
-    except Exception as error:  # pylint: disable=broad-except  (Orbax raises many kinds on bad files)
-      errors.append(f"step {step}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-      continue
-    finally:
-      checkpoints.close()
-    if errors:
-      aside = workdir / "unreadable_checkpoints"
-      aside.mkdir(parents=True, exist_ok=True)
-      for bad in steps:
-        if bad > step:
-          (workdir / "checkpoints" / str(bad)).rename(aside / str(bad))
-      logging.warning("%s: the later checkpoints do not restore (%s); moved them to %s and resumed from step %d",
-                      workdir, "; ".join(errors), aside, step)
-    return step, jax.device_put(restored, sharding) if host_copies else restored
-  if errors:
-    raise WorkdirError(f"{workdir}/checkpoints: no checkpoint restores ({'; '.join(errors)}). Nothing was changed: "
-                       "move the checkpoints away to start from scratch.")
-  return 0, None
 
 
 # ----------------------------------------------------------------------------- what a person watches
@@ -574,7 +514,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None,
     The record written to ``workdir/summary.json``.
 
   Raises:
-    WorkdirError: the workdir holds checkpoints of another config, or none that restores.
+    records.WorkdirError: the workdir holds checkpoints of another config, or none that restores.
     Preempted: SIGTERM arrived (on the main thread); a checkpoint of the current step is saved.
   """
   return train_group([config], [workdir], dataset, local=local)[0]
@@ -666,34 +606,36 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   # among several saves and restores host copies.
   host_copies = local and jax.process_count() > 1
   take, stack = _member_ops(replicated)
-  restored = [_restore(take(state, m), workdir, local, host_copies, replicated) if checkpoint_steps(
-      workdir / "checkpoints") else (0, None) for m, workdir in enumerate(workdirs)]
-  starts = sorted({step for step, _ in restored})
+  restored = [checkpoints_lib.restore(take(state, m), workdir, local, host_copies, replicated)
+              if checkpoints_lib.steps(workdir / "checkpoints") else checkpoints_lib.Restored(0, None, [])
+              for m, workdir in enumerate(workdirs)]
+  starts = sorted({member.step for member in restored})
   if len(starts) > 1:  # members left off at different steps: each step's members go on together
     results = [None] * len(configs)
     for start in starts:
-      chosen = [m for m, (step, _) in enumerate(restored) if step == start]
+      chosen = [m for m, member in enumerate(restored) if member.step == start]
       group = train_group([configs[m] for m in chosen], [workdirs[m] for m in chosen], dataset, local=local)
       for m, record in zip(chosen, group):
         results[m] = record
     return results
   start = starts[0]
   if start:
-    state = stack([member_state for _, member_state in restored])
+    state = stack([member.state for member in restored])
     logging.info("resumed %s from step %d of %d", ", ".join(map(str, workdirs)), start, num_steps)
   if lead:
     for workdir, member_config in zip(workdirs, configs):
       records.write_json(workdir / "config.json", records.config_dict(member_config))
 
-  managers = [_checkpoint_manager(workdir / "checkpoints", local) for workdir in workdirs]
+  managers = [checkpoints_lib.manager(workdir / "checkpoints", local) for workdir in workdirs]
   members = []
-  for member_config, workdir, manager in zip(configs, workdirs, managers):
+  for member_config, workdir, manager, resumed in zip(configs, workdirs, managers, restored):
     writer = writers.MetricWriter(workdir, write=lead, tensorboard=member_config.get("tensorboard", False))
     logged, measured = writer.rewind(start)
     members.append(_Member(
         member_config, workdir, manager, writer,
         history=[records.HistoryPoint.of(r["step"], records.Measurement.from_json(r)) for r in measured],
-        train_rows=[r for r in logged if "train_loss" in r], evaluations=[r for r in logged if "test_loss" in r]))
+        train_rows=[r for r in logged if "train_loss" in r], evaluations=[r for r in logged if "test_loss" in r],
+        losses=list(resumed.losses_since_log)))
 
   per_step = bool(config.procrustes.enabled)  # the host decides, step by step, whether to project
   capacity = 1 if per_step or config.augment else config.get("steps_per_dispatch", STEPS_PER_DISPATCH)
@@ -743,16 +685,16 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
       if stop_now or config.checkpoint_every and (done % config.checkpoint_every == 0 or done == num_steps):
         for m, member in enumerate(members):
           if member.divergence is None:
-            member_state = take(state, m)
-            member.checkpoints.save(done, args=ocp.args.StandardSave(
-                jax.device_get(member_state) if host_copies else member_state), force=stop_now)
+            checkpoints_lib.save(member.checkpoints, member.workdir, done, take(state, m),
+                                 losses_since_log=member.losses, host_copies=host_copies, force=stop_now,
+                                 write=lead)
         logging.info("checkpoint of step %d saved in %s", done, ", ".join(str(m.workdir / "checkpoints") for m in alive))
       if stop_now:
         preempted = done
         break
   progress.close()
   for member in members:
-    member.checkpoints.wait_until_finished()
+    checkpoints_lib.wait(member.checkpoints, member.workdir)
   last_checkpoints = [member.checkpoints.latest_step() for member in members]
   for member in members:
     member.checkpoints.close()

@@ -487,6 +487,11 @@ class WriteFailed(OSError):
   names the file, and the file as it was before is intact (writes are atomic)."""
 
 
+class WorkdirError(ValueError):
+  """The workdir holds what this run cannot continue (checkpoints of another config, none that
+  restores, another process working there): nothing in it was changed."""
+
+
 class UnreadableRecord(ValueError):
   """A record file that does not parse (cut short, overwritten, missing a field); the message
   names the file."""

@@ -50,7 +50,7 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from resnorm import config_validation, loop, plots, records, report, theory
+from resnorm import checkpoints, config_validation, loop, plots, records, report, theory
 
 RUNS = "runs"
 SET_ASIDE = "set_aside"  # run directories whose files did not read, moved here
@@ -197,17 +197,16 @@ def _run_all(groups_, workdir, dataset, threads: int, progress: bool) -> list[re
   results, stopped = [], []
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     futures = [pool.submit(_run_group, group, workdir, dataset) for group in groups_]
-    bar = tqdm.tqdm(total=sum(map(len, groups_)), desc="sweep", unit="run", disable=not progress)
-    for future in concurrent.futures.as_completed(futures):
-      try:
-        finished = future.result()
-      except loop.Preempted as error:
-        stopped += error.workdirs
-        continue
-      results += finished
-      bar.update(len(finished))
-      bar.set_postfix_str(f"{results[-1].setting} L={results[-1].depth} done")
-    bar.close()
+    with tqdm.tqdm(total=sum(map(len, groups_)), desc="sweep", unit="run", disable=not progress) as bar:
+      for future in concurrent.futures.as_completed(futures):
+        try:
+          finished = future.result()
+        except loop.Preempted as error:
+          stopped += error.workdirs
+          continue
+        results += finished
+        bar.update(len(finished))
+        bar.set_postfix_str(f"{results[-1].setting} L={results[-1].depth} done")
   if stopped or loop.stop_requested():
     raise loop.Preempted(None, stopped)
   return results
@@ -262,14 +261,14 @@ def _set_aside_if_unreadable(run_dir, workdir) -> None:
 
 
 def check_workdir(workdir, runs) -> None:
-  """Refuses (:class:`resnorm.loop.WorkdirError`) a workdir that holds one of ``runs`` (from
+  """Refuses (:class:`resnorm.records.WorkdirError`) a workdir that holds one of ``runs`` (from
   :func:`plan`), finished or with checkpoints, under another config, naming the runs and the
   fields that differ; reads only, so nothing in the workdir has changed. A finished run must
   match in every field, ``num_steps`` included; an unfinished one may differ where a resume
   allows (:data:`resnorm.loop.RESUMABLE_FIELDS`). Files that do not read are left to
   :func:`_set_aside_if_unreadable`."""
   if workdir.exists() and not workdir.is_dir():
-    raise loop.WorkdirError(f"--workdir {workdir} is a file: expected a directory (or a path to create)")
+    raise records.WorkdirError(f"--workdir {workdir} is a file: expected a directory (or a path to create)")
   refused = []
   for setting, depth, seed, single in runs:
     run_dir = workdir / RUNS / run_name(setting, depth, seed)
@@ -281,7 +280,7 @@ def check_workdir(workdir, runs) -> None:
       continue
     if (run_dir / "summary.json").exists():
       differences = loop.config_differences(saved, single, resumable=())
-    elif loop.checkpoint_steps(run_dir / "checkpoints"):
+    elif checkpoints.steps(run_dir / "checkpoints"):
       differences = loop.config_differences(saved, single)
     else:
       continue
@@ -289,7 +288,7 @@ def check_workdir(workdir, runs) -> None:
       refused.append(f"{run_dir.name} ({'; '.join(differences)})")
   if refused:
     shown = "; ".join(refused[:3]) + (f"; and {len(refused) - 3} more" if len(refused) > 3 else "")
-    raise loop.WorkdirError(f"{workdir} holds {len(refused)} runs of another config: {shown}. Nothing was "
+    raise records.WorkdirError(f"{workdir} holds {len(refused)} runs of another config: {shown}. Nothing was "
                             "changed: use another --workdir, or the config those runs were trained with.")
 
 
@@ -465,39 +464,39 @@ def aggregate(workdirs: list, out_dir, allow_incomplete: bool = False) -> record
   not clear which to keep. A run the config plans but that did not finish is an error too,
   unless ``allow_incomplete`` (then the summary has fewer seeds there, and a warning names
   the runs). Workdirs of the first format (``models`` instead of ``settings``, one seed) merge
-  too. Raises :class:`resnorm.loop.WorkdirError` for each of these, before anything is written.
+  too. Raises :class:`resnorm.records.WorkdirError` for each of these, before anything is written.
   """
   if not workdirs:
-    raise loop.WorkdirError("no workdirs to merge: expected one or more sweep workdirs after the flags")
+    raise records.WorkdirError("no workdirs to merge: expected one or more sweep workdirs after the flags")
   merged_config, results, seen, missing = None, [], {}, []
   for workdir in map(records.path, workdirs):
     if not (workdir / "config.json").is_file():
-      raise loop.WorkdirError(f"{workdir} is not a sweep workdir (it has no config.json)")
+      raise records.WorkdirError(f"{workdir} is not a sweep workdir (it has no config.json)")
     config = records.read_json(workdir / "config.json")
     shared = {k: v for k, v in config.items() if k != "depths"}
     if merged_config is None:
       merged_config, first_shared = dict(config, depths=[]), shared
     elif shared != first_shared:
       differing = sorted(k for k in set(shared) | set(first_shared) if shared.get(k) != first_shared.get(k))
-      raise loop.WorkdirError(f"{workdir} was run with another config than {workdirs[0]} (fields {differing})")
+      raise records.WorkdirError(f"{workdir} was run with another config than {workdirs[0]} (fields {differing})")
     unfinished, mixed = _incomplete_or_mixed(workdir, config)
     if mixed:
-      raise loop.WorkdirError(f"{workdir} holds runs trained with another config than its sweep's: {'; '.join(mixed)}")
+      raise records.WorkdirError(f"{workdir} holds runs trained with another config than its sweep's: {'; '.join(mixed)}")
     missing += [str(workdir / RUNS / name) for name in unfinished]
     for result in records.runs_in([workdir], RUNS):
       key = (_setting_of(result), result.depth, result.seed)
       if key in seen:
-        raise loop.WorkdirError(f"{key[0]} at depth {result.depth}, seed {result.seed} is in both {seen[key]} and "
+        raise records.WorkdirError(f"{key[0]} at depth {result.depth}, seed {result.seed} is in both {seen[key]} and "
                               f"{workdir}")
       seen[key] = workdir
       results.append(result)
   if missing and not allow_incomplete:
-    raise loop.WorkdirError(f"{len(missing)} runs are not finished: {', '.join(missing)} (finish them with the "
+    raise records.WorkdirError(f"{len(missing)} runs are not finished: {', '.join(missing)} (finish them with the "
                             "sweep's command, or merge without them: --allow_incomplete)")
   if missing:
     logging.warning("merging without the unfinished runs %s", ", ".join(missing))
   if not results:
-    raise loop.WorkdirError(f"no finished runs in {', '.join(map(str, workdirs))}")
+    raise records.WorkdirError(f"no finished runs in {', '.join(map(str, workdirs))}")
   merged_config["depths"] = sorted({r.depth for r in results})
   out_dir = records.path(out_dir)
   records.make_dir(out_dir)

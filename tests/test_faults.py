@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
@@ -67,7 +68,7 @@ def test_a_rerun_with_another_config_is_refused_before_anything_changes(two_seed
   before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
   changed = tiny_sweep(depths=(2,), settings=("mlp_residual",), seeds=(0, 1))
   changed.num_steps = 30
-  with pytest.raises(loop.WorkdirError, match=r"holds 2 runs of another config: .*num_steps: 20 there, 30 now"):
+  with pytest.raises(records.WorkdirError, match=r"holds 2 runs of another config: .*num_steps: 20 there, 30 now"):
     sweep.run_sweep(changed, str(copy), progress=False)
   assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
@@ -78,13 +79,13 @@ def test_aggregate_refuses_runs_of_another_config_and_names_unfinished_ones(two_
   run_config = json.loads((_run_dir(mixed, 1) / "config.json").read_text())
   run_config["optimizer"]["learning_rate"] = 0.5
   (_run_dir(mixed, 1) / "config.json").write_text(json.dumps(run_config))
-  with pytest.raises(loop.WorkdirError, match="trained with another config.*s1 .*learning_rate: 0.5 there"):
+  with pytest.raises(records.WorkdirError, match="trained with another config.*s1 .*learning_rate: 0.5 there"):
     sweep.aggregate([str(mixed)], str(tmp_path / "merged"))
   assert not (tmp_path / "merged").exists()
   shutil.rmtree(mixed)
   incomplete = _copy(workdir, tmp_path)
   (_run_dir(incomplete, 1) / "summary.json").unlink()
-  with pytest.raises(loop.WorkdirError, match=f"1 runs are not finished: {_run_dir(incomplete, 1)}"):
+  with pytest.raises(records.WorkdirError, match=f"1 runs are not finished: {_run_dir(incomplete, 1)}"):
     sweep.aggregate([str(incomplete)], str(tmp_path / "merged"))
   merged = sweep.aggregate([str(incomplete)], str(tmp_path / "merged"), allow_incomplete=True)
   assert merged.reference.seeds == [0] and summary.reference.seeds == [0, 1]
@@ -102,6 +103,67 @@ def test_a_later_checkpoint_missing_its_item_falls_back_to_the_one_before(tmp_pa
   assert sorted(os.listdir(tmp_path / "run" / "unreadable_checkpoints")) == ["20"]
   straight = loop.train_and_evaluate(tiny_run(num_steps=30), tmp_path / "straight")
   assert resumed.test_loss == straight.test_loss and resumed.trained == straight.trained
+
+
+def _flip_a_bit(directory):
+  """Flips one bit in the middle of the largest file under ``directory`` (an array's data)."""
+  largest = max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(largest.read_bytes())
+  data[len(data) // 2] ^= 0x40
+  largest.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_caught_and_the_one_before_is_used(tmp_path, caplog):
+  """Orbax's compressed chunks carry no checksum: the bit flipped decodes to other numbers, which
+  the digest in checkpoints.json catches (or, where it breaks the chunk's framing, the read fails)."""
+  loop.train_and_evaluate(tiny_run(), tmp_path / "run")
+  _flip_a_bit(tmp_path / "run" / "checkpoints" / "20")
+  resumed = loop.train_and_evaluate(tiny_run(num_steps=30), tmp_path / "run")
+  assert "the later checkpoints do not restore (step 20:" in caplog.text and "resumed from step 10" in caplog.text
+  assert sorted(os.listdir(tmp_path / "run" / "unreadable_checkpoints")) == ["20"]
+  straight = loop.train_and_evaluate(tiny_run(num_steps=30), tmp_path / "straight")
+  assert resumed.test_loss == straight.test_loss and resumed.trained == straight.trained
+
+
+def test_a_checkpoint_that_reads_but_holds_other_arrays_is_refused_by_its_digest(tmp_path, caplog):
+  """Step 20's directory replaced by step 10's: Orbax restores it without complaint; its arrays are
+  not the ones saved as step 20, so the digest refuses it and step 10 is used."""
+  loop.train_and_evaluate(tiny_run(), tmp_path / "run")
+  saved = tmp_path / "run" / "checkpoints"
+  shutil.rmtree(saved / "20")
+  shutil.copytree(saved / "10", saved / "20")
+  resumed = loop.train_and_evaluate(tiny_run(num_steps=30), tmp_path / "run")
+  assert "step 20: its arrays differ from those saved (SHA-256 mismatch)" in caplog.text
+  assert "resumed from step 10" in caplog.text
+  straight = loop.train_and_evaluate(tiny_run(num_steps=30), tmp_path / "straight")
+  assert resumed.test_loss == straight.test_loss and resumed.trained == straight.trained
+
+
+def test_sigterm_during_a_save_stops_at_the_next_step_and_the_rerun_logs_what_the_uninterrupted_run_logs(
+    tmp_path, monkeypatch):
+  """SIGTERM arrives while the checkpoint of step 10 is being written: the save completes, the run
+  stops after the next stretch (step 13, between logs at 8 and 16) with a checkpoint there, and the
+  rerun's files equal an uninterrupted run's row for row, the first log after the resume included
+  (its average takes the losses of steps 9-13 from checkpoints.json)."""
+  import signal
+
+  config = tiny_run(log_every=8, steps_per_dispatch=3)
+  straight = loop.train_and_evaluate(config, tmp_path / "straight")
+  save = ocp.CheckpointManager.save
+
+  def save_while_terminated(self, step, *args, **kwargs):
+    if step == 10:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save_while_terminated)
+  with pytest.raises(loop.Preempted, match="stopped by SIGTERM at step 13"):
+    loop.train_and_evaluate(config, tmp_path / "stopped")
+  monkeypatch.undo()
+  assert records.read_json(tmp_path / "stopped" / "checkpoints.json")["13"]["losses_since_log"]
+  resumed = loop.train_and_evaluate(config, tmp_path / "stopped")
+  assert resumed.test_loss == straight.test_loss and resumed.trained == straight.trained
+  assert (tmp_path / "stopped" / "metrics.jsonl").read_text() == (tmp_path / "straight" / "metrics.jsonl").read_text()
 
 
 def test_a_failed_write_names_the_file_and_leaves_the_previous_version_whole(tmp_path, monkeypatch):
@@ -204,7 +266,7 @@ def test_a_second_owner_of_a_workdir_is_refused_and_a_dead_owners_lock_is_taken_
   with loop.WorkdirLock(tmp_path):
     held = json.loads((tmp_path / "lock.json").read_text())
     assert held["pid"] == os.getpid()
-    with pytest.raises(loop.WorkdirError, match=f"in use by process {os.getpid()} on {socket.gethostname()}"):
+    with pytest.raises(records.WorkdirError, match=f"in use by process {os.getpid()} on {socket.gethostname()}"):
       loop.WorkdirLock(tmp_path).__enter__()
   assert not (tmp_path / "lock.json").exists()
   gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
@@ -215,8 +277,61 @@ def test_a_second_owner_of_a_workdir_is_refused_and_a_dead_owners_lock_is_taken_
     with loop.WorkdirLock(tmp_path):
       assert json.loads((tmp_path / "lock.json").read_text())["pid"] == os.getpid()
   (tmp_path / "lock.json").write_text(json.dumps(dict(host="elsewhere", pid=1, started=0.0, heartbeat=1e12)))
-  with pytest.raises(loop.WorkdirError, match="in use by process 1 on elsewhere"):
+  with pytest.raises(records.WorkdirError, match="in use by process 1 on elsewhere"):
     loop.WorkdirLock(tmp_path).__enter__()
+
+
+def _small_filesystem_or_skip(directory) -> None:
+  """Skips (saying why) where this machine cannot mount a tmpfs in a mount namespace of its own."""
+  if shutil.which("unshare") is None:
+    pytest.skip("no `unshare` on this machine to mount a small filesystem")
+  probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {directory}"],
+                         capture_output=True, text=True, check=False)
+  if probe.returncode != 0:
+    pytest.skip(f"this machine does not let a test mount a small filesystem: {probe.stderr.strip()}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share", [0.3, 0.7])
+def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_is_exact(tmp_path, share):
+  """The sweep (two runs, checkpoints every 50 steps, figures) on a tmpfs of ``share`` of the size
+  of its outputs, in a mount namespace of its own: exit 1, one line naming what could not be
+  written and that the disk is full, no traceback. The filesystem grown (remounted larger), the
+  same command finishes with the runs of a sweep that never ran short of space."""
+  small = tmp_path / "small"
+  small.mkdir()
+  _small_filesystem_or_skip(small)
+  flags = [arg.replace("num_steps=2000", "num_steps=200").replace("checkpoint_every=0", "checkpoint_every=50")
+           for arg in SWEEP_FLAGS]
+
+  def command(workdir):
+    return " ".join([sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *(f'"{f}"' for f in flags)])
+
+  straight = subprocess.run(command(tmp_path / "straight"), shell=True, cwd=helpers.REPO, env=helpers.cpu_env(),
+                            capture_output=True, text=True, check=False)
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  needed = int(subprocess.run(["du", "-sk", tmp_path / "straight"], capture_output=True, text=True,
+                              check=True).stdout.split()[0])
+  out = tmp_path / "out"
+  out.mkdir()
+  script = f"""
+    mount -t tmpfs -o size={int(share * needed)}k tmpfs {small}
+    {command(small / "sweep")} > {out}/full.out 2> {out}/full.err; echo $? > {out}/full.rc
+    mount -o remount,size={4 * needed}k {small}
+    {command(small / "sweep")} > {out}/rerun.out 2> {out}/rerun.err; echo $? > {out}/rerun.rc
+    cp -r {small}/sweep {out}/sweep
+  """
+  subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=helpers.REPO, env=helpers.cpu_env(), check=True)
+  full_err = (out / "full.err").read_text()
+  assert (out / "full.rc").read_text().strip() == "1", full_err[-2000:]
+  last = full_err.strip().splitlines()[-1]
+  assert last.startswith("error: could not ") and "No space left on device" in last and str(small) in last, last
+  assert "Traceback" not in full_err, full_err[-3000:]
+  assert (out / "rerun.rc").read_text().strip() == "0", (out / "rerun.err").read_text()[-2000:]
+  for setting in ("residual_zero_init", "plain"):
+    a, b = (records.read_run(root / sweep.RUNS / sweep.run_name(setting, 2, 0))
+            for root in (tmp_path / "straight", out / "sweep"))
+    assert (b.steps, b.test_loss, b.trained, b.history) == (a.steps, a.test_loss, a.trained, a.history), setting
 
 
 @pytest.mark.slow
