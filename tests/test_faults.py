@@ -335,6 +335,25 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_is_exac
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("entry_point", ["sweep", "train"])
+def test_a_read_only_filesystem_is_one_line(tmp_path, entry_point):
+  """The workdir on a filesystem mounted read-only (a mount namespace of its own): one line naming
+  the path, exit 1, no traceback."""
+  readonly = tmp_path / "readonly"
+  readonly.mkdir()
+  _small_filesystem_or_skip(readonly)
+  config = "configs/depth_sweep.py" if entry_point == "sweep" else "configs/default.py"
+  script = (f"mount -t tmpfs -o size=1m,ro tmpfs {readonly} && {sys.executable} -m experiments.{entry_point} "
+            f"--config={config} --workdir={readonly}/work")
+  result = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=helpers.REPO, env=helpers.cpu_env(),
+                          capture_output=True, text=True, check=False)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert lines[-1].startswith("error: could not") and "Read-only file system" in lines[-1], lines[-1]
+  assert f"{readonly}/work" in lines[-1], lines[-1]
+
+
+@pytest.mark.slow
 def test_two_sweeps_started_at_once_on_one_workdir_one_refuses(tmp_path):
   workdir = tmp_path / "sweep"
   command = [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *SWEEP_FLAGS]
