@@ -278,14 +278,17 @@ class WorkdirLock:
   same host, when its pid no longer runs; from another host (a shared filesystem, ``gs://``), when
   its heartbeat, rewritten every ``lease / 4`` seconds, is older than ``lease``. On a local disk
   the lock is created atomically (``O_EXCL``) and a stale one is renamed away before it is taken,
-  so one of two racing processes wins; on ``gs://`` creation is check-then-write, so two
-  processes started within the same moment may both proceed.
+  so one of two racing processes wins. An object store (``gs://``) has no exclusive create: a
+  taker writes the lock, waits ``settle`` seconds and reads it back, and proceeds only if it
+  reads its own record (the store's reads follow its writes), so of two takers whose writes both
+  land within ``settle`` of the other's check the last writer alone proceeds; two processes may
+  both proceed only if one's write lands more than ``settle`` after its own check.
   """
 
   NAME = "lock.json"
 
-  def __init__(self, workdir, lease: float = 600.0):
-    self.path, self.lease = records.path(workdir) / self.NAME, lease
+  def __init__(self, workdir, lease: float = 600.0, settle: float = 2.0):
+    self.path, self.lease, self.settle = records.path(workdir) / self.NAME, lease, settle
     self.me = dict(host=socket.gethostname(), pid=os.getpid(), started=time.time())
     self._stop = threading.Event()
     self._heartbeat = None
@@ -322,12 +325,20 @@ class WorkdirLock:
     return dict(self.me, heartbeat=heartbeat or self.me["started"])
 
   def _create(self) -> bool:
-    text = json.dumps(self._record())
     if "://" in str(self.path):
-      if self.path.exists():
-        return False
-      records.write_text(self.path, text)
-      return True
+      return self._create_then_verify()
+    return self._create_exclusive()
+
+  def _create_then_verify(self) -> bool:
+    """Write, wait ``settle`` seconds, read back: taken when the lock holds this taker's record."""
+    if self.path.exists():
+      return False
+    records.write_text(self.path, json.dumps(self._record()))
+    time.sleep(self.settle)
+    return self._mine(self._holder())
+
+  def _create_exclusive(self) -> bool:
+    text = json.dumps(self._record())
     try:
       descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

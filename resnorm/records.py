@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from collections.abc import Iterable
 from typing import Any, Union
 
@@ -448,9 +449,10 @@ def path(location: PathLike) -> epath.Path:
 
 def write_text(location: PathLike, text: str | bytes) -> None:
   """Writes ``text`` (or bytes) atomically: to a temporary file, then renamed over ``location``,
-  so a reader, a run killed mid-write or a disk that fills up never leaves half a file."""
+  so a reader, a run killed mid-write or a disk that fills up never leaves half a file; two
+  writers at once each write their own temporary file, and the last rename wins."""
   location = path(location)
-  tmp = location.with_name(location.name + ".tmp")
+  tmp = location.with_name(f"{location.name}.tmp-{os.getpid()}-{threading.get_ident()}")
   try:
     if isinstance(text, bytes):
       tmp.write_bytes(text)

@@ -257,6 +257,28 @@ def test_sigterm_stops_a_sweeps_threads_at_a_saved_step_and_the_rerun_ends_as_an
     assert (b.steps, b.test_loss, b.trained) == (a.steps, a.test_loss, a.trained), setting
 
 
+def test_on_a_store_without_exclusive_create_of_two_racing_takers_only_the_last_writer_proceeds(tmp_path):
+  """The object-store path (write, wait, read back) on a local file: two takers (other hosts) that
+  both find no lock and write within the settling time; exactly one reads its own record back."""
+  import concurrent.futures
+  import threading
+
+  takers = [loop.WorkdirLock(tmp_path, settle=0.5) for _ in range(2)]
+  for i, taker in enumerate(takers):
+    taker.me = dict(host=f"host{i}", pid=1, started=float(i))
+  barrier = threading.Barrier(2)
+
+  def take(taker):
+    barrier.wait()
+    return taker._create_then_verify()
+
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    taken = list(pool.map(take, takers))
+  assert sorted(taken) == [False, True]
+  winner = takers[taken.index(True)]
+  assert json.loads((tmp_path / "lock.json").read_text())["host"] == winner.me["host"]
+
+
 def test_a_second_owner_of_a_workdir_is_refused_and_a_dead_owners_lock_is_taken_over(tmp_path):
   """While a lock is held, another taker is refused with the holder named; a lock whose process is
   gone (a pid that runs no more, here a finished child's) or, from another host, whose heartbeat
