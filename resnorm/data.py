@@ -14,6 +14,12 @@
   with :func:`augment` (random crops and flips) for training.
 * :func:`synthetic` — random CIFAR-shaped images and labels, seeded: the input pipeline and
   the step timed without a dataset on disk (nothing to learn).
+* :func:`python_source` — next-character prediction on the Python standard library's own source
+  files (on every machine with Python; their text, and so the task, follows the Python version):
+  real text for the Transformers' residual streams.
+* :func:`copy_sequences` — sequences whose second half repeats their first: predicting the second
+  half needs attention to the token half a sequence back (an induction-style copy); the first half
+  is noise (its loss floor is log V per token).
 
 Batches are a pure function of (seed, step), so a run resumed from a checkpoint at step t sees
 exactly the batches it would have seen, and every process takes its own rows of the global
@@ -128,6 +134,52 @@ def digits_images(seed=0, test_size=297, train_size=None, image_size=32, method=
   return Dataset((x_train - mean) / std, y_train, (x_test - mean) / std, flat.y_test, "classification", 10)
 
 
+ASCII = 128  # python_source's vocabulary: the byte values of ASCII; any other byte reads as '?'
+
+
+def python_source(seed=0, modules=("argparse", "collections/__init__", "dataclasses", "functools", "inspect",
+                                   "json/decoder", "pathlib", "typing"),
+                  tokens=64, train_size=4096, test_size=512) -> Dataset:
+  """Windows of ``tokens`` + 1 characters of the standard library's ``modules`` (their ``.py``
+  sources, concatenated): inputs the first ``tokens`` byte ids, targets the next character at
+  every position. The last tenth of the text is held out for the test windows; window starts are
+  drawn with ``seed``. A pure function of its arguments and the Python version."""
+  import sysconfig  # the standard library's own directory: no download
+
+  for name, value in dict(tokens=tokens, train_size=train_size, test_size=test_size).items():
+    validation.positive_int(name, value)
+  root = sysconfig.get_paths()["stdlib"]
+  text = b"".join(open(f"{root}/{module}.py", "rb").read() for module in modules)
+  ids = np.frombuffer(text, np.uint8).astype(np.int32)
+  ids = np.where(ids < ASCII, ids, ord("?"))
+  split = int(0.9 * len(ids))
+  rng = np.random.default_rng(seed)
+
+  def windows(part, count):
+    if len(part) <= tokens + 1:
+      raise validation.invalid("tokens", tokens, f"fewer than the {len(part)} characters of the split")
+    starts = rng.integers(0, len(part) - tokens - 1, count)
+    window = part[starts[:, None] + np.arange(tokens + 1)]
+    return window[:, :-1], window[:, 1:]
+
+  (x_train, y_train), (x_test, y_test) = windows(ids[:split], train_size), windows(ids[split:], test_size)
+  return Dataset(x_train, y_train, x_test, y_test, "classification", ASCII)
+
+
+def copy_sequences(seed=0, vocab_size=16, tokens=32, train_size=4096, test_size=512) -> Dataset:
+  """Random sequences of ``tokens`` / 2 token ids from ``vocab_size``, each followed by itself;
+  the targets are the next token at every position (the last position's: the first token)."""
+  for name, value in dict(vocab_size=vocab_size, train_size=train_size, test_size=test_size).items():
+    validation.positive_int(name, value)
+  if tokens < 2 or tokens % 2:
+    raise validation.invalid("tokens", tokens, "an even number of at least 2")
+  rng = np.random.default_rng(seed)
+  half = rng.integers(0, vocab_size, (train_size + test_size, tokens // 2), dtype=np.int32)
+  x = np.concatenate([half, half], axis=1)
+  y = np.roll(x, -1, axis=1)
+  return Dataset(x[:train_size], y[:train_size], x[train_size:], y[train_size:], "classification", vocab_size)
+
+
 # The PyTorch port's fixed per-channel constants (zaeemzadeh/ProcResNet_PyTorch, main.py).
 PYTORCH_MEAN = np.array([125.3, 123.0, 113.9], np.float32) / 255
 PYTORCH_STD = np.array([63.0, 62.1, 66.7], np.float32) / 255
@@ -218,7 +270,7 @@ def augment(images: np.ndarray, seed: int, step: int, padding: int = 4, mode: st
 
 
 LOADERS = {"teacher": teacher, "digits": digits, "digits_images": digits_images, "tfds": tfds_images,
-           "synthetic": synthetic}
+           "synthetic": synthetic, "python_source": python_source, "copy_sequences": copy_sequences}
 
 
 def load(config) -> Dataset:

@@ -16,8 +16,16 @@ every block and of every transition. At each site a model calls :func:`probe`, w
 
 Site names are ``f"{index:02d}_{kind}"`` with ``kind`` in :data:`KINDS`, so sorting the names
 gives the order along the stream. A probe lives either at the model's top level (one site) or
-inside a module that ``nn.scan`` repeats over identical blocks (one site per scan step, stacked
-on a leading axis); that module carries the site name and calls its probe ``'stream'``.
+inside a module that ``nn.scan`` repeats over identical layers, stacked on a leading axis. That
+module carries the site name and calls its probe either ``'stream'`` (one site per scan step, of
+the module's kind) or, where one scan step holds several residual sub-blocks (a Transformer
+layer: attention, then MLP), by site names of their own (``'00_attention'``, ``'01_mlp'``): their
+index orders them within the step, and the stream reads them interleaved (the attention of layer
+0, its MLP, the attention of layer 1, …). The kinds of :data:`BLOCK_KINDS` are residual blocks
+of the stream: the statistics of ``'block'`` pool them.
+
+On a stream of sequences (``(batch, tokens, width)``) a probe also records the mean cosine
+similarity between the tokens of each sequence (``token_c``), whose approach to 1 is rank collapse.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ import jax.numpy as jnp
 
 from resnorm import validation
 
-KINDS = ("input", "stem", "block", "transition")
+KINDS = ("input", "stem", "block", "transition", "attention", "mlp")
+# Residual blocks of the stream (x + F(x), one per site); the statistics of 'block' pool them.
+BLOCK_KINDS = ("block", "attention", "mlp")
 SCANNED_PROBE = "stream"
 # Variable axes that nn.scan needs so that probes and their statistics stack over blocks.
 SCAN_AXES = {"params": 0, "perturbations": 0, "intermediates": 0}
@@ -49,6 +59,12 @@ def is_kind(name: str, kind: str) -> bool:
   return index.isdigit() and rest == kind
 
 
+def is_site_name(name: str) -> bool:
+  """Whether ``name`` is a site name (``'01_mlp'``)."""
+  index, _, kind = name.partition("_")
+  return index.isdigit() and kind in KINDS
+
+
 def per_example_norm(x: jnp.ndarray) -> jnp.ndarray:
   """(B, ...) -> (B,): ‖x_b‖ = sqrt(Σ_i x_{b,i}²) per example, in float32 or wider."""
   x = x.reshape(x.shape[0], -1)
@@ -65,9 +81,23 @@ def stream_statistics(x, x_in=None, branch=None) -> dict[str, jnp.ndarray]:
   batch = x.shape[0]
   off_diagonal = (jnp.sum(gram) - jnp.trace(gram)) / max(batch * (batch - 1), 1)
   stats = {"norm": norm, "q": jnp.mean(flat * flat), "c": off_diagonal}
+  if x.ndim == 3:
+    stats["token_c"] = token_cosine(x)
   if branch is not None and x_in is not None:
     stats["branch_ratio"] = per_example_norm(branch) / per_example_norm(x_in)
   return stats
+
+
+def token_cosine(x) -> jnp.ndarray:
+  """(B, T, D) -> the mean over examples of the mean cosine similarity between distinct tokens:
+  1 when every token of a sequence points the same way (rank collapse), ~0 for random tokens."""
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  norms = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+  unit = x / jnp.maximum(norms, jnp.finfo(jnp.float32).tiny)
+  tokens = x.shape[1]
+  gram_sum = jnp.sum(jnp.square(jnp.sum(unit, axis=1)), axis=-1)  # Σ_{s,t} cos(x_s, x_t) = ‖Σ_t u_t‖²
+  diagonal = jnp.sum(unit * unit, axis=(1, 2))
+  return jnp.mean((gram_sum - diagonal) / max(tokens * (tokens - 1), 1))
 
 
 def probe(module: nn.Module, name: str, x, x_in=None, branch=None):

@@ -94,7 +94,7 @@ class Measurement:
     """The statistics of ``report``; ``free``: the identity blocks' direction-free fields
     (:func:`resnorm.signal.direction_free`), where they were measured; ``train_batch``: the same
     network measured in train mode on a training batch, where it was."""
-    by_kind = {kind: signal.summarize(report, kind) for kind in sorted(set(report.kinds))}
+    by_kind = {kind: signal.summarize(report, kind) for kind in signal.report_kinds(report)}
     if free is not None and "block" in by_kind:
       by_kind["block"] = dataclasses.replace(by_kind["block"], **free)
     layers = signal.stream_profile(report)

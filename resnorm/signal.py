@@ -51,6 +51,8 @@ class SignalReport:
     q: (S+1,) mean square of x_k.
     c: (S+1,) mean cosine similarity of x_k between distinct examples.
     kinds: the kind of layer behind each ratio (S entries), static.
+    token_c: (S+1,) on a stream of sequences, the mean cosine similarity between the tokens of
+      a sequence (:func:`resnorm.probes.token_cosine`); NaN at sites that are not sequences.
   """
 
   grad_norm: jax.Array
@@ -60,18 +62,57 @@ class SignalReport:
   q: jax.Array
   c: jax.Array
   kinds: tuple[str, ...] = flax.struct.field(pytree_node=False)
+  token_c: jax.Array | None = None
 
 
-def _stack_sites(flat: dict[tuple[str, ...], Any]) -> list[tuple[str, Any]]:
-  """Flattened probe-shaped leaves -> [(site, leaf stacked over the site's layers)] in stream order."""
-  sites = []
+def _stack_sites(flat: dict[tuple[str, ...], Any]) -> list[tuple[str, tuple[str, ...], Any]]:
+  """Flattened probe-shaped leaves -> [(site, kinds, leaf)] in stream order, each leaf stacked
+  over the site's layers and ``kinds`` the kind of each of its rows: a top-level probe is one row;
+  a scanned module's ``'stream'`` probe one per layer; its probes named by site (several
+  sub-blocks per layer) one per sub-block, interleaved layer by layer (:mod:`resnorm.probes`)."""
+  grouped: dict[str, list] = {}
   for path, leaf in sorted(flat.items()):
     if len(path) == 1:
-      leaf = jax.tree.map(lambda a: a[None], leaf)
-    elif path[1:] != (probes.SCANNED_PROBE,):
-      raise validation.invalid("probe", "/".join(path), f"a top-level site or '<site>/{probes.SCANNED_PROBE}'")
-    sites.append((path[0], leaf))
+      grouped[path[0]] = [(probes.site_kind(path[0]), jax.tree.map(lambda a: a[None], leaf))]
+    elif len(path) == 2 and path[1] == probes.SCANNED_PROBE:
+      grouped[path[0]] = [(probes.site_kind(path[0]), leaf)]
+    elif len(path) == 2 and probes.is_site_name(path[1]):
+      grouped.setdefault(path[0], []).append((probes.site_kind(path[1]), leaf))
+    else:
+      raise validation.invalid("probe", "/".join(path), f"a top-level site, '<site>/{probes.SCANNED_PROBE}' or "
+                               "'<site>/<index>_<kind>' in a scanned module")
+  sites = []
+  for site, parts in grouped.items():
+    if len(parts) == 1:
+      kind, leaf = parts[0]
+      sites.append((site, (kind,) * len(jax.tree.leaves(leaf)[0]), leaf))
+      continue
+    kinds = [kind for kind, _ in parts]
+    structures = {jax.tree.structure(leaf) for _, leaf in parts}
+    if len(structures) > 1:
+      raise validation.invalid("probe", site, "sub-block probes of one scanned module that record the same "
+                               f"statistics (theirs differ: {', '.join(kinds)})")
+    layers = len(jax.tree.leaves(parts[0][1])[0])
+    leaf = jax.tree.map(lambda *rows: jnp.stack(rows, axis=1).reshape((-1,) + rows[0].shape[1:]),
+                        *(leaf for _, leaf in parts))
+    sites.append((site, tuple(kinds) * layers, leaf))
   return sites
+
+
+def report_kinds(report: SignalReport) -> list[str]:
+  """The kinds of layer :func:`summarize` takes for ``report``: its own, and ``'block'`` where it
+  has residual blocks of other kinds (a Transformer's attention and MLP sub-blocks)."""
+  kinds = set(report.kinds)
+  if kinds & set(probes.BLOCK_KINDS):
+    kinds.add("block")
+  return sorted(kinds)
+
+
+def kind_rows(kinds, kind: str) -> np.ndarray:
+  """Which of ``kinds`` (one per ratio) are of ``kind``; ``'block'`` takes every residual block of
+  the stream (:data:`resnorm.probes.BLOCK_KINDS`: Transformer sub-blocks too)."""
+  members = probes.BLOCK_KINDS if kind == "block" else (kind,)
+  return np.array([k in members for k in kinds], dtype=bool)
 
 
 def _updated(variables, apply_kwargs) -> list[str]:
@@ -93,9 +134,16 @@ def stream_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs)
 
   Returns:
     ``(sites, intermediates)``: ``sites`` lists ``(site_name, gradient)`` in stream order, each
-    gradient stacked over the site's layers (shape ``(layers, B, ...)``); ``intermediates``
-    holds what the probes sowed in the same forward pass.
+    gradient stacked over the site's layers (shape ``(layers, B, ...)``; a scanned module with
+    several sub-block probes, its sub-blocks interleaved layer by layer); ``intermediates`` holds
+    what the probes sowed in the same forward pass.
   """
+  sites, intermediates = _site_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs)
+  return [(site, gradient) for site, _, gradient in sites], intermediates
+
+
+def _site_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs):
+  """:func:`stream_gradients` with each site's kinds: ``[(site, kinds, gradient)]``."""
   variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
   zeros = zero_probes(model, variables, inputs, **apply_kwargs)
   mutable = ["intermediates", *_updated(variables, apply_kwargs)]  # updated statistics are dropped
@@ -127,14 +175,14 @@ def measure(
     loss_fn: ``loss_fn(outputs, targets) -> scalar``; E in the ratios above.
     **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
   """
-  grad_sites, intermediates = stream_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs)
+  grad_sites, intermediates = _site_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs)
   # `sow` keeps a tuple of the values sown; every site sows once per call.
   sown = {path: values[0] for path, values in traverse_util.flatten_dict(intermediates).items()}
-  stats = dict(_stack_sites(sown))
-  stats = [stats[site] for site, _ in grad_sites]
-  kinds = tuple(probes.site_kind(site) for site, g in grad_sites for _ in range(g.shape[0]))
+  stats = {site: leaf for site, _, leaf in _stack_sites(sown)}
+  stats = [stats[site] for site, _, _ in grad_sites]
+  kinds = tuple(kind for _, site_kinds, _ in grad_sites for kind in site_kinds)
 
-  grad_norm = jnp.concatenate([jax.vmap(probes.per_example_norm)(g) for _, g in grad_sites])
+  grad_norm = jnp.concatenate([jax.vmap(probes.per_example_norm)(g) for _, _, g in grad_sites])
   below = grad_norm[1:]
   ratio = jnp.where(below > 0, grad_norm[:-1] / jnp.where(below > 0, below, 1.0), jnp.nan)
   ratio = jnp.where(jnp.abs(ratio - 1) <= RESOLUTION, 1.0, ratio)
@@ -147,6 +195,7 @@ def measure(
       q=jnp.concatenate([s["q"] for s in stats]),
       c=jnp.concatenate([s["c"] for s in stats]),
       kinds=kinds[1:],
+      token_c=jnp.concatenate([s.get("token_c", jnp.full_like(s["q"], jnp.nan)) for s in stats]),
   )
 
 
@@ -236,7 +285,7 @@ def _whole_batch(grad_norm: np.ndarray, rows: np.ndarray) -> dict[str, float]:
 
 def summarize(report: SignalReport, kind: str = "block") -> DeltaStats:
   """δ statistics over every layer of ``kind`` and every example, as host-side floats."""
-  rows = np.array([k == kind for k in report.kinds])
+  rows = kind_rows(report.kinds, kind)
   if not rows.any():
     raise validation.invalid("kind", kind, f"a kind of layer in this report: one of {sorted(set(report.kinds))}")
   ratio = np.asarray(report.ratio, dtype=np.float64)[rows]
@@ -262,17 +311,21 @@ def summarize(report: SignalReport, kind: str = "block") -> DeltaStats:
 
 
 def layer_profile(report: SignalReport, kind: str = "block") -> dict[str, list[float]]:
-  """Per-layer means over examples of δ_k, r_k, ‖F_k‖/‖x_k‖, and q, c after each layer."""
-  rows = np.array([k == kind for k in report.kinds])
+  """Per-layer means over examples of δ_k, r_k, ‖F_k‖/‖x_k‖, and q, c after each layer; on a
+  stream of sequences also ``token_c`` after each layer (rank collapse as it approaches 1)."""
+  rows = kind_rows(report.kinds, kind)
   ratio = np.asarray(report.ratio, dtype=np.float64)[rows]
   with np.errstate(invalid="ignore"):
-    return dict(
+    profile = dict(
         delta_mean=np.nanmean(np.abs(ratio - 1.0), axis=1).tolist(),
         ratio_mean=np.nanmean(ratio, axis=1).tolist(),
         branch_ratio_mean=np.nanmean(np.asarray(report.branch_ratio)[rows], axis=1).tolist(),
         q=np.asarray(report.q)[1:][rows].tolist(),
         c=np.asarray(report.c)[1:][rows].tolist(),
     )
+  if report.token_c is not None and np.isfinite(np.asarray(report.token_c)[1:][rows]).any():
+    profile["token_c"] = np.asarray(report.token_c)[1:][rows].tolist()
+  return profile
 
 
 def stream_profile(report: SignalReport) -> dict[str, list]:

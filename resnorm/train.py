@@ -225,7 +225,8 @@ def eval_step(state: TrainState, batch, loss_fn, task: str) -> dict:
   outputs = state.apply_fn(variables(state), inputs, train=False)
   count = inputs.shape[0]
   sums = {"loss": loss_fn(outputs, targets) * count, "count": count}
-  if task == "classification":
-    sums["correct"] = jnp.sum(jnp.argmax(outputs, -1) == targets)
+  if task == "classification":  # per example, the fraction of its labels predicted (a sequence has one per token)
+    correct = (jnp.argmax(outputs, -1) == targets).reshape(count, -1)
+    sums["correct"] = jnp.sum(jnp.mean(correct, axis=1))
   return sums
 

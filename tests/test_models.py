@@ -48,10 +48,11 @@ def test_residual_and_plain_share_parameters_but_not_the_skip():
 
 
 def test_families_declare_their_measurement_hooks():
-  """MLP families extract their scanned blocks; image families (BatchNorm) calibrate statistics."""
+  """MLP families extract their scanned blocks; image families (BatchNorm) calibrate statistics;
+  the Transformer (blocks of sequences) has neither."""
   for name, family in models.FAMILIES.items():
     image = name in resnet.LAYOUTS
-    assert family.block_stack is (None if image else mlp.block_stack), name
+    assert family.block_stack is (None if image or name == "transformer" else mlp.block_stack), name
     assert family.calibrate_batch_stats is (resnet.calibrate_batch_stats if image else None), name
   targets = models.family("procresnet").projection_targets
   assert targets((1, 32, 32, 3))[resnet.PROCRESNET_STEM].convention == "correct"

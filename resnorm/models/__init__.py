@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 
 from resnorm import spectra, validation
-from resnorm.models import mlp, resnet
+from resnorm.models import mlp, resnet, transformer
 from resnorm.models.targets import ConvTarget, FlowTarget
 
 
@@ -104,6 +104,10 @@ def _mlp_builder(residual: bool, linear: bool):
   return build
 
 
+def _build_transformer(depth, num_classes, *, branch_scale="1", **options):
+  return transformer.build(depth, num_classes, branch_scale=resolve_branch_scale(branch_scale, depth), **options)
+
+
 def _resnet_family(name: str, **hooks) -> Family:
   return Family(resnet.builder(name), dict(resnet.DEFAULTS), resnet.depth_check(name),
                 calibrate_batch_stats=resnet.calibrate_batch_stats, **hooks)
@@ -117,6 +121,8 @@ FAMILIES: dict[str, Family] = {
     # CIFAR image models (NHWC input, a `train` keyword): resnet, plain, preact_resnet,
     # plain_preact, procresnet.
     **{name: _resnet_family(name) for name in resnet.LAYOUTS if name != "procresnet"},
+    # Sequence models (inputs (batch, tokens) of ids, or (batch, tokens, features)).
+    "transformer": Family(_build_transformer, dict(transformer.DEFAULTS)),
     "procresnet": _resnet_family(
         "procresnet",
         projection_targets=lambda input_shape, stem_convention="correct": resnet.procresnet_projection_targets(
