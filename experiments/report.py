@@ -6,7 +6,8 @@ r"""Write a sweep's report from its summary, or bring a Markdown file's generate
 A generated section of a Markdown file lies between ``<!-- report: PATH -->`` and
 ``<!-- /report -->``, PATH a summary.json relative to the repository root; its figures are
 linked in PATH's directory. ``<!-- report: PATH budgets -->`` holds only the report's budget
-ladder (:func:`resnorm.report.budget_ladder`). ``--readme`` replaces every such section by
+ladder (:func:`resnorm.report.budget_ladder`), ``<!-- report: PATH glance -->`` its slopes at a
+glance (:func:`resnorm.report.glance`). ``--readme`` replaces every such section by
 the report of its summary; nothing else in the file changes.
 """
 
@@ -20,16 +21,19 @@ from resnorm import records, report
 _SUMMARY = flags.DEFINE_string("summary", None, "A sweep's summary.json: print its report.")
 _README = flags.DEFINE_string("readme", None, "A Markdown file whose generated sections to regenerate.")
 
-SECTION = re.compile(r"(<!-- report: (?P<path>\S+)(?: (?P<part>budgets))? -->\n)(?P<body>.*?)(<!-- /report -->)",
+SECTION = re.compile(r"(<!-- report: (?P<path>\S+)(?: (?P<part>budgets|glance))? -->\n)(?P<body>.*?)(<!-- /report -->)",
                      re.DOTALL)
 
 
 def section(summary_path: str, root: str = "", part: str | None = None) -> str:
   """The report of the summary at ``summary_path`` (relative to ``root``) as a README section;
-  ``part="budgets"``: its budget ladder only."""
+  ``part="budgets"``: its budget ladder only; ``part="glance"``: its slopes at a glance and what
+  each setting's initialisation decides."""
   summary = records.SweepSummary.from_json(records.read_json(os.path.join(root, summary_path)))
   if part == "budgets":
     return "\n".join(report.budget_ladder(summary, heading="###")).rstrip() + "\n"
+  if part == "glance":
+    return "\n".join(report.glance(summary, heading="###")).rstrip() + "\n"
   figures = os.path.dirname(summary_path)
   return report.render(summary, figures=f"{figures}/" if figures else "", heading="##")
 

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from resnorm import data as data_lib
-from resnorm import loop, models, procrustes, records, validation
+from resnorm import loop, models, procrustes, records, signal, validation
 
 OPTIMIZERS = ("adam", "sgd")
 PLACEMENTS = ("mesh", "spread")
@@ -113,6 +113,8 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
         raise ValueError(f"window = {window!r}: expected a fraction of the run in (0, 1)")
       validation.positive_float("tolerance", tolerance)
   model = build_model(config, dataset.num_outputs)
+  if not models.family(config.model.name).build.__module__.startswith("resnorm."):
+    _check_sites(config, model, dataset)
   if config.get("init_from", "random") == "constructed":
     _check_construction(config, model, dataset)
   if config.procrustes.enabled:
@@ -126,6 +128,17 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
       procrustes.procrustes(targets(dataset.x_train.shape, stem_convention=config.procrustes.get("stem", "correct")),
                             probability=config.procrustes.probability, every=config.procrustes.every or None,
                             seed=config.seed)
+
+
+def _check_sites(config, model, dataset: data_lib.Dataset) -> None:
+  """A family registered outside resnorm (``models.register``) must probe its stream sites in
+  stream order (:mod:`resnorm.probes`); traced on two test examples, nothing computed."""
+  inputs = dataset.x_test[:2]
+  try:
+    jax.eval_shape(lambda: signal.zero_probes(model, model.init(jax.random.key(0), inputs, train=False), inputs,
+                                              train=False))
+  except ValueError as error:
+    raise ConfigError("config.model.name", config.model.name, f"a model with stream sites ({error})") from error
 
 
 def _check_construction(config, model, dataset: data_lib.Dataset) -> None:

@@ -273,6 +273,14 @@ LOADERS = {"teacher": teacher, "digits": digits, "digits_images": digits_images,
            "synthetic": synthetic, "python_source": python_source, "copy_sequences": copy_sequences}
 
 
+def register(name: str, loader) -> None:
+  """Adds ``loader(**options) -> Dataset`` as ``config.data.name = name`` (options: the other fields
+  of ``config.data``)."""
+  if name in LOADERS:
+    raise validation.invalid("name", name, f"a name not yet registered (not one of {sorted(LOADERS)})")
+  LOADERS[name] = loader
+
+
 def load(config) -> Dataset:
   """``config`` is the ``data`` ConfigDict: ``name`` plus the loader's keyword arguments."""
   options = dict(config)

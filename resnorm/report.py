@@ -202,6 +202,17 @@ def _side_by_side(summary: records.SweepSummary, constructed: str, level: float)
   return lines + [""]
 
 
+def glance(summary: records.SweepSummary, heading: str = "##") -> list[str]:
+  """The slopes at a glance and, setting by setting, what its initialisation decides about
+  δ_max(L) (a short part of :func:`render`, for a README)."""
+  lines = [f"{heading} Slopes at a glance ({budget_text(summary.reference.budget)})", "", *_glance(summary), ""]
+  for name, family in summary.models.items():
+    decided = _by_construction(name, family)
+    if decided:
+      lines.append(f"* `{name}`: {decided}")
+  return lines + [""]
+
+
 def budget_ladder(summary: records.SweepSummary, level: float = 0.9, heading: str = "##") -> list[str]:
   """Settings that differ only in their number of steps, budget by budget (none: no lines).
 

@@ -121,12 +121,38 @@ def _updated(variables, apply_kwargs) -> list[str]:
 
 
 def zero_probes(model, variables, inputs, **apply_kwargs):
-  """Zero perturbations shaped for ``inputs``; no computation beyond tracing."""
+  """Zero perturbations shaped for ``inputs``; no computation beyond tracing. Raises a
+  ``ValueError`` for a model whose stream sites break the protocol (:func:`check_site_order`)."""
   mutable = ["perturbations", *_updated(variables, apply_kwargs)]
-  shapes = jax.eval_shape(
-      lambda: model.apply(variables, inputs, mutable=mutable, **apply_kwargs)[1]["perturbations"]
-  )
+  visited = []  # the sites in the order the forward pass creates them (pytrees sort dict keys)
+
+  def created():
+    perturbations = model.apply(variables, inputs, mutable=mutable, **apply_kwargs)[1].get("perturbations", {})
+    visited.append({site: list(inner) if isinstance(inner, dict) else inner for site, inner in perturbations.items()})
+    return perturbations
+
+  shapes = jax.eval_shape(created)
+  check_site_order(model, visited[0])
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def check_site_order(model, perturbations) -> None:
+  """Raises a ``ValueError`` unless ``perturbations`` (site -> its probes, in the order a forward
+  pass of ``model`` created them) visit the stream sites in the order of their names
+  (:mod:`resnorm.probes`)."""
+  name = type(model).__name__
+  if not perturbations:
+    raise ValueError(f"model {name} has no stream sites: call resnorm.probes.probe(self, site_name(index, kind), x) "
+                     "at its input, stem and after every block (README, 'Sweeping your own model')")
+  visited = list(perturbations)
+  if visited != sorted(visited):
+    raise ValueError(f"model {name}: its stream sites are visited in the order {visited}, which their names do not "
+                     f"sort to ({sorted(visited)}); number the sites along the stream (resnorm.probes.site_name)")
+  for site in visited:
+    inner = perturbations[site]
+    if isinstance(inner, list) and inner != sorted(inner):
+      raise ValueError(f"model {name}: the probes of scanned site {site} are visited in the order {list(inner)}, "
+                       f"which their names do not sort to ({sorted(inner)})")
 
 
 def stream_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs):

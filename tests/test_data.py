@@ -104,3 +104,29 @@ def test_digits_images_are_cifar_shaped_standardised_and_deterministic():
   assert small.x_train.shape == (100, 16, 16, 3) and not np.array_equal(small.y_test, images.y_test)
   with pytest.raises(ValueError, match="train_size = 2000: expected at most the 1500"):
     data.digits_images(train_size=2000)
+
+
+def test_python_source_windows_predict_the_next_character_of_the_standard_library():
+  import sysconfig
+
+  dataset = data.python_source(seed=3, modules=("functools",), tokens=16, train_size=64, test_size=8)
+  assert dataset.x_train.shape == dataset.y_train.shape == (64, 16) and dataset.num_outputs == data.ASCII
+  np.testing.assert_array_equal(dataset.x_train[:, 1:], dataset.y_train[:, :-1])  # targets: the next character
+  text = open(f"{sysconfig.get_paths()['stdlib']}/functools.py", "rb").read()
+  held_out = text[int(0.9 * len(text)):].decode("ascii", "replace")
+  for window in dataset.x_test:
+    assert "".join(map(chr, window)) in held_out.replace("\ufffd", "?")  # the test windows: the last tenth
+  again = data.python_source(seed=3, modules=("functools",), tokens=16, train_size=64, test_size=8)
+  np.testing.assert_array_equal(again.x_train, dataset.x_train)
+  with pytest.raises(ValueError, match="tokens"):
+    data.python_source(modules=("functools",), tokens=10**7)
+
+
+def test_copy_sequences_repeat_their_first_half():
+  dataset = data.copy_sequences(seed=1, vocab_size=5, tokens=8, train_size=16, test_size=4)
+  x = dataset.x_train
+  np.testing.assert_array_equal(x[:, :4], x[:, 4:])
+  np.testing.assert_array_equal(dataset.y_train, np.roll(x, -1, axis=1))
+  assert x.max() < 5 and dataset.num_outputs == 5
+  with pytest.raises(ValueError, match="tokens = 7: expected an even number"):
+    data.copy_sequences(tokens=7)

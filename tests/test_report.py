@@ -20,14 +20,15 @@ def test_readme_findings_are_the_reports_of_their_committed_summaries():
     sections = report_entry.sections(f.read())
   assert [(path, part) for path, part, _ in sections] == [("docs/summary.json", None),
                                                           ("docs/ladder/summary.json", "budgets"),
-                                                          ("docs/images/summary.json", None)]
+                                                          ("docs/images/summary.json", None),
+                                                          ("docs/transformers/summary.json", "glance")]
   for path, part, body in sections:
     assert body == report_entry.section(path, helpers.REPO, part), f"README's section of {path} is stale: run " \
         "python -m experiments.report --readme=README.md"
   assert "Budget ladder" in sections[1][2]
 
 
-@pytest.mark.parametrize("sweep_name", ["ladder", "images"])
+@pytest.mark.parametrize("sweep_name", ["ladder", "images", "transformers"])
 def test_the_committed_reports_are_their_summaries(sweep_name):
   """docs/<sweep>/report.md is the report of the summary beside it."""
   directory = os.path.join(helpers.REPO, "docs", sweep_name)

@@ -186,3 +186,54 @@ def test_bfloat16_runs_jitted_with_finite_ratios():
 def test_bad_options_name_the_field(option, value, message):
   with pytest.raises(ValueError, match=f"{'width' if option == 'heads' else option}.*{message}"):
     _model(**{option: value})
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _tiny_transformer_sweep(settings, depths=(1, 2)):
+  from configs import transformer_depth_sweep  # ml_collections: only the tests that build configs need it
+
+  config = transformer_depth_sweep.get_config()
+  config.depths, config.settings, config.seeds = depths, settings, (0,)
+  for override in config.overrides.values():
+    if "seeds" in override:
+      del override["seeds"]
+  config.model.width, config.model.hidden, config.model.max_length = 8, 16, 8
+  config.data.update(dict(modules=("functools",), tokens=8, train_size=128, test_size=32))
+  config.batch_size, config.num_steps, config.log_every, config.signal.every = 16, 20, 10, 10
+  config.signal.num_examples = 16
+  return config
+
+
+@pytest.mark.slow
+def test_the_transformer_sweep_runs_end_to_end_and_a_group_of_branch_scales_equals_its_runs_alone(tmp_path):
+  """Three settings at depths 1 and 2 on the standard library's text: pre-LN with branches scaled
+  by 1 and by 1/L train as one program (they differ only in the scale the layers read from their
+  constants), and each equals its run alone; the zero-init reference starts at δ = 0 with every
+  sub-block measured, attention and MLP apart and pooled."""
+  from resnorm import loop, records, sweep
+
+  config = _tiny_transformer_sweep(("pre_ln_zero_init", "pre_ln", "pre_ln_inv_L"))
+  runs = sweep.plan(config)
+  assert sorted(len(group) for group in sweep.groups(runs)) == [1, 1, 2, 2]
+  summary = sweep.run_sweep(config, str(tmp_path / "sweep"), progress=False)
+  assert list(summary.models) == ["pre_ln_zero_init", "pre_ln", "pre_ln_inv_L"]
+  assert (tmp_path / "sweep" / "results.csv").exists() and (tmp_path / "sweep" / "delta_vs_depth.png").exists()
+  trained = {(setting, depth): records.read_run(tmp_path / "sweep" / sweep.RUNS / sweep.run_name(setting, depth, 0))
+             for setting, depth, _, _ in runs}
+  reference = trained["pre_ln_zero_init", 2]
+  assert reference.init.block.delta_max == 0 and reference.init.block.num_layers == 4
+  assert set(reference.trained.by_kind) == {"attention", "block", "mlp"}
+  assert reference.trained.block.delta_max > 0  # training moved it: the depth dependence is learned
+  assert len(reference.trained.profile["token_c"]) == 4
+  for setting in ("pre_ln", "pre_ln_inv_L"):
+    single = [run for run in runs if run[0] == setting and run[1] == 2][0][3]
+    alone = loop.train_and_evaluate(single, tmp_path / "alone" / setting)
+    grouped = trained[setting, 2]
+    assert grouped.group_size == 2 and alone.group_size == 1
+    assert grouped.test_loss == pytest.approx(alone.test_loss, rel=1e-5), setting
+    for stage in ("init", "trained"):
+      assert grouped.measurement(stage).block.delta_max == pytest.approx(
+          alone.measurement(stage).block.delta_max, rel=1e-5), (setting, stage)
+  assert trained["pre_ln", 2].init.block.delta_max != trained["pre_ln_inv_L", 2].init.block.delta_max
