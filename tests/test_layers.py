@@ -1,4 +1,4 @@
-"""The import layers of DESIGN.md hold: `lint-imports` checks the contract in .importlinter."""
+"""The import layers of README.md ("Layout") hold: `lint-imports` checks the contract in .importlinter."""
 
 import os
 import shutil
