@@ -77,9 +77,24 @@ def test_augment_is_a_crop_of_the_hand_padded_image_or_its_mirror(mode):
 
 
 def test_zero_and_reflect_padding_differ_only_at_the_border():
-  images = np.ones((64, 4, 4, 1), np.float32)
+  """Both modes crop each image at the same offset with the same flip: each crop is the window of
+  its padded image (zeros or np.pad's reflection) found by search, equal inside the image and
+  different only where the window reaches into the padding."""
+  images = np.random.default_rng(0).uniform(1, 2, (64, 4, 4, 1)).astype(np.float32)
   zero, reflect = (data_lib.augment(images, seed=0, step=0, padding=2, mode=m) for m in ("zero", "reflect"))
-  assert (zero == 0).any() and (reflect == 1).all()
+  interior = zero != 0  # the images' values are ≥ 1: a zero is padding
+  np.testing.assert_array_equal(reflect[interior], zero[interior])
+  assert (~interior).any() and (reflect[~interior] >= 1).all()  # the padding reflects the image's values
+  for image, zero_crop, reflect_crop in zip(images, zero, reflect):
+    padded = {mode: np.pad(image, ((2, 2), (2, 2), (0, 0)), mode=mode) for mode in ("constant", "reflect")}
+    windows = [(top, left, flip) for top in range(5) for left in range(5) for flip in (False, True)
+               if np.array_equal(_window(padded["constant"], top, left, flip), zero_crop)]
+    assert windows and any(np.array_equal(_window(padded["reflect"], *window), reflect_crop) for window in windows)
+
+
+def _window(padded, top, left, flip):
+  window = padded[top:top + 4, left:left + 4]
+  return window[:, ::-1] if flip else window
 
 
 def test_both_normalisations():
