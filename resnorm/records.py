@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any, Union
 
 import numpy as np
+from absl import logging
 from etils import epath
 
 from resnorm import signal
@@ -510,17 +511,29 @@ def read_json(location: PathLike):
 class JsonlLog:
   """A log of JSON records, one per line, on any filesystem ``epath`` reaches.
 
-  Every :meth:`append` rewrites the file atomically (cloud storage has no append), so the file
-  always holds every record up to the last one appended, and a kill between or during writes
-  loses none of them. Only the process that writes (``write=True``) touches the file.
+  On a local disk :meth:`append` adds the record's line and flushes it to the disk (``fsync``);
+  on an object store (``gs://``), which cannot append, it rewrites the file atomically. Either way
+  every record appended before a kill is in the file: a kill during an append can leave only the
+  last line cut short, which the next reader drops with a warning (and the next append rewrites
+  the file without it). A line that does not parse anywhere before the last is a damaged file
+  (:class:`UnreadableRecord`). Only the process that writes (``write=True``) touches the file.
   """
 
   def __init__(self, location: PathLike, write: bool = True):
     self.location, self.write = path(location), write
+    text = self.location.read_text() if self.location.exists() else ""
+    lines = text.splitlines()
+    cut = bool(text) and not text.endswith("\n")  # an append cut short by a kill
     try:
-      self.records = json_lines(self.location.read_text()) if self.location.exists() else []
+      self.records = [json.loads(line) for line in (lines[:-1] if cut else lines) if line.strip()]
+      if cut:
+        try:
+          self.records.append(json.loads(lines[-1]))
+        except json.JSONDecodeError:
+          logging.warning("%s: dropped its last line, cut short (%d characters)", self.location, len(lines[-1]))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
       raise UnreadableRecord(f"{self.location} does not read as JSON lines ({error})") from error
+    self._rewrite_next = cut  # the file's text is not its records': the next write rewrites it
 
   def rewind(self, step: int) -> list[dict]:
     """Keeps the records up to ``step``, the step a run resumes from, and returns them.
@@ -529,18 +542,30 @@ class JsonlLog:
     resumes; cutting the log back first keeps every step once.
     """
     kept = [r for r in self.records if r["step"] <= step]
-    if len(kept) < len(self.records):
+    if len(kept) < len(self.records) or self._rewrite_next:
       self.records = kept
-      self._flush()
+      self._rewrite()
     return list(kept)
 
   def append(self, record: dict) -> None:
     self.records.append(jsonable(record))
-    self._flush()
+    if not self.write:
+      return
+    if self._rewrite_next or "://" in str(self.location):
+      self._rewrite()
+      return
+    try:
+      with open(self.location, "a") as f:
+        f.write(json.dumps(self.records[-1]) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError as error:
+      raise WriteFailed(f"could not append to {self.location}: {error.strerror or error}") from error
 
-  def _flush(self) -> None:
+  def _rewrite(self) -> None:
     if self.write:
       write_text(self.location, "".join(json.dumps(r) + "\n" for r in self.records))
+      self._rewrite_next = False
 
 
 def json_lines(text: str) -> list[dict]:

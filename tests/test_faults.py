@@ -36,14 +36,16 @@ def _run_dir(workdir, seed):
 
 
 def test_runs_whose_files_do_not_read_are_set_aside_and_trained_again(two_seeds, tmp_path, caplog):
-  """A summary cut in half (seed 0) and a metrics log cut mid-row (seed 1): the rerun names each
-  file, moves both runs to set_aside/ and ends with the uninterrupted sweep's summary."""
+  """A summary cut in half (seed 0) and a metrics log with a row cut mid-row before its last (seed
+  1; a last row cut short is what a kill during an append leaves, and is dropped): the rerun names
+  each file, moves both runs to set_aside/ and ends with the uninterrupted sweep's summary."""
   config, workdir, summary = two_seeds
   copy = _copy(workdir, tmp_path)
   text = (_run_dir(copy, 0) / "summary.json").read_text()
   (_run_dir(copy, 0) / "summary.json").write_text(text[:len(text) // 2])
-  text = (_run_dir(copy, 1) / "metrics.jsonl").read_text()
-  (_run_dir(copy, 1) / "metrics.jsonl").write_text(text[:len(text) - 1 - len(text.splitlines()[-1]) // 2])
+  lines = (_run_dir(copy, 1) / "metrics.jsonl").read_text().splitlines()
+  lines[0] = lines[0][:len(lines[0]) // 2]
+  (_run_dir(copy, 1) / "metrics.jsonl").write_text("\n".join(lines) + "\n")
   rerun = sweep.run_sweep(config, str(copy), progress=False)
   assert rerun.to_json() == summary.to_json()
   assert sorted(p.name.split(".")[0] for p in (copy / sweep.SET_ASIDE).iterdir()) == [

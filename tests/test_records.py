@@ -47,23 +47,39 @@ def test_fields_added_later_load_as_none_and_unknown_ones_are_ignored():
   assert records.RunRecord.from_json(data) == _record()
 
 
-def test_jsonl_log_rewinds_and_keeps_every_record_across_a_kill(tmp_path, monkeypatch):
+def test_jsonl_log_appends_rewinds_and_keeps_every_record_across_a_kill(tmp_path, caplog):
   log = records.JsonlLog(tmp_path / "metrics.jsonl")
   for step in (5, 10, 15):
     log.append({"step": step, "train_loss": 1.0 / step})
   assert [r["step"] for r in records.JsonlLog(tmp_path / "metrics.jsonl").records] == [5, 10, 15]
-  # A kill after the temporary file is written and before it replaces the log: nothing is lost.
-  monkeypatch.setattr(type(log.location), "replace", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
-  with pytest.raises(KeyboardInterrupt):
-    log.append({"step": 20, "train_loss": 0.05})
-  monkeypatch.undo()
+  # A kill during the next append: its line is cut short; every complete record is kept.
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 20, "train_lo')
   resumed = records.JsonlLog(tmp_path / "metrics.jsonl")
-  assert [r["step"] for r in resumed.records] == [5, 10, 15]
+  assert [r["step"] for r in resumed.records] == [5, 10, 15] and "dropped its last line" in caplog.text
+  resumed.append({"step": 20, "train_loss": 0.05})  # rewrites the file without the cut line
+  assert [r["step"] for r in records.JsonlLog(tmp_path / "metrics.jsonl").records] == [5, 10, 15, 20]
   assert [r["step"] for r in resumed.rewind(10)] == [5, 10]
   assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
   reader = records.JsonlLog(tmp_path / "metrics.jsonl", write=False)
   reader.rewind(5)
   assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2  # a reader never writes
+
+
+def test_jsonl_log_appends_without_rewriting_on_a_local_disk(tmp_path, monkeypatch):
+  """Each append adds one line: the earlier lines are never written again (no atomic rewrite)."""
+  log = records.JsonlLog(tmp_path / "signal.jsonl")
+  log.append({"step": 1})
+  monkeypatch.setattr(records, "write_text", lambda *args: pytest.fail("rewrote the whole log"))
+  for step in range(2, 50):
+    log.append({"step": step})
+  assert [r["step"] for r in records.JsonlLog(tmp_path / "signal.jsonl").records] == list(range(1, 50))
+
+
+def test_a_line_damaged_before_the_last_is_an_unreadable_log(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+  with pytest.raises(records.UnreadableRecord, match="metrics.jsonl does not read as JSON lines"):
+    records.JsonlLog(tmp_path / "metrics.jsonl")
 
 
 def mock_cloud(root):
