@@ -255,6 +255,8 @@ class Stage:
     bound: statistic in :data:`BOUND_KEYS` -> :func:`resnorm.theory.read_bound` over the seeds.
     free_delta_max, free_delta_mean, free_layer_p90_max, free_examples: δ in every direction
       (:class:`signal.DeltaStats`).
+    token_c_last: on a stream of sequences (``block`` stage), the tokens' mean cosine similarity
+      after the last block (:func:`resnorm.probes.token_cosine`: rank collapse as it nears 1).
     num_layers: per depth, the layers of this kind (identity blocks for ``block``; None where a
       network has none).
     L: what the bound reading and the fit take as L: ``'layers'``, the number of layers of this
@@ -281,6 +283,7 @@ class Stage:
   free_layer_p90_max: list[float | None] | None = None
   free_examples: list[float | None] | None = None
   num_layers: list[int | None] | None = None
+  token_c_last: list[float | None] | None = None
   L: str | None = None
 
   @classmethod
@@ -295,6 +298,9 @@ class Stage:
 
     def values(runs, key):
       measured = [r.measurement(stage) for r in runs]
+      if key == "token_c_last":
+        return [m.profile["token_c"][-1] if m and kind == "block" and "token_c" in m.profile else None
+                for m in measured]
       return [getattr(m.by_kind[kind], key) if m and kind in m.by_kind else None for m in measured]
 
     per_seed = {key: [values(runs, key) for runs in groups] for key in names}

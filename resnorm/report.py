@@ -63,6 +63,9 @@ def _preamble(summary: records.SweepSummary, level: float) -> list[str]:
   if any(f.block_counts() for f in summary.models.values()):
     where = (f"at network depths {depths} (the bound reads L as the number of identity blocks, per kind of layer as "
              "the number of layers of that kind; the tables give both)")
+  tokens = (" On a stream of sequences, token cos is the mean cosine similarity between the tokens of a sequence "
+            "after the last block (averaged over the held-out sequences and the seeds), whose approach to 1 is rank "
+            "collapse (Noci et al. 2022).") if any(map(_token_cosines, summary.models.values())) else ""
   seeds = sorted({len(f.seeds or [None]) for f in summary.models.values()})
   seed_text = " or ".join(map(str, seeds))
   examples = {int(v) for f in summary.models.values() for v in (f.trained.free_examples or []) if v}
@@ -74,7 +77,8 @@ def _preamble(summary: records.SweepSummary, level: float) -> list[str]:
       f"Intervals are {round(100 * level)}%: slopes from a Welch–Satterthwaite t interval on log δ over the seeds "
       "(`resnorm.theory.read_bound`), per-depth means from a t interval over the seeds. A law c·g(L) *fits* when "
       "its own slope over these depths lies in the slope interval; c_min is the smallest c with δ ≤ c·log(2L)/L "
-      "at every measured network. The statistics: " + "; ".join(what for _, what in STATISTICS) + "." + free, ""]
+      "at every measured network. The statistics: " + "; ".join(what for _, what in STATISTICS) + "." + free
+      + tokens, ""]
 
 
 def _glance(summary: records.SweepSummary) -> list[str]:
@@ -210,7 +214,23 @@ def glance(summary: records.SweepSummary, heading: str = "##") -> list[str]:
     decided = _by_construction(name, family)
     if decided:
       lines.append(f"* `{name}`: {decided}")
-  return lines + [""]
+  lines.append("")
+  with_tokens = {name: family for name, family in summary.models.items() if _token_cosines(family)}
+  if with_tokens:
+    lines += [f"{heading} Rank collapse: token cos after the last block, at initialisation → after training", ""]
+    lines += _table(["setting"] + [f"depth {L}" for L in summary.depths],
+                    [[f"`{name}`"] + [_token_change(family, L) for L in summary.depths]
+                     for name, family in with_tokens.items()])
+    lines.append("")
+  return lines
+
+
+def _token_change(family: records.FamilyResults, depth: int) -> str:
+  """"0.12 → 0.45": a depth's token cos at initialisation and after training (means over seeds)."""
+  if depth not in family.depths:
+    return "—"
+  i = family.depths.index(depth)
+  return f"{_fmt(family.init.token_c_last[i])} → {_fmt(family.trained.token_c_last[i])}"
 
 
 def budget_ladder(summary: records.SweepSummary, level: float = 0.9, heading: str = "##") -> list[str]:
@@ -481,7 +501,16 @@ def _setting_table(family: records.FamilyResults, level: float) -> list[str]:
                  _mean_interval(family, family.trained, "layer_p90_max", i, level),
                  _mean_interval(family, family.trained, "free_delta_max", i, level),
                  _fmt(losses[0][i]), _fmt(losses[1][i]), converged])
+  if _token_cosines(family):  # rank collapse, where the stream is a sequence
+    header += ["token cos init", "token cos trained"]
+    for i, row in enumerate(rows):
+      row += [_fmt(family.init.token_c_last[i]), _mean_interval(family, family.trained, "token_c_last", i, level)]
   return _table(header, rows)
+
+
+def _token_cosines(family: records.FamilyResults) -> bool:
+  """Whether ``family``'s runs measured the tokens' cosine similarity (a stream of sequences)."""
+  return any(v is not None for stage in (family.init, family.trained) for v in (stage.token_c_last or []))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -526,6 +526,8 @@ def format_table(summary: records.SweepSummary) -> str:
         "δmax init", "δmax trained", "δmean", "layer p90 max", "batch δmax",
         "train/var" if fitted else "train loss", "test/var" if fitted else "test loss"]
     header += ["test acc"] if accuracy else []
+    tokens = trained.token_c_last is not None and any(v is not None for v in trained.token_c_last)
+    header += ["token cos"] if tokens else []  # rank collapse as it nears 1 (a stream of sequences)
     rows = [header]
     for i, L in enumerate(family.depths):
       row = [str(L)] + ([str(blocks[i] or 0)] if blocks else []) + [_fmt(family.init.delta_max[i])]
@@ -541,6 +543,7 @@ def format_table(summary: records.SweepSummary) -> str:
                                                                                       family.test_loss)
       row += [_fmt(v[i]) for v in losses]
       row += [_fmt(family.test_accuracy[i])] if accuracy else []
+      row += [_pm(trained.token_c_last[i], std.get("token_c_last"), i)] if tokens else []
       rows.append(row)
     widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
     lines += ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]

@@ -237,3 +237,10 @@ def test_the_transformer_sweep_runs_end_to_end_and_a_group_of_branch_scales_equa
       assert grouped.measurement(stage).block.delta_max == pytest.approx(
           alone.measurement(stage).block.delta_max, rel=1e-5), (setting, stage)
   assert trained["pre_ln", 2].init.block.delta_max != trained["pre_ln_inv_L", 2].init.block.delta_max
+  # Rank collapse in the tables: the tokens' cosine after the last block, the mean over the seeds.
+  from resnorm import report
+  family = summary.models["pre_ln"]
+  assert family.trained.token_c_last[1] == pytest.approx(trained["pre_ln", 2].trained.profile["token_c"][-1])
+  assert all(0 < c <= 1 for c in family.init.token_c_last + family.trained.token_c_last)
+  assert "token cos" in sweep.format_table(summary)
+  assert "### Rank collapse" in "\n".join(report.glance(summary, heading="###"))
