@@ -51,6 +51,8 @@ def test_families_declare_their_measurement_hooks():
   """MLP families extract their scanned blocks; image families (BatchNorm) calibrate statistics;
   the Transformer (blocks of sequences) has neither."""
   for name, family in models.FAMILIES.items():
+    if not family.build.__module__.startswith("resnorm."):
+      continue  # a family another test registered (examples/own_model.py, broken ones)
     image = name in resnet.LAYOUTS
     assert family.block_stack is (None if image or name == "transformer" else mlp.block_stack), name
     assert family.calibrate_batch_stats is (resnet.calibrate_batch_stats if image else None), name
