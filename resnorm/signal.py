@@ -53,6 +53,10 @@ class SignalReport:
     kinds: the kind of layer behind each ratio (S entries), static.
     token_c: (S+1,) on a stream of sequences, the mean cosine similarity between the tokens of
       a sequence (:func:`resnorm.probes.token_cosine`); NaN at sites that are not sequences.
+    token_ratio: (S, B, T) where every site is a sequence of T tokens (else None): the per-token
+      ratios ‖∂E/∂x_k,t‖ / ‖∂E/∂x_{k+1},t‖ (NaN where the denominator is 0). Attention mixes the
+      tokens, so a token's ratio is not a property of its own Jacobian; it shows where along the
+      sequence the gradient grows or shrinks.
   """
 
   grad_norm: jax.Array
@@ -63,6 +67,13 @@ class SignalReport:
   c: jax.Array
   kinds: tuple[str, ...] = flax.struct.field(pytree_node=False)
   token_c: jax.Array | None = None
+  token_ratio: jax.Array | None = None
+
+
+def _ratios(numerator, denominator):
+  """numerator / denominator, NaN where the denominator is 0, exactly 1 within :data:`RESOLUTION`."""
+  ratio = jnp.where(denominator > 0, numerator / jnp.where(denominator > 0, denominator, 1.0), jnp.nan)
+  return jnp.where(jnp.abs(ratio - 1) <= RESOLUTION, 1.0, ratio)
 
 
 def _stack_sites(flat: dict[tuple[str, ...], Any]) -> list[tuple[str, tuple[str, ...], Any]]:
@@ -209,9 +220,12 @@ def measure(
   kinds = tuple(kind for _, site_kinds, _ in grad_sites for kind in site_kinds)
 
   grad_norm = jnp.concatenate([jax.vmap(probes.per_example_norm)(g) for _, _, g in grad_sites])
-  below = grad_norm[1:]
-  ratio = jnp.where(below > 0, grad_norm[:-1] / jnp.where(below > 0, below, 1.0), jnp.nan)
-  ratio = jnp.where(jnp.abs(ratio - 1) <= RESOLUTION, 1.0, ratio)
+  ratio = _ratios(grad_norm[:-1], grad_norm[1:])
+  token_ratio = None
+  if all(g.ndim == 4 for _, _, g in grad_sites):  # (layers, B, T, D): every site a sequence
+    per_token = jnp.concatenate([probes.per_example_norm(g.reshape(-1, g.shape[-1])).reshape(g.shape[:-1])
+                                 for _, _, g in grad_sites])
+    token_ratio = _ratios(per_token[:-1], per_token[1:])
   branch = [s.get("branch_ratio", jnp.full_like(s["norm"], jnp.nan)) for s in stats]
   return SignalReport(
       grad_norm=grad_norm,
@@ -222,6 +236,7 @@ def measure(
       c=jnp.concatenate([s["c"] for s in stats]),
       kinds=kinds[1:],
       token_c=jnp.concatenate([s.get("token_c", jnp.full_like(s["q"], jnp.nan)) for s in stats]),
+      token_ratio=token_ratio,
   )
 
 
@@ -338,7 +353,8 @@ def summarize(report: SignalReport, kind: str = "block") -> DeltaStats:
 
 def layer_profile(report: SignalReport, kind: str = "block") -> dict[str, list[float]]:
   """Per-layer means over examples of δ_k, r_k, ‖F_k‖/‖x_k‖, and q, c after each layer; on a
-  stream of sequences also ``token_c`` after each layer (rank collapse as it approaches 1)."""
+  stream of sequences also ``token_c`` after each layer (rank collapse as it approaches 1) and
+  ``token_delta_mean``, the mean over examples and tokens of the per-token |r_k,t − 1|."""
   rows = kind_rows(report.kinds, kind)
   ratio = np.asarray(report.ratio, dtype=np.float64)[rows]
   with np.errstate(invalid="ignore"):
@@ -351,6 +367,10 @@ def layer_profile(report: SignalReport, kind: str = "block") -> dict[str, list[f
     )
   if report.token_c is not None and np.isfinite(np.asarray(report.token_c)[1:][rows]).any():
     profile["token_c"] = np.asarray(report.token_c)[1:][rows].tolist()
+  if report.token_ratio is not None:  # per layer, the mean over examples and tokens of |r_k,t − 1|
+    with np.errstate(invalid="ignore"):
+      token_delta = np.abs(np.asarray(report.token_ratio, np.float64)[rows] - 1.0)
+      profile["token_delta_mean"] = np.nanmean(token_delta.reshape(len(token_delta), -1), axis=1).tolist()
   return profile
 
 

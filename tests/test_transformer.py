@@ -106,13 +106,16 @@ def test_per_example_ratios_equal_a_chain_of_vjps_through_the_sub_blocks(layout)
     return _cross_entropy(_dense(params["head"], x), targets)
 
   g = jax.grad(loss_from_last)(streams[-1])
-  norms = [jnp.sqrt(jnp.sum(jnp.square(g), axis=(1, 2)))]
+  gradients = [g]
   for pullback in reversed(pullbacks):
     (g,) = pullback(g)
-    norms.append(jnp.sqrt(jnp.sum(jnp.square(g), axis=(1, 2))))
-  norms = np.asarray(norms[::-1], np.float64)  # stem, then every sub-block's output
+    gradients.append(g)
+  gradients = np.asarray(gradients[::-1], np.float64)  # stem, then every sub-block's output: (S+1, B, T, D)
+  norms = np.sqrt(np.sum(np.square(gradients), axis=(2, 3)))
   np.testing.assert_allclose(np.asarray(report.grad_norm), norms, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(report.ratio), norms[:-1] / norms[1:], rtol=1e-5)
+  per_token = np.sqrt(np.sum(np.square(gradients), axis=3))  # (S+1, B, T)
+  np.testing.assert_allclose(np.asarray(report.token_ratio), per_token[:-1] / per_token[1:], rtol=1e-4)
   assert np.isfinite(np.asarray(report.ratio)).all() and np.abs(np.asarray(report.ratio) - 1).max() > 1e-3
 
 
@@ -164,6 +167,8 @@ def test_the_stream_of_sequences_records_token_cosine_and_the_profile_keeps_it()
   report = signal.measure(model, model.init(jax.random.key(1), tokens), tokens, targets, _cross_entropy)
   profile = signal.layer_profile(report, "block")
   assert len(profile["token_c"]) == 8 and all(0 < c <= 1 for c in profile["token_c"])
+  token_delta = np.abs(np.asarray(report.token_ratio, np.float64) - 1).mean(axis=(1, 2))
+  np.testing.assert_allclose(profile["token_delta_mean"], token_delta, rtol=1e-12)
   assert signal.report_kinds(report) == ["attention", "block", "mlp"]
   assert signal.summarize(report, "block").num_layers == 8
 
