@@ -16,6 +16,7 @@ unverified, with a warning, and its first row after the resume averages the step
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import threading
@@ -107,20 +108,16 @@ def _disk_failure(error: BaseException) -> str | None:
   return None
 
 
+@contextlib.contextmanager
 def _disk_errors_as_write_failed(what: str):
-  """Calls ``fn``, raising :class:`resnorm.records.WriteFailed` naming ``what`` for a disk's error."""
-
-  def call(fn, *args, **kwargs):
-    try:
-      return fn(*args, **kwargs)
-    except Exception as error:  # pylint: disable=broad-except  (Orbax and TensorStore raise many kinds)
-      reason = _disk_failure(error)
-      if reason is None:
-        raise
-      raise records.WriteFailed(f"could not save {what}: {reason} (the checkpoints saved before are "
-                                "intact)") from error
-
-  return call
+  """Inside, a disk's refusal (full, read-only) becomes :class:`resnorm.records.WriteFailed` naming ``what``."""
+  try:
+    yield
+  except Exception as error:  # pylint: disable=broad-except  (Orbax and TensorStore raise many kinds)
+    reason = _disk_failure(error)
+    if reason is None:
+      raise
+    raise records.WriteFailed(f"could not save {what}: {reason} (the checkpoints saved before are intact)") from error
 
 
 def save(checkpoints: ocp.CheckpointManager, workdir, step: int, state, *, losses_since_log: list[float],
@@ -133,7 +130,8 @@ def save(checkpoints: ocp.CheckpointManager, workdir, step: int, state, *, losse
   """
   what = f"the checkpoint of step {step} in {workdir / 'checkpoints'}"
   target = jax.device_get(state) if host_copies else state
-  _disk_errors_as_write_failed(what)(checkpoints.save, step, args=ocp.args.StandardSave(target), force=force)
+  with _disk_errors_as_write_failed(what):
+    checkpoints.save(step, args=ocp.args.StandardSave(target), force=force)
   if write:
     kept = set(steps(workdir / "checkpoints")) | {step}
     index = {s: entry for s, entry in _index(workdir).items() if s in kept}
@@ -143,7 +141,8 @@ def save(checkpoints: ocp.CheckpointManager, workdir, step: int, state, *, losse
 
 def wait(checkpoints: ocp.CheckpointManager, workdir) -> None:
   """Waits for the saves in the background; a disk's refusal as :class:`resnorm.records.WriteFailed`."""
-  _disk_errors_as_write_failed(f"a checkpoint in {workdir / 'checkpoints'}")(checkpoints.wait_until_finished)
+  with _disk_errors_as_write_failed(f"a checkpoint in {workdir / 'checkpoints'}"):
+    checkpoints.wait_until_finished()
 
 
 def restore(state, workdir, local: bool, host_copies: bool, sharding) -> Restored:

@@ -243,8 +243,8 @@ def _run_spread(groups_, workdir, dataset) -> list[records.RunRecord]:
 
 
 def _set_aside_if_unreadable(run_dir, workdir) -> None:
-  """Moves a run directory whose record files do not read (a summary cut short, a log cut
-  mid-row, garbage bytes, a field missing) to ``workdir/set_aside/``, with a warning naming the
+  """Moves a run directory whose record files do not read (a summary cut short, a log with a
+  damaged row before its last, garbage bytes, a field missing) to ``workdir/set_aside/``, with a warning naming the
   file: nothing is deleted, and the run trains again from the start, as an uninterrupted one."""
   try:
     if (run_dir / "config.json").exists():

@@ -66,19 +66,20 @@ class MLPBlock(nn.Module):
       h = nn.relu(h)
       h = nn.Dense(width, kernel_init=last_init, dtype=self.dtype)(h)
     if self.residual:
-      branch = jnp.asarray(self.scale(), h.dtype) * h
+      branch = jnp.asarray(branch_scale(self), h.dtype) * h
       out = x + branch
     else:
       branch = out = h
     return probes.probe(self, probes.SCANNED_PROBE, out, x_in=x, branch=branch), None
 
 
-  def scale(self):
-    """s: the ``'constants'`` variable where the variables hold one (created at initialisation),
-    else the ``branch_scale`` attribute (variables made by hand with parameters alone)."""
-    if self.is_initializing() or self.has_variable(CONSTANTS, "branch_scale"):
-      return self.variable(CONSTANTS, "branch_scale", lambda: jnp.asarray(self.branch_scale)).value
-    return self.branch_scale
+def branch_scale(block: nn.Module):
+  """s of ``block`` (a module with a ``branch_scale`` attribute): the ``'constants'`` variable
+  where the variables hold one (created at initialisation), else the attribute (variables made by
+  hand with parameters alone). Read from the variables, s is data, not a constant of the trace."""
+  if block.is_initializing() or block.has_variable(CONSTANTS, "branch_scale"):
+    return block.variable(CONSTANTS, "branch_scale", lambda: jnp.asarray(block.branch_scale)).value
+  return block.branch_scale
 
 
 def _stem(width: int, dtype) -> nn.Dense:

@@ -96,13 +96,6 @@ class TransformerLayer(nn.Module):
     h = nn.gelu(h)
     return nn.Dense(x.shape[-1], kernel_init=self._last_init(), dtype=self.dtype, name="mlp_out")(h)
 
-  def scale(self):
-    """s, read from the ``'constants'`` collection as :meth:`resnorm.models.mlp.MLPBlock.scale`
-    does: layers that differ only in s compile to one program (a sweep trains them together)."""
-    if self.is_initializing() or self.has_variable(mlp.CONSTANTS, "branch_scale"):
-      return self.variable(mlp.CONSTANTS, "branch_scale", lambda: jnp.asarray(self.branch_scale)).value
-    return self.branch_scale
-
   def sub_block(self, site: str, branch_fn, x, scale):
     """x ← the layout's update of ``x`` by ``branch_fn`` with branch scale ``scale``, probed at ``site``."""
     scale = jnp.asarray(scale, x.dtype)
@@ -120,7 +113,7 @@ class TransformerLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, _=None):
-    scale = self.scale()
+    scale = mlp.branch_scale(self)  # from the constants: layers differing only in s share a program
     x = self.sub_block(SUB_BLOCKS[0], self.attention, x, scale)
     x = self.sub_block(SUB_BLOCKS[1], self.mlp, x, scale)
     return x, None
