@@ -2,16 +2,16 @@
 
 A wrong value raises :class:`ConfigError` naming the config field, the value and what is
 allowed (``config.model.width = -3: expected a positive integer``); the entry points print that
-one line and exit non-zero. Library functions check their own arguments and raise a plain
-``ValueError`` worded ``"name = value: expected allowed"``; here such errors are caught around
-the call that builds a piece of the run (the data, the model, the projection) and re-raised with
-the config path in front of ``name``, so every rule is written once, in the library.
+one line and exit non-zero. Library functions check their own arguments and raise
+:class:`resnorm.validation.ArgumentError` (``name``, ``value``, ``allowed``); here such errors
+are caught around the call that builds a piece of the run (the data, the model, the projection)
+and raised again with the config path in front of ``name``, so every rule is written once, in
+the library.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Any
 
 import jax
@@ -23,20 +23,21 @@ OPTIMIZERS = ("adam", "sgd")
 PLACEMENTS = ("mesh", "spread")
 SCHEDULES = ("constant", "cosine", "piecewise")
 INIT_FROM = ("random", "constructed")
-_LIBRARY_MESSAGE = re.compile(r"^(?P<name>[\w.\[\]'\"()]+) = (?P<value>.*?): expected (?P<allowed>.*)$", re.DOTALL)
 
 
-class ConfigError(ValueError):
-  """A config field holds a value that is not allowed."""
+class ConfigError(validation.ArgumentError):
+  """A config field holds a value that is not allowed; ``field`` is its path from ``config``."""
 
-  def __init__(self, field: str, value: Any, allowed: str):
-    self.field, self.value, self.allowed = field, value, allowed
-    super().__init__(f"{field} = {value!r}: expected {allowed}")
+  @property
+  def field(self) -> str:
+    return self.name
 
 
 @contextlib.contextmanager
 def fields(prefix: str, rename: dict[str, str] | None = None):
-  """Library ``ValueError``s raised inside become :class:`ConfigError`s on ``prefix + name``.
+  """An :class:`resnorm.validation.ArgumentError` raised inside becomes a :class:`ConfigError` on
+  ``prefix + name`` (its value and what is allowed read from its attributes); any other
+  ``ValueError`` becomes one on the prefix's field, with the library's message as what is allowed.
 
   ``rename`` maps a library argument name to the config field that holds it when they differ
   (a field outside ``prefix`` is written whole, e.g. ``{"depth": "depths"}`` under
@@ -46,21 +47,18 @@ def fields(prefix: str, rename: dict[str, str] | None = None):
     yield
   except ConfigError:
     raise
+  except validation.ArgumentError as error:
+    field = "config." + rename[error.name] if rename and error.name in rename else prefix + error.name
+    raise ConfigError(field, error.value, error.allowed) from None
   except ValueError as error:
-    match = _LIBRARY_MESSAGE.match(str(error))
-    if match is None:
-      raise ConfigError(prefix.rstrip("."), "(see below)", str(error)) from error
-    field = prefix + match["name"]
-    if rename and match["name"] in rename:
-      field = "config." + rename[match["name"]]
-    raise ConfigError(field, _Verbatim(match["value"]), match["allowed"]) from None
+    raise ConfigError(prefix.rstrip("."), _Unnamed(), f"a value the library accepts: {error}") from error
 
 
-class _Verbatim(str):
-  """A value already formatted by the library (``repr`` adds no second pair of quotes)."""
+class _Unnamed:
+  """The value of a field whose library error named no argument (its message says which)."""
 
   def __repr__(self) -> str:
-    return str(self)
+    return "…"
 
 
 def load_data(config) -> data_lib.Dataset:
@@ -76,9 +74,9 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
     validation.positive_float("learning_rate", config.optimizer.learning_rate)
     momentum, weight_decay = config.optimizer.momentum, config.optimizer.weight_decay
     if isinstance(momentum, bool) or not 0 <= momentum < 1:
-      raise ValueError(f"momentum = {momentum!r}: expected a number in [0, 1)")
+      raise validation.invalid("momentum", momentum, "a number in [0, 1)")
     if isinstance(weight_decay, bool) or not weight_decay >= 0:
-      raise ValueError(f"weight_decay = {weight_decay!r}: expected a number >= 0")
+      raise validation.invalid("weight_decay", weight_decay, "a number >= 0")
     validation.one_of("schedule", config.optimizer.schedule, SCHEDULES)
     _check_schedule(config.optimizer)
     models.resolve_branch_scale(config.optimizer.get("block_lr_scale", "1"), 1, "block_lr_scale")
@@ -93,16 +91,16 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
     if config.eval_every is not None:
       validation.non_negative_int("eval_every", config.eval_every)
     if config.augment and dataset.x_train.ndim != 4:
-      raise ValueError(f"augment = {config.augment!r}: expected False for data that are not NHWC images")
+      raise validation.invalid("augment", config.augment, "False for data that are not NHWC images")
     validation.one_of("augment_padding", config.augment_padding, data_lib.PADDINGS)
     devices = jax.device_count()
     if config.batch_size % devices:
-      raise ValueError(f"batch_size = {config.batch_size!r}: expected a multiple of the {devices} devices")
+      raise validation.invalid("batch_size", config.batch_size, f"a multiple of the {devices} devices")
     data_lib.batch_indices(len(dataset.x_train), config.batch_size, 0, 0)  # the batch fits the data
   with fields("config.signal."):
     examples = validation.positive_int("num_examples", config.signal.num_examples)
     if examples > len(dataset.x_test):
-      raise ValueError(f"num_examples = {examples!r}: expected at most the {len(dataset.x_test)} test examples")
+      raise validation.invalid("num_examples", examples, f"at most the {len(dataset.x_test)} test examples")
     validation.non_negative_int("every", config.signal.every)
     validation.non_negative_int("free_examples", config.signal.get("free_examples", 0))
     validation.boolean("train_batch", config.signal.get("train_batch", False))
@@ -110,7 +108,7 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
     with fields("config.convergence."):
       window, tolerance = config.convergence.window, config.convergence.tolerance
       if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < 1:
-        raise ValueError(f"window = {window!r}: expected a fraction of the run in (0, 1)")
+        raise validation.invalid("window", window, "a fraction of the run in (0, 1)")
       validation.positive_float("tolerance", tolerance)
   model = build_model(config, dataset.num_outputs)
   if not models.family(config.model.name).build.__module__.startswith("resnorm."):
@@ -163,13 +161,13 @@ def _check_schedule(optimizer) -> None:
   epochs = tuple(optimizer.decay_epochs)
   if any(isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0 for e in epochs) or list(epochs) != sorted(
       set(epochs)):
-    raise ValueError(f"decay_epochs = {optimizer.decay_epochs!r}: expected increasing positive numbers of epochs")
+    raise validation.invalid("decay_epochs", optimizer.decay_epochs, "increasing positive numbers of epochs")
   factor = optimizer.decay_factor
   if isinstance(factor, bool) or not 0 < factor <= 1:
-    raise ValueError(f"decay_factor = {factor!r}: expected a number in (0, 1]")
+    raise validation.invalid("decay_factor", factor, "a number in (0, 1]")
   warmup = optimizer.warmup_epochs
   if isinstance(warmup, bool) or not warmup >= 0:
-    raise ValueError(f"warmup_epochs = {warmup!r}: expected a number >= 0")
+    raise validation.invalid("warmup_epochs", warmup, "a number >= 0")
 
 
 def _check_length(config) -> None:
@@ -178,8 +176,8 @@ def _check_length(config) -> None:
   validation.non_negative_int("num_steps", steps)
   validation.non_negative_int("num_epochs", epochs)
   if bool(steps) == bool(epochs):
-    raise ValueError(f"num_epochs = {epochs!r}: expected exactly one of num_steps (= {steps!r}) and num_epochs "
-                     "positive and the other 0, e.g. --config.num_steps=0 --config.num_epochs=300")
+    raise validation.invalid("num_epochs", epochs, f"exactly one of num_steps (= {steps!r}) and num_epochs positive and "
+                             "the other 0, e.g. --config.num_steps=0 --config.num_epochs=300")
 
 
 def build_model(config, num_outputs: int):
@@ -201,8 +199,8 @@ def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
     names = config.settings if isinstance(config.settings, (tuple, list)) else (config.settings,)
     overrides = config.get("overrides") or {}
     if not names:
-      raise ValueError(f"settings = {config.settings!r}: expected a non-empty list of names from config.overrides "
-                       f"({sorted(overrides)}) or of model families ({sorted(models.FAMILIES)})")
+      raise validation.invalid("settings", config.settings, f"a non-empty list of names from config.overrides "
+                               f"({sorted(overrides)}) or of model families ({sorted(models.FAMILIES)})")
     for name in names:
       if name not in overrides:
         validation.one_of("settings", name, sorted(set(overrides) | set(models.FAMILIES)))
@@ -238,9 +236,9 @@ def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
 def _check_seeds(name: str, seeds) -> None:
   listed = seeds if isinstance(seeds, (tuple, list)) else (seeds,)
   if not listed or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in listed):
-    raise ValueError(f"{name} = {seeds!r}: expected a non-empty list of integers >= 0")
+    raise validation.invalid(name, seeds, "a non-empty list of integers >= 0")
   if len(set(listed)) != len(listed):
-    raise ValueError(f"{name} = {seeds!r}: expected distinct seeds (a seed names a run directory)")
+    raise validation.invalid(name, seeds, "distinct seeds (a seed names a run directory)")
 
 
 def check_spectra(config) -> None:
@@ -251,12 +249,12 @@ def check_spectra(config) -> None:
       validation.positive_int(field, config[field])
     names = (config.models,) if isinstance(config.models, str) else tuple(config.models)
     if not names:
-      raise ValueError(f"models = {config.models!r}: expected a non-empty list from {sorted(models.FAMILIES)}")
+      raise validation.invalid("models", config.models, f"a non-empty list from {sorted(models.FAMILIES)}")
     for name in names:
       validation.one_of("models", name, models.FAMILIES)
       if models.family(name).block_stack is None:
         with_blocks = sorted(n for n, f in models.FAMILIES.items() if f.block_stack)
-        raise ValueError(f"models = {name!r}: expected families with a block Jacobian extractor ({with_blocks})")
+        raise validation.invalid("models", name, f"families with a block Jacobian extractor ({with_blocks})")
   for name in names:
     for depth in config.depths:
       with fields("config.model.", rename={"depth": "depths", "name": "models"}):

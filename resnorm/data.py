@@ -99,7 +99,7 @@ def digits(seed=0, test_size=297) -> Dataset:
   bunch = load_digits()
   validation.positive_int("test_size", test_size)
   if test_size >= len(bunch.target):
-    raise ValueError(f"test_size = {test_size!r}: expected fewer than {len(bunch.target)} examples")
+    raise validation.invalid("test_size", test_size, f"fewer than {len(bunch.target)} examples")
   order = np.random.default_rng(seed).permutation(len(bunch.target))
   x = (bunch.data / 16.0).astype(np.float32)[order]
   y = bunch.target.astype(np.int32)[order]
@@ -121,7 +121,7 @@ def digits_images(seed=0, test_size=297, train_size=None, image_size=32, method=
   if train_size is not None:
     validation.positive_int("train_size", train_size)
     if train_size > len(flat.x_train):
-      raise ValueError(f"train_size = {train_size!r}: expected at most the {len(flat.x_train)} training examples")
+      raise validation.invalid("train_size", train_size, f"at most the {len(flat.x_train)} training examples")
 
   def images(x):
     x = x.reshape(-1, 8, 8, 1)
@@ -203,11 +203,11 @@ def _tfds_source(tfds, dataset: str, split: str, data_dir):
   try:
     return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
-    raise ValueError(f"dataset = {dataset!r}: expected a TFDS dataset name") from None
+    raise validation.invalid("dataset", dataset, "a TFDS dataset name") from None
   except Exception as error:  # pylint: disable=broad-except  (TFDS raises several kinds here)
     root = tfds.builder(dataset, data_dir=data_dir).data_dir
-    raise ValueError(
-        f"dataset = {dataset!r}: expected a dataset prepared in {root} (not found or not in ArrayRecord format: "
+    raise validation.invalid(
+        "dataset", dataset, f"a dataset prepared in {root} (not found or not in ArrayRecord format: "
         f"{type(error).__name__}); prepare it on a machine with network access with "
         f"`tfds build {dataset} --data_dir={data_dir or '~/tensorflow_datasets'} --file_format=array_record`"
     ) from None
@@ -291,7 +291,7 @@ def load(config) -> Dataset:
 def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
   """Rows of the global batch at ``step``: epochs of seeded permutations, a pure function of step."""
   if batch_size > num_examples:
-    raise ValueError(f"batch_size = {batch_size!r}: expected at most the {num_examples} training examples")
+    raise validation.invalid("batch_size", batch_size, f"at most the {num_examples} training examples")
   per_epoch = num_examples // batch_size
   epoch, position = divmod(step, per_epoch)
   return _epoch_order(num_examples, seed, epoch)[position * batch_size:(position + 1) * batch_size]
@@ -309,7 +309,7 @@ def process_rows(global_rows: np.ndarray) -> np.ndarray:
   """This process's contiguous share of a global batch's rows."""
   count = jax.process_count()
   if len(global_rows) % count:
-    raise ValueError(f"batch_size = {len(global_rows)!r}: expected a multiple of the {count} processes")
+    raise validation.invalid("batch_size", len(global_rows), f"a multiple of the {count} processes")
   share = len(global_rows) // count
   return global_rows[jax.process_index() * share:(jax.process_index() + 1) * share]
 

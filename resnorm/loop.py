@@ -65,7 +65,7 @@ from flax import traverse_util
 
 from resnorm import checkpoints as checkpoints_lib
 from resnorm import data as data_lib
-from resnorm import models, procrustes, records, signal, spectra, train, writers
+from resnorm import models, procrustes, records, signal, spectra, train, validation, writers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -569,7 +569,7 @@ def group_key(config) -> str:
 def _check_group(configs) -> None:
   names = [(c.get("setting"), c.seed) for c in configs]
   if len(set(names)) != len(names):
-    raise ValueError(f"(setting, seed) = {names}: expected distinct runs in one group")
+    raise validation.invalid("(setting, seed)", names, "distinct runs in one group")
   if len({group_key(c) for c in configs}) > 1:
     differences = [d for d in config_differences(records.config_dict(configs[0]), configs[-1])
                    if d.split(":")[0] not in MEMBER_FIELDS]

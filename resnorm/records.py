@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from resnorm import signal
+from resnorm import signal, validation
 
 PathLike = Union[str, os.PathLike]
 STAGES = ("init", "trained")  # a run is measured at initialisation and after training
@@ -194,7 +194,7 @@ class RunRecord:
   def measurement(self, stage: str) -> Measurement | None:
     """``init`` or ``trained`` by name."""
     if stage not in STAGES:
-      raise ValueError(f"stage = {stage!r}: expected one of {list(STAGES)}")
+      raise validation.invalid("stage", stage, f"one of {list(STAGES)}")
     return getattr(self, stage)
 
   def to_json(self) -> dict:
@@ -293,7 +293,7 @@ class Stage:
     layers of ``kind``; ``fit(lengths, deltas) -> dict``, ``bound(lengths, per_seed) -> dict``,
     with the lengths ``L`` names (depths where the network has no layer of ``kind`` left out)."""
     if L not in BOUND_LENGTHS:
-      raise ValueError(f"L = {L!r}: expected one of {list(BOUND_LENGTHS)}")
+      raise validation.invalid("L", L, f"one of {list(BOUND_LENGTHS)}")
     names = [f.name for f in dataclasses.fields(cls) if f.name not in ("fit", "std", "bound", "L")]
 
     def values(runs, key):
@@ -379,7 +379,7 @@ class FamilyResults:
   def stage(self, name: str, kind: str = "block") -> Stage | None:
     """The :class:`Stage` ``init`` or ``trained`` of layers of ``kind`` (None: no such layers)."""
     if name not in STAGES:
-      raise ValueError(f"stage = {name!r}: expected one of {list(STAGES)}")
+      raise validation.invalid("stage", name, f"one of {list(STAGES)}")
     if kind == "block":
       return getattr(self, name)
     return (self.by_kind or {}).get(kind, {}).get(name)

@@ -1,8 +1,9 @@
-"""Argument checks that fail before anything compiles, raising a plain ``ValueError``.
+"""Argument checks that fail before anything compiles, raising :class:`ArgumentError`.
 
 Every error names the argument, the value it got and what is allowed, as optax and Flax do:
-``width = -3: expected a positive integer``. The config layer prefixes the names with the
-config path.
+``width = -3: expected a positive integer``. It is a ``ValueError`` that also carries the three
+as attributes, so the config layer puts the config path in front of ``name`` without reading the
+message (:func:`resnorm.config_validation.fields`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,21 @@ from collections.abc import Collection
 from typing import Any
 
 
-def invalid(name: str, value: Any, allowed: str) -> ValueError:
-  """The error for ``name = value``: ``ValueError("{name} = {value!r}: expected {allowed}")``."""
-  return ValueError(f"{name} = {value!r}: expected {allowed}")
+class ArgumentError(ValueError):
+  """``name = value`` is not allowed; ``allowed`` says what is. The message is
+  ``"{name} = {value!r}: expected {allowed}"``."""
+
+  def __init__(self, name: str, value: Any, allowed: str):
+    self.name, self.value, self.allowed = name, value, allowed
+    super().__init__(f"{name} = {value!r}: expected {allowed}")
+
+  def __reduce__(self):  # pickles (across processes) with its attributes
+    return type(self), (self.name, self.value, self.allowed)
+
+
+def invalid(name: str, value: Any, allowed: str) -> ArgumentError:
+  """The error for ``name = value`` (raise it)."""
+  return ArgumentError(name, value, allowed)
 
 
 def _is_int(value: Any) -> bool:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnorm import probes, spectra
+from resnorm import probes, spectra, validation
 from resnorm.models import targets
 
 CONSTANTS = "constants"  # the variables a model reads but training never changes
@@ -197,11 +197,11 @@ def construct(stack: MLPStack, variables, target: targets.FlowTarget) -> Constru
   """
   d, hidden = target.dim, target.hidden
   if not stack.residual or stack.linear or stack.layer_norm:
-    raise ValueError(f"model = {type(stack).__name__}(residual={stack.residual}, linear={stack.linear}, "
-                     f"layer_norm={stack.layer_norm}): expected a residual ReLU stack without LayerNorm")
+    raise validation.invalid("model", f"{type(stack).__name__}(residual={stack.residual}, linear={stack.linear}, "
+                             f"layer_norm={stack.layer_norm})", "a residual ReLU stack without LayerNorm")
   if stack.width < d or stack.hidden < hidden or stack.num_outputs != d:
-    raise ValueError(f"model width, hidden, outputs = {stack.width}, {stack.hidden}, {stack.num_outputs}: expected "
-                     f"width >= {d}, hidden >= {hidden} and {d} outputs to represent the target")
+    raise validation.invalid("model width, hidden, outputs", (stack.width, stack.hidden, stack.num_outputs),
+                             f"width >= {d}, hidden >= {hidden} and {d} outputs to represent the target")
   params = variables["params"]
   blocks = probes.site_name(2, "block")
   fields = _block_fields(stack.depth, target)
@@ -227,7 +227,7 @@ def construct(stack: MLPStack, variables, target: targets.FlowTarget) -> Constru
       },
   }
   if jax.tree.structure(built) != jax.tree.structure(params):
-    raise ValueError(f"variables = {jax.tree.structure(params)}: expected the parameters of {type(stack).__name__}")
+    raise validation.invalid("variables", jax.tree.structure(params), f"the parameters of {type(stack).__name__}")
   bounds = target.num_maps / stack.depth * target.strength * target.lipschitz()[fields]
   return Constructed({**variables, "params": jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), built, params)},
                      bounds)
