@@ -37,11 +37,11 @@ GIB = 2.0**30
 faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
-def optimizer(model: str, image: int, probability: float | None = None, every: int = 0, act: bool | None = None):
+def optimizer(model: str, image: int, probability: float | None = None, every: int = 0):
   """configs/cifar.py's optimizer; with ``probability`` or ``every``, ProcResNet's projection
-  (``probability`` per step, or every ``every`` steps) chained last; ``act`` True or False
-  fixes whether it acts, with no conditional (the training loop's two steps)."""
-  project = probability is not None or every > 0 or act is not None
+  (``probability`` per step, or every ``every`` steps, when the step leaves the decision to it)
+  chained last."""
+  project = probability is not None or every > 0
   config = ml_collections.ConfigDict(dict(
       optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine",
                      warmup_epochs=0.0),
@@ -52,7 +52,7 @@ def optimizer(model: str, image: int, probability: float | None = None, every: i
   targets = resnet.procresnet_projection_targets((image, image)) if project else None
   if project and model != "procresnet":
     raise ValueError(f"only procresnet has kernels to project, not {model}")
-  return train.make_optimizer(config, targets, act, steps_per_epoch=50_000 // 128)
+  return train.make_optimizer(config, targets, steps_per_epoch=50_000 // 128)
 
 
 def synthetic_batch(batch: int, image: int, seed: int = 0):
@@ -62,10 +62,11 @@ def synthetic_batch(batch: int, image: int, seed: int = 0):
   return x, jnp.asarray(rng.integers(0, 10, size=batch), jnp.int32)
 
 
-def library_step(model, tx, batch, donate: bool = True):
-  """``(jitted step, initial TrainState)``: the library's train step for ``model`` and ``tx``."""
+def library_step(model, tx, batch, donate: bool = True, project: bool | None = None):
+  """``(jitted step, initial TrainState)``: the library's train step for ``model`` and ``tx``
+  (``project``: as in :func:`resnorm.train.train_step`)."""
   state = train.create_train_state(model, jax.random.key(0), batch[0][:1], tx)
-  step = functools.partial(train.train_step, loss_fn=train.loss_function("classification"))
+  step = functools.partial(train.train_step, loss_fn=train.loss_function("classification"), project=project)
   return jax.jit(step, donate_argnums=0 if donate else ()), state
 
 

@@ -80,12 +80,12 @@ def end_to_end(workdir: str) -> float:
     return json.load(f)["images_per_second"]
 
 
-def images_per_second(step_fn, state, batches, choose, optimizers, count: int, batch_size: int):
-  """Runs ``count`` steps, step i with ``optimizers[choose(i)]`` on the next of ``batches``,
-  and waits for the last; returns (images/s, state)."""
+def images_per_second(step_fn, state, batches, choose, count: int, batch_size: int):
+  """Runs ``count`` steps, step i with ``project=choose(i)`` on the next of ``batches``, and
+  waits for the last; returns (images/s, state)."""
   started = time.perf_counter()
   for index, batch in zip(range(count), batches):
-    state, metrics = step_fn(state.replace(tx=optimizers[choose(index)]), batch)
+    state, metrics = step_fn(state, batch, project=choose(index))
   jax.block_until_ready((state, metrics))
   return count * batch_size / (time.perf_counter() - started), state
 
@@ -96,25 +96,24 @@ def loop_steps(config) -> dict[str, float]:
   steps_per_epoch = len(dataset.x_train) // config.batch_size
   model = loop.build_model(config, dataset.num_outputs)
   replicated, batch_sharding = loop.shardings(jax.devices())
-  optimizers = loop.optimizers(config, dataset, steps_per_epoch)
-  state = train.create_train_state(model, jax.random.key(0), dataset.x_train[:1], optimizers[False], replicated)
+  tx = loop.optimizer(config, dataset, steps_per_epoch)
+  state = train.create_train_state(model, jax.random.key(0), dataset.x_train[:1], tx, replicated)
   step_fn = jax.jit(functools.partial(train.train_step, loss_fn=train.loss_function(dataset.task)),
-                    donate_argnums=0)
+                    donate_argnums=0, static_argnames="project")
   seed, count, size = loop.run_seed(config), _STEPS.value, config.batch_size
   fixed = next(loop.training_batches(config, dataset, batch_sharding, seed, range(1)))
   for choice in (False, True):  # compile both steps
-    state, metrics = step_fn(state.replace(tx=optimizers[choice]), fixed)
+    state, metrics = step_fn(state, fixed, project=choice)
   jax.block_until_ready(metrics)
   never, scheduled = (lambda i: False), (lambda i: loop.projects(config, i + 1))
   times = {}
-  times["bare step"], state = images_per_second(step_fn, state, itertools.repeat(fixed), never, optimizers,
-                                                count, size)
+  times["bare step"], state = images_per_second(step_fn, state, itertools.repeat(fixed), never, count, size)
   times["+ projection schedule"], state = images_per_second(step_fn, state, itertools.repeat(fixed), scheduled,
-                                                            optimizers, count, size)
+                                                            count, size)
   batches = loop.training_batches(config, dataset, batch_sharding, seed, range(count))
-  times["+ input pipeline"], state = images_per_second(step_fn, state, batches, scheduled, optimizers, count, size)
+  times["+ input pipeline"], state = images_per_second(step_fn, state, batches, scheduled, count, size)
   times["bare step, again"], state = images_per_second(step_fn, state, itertools.repeat(fixed), never,
-                                                       optimizers, count, size)
+                                                       count, size)
   return times
 
 

@@ -4,11 +4,11 @@
 
 The step is the library's (:mod:`benchmarks.common`: ``resnorm.train.train_step`` with
 configs/cifar.py's SGD, state donated). Rows: the step without projection; with ``procrustes(every=1)``
-and ``procrustes(probability=0.5)`` choosing inside the step with ``lax.cond``; with
-``procrustes(act=True)``, the projection on every step without a conditional (the difference
+and ``procrustes(probability=0.5)`` choosing inside the step with ``lax.cond`` (``project=None``);
+with ``project=True``, the projection on every step without a conditional (the difference
 from the cond rows is the cost of the conditional itself); and probability 0.5 decided on the
-host, as the training loop does (:func:`resnorm.procrustes.acts`, one compiled step with
-``act=True`` and one with ``act=False``). The configurations
+host, as the training loop does (:func:`resnorm.procrustes.acts`, ``project`` a static argument:
+one compiled step with ``project=True`` and one with ``project=False``). The configurations
 take turns, round after round, so that GPU clock and temperature drift reach them alike (timed
 one after another, the first configuration measured up to 20% slower on an H200). Every row also
 goes to results.json (compile time: the first call, compilation included).
@@ -30,22 +30,26 @@ from benchmarks import common
 from resnorm import models, procrustes
 
 
-def host_scheduled(step, optimizers: dict, probability: float):
-  """``step`` with the optimizer of each call chosen on the host: the projection's (True) with
-  ``probability``, by :func:`resnorm.procrustes.acts` of the call's count, as in resnorm.loop."""
+def host_scheduled(steps: dict, probability: float):
+  """The step of each call chosen on the host: ``steps[True]`` (projecting) with ``probability``,
+  by :func:`resnorm.procrustes.acts` of the call's count, as in resnorm.loop."""
   count = itertools.count(1)
 
   def run(state, batch):
-    return step(state.replace(tx=optimizers[procrustes.acts(next(count), probability=probability)]), batch)
+    return steps[procrustes.acts(next(count), probability=probability)](state, batch)
 
   return run
 
 
-def compiled_step(model, tx, batch, wrap=lambda step: step):
-  """The library's step (``wrap``ped), warmed up, its state, and the seconds its first call took
-  (compilation)."""
-  step, state = common.library_step(model, tx, batch)
-  step = wrap(step)
+def compiled_step(model, tx, batch, project=None):
+  """The library's step with ``project`` (None, True, False, or "host": chosen per call by
+  :func:`host_scheduled` at probability 0.5), warmed up, its state, and the seconds its first
+  call took (compilation)."""
+  if project == "host":
+    steps = {choice: common.library_step(model, tx, batch, project=choice)[0] for choice in (False, True)}
+    step, state = host_scheduled(steps, 0.5), common.library_step(model, tx, batch)[1]
+  else:
+    step, state = common.library_step(model, tx, batch, project=project)
   start = time.perf_counter()
   state = common.run_steps(step, state, batch, 1)
   first_s = time.perf_counter() - start
@@ -80,16 +84,15 @@ def main(argv=None) -> None:
     jax.config.update("jax_platforms", args.platform)
   model = models.create_model("procresnet", args.depth, width_multiplier=args.width_multiplier, scan=args.scan)
   batch = common.synthetic_batch(args.batch, args.image)
-  host = {act: common.optimizer("procresnet", args.image, act=act) for act in (False, True)}
+  projecting = common.optimizer("procresnet", args.image, probability=0.5)
   rows = {
       "no projection": (common.optimizer("procresnet", args.image), None),
       "procrustes(every=1), lax.cond": (common.optimizer("procresnet", args.image, every=1), None),
-      "procrustes(probability=0.5), lax.cond": (common.optimizer("procresnet", args.image, probability=0.5), None),
-      "procrustes(act=True): every step, no conditional": (host[True], None),
-      "probability 0.5 decided on the host, two compiled steps": (
-          host[False], lambda step: host_scheduled(step, host, 0.5)),
+      "procrustes(probability=0.5), lax.cond": (projecting, None),
+      "project=True: every step, no conditional": (projecting, True),
+      "probability 0.5 decided on the host, two compiled steps": (projecting, "host"),
   }
-  steps = {name: compiled_step(model, tx, batch, *([wrap] if wrap else [])) for name, (tx, wrap) in rows.items()}
+  steps = {name: compiled_step(model, tx, batch, project) for name, (tx, project) in rows.items()}
   times = interleaved_times(steps, batch, args.rounds, args.per_round)
   common.record([common.row("projection_overhead", "procresnet", args.depth, args.batch, "float32", name,
                             ms / 1e3, steps[name][2], rounds=args.rounds, per_round=args.per_round)

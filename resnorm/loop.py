@@ -240,21 +240,17 @@ def _member(tree, m: int):
   return jax.tree.map(lambda leaf: leaf[m], tree)
 
 
-def optimizers(config, dataset, steps_per_epoch: int) -> dict[bool, optax.GradientTransformation]:
-  """The optimizer of a step that projects (True) and of one that does not (False).
-
-  With ``config.procrustes.enabled`` the host decides, step by step, whether the projection
-  acts (:func:`resnorm.procrustes.acts`), and each choice has its own compiled step: a
-  conditional on device would cost about as much as the projection it skips. Both carry the
-  same optimizer state, so a run switches between them freely.
-  """
+def optimizer(config, dataset, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The run's optimizer, with the Procrustes projection of the family's kernels chained last
+  when ``config.procrustes.enabled``. The host decides, step by step, whether the projection acts
+  (:func:`projects`) and passes the decision to the step as a static argument: each choice has its
+  own compiled step, since a conditional on device would cost about as much as the projection it
+  skips (``benchmarks/RESULTS.md``)."""
   if not config.procrustes.enabled:
-    tx = train.make_optimizer(config, steps_per_epoch=steps_per_epoch)
-    return {False: tx, True: tx}
+    return train.make_optimizer(config, steps_per_epoch=steps_per_epoch)
   targets = models.family(config.model.name).projection_targets(
       dataset.x_train.shape, stem_convention=config.procrustes.get("stem", "correct"))
-  return {project: train.make_optimizer(config, targets, project, steps_per_epoch=steps_per_epoch)
-          for project in (False, True)}
+  return train.make_optimizer(config, targets, steps_per_epoch=steps_per_epoch)
 
 
 def projects(config, step: int) -> bool:
@@ -605,7 +601,6 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   num_steps = train.total_steps(config, steps_per_epoch)
   eval_every = steps_per_epoch if config.get("eval_every") is None else config.eval_every
   schedule = train.learning_rate_schedule(config, steps_per_epoch)
-  optimizer_if = optimizers(config, dataset, steps_per_epoch)  # projecting step? -> its optimizer
   state, constructions = _initial_states(configs, seeds, dataset, steps_per_epoch, replicated)
   measure = Measurer(config, model, loss_fn, dataset)
   init = measure(train.variables(state), initial=True, free=True)
@@ -659,9 +654,8 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
     step = start
     while step < num_steps:
       done = min([num_steps, step + capacity] + [(step // k + 1) * k for k in intervals if k])
-      if per_step:
-        state = state.replace(tx=optimizer_if[projects(config, done)])
-      state, metrics = run_stretch(state, step, done - step)
+      project = projects(config, done) if per_step else None  # static: one compiled step per choice
+      state, metrics = run_stretch(state, step, done - step, project)
       _account(members, jax.device_get(metrics), done - step, step)
       step = done
       alive = [m for m in members if m.divergence is None]
@@ -699,7 +693,8 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
             checkpoints_lib.save(member.checkpoints, member.workdir, done, take(state, m),
                                  losses_since_log=member.losses, host_copies=host_copies, force=stop_now,
                                  write=lead)
-        logging.info("checkpoint of step %d saved in %s", done, ", ".join(str(m.workdir / "checkpoints") for m in alive))
+        logging.info("checkpoint of step %d saved in %s", done,
+                     ", ".join(str(m.workdir / "checkpoints") for m in alive))
       if stop_now:
         preempted = done
         break
@@ -715,8 +710,9 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
 
   alive = any(m.divergence is None for m in members)
   final = measure(train.variables(state), free=True) if alive else [None] * len(members)
-  last_evaluation = evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding) if any(
-      m.divergence is None and not (m.evaluations and m.evaluations[-1]["step"] == num_steps) for m in members) else None
+  unevaluated = any(m.divergence is None and not (m.evaluations and m.evaluations[-1]["step"] == num_steps)
+                    for m in members)
+  last_evaluation = evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding) if unevaluated else None
   train_seconds = time.time() - started
   results = []
   for m, member in enumerate(members):
@@ -756,7 +752,7 @@ def _initial_states(configs, seeds, dataset, steps_per_epoch: int, sharding):
   for members in kinds.values():
     config = configs[members[0]]
     model = build_model(config, dataset.num_outputs)
-    tx = optimizers(config, dataset, steps_per_epoch)[False]
+    tx = optimizer(config, dataset, steps_per_epoch)
     keys = jnp.stack([jax.random.key(seeds[m]) for m in members])
     state = train.create_train_states(model, keys, dataset.x_train[:1], tx, compiler_options=seldom_options())
     if config.get("init_from", "random") == "constructed":
@@ -795,34 +791,35 @@ class _Stretches:
     if config.augment:
       self.batches = training_batches(config, dataset, batch_sharding, seeds[0], range(start, num_steps))
 
-      def stretch(state, batch):
-        return jax.vmap(lambda member: train.train_steps(member, lambda i: batch, 1, 1, loss_fn))(state)
+      def stretch(state, batch, project):
+        return jax.vmap(lambda member: train.train_steps(member, lambda i: batch, 1, 1, loss_fn, project))(state)
 
     else:
       self.batches = None
       self.data = _replicated((dataset.x_train, dataset.y_train), replicated)
 
-      def stretch(state, data, rows, num_steps):
+      def stretch(state, data, rows, num_steps, project):
         def member(state, rows):
           def batch_at(i):
             return jax.lax.with_sharding_constraint((data[0][rows[i]], data[1][rows[i]]), batch_sharding)
 
-          return train.train_steps(state, batch_at, num_steps, capacity, loss_fn)
+          return train.train_steps(state, batch_at, num_steps, capacity, loss_fn, project)
 
         return jax.vmap(member)(state, rows)
 
-    self.program = jax.jit(stretch, donate_argnums=0)
+    self.program = jax.jit(stretch, donate_argnums=0, static_argnames="project")
 
-  def __call__(self, state, step: int, count: int):
+  def __call__(self, state, step: int, count: int, project: bool | None = None):
     """Runs steps ``step`` … ``step + count − 1`` (0-based) of every member; returns the state and
-    the steps' metrics, (members, capacity) each."""
+    the steps' metrics, (members, capacity) each. ``project``: whether a Procrustes projection
+    acts after the (single) step, None where there is none (:func:`resnorm.train.train_step`)."""
     if self.batches is not None:
-      return self.program(state, next(self.batches))
+      return self.program(state, next(self.batches), project=project)
     rows = np.zeros((len(self.seeds), self.capacity, self.batch_size), np.int32)
     for m, seed in enumerate(self.seeds):
       for i in range(count):
         rows[m, i] = data_lib.batch_indices(self.num_examples, self.batch_size, step + i, seed)
-    return self.program(state, self.data, _replicated(rows, self.replicated), count)
+    return self.program(state, self.data, _replicated(rows, self.replicated), count, project=project)
 
   def close(self) -> None:
     if self.batches is not None:

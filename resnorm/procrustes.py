@@ -99,37 +99,9 @@ def polar(matrix, method: str = "newton_schulz", *, iterations: int | None = Non
   ‖X − U Vᴴ‖_F ≈ tol / 2), after at most ``iterations`` steps; a rank-deficient matrix never
   meets a tolerance and runs them all.
 
-  Convergence study (``python -m benchmarks.projection --study``): the largest relative error
-  ‖Q_NS − Q_SVD‖_F / ‖Q_SVD‖_F after k steps over square (64×64), tall (128×64), wide complex
-  (32×96) and batched (8 × 16×16) matrices with singular values spread geometrically over
-  [1/κ, 1]; the reference is the float64 SVD of the same (rounded) input::
-
-       k | float64: κ=1    κ=10   κ=1e2  κ=1e3  κ=1e4 | float32: κ=1   κ=10   κ=1e3  κ=1e4
-       8 |          1e-15  1e-01  1e-01  1e-01  4e-01 |          1e-07  1e-01  1e-01  4e-01
-       9 |          1e-15  8e-03  7e-03  1e-02  3e-01 |          1e-07  8e-03  1e-02  3e-01
-      10 |          1e-15  3e-05  3e-05  1e-03  2e-01 |          1e-07  3e-05  1e-03  2e-01
-      11 |          1e-15  7e-10  7e-10  1e-05  2e-01 |          1e-07  6e-07  1e-05  2e-01
-      12 |          1e-15  2e-15  4e-15  2e-09  1e-01 |          1e-07  6e-07  8e-06  1e-01
-      13 |          1e-15  2e-15  4e-15  2e-14  8e-02 |          1e-07  6e-07  8e-06  8e-02
-      16 |          1e-15  2e-15  4e-15  2e-14  5e-04 |          1e-07  6e-07  8e-06  5e-04
-
-  The default, 12 steps: float32 reaches its rounding floor for κ ≤ 1e3; float64 is within 2e-9
-  for κ ≤ 1e3 and at its floor for κ ≤ 1e2 (13 steps reach it for κ = 1e3). Nearly orthogonal
-  inputs, the usual case during training, converge in the first step (column κ = 1). κ = 1e4 lies
-  beyond the assumed lower bound 1e-3 and needs about 18 steps, or ``tol``.
-
-  optax.contrib's ``orthogonalize_via_newton_schulz`` is not reused. Its default quintic (and
-  the per-step ``'dion'`` coefficients) are tuned for speed and leave the singular values spread
-  around 1 (‖I − QᵀQ‖_F ≈ 3 and 0.25–0.4 on ProcResNet's 64×128 and 128×256 transitions) instead
-  of at 1. Given the cubic (1.5, −0.5, 0) it still computes the zero term's product (XXᵀ)², has
-  no tolerance mode, and scales once, not per step: its pre-scalings are ``'frobenius'``,
-  ``'spectral'`` (an SVD), ``'schatten'`` (a Schatten-4 bound; 1–2 steps faster than this one on
-  well-conditioned inputs) and ``'aol'``, which rescales each row by its own factor, X ← DX,
-  so that it converges to the polar factor of DX, not of X: 0.12–0.13 in ‖Q − UVᵀ‖_F away from
-  the Procrustes answer on Gaussian 64×128 and 128×256 matrices. Measured in float32 (to
-  ‖I − QᵀQ‖_F ≤ 1e-4): 11 steps here against 11–13 (frobenius), 9–10 (schatten) on Gaussian
-  transitions; 4 against 9 and 6 on nearly orthogonal ones; 12 against 21–23 for κ = 1e3, the
-  case that the per-step scaling is for.
+  The default of 12 steps reaches float32's rounding floor for condition numbers κ ≤ 1e3 (the
+  convergence study, and why optax.contrib's ``orthogonalize_via_newton_schulz`` is not reused:
+  ``benchmarks/RESULTS.md``, section 2).
   Matrix products use ``Precision.HIGHEST`` so that GPUs do not round float32 to TF32.
 
   Args:
@@ -431,41 +403,54 @@ def _check_conv(shape, spatial_shape, stride) -> None:
 _TARGET_ATTRIBUTES = ("spatial_shape", "stride", "scale")
 _OPTIONAL_ATTRIBUTE = "convention"
 
+# The label of every parameter that is not projected (the others are labelled by their path).
+UNPROJECTED = "unprojected"
+
 
 class ProcrustesState(NamedTuple):
-  """``count``: updates seen; ``key``: raw PRNG key data (uint32) for the coin flips."""
+  """``count``: updates seen; ``key``: raw PRNG key data (uint32) of the seed, whose :func:`coin`
+  of update n decides whether the projection acts after it."""
 
   count: jax.Array
   key: jax.Array
 
 
+def coin(key: jax.Array, step, probability: float) -> jax.Array:
+  """Heads with ``probability``: Bernoulli from ``jax.random.fold_in(key, step)``. One stream, a
+  pure function of (key, step): the device (:func:`procrustes`) and the host (:func:`acts`) flip
+  the same coin for update ``step`` (1, 2, …), and a resumed run flips the ones it would have."""
+  return jax.random.bernoulli(jax.random.fold_in(key, step), probability)
+
+
 def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0.5,
-               every: int | None = None, seed: int = 0, act: bool | None = None,
-               method: str = "newton_schulz", iterations: int | None = None, tol: float | None = None,
-               rounds: int | None = None) -> optax.GradientTransformation:
+               every: int | None = None, seed: int = 0, method: str = "newton_schulz",
+               iterations: int | None = None, tol: float | None = None,
+               rounds: int | None = None) -> optax.GradientTransformationExtraArgs:
   r"""Projects the targeted kernels after the optimizer step, as the last link of a chain.
 
-  On a step where it acts, each targeted leaf's update u becomes P(w + u) − w, where w is the
+  On an update where it acts, each targeted leaf's update u becomes P(w + u) − w, where w is the
   current parameter and P the projection (:func:`project_conv` for 4-D kernels,
   :func:`project_matrix` for 2-D Dense kernels), so ``optax.apply_updates(params, updates)``
-  holds P(w + u) (to one rounding of the subtraction). On other steps, and for every leaf not in
-  ``targets``, updates pass through untouched. It acts with probability ``probability`` per step
-  (a coin flip from its own PRNG key, carried in the state and split every step, so the stream is
-  fixed by ``seed``), or, when ``every`` is given, on steps every, 2·every, … (``probability`` is
-  then unused). The choice is a ``jax.lax.cond`` on device: a step where it does not act costs no
-  projection (under ``jax.vmap`` the cond becomes a select and both branches run). It works under
-  ``jax.jit`` and with parameters replicated over a device mesh (each device projects its copy
-  identically). A NaN in a kernel propagates to its projection; nothing is replaced.
+  holds P(w + u) (to one rounding of the subtraction); other leaves pass through untouched. The
+  kernels are chosen as optax chooses what a transformation acts on: ``optax.partition`` over a
+  label tree, each target's path its own label and every other leaf ``UNPROJECTED``
+  (``optax.identity``).
 
-  The cond costs about as much as the projection it skips (on an H200, ProcResNet-166 at batch
-  128: +5.9% a step at probability 0.5, against +2.5% for projecting every step without it), so
-  a training loop can decide on the host instead (:func:`acts`) and keep two compiled steps, one
-  with ``act=True`` and one with ``act=False``: both carry the same state, and neither branches.
+  When it acts is the ``project`` argument of ``update`` (an extra argument, which
+  ``optax.chain`` passes on): ``True`` or ``False`` decide, as Python bools, with no conditional
+  in the program (a training loop decides on the host with :func:`acts` and compiles one step per
+  choice, ``project`` a static argument); ``None`` (the default) decides on device with a
+  ``jax.lax.cond``: on updates every, 2·every, … when ``every`` is given, else when
+  :func:`coin` (seed's key, update count) comes up heads, the same coin :func:`acts` flips. Under
+  ``jax.vmap`` the cond becomes a select and both branches run. It works under ``jax.jit`` and
+  with parameters replicated over a device mesh (each device projects its copy identically). A
+  NaN in a kernel propagates to its projection; nothing is replaced.
 
   Example::
 
     tx = optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=0.9),
                      procrustes({("03_transition_layer", "conv", "kernel"): models.ConvTarget((32, 32), stride=2)}))
+    updates, opt_state = tx.update(grads, opt_state, params, project=procrustes.acts(step))
 
   Args:
     targets: parameter path (a key of ``flax.traverse_util.flatten_dict(params)``) -> its
@@ -474,25 +459,22 @@ def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0
       value, or None for sqrt(c_out / c_in)), and optionally ``convention`` (how a k×k kernel's
       projected spectrum is read back, as in :func:`project_conv`; "correct" when absent), such
       as :class:`resnorm.models.ConvTarget`; every path must exist in the params.
-    probability: chance of acting on each step, in [0, 1] (the reference uses 0.5).
-    every: act on every ``every``-th step instead of at random.
-    seed: seed of the coin flips.
-    act: None to decide on device as above; True or False to act on every update, or on none,
-      with no conditional (the state advances the same way).
+    probability: chance of acting on each update, in [0, 1] (the reference uses 0.5).
+    every: act on every ``every``-th update instead of at random.
+    seed: seed of the coins.
     method, iterations, tol: as in :func:`polar`.
     rounds: rounds for k×k kernels, as in :func:`project_conv`; None: its per-convention
       default (``ROUNDS`` for "correct", one application for the reference conventions, as the
       references project once per acting step).
 
   Returns:
-    An ``optax.GradientTransformation`` whose ``update`` requires ``params``.
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires ``params`` and takes
+    ``project``.
   """
   if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 <= probability <= 1:
     raise validation.invalid("probability", probability, "a number in [0, 1]")
   if every is not None:
     validation.positive_int("every", every)
-  if act not in (None, True, False):
-    raise validation.invalid("act", act, "None, True or False")
   _polar_options(method, iterations, tol)
   if rounds is not None:
     validation.positive_int("rounds", rounds)
@@ -503,50 +485,63 @@ def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0
     if target.scale is not None:
       validation.positive_float(f"targets[{path!r}].scale", target.scale)
     validation.one_of(f"targets[{path!r}].convention", _convention(target), CONVENTIONS)
+  label = {path: "/".join(map(str, path)) for path in targets}
 
-  def project(leaf, target):
-    if leaf.ndim == 2:
-      return project_matrix(leaf, target.scale, method=method, iterations=iterations, tol=tol)
-    return project_conv(leaf, target.spatial_shape, target.scale, target.stride, rounds=rounds,
-                        convention=_convention(target), method=method, iterations=iterations, tol=tol)
+  def project(target):
+    def leaf(w, u):
+      if w.ndim == 2:
+        projected = project_matrix(w + u, target.scale, method=method, iterations=iterations, tol=tol)
+      else:
+        projected = project_conv(w + u, target.spatial_shape, target.scale, target.stride, rounds=rounds,
+                                 convention=_convention(target), method=method, iterations=iterations, tol=tol)
+      return (projected - w).astype(u.dtype)
+
+    return optax.stateless(lambda updates, params: jax.tree.map(leaf, params, updates))
+
+  def labels(tree):
+    return jax.tree_util.tree_map_with_path(lambda p, _: label.get(_path(p), UNPROJECTED), tree)
+
+  projection = optax.partition({UNPROJECTED: optax.identity(), **{label[p]: project(t) for p, t in targets.items()}},
+                               labels)
 
   def init_fn(params):
-    _selected(params, targets)
+    _check_kernels(params, targets)
     return ProcrustesState(count=jnp.zeros([], jnp.int32), key=jax.random.key_data(jax.random.key(seed)))
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, *, project=None, **extra_args):
+    del extra_args  # for the other links of a chain
     if params is None:
       raise validation.invalid("params", params, "the current parameters: update(updates, state, params)")
-    weights, moves = _selected(params, targets), _selected(updates, targets)
+    if not (project is None or isinstance(project, bool)):
+      raise validation.invalid("project", project, "None (decide on device), True or False (Python bools)")
     count = optax.safe_int32_increment(state.count)
-    key, coin = jax.random.split(jax.random.wrap_key_data(state.key))
 
-    def projected(moves, weights):
-      return {path: (project(w + moves[path], targets[path]) - w).astype(moves[path].dtype)
-              for path, w in weights.items()}
+    def projected(updates):  # the partition's links are stateless: their state is made, not kept
+      return projection.update(updates, projection.init(params), params)[0]
 
-    if act is None:
-      acting = count % every == 0 if every else jax.random.bernoulli(coin, probability)
-      moves = jax.lax.cond(acting, projected, lambda moves, weights: moves, moves, weights)
-    elif act:
-      moves = projected(moves, weights)
-    updates = jax.tree_util.tree_map_with_path(lambda p, u: moves.get(_path(p), u), updates)
-    return updates, ProcrustesState(count=count, key=jax.random.key_data(key))
+    if project is None:
+      heads = count % every == 0 if every else coin(jax.random.wrap_key_data(state.key), count, probability)
+      updates = jax.lax.cond(heads, projected, lambda updates: updates, updates)
+    elif project:
+      updates = projected(updates)
+    return updates, ProcrustesState(count=count, key=state.key)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def acts(step: int, *, probability: float = 0.5, every: int | None = None, seed: int = 0) -> bool:
-  """Whether the projection acts after optimizer step ``step`` (1, 2, …), decided on the host.
-
-  On steps every, 2·every, … when ``every`` is given; otherwise with ``probability``, from a coin
-  that is a pure function of (``seed``, ``step``), so a resumed run makes the same choices. For
-  :func:`procrustes` with ``act`` set per step (the coins differ from its on-device stream; their
-  law is the same).
-  """
+  """Whether the projection acts after update ``step`` (1, 2, …), decided on the host: on steps
+  every, 2·every, … when ``every`` is given; otherwise :func:`coin` (``seed``'s key, ``step``),
+  flipped on the host's CPU: the coin :func:`procrustes` flips on device for that update."""
   if every:
     return step % every == 0
-  return bool(np.random.default_rng([seed, step, 0x9E3779B9]).random() < probability)
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    return bool(_host_coin(seed, step, probability))
+
+
+@jax.jit
+def _host_coin(seed, step, probability) -> jax.Array:
+  return coin(jax.random.key(seed), step, probability)
 
 
 def _convention(target) -> str:
@@ -558,10 +553,10 @@ def _path(key_path) -> tuple:
   return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in key_path)
 
 
-def _selected(tree, targets: Mapping[tuple, Any]) -> dict:
-  """path -> leaf for every target; raises for a missing path or a leaf of the wrong shape."""
-  leaves = {_path(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  selected = {}
+def _check_kernels(params, targets: Mapping[tuple, Any]) -> None:
+  """Every target's path is a leaf of ``params``, a 2-D Dense kernel or a 4-D convolution kernel
+  its target's shapes fit."""
+  leaves = {_path(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   for path, target in targets.items():
     if path not in leaves:
       raise validation.invalid("targets", path, "paths present in params (flatten_dict keys)")
@@ -570,5 +565,3 @@ def _selected(tree, targets: Mapping[tuple, Any]) -> dict:
       _check_conv(leaf.shape, target.spatial_shape, target.stride)
     elif leaf.ndim != 2:
       raise validation.invalid(f"params{list(path)}", leaf.shape, "a 2-D Dense or 4-D conv kernel")
-    selected[path] = leaf
-  return selected

@@ -24,6 +24,14 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
   constants: Any = None
 
+  def apply_gradients(self, *, grads, project: bool | None = None, **kwargs) -> TrainState:
+    """Flax's optimizer step; ``project`` (not None) goes to the optimizer as the extra argument
+    that tells a Procrustes projection whether to act (:func:`resnorm.procrustes.procrustes`)."""
+    extra = {} if project is None else {"project": project}
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params, **extra)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state,
+                        **kwargs)
+
 
 def total_steps(config, steps_per_epoch: int) -> int:
   """The run's length: ``config.num_steps``, or when that is 0, ``config.num_epochs`` epochs
@@ -53,17 +61,15 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   return lambda count: schedule(count) * jnp.minimum(1.0, (count + 1) / warmup)
 
 
-def make_optimizer(config, projection_targets=None, project: bool | None = None, *,
-                   steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config, projection_targets=None, *, steps_per_epoch: int) -> optax.GradientTransformation:
   """``config.optimizer``: Adam or SGD with momentum, at the rate of
   :func:`learning_rate_schedule`; the identity blocks' updates times ``block_lr_scale`` (``'1'``,
   ``'1/sqrt(L)'``, ``'1/L'`` or a number, L = ``config.model.depth``: scaling the update of Adam or
   of SGD with momentum scales its learning rate; depth-μP takes ``'1/sqrt(L)'`` with Adam);
   then, with ``config.procrustes.enabled``, the Procrustes
   projection of ``projection_targets`` (:func:`resnorm.procrustes.procrustes`, chained last so
-  the projected kernels are what the step leaves in the parameters). ``project`` None lets the
-  projection decide on device when it acts; True or False fixes it for every step (a loop that
-  decides on the host builds both)."""
+  the projected kernels are what the step leaves in the parameters; whether it acts is the
+  ``project`` argument of :func:`train_step`)."""
   opt = config.optimizer
   learning_rate = learning_rate_schedule(config, steps_per_epoch)
   if opt.name == "adam":
@@ -82,7 +88,7 @@ def make_optimizer(config, projection_targets=None, project: bool | None = None,
     return tx
   projection = procrustes.procrustes(
       projection_targets, probability=config.procrustes.probability, every=config.procrustes.every or None,
-      seed=config.seed, act=project,
+      seed=config.seed,
   )
   return optax.chain(tx, projection)
 
@@ -128,8 +134,10 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def train_step(state: TrainState, batch, loss_fn) -> tuple[TrainState, dict]:
-  """One optimizer step on ``batch = (inputs, targets)``; pure, for ``jax.jit``."""
+def train_step(state: TrainState, batch, loss_fn, project: bool | None = None) -> tuple[TrainState, dict]:
+  """One optimizer step on ``batch = (inputs, targets)``; pure, for ``jax.jit``. ``project``:
+  with a Procrustes projection in the optimizer, whether it acts after this step (a Python bool,
+  static: no conditional in the program), or None to let it decide on device."""
   inputs, targets = batch
 
   def loss(params):
@@ -141,12 +149,13 @@ def train_step(state: TrainState, batch, loss_fn) -> tuple[TrainState, dict]:
     return loss_fn(outputs, targets), updates["batch_stats"]
 
   (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  state = state.apply_gradients(grads=grads, project=project, batch_stats=batch_stats)
   finite = jnp.isfinite(value) & _all_finite(state.params)
   return state, {"loss": value, "finite": finite}
 
 
-def train_steps(state: TrainState, batch_at, num_steps, capacity: int, loss_fn) -> tuple[TrainState, dict]:
+def train_steps(state: TrainState, batch_at, num_steps, capacity: int, loss_fn,
+                project: bool | None = None) -> tuple[TrainState, dict]:
   """Up to ``capacity`` optimizer steps in one compiled loop; pure, for ``jax.jit``.
 
   Runs :func:`train_step` on ``batch_at(0)``, ``batch_at(1)``, … for the first ``num_steps``
@@ -154,16 +163,17 @@ def train_steps(state: TrainState, batch_at, num_steps, capacity: int, loss_fn) 
   step slot, ``loss`` (NaN in slots not run) and ``finite`` (True in slots not run). Step i of
   the loop runs the same compiled body as every other, so a stretch of k steps followed by one of
   m steps leaves exactly the state of one stretch of k + m. A ``capacity`` of 1 runs the step
-  without a loop: XLA:CPU runs convolutions inside a loop body about 3.5× slower than outside one
-  (benchmarks/RESULTS.md), so the image networks on CPU take one step per dispatch.
+  without a loop: XLA:CPU runs convolutions slower inside a loop body than outside one
+  (benchmarks/RESULTS.md, section 1), so the image networks on CPU take one step per dispatch.
+  ``project`` goes to every step (:func:`train_step`).
   """
   if capacity == 1:
-    state, metrics = train_step(state, batch_at(0), loss_fn)
+    state, metrics = train_step(state, batch_at(0), loss_fn, project)
     return state, {"loss": metrics["loss"][None], "finite": metrics["finite"][None]}
 
   def body(i, carry):
     state, losses, finite = carry
-    state, metrics = train_step(state, batch_at(i), loss_fn)
+    state, metrics = train_step(state, batch_at(i), loss_fn, project)
     return state, losses.at[i].set(metrics["loss"]), finite.at[i].set(metrics["finite"])
 
   initial = (state, jnp.full((capacity,), jnp.nan, jnp.float32), jnp.ones((capacity,), bool))

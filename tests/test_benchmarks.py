@@ -11,9 +11,8 @@ import sys
 import pytest
 
 import helpers
-from helpers import REPO
-
 from benchmarks import common
+from helpers import REPO
 
 TINY = ["--platform", "cpu", "--image", "8"]
 
@@ -64,7 +63,7 @@ def test_projection_overhead_benchmark_writes_its_five_rows(tmp_path):
                           "--width_multiplier", "0.25", "--no-scan", "--rounds", "1", "--per_round", "1")
   assert [row["variant"] for row in rows] == [
       "no projection", "procrustes(every=1), lax.cond", "procrustes(probability=0.5), lax.cond",
-      "procrustes(act=True): every step, no conditional",
+      "project=True: every step, no conditional",
       "probability 0.5 decided on the host, two compiled steps"]
 
 

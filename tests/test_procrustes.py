@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -306,12 +307,14 @@ def _random_grads(rng, params, steps=3):
           for _ in range(steps)]
 
 
-def _run(tx, params, grads):
-  """Parameters after each step and the updates of each step, under jit."""
-  step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+def _run(tx, params, grads, project=None):
+  """Parameters after each step and the updates of each step, under jit; ``project(step)`` (steps
+  1, 2, …): the host's decision, passed to the update as a static argument."""
+  step = jax.jit(lambda p, s, g, project: tx.update(g, s, p, **({} if project is None else {"project": project})),
+                 static_argnums=3)
   state, history = tx.init(params), []
-  for g in grads:
-    updates, state = step(params, state, g)
+  for count, g in enumerate(grads, start=1):
+    updates, state = step(params, state, g, project and project(count))
     params = optax.apply_updates(params, updates)
     history.append((params, updates))
   return history
@@ -346,8 +349,8 @@ def test_probability_zero_changes_nothing():
   plain = _run(sgd, params, grads)
   idle = _run(optax.chain(sgd, procrustes.procrustes(TARGETS, probability=0.0)), params, grads)
   for (plain_params, plain_updates), (idle_params, idle_updates) in zip(plain, idle):
-    jax.tree.map(np.testing.assert_array_equal, idle_updates, plain_updates)
-    jax.tree.map(np.testing.assert_array_equal, idle_params, plain_params)
+    chex.assert_trees_all_equal(idle_updates, plain_updates, strict=True)
+    chex.assert_trees_all_equal(idle_params, plain_params, strict=True)
 
 
 def _acted(steps=16, **kwargs):
@@ -371,23 +374,33 @@ def test_coin_flips_are_deterministic_from_the_seed_and_every_is_periodic():
   assert _acted(every=3) == [(step + 1) % 3 == 0 for step in range(16)]
 
 
-def test_a_host_decided_projection_acts_without_a_conditional_and_carries_the_same_state():
+def test_the_host_flips_the_coins_the_device_flips_and_its_decision_leaves_no_conditional():
   rng = np.random.default_rng(6)
   params = _params(rng)
-  grads = _random_grads(rng, params, steps=4)
+  grads = _random_grads(rng, params, steps=8)
   sgd = optax.sgd(0.1, momentum=0.9)
-  on_device = _run(optax.chain(sgd, procrustes.procrustes(TARGETS, probability=1.0)), params, grads)
-  always = _run(optax.chain(sgd, procrustes.procrustes(TARGETS, act=True)), params, grads)
-  never = _run(optax.chain(sgd, procrustes.procrustes(TARGETS, act=False)), params, grads)
-  for (device_params, _), (host_params, _), (idle_params, _), (plain_params, _) in zip(
-      on_device, always, never, _run(sgd, params, grads)):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), host_params, device_params)
-    jax.tree.map(np.testing.assert_array_equal, idle_params, plain_params)
-  states = [optax.chain(sgd, procrustes.procrustes(TARGETS, act=act)).init(params) for act in (None, True, False)]
-  assert len({str(jax.tree.structure(state)) for state in states}) == 1  # interchangeable mid-run
-  jaxpr = str(jax.make_jaxpr(lambda p, g: procrustes.procrustes(TARGETS, act=True).update(g, states[1][1], p))(
-      params, grads[0]))
-  assert "cond" not in jaxpr
+  tx = optax.chain(sgd, procrustes.procrustes(TARGETS, probability=0.5, seed=3))
+  coins = [procrustes.acts(step, probability=0.5, seed=3) for step in range(1, 9)]
+  assert set(coins) == {True, False}
+  on_device = _run(tx, params, grads)
+  on_host = _run(tx, params, grads, project=lambda step: coins[step - 1])
+  for (device_params, _), (host_params, _) in zip(on_device, on_host):
+    chex.assert_trees_all_close(host_params, device_params, rtol=1e-7, atol=1e-6, strict=True)
+  always = _run(tx, params, grads, project=lambda step: True)
+  for (always_params, _), (certain_params, _) in zip(
+      always, _run(optax.chain(sgd, procrustes.procrustes(TARGETS, probability=1.0)), params, grads)):
+    chex.assert_trees_all_close(always_params, certain_params, rtol=1e-7, atol=1e-6, strict=True)
+  for (never_params, _), (plain_params, _) in zip(_run(tx, params, grads, project=lambda step: False),
+                                                  _run(sgd, params, grads)):
+    chex.assert_trees_all_equal(never_params, plain_params, strict=True)
+  state = tx.init(params)
+
+  def jaxpr(project):
+    return str(jax.make_jaxpr(lambda p, g: tx.update(g, state, p, project=project))(params, grads[0]))
+
+  assert "cond" not in jaxpr(True) and "cond" not in jaxpr(False) and "cond" in jaxpr(None)
+  with pytest.raises(ValueError, match="project = 1: expected None"):
+    tx.update(grads[0], state, params, project=1)
 
 
 def test_the_host_schedule_is_a_pure_function_of_seed_and_step():
@@ -402,7 +415,7 @@ def test_the_host_schedule_is_a_pure_function_of_seed_and_step():
 
 def test_replicated_on_a_four_device_mesh_matches_one_device():
   script = textwrap.dedent("""
-      import jax, jax.numpy as jnp, numpy as np, optax
+      import chex, jax, jax.numpy as jnp, numpy as np, optax
       from jax.sharding import Mesh, NamedSharding, PartitionSpec
       from resnorm import procrustes
       from resnorm.models import ConvTarget
@@ -430,9 +443,9 @@ def test_replicated_on_a_four_device_mesh_matches_one_device():
       replicated = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec())
       single = run(params)
       sharded = run(jax.device_put(params, replicated))
-      for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
+      chex.assert_trees_all_close(single, sharded, rtol=1e-7, atol=1e-6, strict=True)
+      for b in jax.tree.leaves(sharded):
         assert b.sharding.is_fully_replicated and len(b.sharding.device_set) == 4, b.sharding
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
       print("ok")
       """)
   env = helpers.cpu_env(devices=4)
