@@ -49,7 +49,9 @@ def test_teacher_is_deterministic_and_split():
 def test_digits_split():
   digits = data.digits(seed=0, test_size=297)
   assert digits.x_train.shape == (1500, 64) and digits.num_outputs == 10
-  assert 0 <= digits.x_train.min() and digits.x_train.max() <= 1
+  for x in (digits.x_train, digits.x_test):  # scikit-learn's pixels 0, 1, …, 16 over 16: [0, 1] exactly
+    np.testing.assert_array_equal(x * 16, np.round(x * 16))
+    assert x.min() == 0 and x.max() == 1
   assert set(np.unique(digits.y_test)) == set(range(10))
 
 

@@ -4,14 +4,15 @@ each run says whether it converged."""
 
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train import tiny_run
 
 from resnorm import data as data_lib
 from resnorm import loop, train
+from test_train import tiny_run
 
 
 def _member(seed, **overrides):
@@ -56,7 +57,6 @@ def test_an_image_group_with_batch_norm_and_sgd_equals_its_runs_one_by_one(tmp_p
   momentum and weight decay on a cosine schedule) as one program and alone: the sweep groups them,
   and losses, accuracies and δ statistics agree to 1e-5 relative."""
   from helpers import tiny_image_sweep
-
   from resnorm import sweep
 
   config = tiny_image_sweep(settings=("resnet_postact",), seeds=(0, 1))
@@ -98,8 +98,7 @@ def test_a_stretch_of_steps_equals_the_steps_one_at_a_time():
     losses.append(float(single["loss"]))
   np.testing.assert_allclose(metrics["loss"][:7], losses, rtol=1e-6)
   assert np.all(np.isnan(metrics["loss"][7:])) and np.all(metrics["finite"])
-  for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(state)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(looped, state, rtol=1e-5, atol=1e-7, strict=True)
 
 
 def test_a_resume_inside_a_stretch_equals_the_uninterrupted_stretch(tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import ml_collections
 import numpy as np
@@ -193,10 +194,8 @@ def test_prefetching_yields_exactly_the_synchronous_batches():
   synchronous = list(loop.training_batches(config, dataset, sharding, seed=5, steps=range(3, 23)))
   config.prefetch = 3
   prefetched = list(loop.training_batches(config, dataset, sharding, seed=5, steps=range(3, 23)))
-  assert len(prefetched) == len(synchronous) == 20
-  for (x, y), (px, py) in zip(synchronous, prefetched):
-    np.testing.assert_array_equal(px, x)
-    np.testing.assert_array_equal(py, y)
+  assert len(synchronous) == 20
+  chex.assert_trees_all_equal(prefetched, synchronous, strict=True)
   assert not np.array_equal(synchronous[0][0], synchronous[1][0])  # the steps differ
 
 

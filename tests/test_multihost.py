@@ -11,7 +11,6 @@ import pytest
 
 import helpers
 from helpers import tiny_sweep
-
 from resnorm import records, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,9 +3,8 @@
 import pytest
 
 from helpers import execute_notebook
-from test_train import tiny_run
-
 from resnorm import loop
+from test_train import tiny_run
 
 pytestmark = pytest.mark.slow  # a Jupyter kernel and a sweep or runs: full suite only
 

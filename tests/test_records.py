@@ -111,7 +111,6 @@ def test_a_sweep_on_a_cloud_workdir_reuses_its_runs_and_aggregates(tmp_path, mon
   """Two single-depth sweeps written to gs://, run again (the finished runs are reused), then
   merged into a third gs:// workdir: the merge equals a local joint sweep's summary."""
   from helpers import tiny_sweep
-
   from resnorm import loop, sweep
 
   def config(depths):

@@ -4,6 +4,7 @@ import functools
 import math
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -227,9 +228,9 @@ def test_inits_draw_the_reference_variances(name, init):
 
 def test_procresnet_is_one_network_in_every_layout():
   x = jnp.zeros((1, 8, 8, 3))
-  trees = {layout: jax.tree.map(lambda leaf: leaf.shape, _shapes(models.create_model(
-      "procresnet", 13, preact_layout=layout), x)) for layout in ("he2016", "chainer", "pytorch")}
-  assert trees["he2016"] == trees["chainer"] == trees["pytorch"]
+  trees = [_shapes(models.create_model("procresnet", 13, preact_layout=layout), x)
+           for layout in ("he2016", "chainer", "pytorch")]
+  chex.assert_trees_all_equal_shapes_and_dtypes(*trees)
 
 
 # ----------------------------------------------------------------------------- shapes, sites
@@ -265,9 +266,7 @@ def test_shapes_dtypes_and_labelled_layers_in_train_and_eval(name, dtype):
     assert (out.shape, out.dtype) == ((3, 7), jnp.float32)
   dtypes = lambda tree: {leaf.dtype.name for leaf in jax.tree.leaves(tree)}
   assert dtypes(variables["params"]) == dtypes(variables["batch_stats"]) == {"float32"}
-  assert jax.tree.map(lambda a: (a.shape, a.dtype), updates["batch_stats"]) == jax.tree.map(
-      lambda a: (a.shape, a.dtype), variables["batch_stats"]
-  )
+  chex.assert_trees_all_equal_shapes_and_dtypes(updates["batch_stats"], variables["batch_stats"])
   stream = dict(traverse_util.flatten_dict(variables["perturbations"]))
   assert stream.pop(("00_input",)).dtype.name == "float32"  # the images as given
   assert dtypes(stream) == {dtype}
@@ -335,9 +334,7 @@ def test_scanned_and_unrolled_builds_agree():
 
     return jax.grad(loss, argnums=(0, 1), has_aux=True)(variables["params"], zeros)
 
-  def close(got, want):
-    assert jax.tree.structure(got) == jax.tree.structure(want)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), got, want)
+  close = functools.partial(chex.assert_trees_all_close, rtol=2e-5, atol=2e-6, strict=True)
 
   (grads, probe_grads), (logits, state) = jax.jit(lambda v: step(builds[False], v, "intermediates"))(per_block)
   (scan_grads, scan_probe_grads), (scan_logits, scan_state) = jax.jit(
@@ -395,7 +392,7 @@ def test_partially_unrolled_scan_agrees_with_the_full_scan():
 
     return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
 
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), step(unrolled), step(rolled))
+  chex.assert_trees_all_close(step(unrolled), step(rolled), rtol=2e-5, atol=2e-6, strict=True)
   with pytest.raises(ValueError, match="scan_unroll = 0"):
     models.create_model("resnet", 20, scan_unroll=0)
 
@@ -426,15 +423,15 @@ def test_eval_uses_running_statistics_and_train_updates_them():
   out = run(variables)
   old = variables["batch_stats"]
   # Eval: running statistics, untouched, examples independent of the rest of the batch.
-  jax.tree.map(np.testing.assert_array_equal, out["eval_stats"], old)
+  chex.assert_trees_all_equal(out["eval_stats"], old, strict=True)
   np.testing.assert_allclose(out["eval_head"], out["eval_logits"][:2], rtol=1e-5, atol=1e-5)
   # Train: every running average moves by momentum 0.9 towards this batch's statistics (those
   # the momentum-0 pass stores).
-  jax.tree.map(
-      lambda new, old, batch: np.testing.assert_allclose(new, 0.9 * old + 0.1 * batch, rtol=1e-5, atol=1e-6),
-      out["train_stats"], old, out["calibrated_stats"],
-  )
-  jax.tree.map(lambda new, old: np.testing.assert_array_less(0, np.abs(new - old)), out["train_stats"], old)
+  moved = jax.tree.map(lambda old, batch: 0.9 * old + 0.1 * batch, old, out["calibrated_stats"])
+  chex.assert_trees_all_close(out["train_stats"], moved, rtol=1e-5, atol=1e-6, strict=True)
+  chex.assert_trees_all_equal_comparator(lambda new, old: bool(np.all(np.abs(new - old) > 0)),
+                                         lambda new, old: f"{np.sum(new == old)} entries did not move",
+                                         out["train_stats"], old)
   # Train mode normalises with the batch statistics: eval mode computes the same only with
   # this batch's statistics as its running averages.
   np.testing.assert_allclose(out["calibrated_eval"], out["train_logits"], rtol=1e-4, atol=1e-4)

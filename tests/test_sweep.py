@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import tiny_image_sweep, tiny_sweep
 
+from helpers import tiny_image_sweep, tiny_sweep
 from resnorm import loop, plots, records, report, signal, sweep, theory
 from resnorm.config_validation import ConfigError
 

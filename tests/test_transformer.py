@@ -67,10 +67,11 @@ def _sub_block(layout, p, site, branch_fn, x, s, skip=1.0):
 
 def _sub_blocks(layout, params, s):
   """Every sub-block in stream order as a function of its input."""
-  skip = transformer.deepnorm_constants(DEPTH)[0] if layout == "deepnorm" else 1.0
   layers = params[probes.site_name(2, "block")]
+  depth = jax.tree.leaves(layers)[0].shape[0]
+  skip = transformer.deepnorm_constants(depth)[0] if layout == "deepnorm" else 1.0
   fns = []
-  for layer in range(DEPTH):
+  for layer in range(depth):
     p = jax.tree.map(lambda leaf, layer=layer: leaf[layer], layers)
     fns.append(lambda x, p=p: _sub_block(layout, p, "00_attention", _attention, x, s, skip))
     fns.append(lambda x, p=p: _sub_block(layout, p, "01_mlp", _mlp, x, s, skip))
@@ -164,9 +165,19 @@ def test_token_cosine_equals_the_mean_over_distinct_token_pairs():
 def test_the_stream_of_sequences_records_token_cosine_and_the_profile_keeps_it():
   model = _model("post_ln", depth=4)
   tokens, targets = _batch()
-  report = signal.measure(model, model.init(jax.random.key(1), tokens), tokens, targets, _cross_entropy)
+  variables = model.init(jax.random.key(1), tokens)
+  report = signal.measure(model, variables, tokens, targets, _cross_entropy)
   profile = signal.layer_profile(report, "block")
-  assert len(profile["token_c"]) == 8 and all(0 < c <= 1 for c in profile["token_c"])
+  # After each of the 8 sub-blocks (not before): the independent stack's stream, pair by pair in float64.
+  params = variables["params"]
+  x = params["stem"]["embedding"][tokens] + params["positions"][:TOKENS]
+  expected = []
+  for fn in _sub_blocks("post_ln", params, 1.0):
+    x = fn(x)
+    unit = np.asarray(x, np.float64) / np.linalg.norm(np.asarray(x, np.float64), axis=-1, keepdims=True)
+    expected.append(np.mean([unit[b, s] @ unit[b, t] for b in range(len(unit))
+                             for s in range(TOKENS) for t in range(TOKENS) if s != t]))
+  np.testing.assert_allclose(profile["token_c"], expected, rtol=1e-5, strict=True)
   token_delta = np.abs(np.asarray(report.token_ratio, np.float64) - 1).mean(axis=(1, 2))
   np.testing.assert_allclose(profile["token_delta_mean"], token_delta, rtol=1e-12)
   assert signal.report_kinds(report) == ["attention", "block", "mlp"]
