@@ -71,8 +71,8 @@ def get_config(arg: str = "procresnet166"):
   # 'pytorch' gives the port's, 'he2016'/'he_fan_out' He et al.'s. ResNet-110 (post-activation)
   # has He et al.'s only.
   # remat=True with remat_policy='dots_saveable' keeps the convolutions' outputs and recomputes
-  # BatchNorm and ReLU in the backward pass: pre-activation ResNet-1001 at batch 128 needs 9.5 GiB
-  # instead of 29.8 by XLA's buffer assignment (CPU); 'nothing_saveable' recomputes whole blocks.
+  # BatchNorm and ReLU in the backward pass; 'nothing_saveable' recomputes whole blocks. The memory
+  # of each for pre-activation ResNet-1001: benchmarks/RESULTS.md, section 4 ("Second session").
   reference = name != "resnet"
   config.model = ml_collections.ConfigDict(
       dict(name=name, depth=depth, width_multiplier=1.0, dtype="float32", bn_momentum=0.9, scan=True, remat=False,

@@ -24,13 +24,13 @@ Data: scikit-learn's handwritten digits as 3-channel images (no download), the f
 1500 training images, so that depth and skips show in the test loss and accuracy; ``:cifar10``
 reads CIFAR-10 through TFDS with the usual crops and flips.
 
-Budget: the default (CPU) variant trains at the digits' own 8×8 pixels (a step costs about a
-third of one at 16×16) and half width, with the blocks unrolled (``scan=False``), one step per
-dispatch and every run its own program: XLA:CPU runs convolutions inside a loop body (a scan
-over blocks or over steps) several times slower, and vmapped over seeds as grouped
-convolutions. Its wall time is in benchmarks/RESULTS.md and each run's convergence verdict in the
-tables. ``:gpu`` is 32×32 (bilinear upsampling) at full width, scanned, up to ResNet-164 and
-ProcResNet-166.
+Budget: the default (CPU) variant trains at the digits' own 8×8 pixels and half width, with the
+blocks unrolled (``scan=False``), one step per dispatch and every run its own program: XLA:CPU runs
+convolutions slower inside a loop body (a scan over blocks or over steps), and vmapped over seeds as
+grouped convolutions. Its wall time, a step's cost at 8×8 against 16×16 and both slowdowns are in
+benchmarks/RESULTS.md, section 1 ("The image depth sweep's CPU default"); each run's convergence
+verdict is in the tables. ``:gpu`` is 32×32 (bilinear upsampling) at full width, scanned, up to
+ResNet-164 and ProcResNet-166.
 """
 
 import ml_collections
@@ -47,7 +47,7 @@ GPU_POSTACT_DEPTHS = (20, 32, 56, 110)
 
 
 def get_config(arg=None):
-  """``arg``: None (CPU, a few minutes), ``'gpu'`` (the full depth list) or ``'cifar10'``."""
+  """``arg``: None (the CPU default), ``'gpu'`` (the full depth list) or ``'cifar10'``."""
   config = default.get_config()
   del config.seed  # a sweep runs `seeds`
   config.depths = PREACT_DEPTHS
@@ -79,9 +79,9 @@ def get_config(arg=None):
   config.parallel_runs = 2
   # Every run its own program: vmapped over seeds, a convolution's kernel gains a batch axis and
   # XLA runs it as a grouped convolution, slower per seed than separate runs side by side
-  # (benchmarks/RESULTS.md).
+  # (benchmarks/RESULTS.md, section 1).
   config.group_seeds = False
-  # One step per dispatch: XLA:CPU runs convolutions inside a loop body several times slower.
+  # One step per dispatch: XLA:CPU runs convolutions slower inside a loop body (the same section).
   config.steps_per_dispatch = 1
   config.placement = "mesh"
   # L in the bound reading: 'layers', the number of layers of the kind measured (identity blocks

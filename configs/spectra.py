@@ -4,7 +4,7 @@
     python -m experiments.spectra --config=configs/spectra.py --workdir=/tmp/tribonacci \
         --config.coefficients='(1, 1, 1)'
     python -m experiments.spectra --config=configs/spectra.py --workdir=/tmp/s \
-        --config.depths='(8, 128)' --config.model.branch_scale=1/sqrt\(L\)
+        --config.depths='(8, 128)' --config.model.branch_scale=1/sqrt\\(L\\)
 """
 
 import ml_collections

@@ -79,10 +79,10 @@ against. ``remat=True`` recomputes each block's activations in the backward pass
 ``remat_policy`` says (:data:`REMAT_POLICIES`, names in ``jax.checkpoint_policies`` as in
 big_vision): ``'nothing_saveable'`` keeps only the blocks' inputs and recomputes the whole block,
 convolutions included; ``'dots_saveable'`` keeps the convolutions' outputs and recomputes only the
-BatchNorms and ReLUs (the memory of each: benchmarks/RESULTS.md). XLA's CPU
+BatchNorms and ReLUs (the memory of each: benchmarks/RESULTS.md, section 4). XLA's CPU
 backend runs convolution gradients inside loops on a slow path (jax-ml/jax#12868), so on CPU
-the scanned train step is several times slower than the unrolled one; on GPU and TPU the
-scanned build is the intended one.
+the scanned train step is slower than the unrolled one (benchmarks/RESULTS.md, section 3); on
+GPU and TPU the scanned build is the intended one.
 
 BatchNorm normalises with the batch statistics and updates its running averages (momentum
 ``bn_momentum``) with ``train=True``, and uses the running averages with ``train=False``.
@@ -102,8 +102,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnorm import validation
-from resnorm import probes
+from resnorm import probes, validation
 from resnorm.models.targets import ConvTarget
 
 ModuleDef = Callable[..., nn.Module]
@@ -532,10 +531,11 @@ def builder(name: str) -> Callable[..., nn.Module]:
 def calibrate_batch_stats(model: nn.Module, variables: Mapping[str, Any], inputs: jax.Array) -> dict:
   """``variables`` with every BatchNorm's running statistics set to its statistics on ``inputs``.
 
-  The image families' ``calibrate_batch_stats`` hook. One train-mode pass with momentum 0: each running mean and variance becomes the batch mean
-  and (biased) variance of that layer's input, so eval mode then computes on ``inputs`` what
-  train mode computes. Measuring an initialised network in eval mode needs this first: the
-  initial running statistics (mean 0, variance 1) make every BatchNorm an identity map.
+  The image families' ``calibrate_batch_stats`` hook. One train-mode pass with momentum 0: each
+  running mean and variance becomes the batch mean and (biased) variance of that layer's input,
+  so eval mode then computes on ``inputs`` what train mode computes. Measuring an initialised
+  network in eval mode needs this first: the initial running statistics (mean 0, variance 1) make
+  every BatchNorm an identity map.
   """
   variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
   _, state = model.clone(bn_momentum=0.0).apply(variables, inputs, train=True, mutable=["batch_stats"])
