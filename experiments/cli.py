@@ -1,7 +1,11 @@
 """The entry points' flag parsing and error reports: a mistake in a flag, or a disk that refuses a
-checkpoint, is one line, not a traceback."""
+checkpoint, is one line, not a traceback; ``--config=configs/<name>.py`` from any directory; the console
+scripts (``resnorm-sweep``, ``resnorm-train``, ``resnorm-report``, ``resnorm-spectra``)."""
 
+import importlib.resources
 import logging
+import os
+import runpy
 import sys
 import traceback
 
@@ -11,11 +15,50 @@ from absl import logging as absl_logging
 from resnorm import checkpoints
 
 
+def resolve_config_path(value: str) -> str:
+  """``--config``'s value with ``configs/<name>.py[:variant]`` that does not exist relative to the
+  current directory replaced by the installed ``configs`` package's file of that name (the variant
+  kept): after ``pip install .`` the README's commands work from any directory. A file that exists
+  here wins; any other value is returned as it is (and absl reports it if it does not load)."""
+  path, colon, variant = value.partition(":")
+  if not path or os.path.exists(path):
+    return value
+  folder, name = os.path.split(os.path.normpath(path))
+  if folder != "configs" or not name.endswith(".py"):
+    return value
+  try:
+    installed = importlib.resources.files("configs") / name
+  except ModuleNotFoundError:  # no configs package to fall back on
+    return value
+  return str(installed) + colon + variant if installed.is_file() else value
+
+
+def _with_installed_configs(argv: list[str]) -> list[str]:
+  """``argv`` with the value of ``--config`` (``--config=V``, ``-config=V``, ``--config V``) passed
+  through :func:`resolve_config_path`; overrides (``--config.depths=…``) and the arguments after
+  ``--`` are left alone."""
+  argv = list(argv)
+  for i in range(1, len(argv)):
+    arg = argv[i]
+    if arg == "--":
+      break
+    name, equals, value = arg.partition("=")
+    if name in ("--config", "-config"):
+      if equals:
+        argv[i] = name + "=" + resolve_config_path(value)
+      elif i + 1 < len(argv):
+        argv[i + 1] = resolve_config_path(argv[i + 1])
+  return argv
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing (``app.run(main, flags_parser=parse_flags)``) with a mistake in a flag —
   a config field that does not exist, a config file that does not load, a value of the wrong
-  type — as one line on stderr and exit status 1, rather than a traceback."""
+  type — as one line on stderr and exit status 1, rather than a traceback. ``--config`` may name
+  ``configs/<name>.py`` from any directory (:func:`resolve_config_path`)."""
   try:
+    if "config" in flags.FLAGS:
+      argv = _with_installed_configs(argv)
     remaining = flags.FLAGS(argv)
     if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
       _ = flags.FLAGS["config"].value.keys  # a config file that failed to load raises its error on first use
@@ -42,8 +85,11 @@ class _DiskErrorEchoes(logging.Filter):
 def _is_closed_loop_echo(kind, error, trace) -> bool:
   """'Event loop is closed' from ``call_soon_threadsafe``: a TensorStore callback of a write still
   pending when Orbax gave up a failed save and closed its loop."""
-  return kind is RuntimeError and str(error) == "Event loop is closed" and any(
-      frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(trace))
+  return (
+    kind is RuntimeError
+    and str(error) == "Event loop is closed"
+    and any(frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(trace))
+  )
 
 
 def _without_closed_loop_echoes(unraisablehook):
@@ -63,3 +109,29 @@ def report_disk_errors_once() -> None:
   absl_logging.get_absl_handler().addFilter(echoes)
   logging.getLogger("asyncio").addFilter(echoes)
   sys.unraisablehook = _without_closed_loop_echoes(sys.unraisablehook)
+
+
+def _run_as_main(module: str) -> None:
+  """Runs ``module`` as ``python -m module`` does (``__name__ == "__main__"``, ``sys.argv[0]`` its
+  file): its own ``app.run`` line, so a console script parses, helps and exits as the module does."""
+  runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def sweep() -> None:
+  """``resnorm-sweep``: ``python -m experiments.sweep``."""
+  _run_as_main("experiments.sweep")
+
+
+def train() -> None:
+  """``resnorm-train``: ``python -m experiments.train``."""
+  _run_as_main("experiments.train")
+
+
+def report() -> None:
+  """``resnorm-report``: ``python -m experiments.report``."""
+  _run_as_main("experiments.report")
+
+
+def spectra() -> None:
+  """``resnorm-spectra``: ``python -m experiments.spectra``."""
+  _run_as_main("experiments.spectra")
