@@ -42,13 +42,16 @@ def optimizer(model: str, image: int, probability: float | None = None, every: i
   (``probability`` per step, or every ``every`` steps, when the step leaves the decision to it)
   chained last."""
   project = probability is not None or every > 0
-  config = ml_collections.ConfigDict(dict(
-      optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine",
-                     warmup_epochs=0.0),
+  config = ml_collections.ConfigDict(
+    dict(
+      optimizer=dict(
+        name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine", warmup_epochs=0.0
+      ),
       num_steps=64_000,
       procrustes=dict(enabled=project, probability=0.5 if probability is None else probability, every=every),
       seed=0,
-  ))
+    )
+  )
   targets = resnet.procresnet_projection_targets((image, image)) if project else None
   if project and model != "procresnet":
     raise ValueError(f"only procresnet has kernels to project, not {model}")
@@ -138,8 +141,9 @@ def program_memory_gib(executable) -> float | None:
     return None
   if stats is None:
     return None
-  total = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-           - stats.alias_size_in_bytes)
+  total = (
+    stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+  )
   return total / GIB
 
 
@@ -147,18 +151,37 @@ def device_name() -> str:
   return jax.devices()[0].device_kind
 
 
-def row(script: str, model: str, depth: int, batch: int, dtype: str, variant: str, step_s: float | None,
-        compile_s: float | None, **extra) -> dict:
+def row(
+  script: str,
+  model: str,
+  depth: int,
+  batch: int,
+  dtype: str,
+  variant: str,
+  step_s: float | None,
+  compile_s: float | None,
+  **extra,
+) -> dict:
   """One results.json row; ``variant`` says what differs from the baseline step (XLA_FLAGS from
   the environment are added to it); ``step_s`` None for a step compiled but not run."""
   flags = os.environ.get("XLA_FLAGS", "").strip()
   if flags:
     variant = f"{variant}; XLA_FLAGS={flags}"
   return dict(
-      device=device_name(), jax_version=jax.__version__, script=script, model=model, depth=depth, batch=batch,
-      dtype=dtype, variant=variant, img_per_s=batch / step_s if batch and step_s else None,
-      step_ms=None if step_s is None else 1e3 * step_s,
-      compile_s=compile_s, peak_mem_gib=peak_memory_gib(), date=datetime.date.today().isoformat(), **extra,
+    device=device_name(),
+    jax_version=jax.__version__,
+    script=script,
+    model=model,
+    depth=depth,
+    batch=batch,
+    dtype=dtype,
+    variant=variant,
+    img_per_s=batch / step_s if batch and step_s else None,
+    step_ms=None if step_s is None else 1e3 * step_s,
+    compile_s=compile_s,
+    peak_mem_gib=peak_memory_gib(),
+    date=datetime.date.today().isoformat(),
+    **extra,
   )
 
 
@@ -176,4 +199,3 @@ def record(rows: list[dict], path: str | None = None) -> None:
     json.dump(kept + rows, f, indent=1)
     f.write("\n")
   os.replace(temporary, path)
-

@@ -52,10 +52,20 @@ _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 
 def overrides() -> dict:
   steps = _STEPS.value
-  values = {"num_epochs": 0, "num_steps": steps, "log_every": max(steps // 6, 1), "checkpoint_every": 0,
-            "eval_every": 0, "signal.every": 0, "batch_size": _BATCH.value, "model.width_multiplier": _WIDTH.value,
-            "model.scan": _SCAN.value, "data.train_size": 10_000, "data.test_size": 1_000,
-            "tensorboard": importlib.util.find_spec("tensorboard") is not None}
+  values = {
+    "num_epochs": 0,
+    "num_steps": steps,
+    "log_every": max(steps // 6, 1),
+    "checkpoint_every": 0,
+    "eval_every": 0,
+    "signal.every": 0,
+    "batch_size": _BATCH.value,
+    "model.width_multiplier": _WIDTH.value,
+    "model.scan": _SCAN.value,
+    "data.train_size": 10_000,
+    "data.test_size": 1_000,
+    "tensorboard": importlib.util.find_spec("tensorboard") is not None,
+  }
   if _DEPTH.value:
     values["model.depth"] = _DEPTH.value
   return values
@@ -72,10 +82,20 @@ def run_config():
 
 def end_to_end(workdir: str) -> float:
   """The entry point's images/s, as it records them."""
-  command = [sys.executable, "-m", "experiments.train", f"--config=configs/cifar.py:{_VARIANT.value},synthetic",
-             f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides().items())]
-  subprocess.run(command, check=True, stdout=subprocess.DEVNULL,  # the record is read from summary.json
-                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  command = [
+    sys.executable,
+    "-m",
+    "experiments.train",
+    f"--config=configs/cifar.py:{_VARIANT.value},synthetic",
+    f"--workdir={workdir}",
+    *(f"--config.{k}={v}" for k, v in overrides().items()),
+  ]
+  subprocess.run(
+    command,
+    check=True,
+    stdout=subprocess.DEVNULL,  # the record is read from summary.json
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   with open(os.path.join(workdir, "summary.json")) as f:
     return json.load(f)["images_per_second"]
 
@@ -98,8 +118,11 @@ def loop_steps(config) -> dict[str, float]:
   replicated, batch_sharding = loop.shardings(jax.devices())
   tx = loop.optimizer(config, dataset, steps_per_epoch)
   state = train.create_train_state(model, jax.random.key(0), dataset.x_train[:1], tx, replicated)
-  step_fn = jax.jit(functools.partial(train.train_step, loss_fn=train.loss_function(dataset.task)),
-                    donate_argnums=0, static_argnames="project")
+  step_fn = jax.jit(
+    functools.partial(train.train_step, loss_fn=train.loss_function(dataset.task)),
+    donate_argnums=0,
+    static_argnames="project",
+  )
   seed, count, size = loop.run_seed(config), _STEPS.value, config.batch_size
   fixed = next(loop.training_batches(config, dataset, batch_sharding, seed, range(1)))
   for choice in (False, True):  # compile both steps
@@ -108,12 +131,12 @@ def loop_steps(config) -> dict[str, float]:
   never, scheduled = (lambda i: False), (lambda i: loop.projects(config, i + 1))
   times = {}
   times["bare step"], state = images_per_second(step_fn, state, itertools.repeat(fixed), never, count, size)
-  times["+ projection schedule"], state = images_per_second(step_fn, state, itertools.repeat(fixed), scheduled,
-                                                            count, size)
+  times["+ projection schedule"], state = images_per_second(
+    step_fn, state, itertools.repeat(fixed), scheduled, count, size
+  )
   batches = loop.training_batches(config, dataset, batch_sharding, seed, range(count))
   times["+ input pipeline"], state = images_per_second(step_fn, state, batches, scheduled, count, size)
-  times["bare step, again"], state = images_per_second(step_fn, state, itertools.repeat(fixed), never,
-                                                       count, size)
+  times["bare step, again"], state = images_per_second(step_fn, state, itertools.repeat(fixed), never, count, size)
   return times
 
 
@@ -127,14 +150,30 @@ def main(argv):
   bare = times["bare step"]
   depth = config.model.depth
   name = f"{_VARIANT.value} (depth {depth}, width {_WIDTH.value}{'' if _SCAN.value else ', unrolled'})"
-  print(f"device: {common.device_name()}; jax {jax.__version__}; {name}; batch {config.batch_size}; "
-        f"{_STEPS.value} steps each; prefetch {config.prefetch}")
+  print(
+    f"device: {common.device_name()}; jax {jax.__version__}; {name}; batch {config.batch_size}; "
+    f"{_STEPS.value} steps each; prefetch {config.prefetch}"
+  )
   print("\n| measurement | images/s | vs bare step |\n|---|---:|---:|")
   for label, value in times.items():
     print(f"| {label} | {value:.0f} | {100 * (value / bare - 1):+.1f}% |")
-  common.record([common.row("end_to_end", config.model.name, depth, config.batch_size, "float32", label,
-                            config.batch_size / value, None, steps=_STEPS.value, width=_WIDTH.value)
-                 for label, value in times.items()])
+  common.record(
+    [
+      common.row(
+        "end_to_end",
+        config.model.name,
+        depth,
+        config.batch_size,
+        "float32",
+        label,
+        config.batch_size / value,
+        None,
+        steps=_STEPS.value,
+        width=_WIDTH.value,
+      )
+      for label, value in times.items()
+    ]
+  )
 
 
 if __name__ == "__main__":

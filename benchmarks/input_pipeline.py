@@ -50,10 +50,14 @@ def main(argv):
     rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, 0)
     data_lib.augment(dataset.x_train[rows], seed=0, step=step)
   augment_only = count / (time.perf_counter() - started)
-  print(f"| {jax.devices()[0].platform} | {config.batch_size} | {synchronous:.0f} | {prefetched:.0f} | "
-        f"{augment_only:.0f} | {synchronous * config.batch_size:.0f} |")
-  print("columns: platform | batch | batches/s synchronous | batches/s prefetched | batches/s gather+augment "
-        "(numpy only) | images/s synchronous")
+  print(
+    f"| {jax.devices()[0].platform} | {config.batch_size} | {synchronous:.0f} | {prefetched:.0f} | "
+    f"{augment_only:.0f} | {synchronous * config.batch_size:.0f} |"
+  )
+  print(
+    "columns: platform | batch | batches/s synchronous | batches/s prefetched | batches/s gather+augment "
+    "(numpy only) | images/s synchronous"
+  )
 
 
 if __name__ == "__main__":

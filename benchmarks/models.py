@@ -39,27 +39,36 @@ from resnorm import models, validation
 from resnorm.models import resnet
 
 DEFAULT_DEPTHS = {
-    "resnet": (110, 1202),
-    "preact_resnet": (164, 272, 632, 1001),
-    "procresnet": (166, 1003),
+  "resnet": (110, 1202),
+  "preact_resnet": (164, 272, 632, 1001),
+  "procresnet": (166, 1003),
 }
 
 
 def variant(args, project: bool = False) -> str:
   """What differs from the baseline step (scanned, donated, width 1, no projection)."""
-  parts = [f"scan_unroll={args.scan_unroll}" if args.scan_unroll > 1 else "",
-           f"remat {args.remat_policy}" if args.remat else "",
-           "" if args.scan else "unrolled build", "" if args.donate else "not donated",
-           f"width×{args.width_multiplier:g}" if args.width_multiplier != 1 else "",
-           "procrustes every=1" if project else ""]
+  parts = [
+    f"scan_unroll={args.scan_unroll}" if args.scan_unroll > 1 else "",
+    f"remat {args.remat_policy}" if args.remat else "",
+    "" if args.scan else "unrolled build",
+    "" if args.donate else "not donated",
+    f"width×{args.width_multiplier:g}" if args.width_multiplier != 1 else "",
+    "procrustes every=1" if project else "",
+  ]
   return ", ".join(p for p in parts if p) or "baseline"
 
 
 def measure(name: str, depth: int, args, project: bool = False) -> dict:
   """Lower, compile and time the library's train step; returns a table row (also a results.json row)."""
   model = models.create_model(
-      name, depth, dtype=args.dtype, remat=args.remat, remat_policy=args.remat_policy, scan=args.scan,
-      width_multiplier=args.width_multiplier, scan_unroll=args.scan_unroll,
+    name,
+    depth,
+    dtype=args.dtype,
+    remat=args.remat,
+    remat_policy=args.remat_policy,
+    scan=args.scan,
+    width_multiplier=args.width_multiplier,
+    scan_unroll=args.scan_unroll,
   )
   batch = common.synthetic_batch(args.batch, args.image)
   tx = common.optimizer(name, args.image, every=1 if project else 0)
@@ -67,52 +76,62 @@ def measure(name: str, depth: int, args, project: bool = False) -> dict:
   compiled = common.compile_step(step, state, batch)
   count = sum(leaf.size for leaf in jax.tree.leaves(state.params))
   step_s = common.step_seconds(compiled.executable, state, batch, args.repeats)[0] if args.repeats else None
-  result = common.row("models", name, depth, args.batch, args.dtype, variant(args, project), step_s,
-                      compiled.compile_s, lower_s=compiled.lower_s, params_m=count / 1e6,
-                      program_mem_gib=common.program_memory_gib(compiled.executable))
+  result = common.row(
+    "models",
+    name,
+    depth,
+    args.batch,
+    args.dtype,
+    variant(args, project),
+    step_s,
+    compiled.compile_s,
+    lower_s=compiled.lower_s,
+    params_m=count / 1e6,
+    program_mem_gib=common.program_memory_gib(compiled.executable),
+  )
   common.record([result])
   return dict(
-      family=name + (" + procrustes" if project else ""),
-      depth=depth,
-      params=count / 1e6,
-      lower=compiled.lower_s,
-      compile=compiled.compile_s,
-      step=result["step_ms"],
-      per_layer=step_s and 1e3 * step_s / depth,
-      images=result["img_per_s"],
-      program=result["program_mem_gib"],
-      peak=result["peak_mem_gib"],
+    family=name + (" + procrustes" if project else ""),
+    depth=depth,
+    params=count / 1e6,
+    lower=compiled.lower_s,
+    compile=compiled.compile_s,
+    step=result["step_ms"],
+    per_layer=step_s and 1e3 * step_s / depth,
+    images=result["img_per_s"],
+    program=result["program_mem_gib"],
+    peak=result["peak_mem_gib"],
   )
 
 
 COLUMNS = (
-    ("family", "{}"),
-    ("depth", "{}"),
-    ("params", "{:.2f}M"),
-    ("lower", "{:.1f} s"),
-    ("compile", "{:.1f} s"),
-    ("step", "{:.1f} ms"),
-    ("per_layer", "{:.3f} ms"),
-    ("images", "{:.3g}/s"),
-    ("program", "{:.2f} GiB"),
-    ("peak", "{:.2f} GiB"),
+  ("family", "{}"),
+  ("depth", "{}"),
+  ("params", "{:.2f}M"),
+  ("lower", "{:.1f} s"),
+  ("compile", "{:.1f} s"),
+  ("step", "{:.1f} ms"),
+  ("per_layer", "{:.3f} ms"),
+  ("images", "{:.3g}/s"),
+  ("program", "{:.2f} GiB"),
+  ("peak", "{:.2f} GiB"),
 )
 
 
 def header(args) -> str:
   device = jax.devices()[0]
   lines = [
-      f"Device: {device.device_kind} ({device.platform}, {jax.device_count()} device(s)); "
-      f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
-      f"Python {platform.python_version()}; {datetime.date.today().isoformat()}.",
-      f"Train step: batch {args.batch} of {args.image}×{args.image}×3, dtype {args.dtype}, "
-      f"{variant(args)}; resnorm.train.train_step with configs/cifar.py's SGD; "
-      + (f"step = median of {args.repeats}; " if args.repeats else "compiled, not run; ")
-      + "program: XLA's buffer assignment (arguments, outputs, temporaries, less donated aliases); "
-      "peak memory: the process's high-water mark so far.",
-      "",
-      "| family | depth | params | lower | compile | step | ms/layer | images/s | program | peak memory |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    f"Device: {device.device_kind} ({device.platform}, {jax.device_count()} device(s)); "
+    f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
+    f"Python {platform.python_version()}; {datetime.date.today().isoformat()}.",
+    f"Train step: batch {args.batch} of {args.image}×{args.image}×3, dtype {args.dtype}, "
+    f"{variant(args)}; resnorm.train.train_step with configs/cifar.py's SGD; "
+    + (f"step = median of {args.repeats}; " if args.repeats else "compiled, not run; ")
+    + "program: XLA's buffer assignment (arguments, outputs, temporaries, less donated aliases); "
+    "peak memory: the process's high-water mark so far.",
+    "",
+    "| family | depth | params | lower | compile | step | ms/layer | images/s | program | peak memory |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   return "\n".join(lines)
 
@@ -132,9 +151,11 @@ def summary(results: list[dict]) -> list[str]:
     line = f"{family}: compile {last['depth']} / {first['depth']} = {last['compile'] / first['compile']:.2f}×"
     if first["step"] is not None:
       per_layer = [r["per_layer"] for r in rows]
-      line += (f"; step {last['depth']} / {first['depth']} = {last['step'] / first['step']:.2f}× for "
-               f"{last['depth'] / first['depth']:.2f}× the depth "
-               f"(ms/layer {min(per_layer):.3f}–{max(per_layer):.3f})")
+      line += (
+        f"; step {last['depth']} / {first['depth']} = {last['step'] / first['step']:.2f}× for "
+        f"{last['depth'] / first['depth']:.2f}× the depth "
+        f"(ms/layer {min(per_layer):.3f}–{max(per_layer):.3f})"
+      )
     lines.append(line)
   return lines
 
@@ -154,24 +175,40 @@ def parse_depths(values) -> dict[str, tuple[int, ...]]:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--depths", action="append", metavar="FAMILY=D1,D2,...",
-                      help="depths of one family (repeat the flag per family); default: %s" % DEFAULT_DEPTHS)
+  parser.add_argument(
+    "--depths",
+    action="append",
+    metavar="FAMILY=D1,D2,...",
+    help="depths of one family (repeat the flag per family); default: %s" % DEFAULT_DEPTHS,
+  )
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--image", type=int, default=32)
-  parser.add_argument("--repeats", type=int, default=5,
-                      help="steps timed (median); 0: compile only, for compile time and memory "
-                      "(a CPU can size ResNet-1001)")
+  parser.add_argument(
+    "--repeats",
+    type=int,
+    default=5,
+    help="steps timed (median); 0: compile only, for compile time and memory (a CPU can size ResNet-1001)",
+  )
   parser.add_argument("--dtype", choices=sorted(resnet.DTYPES), default="float32")
   parser.add_argument("--width_multiplier", type=float, default=1.0)
   parser.add_argument("--remat", action="store_true")
-  parser.add_argument("--remat_policy", choices=resnet.REMAT_POLICIES, default="nothing_saveable",
-                      help="what a rematerialised block keeps: its input only, or its convolutions' outputs")
+  parser.add_argument(
+    "--remat_policy",
+    choices=resnet.REMAT_POLICIES,
+    default="nothing_saveable",
+    help="what a rematerialised block keeps: its input only, or its convolutions' outputs",
+  )
   parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument("--scan_unroll", type=int, default=1, help="blocks per trip of a scanned stage")
-  parser.add_argument("--donate", action=argparse.BooleanOptionalAction, default=True,
-                      help="donate the state to the step, as the training loop does")
-  parser.add_argument("--procrustes", action="store_true",
-                      help="also time ProcResNet steps that project its kernels (every step)")
+  parser.add_argument(
+    "--donate",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="donate the state to the step, as the training loop does",
+  )
+  parser.add_argument(
+    "--procrustes", action="store_true", help="also time ProcResNet steps that project its kernels (every step)"
+  )
   parser.add_argument("--platform", help="force a JAX platform (cpu, gpu, tpu)")
   args = parser.parse_args(argv)
   if args.platform:

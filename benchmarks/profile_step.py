@@ -42,19 +42,19 @@ DEFAULT_MODELS = ("preact_resnet=164", "procresnet=166", "preact_resnet=1001", "
 # device_kind substring -> peak dense rates: fp32 (non-tensor) TFLOP/s, TF32 TFLOP/s, bf16 TFLOP/s,
 # HBM TB/s. First match wins (PCIe before SXM).
 PEAKS = {
-    "H200": (67.0, 495.0, 990.0, 4.8),
-    "H100 PCIe": (51.0, 378.0, 756.0, 2.0),
-    "H100": (67.0, 495.0, 990.0, 3.35),
+  "H200": (67.0, 495.0, 990.0, 4.8),
+  "H100 PCIe": (51.0, 378.0, 756.0, 2.0),
+  "H100": (67.0, 495.0, 990.0, 3.35),
 }
 # Kernel class -> pattern searched in the lower-cased kernel name, then (for names that match
 # none) in its HLO op's name; first match wins. The op's name is not searched for loop control:
 # every kernel of a scanned stage runs inside a while loop, and its path says so.
 CONTROL = ("while-loop / control", r"dtoh|d2h|memcpy.?dtoh|condition|command.?buffer|graph")
 CLASSES = (
-    ("convolution / GEMM", r"conv|gemm|xmma|cutlass|cudnn|cublas|dot|matmul|wgrad|dgrad|fprop|triton|sm\d\d_"),
-    ("copy / transpose", r"copy|transpose|memcpy|memset|dynamic.?update.?slice|dynamic.?slice|concatenate|reverse"),
-    ("BatchNorm-style reduction", r"reduc|batch.?norm"),
-    ("elementwise / fusion", r"fusion|loop|elementwise|add|multiply|select|maximum|convert|broadcast"),
+  ("convolution / GEMM", r"conv|gemm|xmma|cutlass|cudnn|cublas|dot|matmul|wgrad|dgrad|fprop|triton|sm\d\d_"),
+  ("copy / transpose", r"copy|transpose|memcpy|memset|dynamic.?update.?slice|dynamic.?slice|concatenate|reverse"),
+  ("BatchNorm-style reduction", r"reduc|batch.?norm"),
+  ("elementwise / fusion", r"fusion|loop|elementwise|add|multiply|select|maximum|convert|broadcast"),
 )
 OTHER = "other"
 TOP_KERNELS = 12  # the kernels named in each profile, by time
@@ -82,8 +82,9 @@ def classify(kernel: str, op: str = "") -> str:
 
 def trace_events(directory: str) -> list[dict]:
   """The Chrome-format events of the trace written under ``directory``."""
-  paths = (glob.glob(os.path.join(directory, "**", "perfetto_trace.json.gz"), recursive=True)
-           or glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True))
+  paths = glob.glob(os.path.join(directory, "**", "perfetto_trace.json.gz"), recursive=True) or glob.glob(
+    os.path.join(directory, "**", "*.trace.json.gz"), recursive=True
+  )
   if not paths:
     raise FileNotFoundError(f"no perfetto_trace.json.gz or *.trace.json.gz under {directory}")
   with gzip.open(sorted(paths)[-1]) as f:
@@ -95,12 +96,14 @@ def kernel_events(events: list[dict]) -> list[dict]:
   """Kernels: complete events on a device's stream threads (GPU); else, without a device in the
   trace, the XLA ops the CPU runtime records (events naming an ``hlo_op``)."""
   processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e["name"] == "process_name"}
-  threads = {(e["pid"], e.get("tid")): e["args"]["name"]
-             for e in events if e.get("ph") == "M" and e["name"] == "thread_name"}
+  threads = {
+    (e["pid"], e.get("tid")): e["args"]["name"] for e in events if e.get("ph") == "M" and e["name"] == "thread_name"
+  }
   complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
   devices = {pid for pid, name in processes.items() if "/device:" in name and "cpu" not in name.lower()}
-  on_streams = [e for e in complete
-                if e["pid"] in devices and "stream" in threads.get((e["pid"], e.get("tid")), "").lower()]
+  on_streams = [
+    e for e in complete if e["pid"] in devices and "stream" in threads.get((e["pid"], e.get("tid")), "").lower()
+  ]
   if on_streams:
     return on_streams
   return [e for e in complete if "hlo_op" in e.get("args", {}) and not e["name"].startswith("end:")]
@@ -108,8 +111,9 @@ def kernel_events(events: list[dict]) -> list[dict]:
 
 def self_times(kernels: list[dict]) -> list[float]:
   """Each event's duration less that of the events nested in it on the same thread (µs)."""
-  order = sorted(range(len(kernels)), key=lambda i: (kernels[i]["pid"], kernels[i].get("tid"),
-                                                    kernels[i]["ts"], -kernels[i]["dur"]))
+  order = sorted(
+    range(len(kernels)), key=lambda i: (kernels[i]["pid"], kernels[i].get("tid"), kernels[i]["ts"], -kernels[i]["dur"])
+  )
   own = [float(k["dur"]) for k in kernels]
   stack = []  # indices of the open events on the current thread
   thread = None
@@ -148,10 +152,10 @@ def summarise(events: list[dict], steps: int) -> dict:
       table[key] = (count + 1, ms + own / 1e3)
   top = sorted(names.items(), key=lambda item: -item[1][1])[:TOP_KERNELS]
   return dict(
-      kernels=len(kernels) / steps,
-      busy_ms=busy_microseconds(kernels) / 1e3 / steps,
-      classes={label: (count / steps, ms / steps) for label, (count, ms) in classes.items()},
-      top=[(name, label, count / steps, ms / steps) for (name, label), (count, ms) in top],
+    kernels=len(kernels) / steps,
+    busy_ms=busy_microseconds(kernels) / 1e3 / steps,
+    classes={label: (count / steps, ms / steps) for label, (count, ms) in classes.items()},
+    top=[(name, label, count / steps, ms / steps) for (name, label), (count, ms) in top],
   )
 
 
@@ -206,16 +210,35 @@ def profile(name: str, depth: int, args) -> dict:
     print(f"{name}-{depth}: no trace ({type(error).__name__}: {error})", flush=True)
     summary = dict(kernels=None, busy_ms=None, classes={}, top=[])
   flops, bytes_accessed = floor_cost(name, depth, options, tx, batch)
-  variant = ", ".join(p for p in (f"scan_unroll={args.scan_unroll}" if args.scan_unroll > 1 else "",
-                                   "" if args.scan else "unrolled build",
-                                   "" if args.donate else "not donated") if p) or "baseline"
+  variant = (
+    ", ".join(
+      p
+      for p in (
+        f"scan_unroll={args.scan_unroll}" if args.scan_unroll > 1 else "",
+        "" if args.scan else "unrolled build",
+        "" if args.donate else "not donated",
+      )
+      if p
+    )
+    or "baseline"
+  )
   result = common.row(
-      "profile_step", name, depth, args.batch, args.dtype, variant, step_s, compiled.compile_s,
-      flops=flops, bytes_accessed=bytes_accessed, kernels_per_step=summary["kernels"],
-      busy_ms=summary["busy_ms"], class_ms={label: ms for label, (_, ms) in summary["classes"].items()},
-      class_kernels={label: n for label, (n, _) in summary["classes"].items()},
-      top_kernels=summary["top"],
-      program_mem_gib=common.program_memory_gib(compiled.executable),
+    "profile_step",
+    name,
+    depth,
+    args.batch,
+    args.dtype,
+    variant,
+    step_s,
+    compiled.compile_s,
+    flops=flops,
+    bytes_accessed=bytes_accessed,
+    kernels_per_step=summary["kernels"],
+    busy_ms=summary["busy_ms"],
+    class_ms={label: ms for label, (_, ms) in summary["classes"].items()},
+    class_kernels={label: n for label, (n, _) in summary["classes"].items()},
+    top_kernels=summary["top"],
+    program_mem_gib=common.program_memory_gib(compiled.executable),
   )
   common.record([result])
   return result
@@ -230,21 +253,25 @@ def time_table(result: dict) -> list[str]:
   if busy is None:
     return [f"#### {result['model']}-{result['depth']}: step {step_ms:.2f} ms, no trace", ""]
   lines = [
-      f"#### {result['model']}-{result['depth']}, batch {result['batch']}, {result['dtype']}, {result['variant']}",
-      "",
-      f"Step {step_ms:.2f} ms ({result['img_per_s']:.0f} img/s, compiled in {result['compile_s']:.1f} s); "
-      f"{result['kernels_per_step']:.0f} kernels per step; device busy {busy:.2f} ms, "
-      f"the rest of the step {max(step_ms - busy, 0.0):.2f} ms (gaps: launches, host, loop control).",
-      "",
-      "| kernel class | kernels/step | ms/step | share of busy time |",
-      "|---|---:|---:|---:|",
+    f"#### {result['model']}-{result['depth']}, batch {result['batch']}, {result['dtype']}, {result['variant']}",
+    "",
+    f"Step {step_ms:.2f} ms ({result['img_per_s']:.0f} img/s, compiled in {result['compile_s']:.1f} s); "
+    f"{result['kernels_per_step']:.0f} kernels per step; device busy {busy:.2f} ms, "
+    f"the rest of the step {max(step_ms - busy, 0.0):.2f} ms (gaps: launches, host, loop control).",
+    "",
+    "| kernel class | kernels/step | ms/step | share of busy time |",
+    "|---|---:|---:|---:|",
   ]
   rows = sorted(result["class_ms"], key=lambda label: -result["class_ms"][label])
   for label in rows:
     ms = result["class_ms"][label]
     share = 100 * ms / busy if busy else 0.0
     lines.append(f"| {label} | {result['class_kernels'][label]:.0f} | {ms:.3f} | {share:.0f}% |")
-  lines += ["", "| kernel (numbering dropped, first 60 characters), by time | class | per step | ms/step |", "|---|---|---:|---:|"]
+  lines += [
+    "",
+    "| kernel (numbering dropped, first 60 characters), by time | class | per step | ms/step |",
+    "|---|---|---:|---:|",
+  ]
   lines += [f"| `{name}` | {label} | {count:.0f} | {ms:.3f} |" for name, label, count, ms in result["top_kernels"]]
   return lines + [""]
 
@@ -256,21 +283,30 @@ def floor_table(results: list[dict]) -> list[str]:
   lines = [f"#### The floor on {device}" + ("" if rates else " (rates unknown: measured numbers only)"), ""]
   if rates:
     fp32, tf32, bf16, hbm = rates
-    lines += [f"Peak rates used: fp32 {fp32:g}, TF32 {tf32:g}, bf16 {bf16:g} TFLOP/s dense; HBM {hbm:g} TB/s.", "",
-              "| model | batch | dtype | GFLOP/step | GB/step | compute floor fp32 / TF32 / bf16 (ms) | memory floor "
-              "(ms) | measured (ms) | ms/layer measured / memory floor |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+      f"Peak rates used: fp32 {fp32:g}, TF32 {tf32:g}, bf16 {bf16:g} TFLOP/s dense; HBM {hbm:g} TB/s.",
+      "",
+      "| model | batch | dtype | GFLOP/step | GB/step | compute floor fp32 / TF32 / bf16 (ms) | memory floor "
+      "(ms) | measured (ms) | ms/layer measured / memory floor |",
+      "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
   else:
-    lines += ["| model | batch | dtype | GFLOP/step | GB/step | measured (ms) | ms/layer |",
-              "|---|---:|---|---:|---:|---:|---:|"]
+    lines += [
+      "| model | batch | dtype | GFLOP/step | GB/step | measured (ms) | ms/layer |",
+      "|---|---:|---|---:|---:|---:|---:|",
+    ]
   for r in results:
-    head = f"| {r['model']}-{r['depth']} | {r['batch']} | {r['dtype']} | {r['flops'] / 1e9:.4g} | " \
-           f"{r['bytes_accessed'] / 1e9:.4g} |"
+    head = (
+      f"| {r['model']}-{r['depth']} | {r['batch']} | {r['dtype']} | {r['flops'] / 1e9:.4g} | "
+      f"{r['bytes_accessed'] / 1e9:.4g} |"
+    )
     if rates:
       compute = " / ".join(f"{r['flops'] / (rate * 1e12) * 1e3:.2f}" for rate in (fp32, tf32, bf16))
       memory = r["bytes_accessed"] / (hbm * 1e12) * 1e3
-      lines.append(f"{head} {compute} | {memory:.2f} | {r['step_ms']:.2f} | "
-                   f"{r['step_ms'] / r['depth']:.4f} / {memory / r['depth']:.4f} |")
+      lines.append(
+        f"{head} {compute} | {memory:.2f} | {r['step_ms']:.2f} | "
+        f"{r['step_ms'] / r['depth']:.4f} / {memory / r['depth']:.4f} |"
+      )
     else:
       lines.append(f"{head} {r['step_ms']:.2f} | {r['step_ms'] / r['depth']:.4f} |")
   return lines + [""]
@@ -287,15 +323,23 @@ def parse_models(values) -> list[tuple[str, int]]:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--models", action="append", metavar="FAMILY=DEPTH",
-                      help="repeat per model; default: %s" % ", ".join(DEFAULT_MODELS))
+  parser.add_argument(
+    "--models",
+    action="append",
+    metavar="FAMILY=DEPTH",
+    help="repeat per model; default: %s" % ", ".join(DEFAULT_MODELS),
+  )
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--image", type=int, default=32)
   parser.add_argument("--dtype", choices=sorted(resnet.DTYPES), default="float32")
   parser.add_argument("--width_multiplier", type=float, default=1.0)
   parser.add_argument("--scan_unroll", type=int, default=1, help="blocks per trip of a scanned stage")
-  parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True,
-                      help="--no-scan: the unrolled build, one module per block (no while loops)")
+  parser.add_argument(
+    "--scan",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="--no-scan: the unrolled build, one module per block (no while loops)",
+  )
   parser.add_argument("--donate", action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument("--repeats", type=int, default=10, help="untraced steps timed (median)")
   parser.add_argument("--steps", type=int, default=3, help="steps traced")
@@ -307,8 +351,11 @@ def main(argv=None) -> None:
     chosen = parse_models(args.models)
   except ValueError as error:
     parser.error(str(error))
-  print(f"device: {common.device_name()}; jax {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
-        f"{args.steps} traced steps, step time = median of {args.repeats} untraced\n", flush=True)
+  print(
+    f"device: {common.device_name()}; jax {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+    f"{args.steps} traced steps, step time = median of {args.repeats} untraced\n",
+    flush=True,
+  )
   results = []
   for name, depth in chosen:
     results.append(profile(name, depth, args))

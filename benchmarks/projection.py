@@ -28,9 +28,9 @@ from resnorm import models, procrustes
 
 # name, kernel shape (kh, kw, c_in, c_out), input (H, W), stride: ProcResNet's projected kernels.
 KERNELS = (
-    ("stem 3→64, 3×3 on 32×32", (3, 3, 3, 64), (32, 32), 1),
-    ("transition 64→128, 1×1/2 on 32×32", (1, 1, 64, 128), (32, 32), 2),
-    ("transition 128→256, 1×1/2 on 16×16", (1, 1, 128, 256), (16, 16), 2),
+  ("stem 3→64, 3×3 on 32×32", (3, 3, 3, 64), (32, 32), 1),
+  ("transition 64→128, 1×1/2 on 32×32", (1, 1, 64, 128), (32, 32), 2),
+  ("transition 128→256, 1×1/2 on 16×16", (1, 1, 128, 256), (16, 16), 2),
 )
 CONDITION_NUMBERS = (1.0, 10.0, 1e2, 1e3, 1e4)
 # shape, complex: square, tall, wide complex, batched.
@@ -50,8 +50,10 @@ def median_seconds(fn, *args, repeats: int) -> float:
 
 def kernels(seed: int = 0) -> dict:
   keys = jax.random.split(jax.random.key(seed), len(KERNELS))
-  return {name: jax.random.normal(key, shape, jnp.float32) / np.sqrt(np.prod(shape[:3]))
-          for key, (name, shape, _, _) in zip(keys, KERNELS)}
+  return {
+    name: jax.random.normal(key, shape, jnp.float32) / np.sqrt(np.prod(shape[:3]))
+    for key, (name, shape, _, _) in zip(keys, KERNELS)
+  }
 
 
 def timings(repeats: int) -> list[tuple[str, float, float]]:
@@ -75,8 +77,7 @@ def timings(repeats: int) -> list[tuple[str, float, float]]:
   rows.append(tuple(row))
   tx = procrustes.procrustes(targets, probability=0.0)
   step = jax.jit(lambda u, s, p: tx.update(u, s, p)[0])
-  idle = 1e3 * median_seconds(step, jax.tree.map(jnp.zeros_like, weights), tx.init(weights), weights,
-                              repeats=repeats)
+  idle = 1e3 * median_seconds(step, jax.tree.map(jnp.zeros_like, weights), tx.init(weights), weights, repeats=repeats)
   rows.append(("same update, not acting (probability 0)", idle, idle))
   return rows
 
@@ -107,21 +108,26 @@ def study(iterations=range(1, 17), seed: int = 0) -> dict:
   for kappa in CONDITION_NUMBERS:
     matrices = [random_matrix(rng, shape, kappa, c) for shape, c in STUDY_MATRICES]
     for dtype in ("float64", "float32"):
-      inputs = [m.astype(np.complex128 if dtype == "float64" else np.complex64) if np.iscomplexobj(m)
-                else m.astype(dtype) for m in matrices]
+      inputs = [
+        m.astype(np.complex128 if dtype == "float64" else np.complex64) if np.iscomplexobj(m) else m.astype(dtype)
+        for m in matrices
+      ]
       references = [svd_polar(x) for x in inputs]
       for k in iterations:
         errors[dtype, kappa, k] = max(
-            np.linalg.norm(np.asarray(procrustes.polar(x, iterations=k)) - r) / np.linalg.norm(r)
-            for x, r in zip(inputs, references))
+          np.linalg.norm(np.asarray(procrustes.polar(x, iterations=k)) - r) / np.linalg.norm(r)
+          for x, r in zip(inputs, references)
+        )
   return errors
 
 
 def header() -> str:
   device = jax.devices()[0]
-  return (f"device: {device.device_kind} ({device.platform}, {jax.device_count()} device(s)); "
-          f"jax {jax.__version__}, optax {optax.__version__}, Python {platform.python_version()}; "
-          f"{datetime.date.today().isoformat()}")
+  return (
+    f"device: {device.device_kind} ({device.platform}, {jax.device_count()} device(s)); "
+    f"jax {jax.__version__}, optax {optax.__version__}, Python {platform.python_version()}; "
+    f"{datetime.date.today().isoformat()}"
+  )
 
 
 def main(argv=None):
@@ -148,8 +154,13 @@ def main(argv=None):
   rows = timings(args.repeats)
   for name, ns, svd in rows:
     print(f"| {name} | {ns:.3f} | {svd:.3f} |")
-  common.record([common.row("projection", name, None, None, "float32", method, ms / 1e3, None)
-                 for name, *times in rows for method, ms in zip(procrustes.METHODS, times)])
+  common.record(
+    [
+      common.row("projection", name, None, None, "float32", method, ms / 1e3, None)
+      for name, *times in rows
+      for method, ms in zip(procrustes.METHODS, times)
+    ]
+  )
 
 
 if __name__ == "__main__":

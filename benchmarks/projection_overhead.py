@@ -86,21 +86,37 @@ def main(argv=None) -> None:
   batch = common.synthetic_batch(args.batch, args.image)
   projecting = common.optimizer("procresnet", args.image, probability=0.5)
   rows = {
-      "no projection": (common.optimizer("procresnet", args.image), None),
-      "procrustes(every=1), lax.cond": (common.optimizer("procresnet", args.image, every=1), None),
-      "procrustes(probability=0.5), lax.cond": (projecting, None),
-      "project=True: every step, no conditional": (projecting, True),
-      "probability 0.5 decided on the host, two compiled steps": (projecting, "host"),
+    "no projection": (common.optimizer("procresnet", args.image), None),
+    "procrustes(every=1), lax.cond": (common.optimizer("procresnet", args.image, every=1), None),
+    "procrustes(probability=0.5), lax.cond": (projecting, None),
+    "project=True: every step, no conditional": (projecting, True),
+    "probability 0.5 decided on the host, two compiled steps": (projecting, "host"),
   }
   steps = {name: compiled_step(model, tx, batch, project) for name, (tx, project) in rows.items()}
   times = interleaved_times(steps, batch, args.rounds, args.per_round)
-  common.record([common.row("projection_overhead", "procresnet", args.depth, args.batch, "float32", name,
-                            ms / 1e3, steps[name][2], rounds=args.rounds, per_round=args.per_round)
-                 for name, ms in times.items()])
+  common.record(
+    [
+      common.row(
+        "projection_overhead",
+        "procresnet",
+        args.depth,
+        args.batch,
+        "float32",
+        name,
+        ms / 1e3,
+        steps[name][2],
+        rounds=args.rounds,
+        per_round=args.per_round,
+      )
+      for name, ms in times.items()
+    ]
+  )
   device = jax.devices()[0]
-  print(f"device: {device.device_kind}; jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}; "
-        f"{datetime.date.today().isoformat()}; ProcResNet-{args.depth}, batch {args.batch}; median over "
-        f"{args.rounds} interleaved rounds of {args.per_round} steps")
+  print(
+    f"device: {device.device_kind}; jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}; "
+    f"{datetime.date.today().isoformat()}; ProcResNet-{args.depth}, batch {args.batch}; median over "
+    f"{args.rounds} interleaved rounds of {args.per_round} steps"
+  )
   print("\n| optimizer | step (ms) | vs no projection |\n|---|---:|---:|")
   base = times["no projection"]
   for name, ms in times.items():

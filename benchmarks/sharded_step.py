@@ -61,12 +61,14 @@ def main(argv=None) -> int:
   many_losses, many = run(step, state, batch, args.steps, sharded=True)
   one_losses, one = run(step, state, batch, args.steps, sharded=False)
   differences = {
-      "loss": relative_difference(many_losses, one_losses),
-      "params": max(jax.tree.leaves(jax.tree.map(relative_difference, many.params, one.params))),
-      "batch_stats": max(jax.tree.leaves(jax.tree.map(relative_difference, many.batch_stats, one.batch_stats))),
+    "loss": relative_difference(many_losses, one_losses),
+    "params": max(jax.tree.leaves(jax.tree.map(relative_difference, many.params, one.params))),
+    "batch_stats": max(jax.tree.leaves(jax.tree.map(relative_difference, many.batch_stats, one.batch_stats))),
   }
-  print(f"{name}-{depth}, batch {args.batch} over {jax.device_count()} {jax.devices()[0].platform} devices "
-        f"against 1, {args.steps} steps; losses {one_losses.round(5).tolist()}")
+  print(
+    f"{name}-{depth}, batch {args.batch} over {jax.device_count()} {jax.devices()[0].platform} devices "
+    f"against 1, {args.steps} steps; losses {one_losses.round(5).tolist()}"
+  )
   for key, value in differences.items():
     print(f"largest relative difference, {key}: {value:.2e}")
   return int(max(differences.values()) > args.tolerance)

@@ -57,14 +57,15 @@ def circular_singular_values(kernel) -> np.ndarray:
 def padded_singular_values(kernel, chunk: int = 256) -> np.ndarray:
   """Every singular value of the zero-padded convolution on 32×32×3 inputs, from AᵀA (float64)."""
   weights = jnp.asarray(kernel, jnp.float64)
-  conv = lambda x: jax.lax.conv_general_dilated(x, weights, (1, 1), ((1, 1), (1, 1)),
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv = lambda x: jax.lax.conv_general_dilated(
+    x, weights, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   size = int(np.prod(SPATIAL)) * SHAPE[2]
   shape = (chunk, *SPATIAL, SHAPE[2])
   transpose = jax.linear_transpose(conv, jax.ShapeDtypeStruct(shape, jnp.float64))
   gram_columns = jax.jit(lambda basis: transpose(conv(basis))[0].reshape(chunk, size))
   eye = np.eye(size)
-  gram = np.concatenate([np.asarray(gram_columns(eye[i:i + chunk].reshape(shape))) for i in range(0, size, chunk)])
+  gram = np.concatenate([np.asarray(gram_columns(eye[i : i + chunk].reshape(shape))) for i in range(0, size, chunk)])
   return np.sqrt(np.clip(np.linalg.eigvalsh((gram + gram.T) / 2), 0, None))
 
 
@@ -87,8 +88,9 @@ def measure(repeats: int, padded: bool) -> list[dict]:
   rows = [dict(convention="(initial kernel)", rounds=0, kernel=kernel)]
   for convention, rounds in ROWS:
     project = jax.jit(lambda k, c=convention, r=rounds: procrustes.project_conv(k, SPATIAL, rounds=r, convention=c))
-    rows.append(dict(convention=convention, rounds=rounds, kernel=project(kernel),
-                     ms=median_ms(project, kernel, repeats)))
+    rows.append(
+      dict(convention=convention, rounds=rounds, kernel=project(kernel), ms=median_ms(project, kernel, repeats))
+    )
   for row in rows:
     row["circular"] = errors(circular_singular_values(row["kernel"]))
     row["padded"] = errors(padded_singular_values(row["kernel"])) if padded else None
@@ -109,14 +111,18 @@ def main():
   print()
   print(f"stem 3×3, 3 → 64 on 32×32, target σ = sqrt(64/3) = {TARGET:.3f}, float32 kernel, Newton–Schulz")
   print()
-  print("| read-back | rounds | circular max abs | circular rms | zero-padded max abs | zero-padded rms "
-        "| largest tap | ms per call |")
+  print(
+    "| read-back | rounds | circular max abs | circular rms | zero-padded max abs | zero-padded rms "
+    "| largest tap | ms per call |"
+  )
   print("|---|---:|---:|---:|---:|---:|---:|---:|")
   for row in measure(args.repeats, args.padded):
     padded = "{:.3f} | {:.4f}".format(*row["padded"]) if row["padded"] else "– | –"
     ms = f"{row['ms']:.2f}" if "ms" in row else "–"
-    print(f"| {row['convention']} | {row['rounds']} | {row['circular'][0]:.3f} | {row['circular'][1]:.4f} "
-          f"| {padded} | {row['tap']:.3f} | {ms} |")
+    print(
+      f"| {row['convention']} | {row['rounds']} | {row['circular'][0]:.3f} | {row['circular'][1]:.4f} "
+      f"| {padded} | {row['tap']:.3f} | {ms} |"
+    )
 
 
 if __name__ == "__main__":

@@ -37,11 +37,17 @@ _RERUN = flags.DEFINE_bool("rerun", False, "Run the sweep a second time with the
 _QUICK = flags.DEFINE_bool("quick", False, "A tiny sweep: two depths, one seed, 20 steps (for the tests).")
 _FLOOR_STEPS = flags.DEFINE_integer("floor_steps", 50, "Steps of the stretch that sets the floor.")
 _CACHE = flags.DEFINE_string("cache", None, "Persistent compilation cache directory (default: a new temporary one).")
-_LONG_RUN = flags.DEFINE_integer("long_run", 4_000, "Steps of one run of the reference setting at the largest depth, "
-                                 "timed against its floor too (0: none).")
+_LONG_RUN = flags.DEFINE_integer(
+  "long_run",
+  4_000,
+  "Steps of one run of the reference setting at the largest depth, timed against its floor too (0: none).",
+)
 
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
+COMPILE_EVENTS = (
+  "/jax/core/compile/jaxpr_trace_duration",
+  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+  "/jax/core/compile/backend_compile_duration",
+)
 
 
 class Clock:
@@ -100,8 +106,14 @@ def floor_seconds_per_block_step(config, steps: int, repeats: int = 5) -> float:
   """One compiled stretch of the sweep's blocks at its largest depth: seconds per block-step,
   the fastest of ``repeats`` timed calls (a floor: a shared machine only ever adds time)."""
   depth = max(config.depths)
-  model = models.create_model("mlp_residual", depth, num_classes=config.data.dim, width=config.model.width,
-                              hidden=config.model.hidden, branch_scale="1")
+  model = models.create_model(
+    "mlp_residual",
+    depth,
+    num_classes=config.data.dim,
+    width=config.model.width,
+    hidden=config.model.hidden,
+    branch_scale="1",
+  )
   tx = train.make_optimizer(_with_depth(config, depth), steps_per_epoch=64)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((steps, config.batch_size, config.data.dim)), jnp.float32)
@@ -147,34 +159,67 @@ def main(argv):
   per_block_step = floor_seconds_per_block_step(config, _FLOOR_STEPS.value)
   floor = per_block_step * block_steps(config)
   rows = []
-  for variant in ("first run", "rerun, compilation cache warm")[:2 if _RERUN.value else 1]:
+  for variant in ("first run", "rerun, compilation cache warm")[: 2 if _RERUN.value else 1]:
     clock.seconds.clear()
     wall = timed_sweep(config)
     parts = dict(clock.seconds)
     parts["outputs and figures"] = parts.get("outputs and figures", 0.0) - parts.get("figures", 0.0)
     runs = len(sweep.plan(config))
     groups = len(sweep.groups(sweep.plan(config)))
-    print(f"{variant}: {runs} runs in {groups} programs, wall {wall:.1f} s; floor {floor:.1f} s "
-          f"({1e6 * per_block_step:.1f} µs per block-step × {block_steps(config)}): {wall / floor:.2f}× the floor")
+    print(
+      f"{variant}: {runs} runs in {groups} programs, wall {wall:.1f} s; floor {floor:.1f} s "
+      f"({1e6 * per_block_step:.1f} µs per block-step × {block_steps(config)}): {wall / floor:.2f}× the floor"
+    )
     for name, seconds in sorted(parts.items(), key=lambda item: -item[1]):
       print(f"  {name:22s} {seconds:7.1f} thread-s")
-    rows.append(common.row("sweep_throughput", "mlp_residual", max(config.depths), config.batch_size, "float32",
-                           ("quick; " if _QUICK.value else "") + variant, None, parts.get("compile"),
-                           wall_s=wall, floor_s=floor, over_floor=wall / floor, runs=runs, programs=groups,
-                           us_per_block_step=1e6 * per_block_step, parts={k: round(v, 2) for k, v in parts.items()}))
+    rows.append(
+      common.row(
+        "sweep_throughput",
+        "mlp_residual",
+        max(config.depths),
+        config.batch_size,
+        "float32",
+        ("quick; " if _QUICK.value else "") + variant,
+        None,
+        parts.get("compile"),
+        wall_s=wall,
+        floor_s=floor,
+        over_floor=wall / floor,
+        runs=runs,
+        programs=groups,
+        us_per_block_step=1e6 * per_block_step,
+        parts={k: round(v, 2) for k, v in parts.items()},
+      )
+    )
   if _LONG_RUN.value:
     single = [run for run in sweep.plan(config) if run[1] == max(config.depths)][0][3]
-    single.num_steps, single.log_every, single.signal.every = _LONG_RUN.value, _LONG_RUN.value // 8, _LONG_RUN.value // 4
+    steps = _LONG_RUN.value
+    single.num_steps, single.log_every, single.signal.every = steps, steps // 8, steps // 4
     floor = per_block_step * single.num_steps * single.model.depth
     with tempfile.TemporaryDirectory() as workdir:
       start = time.perf_counter()
       loop.train_and_evaluate(single, workdir)
       wall = time.perf_counter() - start
-    print(f"one run of {single.setting} at L = {single.model.depth}, {single.num_steps} steps: wall {wall:.1f} s; "
-          f"floor {floor:.1f} s: {wall / floor:.2f}× the floor")
-    rows.append(common.row("sweep_throughput", "mlp_residual", single.model.depth, single.batch_size, "float32",
-                           f"one run of {single.num_steps} steps", None, None, wall_s=wall, floor_s=floor,
-                           over_floor=wall / floor, us_per_block_step=1e6 * per_block_step))
+    print(
+      f"one run of {single.setting} at L = {single.model.depth}, {single.num_steps} steps: wall {wall:.1f} s; "
+      f"floor {floor:.1f} s: {wall / floor:.2f}× the floor"
+    )
+    rows.append(
+      common.row(
+        "sweep_throughput",
+        "mlp_residual",
+        single.model.depth,
+        single.batch_size,
+        "float32",
+        f"one run of {single.num_steps} steps",
+        None,
+        None,
+        wall_s=wall,
+        floor_s=floor,
+        over_floor=wall / floor,
+        us_per_block_step=1e6 * per_block_step,
+      )
+    )
   common.record(rows)
 
 

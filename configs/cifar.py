@@ -37,11 +37,11 @@ from configs import default
 
 # variant -> (registry family, depth, Procrustes projection, warm-up epochs)
 VARIANTS = {
-    "procresnet166": ("procresnet", 166, True, 0.0),
-    "procresnet1003": ("procresnet", 1003, True, 0.0),
-    "preact164": ("preact_resnet", 164, False, 0.0),
-    "preact1001": ("preact_resnet", 1001, False, 0.0),
-    "resnet110": ("resnet", 110, False, 1.0),
+  "procresnet166": ("procresnet", 166, True, 0.0),
+  "procresnet1003": ("procresnet", 1003, True, 0.0),
+  "preact164": ("preact_resnet", 164, False, 0.0),
+  "preact1001": ("preact_resnet", 1001, False, 0.0),
+  "resnet110": ("resnet", 110, False, 1.0),
 }
 
 
@@ -54,16 +54,16 @@ def get_config(arg: str = "procresnet166"):
   name, depth, project, warmup_epochs = VARIANTS[variant]
   config = default.get_config()
   config.data = ml_collections.ConfigDict(
-      dict(
-          name="tfds",
-          dataset="cifar10",  # cifar100: the same recipe on CIFAR-100
-          train_split="train",
-          test_split="test",
-          data_dir=config_dict.placeholder(str),
-          train_size=config_dict.placeholder(int),  # None: the whole split
-          test_size=config_dict.placeholder(int),
-          normalization="train_split",  # or 'pytorch': the PyTorch port's fixed constants
-      )
+    dict(
+      name="tfds",
+      dataset="cifar10",  # cifar100: the same recipe on CIFAR-100
+      train_split="train",
+      test_split="test",
+      data_dir=config_dict.placeholder(str),
+      train_size=config_dict.placeholder(int),  # None: the whole split
+      test_size=config_dict.placeholder(int),
+      normalization="train_split",  # or 'pytorch': the PyTorch port's fixed constants
+    )
   )
   # The pre-activation networks and ProcResNet as the Chainer original builds and initialises
   # them (its layout: BN-ReLU after the stem, projection shortcuts with their own BN; He-normal
@@ -75,13 +75,30 @@ def get_config(arg: str = "procresnet166"):
   # of each for pre-activation ResNet-1001: benchmarks/RESULTS.md, section 4 ("Second session").
   reference = name != "resnet"
   config.model = ml_collections.ConfigDict(
-      dict(name=name, depth=depth, width_multiplier=1.0, dtype="float32", bn_momentum=0.9, scan=True, remat=False,
-           remat_policy="nothing_saveable", preact_layout="chainer" if reference else "he2016",
-           init="chainer" if reference else "he_fan_out")
+    dict(
+      name=name,
+      depth=depth,
+      width_multiplier=1.0,
+      dtype="float32",
+      bn_momentum=0.9,
+      scan=True,
+      remat=False,
+      remat_policy="nothing_saveable",
+      preact_layout="chainer" if reference else "he2016",
+      init="chainer" if reference else "he_fan_out",
+    )
   )
   config.optimizer = ml_collections.ConfigDict(
-      dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4, schedule="piecewise",
-           decay_epochs=(150, 225), decay_factor=0.1, warmup_epochs=warmup_epochs)
+    dict(
+      name="sgd",
+      learning_rate=0.1,
+      momentum=0.9,
+      weight_decay=1e-4,
+      schedule="piecewise",
+      decay_epochs=(150, 225),
+      decay_factor=0.1,
+      warmup_epochs=warmup_epochs,
+    )
   )
   # stem='chainer' (or 'pytorch') reads the stem's projection back as the reference codes do,
   # which collapses the 3x3 stem onto one tap (benchmarks/RESULTS.md); 'correct' does not.

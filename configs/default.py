@@ -13,25 +13,34 @@ def get_config():
   config.seed = 0
   config.data = ml_collections.ConfigDict(dict(name="digits", test_size=297))
   config.model = ml_collections.ConfigDict(
-      dict(
-          name="mlp_residual",
-          depth=16,
-          width=64,
-          hidden=128,
-          # '1', '1/sqrt(L)', '1/L' or a positive number: x_{l+1} = x_l + s F(x_l).
-          branch_scale="1/L",
-          zero_init_last=False,
-          layer_norm=False,
-          remat=False,
-      )
+    dict(
+      name="mlp_residual",
+      depth=16,
+      width=64,
+      hidden=128,
+      # '1', '1/sqrt(L)', '1/L' or a positive number: x_{l+1} = x_l + s F(x_l).
+      branch_scale="1/L",
+      zero_init_last=False,
+      layer_norm=False,
+      remat=False,
+    )
   )
   # schedule: 'constant', 'cosine' (to 0 over the run) or 'piecewise' (times decay_factor at
   # each of decay_epochs); warmup_epochs > 0 ramps the rate up linearly from 0 first.
   # block_lr_scale: the identity blocks' learning rate relative to the others', '1', '1/sqrt(L)',
   # '1/L' or a number (depth-μP: '1/sqrt(L)' with branch_scale '1/sqrt(L)').
   config.optimizer = ml_collections.ConfigDict(
-      dict(name="adam", learning_rate=1e-3, momentum=0.9, weight_decay=0.0, schedule="cosine",
-           decay_epochs=(), decay_factor=0.1, warmup_epochs=0.0, block_lr_scale="1")
+    dict(
+      name="adam",
+      learning_rate=1e-3,
+      momentum=0.9,
+      weight_decay=0.0,
+      schedule="cosine",
+      decay_epochs=(),
+      decay_factor=0.1,
+      warmup_epochs=0.0,
+      block_lr_scale="1",
+    )
   )
   config.augment = False  # random crops and flips (NHWC image data only)
   config.augment_padding = "zero"  # of the crops: 'zero' (Chainer original) or 'reflect' (PyTorch port)

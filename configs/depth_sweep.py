@@ -50,9 +50,18 @@ def get_config(variant: str | None = None):
   config.seeds = (0, 1, 2)
   residual = dict(name="mlp_residual", branch_scale="1", zero_init_last=False, layer_norm=False)
   reference = dict(residual, zero_init_last=True, seeds=(0, 1, 2, 3, 4))
-  config.settings = ("residual_zero_init", "residual_constructed", "residual_layer_norm", "residual_inv_sqrt_L",
-                     "residual_inv_L", "residual_depth_mup", "plain", "plain_layer_norm")
-  config.overrides = ml_collections.ConfigDict(dict(
+  config.settings = (
+    "residual_zero_init",
+    "residual_constructed",
+    "residual_layer_norm",
+    "residual_inv_sqrt_L",
+    "residual_inv_L",
+    "residual_depth_mup",
+    "plain",
+    "plain_layer_norm",
+  )
+  config.overrides = ml_collections.ConfigDict(
+    dict(
       residual_zero_init=reference,
       residual_constructed=dict(residual, init_from="constructed", seeds=(0, 1, 2, 3, 4)),
       residual_layer_norm=dict(residual, layer_norm=True),
@@ -61,12 +70,13 @@ def get_config(variant: str | None = None):
       residual_depth_mup=dict(residual, branch_scale="1/sqrt(L)", optimizer=dict(block_lr_scale="1/sqrt(L)")),
       plain=dict(name="mlp_plain", layer_norm=False),
       plain_layer_norm=dict(name="mlp_plain", layer_norm=True),
-  ))
+    )
+  )
   # Set per run from `settings` and `depths`; a value here is refused rather than overwritten.
   config.model.name = config_dict.placeholder(str)
   config.model.depth = config_dict.placeholder(int)
   config.data = ml_collections.ConfigDict(
-      dict(name="teacher", dim=16, num_maps=4, strength=0.5, hidden=64, train_size=4096, test_size=1024)
+    dict(name="teacher", dim=16, num_maps=4, strength=0.5, hidden=64, train_size=4096, test_size=1024)
   )
   config.model.width = 32
   config.model.hidden = 64
@@ -102,7 +112,8 @@ def _ladder(config, variant: str) -> None:
   for steps in VARIANTS[variant]:
     every = dict(log_every=steps // 16, signal=dict(every=steps // 4))
     for schedule in ("cosine", "constant"):
-      ladder[f"zero_init_{schedule}_{steps}"] = dict(reference, num_steps=steps, optimizer=dict(schedule=schedule),
-                                                     seeds=(0, 1, 2), **every)
+      ladder[f"zero_init_{schedule}_{steps}"] = dict(
+        reference, num_steps=steps, optimizer=dict(schedule=schedule), seeds=(0, 1, 2), **every
+      )
   config.settings = tuple(ladder)
   config.overrides = ml_collections.ConfigDict(ladder)

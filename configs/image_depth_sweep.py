@@ -53,18 +53,29 @@ def get_config(arg=None):
   config.depths = PREACT_DEPTHS
   config.seeds = (0, 1)
   config.settings = ("preact_resnet", "plain_preact", "procresnet")
-  config.overrides = ml_collections.ConfigDict(dict(
+  config.overrides = ml_collections.ConfigDict(
+    dict(
       preact_resnet=dict(name="preact_resnet"),
       plain_preact=dict(name="plain_preact"),
       procresnet=dict(name="procresnet", depths=PROCRESNET_DEPTHS, procrustes=dict(enabled=True)),
       resnet_postact=dict(name="resnet", depths=POSTACT_DEPTHS),
       plain_postact=dict(name="plain", depths=POSTACT_DEPTHS),
-  ))
+    )
+  )
   config.data = ml_collections.ConfigDict(
-      dict(name="digits_images", test_size=297, train_size=512, image_size=8, method="bilinear"))
-  config.model = ml_collections.ConfigDict(dict(
-      name=config_dict.placeholder(str), depth=config_dict.placeholder(int), width_multiplier=0.5,
-      dtype="float32", bn_momentum=0.9, scan=False, remat=False))
+    dict(name="digits_images", test_size=297, train_size=512, image_size=8, method="bilinear")
+  )
+  config.model = ml_collections.ConfigDict(
+    dict(
+      name=config_dict.placeholder(str),
+      depth=config_dict.placeholder(int),
+      width_multiplier=0.5,
+      dtype="float32",
+      bn_momentum=0.9,
+      scan=False,
+      remat=False,
+    )
+  )
   config.optimizer.update(dict(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine"))
   config.augment = False
   config.batch_size = 64
@@ -98,10 +109,17 @@ def get_config(arg=None):
     config.steps_per_dispatch = 100  # on a GPU the loop body is the same kernels
     config.signal.num_examples = 128
   if arg == "cifar10":
-    config.data = ml_collections.ConfigDict(dict(
-        name="tfds", dataset="cifar10", train_split="train", test_split="test",
-        data_dir=config_dict.placeholder(str), train_size=config_dict.placeholder(int),
-        test_size=config_dict.placeholder(int)))
+    config.data = ml_collections.ConfigDict(
+      dict(
+        name="tfds",
+        dataset="cifar10",
+        train_split="train",
+        test_split="test",
+        data_dir=config_dict.placeholder(str),
+        train_size=config_dict.placeholder(int),
+        test_size=config_dict.placeholder(int),
+      )
+    )
     config.augment, config.eval_batch_size = True, 500
     config.num_steps = 5000
   elif arg is not None and arg != "gpu":

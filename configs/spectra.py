@@ -23,7 +23,7 @@ def get_config():
   config.models = ("mlp_residual", "mlp_plain")
   config.depths = (4, 16, 64, 256)
   config.model = ml_collections.ConfigDict(
-      dict(width=32, hidden=64, branch_scale="1/L", zero_init_last=False, layer_norm=False)
+    dict(width=32, hidden=64, branch_scale="1/L", zero_init_last=False, layer_norm=False)
   )
   config.input_dim = 16
   config.num_examples = 8

@@ -43,9 +43,9 @@ def get_config(variant: str | None = None):
   config.depths = (2, 4, 8, 16)
   config.seeds = (0, 1)
   pre_ln = dict(name="transformer", layout="pre_ln", branch_scale="1", zero_init=False)
-  config.settings = ("pre_ln_zero_init", "rezero", "pre_ln", "pre_ln_inv_sqrt_L", "pre_ln_inv_L", "post_ln",
-                     "deepnorm")
-  config.overrides = ml_collections.ConfigDict(dict(
+  config.settings = ("pre_ln_zero_init", "rezero", "pre_ln", "pre_ln_inv_sqrt_L", "pre_ln_inv_L", "post_ln", "deepnorm")
+  config.overrides = ml_collections.ConfigDict(
+    dict(
       pre_ln_zero_init=dict(pre_ln, zero_init=True, seeds=(0, 1, 2)),
       rezero=dict(pre_ln, layout="rezero"),
       pre_ln=pre_ln,
@@ -53,11 +53,25 @@ def get_config(variant: str | None = None):
       pre_ln_inv_L=dict(pre_ln, branch_scale="1/L"),
       post_ln=dict(pre_ln, layout="post_ln"),
       deepnorm=dict(pre_ln, layout="deepnorm"),
-  ))
-  config.model = ml_collections.ConfigDict(dict(
-      name=config_dict.placeholder(str), depth=config_dict.placeholder(int), width=32, heads=2, hidden=64,
-      layout="pre_ln", branch_scale="1", zero_init=False, causal=True, vocab_size=128, max_length=32, pool="none",
-      dtype="float32"))
+    )
+  )
+  config.model = ml_collections.ConfigDict(
+    dict(
+      name=config_dict.placeholder(str),
+      depth=config_dict.placeholder(int),
+      width=32,
+      heads=2,
+      hidden=64,
+      layout="pre_ln",
+      branch_scale="1",
+      zero_init=False,
+      causal=True,
+      vocab_size=128,
+      max_length=32,
+      pool="none",
+      dtype="float32",
+    )
+  )
   config.data = ml_collections.ConfigDict(dict(name="python_source", tokens=32, train_size=4096, test_size=512))
   config.optimizer.learning_rate = 1e-3
   config.batch_size = 32

@@ -37,7 +37,8 @@ class GatedBlock(nn.Module):
     width = x.shape[-1]
     gate = nn.sigmoid(nn.Dense(width, name="gate")(x))
     branch = gate * nn.Dense(width, kernel_init=nn.initializers.zeros, name="out")(
-        nn.tanh(nn.Dense(self.hidden, name="in")(x)))
+      nn.tanh(nn.Dense(self.hidden, name="in")(x))
+    )
     out = x + branch
     return probes.probe(self, probes.SCANNED_PROBE, out, x_in=x, branch=branch), None
 
@@ -56,8 +57,9 @@ class GatedStack(nn.Module):
     x = probes.probe(self, probes.site_name(0, "input"), inputs)
     x = nn.Dense(self.width, name="stem")(x)
     x = probes.probe(self, probes.site_name(1, "stem"), x, x_in=inputs, branch=x)
-    blocks = nn.scan(GatedBlock, variable_axes=probes.SCAN_AXES, split_rngs={"params": True},
-                     length=self.depth)(hidden=self.hidden, name=probes.site_name(2, "block"))
+    blocks = nn.scan(GatedBlock, variable_axes=probes.SCAN_AXES, split_rngs={"params": True}, length=self.depth)(
+      hidden=self.hidden, name=probes.site_name(2, "block")
+    )
     x, _ = blocks(x, None)
     return nn.Dense(self.num_outputs, name="head")(x)
 
@@ -70,14 +72,19 @@ def spirals(seed=0, train_size=2048, test_size=512, noise=0.1) -> data.Dataset:
   angle = rng.uniform(0.25, 3.0 * np.pi, count)
   points = np.stack([angle * np.cos(angle + np.pi * labels), angle * np.sin(angle + np.pi * labels)], axis=1)
   points = (points / (3.0 * np.pi) + noise * rng.standard_normal(points.shape)).astype(np.float32)
-  return data.Dataset(points[:train_size], labels[:train_size], points[train_size:], labels[train_size:],
-                      "classification", 2)
+  return data.Dataset(
+    points[:train_size], labels[:train_size], points[train_size:], labels[train_size:], "classification", 2
+  )
 
 
 if FAMILY not in models.FAMILIES:  # a config file may be loaded more than once in a process
-  models.register(FAMILY, models.Family(
+  models.register(
+    FAMILY,
+    models.Family(
       build=lambda depth, num_classes, **options: GatedStack(depth=depth, num_outputs=num_classes, **options),
-      defaults=dict(width=16, hidden=32)))
+      defaults=dict(width=16, hidden=32),
+    ),
+  )
 if DATASET not in data.LOADERS:
   data.register(DATASET, spirals)
 
@@ -86,8 +93,9 @@ def get_config():
   config = depth_sweep.get_config()
   config.settings = ("gated",)
   config.overrides = ml_collections.ConfigDict(dict(gated=dict(name=FAMILY)))
-  config.model = ml_collections.ConfigDict(dict(
-      name=config_dict.placeholder(str), depth=config_dict.placeholder(int), width=16, hidden=32))
+  config.model = ml_collections.ConfigDict(
+    dict(name=config_dict.placeholder(str), depth=config_dict.placeholder(int), width=16, hidden=32)
+  )
   config.data = ml_collections.ConfigDict(dict(name=DATASET, train_size=2048, test_size=512, noise=0.1))
   config.depths = (2, 8, 32)
   config.seeds = (0, 1)

@@ -20,8 +20,10 @@ COORDINATOR = flags.DEFINE_string("coordinator", None, "Coordinator address HOST
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 COMPILATION_CACHE = flags.DEFINE_string(
-    "compilation_cache", os.path.join("~", ".cache", "resnorm", "jax"),
-    "Directory of the persistent XLA compilation cache (empty: none).")
+  "compilation_cache",
+  os.path.join("~", ".cache", "resnorm", "jax"),
+  "Directory of the persistent XLA compilation cache (empty: none).",
+)
 
 
 def initialize() -> None:

@@ -21,8 +21,9 @@ from resnorm import records, report
 _SUMMARY = flags.DEFINE_string("summary", None, "A sweep's summary.json: print its report.")
 _README = flags.DEFINE_string("readme", None, "A Markdown file whose generated sections to regenerate.")
 
-SECTION = re.compile(r"(<!-- report: (?P<path>\S+)(?: (?P<part>budgets|glance))? -->\n)(?P<body>.*?)(<!-- /report -->)",
-                     re.DOTALL)
+SECTION = re.compile(
+  r"(<!-- report: (?P<path>\S+)(?: (?P<part>budgets|glance))? -->\n)(?P<body>.*?)(<!-- /report -->)", re.DOTALL
+)
 
 
 def section(summary_path: str, root: str = "", part: str | None = None) -> str:

@@ -34,8 +34,13 @@ def main(argv):
   matrix = recurrence.companion(config.coefficients)
   convergence = recurrence.residual_convergence(matrix, config.residual_depths)
   results = depth_spectra.depth_spectra(
-      config.models, config.depths, config.model.to_dict(), input_dim=config.input_dim,
-      num_examples=config.num_examples, seed=config.seed, lanczos_iterations=config.lanczos_iterations,
+    config.models,
+    config.depths,
+    config.model.to_dict(),
+    input_dim=config.input_dim,
+    num_examples=config.num_examples,
+    seed=config.seed,
+    lanczos_iterations=config.lanczos_iterations,
   )
   print(recurrence.format_fibonacci_table(recurrence.fibonacci_table(config.fibonacci_ns)))
   print()
@@ -51,9 +56,9 @@ def main(argv):
   workdir = records.path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   figures = {
-      "recurrence.png": plots.draw_recurrence(Figure(figsize=(11, 4)), matrix, convergence),
-      "block_singular_values.png": plots.draw_block_spectra(Figure(figsize=(5.5 * len(results), 4)), results),
-      "stack_singular_values.png": plots.draw_stack_spectra(Figure(figsize=(6, 4)).subplots(), results),
+    "recurrence.png": plots.draw_recurrence(Figure(figsize=(11, 4)), matrix, convergence),
+    "block_singular_values.png": plots.draw_block_spectra(Figure(figsize=(5.5 * len(results), 4)), results),
+    "stack_singular_values.png": plots.draw_stack_spectra(Figure(figsize=(6, 4)).subplots(), results),
   }
   for filename, fig in figures.items():
     plots.save(fig, workdir / filename)

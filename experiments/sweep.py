@@ -21,10 +21,10 @@ from resnorm import config_validation, loop, records, sweep
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for runs and results.", required=True)
 _AGGREGATE = flags.DEFINE_bool(
-    "aggregate", False, "Merge the finished sweep workdirs given as arguments into --workdir."
+  "aggregate", False, "Merge the finished sweep workdirs given as arguments into --workdir."
 )
 _ALLOW_INCOMPLETE = flags.DEFINE_bool(
-    "allow_incomplete", False, "With --aggregate: merge although some planned runs did not finish."
+  "allow_incomplete", False, "With --aggregate: merge although some planned runs did not finish."
 )
 
 
@@ -44,8 +44,13 @@ def main(argv):
     else:
       with loop.sigterm_stops():  # from start-up on: SIGTERM stops the runs at a saved step
         summary = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
-  except (config_validation.ConfigError, records.WorkdirError, loop.Preempted, records.WriteFailed,
-          records.UnreadableRecord) as error:
+  except (
+    config_validation.ConfigError,
+    records.WorkdirError,
+    loop.Preempted,
+    records.WriteFailed,
+    records.UnreadableRecord,
+  ) as error:
     sys.exit(f"error: {error}")  # one line, exit status 1, before anything compiles or changes
   if jax.process_index() == 0:
     print(sweep.format_table(summary))

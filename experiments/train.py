@@ -41,8 +41,9 @@ def _draw_ratio_heatmap(record: dict) -> None:
   the run measured during training (``config.signal.every``)."""
   rows = records.JsonlLog(records.path(_WORKDIR.value) / "signal.jsonl", write=False).records
   if rows:
-    plots.ratio_heatmap({f"{record['model']}, depth {record['depth']}": rows},
-                        records.path(_WORKDIR.value) / "ratio_heatmap.png")
+    plots.ratio_heatmap(
+      {f"{record['model']}, depth {record['depth']}": rows}, records.path(_WORKDIR.value) / "ratio_heatmap.png"
+    )
 
 
 def main(argv):
@@ -63,17 +64,37 @@ def main(argv):
   except (config_validation.ConfigError, records.WorkdirError, loop.Preempted, records.WriteFailed) as error:
     sys.exit(f"error: {error}")  # one line, exit status 1
   if jax.process_index() == 0:
-    print(json.dumps({k: record[k] for k in ("steps", "diverged", "train_loss", "test_loss", "test_accuracy",
-                                             "best_test_accuracy", "best_step", "images_per_second")
-                      if k in record}))
+    print(
+      json.dumps(
+        {
+          k: record[k]
+          for k in (
+            "steps",
+            "diverged",
+            "train_loss",
+            "test_loss",
+            "test_accuracy",
+            "best_test_accuracy",
+            "best_step",
+            "images_per_second",
+          )
+          if k in record
+        }
+      )
+    )
     if "trained" in record:
       print(json.dumps({"trained": record["trained"]["by_kind"]}))
     _draw_ratio_heatmap(record)
   if record["diverged"]:
     kept = record["last_checkpoint"]
-    sys.exit(f"error: training diverged by step {record['diverged_at_step']}; "
-             + (f"the last good checkpoint (step {kept}) is kept in {_WORKDIR.value}/checkpoints" if kept
-                else "no checkpoint was saved before"))
+    sys.exit(
+      f"error: training diverged by step {record['diverged_at_step']}; "
+      + (
+        f"the last good checkpoint (step {kept}) is kept in {_WORKDIR.value}/checkpoints"
+        if kept
+        else "no checkpoint was saved before"
+      )
+    )
 
 
 if __name__ == "__main__":

@@ -57,9 +57,15 @@ def manager(directory, local: bool) -> ocp.CheckpointManager:
     process = jax.process_index()
     directory.mkdir(parents=True, exist_ok=True)  # Orbax creates it only when every process takes part
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=2, create=False, enable_async_checkpointing=background, multiprocessing_options=(
-            ocp.options.MultiprocessingOptions(primary_host=process, active_processes={process},
-                                               barrier_sync_key_prefix=f"process{process}")))
+      max_to_keep=2,
+      create=False,
+      enable_async_checkpointing=background,
+      multiprocessing_options=(
+        ocp.options.MultiprocessingOptions(
+          primary_host=process, active_processes={process}, barrier_sync_key_prefix=f"process{process}"
+        )
+      ),
+    )
   return ocp.CheckpointManager(directory, options=options)
 
 
@@ -120,8 +126,17 @@ def _disk_errors_as_write_failed(what: str):
     raise records.WriteFailed(f"could not save {what}: {reason} (the checkpoints saved before are intact)") from error
 
 
-def save(checkpoints: ocp.CheckpointManager, workdir, step: int, state, *, losses_since_log: list[float],
-         host_copies: bool, force: bool, write: bool) -> None:
+def save(
+  checkpoints: ocp.CheckpointManager,
+  workdir,
+  step: int,
+  state,
+  *,
+  losses_since_log: list[float],
+  host_copies: bool,
+  force: bool,
+  write: bool,
+) -> None:
   """Saves ``state`` as the checkpoint of ``step`` and, with ``write`` (the process that writes
   the files), its entry in ``workdir/checkpoints.json``; entries of steps no longer kept are dropped.
 
@@ -170,8 +185,7 @@ def restore(state, workdir, local: bool, host_copies: bool, sharding) -> Restore
       checkpoints.close()
     entry = index.get(step)
     if entry is None:
-      logging.warning("%s: no digest of the checkpoint of step %d in %s; restoring it unverified",
-                      workdir, step, INDEX)
+      logging.warning("%s: no digest of the checkpoint of step %d in %s; restoring it unverified", workdir, step, INDEX)
     elif digest(restored) != entry["sha256"]:
       errors.append(f"step {step}: its arrays differ from those saved (SHA-256 mismatch)")
       continue
@@ -181,11 +195,18 @@ def restore(state, workdir, local: bool, host_copies: bool, sharding) -> Restore
       for bad in found:
         if bad > step:
           (workdir / "checkpoints" / str(bad)).rename(aside / str(bad))
-      logging.warning("%s: the later checkpoints do not restore (%s); moved them to %s and resumed from step %d",
-                      workdir, "; ".join(errors), aside, step)
+      logging.warning(
+        "%s: the later checkpoints do not restore (%s); moved them to %s and resumed from step %d",
+        workdir,
+        "; ".join(errors),
+        aside,
+        step,
+      )
     restored = jax.device_put(restored, sharding) if host_copies else restored
     return Restored(step, restored, list(entry["losses_since_log"]) if entry else [])
   if errors:
-    raise records.WorkdirError(f"{workdir}/checkpoints: no checkpoint restores ({'; '.join(errors)}). Nothing was "
-                               "changed: move the checkpoints away to start from scratch.")
+    raise records.WorkdirError(
+      f"{workdir}/checkpoints: no checkpoint restores ({'; '.join(errors)}). Nothing was "
+      "changed: move the checkpoints away to start from scratch."
+    )
   return Restored(0, None, [])

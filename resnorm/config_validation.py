@@ -12,7 +12,6 @@ the library.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import jax
 
@@ -119,13 +118,17 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
     targets = models.family(config.model.name).projection_targets
     if targets is None:
       with_targets = sorted(name for name, f in models.FAMILIES.items() if f.projection_targets)
-      raise ConfigError("config.procrustes.enabled", True,
-                        f"False for {config.model.name} (kernels to project: {with_targets})")
+      raise ConfigError(
+        "config.procrustes.enabled", True, f"False for {config.model.name} (kernels to project: {with_targets})"
+      )
     with fields("config.procrustes.", rename={"stem_convention": "procrustes.stem"}):
       validation.non_negative_int("every", config.procrustes.every)
-      procrustes.procrustes(targets(dataset.x_train.shape, stem_convention=config.procrustes.get("stem", "correct")),
-                            probability=config.procrustes.probability, every=config.procrustes.every or None,
-                            seed=config.seed)
+      procrustes.procrustes(
+        targets(dataset.x_train.shape, stem_convention=config.procrustes.get("stem", "correct")),
+        probability=config.procrustes.probability,
+        every=config.procrustes.every or None,
+        seed=config.seed,
+      )
 
 
 def _check_sites(config, model, dataset: data_lib.Dataset) -> None:
@@ -133,8 +136,9 @@ def _check_sites(config, model, dataset: data_lib.Dataset) -> None:
   stream order (:mod:`resnorm.probes`); traced on two test examples, nothing computed."""
   inputs = dataset.x_test[:2]
   try:
-    jax.eval_shape(lambda: signal.zero_probes(model, model.init(jax.random.key(0), inputs, train=False), inputs,
-                                              train=False))
+    jax.eval_shape(
+      lambda: signal.zero_probes(model, model.init(jax.random.key(0), inputs, train=False), inputs, train=False)
+    )
   except ValueError as error:
     raise ConfigError("config.model.name", config.model.name, f"a model with stream sites ({error})") from error
 
@@ -144,11 +148,17 @@ def _check_construction(config, model, dataset: data_lib.Dataset) -> None:
   construct = models.family(config.model.name).construct
   if construct is None:
     with_construction = sorted(name for name, f in models.FAMILIES.items() if f.construct)
-    raise ConfigError("config.init_from", "constructed", f"'random' for {config.model.name} (families with a "
-                      f"construction: {with_construction})")
+    raise ConfigError(
+      "config.init_from",
+      "constructed",
+      f"'random' for {config.model.name} (families with a construction: {with_construction})",
+    )
   if dataset.flow is None:
-    raise ConfigError("config.init_from", "constructed", f"'random' for data {config.data.name!r} (a construction "
-                      "needs the teacher's flow: data.name='teacher')")
+    raise ConfigError(
+      "config.init_from",
+      "constructed",
+      f"'random' for data {config.data.name!r} (a construction needs the teacher's flow: data.name='teacher')",
+    )
   template = jax.eval_shape(model.init, jax.random.key(0), dataset.x_train[:1])
   try:
     construct(model, template, dataset.flow)
@@ -160,7 +170,8 @@ def _check_schedule(optimizer) -> None:
   """The piecewise schedule's epochs and factor, and the warm-up (``config.optimizer.`` fields)."""
   epochs = tuple(optimizer.decay_epochs)
   if any(isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0 for e in epochs) or list(epochs) != sorted(
-      set(epochs)):
+    set(epochs)
+  ):
     raise validation.invalid("decay_epochs", optimizer.decay_epochs, "increasing positive numbers of epochs")
   factor = optimizer.decay_factor
   if isinstance(factor, bool) or not 0 < factor <= 1:
@@ -176,8 +187,12 @@ def _check_length(config) -> None:
   validation.non_negative_int("num_steps", steps)
   validation.non_negative_int("num_epochs", epochs)
   if bool(steps) == bool(epochs):
-    raise validation.invalid("num_epochs", epochs, f"exactly one of num_steps (= {steps!r}) and num_epochs positive and "
-                             "the other 0, e.g. --config.num_steps=0 --config.num_epochs=300")
+    raise validation.invalid(
+      "num_epochs",
+      epochs,
+      f"exactly one of num_steps (= {steps!r}) and num_epochs positive "
+      "and the other 0, e.g. --config.num_steps=0 --config.num_epochs=300",
+    )
 
 
 def build_model(config, num_outputs: int):
@@ -199,8 +214,12 @@ def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
     names = config.settings if isinstance(config.settings, (tuple, list)) else (config.settings,)
     overrides = config.get("overrides") or {}
     if not names:
-      raise validation.invalid("settings", config.settings, f"a non-empty list of names from config.overrides "
-                               f"({sorted(overrides)}) or of model families ({sorted(models.FAMILIES)})")
+      raise validation.invalid(
+        "settings",
+        config.settings,
+        f"a non-empty list of names from config.overrides "
+        f"({sorted(overrides)}) or of model families ({sorted(models.FAMILIES)})",
+      )
     for name in names:
       if name not in overrides:
         validation.one_of("settings", name, sorted(set(overrides) | set(models.FAMILIES)))
@@ -214,8 +233,11 @@ def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
           _check_seeds("seeds", overrides[name].seeds)
   for field, instead in (("depth", "config.depths"), ("name", "config.settings")):
     if config.model.get(field) is not None:
-      raise ConfigError(f"config.model.{field}", config.model[field],
-                        f"None in a sweep, which sets it from {instead}: override {instead} instead")
+      raise ConfigError(
+        f"config.model.{field}",
+        config.model[field],
+        f"None in a sweep, which sets it from {instead}: override {instead} instead",
+      )
   checked = set()
   for setting, depth, _, single in plan(config):
     if (setting, depth) in checked:
@@ -258,5 +280,6 @@ def check_spectra(config) -> None:
   for name in names:
     for depth in config.depths:
       with fields("config.model.", rename={"depth": "depths", "name": "models"}):
-        models.create_model(name, depth, num_classes=config.input_dim,
-                            **models.accepted_options(name, config.model.to_dict(), prefix=""))
+        models.create_model(
+          name, depth, num_classes=config.input_dim, **models.accepted_options(name, config.model.to_dict(), prefix="")
+        )

@@ -74,8 +74,14 @@ def teacher_flow(seed: int, dim: int, num_maps: int, strength: float, hidden: in
   validation.positive_int("hidden", hidden)
   validation.positive_float("strength", strength)
   rng = np.random.default_rng(seed)
-  fields = [(_spectrally_normalized(rng, hidden, dim), 0.5 * rng.standard_normal(hidden),
-             _spectrally_normalized(rng, dim, hidden)) for _ in range(num_maps)]
+  fields = [
+    (
+      _spectrally_normalized(rng, hidden, dim),
+      0.5 * rng.standard_normal(hidden),
+      _spectrally_normalized(rng, dim, hidden),
+    )
+    for _ in range(num_maps)
+  ]
   u, b, v = (np.stack(parts) for parts in zip(*fields))
   return targets.FlowTarget(u, b, v, random_rotation(rng, dim), float(strength))
 
@@ -137,9 +143,22 @@ def digits_images(seed=0, test_size=297, train_size=None, image_size=32, method=
 ASCII = 128  # python_source's vocabulary: the byte values of ASCII; any other byte reads as '?'
 
 
-def python_source(seed=0, modules=("argparse", "collections/__init__", "dataclasses", "functools", "inspect",
-                                   "json/decoder", "pathlib", "typing"),
-                  tokens=64, train_size=4096, test_size=512) -> Dataset:
+def python_source(
+  seed=0,
+  modules=(
+    "argparse",
+    "collections/__init__",
+    "dataclasses",
+    "functools",
+    "inspect",
+    "json/decoder",
+    "pathlib",
+    "typing",
+  ),
+  tokens=64,
+  train_size=4096,
+  test_size=512,
+) -> Dataset:
   """Windows of ``tokens`` + 1 characters of the standard library's ``modules`` (their ``.py``
   sources, concatenated): inputs the first ``tokens`` byte ids, targets the next character at
   every position. The last tenth of the text is held out for the test windows; window starts are
@@ -207,14 +226,25 @@ def _tfds_source(tfds, dataset: str, split: str, data_dir):
   except Exception as error:  # pylint: disable=broad-except  (TFDS raises several kinds here)
     root = tfds.builder(dataset, data_dir=data_dir).data_dir
     raise validation.invalid(
-        "dataset", dataset, f"a dataset prepared in {root} (not found or not in ArrayRecord format: "
-        f"{type(error).__name__}); prepare it on a machine with network access with "
-        f"`tfds build {dataset} --data_dir={data_dir or '~/tensorflow_datasets'} --file_format=array_record`"
+      "dataset",
+      dataset,
+      f"a dataset prepared in {root} (not found or not in ArrayRecord format: "
+      f"{type(error).__name__}); prepare it on a machine with network access with "
+      f"`tfds build {dataset} --data_dir={data_dir or '~/tensorflow_datasets'} --file_format=array_record`",
     ) from None
 
 
-def tfds_images(dataset="cifar10", train_split="train", test_split="test", data_dir=None, image_key="image",
-                label_key="label", train_size=None, test_size=None, normalization="train_split") -> Dataset:
+def tfds_images(
+  dataset="cifar10",
+  train_split="train",
+  test_split="test",
+  data_dir=None,
+  image_key="image",
+  label_key="label",
+  train_size=None,
+  test_size=None,
+  normalization="train_split",
+) -> Dataset:
   """An image-classification dataset from TFDS, read through ``tfds.data_source`` (ArrayRecord
   random access: no TensorFlow) into memory, pixels scaled to [0, 1] then standardised per
   channel (:func:`standardize`). The dataset must already be prepared in ``data_dir`` (``tfds
@@ -240,8 +270,14 @@ def tfds_images(dataset="cifar10", train_split="train", test_split="test", data_
 
 def synthetic(seed=0, height=32, width=32, channels=3, num_classes=10, train_size=50_000, test_size=10_000) -> Dataset:
   """Standard-normal NHWC images with uniform random labels (CIFAR-10's shapes by default)."""
-  for name, value in (("height", height), ("width", width), ("channels", channels), ("num_classes", num_classes),
-                      ("train_size", train_size), ("test_size", test_size)):
+  for name, value in (
+    ("height", height),
+    ("width", width),
+    ("channels", channels),
+    ("num_classes", num_classes),
+    ("train_size", train_size),
+    ("test_size", test_size),
+  ):
     validation.positive_int(name, value)
   rng = np.random.default_rng([seed, 2])
   x = rng.standard_normal((train_size + test_size, height, width, channels), dtype=np.float32)
@@ -269,8 +305,15 @@ def augment(images: np.ndarray, seed: int, step: int, padding: int = 4, mode: st
   return padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-LOADERS = {"teacher": teacher, "digits": digits, "digits_images": digits_images, "tfds": tfds_images,
-           "synthetic": synthetic, "python_source": python_source, "copy_sequences": copy_sequences}
+LOADERS = {
+  "teacher": teacher,
+  "digits": digits,
+  "digits_images": digits_images,
+  "tfds": tfds_images,
+  "synthetic": synthetic,
+  "python_source": python_source,
+  "copy_sequences": copy_sequences,
+}
 
 
 def register(name: str, loader) -> None:
@@ -294,7 +337,7 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> n
     raise validation.invalid("batch_size", batch_size, f"at most the {num_examples} training examples")
   per_epoch = num_examples // batch_size
   epoch, position = divmod(step, per_epoch)
-  return _epoch_order(num_examples, seed, epoch)[position * batch_size:(position + 1) * batch_size]
+  return _epoch_order(num_examples, seed, epoch)[position * batch_size : (position + 1) * batch_size]
 
 
 @functools.lru_cache(maxsize=16)
@@ -311,7 +354,7 @@ def process_rows(global_rows: np.ndarray) -> np.ndarray:
   if len(global_rows) % count:
     raise validation.invalid("batch_size", len(global_rows), f"a multiple of the {count} processes")
   share = len(global_rows) // count
-  return global_rows[jax.process_index() * share:(jax.process_index() + 1) * share]
+  return global_rows[jax.process_index() * share : (jax.process_index() + 1) * share]
 
 
 def prefetch(items: Iterable, size: int = 2) -> Iterator:

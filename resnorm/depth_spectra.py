@@ -20,13 +20,18 @@ def _measure(block_stack, model, init_key, inputs, lanczos_key, lanczos_iteratio
   """One model's spectra at initialisation (jitted with all but the keys and inputs static)."""
   blocks = block_stack(model, model.init(init_key, inputs), inputs)
   sigma_max, sigma_min = spectra.extreme_singular_values(
-      spectra.stack_map(blocks), blocks.inputs[0], lanczos_key, lanczos_iterations)
-  return dict(block=spectra.block_singular_values(blocks), stack=spectra.stack_singular_values(blocks),
-              stack_lanczos=jnp.stack([sigma_max, sigma_min], axis=-1))
+    spectra.stack_map(blocks), blocks.inputs[0], lanczos_key, lanczos_iterations
+  )
+  return dict(
+    block=spectra.block_singular_values(blocks),
+    stack=spectra.stack_singular_values(blocks),
+    stack_lanczos=jnp.stack([sigma_max, sigma_min], axis=-1),
+  )
 
 
-def depth_spectra(names, depths, options: dict, input_dim: int = 16, num_examples: int = 8, seed: int = 0,
-                  lanczos_iterations: int = 16) -> dict:
+def depth_spectra(
+  names, depths, options: dict, input_dim: int = 16, num_examples: int = 8, seed: int = 0, lanczos_iterations: int = 16
+) -> dict:
   """Block and end-to-end singular values of registry models at initialisation, across depths.
 
   Every (name, depth) model is built with ``models.create_model(name, depth, **options)`` (options the
@@ -46,8 +51,11 @@ def depth_spectra(names, depths, options: dict, input_dim: int = 16, num_example
   for name in names:
     validation.one_of("models", name, measurable)
   depths = validation.positive_ints("depths", depths)
-  for field, value in (("input_dim", input_dim), ("num_examples", num_examples),
-                       ("lanczos_iterations", lanczos_iterations)):
+  for field, value in (
+    ("input_dim", input_dim),
+    ("num_examples", num_examples),
+    ("lanczos_iterations", lanczos_iterations),
+  ):
     validation.positive_int(field, value)
   built = {}
   for name in names:
@@ -70,8 +78,10 @@ def format_depth_spectra(results: dict) -> str:
   Block columns pool every block and example; stack columns are medians over examples of the end-to-end
   σ_max and σ_min (dense), their ratio's log10, and the matrix-free σ_max, σ_min beside them.
   """
-  header = (f"{'model':<16}{'L':>6}  {'block σ: min':>12}{'p50':>8}{'max':>8}  {'|σ−1| max':>9}"
-            f"  {'stack σ_max':>11}{'σ_min':>10}{'log10 κ':>9}  {'Lanczos σ_max':>13}{'σ_min':>10}")
+  header = (
+    f"{'model':<16}{'L':>6}  {'block σ: min':>12}{'p50':>8}{'max':>8}  {'|σ−1| max':>9}"
+    f"  {'stack σ_max':>11}{'σ_min':>10}{'log10 κ':>9}  {'Lanczos σ_max':>13}{'σ_min':>10}"
+  )
   lines = [header, "-" * len(header)]
   for name, by_depth in results.items():
     for depth, r in sorted(by_depth.items()):
@@ -81,9 +91,9 @@ def format_depth_spectra(results: dict) -> str:
       with np.errstate(divide="ignore"):
         log_kappa = math.log10(stack_max / stack_min) if stack_min > 0 else math.inf
       lines.append(
-          f"{name:<16}{depth:>6}  {block.min():>12.4f}{np.median(block):>8.4f}{block.max():>8.4f}"
-          f"  {np.abs(block - 1).max():>9.4f}  {stack_max:>11.4g}{stack_min:>10.3g}{log_kappa:>9.2f}"
-          f"  {lanczos_max:>13.4g}{lanczos_min:>10.3g}"
+        f"{name:<16}{depth:>6}  {block.min():>12.4f}{np.median(block):>8.4f}{block.max():>8.4f}"
+        f"  {np.abs(block - 1).max():>9.4f}  {stack_max:>11.4g}{stack_min:>10.3g}{log_kappa:>9.2f}"
+        f"  {lanczos_max:>13.4g}{lanczos_min:>10.3g}"
       )
   lines.append("σ below about 1e-7·σ_max is float32 rounding: a plain ReLU block is singular whenever fewer hidden")
   lines.append("units are on than the stream is wide, and so is every product containing one.")

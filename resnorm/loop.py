@@ -86,16 +86,20 @@ def run_seed(config) -> int:
 def build_model(config, num_outputs: int):
   """``config.model`` built through the registry (options other families take are dropped)."""
   options = {k: v for k, v in config.model.items() if k not in ("name", "depth")}
-  return models.create_model(config.model.name, config.model.depth, num_classes=num_outputs,
-                             **models.accepted_options(config.model.name, options, prefix=""))
+  return models.create_model(
+    config.model.name,
+    config.model.depth,
+    num_classes=num_outputs,
+    **models.accepted_options(config.model.name, options, prefix=""),
+  )
 
 
 def shardings(devices) -> tuple[jax.sharding.NamedSharding, jax.sharding.NamedSharding]:
   """(replicated, batch split over axis ``'data'``) on a one-axis mesh of ``devices``."""
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   return (
-      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
+    jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+    jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
   )
 
 
@@ -189,13 +193,14 @@ class Measurer:
   DENSE_WIDTH = 256  # block Jacobians up to this width are formed and decomposed
 
   def __init__(self, config, model, loss_fn, dataset):
-    self.inputs = dataset.x_test[:config.signal.num_examples]
-    self.targets = dataset.y_test[:config.signal.num_examples]
+    self.inputs = dataset.x_test[: config.signal.num_examples]
+    self.targets = dataset.y_test[: config.signal.num_examples]
     one = functools.partial(signal.measure, model, loss_fn=loss_fn, train=False)
     self.ratios = jit_seldom(jax.vmap(one, in_axes=(0, None, None)))
     self.config, self.dataset = config, dataset
-    self.train_ratios = config.signal.get("train_batch", False) and jit_seldom(jax.vmap(
-        functools.partial(signal.measure, model, loss_fn=loss_fn, train=True)))
+    self.train_ratios = config.signal.get("train_batch", False) and jit_seldom(
+      jax.vmap(functools.partial(signal.measure, model, loss_fn=loss_fn, train=True))
+    )
     family = models.family(config.model.name)
     calibrate = family.calibrate_batch_stats
     self.calibrate = calibrate and jit_seldom(jax.vmap(functools.partial(calibrate, model), in_axes=(0, None)))
@@ -211,8 +216,15 @@ class Measurer:
 
       self.free = jit_seldom(jax.vmap(extremes, in_axes=(0, None)))
 
-  def __call__(self, variables, *, initial: bool = False, free: bool = False,
-               step: int | None = None, seeds: list[int] | None = None) -> list[records.Measurement]:
+  def __call__(
+    self,
+    variables,
+    *,
+    initial: bool = False,
+    free: bool = False,
+    step: int | None = None,
+    seeds: list[int] | None = None,
+  ) -> list[records.Measurement]:
     """The measurements of the stacked ``variables``, one per member. ``initial``: first set
     BatchNorm's running statistics to those of the measured batch (eval mode with the initial
     statistics, mean 0 and variance 1, would make every BatchNorm the identity); ``free``: add
@@ -230,9 +242,14 @@ class Measurer:
     if self.train_ratios and step is not None:
       batches = [training_batch(self.config, self.dataset, seed, step) for seed in seeds]
       in_train_mode = jax.device_get(self.train_ratios(variables, *map(np.stack, zip(*batches))))
-    return [records.Measurement.from_report(
-        _member(reports, m), extremes and signal.direction_free(*_member(extremes, m)),
-        None if in_train_mode is None else _member(in_train_mode, m)) for m in range(len(reports.grad_norm))]
+    return [
+      records.Measurement.from_report(
+        _member(reports, m),
+        extremes and signal.direction_free(*_member(extremes, m)),
+        None if in_train_mode is None else _member(in_train_mode, m),
+      )
+      for m in range(len(reports.grad_norm))
+    ]
 
 
 def _member(tree, m: int):
@@ -249,21 +266,33 @@ def optimizer(config, dataset, steps_per_epoch: int) -> optax.GradientTransforma
   if not config.procrustes.enabled:
     return train.make_optimizer(config, steps_per_epoch=steps_per_epoch)
   targets = models.family(config.model.name).projection_targets(
-      dataset.x_train.shape, stem_convention=config.procrustes.get("stem", "correct"))
+    dataset.x_train.shape, stem_convention=config.procrustes.get("stem", "correct")
+  )
   return train.make_optimizer(config, targets, steps_per_epoch=steps_per_epoch)
 
 
 def projects(config, step: int) -> bool:
   """Whether the projection acts after optimizer step ``step`` (1, 2, …)."""
   return config.procrustes.enabled and procrustes.acts(
-      step, probability=config.procrustes.probability, every=config.procrustes.every or None, seed=config.seed)
+    step, probability=config.procrustes.probability, every=config.procrustes.every or None, seed=config.seed
+  )
 
 
 # ----------------------------------------------------------------------------- the workdir
 
 # Fields a resumed run may change: how it reports, and how long it trains.
-RESUMABLE_FIELDS = ("log_every", "checkpoint_every", "eval_every", "eval_batch_size", "data.data_dir",
-                    "tensorboard", "progress_bar", "prefetch", "num_steps", "num_epochs")
+RESUMABLE_FIELDS = (
+  "log_every",
+  "checkpoint_every",
+  "eval_every",
+  "eval_batch_size",
+  "data.data_dir",
+  "tensorboard",
+  "progress_bar",
+  "prefetch",
+  "num_steps",
+  "num_epochs",
+)
 
 
 class WorkdirLock:
@@ -300,12 +329,14 @@ class WorkdirLock:
       if holder is not None and self._alive(holder):
         since = datetime.datetime.fromtimestamp(holder.get("started", 0)).isoformat(timespec="seconds")
         raise records.WorkdirError(
-            f"{self.path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} (since "
-            f"{since}): wait for it to end or stop it; a lock left by a process that is gone is taken over "
-            f"({self.path})")
+          f"{self.path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} (since "
+          f"{since}): wait for it to end or stop it; a lock left by a process that is gone is taken over "
+          f"({self.path})"
+        )
       self._set_aside(holder)
     raise records.WorkdirError(
-        f"{self.path}: could not take the lock of {self.path.parent} (another process keeps taking it)")
+      f"{self.path}: could not take the lock of {self.path.parent} (another process keeps taking it)"
+    )
 
   def __exit__(self, *exc):
     self._stop.set()
@@ -367,8 +398,11 @@ class WorkdirLock:
       self.path.rename(stale)
     except FileNotFoundError:
       return
-    logging.warning("%s: took over its lock (%s), whose holder is gone", self.path.parent,
-                    f"process {holder.get('pid')} on {holder.get('host')}" if holder else "unreadable")
+    logging.warning(
+      "%s: took over its lock (%s), whose holder is gone",
+      self.path.parent,
+      f"process {holder.get('pid')} on {holder.get('host')}" if holder else "unreadable",
+    )
     stale.unlink(missing_ok=True)
 
   def _beat(self) -> None:
@@ -386,19 +420,24 @@ class Preempted(Exception):
     self.step, self.workdirs = step, list(workdirs)
     where = ", ".join(f"{w}/checkpoints" for w in self.workdirs) or "no run (none had started)"
     if step is None:
-      super().__init__(f"stopped by SIGTERM; the runs in training saved their current step in {where}: "
-                       "run the same command to resume")
+      super().__init__(
+        f"stopped by SIGTERM; the runs in training saved their current step in {where}: run the same command to resume"
+      )
     else:
-      super().__init__(f"stopped by SIGTERM at step {step}; the checkpoint of step {step} is saved in {where}: "
-                       "run the same command to resume")
+      super().__init__(
+        f"stopped by SIGTERM at step {step}; the checkpoint of step {step} is saved in {where}: "
+        "run the same command to resume"
+      )
 
 
 def config_differences(saved: dict, config, resumable=RESUMABLE_FIELDS) -> list[str]:
   """``field: saved -> now`` for each field (outside ``resumable``) that differs."""
   saved, now = (traverse_util.flatten_dict(tree, sep=".") for tree in (saved, records.config_dict(config)))
-  return [f"{key}: {saved.get(key, '(absent)')!r} there, {now.get(key, '(absent)')!r} now"
-          for key in sorted(set(saved) | set(now))
-          if key not in resumable and saved.get(key) != now.get(key)]
+  return [
+    f"{key}: {saved.get(key, '(absent)')!r} there, {now.get(key, '(absent)')!r} now"
+    for key in sorted(set(saved) | set(now))
+    if key not in resumable and saved.get(key) != now.get(key)
+  ]
 
 
 def check_workdir(workdir, config) -> None:
@@ -410,8 +449,9 @@ def check_workdir(workdir, config) -> None:
   differences = config_differences(records.read_json(workdir / "config.json"), config)
   if differences:
     raise records.WorkdirError(
-        f"{workdir} holds checkpoints (steps {steps}) of another config; fields that differ: "
-        f"{'; '.join(differences)}. Nothing was changed: use another --workdir, or the same config to resume.")
+      f"{workdir} holds checkpoints (steps {steps}) of another config; fields that differ: "
+      f"{'; '.join(differences)}. Nothing was changed: use another --workdir, or the same config to resume."
+    )
 
 
 # ----------------------------------------------------------------------------- what a person watches
@@ -436,11 +476,20 @@ class _Progress:
     epoch = step / self.steps_per_epoch
     if self.bar is not None:
       self.bar.update(step - self.step)
-      self.bar.set_postfix(epoch=f"{epoch:.2f}", loss=f"{loss:.4g}", lr=f"{learning_rate:.3g}",
-                           img_s=f"{images_per_second:.0f}")
+      self.bar.set_postfix(
+        epoch=f"{epoch:.2f}", loss=f"{loss:.4g}", lr=f"{learning_rate:.3g}", img_s=f"{images_per_second:.0f}"
+      )
     elif self.lead:
-      logging.info("step %d/%d (epoch %.2f): loss %.4g, learning rate %.3g, %.0f images/s, ETA %s", step, self.total,
-                   epoch, loss, learning_rate, images_per_second, datetime.timedelta(seconds=round(eta)))
+      logging.info(
+        "step %d/%d (epoch %.2f): loss %.4g, learning rate %.3g, %.0f images/s, ETA %s",
+        step,
+        self.total,
+        epoch,
+        loss,
+        learning_rate,
+        images_per_second,
+        datetime.timedelta(seconds=round(eta)),
+      )
     self.step, self.time = step, now
     return images_per_second
 
@@ -505,8 +554,9 @@ def _best(evaluations: list[dict]) -> tuple[float | None, int | None]:
 STEPS_PER_DISPATCH = 100  # the default longest stretch of steps one dispatch runs
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir, dataset=None, *,
-                       local: bool = False) -> records.RunRecord:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir, dataset=None, *, local: bool = False
+) -> records.RunRecord:
   """Trains one model, measures it before and after, writes ``workdir`` (see module docstring).
 
   Args:
@@ -545,8 +595,14 @@ class _Member:
 # The fields in which the runs of one group may differ: numbers the program reads from the state
 # (the branch scale from the model's constants, the blocks' learning-rate scale from the optimizer
 # state), how the parameters start, and the names of the runs.
-MEMBER_FIELDS = ("seed", "setting", "model.branch_scale", "model.zero_init_last", "init_from",
-                 "optimizer.block_lr_scale")
+MEMBER_FIELDS = (
+  "seed",
+  "setting",
+  "model.branch_scale",
+  "model.zero_init_last",
+  "init_from",
+  "optimizer.block_lr_scale",
+)
 
 
 def groupable(config) -> bool:
@@ -567,10 +623,15 @@ def _check_group(configs) -> None:
   if len(set(names)) != len(names):
     raise validation.invalid("(setting, seed)", names, "distinct runs in one group")
   if len({group_key(c) for c in configs}) > 1:
-    differences = [d for d in config_differences(records.config_dict(configs[0]), configs[-1])
-                   if d.split(":")[0] not in MEMBER_FIELDS]
-    raise ValueError(f"configs differ in {'; '.join(differences)}: expected one group (they may differ only in "
-                     f"{', '.join(MEMBER_FIELDS)})")
+    differences = [
+      d
+      for d in config_differences(records.config_dict(configs[0]), configs[-1])
+      if d.split(":")[0] not in MEMBER_FIELDS
+    ]
+    raise ValueError(
+      f"configs differ in {'; '.join(differences)}: expected one group (they may differ only in "
+      f"{', '.join(MEMBER_FIELDS)})"
+    )
   if len(configs) > 1 and not groupable(configs[0]):
     raise ValueError("procrustes.enabled or augment: expected one run per group (the host decides per run)")
 
@@ -604,17 +665,21 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   state, constructions = _initial_states(configs, seeds, dataset, steps_per_epoch, replicated)
   measure = Measurer(config, model, loss_fn, dataset)
   init = measure(train.variables(state), initial=True, free=True)
-  eval_fn = jit_seldom(jax.vmap(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task),
-                                in_axes=(0, None)))
+  eval_fn = jit_seldom(
+    jax.vmap(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task), in_axes=(0, None))
+  )
   init_metrics = evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding)
 
   # Orbax saves device arrays only when every process takes part; a process training alone
   # among several saves and restores host copies.
   host_copies = local and jax.process_count() > 1
   take, stack = _member_ops(replicated)
-  restored = [checkpoints_lib.restore(take(state, m), workdir, local, host_copies, replicated)
-              if checkpoints_lib.steps(workdir / "checkpoints") else checkpoints_lib.Restored(0, None, [])
-              for m, workdir in enumerate(workdirs)]
+  restored = [
+    checkpoints_lib.restore(take(state, m), workdir, local, host_copies, replicated)
+    if checkpoints_lib.steps(workdir / "checkpoints")
+    else checkpoints_lib.Restored(0, None, [])
+    for m, workdir in enumerate(workdirs)
+  ]
   starts = sorted({member.step for member in restored})
   if len(starts) > 1:  # members left off at different steps: each step's members go on together
     results = [None] * len(configs)
@@ -637,11 +702,18 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   for member_config, workdir, manager, resumed in zip(configs, workdirs, managers, restored):
     writer = writers.MetricWriter(workdir, write=lead, tensorboard=member_config.get("tensorboard", False))
     logged, measured = writer.rewind(start)
-    members.append(_Member(
-        member_config, workdir, manager, writer,
+    members.append(
+      _Member(
+        member_config,
+        workdir,
+        manager,
+        writer,
         history=[records.HistoryPoint.of(r["step"], records.Measurement.from_json(r)) for r in measured],
-        train_rows=[r for r in logged if "train_loss" in r], evaluations=[r for r in logged if "test_loss" in r],
-        losses=list(resumed.losses_since_log)))
+        train_rows=[r for r in logged if "train_loss" in r],
+        evaluations=[r for r in logged if "test_loss" in r],
+        losses=list(resumed.losses_since_log),
+      )
+    )
 
   per_step = bool(config.procrustes.enabled)  # the host decides, step by step, whether to project
   capacity = 1 if per_step or config.augment else config.get("steps_per_dispatch", STEPS_PER_DISPATCH)
@@ -661,16 +733,22 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
       alive = [m for m in members if m.divergence is None]
       if not alive:
         break
-      stop_now = stop_requested() or (jax.process_count() > 1 and not local
-                                       and managers[0].reached_preemption(done))
+      stop_now = stop_requested() or (jax.process_count() > 1 and not local and managers[0].reached_preemption(done))
       if done % config.log_every == 0 or done == num_steps:
         learning_rate = float(schedule(done - 1))
         for member in alive:
-          member.train_rows.append({"step": done, "train_loss": float(np.mean(member.losses)),
-                                    "learning_rate": learning_rate, "epoch": done / steps_per_epoch})
+          member.train_rows.append(
+            {
+              "step": done,
+              "train_loss": float(np.mean(member.losses)),
+              "learning_rate": learning_rate,
+              "epoch": done / steps_per_epoch,
+            }
+          )
           member.losses = []
-        images_per_second = progress.update(done, float(np.mean([m.train_rows[-1]["train_loss"] for m in alive])),
-                                            learning_rate)
+        images_per_second = progress.update(
+          done, float(np.mean([m.train_rows[-1]["train_loss"] for m in alive])), learning_rate
+        )
         for member in alive:
           row = {k: v for k, v in member.train_rows[-1].items() if k != "step"}
           member.writer.train(done, row, images_per_second=images_per_second / len(members))
@@ -690,11 +768,19 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
       if stop_now or config.checkpoint_every and (done % config.checkpoint_every == 0 or done == num_steps):
         for m, member in enumerate(members):
           if member.divergence is None:
-            checkpoints_lib.save(member.checkpoints, member.workdir, done, take(state, m),
-                                 losses_since_log=member.losses, host_copies=host_copies, force=stop_now,
-                                 write=lead)
-        logging.info("checkpoint of step %d saved in %s", done,
-                     ", ".join(str(m.workdir / "checkpoints") for m in alive))
+            checkpoints_lib.save(
+              member.checkpoints,
+              member.workdir,
+              done,
+              take(state, m),
+              losses_since_log=member.losses,
+              host_copies=host_copies,
+              force=stop_now,
+              write=lead,
+            )
+        logging.info(
+          "checkpoint of step %d saved in %s", done, ", ".join(str(m.workdir / "checkpoints") for m in alive)
+        )
       if stop_now:
         preempted = done
         break
@@ -710,22 +796,40 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
 
   alive = any(m.divergence is None for m in members)
   final = measure(train.variables(state), free=True) if alive else [None] * len(members)
-  unevaluated = any(m.divergence is None and not (m.evaluations and m.evaluations[-1]["step"] == num_steps)
-                    for m in members)
+  unevaluated = any(
+    m.divergence is None and not (m.evaluations and m.evaluations[-1]["step"] == num_steps) for m in members
+  )
   last_evaluation = evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding) if unevaluated else None
   train_seconds = time.time() - started
   results = []
   for m, member in enumerate(members):
-    results.append(_record(member, init[m], init_metrics[m], final[m], last_evaluation and last_evaluation[m],
-                           last_checkpoints[m], num_steps, train_seconds, progress.throughput(), dataset,
-                           constructions[m], len(members)))
+    results.append(
+      _record(
+        member,
+        init[m],
+        init_metrics[m],
+        final[m],
+        last_evaluation and last_evaluation[m],
+        last_checkpoints[m],
+        num_steps,
+        train_seconds,
+        progress.throughput(),
+        dataset,
+        constructions[m],
+        len(members),
+      )
+    )
     if lead:
       records.write_run(member.workdir, results[-1])
   return results
+
+
 def _member_ops(sharding):
   """(take, stack): member m of a stacked tree, and member trees stacked, both placed on ``sharding``."""
-  take = jit_seldom(lambda tree, m: jax.tree.map(lambda leaf: jax.lax.dynamic_index_in_dim(leaf, m, keepdims=False),
-                                                  tree), out_shardings=sharding)
+  take = jit_seldom(
+    lambda tree, m: jax.tree.map(lambda leaf: jax.lax.dynamic_index_in_dim(leaf, m, keepdims=False), tree),
+    out_shardings=sharding,
+  )
   stack = jit_seldom(lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees), out_shardings=sharding)
   return take, stack
 
@@ -746,8 +850,13 @@ def _initial_states(configs, seeds, dataset, steps_per_epoch: int, sharding):
   """
   kinds = {}
   for m, config in enumerate(configs):
-    kinds.setdefault(json.dumps([config.model.to_dict(), config.get("init_from", "random"),
-                                 config.optimizer.get("block_lr_scale", "1")], default=str), []).append(m)
+    kinds.setdefault(
+      json.dumps(
+        [config.model.to_dict(), config.get("init_from", "random"), config.optimizer.get("block_lr_scale", "1")],
+        default=str,
+      ),
+      [],
+    ).append(m)
   parts, constructions = [None] * len(configs), [None] * len(configs)
   for members in kinds.values():
     config = configs[members[0]]
@@ -758,21 +867,22 @@ def _initial_states(configs, seeds, dataset, steps_per_epoch: int, sharding):
     if config.get("init_from", "random") == "constructed":
       template = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), state.params)
       built = models.family(config.model.name).construct(model, {"params": template}, dataset.flow)
-      params = jax.tree.map(lambda leaf: np.broadcast_to(leaf, (len(members),) + leaf.shape),
-                            built.variables["params"])
+      params = jax.tree.map(lambda leaf: np.broadcast_to(leaf, (len(members),) + leaf.shape), built.variables["params"])
       state = state.replace(params=jax.tree.map(jnp.asarray, params))
       for m in members:
         constructions[m] = {"block_bound_max": float(built.block_bounds.max())}
     for i, m in enumerate(members):
       parts[m] = (state, i)
+
   def arrays(state):  # the state without its static fields (each kind has its own optimizer object)
     return state.step, state.params, state.opt_state, state.batch_stats, state.constants
 
   on_host = {id(state): jax.device_get(arrays(state)) for state, _ in parts}  # indexed on the host: no program per leaf
   members = [jax.tree.map(lambda leaf, i=i: leaf[i], on_host[id(state)]) for state, i in parts]
   step, params, opt_state, batch_stats, constants = jax.tree.map(lambda *leaves: np.stack(leaves), *members)
-  group = parts[0][0].replace(step=step, params=params, opt_state=opt_state, batch_stats=batch_stats,
-                              constants=constants)
+  group = parts[0][0].replace(
+    step=step, params=params, opt_state=opt_state, batch_stats=batch_stats, constants=constants
+  )
   return _replicated(group, sharding), constructions
 
 
@@ -837,64 +947,96 @@ def _account(members: list[_Member], metrics: dict, count: int, step: int) -> No
       member.losses += losses.tolist()
     else:
       first = int(np.argmin(finite))
-      member.losses += losses[:first + 1].tolist()
+      member.losses += losses[: first + 1].tolist()
       member.divergence = Divergence(step + first + 1, float(np.mean(member.losses)))
 
 
 def _log_evaluation(member: _Member, step: int) -> None:
   best = _best(member.evaluations)
   latest = member.evaluations[-1]
-  logging.info("%s step %d: test loss %.4g%s", member.workdir, step, latest["test_loss"],
-               f", accuracy {latest['test_accuracy']:.4f} (best {best[0]:.4f} at step {best[1]})"
-               if best[0] is not None else "")
+  logging.info(
+    "%s step %d: test loss %.4g%s",
+    member.workdir,
+    step,
+    latest["test_loss"],
+    f", accuracy {latest['test_accuracy']:.4f} (best {best[0]:.4f} at step {best[1]})" if best[0] is not None else "",
+  )
 
 
 def budget(config, num_steps: int) -> dict:
   """What "trained" means for a run of ``config``: steps, optimizer, learning rate, schedule, batch."""
   opt = config.optimizer
-  return dict(steps=num_steps, optimizer=opt.name, learning_rate=opt.learning_rate, schedule=opt.schedule,
-              batch_size=config.batch_size, block_lr_scale=opt.get("block_lr_scale", "1"))
+  return dict(
+    steps=num_steps,
+    optimizer=opt.name,
+    learning_rate=opt.learning_rate,
+    schedule=opt.schedule,
+    batch_size=config.batch_size,
+    block_lr_scale=opt.get("block_lr_scale", "1"),
+  )
 
 
-def _record(member: _Member, init, init_metrics: dict, final, last_evaluation, last_checkpoint, num_steps: int,
-            train_seconds: float, throughput, dataset, construction, group_size: int) -> records.RunRecord:
+def _record(
+  member: _Member,
+  init,
+  init_metrics: dict,
+  final,
+  last_evaluation,
+  last_checkpoint,
+  num_steps: int,
+  train_seconds: float,
+  throughput,
+  dataset,
+  construction,
+  group_size: int,
+) -> records.RunRecord:
   """The record of one member once the group has trained."""
   config, divergence, rows = member.config, member.divergence, member.train_rows
   convergence = config.get("convergence") or {"window": 0.25, "tolerance": 0.05}
   record = records.RunRecord(
-      model=config.model.name,
-      depth=config.model.depth,
-      steps=divergence.step if divergence else num_steps,
-      diverged=divergence is not None,
-      diverged_at_step=divergence.step if divergence else None,
-      last_checkpoint=last_checkpoint,
-      train_loss=divergence.loss if divergence else (rows[-1]["train_loss"] if rows else float("nan")),
-      train_seconds=train_seconds,
-      init=init,
-      history=member.history,
-      images_per_second=throughput / group_size if throughput else None,
-      setting=config.get("setting"),
-      seed=config.seed,
-      target_variance=float(np.mean(np.var(dataset.y_train, axis=0))) if dataset.task == "regression" else None,
-      init_test_loss=init_metrics["test_loss"],
-      init_test_accuracy=init_metrics.get("test_accuracy"),
-      convergence=None if divergence else train.convergence([r["step"] for r in rows], [r["train_loss"] for r in rows],
-                                                            convergence["window"], convergence["tolerance"]),
-      budget=budget(config, num_steps),
-      construction=construction,
-      group_size=group_size,
+    model=config.model.name,
+    depth=config.model.depth,
+    steps=divergence.step if divergence else num_steps,
+    diverged=divergence is not None,
+    diverged_at_step=divergence.step if divergence else None,
+    last_checkpoint=last_checkpoint,
+    train_loss=divergence.loss if divergence else (rows[-1]["train_loss"] if rows else float("nan")),
+    train_seconds=train_seconds,
+    init=init,
+    history=member.history,
+    images_per_second=throughput / group_size if throughput else None,
+    setting=config.get("setting"),
+    seed=config.seed,
+    target_variance=float(np.mean(np.var(dataset.y_train, axis=0))) if dataset.task == "regression" else None,
+    init_test_loss=init_metrics["test_loss"],
+    init_test_accuracy=init_metrics.get("test_accuracy"),
+    convergence=None
+    if divergence
+    else train.convergence(
+      [r["step"] for r in rows], [r["train_loss"] for r in rows], convergence["window"], convergence["tolerance"]
+    ),
+    budget=budget(config, num_steps),
+    construction=construction,
+    group_size=group_size,
   )
   if divergence:
-    kept = (f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint
-            else "no checkpoint was saved")
-    logging.warning("%s: training diverged at step %d (mean loss %s); %s", member.workdir, divergence.step,
-                    divergence.loss, kept)
+    kept = (
+      f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint else "no checkpoint was saved"
+    )
+    logging.warning(
+      "%s: training diverged at step %d (mean loss %s); %s", member.workdir, divergence.step, divergence.loss, kept
+    )
     return record
   evaluations = member.evaluations
   metrics = evaluations[-1] if evaluations and evaluations[-1]["step"] == num_steps else last_evaluation
   best_accuracy, best_step = _best(evaluations)
-  return dataclasses.replace(record, trained=final, best_test_accuracy=best_accuracy, best_step=best_step,
-                             **{k: v for k, v in metrics.items() if k != "step"})
+  return dataclasses.replace(
+    record,
+    trained=final,
+    best_test_accuracy=best_accuracy,
+    best_step=best_step,
+    **{k: v for k, v in metrics.items() if k != "step"},
+  )
 
 
 def _show_bar(config) -> bool:

@@ -41,10 +41,12 @@ def _log_depth_axes(ax, title: str, xlabel: str = "depth L") -> None:
   ax.grid(True, which="both", alpha=0.3)
 
 
-DELTA_LINES = (("trained", "delta_max", "o-", "δ_max (blocks × examples)"),
-               ("trained", "layer_p90_max", "s--", "max over blocks of p90 (fixed sample)"),
-               ("trained", "batch_delta_max", "d-.", "whole-batch ratio δ_max"),
-               ("init", "delta_max", "^:", "δ_max at init"))
+DELTA_LINES = (
+  ("trained", "delta_max", "o-", "δ_max (blocks × examples)"),
+  ("trained", "layer_p90_max", "s--", "max over blocks of p90 (fixed sample)"),
+  ("trained", "batch_delta_max", "d-.", "whole-batch ratio δ_max"),
+  ("init", "delta_max", "^:", "δ_max at init"),
+)
 
 
 def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
@@ -59,14 +61,27 @@ def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
       continue
     L, d, e = _points(depths, values, (entry[stage].get("std") or {}).get(key))
     if len(L):
-      ax.errorbar(L, d, yerr=np.minimum(e, 0.95 * d), fmt=style, ms=4, capsize=2, label=label,
-                  fillstyle="none" if stage == "init" else "full")
+      ax.errorbar(
+        L,
+        d,
+        yerr=np.minimum(e, 0.95 * d),
+        fmt=style,
+        ms=4,
+        capsize=2,
+        label=label,
+        fillstyle="none" if stage == "init" else "full",
+      )
   reading = (entry["trained"].get("bound") or {}).get("delta_max")
   lengths = [L for L in depths if L]
   if reading and reading.get("c_min") and lengths:
     grid = np.geomspace(min(lengths), max(lengths), 100)
-    ax.plot(grid, theory.delta_bound(grid, reading["c_min"]), "k-", lw=1,
-            label=f"envelope {reading['c_min']:.2g}·log(2L)/L (c_min, set at L={reading['c_min_depth']})")
+    ax.plot(
+      grid,
+      theory.delta_bound(grid, reading["c_min"]),
+      "k-",
+      lw=1,
+      label=f"envelope {reading['c_min']:.2g}·log(2L)/L (c_min, set at L={reading['c_min_depth']})",
+    )
   diverged = [L for L, flag in zip(depths, entry["diverged"]) if flag and L]
   if diverged:
     ax.plot(diverged, np.full(len(diverged), ax.get_ylim()[0] if ax.has_data() else 1.0), "rx", ms=10, label="diverged")
@@ -128,11 +143,13 @@ def draw_constructed_vs_trained(fig, summary: dict, constructed: str):
   reference = summary["reference_model"]
   built, trained = summary["models"][constructed], summary["models"][reference]
   ax_delta, ax_loss = fig.subplots(1, 2)
-  lines = ((built, "init", "delta_max", "o-", "constructed δ_max"),
-           (trained, "trained", "delta_max", "s-", f"trained δ_max ({reference})"),
-           (trained, "trained", "delta_mean", "s:", "trained δ_mean"),
-           (trained, "trained", "free_delta_max", "d--", "trained δ in every direction (max)"),
-           (built, "trained", "delta_max", "^-.", "trained from the constructed network, δ_max"))
+  lines = (
+    (built, "init", "delta_max", "o-", "constructed δ_max"),
+    (trained, "trained", "delta_max", "s-", f"trained δ_max ({reference})"),
+    (trained, "trained", "delta_mean", "s:", "trained δ_mean"),
+    (trained, "trained", "free_delta_max", "d--", "trained δ in every direction (max)"),
+    (built, "trained", "delta_max", "^-.", "trained from the constructed network, δ_max"),
+  )
   for entry, stage, key, style, label in lines:
     values = entry[stage].get(key)
     if values is None:
@@ -146,14 +163,21 @@ def draw_constructed_vs_trained(fig, summary: dict, constructed: str):
   reading = (trained["trained"].get("bound") or {}).get("delta_max")
   if reading and reading.get("c_min"):
     grid = np.geomspace(min(trained["depths"]), max(trained["depths"]), 100)
-    ax_delta.plot(grid, theory.delta_bound(grid, reading["c_min"]), "k-", lw=1,
-                  label=f"envelope {reading['c_min']:.2g}·log(2L)/L of trained δ_max")
+    ax_delta.plot(
+      grid,
+      theory.delta_bound(grid, reading["c_min"]),
+      "k-",
+      lw=1,
+      label=f"envelope {reading['c_min']:.2g}·log(2L)/L of trained δ_max",
+    )
   _log_depth_axes(ax_delta, "δ: constructed, trained, bound")
   ax_delta.set_ylabel("δ")
   ax_delta.legend(fontsize=6)
-  for entry, key, style, label in ((built, "init_test_loss_relative", "o-", "constructed"),
-                                   (trained, "test_loss_relative", "s-", f"trained ({reference})"),
-                                   (built, "test_loss_relative", "^-.", "trained from the constructed network")):
+  for entry, key, style, label in (
+    (built, "init_test_loss_relative", "o-", "constructed"),
+    (trained, "test_loss_relative", "s-", f"trained ({reference})"),
+    (built, "test_loss_relative", "^-.", "trained from the constructed network"),
+  ):
     L, v, _ = _points(entry["depths"], entry.get(key) or [])
     if len(L):
       ax_loss.plot(L, v, style, ms=4, label=label)
@@ -174,8 +198,14 @@ def draw_task_vs_depth(fig, summary: dict):
   loss (classification). A network whose δ is small but that did not fit the task says little."""
   entries = summary["models"]
   classification = any(e.get("test_accuracy") is not None for e in entries.values())
-  panels = (("test_accuracy", "test accuracy"), ("test_loss", "test loss")) if classification else (
-      ("train_loss_relative", "train loss / target variance"), ("test_loss_relative", "test loss / target variance"))
+  panels = (
+    (("test_accuracy", "test accuracy"), ("test_loss", "test loss"))
+    if classification
+    else (
+      ("train_loss_relative", "train loss / target variance"),
+      ("test_loss_relative", "test loss / target variance"),
+    )
+  )
   axes = fig.subplots(1, 2, squeeze=False)[0]
   for ax, (key, label) in zip(axes, panels):
     for name, entry in entries.items():
@@ -220,8 +250,15 @@ def draw_delta_by_kind(fig, summary: dict, key: str = "delta_max"):
       for stage in ("trained", "init"):
         L, d, _ = _points(entry["depths"], by_stage[stage][key])
         if len(L):
-          ax.plot(L, d, KIND_STYLES.get(kind, "x-"), ms=4, label=f"{kind} {stage}",
-                  fillstyle="none" if stage == "init" else "full", alpha=1.0 if stage == "trained" else 0.5)
+          ax.plot(
+            L,
+            d,
+            KIND_STYLES.get(kind, "x-"),
+            ms=4,
+            label=f"{kind} {stage}",
+            fillstyle="none" if stage == "init" else "full",
+            alpha=1.0 if stage == "trained" else 0.5,
+          )
     _log_depth_axes(ax, f"{name}: {key} per kind of layer")
     ax.legend(fontsize=6)
   fig.tight_layout()
@@ -272,8 +309,9 @@ def ratio_profile(results: list[dict], names: list[str], path: str) -> None:
 
 def ratio_heatmap(runs: dict[str, list[dict]], path: str) -> None:
   measures = min((len(ratio_measures(rows)) for rows in runs.values()), default=1)
-  save(draw_ratio_heatmap(Figure(figsize=(5.5 * len(runs) + 1.5, 4 * max(measures, 1)), layout="constrained"), runs),
-       path)
+  save(
+    draw_ratio_heatmap(Figure(figsize=(5.5 * len(runs) + 1.5, 4 * max(measures, 1)), layout="constrained"), runs), path
+  )
 
 
 def draw_delta_during_training(fig, results: list[dict], names: list[str]):
@@ -361,10 +399,11 @@ def draw_stack_spectra(ax, results):
   for name, by_depth in results.items():
     depths = sorted(by_depth)
     stack = {L: by_depth[L]["stack"] for L in depths}
-    line, = ax.loglog(depths, [np.median(stack[L][:, 0]) for L in depths], "o-", label=f"{name} σ_max")
+    (line,) = ax.loglog(depths, [np.median(stack[L][:, 0]) for L in depths], "o-", label=f"{name} σ_max")
     ax.loglog(depths, [np.median(stack[L]) for L in depths], "^:", color=line.get_color(), label=f"{name} median σ")
-    ax.loglog(depths, [np.median(stack[L][:, -1]) for L in depths], "s--", color=line.get_color(),
-              label=f"{name} σ_min")
+    ax.loglog(
+      depths, [np.median(stack[L][:, -1]) for L in depths], "s--", color=line.get_color(), label=f"{name} σ_min"
+    )
   ax.axhline(1.0, color="k", lw=0.8)
   ax.set_xscale("log", base=2)
   ax.set_xlabel("depth L")
@@ -378,8 +417,10 @@ def draw_stack_spectra(ax, results):
 
 # The two measures of the ratio over training: this project's (eval mode, per held-out example,
 # mean over examples) and the reference code's (train mode, whole training mini-batch).
-RATIO_MEASURES = {"ratio_mean": "eval mode, mean over held-out examples",
-                  "train_batch_ratio": "train mode, whole training mini-batch"}
+RATIO_MEASURES = {
+  "ratio_mean": "eval mode, mean over held-out examples",
+  "train_batch_ratio": "train mode, whole training mini-batch",
+}
 
 
 def ratio_grid(rows: list[dict], measure: str = "ratio_mean") -> tuple[np.ndarray, list[str]]:
@@ -427,8 +468,15 @@ def draw_ratio_heatmap(fig, runs: dict[str, list[dict]]):
   for ax, (name, key) in zip(axes, panels):
     rows, kinds = runs[name], grids[name, key][1]
     steps = [row["step"] for row in rows]
-    image = ax.imshow(logs[name, key], aspect="auto", origin="lower", cmap="RdBu_r", norm=norm,
-                      interpolation="nearest", extent=(-0.5, len(steps) - 0.5, -0.5, logs[name, key].shape[0] - 0.5))
+    image = ax.imshow(
+      logs[name, key],
+      aspect="auto",
+      origin="lower",
+      cmap="RdBu_r",
+      norm=norm,
+      interpolation="nearest",
+      extent=(-0.5, len(steps) - 0.5, -0.5, logs[name, key].shape[0] - 0.5),
+    )
     ticks = np.arange(0, len(steps), max(1, -(-len(steps) // 6)))  # at most 6, evenly spaced
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
     ax.set_xlabel("step")
@@ -436,7 +484,11 @@ def draw_ratio_heatmap(fig, runs: dict[str, list[dict]]):
     ax.set_yticks(marked, [f"{LAYER_MARKS[kinds[k]]} {k}" for k in marked], fontsize=6)
     ax.set_ylabel("layer k (the others: identity blocks)")
     ax.set_title(f"{name}\n{RATIO_MEASURES[key]}", fontsize=8)
-  fig.colorbar(image, ax=list(axes), extend="both",
-               label=r"$\log_{10} r_k,\ r_k = \|\partial E/\partial x_k\| \,/\, \|\partial E/\partial x_{k+1}\|$"
-               f" (clipped at ±{spread:.2g})")
+  fig.colorbar(
+    image,
+    ax=list(axes),
+    extend="both",
+    label=r"$\log_{10} r_k,\ r_k = \|\partial E/\partial x_k\| \,/\, \|\partial E/\partial x_{k+1}\|$"
+    f" (clipped at ±{spread:.2g})",
+  )
   return fig

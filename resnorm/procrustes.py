@@ -68,8 +68,9 @@ _SCALING_LOWER_LIMIT = 0.1
 # ----------------------------------------------------------------------------- polar factor
 
 
-def polar(matrix, method: str = "newton_schulz", *, iterations: int | None = None,
-          tol: float | None = None) -> jax.Array:
+def polar(
+  matrix, method: str = "newton_schulz", *, iterations: int | None = None, tol: float | None = None
+) -> jax.Array:
   r"""The polar factor of ``matrix``: the closest matrix with orthonormal columns (or rows).
 
   For W = U Σ Vᴴ (thin SVD, shape (..., m, n)) this is U Vᴴ: orthonormal columns when m ≥ n,
@@ -221,8 +222,14 @@ def _check_finite(name: str, x: jax.Array) -> None:
 # ----------------------------------------------------------------------------- projections
 
 
-def project_matrix(w, scale: float | None = None, *, method: str = "newton_schulz",
-                   iterations: int | None = None, tol: float | None = None) -> jax.Array:
+def project_matrix(
+  w,
+  scale: float | None = None,
+  *,
+  method: str = "newton_schulz",
+  iterations: int | None = None,
+  tol: float | None = None,
+) -> jax.Array:
   """``scale`` times the polar factor of ``w``: every singular value becomes ``scale``.
 
   Args:
@@ -241,9 +248,18 @@ def project_matrix(w, scale: float | None = None, *, method: str = "newton_schul
   return scale * polar(w, method, iterations=iterations, tol=tol)
 
 
-def project_conv(kernel, spatial_shape, scale: float | None = None, stride: int = 1, *,
-                 rounds: int | None = None, convention: str = "correct", method: str = "newton_schulz",
-                 iterations: int | None = None, tol: float | None = None) -> jax.Array:
+def project_conv(
+  kernel,
+  spatial_shape,
+  scale: float | None = None,
+  stride: int = 1,
+  *,
+  rounds: int | None = None,
+  convention: str = "correct",
+  method: str = "newton_schulz",
+  iterations: int | None = None,
+  tol: float | None = None,
+) -> jax.Array:
   r"""A kernel whose convolution operator's nonzero singular values are (close to) ``scale``.
 
   k×k kernels (stride 1): K̂ = FFT of the kernel zero-padded to ``spatial_shape`` (one
@@ -336,8 +352,9 @@ def _project_spectrum(kernel, scale, spatial_shape, rounds, convention, method, 
   return kernel
 
 
-def operator_distance(kernel, spatial_shape, scale: float | None = None, stride: int = 1, *,
-                      norm: str = "rms") -> jax.Array:
+def operator_distance(
+  kernel, spatial_shape, scale: float | None = None, stride: int = 1, *, norm: str = "rms"
+) -> jax.Array:
   """How far the kernel's operator is from having every nonzero singular value equal ``scale``.
 
   With σ_i the operator's singular values that are not structurally zero (all of them for
@@ -422,10 +439,17 @@ def coin(key: jax.Array, step, probability: float) -> jax.Array:
   return jax.random.bernoulli(jax.random.fold_in(key, step), probability)
 
 
-def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0.5,
-               every: int | None = None, seed: int = 0, method: str = "newton_schulz",
-               iterations: int | None = None, tol: float | None = None,
-               rounds: int | None = None) -> optax.GradientTransformationExtraArgs:
+def procrustes(
+  targets: Mapping[tuple[str, ...], Any],
+  *,
+  probability: float = 0.5,
+  every: int | None = None,
+  seed: int = 0,
+  method: str = "newton_schulz",
+  iterations: int | None = None,
+  tol: float | None = None,
+  rounds: int | None = None,
+) -> optax.GradientTransformationExtraArgs:
   r"""Projects the targeted kernels after the optimizer step, as the last link of a chain.
 
   On an update where it acts, each targeted leaf's update u becomes P(w + u) − w, where w is the
@@ -492,8 +516,17 @@ def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0
       if w.ndim == 2:
         projected = project_matrix(w + u, target.scale, method=method, iterations=iterations, tol=tol)
       else:
-        projected = project_conv(w + u, target.spatial_shape, target.scale, target.stride, rounds=rounds,
-                                 convention=_convention(target), method=method, iterations=iterations, tol=tol)
+        projected = project_conv(
+          w + u,
+          target.spatial_shape,
+          target.scale,
+          target.stride,
+          rounds=rounds,
+          convention=_convention(target),
+          method=method,
+          iterations=iterations,
+          tol=tol,
+        )
       return (projected - w).astype(u.dtype)
 
     return optax.stateless(lambda updates, params: jax.tree.map(leaf, params, updates))
@@ -501,8 +534,9 @@ def procrustes(targets: Mapping[tuple[str, ...], Any], *, probability: float = 0
   def labels(tree):
     return jax.tree_util.tree_map_with_path(lambda p, _: label.get(_path(p), UNPROJECTED), tree)
 
-  projection = optax.partition({UNPROJECTED: optax.identity(), **{label[p]: project(t) for p, t in targets.items()}},
-                               labels)
+  projection = optax.partition(
+    {UNPROJECTED: optax.identity(), **{label[p]: project(t) for p, t in targets.items()}}, labels
+  )
 
   def init_fn(params):
     _check_kernels(params, targets)

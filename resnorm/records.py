@@ -90,8 +90,12 @@ class Measurement:
     return self.by_kind.get("block")
 
   @classmethod
-  def from_report(cls, report: signal.SignalReport, free: dict[str, float] | None = None,
-                  train_batch: signal.SignalReport | None = None) -> Measurement:
+  def from_report(
+    cls,
+    report: signal.SignalReport,
+    free: dict[str, float] | None = None,
+    train_batch: signal.SignalReport | None = None,
+  ) -> Measurement:
     """The statistics of ``report``; ``free``: the identity blocks' direction-free fields
     (:func:`resnorm.signal.direction_free`), where they were measured; ``train_batch``: the same
     network measured in train mode on a training batch, where it was."""
@@ -287,8 +291,9 @@ class Stage:
   L: str | None = None
 
   @classmethod
-  def columns(cls, groups: list[list[RunRecord]], stage: str, fit, bound, kind: str = "block",
-              L: str = "layers") -> Stage:
+  def columns(
+    cls, groups: list[list[RunRecord]], stage: str, fit, bound, kind: str = "block", L: str = "layers"
+  ) -> Stage:
     """The columns of ``groups`` (one list of seeds' runs per depth, ascending) at ``stage`` for
     layers of ``kind``; ``fit(lengths, deltas) -> dict``, ``bound(lengths, per_seed) -> dict``,
     with the lengths ``L`` names (depths where the network has no layer of ``kind`` left out)."""
@@ -299,8 +304,9 @@ class Stage:
     def values(runs, key):
       measured = [r.measurement(stage) for r in runs]
       if key == "token_c_last":
-        return [m.profile["token_c"][-1] if m and kind == "block" and "token_c" in m.profile else None
-                for m in measured]
+        return [
+          m.profile["token_c"][-1] if m and kind == "block" and "token_c" in m.profile else None for m in measured
+        ]
       return [getattr(m.by_kind[kind], key) if m and kind in m.by_kind else None for m in measured]
 
     per_seed = {key: [values(runs, key) for runs in groups] for key in names}
@@ -315,9 +321,13 @@ class Stage:
     def at_kept(values):
       return [values[i] for i in kept]
 
-    return cls(**columns, L=L, fit=fit(at_kept(lengths), at_kept(columns["delta_max"])),
-               std={key: [seed_std(v) for v in per_seed[key]] for key in names},
-               bound={key: bound(at_kept(lengths), at_kept(per_seed[key])) for key in BOUND_KEYS})
+    return cls(
+      **columns,
+      L=L,
+      fit=fit(at_kept(lengths), at_kept(columns["delta_max"])),
+      std={key: [seed_std(v) for v in per_seed[key]] for key in names},
+      bound={key: bound(at_kept(lengths), at_kept(per_seed[key])) for key in BOUND_KEYS},
+    )
 
   def to_json(self) -> dict:
     return _unset_dropped(jsonable(dataclasses.asdict(self)), _added_fields(Stage))
@@ -397,8 +407,9 @@ class FamilyResults:
     for stage in STAGES:
       data[stage] = Stage(**_known_fields(Stage, data[stage]))
     if data.get("by_kind") is not None:
-      data["by_kind"] = {k: {s: Stage(**_known_fields(Stage, v)) for s, v in stages.items()}
-                         for k, stages in data["by_kind"].items()}
+      data["by_kind"] = {
+        k: {s: Stage(**_known_fields(Stage, v)) for s, v in stages.items()} for k, stages in data["by_kind"].items()
+      }
     return cls(**data)
 
 
@@ -425,7 +436,8 @@ class SweepSummary:
 
   def to_json(self) -> dict:
     reference = self.reference
-    return jsonable({
+    return jsonable(
+      {
         "reference_model": self.reference_model,
         "depths": reference.depths,
         "delta_max": reference.trained.delta_max,
@@ -433,7 +445,8 @@ class SweepSummary:
         "diverged": reference.diverged,
         "fit": reference.trained.fit,
         "models": {name: family.to_json() for name, family in self.models.items()},
-    })
+      }
+    )
 
   @classmethod
   def from_json(cls, data: dict) -> SweepSummary:
@@ -472,8 +485,9 @@ def write_text(location: PathLike, text: str | bytes) -> None:
     except OSError:
       pass  # the directory itself is what failed (read-only, gone)
     if isinstance(error, OSError):
-      raise WriteFailed(f"could not write {location}: {error.strerror or error} (the file as it was is "
-                        "unchanged)") from error
+      raise WriteFailed(
+        f"could not write {location}: {error.strerror or error} (the file as it was is unchanged)"
+      ) from error
     raise
 
 

@@ -107,8 +107,10 @@ class Stability:
   by_products: str
 
   def __str__(self) -> str:
-    return (f"ρ = {self.spectral_radius:.6f} ({self.by_radius}); over {self.steps} steps, per-step log gains "
-            f"of σ_max, σ_min: {self.rates[0]:+.3e}, {self.rates[1]:+.3e} ({self.by_products})")
+    return (
+      f"ρ = {self.spectral_radius:.6f} ({self.by_radius}); over {self.steps} steps, per-step log gains "
+      f"of σ_max, σ_min: {self.rates[0]:+.3e}, {self.rates[1]:+.3e} ({self.by_products})"
+    )
 
 
 def stability(matrix, steps: int = 64, tol: float = 1e-2) -> Stability:
@@ -223,7 +225,7 @@ def log_orbit_norms(matrix, x0, steps: int) -> np.ndarray:
     norm = np.linalg.norm(x)
     logs[n] = log_scale + (math.log(norm) if norm > 0 else -math.inf)
     if norm == 0:
-      logs[n + 1:] = -math.inf
+      logs[n + 1 :] = -math.inf
       break
     x, log_scale = matrix @ (x / norm), logs[n]
   return logs
@@ -304,11 +306,11 @@ def residual_convergence(matrix, depths) -> ResidualConvergence:
   error = np.array([np.linalg.norm(p - limit, 2) for p in products])
   slope = np.polyfit(np.log(depths), np.log(error), 1)[0]
   return ResidualConvergence(
-      depths=np.array(depths),
-      error=error,
-      step_singular_values=np.array([np.linalg.svd(residual_step(matrix, L), compute_uv=False) for L in depths]),
-      product_singular_values=np.array([np.linalg.svd(p, compute_uv=False) for p in products]),
-      order=float(-slope),
+    depths=np.array(depths),
+    error=error,
+    step_singular_values=np.array([np.linalg.svd(residual_step(matrix, L), compute_uv=False) for L in depths]),
+    product_singular_values=np.array([np.linalg.svd(p, compute_uv=False) for p in products]),
+    order=float(-slope),
   )
 
 
@@ -327,8 +329,9 @@ def fibonacci_table(ns) -> list[dict]:
     with np.errstate(over="ignore"):
       approx = float(np.float64(PHI) ** n / SQRT5)
     ratio = f_next / f  # exact big integers, correctly rounded to float64
-    rows.append(dict(n=n, fibonacci=f, phi_power=approx, binet_error=binet_relative_error(n),
-                     ratio=ratio, rate=math.log(ratio)))
+    rows.append(
+      dict(n=n, fibonacci=f, phi_power=approx, binet_error=binet_relative_error(n), ratio=ratio, rate=math.log(ratio))
+    )
   return rows
 
 
@@ -345,8 +348,8 @@ def format_fibonacci_table(rows: list[dict]) -> str:
   lines = [header, "-" * len(header)]
   for r in rows:
     lines.append(
-        f"{r['n']:>6}  {_short_int(r['fibonacci']):>28}  {r['phi_power']:>13.6e}  {r['binet_error']:>14.2e}"
-        f"  {r['ratio']:>18.15f}  {r['rate'] - LOG_PHI:>12.2e}"
+      f"{r['n']:>6}  {_short_int(r['fibonacci']):>28}  {r['phi_power']:>13.6e}  {r['binet_error']:>14.2e}"
+      f"  {r['ratio']:>18.15f}  {r['rate'] - LOG_PHI:>12.2e}"
     )
   lines.append(f"φ = {PHI:.15f}, log φ = {LOG_PHI:.15f}")
   return "\n".join(lines)
@@ -358,12 +361,15 @@ def format_residual_table(convergence: ResidualConvergence) -> str:
   The local order between consecutive depths is log(e_{i−1}/e_i) / log(L_i/L_{i−1}).
   """
   depths, error = convergence.depths, convergence.error
-  local = [""] + [f"{np.log(error[i - 1] / error[i]) / np.log(depths[i] / depths[i - 1]):.4f}"
-                  for i in range(1, len(depths))]
+  local = [""] + [
+    f"{np.log(error[i - 1] / error[i]) / np.log(depths[i] / depths[i - 1]):.4f}" for i in range(1, len(depths))
+  ]
   steps = [_pair(values) for values in convergence.step_singular_values]
   products = [_pair(values) for values in convergence.product_singular_values]
   width = max(len("σ(A_L^L)"), *(len(text) for text in steps + products))
-  header = f"{'L':>6}  {'‖A_L^L − e^(A−I)‖':>18}  {'L·error':>9}  {'order':>6}  {'σ(A_L)':>{width}}  {'σ(A_L^L)':>{width}}"
+  header = (
+    f"{'L':>6}  {'‖A_L^L − e^(A−I)‖':>18}  {'L·error':>9}  {'order':>6}  {'σ(A_L)':>{width}}  {'σ(A_L^L)':>{width}}"
+  )
   lines = [header, "-" * len(header)]
   for L, err, order, step, product in zip(depths, error, local, steps, products):
     lines.append(f"{L:>6}  {err:>18.3e}  {L * err:>9.4f}  {order:>6}  {step:>{width}}  {product:>{width}}")

@@ -90,8 +90,11 @@ def _stack_sites(flat: dict[tuple[str, ...], Any]) -> list[tuple[str, tuple[str,
     elif len(path) == 2 and probes.is_site_name(path[1]):
       grouped.setdefault(path[0], []).append((probes.site_kind(path[1]), leaf))
     else:
-      raise validation.invalid("probe", "/".join(path), f"a top-level site, '<site>/{probes.SCANNED_PROBE}' or "
-                               "'<site>/<index>_<kind>' in a scanned module")
+      raise validation.invalid(
+        "probe",
+        "/".join(path),
+        f"a top-level site, '<site>/{probes.SCANNED_PROBE}' or '<site>/<index>_<kind>' in a scanned module",
+      )
   sites = []
   for site, parts in grouped.items():
     if len(parts) == 1:
@@ -101,11 +104,15 @@ def _stack_sites(flat: dict[tuple[str, ...], Any]) -> list[tuple[str, tuple[str,
     kinds = [kind for kind, _ in parts]
     structures = {jax.tree.structure(leaf) for _, leaf in parts}
     if len(structures) > 1:
-      raise validation.invalid("probe", site, "sub-block probes of one scanned module that record the same "
-                               f"statistics (theirs differ: {', '.join(kinds)})")
+      raise validation.invalid(
+        "probe",
+        site,
+        f"sub-block probes of one scanned module that record the same statistics (theirs differ: {', '.join(kinds)})",
+      )
     layers = len(jax.tree.leaves(parts[0][1])[0])
-    leaf = jax.tree.map(lambda *rows: jnp.stack(rows, axis=1).reshape((-1,) + rows[0].shape[1:]),
-                        *(leaf for _, leaf in parts))
+    leaf = jax.tree.map(
+      lambda *rows: jnp.stack(rows, axis=1).reshape((-1,) + rows[0].shape[1:]), *(leaf for _, leaf in parts)
+    )
     sites.append((site, tuple(kinds) * layers, leaf))
   return sites
 
@@ -153,17 +160,23 @@ def check_site_order(model, perturbations) -> None:
   (:mod:`resnorm.probes`)."""
   name = type(model).__name__
   if not perturbations:
-    raise ValueError(f"model {name} has no stream sites: call resnorm.probes.probe(self, site_name(index, kind), x) "
-                     "at its input, stem and after every block (README, 'Sweeping your own model')")
+    raise ValueError(
+      f"model {name} has no stream sites: call resnorm.probes.probe(self, site_name(index, kind), x) "
+      "at its input, stem and after every block (README, 'Sweeping your own model')"
+    )
   visited = list(perturbations)
   if visited != sorted(visited):
-    raise ValueError(f"model {name}: its stream sites are visited in the order {visited}, which their names do not "
-                     f"sort to ({sorted(visited)}); number the sites along the stream (resnorm.probes.site_name)")
+    raise ValueError(
+      f"model {name}: its stream sites are visited in the order {visited}, which their names do not "
+      f"sort to ({sorted(visited)}); number the sites along the stream (resnorm.probes.site_name)"
+    )
   for site in visited:
     inner = perturbations[site]
     if isinstance(inner, list) and inner != sorted(inner):
-      raise ValueError(f"model {name}: the probes of scanned site {site} are visited in the order {list(inner)}, "
-                       f"which their names do not sort to ({sorted(inner)})")
+      raise ValueError(
+        f"model {name}: the probes of scanned site {site} are visited in the order {list(inner)}, "
+        f"which their names do not sort to ({sorted(inner)})"
+      )
 
 
 def stream_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs):
@@ -186,9 +199,7 @@ def _site_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs):
   mutable = ["intermediates", *_updated(variables, apply_kwargs)]  # updated statistics are dropped
 
   def loss(perturbations):
-    outputs, state = model.apply(
-        {**variables, "perturbations": perturbations}, inputs, mutable=mutable, **apply_kwargs
-    )
+    outputs, state = model.apply({**variables, "perturbations": perturbations}, inputs, mutable=mutable, **apply_kwargs)
     return loss_fn(outputs, targets), state["intermediates"]
 
   grads, intermediates = jax.grad(loss, has_aux=True)(zeros)
@@ -196,12 +207,12 @@ def _site_gradients(model, variables, inputs, targets, loss_fn, **apply_kwargs):
 
 
 def measure(
-    model,
-    variables,
-    inputs: jax.Array,
-    targets: jax.Array,
-    loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
-    **apply_kwargs,
+  model,
+  variables,
+  inputs: jax.Array,
+  targets: jax.Array,
+  loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
+  **apply_kwargs,
 ) -> SignalReport:
   """Backward ratios and forward statistics of ``model`` on one batch (jit-able).
 
@@ -223,20 +234,21 @@ def measure(
   ratio = _ratios(grad_norm[:-1], grad_norm[1:])
   token_ratio = None
   if all(g.ndim == 4 for _, _, g in grad_sites):  # (layers, B, T, D): every site a sequence
-    per_token = jnp.concatenate([probes.per_example_norm(g.reshape(-1, g.shape[-1])).reshape(g.shape[:-1])
-                                 for _, _, g in grad_sites])
+    per_token = jnp.concatenate(
+      [probes.per_example_norm(g.reshape(-1, g.shape[-1])).reshape(g.shape[:-1]) for _, _, g in grad_sites]
+    )
     token_ratio = _ratios(per_token[:-1], per_token[1:])
   branch = [s.get("branch_ratio", jnp.full_like(s["norm"], jnp.nan)) for s in stats]
   return SignalReport(
-      grad_norm=grad_norm,
-      ratio=ratio,
-      stream_norm=jnp.concatenate([s["norm"] for s in stats]),
-      branch_ratio=jnp.concatenate(branch)[1:],
-      q=jnp.concatenate([s["q"] for s in stats]),
-      c=jnp.concatenate([s["c"] for s in stats]),
-      kinds=kinds[1:],
-      token_c=jnp.concatenate([s.get("token_c", jnp.full_like(s["q"], jnp.nan)) for s in stats]),
-      token_ratio=token_ratio,
+    grad_norm=grad_norm,
+    ratio=ratio,
+    stream_norm=jnp.concatenate([s["norm"] for s in stats]),
+    branch_ratio=jnp.concatenate(branch)[1:],
+    q=jnp.concatenate([s["q"] for s in stats]),
+    c=jnp.concatenate([s["c"] for s in stats]),
+    kinds=kinds[1:],
+    token_c=jnp.concatenate([s.get("token_c", jnp.full_like(s["q"], jnp.nan)) for s in stats]),
+    token_ratio=token_ratio,
   )
 
 
@@ -332,22 +344,37 @@ def summarize(report: SignalReport, kind: str = "block") -> DeltaStats:
   ratio = np.asarray(report.ratio, dtype=np.float64)[rows]
   defined = np.isfinite(ratio) & (ratio > 0)
   delta = np.abs(ratio[defined] - 1.0)
-  counts = dict(num_ratios=int(ratio.size), num_undefined=int((~defined).sum()), num_layers=int(ratio.shape[0]),
-                num_examples=int(ratio.shape[1]))
+  counts = dict(
+    num_ratios=int(ratio.size),
+    num_undefined=int((~defined).sum()),
+    num_layers=int(ratio.shape[0]),
+    num_examples=int(ratio.shape[1]),
+  )
   if delta.size == 0:
     nan = float("nan")
-    return DeltaStats(nan, nan, nan, nan, nan, nan, nan, nan, **counts, **_per_layer(ratio, defined),
-                      **_whole_batch(np.asarray(report.grad_norm, dtype=np.float64), rows))
-  return DeltaStats(
-      delta_max=float(delta.max()),
-      delta_mean=float(delta.mean()),
-      **{f"delta_p{q}": float(np.percentile(delta, q)) for q in QUANTILES},
-      ratio_min=float(ratio[defined].min()),
-      ratio_max=float(ratio[defined].max()),
-      log_gain=float(np.mean(np.sum(np.log(np.where(defined, ratio, 1.0)), axis=0))),
+    return DeltaStats(
+      nan,
+      nan,
+      nan,
+      nan,
+      nan,
+      nan,
+      nan,
+      nan,
       **counts,
       **_per_layer(ratio, defined),
       **_whole_batch(np.asarray(report.grad_norm, dtype=np.float64), rows),
+    )
+  return DeltaStats(
+    delta_max=float(delta.max()),
+    delta_mean=float(delta.mean()),
+    **{f"delta_p{q}": float(np.percentile(delta, q)) for q in QUANTILES},
+    ratio_min=float(ratio[defined].min()),
+    ratio_max=float(ratio[defined].max()),
+    log_gain=float(np.mean(np.sum(np.log(np.where(defined, ratio, 1.0)), axis=0))),
+    **counts,
+    **_per_layer(ratio, defined),
+    **_whole_batch(np.asarray(report.grad_norm, dtype=np.float64), rows),
   )
 
 
@@ -359,11 +386,11 @@ def layer_profile(report: SignalReport, kind: str = "block") -> dict[str, list[f
   ratio = np.asarray(report.ratio, dtype=np.float64)[rows]
   with np.errstate(invalid="ignore"):
     profile = dict(
-        delta_mean=np.nanmean(np.abs(ratio - 1.0), axis=1).tolist(),
-        ratio_mean=np.nanmean(ratio, axis=1).tolist(),
-        branch_ratio_mean=np.nanmean(np.asarray(report.branch_ratio)[rows], axis=1).tolist(),
-        q=np.asarray(report.q)[1:][rows].tolist(),
-        c=np.asarray(report.c)[1:][rows].tolist(),
+      delta_mean=np.nanmean(np.abs(ratio - 1.0), axis=1).tolist(),
+      ratio_mean=np.nanmean(ratio, axis=1).tolist(),
+      branch_ratio_mean=np.nanmean(np.asarray(report.branch_ratio)[rows], axis=1).tolist(),
+      q=np.asarray(report.q)[1:][rows].tolist(),
+      c=np.asarray(report.c)[1:][rows].tolist(),
     )
   if report.token_c is not None and np.isfinite(np.asarray(report.token_c)[1:][rows]).any():
     profile["token_c"] = np.asarray(report.token_c)[1:][rows].tolist()
@@ -379,8 +406,11 @@ def stream_profile(report: SignalReport) -> dict[str, list]:
   examples of r_k and δ_k; the profile along the whole network, transitions included."""
   ratio = np.asarray(report.ratio, dtype=np.float64)
   with np.errstate(invalid="ignore"):
-    return dict(kind=list(report.kinds), ratio_mean=np.nanmean(ratio, axis=1).tolist(),
-                delta_mean=np.nanmean(np.abs(ratio - 1.0), axis=1).tolist())
+    return dict(
+      kind=list(report.kinds),
+      ratio_mean=np.nanmean(ratio, axis=1).tolist(),
+      delta_mean=np.nanmean(np.abs(ratio - 1.0), axis=1).tolist(),
+    )
 
 
 def batch_ratios(report: SignalReport) -> list[float]:
@@ -395,5 +425,9 @@ def direction_free(sigma_max, sigma_min) -> dict[str, float]:
   Jacobians' extreme singular values (:func:`resnorm.spectra.block_extremes`)."""
   sigma_max, sigma_min = np.asarray(sigma_max, np.float64), np.asarray(sigma_min, np.float64)
   free = np.maximum(sigma_max - 1.0, 1.0 - sigma_min)
-  return dict(free_delta_max=float(free.max()), free_delta_mean=float(free.mean()),
-              free_layer_p90_max=float(np.percentile(free, 90, axis=1).max()), free_examples=int(free.shape[1]))
+  return dict(
+    free_delta_max=float(free.max()),
+    free_delta_mean=float(free.mean()),
+    free_layer_p90_max=float(np.percentile(free, 90, axis=1).max()),
+    free_examples=int(free.shape[1]),
+  )

@@ -54,8 +54,16 @@ from resnorm import checkpoints, config_validation, loop, plots, records, report
 
 RUNS = "runs"
 SET_ASIDE = "set_aside"  # run directories whose files did not read, moved here
-CSV_DELTAS = ("delta_max", "delta_mean", "delta_p50", "delta_p90", "delta_p99", "log_gain", "layer_p90_max",
-              "batch_delta_max")
+CSV_DELTAS = (
+  "delta_max",
+  "delta_mean",
+  "delta_p50",
+  "delta_p90",
+  "delta_p99",
+  "log_gain",
+  "layer_p90_max",
+  "batch_delta_max",
+)
 SWEEP_FIELDS = ("depths", "settings", "overrides", "seeds", "parallel_runs", "placement", "bound_L", "group_seeds")
 
 
@@ -109,9 +117,12 @@ def run_config(config, setting: str, depth: int, seed: int) -> ml_collections.Co
 
 def plan(config) -> list[tuple[str, int, int, ml_collections.ConfigDict]]:
   """Every (setting, depth, seed, run config) of a validated sweep config, in config order."""
-  return [(setting, depth, seed, run_config(config, setting, depth, seed))
-          for setting in settings(config) for depth in setting_depths(config, setting)
-          for seed in setting_seeds(config, setting)]
+  return [
+    (setting, depth, seed, run_config(config, setting, depth, seed))
+    for setting in settings(config)
+    for depth in setting_depths(config, setting)
+    for seed in setting_seeds(config, setting)
+  ]
 
 
 def groups(runs, together: bool = True) -> list[list[tuple]]:
@@ -165,9 +176,12 @@ def _run_sweep(config, workdir, dataset, runs, progress: bool) -> records.SweepS
     threads = config.parallel_runs if jax.process_count() == 1 else 1
     with loop.sigterm_stops():
       results = _run_all(by_cost, workdir, dataset, threads, progress and jax.process_index() == 0)
-  summary = summarize(results, list(settings(config)), {name: setting_overrides(config, name)
-                                                        for name in settings(config)},
-                      L=config.get("bound_L", "layers"))
+  summary = summarize(
+    results,
+    list(settings(config)),
+    {name: setting_overrides(config, name) for name in settings(config)},
+    L=config.get("bound_L", "layers"),
+  )
   if jax.process_index() == 0:
     write_outputs(workdir, summary, results)
   return summary
@@ -288,8 +302,10 @@ def check_workdir(workdir, runs) -> None:
       refused.append(f"{run_dir.name} ({'; '.join(differences)})")
   if refused:
     shown = "; ".join(refused[:3]) + (f"; and {len(refused) - 3} more" if len(refused) > 3 else "")
-    raise records.WorkdirError(f"{workdir} holds {len(refused)} runs of another config: {shown}. Nothing was "
-                            "changed: use another --workdir, or the config those runs were trained with.")
+    raise records.WorkdirError(
+      f"{workdir} holds {len(refused)} runs of another config: {shown}. Nothing was "
+      "changed: use another --workdir, or the config those runs were trained with."
+    )
 
 
 def _finished(run_dir, single) -> records.RunRecord | None:
@@ -339,52 +355,78 @@ def _family(runs: list[records.RunRecord], L: str = "layers") -> records.FamilyR
   verdicts = [[r.convergence for r in group if r.convergence] for group in groups]
   constructed = any(r.construction for r in runs)
   return records.FamilyResults(
-      depths=depths,
-      diverged=[any(r.diverged for r in group) for group in groups],
-      diverged_at_step=[min((r.diverged_at_step for r in group if r.diverged), default=None) for group in groups],
-      train_loss=train_loss,
-      test_loss=test_loss,
-      test_accuracy=column("test_accuracy") if classification else None,
-      **{stage: records.Stage.columns(groups, stage, _fit, theory.read_bound, L=L) for stage in records.STAGES},
-      model=runs[0].model if runs[0].setting else None,
-      seeds=seeds or None,
-      num_diverged=[sum(r.diverged for r in group) for group in groups] if seeds else None,
-      train_loss_relative=_relative(train_loss, variance),
-      test_loss_relative=_relative(test_loss, variance),
-      std={key: spread(key) for key in ("train_loss", "test_loss", "test_accuracy")} if seeds else None,
-      by_kind={kind: {stage: records.Stage.columns(groups, stage, _fit, theory.read_bound, kind, L=L)
-                      for stage in records.STAGES} for kind in kinds} if seeds else None,
-      init_test_loss=init_test_loss,
-      init_test_loss_relative=_relative(init_test_loss, variance) if init_test_loss else None,
-      init_test_accuracy=column("init_test_accuracy") if classification and init_test_loss else None,
-      num_converged=[sum(bool(v["converged"]) for v in group) for group in verdicts] if any(verdicts) else None,
-      convergence_change=[records.seed_mean([v["change"] for v in group]) for group in verdicts]
-      if any(verdicts) else None,
-      convergence={k: v for k, v in next(v for group in verdicts for v in group).items()
-                   if k in ("window", "tolerance", "scale")}
-      if any(verdicts) else None,
-      budget=next((r.budget for r in runs if r.budget), None),
-      construction={"block_bound_max": [records.seed_mean([(r.construction or {}).get("block_bound_max")
-                                                          for r in group]) for group in groups]}
-      if constructed else None,
+    depths=depths,
+    diverged=[any(r.diverged for r in group) for group in groups],
+    diverged_at_step=[min((r.diverged_at_step for r in group if r.diverged), default=None) for group in groups],
+    train_loss=train_loss,
+    test_loss=test_loss,
+    test_accuracy=column("test_accuracy") if classification else None,
+    **{stage: records.Stage.columns(groups, stage, _fit, theory.read_bound, L=L) for stage in records.STAGES},
+    model=runs[0].model if runs[0].setting else None,
+    seeds=seeds or None,
+    num_diverged=[sum(r.diverged for r in group) for group in groups] if seeds else None,
+    train_loss_relative=_relative(train_loss, variance),
+    test_loss_relative=_relative(test_loss, variance),
+    std={key: spread(key) for key in ("train_loss", "test_loss", "test_accuracy")} if seeds else None,
+    by_kind={
+      kind: {
+        stage: records.Stage.columns(groups, stage, _fit, theory.read_bound, kind, L=L) for stage in records.STAGES
+      }
+      for kind in kinds
+    }
+    if seeds
+    else None,
+    init_test_loss=init_test_loss,
+    init_test_loss_relative=_relative(init_test_loss, variance) if init_test_loss else None,
+    init_test_accuracy=column("init_test_accuracy") if classification and init_test_loss else None,
+    num_converged=[sum(bool(v["converged"]) for v in group) for group in verdicts] if any(verdicts) else None,
+    convergence_change=[records.seed_mean([v["change"] for v in group]) for group in verdicts]
+    if any(verdicts)
+    else None,
+    convergence={
+      k: v for k, v in next(v for group in verdicts for v in group).items() if k in ("window", "tolerance", "scale")
+    }
+    if any(verdicts)
+    else None,
+    budget=next((r.budget for r in runs if r.budget), None),
+    construction={
+      "block_bound_max": [
+        records.seed_mean([(r.construction or {}).get("block_bound_max") for r in group]) for group in groups
+      ]
+    }
+    if constructed
+    else None,
   )
 
 
-def summarize(results: list[records.RunRecord], setting_order: list[str],
-              overrides: dict | None = None, L: str = "layers") -> records.SweepSummary:
+def summarize(
+  results: list[records.RunRecord], setting_order: list[str], overrides: dict | None = None, L: str = "layers"
+) -> records.SweepSummary:
   """The sweep summary from run records; independent of their order and timing. ``overrides``:
   each setting's overrides (:func:`setting_overrides`), kept with its results; ``L``: what the
   bound reading takes as L (``config.bound_L``, :data:`resnorm.records.BOUND_LENGTHS`)."""
   by_setting = {name: _family([r for r in results if _setting_of(r) == name], L) for name in setting_order}
   if overrides:
-    by_setting = {name: dataclasses.replace(family, overrides=records.config_dict(overrides.get(name, {})))
-                  for name, family in by_setting.items()}
+    by_setting = {
+      name: dataclasses.replace(family, overrides=records.config_dict(overrides.get(name, {})))
+      for name, family in by_setting.items()
+    }
   return records.SweepSummary(setting_order[0], by_setting)
 
 
-CSV_FIELDS = ("setting", "model", "depth", "seed", "diverged", "diverged_at_step", "train_loss", "test_loss",
-              "test_accuracy", "target_variance", "train_seconds") + tuple(
-                  f"{stage}_{k}" for stage in records.STAGES for k in CSV_DELTAS)
+CSV_FIELDS = (
+  "setting",
+  "model",
+  "depth",
+  "seed",
+  "diverged",
+  "diverged_at_step",
+  "train_loss",
+  "test_loss",
+  "test_accuracy",
+  "target_variance",
+  "train_seconds",
+) + tuple(f"{stage}_{k}" for stage in records.STAGES for k in CSV_DELTAS)
 
 
 def write_outputs(workdir, summary: records.SweepSummary, results: list[records.RunRecord], sources=None) -> None:
@@ -419,8 +461,10 @@ def write_outputs(workdir, summary: records.SweepSummary, results: list[records.
   if any(r.history for r in results):
     plots.delta_during_training(run_data, list(summary.models), workdir / "delta_during_training.png")
   if any(r.history and r.init.layers and "transition" in r.init.layers["kind"] for r in results):
-    plots.ratio_heatmap(_heatmap_runs([records.path(w) for w in sources or [workdir]], results, list(summary.models)),
-                        workdir / "ratio_heatmap.png")
+    plots.ratio_heatmap(
+      _heatmap_runs([records.path(w) for w in sources or [workdir]], results, list(summary.models)),
+      workdir / "ratio_heatmap.png",
+    )
 
 
 def _heatmap_runs(sources: list, results: list[records.RunRecord], names: list[str]) -> dict[str, list[dict]]:
@@ -481,18 +525,23 @@ def aggregate(workdirs: list, out_dir, allow_incomplete: bool = False) -> record
       raise records.WorkdirError(f"{workdir} was run with another config than {workdirs[0]} (fields {differing})")
     unfinished, mixed = _incomplete_or_mixed(workdir, config)
     if mixed:
-      raise records.WorkdirError(f"{workdir} holds runs trained with another config than its sweep's: {'; '.join(mixed)}")
+      raise records.WorkdirError(
+        f"{workdir} holds runs trained with another config than its sweep's: {'; '.join(mixed)}"
+      )
     missing += [str(workdir / RUNS / name) for name in unfinished]
     for result in records.runs_in([workdir], RUNS):
       key = (_setting_of(result), result.depth, result.seed)
       if key in seen:
-        raise records.WorkdirError(f"{key[0]} at depth {result.depth}, seed {result.seed} is in both {seen[key]} and "
-                              f"{workdir}")
+        raise records.WorkdirError(
+          f"{key[0]} at depth {result.depth}, seed {result.seed} is in both {seen[key]} and {workdir}"
+        )
       seen[key] = workdir
       results.append(result)
   if missing and not allow_incomplete:
-    raise records.WorkdirError(f"{len(missing)} runs are not finished: {', '.join(missing)} (finish them with the "
-                            "sweep's command, or merge without them: --allow_incomplete)")
+    raise records.WorkdirError(
+      f"{len(missing)} runs are not finished: {', '.join(missing)} (finish them with the "
+      "sweep's command, or merge without them: --allow_incomplete)"
+    )
   if missing:
     logging.warning("merging without the unfinished runs %s", ", ".join(missing))
   if not results:
@@ -504,8 +553,9 @@ def aggregate(workdirs: list, out_dir, allow_incomplete: bool = False) -> record
   order = merged_config.get("settings") or merged_config["models"]
   order = [m for m in order if any(_setting_of(r) == m for r in results)]
   known = merged_config.get("overrides") or {}
-  summary = summarize(results, order, {name: known.get(name, {"name": name}) for name in order},
-                      L=merged_config.get("bound_L", "layers"))
+  summary = summarize(
+    results, order, {name: known.get(name, {"name": name}) for name in order}, L=merged_config.get("bound_L", "layers")
+  )
   write_outputs(out_dir, summary, results, sources=workdirs)
   return summary
 
@@ -522,9 +572,19 @@ def format_table(summary: records.SweepSummary) -> str:
     accuracy = family.test_accuracy is not None
     trained, std = family.trained, family.trained.std or {}
     blocks = family.block_counts()
-    header = ["depth"] + (["blocks"] if blocks else []) + [
-        "δmax init", "δmax trained", "δmean", "layer p90 max", "batch δmax",
-        "train/var" if fitted else "train loss", "test/var" if fitted else "test loss"]
+    header = (
+      ["depth"]
+      + (["blocks"] if blocks else [])
+      + [
+        "δmax init",
+        "δmax trained",
+        "δmean",
+        "layer p90 max",
+        "batch δmax",
+        "train/var" if fitted else "train loss",
+        "test/var" if fitted else "test loss",
+      ]
+    )
     header += ["test acc"] if accuracy else []
     tokens = trained.token_c_last is not None and any(v is not None for v in trained.token_c_last)
     header += ["token cos"] if tokens else []  # rank collapse as it nears 1 (a stream of sequences)
@@ -536,11 +596,14 @@ def format_table(summary: records.SweepSummary) -> str:
         row.append(f"{count}diverged@{family.diverged_at_step[i]}")
       else:
         row.append(_pm(trained.delta_max[i], std.get("delta_max"), i))
-      row += [_pm(trained.delta_mean[i], std.get("delta_mean"), i),
-              _pm((trained.layer_p90_max or [None] * (i + 1))[i], std.get("layer_p90_max"), i),
-              _fmt((trained.batch_delta_max or [None] * (i + 1))[i])]
-      losses = (family.train_loss_relative, family.test_loss_relative) if fitted else (family.train_loss,
-                                                                                      family.test_loss)
+      row += [
+        _pm(trained.delta_mean[i], std.get("delta_mean"), i),
+        _pm((trained.layer_p90_max or [None] * (i + 1))[i], std.get("layer_p90_max"), i),
+        _fmt((trained.batch_delta_max or [None] * (i + 1))[i]),
+      ]
+      losses = (
+        (family.train_loss_relative, family.test_loss_relative) if fitted else (family.train_loss, family.test_loss)
+      )
       row += [_fmt(v[i]) for v in losses]
       row += [_fmt(family.test_accuracy[i])] if accuracy else []
       row += [_pm(trained.token_c_last[i], std.get("token_c_last"), i)] if tokens else []
@@ -550,8 +613,12 @@ def format_table(summary: records.SweepSummary) -> str:
     lines += [_bound_line("trained δmax", trained), _bound_line("trained layer p90 max", trained, "layer_p90_max")]
     for kind, stages in sorted((family.by_kind or {}).items()):
       if kind != "stem":
-        lines.append(_bound_line(f"trained {kind} δmax", stages["trained"], kind=kind) + "  (init δmax "
-                     + ", ".join(_fmt(v) for v in stages["init"].delta_max) + ")")
+        lines.append(
+          _bound_line(f"trained {kind} δmax", stages["trained"], kind=kind)
+          + "  (init δmax "
+          + ", ".join(_fmt(v) for v in stages["init"].delta_max)
+          + ")"
+        )
     lines.append("")
   return "\n".join(lines).rstrip()
 

@@ -29,10 +29,10 @@ from scipy import stats
 from resnorm import validation
 
 LAWS = {
-    "c*log(2L)/L": lambda L: np.log(2 * L) / L,
-    "c/L": lambda L: 1.0 / L,
-    "c/sqrt(L)": lambda L: 1.0 / np.sqrt(L),
-    "c": lambda L: np.ones_like(L),
+  "c*log(2L)/L": lambda L: np.log(2 * L) / L,
+  "c/L": lambda L: 1.0 / L,
+  "c/sqrt(L)": lambda L: 1.0 / np.sqrt(L),
+  "c": lambda L: np.ones_like(L),
 }
 THEOREM_LAW = "c*log(2L)/L"
 
@@ -95,13 +95,13 @@ def fit_delta(depths, deltas) -> DeltaFit:
   laws = _law_fits(L, log_delta)
   slope, intercept = np.polyfit(np.log(L), log_delta, 1)
   return DeltaFit(
-      c=laws[THEOREM_LAW].c,
-      r2=laws[THEOREM_LAW].r2,
-      slope=float(slope),
-      intercept=float(intercept),
-      laws=laws,
-      best=max(laws, key=lambda name: laws[name].r2),
-      num_points=int(keep.sum()),
+    c=laws[THEOREM_LAW].c,
+    r2=laws[THEOREM_LAW].r2,
+    slope=float(slope),
+    intercept=float(intercept),
+    laws=laws,
+    best=max(laws, key=lambda name: laws[name].r2),
+    num_points=int(keep.sum()),
   )
 
 
@@ -173,8 +173,19 @@ def read_bound(depths, per_seed, *, level: float = 0.9) -> dict:
   finite = [s[np.isfinite(s)] for s in samples]
   flat_L = np.concatenate([np.full(len(s), L) for L, s in zip(depths, finite)]) if finite else np.zeros(0)
   every_L, needed = _bound_constants(flat_L, np.concatenate(finite) if finite else np.zeros(0))
-  reading = dict(c_min=None, c_min_depth=None, slope=None, slope_interval=None, dof=None, laws=None, best=None,
-                 num_points=0, seeds=[len(s) for s in finite], level=level, note=None)
+  reading = dict(
+    c_min=None,
+    c_min_depth=None,
+    slope=None,
+    slope_interval=None,
+    dof=None,
+    laws=None,
+    best=None,
+    num_points=0,
+    seeds=[len(s) for s in finite],
+    level=level,
+    note=None,
+  )
   if needed.size:
     reading.update(c_min=float(needed.max()), c_min_depth=int(every_L[np.argmax(needed)]))
   logs = [np.log(s[s > 0]) for s in finite]
@@ -189,8 +200,12 @@ def read_bound(depths, per_seed, *, level: float = 0.9) -> dict:
   means = np.array([y.mean() for y in logs])
   slope = float(weights @ means)
   law_fits = _law_fits(L, means)
-  laws = {name: dict(slope=float(weights @ np.log(shape(L))), fits=None, c=law_fits[name].c, c_interval=None,
-                     r2=law_fits[name].r2) for name, shape in LAWS.items()}
+  laws = {
+    name: dict(
+      slope=float(weights @ np.log(shape(L))), fits=None, c=law_fits[name].c, c_interval=None, r2=law_fits[name].r2
+    )
+    for name, shape in LAWS.items()
+  }
   reading.update(slope=slope, laws=laws)
   if min(len(y) for y in logs) < 2:
     reading["note"] = "a depth with one seed: no interval covers its seed-to-seed spread, no law is named"

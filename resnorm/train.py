@@ -29,8 +29,9 @@ class TrainState(train_state.TrainState):
     that tells a Procrustes projection whether to act (:func:`resnorm.procrustes.procrustes`)."""
     extra = {} if project is None else {"project": project}
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params, **extra)
-    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state,
-                        **kwargs)
+    return self.replace(
+      step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state, **kwargs
+    )
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
@@ -52,7 +53,8 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     schedule = optax.cosine_decay_schedule(opt.learning_rate, total_steps(config, steps_per_epoch))
   elif opt.schedule == "piecewise":
     schedule = optax.piecewise_constant_schedule(
-        opt.learning_rate, {int(epoch * steps_per_epoch): opt.decay_factor for epoch in opt.decay_epochs})
+      opt.learning_rate, {int(epoch * steps_per_epoch): opt.decay_factor for epoch in opt.decay_epochs}
+    )
   else:
     schedule = optax.constant_schedule(opt.learning_rate)
   warmup = round(opt.get("warmup_epochs", 0) * steps_per_epoch)
@@ -76,8 +78,8 @@ def make_optimizer(config, projection_targets=None, *, steps_per_epoch: int) -> 
     tx = optax.adamw(learning_rate, weight_decay=opt.weight_decay)
   else:
     tx = optax.chain(
-        optax.add_decayed_weights(opt.weight_decay),
-        optax.sgd(learning_rate, momentum=opt.momentum or None),
+      optax.add_decayed_weights(opt.weight_decay),
+      optax.sgd(learning_rate, momentum=opt.momentum or None),
     )
   depth = config.model.depth if "model" in config else 1  # a scale of 1/L needs the depth
   block_scale = models.resolve_branch_scale(opt.get("block_lr_scale", "1"), depth, "block_lr_scale")
@@ -87,8 +89,10 @@ def make_optimizer(config, projection_targets=None, *, steps_per_epoch: int) -> 
   if not config.procrustes.enabled:
     return tx
   projection = procrustes.procrustes(
-      projection_targets, probability=config.procrustes.probability, every=config.procrustes.every or None,
-      seed=config.seed,
+    projection_targets,
+    probability=config.procrustes.probability,
+    every=config.procrustes.every or None,
+    seed=config.seed,
   )
   return optax.chain(tx, projection)
 
@@ -96,8 +100,9 @@ def make_optimizer(config, projection_targets=None, *, steps_per_epoch: int) -> 
 def block_parameters(params) -> dict:
   """The mask of the identity blocks' parameters: True under every top-level module named as a
   block site (``NN_block``, :mod:`resnorm.probes`), False under the stem, transitions and head."""
-  return {name: jax.tree.map(lambda _, block=probes.is_kind(name, "block"): block, tree)
-          for name, tree in params.items()}
+  return {
+    name: jax.tree.map(lambda _, block=probes.is_kind(name, "block"): block, tree) for name, tree in params.items()
+  }
 
 
 def loss_function(task: str):
@@ -105,7 +110,7 @@ def loss_function(task: str):
   if task == "regression":
     return lambda outputs, targets: jnp.mean(jnp.square(outputs.astype(jnp.float32) - targets))
   return lambda logits, labels: jnp.mean(
-      optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
   )
 
 
@@ -124,8 +129,13 @@ def create_train_states(model, rngs, sample_inputs, tx, sharding=None, compiler_
 def _create(model, tx):
   def create(rng, sample_inputs):
     variables = model.init(rng, sample_inputs, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables.get("batch_stats"), constants=variables.get("constants"))
+    return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      tx=tx,
+      batch_stats=variables.get("batch_stats"),
+      constants=variables.get("constants"),
+    )
 
   return create
 
@@ -154,8 +164,9 @@ def train_step(state: TrainState, batch, loss_fn, project: bool | None = None) -
   return state, {"loss": value, "finite": finite}
 
 
-def train_steps(state: TrainState, batch_at, num_steps, capacity: int, loss_fn,
-                project: bool | None = None) -> tuple[TrainState, dict]:
+def train_steps(
+  state: TrainState, batch_at, num_steps, capacity: int, loss_fn, project: bool | None = None
+) -> tuple[TrainState, dict]:
   """Up to ``capacity`` optimizer steps in one compiled loop; pure, for ``jax.jit``.
 
   Runs :func:`train_step` on ``batch_at(0)``, ``batch_at(1)``, … for the first ``num_steps``
@@ -205,8 +216,15 @@ def convergence(steps, losses, window: float, tolerance: float) -> dict:
   there are fewer than two logs to compare.
   """
   steps, losses = [int(s) for s in steps], [float(v) for v in losses]
-  verdict = dict(window=window, tolerance=tolerance, scale=CONVERGENCE_SCALE, from_step=None, to_step=None,
-                 change=None, converged=None)
+  verdict = dict(
+    window=window,
+    tolerance=tolerance,
+    scale=CONVERGENCE_SCALE,
+    from_step=None,
+    to_step=None,
+    change=None,
+    converged=None,
+  )
   if len(steps) < 2 or not all(map(math.isfinite, losses)):
     return verdict
   last = steps[-1]
@@ -220,8 +238,11 @@ def convergence(steps, losses, window: float, tolerance: float) -> dict:
 def variables(state: TrainState) -> dict:
   """The variables ``apply`` needs: parameters, and BatchNorm statistics and constants where the
   model has them."""
-  return {"params": state.params, **_fixed(state),
-          **({} if state.batch_stats is None else {"batch_stats": state.batch_stats})}
+  return {
+    "params": state.params,
+    **_fixed(state),
+    **({} if state.batch_stats is None else {"batch_stats": state.batch_stats}),
+  }
 
 
 def _fixed(state: TrainState) -> dict:
@@ -239,4 +260,3 @@ def eval_step(state: TrainState, batch, loss_fn, task: str) -> dict:
     correct = (jnp.argmax(outputs, -1) == targets).reshape(count, -1)
     sums["correct"] = jnp.sum(jnp.mean(correct, axis=1))
   return sums
-

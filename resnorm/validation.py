@@ -83,8 +83,11 @@ def spatial_shape(name: str, value: Any, kernel_size: tuple[int, int] = (1, 1)) 
   if hasattr(value, "tolist"):
     value = value.tolist()
   low = (max(kernel_size[0], 1), max(kernel_size[1], 1))
-  if (not isinstance(value, (tuple, list)) or len(value) != 2
-      or not all(_is_int(v) and v >= m for v, m in zip(value, low))):
+  if (
+    not isinstance(value, (tuple, list))
+    or len(value) != 2
+    or not all(_is_int(v) and v >= m for v, m in zip(value, low))
+  ):
     covers = "" if low == (1, 1) else " (the kernel's size)"
     raise invalid(name, value, f"a pair (H, W) of integers with H >= {low[0]} and W >= {low[1]}{covers}")
   return int(value[0]), int(value[1])

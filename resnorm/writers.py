@@ -31,8 +31,11 @@ class EventWriter:
     self._writer = EventFileWriter(os.fspath(logdir))
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
-    summary = self._summary(value=[self._summary.Value(tag=tag, simple_value=float(value))
-                                   for tag, value in values.items() if value is not None])
+    summary = self._summary(
+      value=[
+        self._summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items() if value is not None
+      ]
+    )
     self._writer.add_event(self._event(wall_time=time.time(), step=step, summary=summary))
 
   def flush(self) -> None:
@@ -45,8 +48,11 @@ class EventWriter:
 def _tags(prefix: str, row: dict) -> dict[str, float]:
   """``row``'s numbers (``step`` aside) as TensorBoard tags under ``prefix/`` (``test_loss``
   under ``test`` is ``test/loss``)."""
-  return {f"{prefix}/{key.removeprefix(prefix + '_')}": value for key, value in row.items()
-          if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+  return {
+    f"{prefix}/{key.removeprefix(prefix + '_')}": value
+    for key, value in row.items()
+    if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+  }
 
 
 class MetricWriter:
@@ -76,8 +82,14 @@ class MetricWriter:
   def measurement(self, step: int, measurement: records.Measurement) -> None:
     """The δ statistics of a measurement to ``signal.jsonl`` and, per kind of layer, to TensorBoard."""
     self.signal.append({"step": step, **measurement.to_json()})
-    self._scalars(step, {f"delta/{kind}/{key}": getattr(stats, key)
-                         for kind, stats in measurement.by_kind.items() for key in records.HISTORY_KEYS})
+    self._scalars(
+      step,
+      {
+        f"delta/{kind}/{key}": getattr(stats, key)
+        for kind, stats in measurement.by_kind.items()
+        for key in records.HISTORY_KEYS
+      },
+    )
 
   def _scalars(self, step: int, values: dict[str, float]) -> None:
     if self._events is not None:

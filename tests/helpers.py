@@ -1,7 +1,7 @@
 """Helpers the tests share (imported as ``helpers``; fixtures stay in conftest.py).
 
-The environment of the processes tests start, notebook execution with injected parameters, tiny versions of the real config files, and
-matrices with a chosen condition number.
+The environment of the processes tests start, notebook execution with injected parameters, tiny versions of the
+real config files, and matrices with a chosen condition number.
 """
 
 import os
@@ -18,8 +18,13 @@ def cpu_env(devices: int | None = None, **variables) -> dict[str, str]:
   flags = os.environ.get("XLA_FLAGS", "")
   if devices is not None:
     flags = f"{flags} --xla_force_host_platform_device_count={devices}"
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip(),
-              PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **variables)
+  return dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=flags.strip(),
+    PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    **variables,
+  )
 
 
 def execute_notebook(name: str, timeout: int = 600, **parameters):
@@ -37,7 +42,7 @@ def execute_notebook(name: str, timeout: int = 600, **parameters):
   injected = nbformat.v4.new_code_cell("\n".join(f"{key} = {value!r}" for key, value in parameters.items()))
   notebook.cells.insert(tagged[0] + 1, injected)
   client = nbclient.NotebookClient(
-      notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": REPO}}
+    notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": REPO}}
   )
   client.execute()
   return notebook

@@ -22,8 +22,15 @@ def run_benchmark(tmp_path, module, *args, devices=None, timeout=240):
   as the script names it, the XLA flags it appends taken off)."""
   results = tmp_path / "results.json"
   env = helpers.cpu_env(devices, BENCHMARK_RESULTS=str(results))
-  done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout, check=False)
+  done = subprocess.run(
+    [sys.executable, "-m", f"benchmarks.{module}", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   rows = json.loads(results.read_text()) if results.exists() else []
   flags = f"; XLA_FLAGS={env['XLA_FLAGS']}" if env["XLA_FLAGS"] else ""
@@ -34,11 +41,17 @@ def run_benchmark(tmp_path, module, *args, devices=None, timeout=240):
 
 
 def test_models_benchmark_times_the_library_step(tmp_path):
-  out, (row,) = run_benchmark(tmp_path, "models", *TINY, "--batch", "2", "--repeats", "1",
-                              "--width_multiplier", "0.25", "--depths", "resnet=8")
+  out, (row,) = run_benchmark(
+    tmp_path, "models", *TINY, "--batch", "2", "--repeats", "1", "--width_multiplier", "0.25", "--depths", "resnet=8"
+  )
   assert "| resnet | 8 |" in out
   assert (row["script"], row["model"], row["depth"], row["batch"], row["variant"]) == (
-      "models", "resnet", 8, 2, "width×0.25")
+    "models",
+    "resnet",
+    8,
+    2,
+    "width×0.25",
+  )
   assert row["step_ms"] > 0 and row["compile_s"] > 0 and row["peak_mem_gib"] is None  # CPU: no memory stats
 
 
@@ -59,18 +72,48 @@ def test_projection_benchmark_writes_a_row_per_kernel_and_method(tmp_path):
 
 @pytest.mark.slow
 def test_projection_overhead_benchmark_writes_its_five_rows(tmp_path):
-  _, rows = run_benchmark(tmp_path, "projection_overhead", *TINY, "--depth", "13", "--batch", "2",
-                          "--width_multiplier", "0.25", "--no-scan", "--rounds", "1", "--per_round", "1")
+  _, rows = run_benchmark(
+    tmp_path,
+    "projection_overhead",
+    *TINY,
+    "--depth",
+    "13",
+    "--batch",
+    "2",
+    "--width_multiplier",
+    "0.25",
+    "--no-scan",
+    "--rounds",
+    "1",
+    "--per_round",
+    "1",
+  )
   assert [row["variant"] for row in rows] == [
-      "no projection", "procrustes(every=1), lax.cond", "procrustes(probability=0.5), lax.cond",
-      "project=True: every step, no conditional",
-      "probability 0.5 decided on the host, two compiled steps"]
+    "no projection",
+    "procrustes(every=1), lax.cond",
+    "procrustes(probability=0.5), lax.cond",
+    "project=True: every step, no conditional",
+    "probability 0.5 decided on the host, two compiled steps",
+  ]
 
 
 @pytest.mark.slow
 def test_profile_step_summarises_a_cpu_trace_and_the_floor(tmp_path):
-  out, (row,) = run_benchmark(tmp_path, "profile_step", *TINY, "--batch", "2", "--width_multiplier", "0.25",
-                              "--models", "resnet=8", "--repeats", "1", "--steps", "1")
+  out, (row,) = run_benchmark(
+    tmp_path,
+    "profile_step",
+    *TINY,
+    "--batch",
+    "2",
+    "--width_multiplier",
+    "0.25",
+    "--models",
+    "resnet=8",
+    "--repeats",
+    "1",
+    "--steps",
+    "1",
+  )
   assert "| kernel class |" in out and "The floor on cpu" in out and "| `conv" in out  # the top kernels
   assert row["kernels_per_step"] > 0 and row["flops"] > 0 and row["bytes_accessed"] > 0
   assert 0 < sum(row["class_ms"].values()) and "convolution / GEMM" in row["class_ms"]
@@ -78,15 +121,13 @@ def test_profile_step_summarises_a_cpu_trace_and_the_floor(tmp_path):
 
 @pytest.mark.slow
 def test_step_on_8_simulated_devices_matches_one_device(tmp_path):
-  out, _ = run_benchmark(tmp_path, "sharded_step", "--platform", "cpu",
-                         devices=8)
+  out, _ = run_benchmark(tmp_path, "sharded_step", "--platform", "cpu", devices=8)
   assert "over 8 cpu devices" in out
 
 
 @pytest.mark.slow
 def test_stem_projection_benchmark_tables_the_error_against_rounds(tmp_path):
-  out, _ = run_benchmark(tmp_path, "stem_projection", "--platform", "cpu", "--repeats", "1",
-                         "--no-padded")
+  out, _ = run_benchmark(tmp_path, "stem_projection", "--platform", "cpu", "--repeats", "1", "--no-padded")
   assert "| pytorch | 3 |" in out and "| chainer | 1 |" in out
 
 
@@ -98,11 +139,17 @@ def test_input_pipeline_benchmark_times_the_host(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_benchmark_compares_the_entry_point_with_the_bare_step(tmp_path):
-  out, rows = run_benchmark(tmp_path, "end_to_end", "--steps=6", "--width=0.25", "--depth=13", "--noscan",
-                            "--batch_size=8")
+  out, rows = run_benchmark(
+    tmp_path, "end_to_end", "--steps=6", "--width=0.25", "--depth=13", "--noscan", "--batch_size=8"
+  )
   assert "| measurement | images/s | vs bare step |" in out
-  assert [row["variant"] for row in rows] == ["bare step", "+ projection schedule", "+ input pipeline",
-                                              "bare step, again", "entry point (experiments.train)"]
+  assert [row["variant"] for row in rows] == [
+    "bare step",
+    "+ projection schedule",
+    "+ input pipeline",
+    "bare step, again",
+    "entry point (experiments.train)",
+  ]
 
 
 @pytest.mark.slow

@@ -51,8 +51,13 @@ def test_constructed_blocks_stay_within_their_promised_bound_and_the_ratios_with
   np.testing.assert_allclose(built.block_bounds, teacher.flow.num_maps * 0.5 / depth, rtol=1e-12)
   assert np.all(distances <= built.block_bounds[:, None] * (1 + 1e-6))
   assert distances.max() > 0.2 * built.block_bounds.max()  # the bound is not vacuous either
-  report = signal.measure(model, jax.tree.map(jnp.asarray, built.variables), jnp.asarray(teacher.x_test),
-                          jnp.asarray(teacher.y_test), train.loss_function("regression"))
+  report = signal.measure(
+    model,
+    jax.tree.map(jnp.asarray, built.variables),
+    jnp.asarray(teacher.x_test),
+    jnp.asarray(teacher.y_test),
+    train.loss_function("regression"),
+  )
   ratio = np.asarray(report.ratio)[[k == "block" for k in report.kinds]]
   assert np.all(np.abs(ratio - 1) <= distances * (1 + 1e-6) + 1e-12)
 
@@ -70,8 +75,12 @@ def test_constructed_network_represents_the_teacher_ever_better_with_depth(teach
   np.testing.assert_allclose(slopes, -2.0, atol=0.1)
   scaled, built = _constructed(teacher, 16, branch_scale="1/sqrt(L)")
   model16, built16 = _constructed(teacher, 16)
-  np.testing.assert_allclose(scaled.apply(built.variables, teacher.x_test),
-                             model16.apply(built16.variables, teacher.x_test), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    scaled.apply(built.variables, teacher.x_test),
+    model16.apply(built16.variables, teacher.x_test),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 def test_constructed_network_is_the_euler_scheme_of_the_flow(teacher, x64):
@@ -123,8 +132,9 @@ def test_direction_free_extremes_equal_a_dense_float64_svd(name, x64):
 
 def _extremes(blocks, **options):
   """:func:`spectra.block_extremes`, compiled (eager vmaps of loops run op by op)."""
-  run = jax.jit(lambda params, inputs: spectra.block_extremes(spectra.BlockStack(blocks.apply, params, inputs),
-                                                              **options))
+  run = jax.jit(
+    lambda params, inputs: spectra.block_extremes(spectra.BlockStack(blocks.apply, params, inputs), **options)
+  )
   return run(blocks.params, blocks.inputs)
 
 

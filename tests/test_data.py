@@ -31,8 +31,9 @@ def test_teacher_flow_is_integrated_to_float64_accuracy():
   for row, y in zip(x, flow(x)):
     z = row
     for k in range(flow.num_maps):
-      z = scipy.integrate.solve_ivp(lambda t, z, k=k: flow.field(k, z), (0, flow.strength), z, method="DOP853",
-                                    rtol=1e-12, atol=1e-12).y[:, -1]
+      z = scipy.integrate.solve_ivp(
+        lambda t, z, k=k: flow.field(k, z), (0, flow.strength), z, method="DOP853", rtol=1e-12, atol=1e-12
+      ).y[:, -1]
     np.testing.assert_allclose(y, flow.rotation @ z, rtol=0, atol=1e-6)
 
 
@@ -67,6 +68,7 @@ def test_batches_cover_each_epoch_once_and_depend_only_on_step():
 
 def test_tfds_images_read_through_data_source_with_mock_data():
   import tensorflow_datasets as tfds
+
   with tfds.testing.mock_data(num_examples=12):
     dataset = data.load({"name": "tfds", "dataset": "cifar10", "train_size": 10})
   assert dataset.x_train.shape == (10, 32, 32, 3) and dataset.x_test.shape == (12, 32, 32, 3)
@@ -82,7 +84,7 @@ def test_augment_crops_and_flips_deterministically():
   np.testing.assert_array_equal(out, data.augment(images, seed=0, step=3, padding=1))
   for original, crop in zip(images, out):
     padded = np.pad(original, ((1, 1), (1, 1), (0, 0)))
-    windows = [padded[i:i + 4, j:j + 4] for i in range(3) for j in range(3)]
+    windows = [padded[i : i + 4, j : j + 4] for i in range(3) for j in range(3)]
     assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
   steps = [data.augment(images, seed=0, step=s, padding=1) for s in range(20)]
   assert len({a.tobytes() for a in steps}) > 1
@@ -115,7 +117,7 @@ def test_python_source_windows_predict_the_next_character_of_the_standard_librar
   assert dataset.x_train.shape == dataset.y_train.shape == (64, 16) and dataset.num_outputs == data.ASCII
   np.testing.assert_array_equal(dataset.x_train[:, 1:], dataset.y_train[:, :-1])  # targets: the next character
   text = open(f"{sysconfig.get_paths()['stdlib']}/functools.py", "rb").read()
-  held_out = text[int(0.9 * len(text)):].decode("ascii", "replace")
+  held_out = text[int(0.9 * len(text)) :].decode("ascii", "replace")
   for window in dataset.x_test:
     assert "".join(map(chr, window)) in held_out.replace("\ufffd", "?")  # the test windows: the last tenth
   again = data.python_source(seed=3, modules=("functools",), tokens=16, train_size=64, test_size=8)

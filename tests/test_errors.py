@@ -43,7 +43,10 @@ def test_a_config_error_keeps_the_value_itself():
   with pytest.raises(config_validation.ConfigError) as error:
     config_validation.check_run(config, dataset)
   assert (error.value.field, error.value.value, error.value.allowed) == (
-      "config.optimizer.momentum", 1.5, "a number in [0, 1)")
+    "config.optimizer.momentum",
+    1.5,
+    "a number in [0, 1)",
+  )
 
 
 @pytest.mark.parametrize("cls", [validation.ArgumentError, config_validation.ConfigError])

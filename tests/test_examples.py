@@ -23,10 +23,24 @@ def _example():
 @pytest.mark.slow
 def test_the_own_model_example_sweeps_from_a_fresh_process(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.sweep", "--config=examples/own_model.py", f"--workdir={tmp_path}",
-       "--config.depths=(2,4)", "--config.seeds=(0,)", "--config.num_steps=40", "--config.log_every=20",
-       "--config.signal.every=20"],
-      cwd=helpers.REPO, env=helpers.cpu_env(), capture_output=True, text=True, check=False)
+    [
+      sys.executable,
+      "-m",
+      "experiments.sweep",
+      "--config=examples/own_model.py",
+      f"--workdir={tmp_path}",
+      "--config.depths=(2,4)",
+      "--config.seeds=(0,)",
+      "--config.num_steps=40",
+      "--config.log_every=20",
+      "--config.signal.every=20",
+    ],
+    cwd=helpers.REPO,
+    env=helpers.cpu_env(),
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   summary = records.read_json(tmp_path / "summary.json")
   runs = [records.read_run(tmp_path / sweep.RUNS / sweep.run_name("gated", depth, 0)) for depth in (2, 4)]
@@ -55,16 +69,20 @@ class _Misordered(nn.Module):
     return nn.Dense(self.num_outputs)(x)
 
 
-@pytest.mark.parametrize("module, message", [
+@pytest.mark.parametrize(
+  "module, message",
+  [
     (_Unprobed, "model _Unprobed has no stream sites"),
     (_Misordered, r"visited in the order \['01_stem', '00_input'\]"),
-])
+  ],
+)
 def test_a_registered_model_that_breaks_the_probe_protocol_is_refused_at_the_door(tmp_path, module, message):
   example = _example()
   name = f"broken_{module.__name__.lower()}"
   if name not in models.FAMILIES:
-    models.register(name, models.Family(build=lambda depth, num_classes, module=module: module(depth, num_classes),
-                                        defaults={}))
+    models.register(
+      name, models.Family(build=lambda depth, num_classes, module=module: module(depth, num_classes), defaults={})
+    )
   config = example.get_config()
   config.overrides.gated.name = name
   config.depths, config.seeds = (2,), (0,)

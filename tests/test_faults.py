@@ -42,14 +42,15 @@ def test_runs_whose_files_do_not_read_are_set_aside_and_trained_again(two_seeds,
   config, workdir, summary = two_seeds
   copy = _copy(workdir, tmp_path)
   text = (_run_dir(copy, 0) / "summary.json").read_text()
-  (_run_dir(copy, 0) / "summary.json").write_text(text[:len(text) // 2])
+  (_run_dir(copy, 0) / "summary.json").write_text(text[: len(text) // 2])
   lines = (_run_dir(copy, 1) / "metrics.jsonl").read_text().splitlines()
-  lines[0] = lines[0][:len(lines[0]) // 2]
+  lines[0] = lines[0][: len(lines[0]) // 2]
   (_run_dir(copy, 1) / "metrics.jsonl").write_text("\n".join(lines) + "\n")
   rerun = sweep.run_sweep(config, str(copy), progress=False)
   assert rerun.to_json() == summary.to_json()
   assert sorted(p.name.split(".")[0] for p in (copy / sweep.SET_ASIDE).iterdir()) == [
-      sweep.run_name("mlp_residual", 2, seed) for seed in (0, 1)]
+    sweep.run_name("mlp_residual", 2, seed) for seed in (0, 1)
+  ]
   for seed, name in ((0, "summary.json"), (1, "metrics.jsonl")):
     assert str(_run_dir(copy, seed) / name) in caplog.text
 
@@ -142,7 +143,8 @@ def test_a_checkpoint_that_reads_but_holds_other_arrays_is_refused_by_its_digest
 
 
 def test_sigterm_during_a_save_stops_at_the_next_step_and_the_rerun_logs_what_the_uninterrupted_run_logs(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   """SIGTERM arrives while the checkpoint of step 10 is being written: the save completes, the run
   stops after the next stretch (step 13, between logs at 8 and 16) with a checkpoint there, and the
   rerun's files equal an uninterrupted run's row for row, the first log after the resume included
@@ -184,21 +186,34 @@ def test_a_failed_write_names_the_file_and_leaves_the_previous_version_whole(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arguments, message", [
-    (["--config=configs/depth_sweep.py", "--config.nonexistent=1"],
-     "error: --config.nonexistent=1: no config field 'nonexistent'"),
+@pytest.mark.parametrize(
+  "arguments, message",
+  [
+    (
+      ["--config=configs/depth_sweep.py", "--config.nonexistent=1"],
+      "error: --config.nonexistent=1: no config field 'nonexistent'",
+    ),
     (["--config=configs/missing.py"], "No such file or directory: 'configs/missing.py'"),
     (["--config=configs/depth_sweep.py", "--config.num_steps=abc"], "error: flag --config.num_steps=abc"),
-    (["--config=configs/depth_sweep.py", "--config.optimizer.learning_rate=inf"],
-     "error: config.optimizer.learning_rate = inf: expected a positive number"),
+    (
+      ["--config=configs/depth_sweep.py", "--config.optimizer.learning_rate=inf"],
+      "error: config.optimizer.learning_rate = inf: expected a positive number",
+    ),
     (["--config=configs/depth_sweep.py", "--config.seeds=(0,0)"], "expected distinct seeds"),
     (["--aggregate"], "error: no workdirs to merge"),
     (["--aggregate", "/nonexistent/sweep"], "error: /nonexistent/sweep is not a sweep workdir"),
-])
+  ],
+)
 def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, arguments, message):
   workdir = tmp_path / "workdir"
-  result = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *arguments],
-                          cwd=helpers.REPO, env=helpers.cpu_env(), capture_output=True, text=True, check=False)
+  result = subprocess.run(
+    [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *arguments],
+    cwd=helpers.REPO,
+    env=helpers.cpu_env(),
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert result.returncode == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
   assert not workdir.exists()
 
@@ -207,18 +222,34 @@ def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, argu
 def test_a_workdir_that_is_a_file_is_refused_in_one_line(tmp_path):
   workdir = tmp_path / "a_file"
   workdir.write_text("mine")
-  result = subprocess.run([sys.executable, "-m", "experiments.sweep", "--config=configs/depth_sweep.py",
-                           f"--workdir={workdir}"], cwd=helpers.REPO, env=helpers.cpu_env(), capture_output=True,
-                          text=True, check=False)
+  result = subprocess.run(
+    [sys.executable, "-m", "experiments.sweep", "--config=configs/depth_sweep.py", f"--workdir={workdir}"],
+    cwd=helpers.REPO,
+    env=helpers.cpu_env(),
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert result.returncode == 1 and result.stderr.strip() == (
-      f"error: --workdir {workdir} is a file: expected a directory (or a path to create)"), result.stderr
+    f"error: --workdir {workdir} is a file: expected a directory (or a path to create)"
+  ), result.stderr
   assert workdir.read_text() == "mine"
 
 
-SWEEP_FLAGS = ("--config=configs/depth_sweep.py", "--config.depths=(2,)", "--config.settings=('residual_zero_init','plain')",
-               "--config.overrides.residual_zero_init.seeds=(0,)", "--config.seeds=(0,)", "--config.num_steps=2000",
-               "--config.log_every=10", "--config.checkpoint_every=0", "--config.signal.every=0",
-               "--config.data.train_size=512", "--config.data.test_size=128", "--config.signal.num_examples=32")
+SWEEP_FLAGS = (
+  "--config=configs/depth_sweep.py",
+  "--config.depths=(2,)",
+  "--config.settings=('residual_zero_init','plain')",
+  "--config.overrides.residual_zero_init.seeds=(0,)",
+  "--config.seeds=(0,)",
+  "--config.num_steps=2000",
+  "--config.log_every=10",
+  "--config.checkpoint_every=0",
+  "--config.signal.every=0",
+  "--config.data.train_size=512",
+  "--config.data.test_size=128",
+  "--config.signal.num_examples=32",
+)
 
 
 @pytest.mark.slow
@@ -233,29 +264,37 @@ def test_sigterm_stops_a_sweeps_threads_at_a_saved_step_and_the_rerun_ends_as_an
     return [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *SWEEP_FLAGS]
 
   env = helpers.cpu_env()
-  stopped = subprocess.Popen(command(tmp_path / "stopped"), cwd=helpers.REPO, env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  logs = [tmp_path / "stopped" / sweep.RUNS / sweep.run_name(s, 2, 0) / "metrics.jsonl"
-          for s in ("residual_zero_init", "plain")]
+  stopped = subprocess.Popen(
+    command(tmp_path / "stopped"), cwd=helpers.REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+  )
+  logs = [
+    tmp_path / "stopped" / sweep.RUNS / sweep.run_name(s, 2, 0) / "metrics.jsonl"
+    for s in ("residual_zero_init", "plain")
+  ]
   deadline = time.time() + 180
   while not all(log.exists() and any(r["step"] >= 20 for r in records.json_lines(log.read_text())) for log in logs):
     assert time.time() < deadline and stopped.poll() is None, "the runs ended before both logged step 20"
     time.sleep(0.05)
   stopped.send_signal(signal.SIGTERM)
   _, err = stopped.communicate(timeout=180)
-  assert stopped.returncode == 1 and "stopped by SIGTERM" in err and "run the same command to resume" in err, err[-2000:]
+  assert stopped.returncode == 1 and "stopped by SIGTERM" in err and "run the same command to resume" in err, err[
+    -2000:
+  ]
   for log in logs:
     saved = [p for p in os.listdir(log.parent / "checkpoints") if p.isdigit()]
     assert len(saved) == 1 and 20 <= int(saved[0]) < 2000, saved
-  resumed = subprocess.run(command(tmp_path / "stopped"), cwd=helpers.REPO, env=env, text=True, capture_output=True,
-                           check=False)
+  resumed = subprocess.run(
+    command(tmp_path / "stopped"), cwd=helpers.REPO, env=env, text=True, capture_output=True, check=False
+  )
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  straight = subprocess.run(command(tmp_path / "straight"), cwd=helpers.REPO, env=env, text=True, capture_output=True,
-                            check=False)
+  straight = subprocess.run(
+    command(tmp_path / "straight"), cwd=helpers.REPO, env=env, text=True, capture_output=True, check=False
+  )
   assert straight.returncode == 0, straight.stderr[-2000:]
   for setting in ("residual_zero_init", "plain"):
-    a, b = (records.read_run(tmp_path / name / sweep.RUNS / sweep.run_name(setting, 2, 0))
-            for name in ("straight", "stopped"))
+    a, b = (
+      records.read_run(tmp_path / name / sweep.RUNS / sweep.run_name(setting, 2, 0)) for name in ("straight", "stopped")
+    )
     assert (b.steps, b.test_loss, b.trained) == (a.steps, a.test_loss, a.trained), setting
 
 
@@ -293,10 +332,13 @@ def test_a_second_owner_of_a_workdir_is_refused_and_a_dead_owners_lock_is_taken_
     with pytest.raises(records.WorkdirError, match=f"in use by process {os.getpid()} on {socket.gethostname()}"):
       loop.WorkdirLock(tmp_path).__enter__()
   assert not (tmp_path / "lock.json").exists()
-  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                        check=True)
-  for holder in (dict(host=socket.gethostname(), pid=int(gone.stdout), started=0.0, heartbeat=0.0),
-                 dict(host="elsewhere", pid=1, started=0.0, heartbeat=0.0)):
+  gone = subprocess.run(
+    [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+  )
+  for holder in (
+    dict(host=socket.gethostname(), pid=int(gone.stdout), started=0.0, heartbeat=0.0),
+    dict(host="elsewhere", pid=1, started=0.0, heartbeat=0.0),
+  ):
     (tmp_path / "lock.json").write_text(json.dumps(holder))
     with loop.WorkdirLock(tmp_path):
       assert json.loads((tmp_path / "lock.json").read_text())["pid"] == os.getpid()
@@ -309,8 +351,12 @@ def _small_filesystem_or_skip(directory) -> None:
   """Skips (saying why) where this machine cannot mount a tmpfs in a mount namespace of its own."""
   if shutil.which("unshare") is None:
     pytest.skip("no `unshare` on this machine to mount a small filesystem")
-  probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {directory}"],
-                         capture_output=True, text=True, check=False)
+  probe = subprocess.run(
+    ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {directory}"],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if probe.returncode != 0:
     pytest.skip(f"this machine does not let a test mount a small filesystem: {probe.stderr.strip()}")
 
@@ -325,17 +371,27 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_is_exac
   small = tmp_path / "small"
   small.mkdir()
   _small_filesystem_or_skip(small)
-  flags = [arg.replace("num_steps=2000", "num_steps=200").replace("checkpoint_every=0", "checkpoint_every=50")
-           for arg in SWEEP_FLAGS]
+  flags = [
+    arg.replace("num_steps=2000", "num_steps=200").replace("checkpoint_every=0", "checkpoint_every=50")
+    for arg in SWEEP_FLAGS
+  ]
 
   def command(workdir):
     return " ".join([sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *(f'"{f}"' for f in flags)])
 
-  straight = subprocess.run(command(tmp_path / "straight"), shell=True, cwd=helpers.REPO, env=helpers.cpu_env(),
-                            capture_output=True, text=True, check=False)
+  straight = subprocess.run(
+    command(tmp_path / "straight"),
+    shell=True,
+    cwd=helpers.REPO,
+    env=helpers.cpu_env(),
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert straight.returncode == 0, straight.stderr[-2000:]
-  needed = int(subprocess.run(["du", "-sk", tmp_path / "straight"], capture_output=True, text=True,
-                              check=True).stdout.split()[0])
+  needed = int(
+    subprocess.run(["du", "-sk", tmp_path / "straight"], capture_output=True, text=True, check=True).stdout.split()[0]
+  )
   out = tmp_path / "out"
   out.mkdir()
   script = f"""
@@ -353,8 +409,10 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_is_exac
   assert "Traceback" not in full_err, full_err[-3000:]
   assert (out / "rerun.rc").read_text().strip() == "0", (out / "rerun.err").read_text()[-2000:]
   for setting in ("residual_zero_init", "plain"):
-    a, b = (records.read_run(root / sweep.RUNS / sweep.run_name(setting, 2, 0))
-            for root in (tmp_path / "straight", out / "sweep"))
+    a, b = (
+      records.read_run(root / sweep.RUNS / sweep.run_name(setting, 2, 0))
+      for root in (tmp_path / "straight", out / "sweep")
+    )
     assert (b.steps, b.test_loss, b.trained, b.history) == (a.steps, a.test_loss, a.trained, a.history), setting
 
 
@@ -367,10 +425,18 @@ def test_a_read_only_filesystem_is_one_line(tmp_path, entry_point):
   readonly.mkdir()
   _small_filesystem_or_skip(readonly)
   config = "configs/depth_sweep.py" if entry_point == "sweep" else "configs/default.py"
-  script = (f"mount -t tmpfs -o size=1m,ro tmpfs {readonly} && {sys.executable} -m experiments.{entry_point} "
-            f"--config={config} --workdir={readonly}/work")
-  result = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=helpers.REPO, env=helpers.cpu_env(),
-                          capture_output=True, text=True, check=False)
+  script = (
+    f"mount -t tmpfs -o size=1m,ro tmpfs {readonly} && {sys.executable} -m experiments.{entry_point} "
+    f"--config={config} --workdir={readonly}/work"
+  )
+  result = subprocess.run(
+    ["unshare", "-rm", "sh", "-c", script],
+    cwd=helpers.REPO,
+    env=helpers.cpu_env(),
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert lines[-1].startswith("error: could not") and "Read-only file system" in lines[-1], lines[-1]
@@ -382,8 +448,12 @@ def test_two_sweeps_started_at_once_on_one_workdir_one_refuses(tmp_path):
   workdir = tmp_path / "sweep"
   command = [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *SWEEP_FLAGS]
   command = [arg.replace("num_steps=2000", "num_steps=300") for arg in command]
-  first, second = (subprocess.Popen(command, cwd=helpers.REPO, env=helpers.cpu_env(), text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2))
+  first, second = (
+    subprocess.Popen(
+      command, cwd=helpers.REPO, env=helpers.cpu_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    for _ in range(2)
+  )
   errors = [p.communicate(timeout=300)[1] for p in (first, second)]
   outcomes = sorted((p.returncode, err) for p, err in zip((first, second), errors))
   (ok, _), (refused, err) = outcomes

@@ -45,8 +45,9 @@ def test_a_group_equals_its_runs_one_by_one(tmp_path, monkeypatch):
       assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-5), key
     for stage in ("init", "trained"):
       for key in ("delta_max", "delta_mean", "layer_p90_max", "free_delta_max", "free_delta_mean"):
-        assert getattr(a.measurement(stage).block, key) == pytest.approx(getattr(b.measurement(stage).block, key),
-                                                                         rel=1e-5, abs=1e-7), (stage, key)
+        assert getattr(a.measurement(stage).block, key) == pytest.approx(
+          getattr(b.measurement(stage).block, key), rel=1e-5, abs=1e-7
+        ), (stage, key)
     assert [h.step for h in a.history] == [10, 20]
   assert together[0].init.block.delta_max == 0 and together[2].init.block.delta_max > 0  # the starts differ
   assert together[0].train_loss != together[1].train_loss  # and the seeds

@@ -39,8 +39,7 @@ def test_reference_schedule_divides_by_ten_at_epochs_150_and_225():
 def test_warmup_rises_linearly_then_follows_the_schedule():
   config = cifar.get_config("resnet110")
   schedule = train.learning_rate_schedule(config, steps_per_epoch=10)  # one epoch of warm-up: 10 steps
-  np.testing.assert_allclose([float(schedule(s)) for s in (0, 4, 9, 10, 1500)], [0.01, 0.05, 0.1, 0.1, 0.01],
-                             rtol=1e-6)
+  np.testing.assert_allclose([float(schedule(s)) for s in (0, 4, 9, 10, 1500)], [0.01, 0.05, 0.1, 0.1, 0.01], rtol=1e-6)
 
 
 def _hand_padded(image, pad, mode):
@@ -69,8 +68,13 @@ def test_augment_is_a_crop_of_the_hand_padded_image_or_its_mirror(mode):
     out = data_lib.augment(images, seed=1, step=step, padding=2, mode=mode)
     for image, crop in zip(images, out):
       padded = _hand_padded(image, 2, mode)
-      matches = [(i, j, flip) for i in range(5) for j in range(5) for flip in (False, True)
-                 if np.array_equal(crop, padded[i:i + 5, j:j + 5][:, ::-1] if flip else padded[i:i + 5, j:j + 5])]
+      matches = [
+        (i, j, flip)
+        for i in range(5)
+        for j in range(5)
+        for flip in (False, True)
+        if np.array_equal(crop, padded[i : i + 5, j : j + 5][:, ::-1] if flip else padded[i : i + 5, j : j + 5])
+      ]
       assert matches, f"step {step}: a crop that is no window of the {mode}-padded image"
       offsets.update((i, j, flip) for i, j, flip in matches)
   assert len(offsets) > 20 and any(i != 2 or j != 2 for i, j, _ in offsets)  # shifted crops, both flips
@@ -88,13 +92,18 @@ def test_zero_and_reflect_padding_differ_only_at_the_border():
   assert (~interior).any() and (reflect[~interior] >= 1).all()  # the padding reflects the image's values
   for image, zero_crop, reflect_crop in zip(images, zero, reflect):
     padded = {mode: np.pad(image, ((2, 2), (2, 2), (0, 0)), mode=mode) for mode in ("constant", "reflect")}
-    windows = [(top, left, flip) for top in range(5) for left in range(5) for flip in (False, True)
-               if np.array_equal(_window(padded["constant"], top, left, flip), zero_crop)]
+    windows = [
+      (top, left, flip)
+      for top in range(5)
+      for left in range(5)
+      for flip in (False, True)
+      if np.array_equal(_window(padded["constant"], top, left, flip), zero_crop)
+    ]
     assert windows and any(np.array_equal(_window(padded["reflect"], *window), reflect_crop) for window in windows)
 
 
 def _window(padded, top, left, flip):
-  window = padded[top:top + 4, left:left + 4]
+  window = padded[top : top + 4, left : left + 4]
   return window[:, ::-1] if flip else window
 
 
@@ -145,8 +154,14 @@ def _scalars(workdir):
   return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("variant", ["procresnet166", pytest.param("preact164", marks=pytest.mark.slow),
-                                     pytest.param("resnet110", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "variant",
+  [
+    "procresnet166",
+    pytest.param("preact164", marks=pytest.mark.slow),
+    pytest.param("resnet110", marks=pytest.mark.slow),
+  ],
+)
 def test_two_epochs_of_a_cifar_variant_on_mock_data(tmp_path, caplog, variant):
   import tensorflow_datasets as tfds
 
@@ -164,7 +179,8 @@ def test_two_epochs_of_a_cifar_variant_on_mock_data(tmp_path, caplog, variant):
   assert (record.best_test_accuracy, record.best_step) == (best["test_accuracy"], best["step"])
   assert record.test_accuracy == evaluations[-1]["test_accuracy"]
   assert [r["learning_rate"] for r in rows if "train_loss" in r] == pytest.approx(
-      [0.1 * min(1, (s + 1) / 2) if variant == "resnet110" else 0.1 for s in range(4)])  # the step's rate
+    [0.1 * min(1, (s + 1) / 2) if variant == "resnet110" else 0.1 for s in range(4)]
+  )  # the step's rate
   scalars = _scalars(tmp_path)
   assert [step for step, _ in scalars["test/accuracy"]] == [2, 4]
   assert scalars["test/accuracy"][-1][1] == pytest.approx(record.test_accuracy)
@@ -176,7 +192,10 @@ def test_two_epochs_of_a_cifar_variant_on_mock_data(tmp_path, caplog, variant):
 
 
 def test_synthetic_images_are_seeded_and_cifar_shaped():
-  a, b = data_lib.synthetic(seed=3, train_size=20, test_size=10), data_lib.synthetic(seed=3, train_size=20, test_size=10)
+  a, b = (
+    data_lib.synthetic(seed=3, train_size=20, test_size=10),
+    data_lib.synthetic(seed=3, train_size=20, test_size=10),
+  )
   assert a.x_train.shape == (20, 32, 32, 3) and a.y_test.shape == (10,) and a.num_outputs == 10
   np.testing.assert_array_equal(a.x_train, b.x_train)
   assert not np.array_equal(a.x_train, data_lib.synthetic(seed=4, train_size=20, test_size=10).x_train)
@@ -219,20 +238,36 @@ def test_prefetching_raises_the_builders_error_and_stops_when_closed():
 
 
 def _entry_point(workdir, *overrides):
-  return [sys.executable, "-m", "experiments.train", "--config=configs/default.py", f"--workdir={workdir}",
-          *(f"--config.{k}={v}" for k, v in overrides)]
+  return [
+    sys.executable,
+    "-m",
+    "experiments.train",
+    "--config=configs/default.py",
+    f"--workdir={workdir}",
+    *(f"--config.{k}={v}" for k, v in overrides),
+  ]
 
 
-LONG_DIGITS = (("model.depth", 3), ("model.width", 16), ("model.hidden", 16), ("batch_size", 32),
-               ("num_steps", 3000), ("log_every", 10), ("checkpoint_every", 0), ("signal.num_examples", 32),
-               ("signal.every", 500), ("optimizer.schedule", "constant"))
+LONG_DIGITS = (
+  ("model.depth", 3),
+  ("model.width", 16),
+  ("model.hidden", 16),
+  ("batch_size", 32),
+  ("num_steps", 3000),
+  ("log_every", 10),
+  ("checkpoint_every", 0),
+  ("signal.num_examples", 32),
+  ("signal.every", 500),
+  ("optimizer.schedule", "constant"),
+)
 
 
 @pytest.mark.slow
 def test_sigterm_saves_the_step_and_the_same_command_ends_like_an_uninterrupted_run(tmp_path):
   env = helpers.cpu_env()
-  run = lambda workdir: subprocess.Popen(_entry_point(workdir, *LONG_DIGITS), cwd=REPO, env=env, text=True,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  run = lambda workdir: subprocess.Popen(
+    _entry_point(workdir, *LONG_DIGITS), cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+  )
   straight, stopped = run(tmp_path / "straight"), run(tmp_path / "stopped")
   metrics = tmp_path / "stopped" / "metrics.jsonl"
   deadline = time.time() + 120
@@ -246,15 +281,20 @@ def test_sigterm_saves_the_step_and_the_same_command_ends_like_an_uninterrupted_
   assert "step 10/3000 (epoch 0.22): loss" in err  # progress, one line per log without a terminal
   saved = [int(p) for p in os.listdir(tmp_path / "stopped" / "checkpoints") if p.isdigit()]
   assert len(saved) == 1 and 20 <= saved[0] < 3000
-  resumed = subprocess.run(_entry_point(tmp_path / "stopped", *LONG_DIGITS), cwd=REPO, env=env, text=True,
-                           capture_output=True, check=False)
+  resumed = subprocess.run(
+    _entry_point(tmp_path / "stopped", *LONG_DIGITS), cwd=REPO, env=env, text=True, capture_output=True, check=False
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed {tmp_path / 'stopped'} from step {saved[0]}" in resumed.stderr
   straight.communicate(timeout=120)
   assert straight.returncode == 0
   a, b = (records.read_run(tmp_path / name) for name in ("straight", "stopped"))
   assert (b.test_loss, b.test_accuracy, b.best_test_accuracy, b.best_step) == (
-      a.test_loss, a.test_accuracy, a.best_test_accuracy, a.best_step)
+    a.test_loss,
+    a.test_accuracy,
+    a.best_test_accuracy,
+    a.best_step,
+  )
   assert b.trained == a.trained and b.history == a.history
   assert (tmp_path / "stopped" / "signal.jsonl").read_text() == (tmp_path / "straight" / "signal.jsonl").read_text()
   assert (tmp_path / "straight" / "ratio_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the paper's figure
@@ -265,9 +305,22 @@ def test_sigterm_saves_the_step_and_the_same_command_ends_like_an_uninterrupted_
 @pytest.mark.slow
 def test_a_diverging_run_says_so_through_the_entry_point(tmp_path):
   result = subprocess.run(
-      _entry_point(tmp_path, ("model.depth", 64), ("model.branch_scale", "1"), ("optimizer.name", "sgd"),
-                   ("optimizer.learning_rate", 10.0), ("num_steps", 50), ("log_every", 5), ("checkpoint_every", 0)),
-      cwd=REPO, env=helpers.cpu_env(), text=True, capture_output=True, check=False)
+    _entry_point(
+      tmp_path,
+      ("model.depth", 64),
+      ("model.branch_scale", "1"),
+      ("optimizer.name", "sgd"),
+      ("optimizer.learning_rate", 10.0),
+      ("num_steps", 50),
+      ("log_every", 5),
+      ("checkpoint_every", 0),
+    ),
+    cwd=REPO,
+    env=helpers.cpu_env(),
+    text=True,
+    capture_output=True,
+    check=False,
+  )
   assert result.returncode == 1
   assert "error: training diverged by step" in result.stderr
   printed = json.loads(result.stdout.splitlines()[0])
@@ -289,8 +342,14 @@ def test_a_workdir_of_another_config_is_refused_and_left_as_it_is(tmp_path):
   assert "model.depth: 3 there, 8 now" in message and "optimizer.learning_rate: 0.001 there, 0.01 now" in message
   assert "Nothing was changed" in message and "num_steps" not in message
   assert _snapshot(tmp_path) == before
-  result = subprocess.run(_entry_point(tmp_path, ("model.depth", 8)), cwd=REPO, text=True, capture_output=True,
-                          env=helpers.cpu_env(), check=False)
+  result = subprocess.run(
+    _entry_point(tmp_path, ("model.depth", 8)),
+    cwd=REPO,
+    text=True,
+    capture_output=True,
+    env=helpers.cpu_env(),
+    check=False,
+  )
   assert result.returncode == 1 and "model.depth: 3 there, 8 now" in result.stderr
   assert "error: " in result.stderr and "fields that differ" in result.stderr and "Traceback" not in result.stderr
   assert _snapshot(tmp_path) == before
@@ -300,7 +359,7 @@ def _corrupt(step_dir):
   """Cuts every data file of a checkpoint to half its length, as a write cut short would."""
   for path in step_dir.rglob("*"):
     if path.is_file() and path.stat().st_size > 1 and "_CHECKPOINT_METADATA" not in path.name:
-      path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 @pytest.mark.slow
@@ -320,7 +379,9 @@ def test_no_readable_checkpoint_stops_with_a_message_and_leaves_the_files(tmp_pa
   for step in ("10", "20"):
     _corrupt(tmp_path / "checkpoints" / step)
   before = _snapshot(tmp_path)
-  with pytest.raises(records.WorkdirError, match="no checkpoint restores .*step 20.*step 10.*move the checkpoints away"):
+  with pytest.raises(
+    records.WorkdirError, match="no checkpoint restores .*step 20.*step 10.*move the checkpoints away"
+  ):
     loop.train_and_evaluate(tiny_run(), str(tmp_path))
   assert _snapshot(tmp_path) == before
 

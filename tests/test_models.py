@@ -26,7 +26,9 @@ def test_branch_scales():
   assert models.resolve_branch_scale(0.3, 5) == 0.3
   assert models.resolve_branch_scale("0.5", 5) == 0.5  # a config override of a str field arrives as text
   for bad in ("L", "-0.5", "nan", 0, True):
-    with pytest.raises(ValueError, match=r"^branch_scale = .*: expected one of \['1', '1/L', '1/sqrt\(L\)'\] or a positive"):
+    with pytest.raises(
+      ValueError, match=r"^branch_scale = .*: expected one of \['1', '1/L', '1/sqrt\(L\)'\] or a positive"
+    ):
       models.resolve_branch_scale(bad, 4)
 
 
@@ -62,15 +64,15 @@ def test_families_declare_their_measurement_hooks():
 
 
 @pytest.mark.parametrize(
-    "name, depth, options, match",
-    [
-        ("mlp_reisdual", 4, {}, "name = 'mlp_reisdual': expected one of"),
-        ("mlp_residual", 0, {}, "depth = 0: expected a positive integer"),
-        ("mlp_residual", 4, {"width": 0}, "width = 0"),
-        ("mlp_residual", 4, {"hidden": 2.5}, "hidden = 2.5"),
-        ("mlp_plain", 4, {"branch_scale": "1/L"}, "branch_scale = '1/L': expected an option of mlp_plain"),
-        ("mlp_plain", 4, {"num_classes": 0}, "num_classes = 0: expected a positive integer"),
-    ],
+  "name, depth, options, match",
+  [
+    ("mlp_reisdual", 4, {}, "name = 'mlp_reisdual': expected one of"),
+    ("mlp_residual", 0, {}, "depth = 0: expected a positive integer"),
+    ("mlp_residual", 4, {"width": 0}, "width = 0"),
+    ("mlp_residual", 4, {"hidden": 2.5}, "hidden = 2.5"),
+    ("mlp_plain", 4, {"branch_scale": "1/L"}, "branch_scale = '1/L': expected an option of mlp_plain"),
+    ("mlp_plain", 4, {"num_classes": 0}, "num_classes = 0: expected a positive integer"),
+  ],
 )
 def test_bad_model_arguments_name_what_is_allowed(name, depth, options, match):
   with pytest.raises(ValueError, match="^" + re.escape(match)):
@@ -79,8 +81,9 @@ def test_bad_model_arguments_name_what_is_allowed(name, depth, options, match):
 
 def test_a_registered_family_is_built_and_validated_like_the_others(monkeypatch):
   monkeypatch.setattr(models, "FAMILIES", dict(models.FAMILIES))  # leave the real registry untouched
-  wide_mlp = models.Family(models.FAMILIES["mlp_residual"].build, dict(models.FAMILIES["mlp_residual"].defaults,
-                                                                       width=48))
+  wide_mlp = models.Family(
+    models.FAMILIES["mlp_residual"].build, dict(models.FAMILIES["mlp_residual"].defaults, width=48)
+  )
   models.register("wide_mlp", wide_mlp)
   variables = jax.eval_shape(models.create_model("wide_mlp", 3).init, jax.random.key(0), jnp.ones((1, 5)))
   assert variables["params"]["stem"]["kernel"].shape == (5, 48)

@@ -15,10 +15,24 @@ from resnorm import records, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tiny_sweep(settings=("mlp_residual",)) as command-line overrides of the real config file.
-TINY = dict(depths="(2,4)", settings="('mlp_residual',)", seeds="(0,)", **{
+TINY = dict(
+  depths="(2,4)",
+  settings="('mlp_residual',)",
+  seeds="(0,)",
+  **{
     "model.branch_scale": "1/L",
-    "data.train_size": 256, "data.test_size": 64, "model.width": 8, "model.hidden": 8, "batch_size": 32,
-    "num_steps": 20, "log_every": 10, "checkpoint_every": 10, "signal.num_examples": 32, "signal.every": 10})
+    "data.train_size": 256,
+    "data.test_size": 64,
+    "model.width": 8,
+    "model.hidden": 8,
+    "batch_size": 32,
+    "num_steps": 20,
+    "log_every": 10,
+    "checkpoint_every": 10,
+    "signal.num_examples": 32,
+    "signal.every": 10,
+  },
+)
 
 
 def _free_port() -> int:
@@ -33,11 +47,25 @@ def _two_process_sweep(workdir, placement: str, timeout: int = 240):
   env = helpers.cpu_env(devices=1, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   overrides = [f"--config.{k}={v}" for k, v in dict(TINY, placement=placement).items()]
   processes = [
-      subprocess.Popen(
-          [sys.executable, "-m", "experiments.sweep", "--config=configs/depth_sweep.py", f"--workdir={workdir}",
-           f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}", *overrides],
-          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-      for i in range(2)
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        "--config=configs/depth_sweep.py",
+        f"--workdir={workdir}",
+        f"--coordinator=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+        *overrides,
+      ],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+      cwd=REPO,
+    )
+    for i in range(2)
   ]
   try:
     return [(p, *p.communicate(timeout=timeout)) for p in processes]
@@ -64,8 +92,12 @@ def test_two_processes_sweep_like_one(one_process, tmp_path, placement, rtol):
   assert two.depths == single.depths == [2, 4] and two.reference.diverged == [False, False]
   for stage in records.STAGES:
     for key in ("delta_max", "delta_mean", "delta_p90", "log_gain"):
-      np.testing.assert_allclose(getattr(two.reference.stage(stage), key),
-                                 getattr(single.reference.stage(stage), key), rtol=rtol, atol=0 if rtol == 0 else 1e-6)
+      np.testing.assert_allclose(
+        getattr(two.reference.stage(stage), key),
+        getattr(single.reference.stage(stage), key),
+        rtol=rtol,
+        atol=0 if rtol == 0 else 1e-6,
+      )
   np.testing.assert_allclose(two.reference.test_loss, single.reference.test_loss, rtol=rtol)
   assert sorted(os.listdir(tmp_path)) == sorted(os.listdir(workdir))
   assert sorted(os.listdir(tmp_path / "runs")) == sorted(os.listdir(workdir / "runs"))

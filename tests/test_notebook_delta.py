@@ -9,8 +9,12 @@ pytestmark = pytest.mark.slow  # a Jupyter kernel and a sweep or runs: full suit
 
 def test_delta_vs_depth_notebook_executes(tmp_path):
   notebook = execute_notebook(
-      "delta_vs_depth.ipynb", depths=(2, 4), settings=("residual_zero_init",), seeds=(0, 1), num_steps=10,
-      workdir=str(tmp_path / "sweep")
+    "delta_vs_depth.ipynb",
+    depths=(2, 4),
+    settings=("residual_zero_init",),
+    seeds=(0, 1),
+    num_steps=10,
+    workdir=str(tmp_path / "sweep"),
   )
   outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
   text = "".join(output.get("text", "") for output in outputs)

@@ -10,14 +10,25 @@ pytestmark = pytest.mark.slow  # a Jupyter kernel and a sweep or runs: full suit
 
 
 def _outputs(notebook, kind):
-  return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
-          if output.output_type == kind or kind in output.get("data", {})]
+  return [
+    output
+    for cell in notebook.cells
+    if cell.cell_type == "code"
+    for output in cell.get("outputs", [])
+    if output.output_type == kind or kind in output.get("data", {})
+  ]
 
 
 def test_notebook_executes_with_small_parameters():
   notebook = helpers.execute_notebook(
-      NOTEBOOK, fibonacci_ns=(1, 10, 100), residual_depths=(4, 16), depths=(2,), width=8, hidden=16,
-      num_examples=2, lanczos_iterations=4,
+    NOTEBOOK,
+    fibonacci_ns=(1, 10, 100),
+    residual_depths=(4, 16),
+    depths=(2,),
+    width=8,
+    hidden=16,
+    num_examples=2,
+    lanczos_iterations=4,
   )
   assert len(_outputs(notebook, "image/png")) == 3
   text = "".join(output.text for output in _outputs(notebook, "stream") if output.name == "stdout")

@@ -31,8 +31,9 @@ def random_matrix(rng, shape, kappa, is_complex):
 
 
 def svd_polar(x):
-  u, _, vh = np.linalg.svd(np.asarray(x).astype(np.complex128 if np.iscomplexobj(x) else np.float64),
-                           full_matrices=False)
+  u, _, vh = np.linalg.svd(
+    np.asarray(x).astype(np.complex128 if np.iscomplexobj(x) else np.float64), full_matrices=False
+  )
   return u @ vh
 
 
@@ -50,9 +51,14 @@ def dense_operator(kernel, spatial_shape, stride=1):
   height, width = spatial_shape
   basis = np.eye(height * width * c_in).reshape(-1, height, width, c_in)
   padded = np.pad(basis, ((0, 0), (0, kh - 1), (0, kw - 1), (0, 0)), mode="wrap")
-  out = jax.lax.conv_general_dilated(padded, kernel, (stride, stride), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     precision=jax.lax.Precision.HIGHEST)
+  out = jax.lax.conv_general_dilated(
+    padded,
+    kernel,
+    (stride, stride),
+    "VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=jax.lax.Precision.HIGHEST,
+  )
   return np.asarray(out).reshape(basis.shape[0], -1).T
 
 
@@ -112,8 +118,10 @@ def test_projections_are_idempotent():
 # ----------------------------------------------------------------------------- convolutions
 
 
-@pytest.mark.parametrize("c_in, c_out, spatial_shape, stride, scale", [
-    (4, 8, (6, 6), 2, None), (8, 4, (5, 5), 2, 0.7), (3, 5, (4, 3), 1, None)])
+@pytest.mark.parametrize(
+  "c_in, c_out, spatial_shape, stride, scale",
+  [(4, 8, (6, 6), 2, None), (8, 4, (5, 5), 2, 0.7), (3, 5, (4, 3), 1, None)],
+)
 def test_projected_1x1_operator_has_target_singular_values(x64, c_in, c_out, spatial_shape, stride, scale):
   rng = np.random.default_rng(c_in)
   kernel = rng.standard_normal((1, 1, c_in, c_out)).astype(np.float32)
@@ -127,7 +135,9 @@ def test_projected_1x1_operator_has_target_singular_values(x64, c_in, c_out, spa
   assert float(procrustes.operator_distance(projected, spatial_shape, scale, stride, norm="max")) <= 1e-5
 
 
-@pytest.mark.parametrize("shape, spatial_shape", [((3, 3, 4, 6), (6, 6)), ((3, 3, 6, 4), (5, 7)), ((2, 3, 3, 3), (4, 4))])
+@pytest.mark.parametrize(
+  "shape, spatial_shape", [((3, 3, 4, 6), (6, 6)), ((3, 3, 6, 4), (5, 7)), ((2, 3, 3, 3), (4, 4))]
+)
 def test_3x3_distance_is_correct_and_shrinks_with_rounds(x64, shape, spatial_shape):
   kernel = np.random.default_rng(2).standard_normal(shape) / np.sqrt(np.prod(shape[:3]))
   target = np.sqrt(shape[3] / shape[2])
@@ -192,8 +202,11 @@ def test_reference_read_back_equals_a_transcription_of_the_references(x64, conve
   correct = procrustes.project_conv(flax_layout(weight), (8, 8), method="svd")
   assert np.max(np.abs(correct - expected)) > 0.1  # the read-back is not the projection
   pointwise = np.random.default_rng(5).standard_normal((1, 1, 8, 16))  # 1×1: the conventions coincide
-  np.testing.assert_allclose(procrustes.project_conv(pointwise, (8, 8), convention=convention),
-                             procrustes.project_conv(pointwise, (8, 8)), atol=1e-12)
+  np.testing.assert_allclose(
+    procrustes.project_conv(pointwise, (8, 8), convention=convention),
+    procrustes.project_conv(pointwise, (8, 8)),
+    atol=1e-12,
+  )
 
 
 def test_reference_read_back_collapses_the_stem_onto_one_tap(x64):
@@ -209,8 +222,9 @@ def test_reference_read_back_collapses_the_stem_onto_one_tap(x64):
       assert share < 0.2, share
     else:
       assert share > 0.999 and tap == kept[convention], (convention, share, tap)
-  np.testing.assert_allclose(procrustes.project_conv(stem, (32, 32), convention="chainer", rounds=3), kernel,
-                             atol=1e-12)
+  np.testing.assert_allclose(
+    procrustes.project_conv(stem, (32, 32), convention="chainer", rounds=3), kernel, atol=1e-12
+  )
 
 
 def test_a_target_s_convention_reaches_the_projection():
@@ -218,20 +232,26 @@ def test_a_target_s_convention_reaches_the_projection():
   params = {"stem": jnp.asarray(stem)}
   tx = procrustes.procrustes({("stem",): ConvTarget((8, 8), convention="pytorch")}, probability=1.0)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-  np.testing.assert_allclose(optax.apply_updates(params, updates)["stem"],  # one application: rounds=None
-                             procrustes.project_conv(stem, (8, 8), convention="pytorch", rounds=1), atol=1e-5)
+  np.testing.assert_allclose(
+    optax.apply_updates(params, updates)["stem"],  # one application: rounds=None
+    procrustes.project_conv(stem, (8, 8), convention="pytorch", rounds=1),
+    atol=1e-5,
+  )
 
 
 def test_project_conv_newton_schulz_equals_svd():
   kernel = np.random.default_rng(3).standard_normal((3, 3, 3, 16)).astype(np.float32)
-  np.testing.assert_allclose(procrustes.project_conv(kernel, (8, 8)),
-                             procrustes.project_conv(kernel, (8, 8), method="svd"), atol=1e-5)
+  np.testing.assert_allclose(
+    procrustes.project_conv(kernel, (8, 8)), procrustes.project_conv(kernel, (8, 8), method="svd"), atol=1e-5
+  )
 
 
 # ----------------------------------------------------------------------------- bad input and NaN
 
 
-@pytest.mark.parametrize("call, field", [
+@pytest.mark.parametrize(
+  "call, field",
+  [
     (lambda: procrustes.project_conv(np.ones((1, 1, 2, 2)), (4, 4), scale=0.0), "scale"),
     (lambda: procrustes.project_conv(np.ones((1, 1, 2, 2)), (4, 4), scale=-1.0), "scale"),
     (lambda: procrustes.project_conv(np.ones((5, 5, 2, 2)), (3, 3)), "spatial_shape"),
@@ -248,7 +268,8 @@ def test_project_conv_newton_schulz_equals_svd():
     (lambda: procrustes.project_conv(np.ones((3, 3, 2, 2)), (4, 4), rounds=0), "rounds"),
     (lambda: procrustes.procrustes({}, probability=1.5), "probability"),
     (lambda: procrustes.procrustes({}, every=0), "every"),
-])
+  ],
+)
 def test_bad_input_names_the_argument(call, field):
   with pytest.raises(ValueError, match=rf"(?s)^{re.escape(field)} = .*: expected "):
     call()
@@ -258,7 +279,9 @@ def test_missing_or_misshaped_target_is_an_error_naming_it():
   params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}}
   with pytest.raises(ValueError, match=r"targets = \('03_transition', 'kernel'\): expected paths present"):
     procrustes.procrustes({("03_transition", "kernel"): ConvTarget((8, 8))}).init(params)
-  with pytest.raises(ValueError, match=r"spatial_shape = \(2, 2\): expected .* H >= 3 and W >= 3 \(the kernel's size\)"):
+  with pytest.raises(
+    ValueError, match=r"spatial_shape = \(2, 2\): expected .* H >= 3 and W >= 3 \(the kernel's size\)"
+  ):
     procrustes.procrustes({("conv", "kernel"): ConvTarget((2, 2))}).init(params)
 
 
@@ -276,8 +299,12 @@ def test_any_object_with_the_target_attributes_is_a_target():
 def test_non_finite_raises_eagerly_and_propagates_under_jit():
   bad = np.ones((1, 1, 3, 3), np.float32)
   bad[0, 0, 1, 2] = np.nan
-  for call in (lambda: procrustes.polar(bad[0, 0]), lambda: procrustes.project_matrix(bad[0, 0]),
-               lambda: procrustes.project_conv(bad, (4, 4)), lambda: procrustes.polar(np.full((2, 2), np.inf))):
+  for call in (
+    lambda: procrustes.polar(bad[0, 0]),
+    lambda: procrustes.project_matrix(bad[0, 0]),
+    lambda: procrustes.project_conv(bad, (4, 4)),
+    lambda: procrustes.polar(np.full((2, 2), np.inf)),
+  ):
     with pytest.raises(ValueError, match="non-finite"):
       call()
   assert np.isnan(np.asarray(jax.jit(procrustes.polar)(bad[0, 0]))).all()
@@ -292,26 +319,34 @@ def test_non_finite_raises_eagerly_and_propagates_under_jit():
 
 
 def _params(rng):
-  shapes = {"stem": {"kernel": (3, 3, 2, 4)}, "03_transition": {"kernel": (1, 1, 4, 8)},
-            "dense": {"kernel": (6, 3), "bias": (3,)}, "block": {"kernel": (3, 3, 4, 4)}}
-  return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), shapes,
-                      is_leaf=lambda s: isinstance(s, tuple))
+  shapes = {
+    "stem": {"kernel": (3, 3, 2, 4)},
+    "03_transition": {"kernel": (1, 1, 4, 8)},
+    "dense": {"kernel": (6, 3), "bias": (3,)},
+    "block": {"kernel": (3, 3, 4, 4)},
+  }
+  return jax.tree.map(
+    lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), shapes, is_leaf=lambda s: isinstance(s, tuple)
+  )
 
 
-TARGETS = {("stem", "kernel"): ConvTarget((8, 8)), ("03_transition", "kernel"): ConvTarget((8, 8), stride=2),
-           ("dense", "kernel"): ConvTarget((1, 1))}
+TARGETS = {
+  ("stem", "kernel"): ConvTarget((8, 8)),
+  ("03_transition", "kernel"): ConvTarget((8, 8), stride=2),
+  ("dense", "kernel"): ConvTarget((1, 1)),
+}
 
 
 def _random_grads(rng, params, steps=3):
-  return [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
-          for _ in range(steps)]
+  return [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params) for _ in range(steps)]
 
 
 def _run(tx, params, grads, project=None):
   """Parameters after each step and the updates of each step, under jit; ``project(step)`` (steps
   1, 2, …): the host's decision, passed to the update as a static argument."""
-  step = jax.jit(lambda p, s, g, project: tx.update(g, s, p, **({} if project is None else {"project": project})),
-                 static_argnums=3)
+  step = jax.jit(
+    lambda p, s, g, project: tx.update(g, s, p, **({} if project is None else {"project": project})), static_argnums=3
+  )
   state, history = tx.init(params), []
   for count, g in enumerate(grads, start=1):
     updates, state = step(params, state, g, project and project(count))
@@ -334,10 +369,12 @@ def test_chained_with_sgd_projects_targets_and_leaves_the_rest_as_plain_sgd():
     # The sgd updates do not depend on the parameters, so the projection acts on before + update.
     expected = procrustes.project_conv(before["stem"]["kernel"] + plain_updates["stem"]["kernel"], (8, 8))
     np.testing.assert_allclose(new_params["stem"]["kernel"], expected, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.svd(new_params["03_transition"]["kernel"][0, 0], compute_uv=False),
-                               np.sqrt(2.0), rtol=1e-5)
-    np.testing.assert_allclose(np.linalg.svd(new_params["dense"]["kernel"], compute_uv=False),
-                               np.sqrt(3 / 6), rtol=1e-5)
+    np.testing.assert_allclose(
+      np.linalg.svd(new_params["03_transition"]["kernel"][0, 0], compute_uv=False), np.sqrt(2.0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+      np.linalg.svd(new_params["dense"]["kernel"], compute_uv=False), np.sqrt(3 / 6), rtol=1e-5
+    )
     before = new_params
 
 
@@ -388,10 +425,12 @@ def test_the_host_flips_the_coins_the_device_flips_and_its_decision_leaves_no_co
     chex.assert_trees_all_close(host_params, device_params, rtol=1e-7, atol=1e-6, strict=True)
   always = _run(tx, params, grads, project=lambda step: True)
   for (always_params, _), (certain_params, _) in zip(
-      always, _run(optax.chain(sgd, procrustes.procrustes(TARGETS, probability=1.0)), params, grads)):
+    always, _run(optax.chain(sgd, procrustes.procrustes(TARGETS, probability=1.0)), params, grads)
+  ):
     chex.assert_trees_all_close(always_params, certain_params, rtol=1e-7, atol=1e-6, strict=True)
-  for (never_params, _), (plain_params, _) in zip(_run(tx, params, grads, project=lambda step: False),
-                                                  _run(sgd, params, grads)):
+  for (never_params, _), (plain_params, _) in zip(
+    _run(tx, params, grads, project=lambda step: False), _run(sgd, params, grads)
+  ):
     chex.assert_trees_all_equal(never_params, plain_params, strict=True)
   state = tx.init(params)
 
@@ -423,8 +462,8 @@ def test_replicated_on_a_four_device_mesh_matches_one_device():
       targets = {("stem", "kernel"): ConvTarget((8, 8)),
                  ("t", "kernel"): ConvTarget((8, 8), stride=2)}
       rng = np.random.default_rng(0)
-      params = {"stem": {"kernel": rng.standard_normal((3, 3, 2, 4))}, "t": {"kernel": rng.standard_normal((1, 1, 4, 8))},
-                "b": rng.standard_normal(5)}
+      params = {"stem": {"kernel": rng.standard_normal((3, 3, 2, 4))},
+                "t": {"kernel": rng.standard_normal((1, 1, 4, 8))}, "b": rng.standard_normal(5)}
       params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
       grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), params)
       tx = optax.chain(optax.sgd(0.1, momentum=0.9), procrustes.procrustes(targets, probability=0.5, seed=1))
@@ -449,6 +488,7 @@ def test_replicated_on_a_four_device_mesh_matches_one_device():
       print("ok")
       """)
   env = helpers.cpu_env(devices=4)
-  result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr

@@ -16,9 +16,20 @@ def _stats(delta_max):
 
 def _record(**changes):
   init = records.Measurement({"block": _stats(0.5), "stem": _stats(0.25)}, {"delta_mean": [0.1, 0.2]})
-  fields = dict(model="mlp_residual", depth=2, steps=20, diverged=False, diverged_at_step=None, last_checkpoint=20,
-                train_loss=0.5, train_seconds=1.25, init=init, history=[records.HistoryPoint(10, 0.4, 0.1, 0.2)],
-                test_loss=0.75, trained=records.Measurement({"block": _stats(0.375)}, {"delta_mean": [0.3, 0.1]}))
+  fields = dict(
+    model="mlp_residual",
+    depth=2,
+    steps=20,
+    diverged=False,
+    diverged_at_step=None,
+    last_checkpoint=20,
+    train_loss=0.5,
+    train_seconds=1.25,
+    init=init,
+    history=[records.HistoryPoint(10, 0.4, 0.1, 0.2)],
+    test_loss=0.75,
+    trained=records.Measurement({"block": _stats(0.375)}, {"delta_mean": [0.3, 0.1]}),
+  )
   return records.RunRecord(**{**fields, **changes})
 
 
@@ -89,8 +100,22 @@ def mock_cloud(root):
     rewritten = [str(a).replace("gs://", f"{root}/") if str(a).startswith("gs://") else a for a in (path, *args)]
     return fn(*rewritten, **kwargs)
 
-  names = ("copy", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rename",
-           "replace", "rmtree", "stat", "walk")
+  names = (
+    "copy",
+    "exists",
+    "glob",
+    "isdir",
+    "listdir",
+    "makedirs",
+    "mkdir",
+    "open",
+    "remove",
+    "rename",
+    "replace",
+    "rmtree",
+    "stat",
+    "walk",
+  )
   return epath_testing.mock_epath(**{name: local for name in names})
 
 
@@ -121,6 +146,7 @@ def test_a_sweep_on_a_cloud_workdir_reuses_its_runs_and_aggregates(tmp_path, mon
   joint = sweep.run_sweep(config((2, 4)), str(tmp_path / "local"), progress=False)
   # Orbax asks the storage client itself (not epath) whether a gs:// bucket has a hierarchical namespace.
   from orbax.checkpoint._src.path import gcs_utils
+
   monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda *args, **kwargs: False)
   with mock_cloud(tmp_path / "cloud"):
     for depth in (2, 4):

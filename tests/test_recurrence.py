@@ -23,6 +23,7 @@ def iterate_fibonacci(n_max):
 
 def fibonacci_mod(n, modulus):
   """F_n mod m from [[1, 1], [1, 0]]ⁿ by square-and-multiply over the integers mod m."""
+
   def mul(a, b):
     return [[sum(a[i][k] * b[k][j] for k in range(2)) % modulus for j in range(2)] for i in range(2)]
 
@@ -92,8 +93,13 @@ def test_binet_error_grows_linearly_with_n():
   with decimal.localcontext() as context:
     context.prec = 50
     phi = (1 + decimal.Decimal(5).sqrt()) / 2
-    delta = abs(float((decimal.Decimal(Fraction(recurrence.PHI).numerator) /
-                       decimal.Decimal(Fraction(recurrence.PHI).denominator)) / phi - 1))
+    delta = abs(
+      float(
+        (decimal.Decimal(Fraction(recurrence.PHI).numerator) / decimal.Decimal(Fraction(recurrence.PHI).denominator))
+        / phi
+        - 1
+      )
+    )
   for n in (500, 1000, 1400):
     assert recurrence.binet_relative_error(n) == pytest.approx(n * delta, rel=0.05)
   for n in range(1, 71):
@@ -129,8 +135,9 @@ def test_stability_classification():
   # Non-normal: ρ = 0.9 < 1, yet ‖A¹⁰‖ = 10·10·0.9⁹ + … ≫ 1 — the two classifications disagree.
   transient = recurrence.stability([[0.9, 10.0], [0.0, 0.9]], steps=10)
   assert transient.by_radius == "stable" and transient.by_products.startswith("exploding")
-  assert transient.rates[0] == pytest.approx(math.log(np.linalg.norm(np.linalg.matrix_power(
-      [[0.9, 10.0], [0.0, 0.9]], 10), 2)) / 10, rel=1e-12)
+  assert transient.rates[0] == pytest.approx(
+    math.log(np.linalg.norm(np.linalg.matrix_power([[0.9, 10.0], [0.0, 0.9]], 10), 2)) / 10, rel=1e-12
+  )
   residual = recurrence.stability(recurrence.residual_step(recurrence.fibonacci_matrix(), 1000), steps=1000)
   assert residual.by_products == "norm-preserving"
   singular = recurrence.stability([[1.0, 0.0], [0.0, 0.0]], steps=4)
@@ -143,16 +150,21 @@ def test_residual_product_converges_at_order_one():
   result = recurrence.residual_convergence(matrix, depths)
   # A − I is symmetric with eigenvalues φ − 1 and ψ − 1: closed forms for every singular value.
   np.testing.assert_allclose(
-      np.linalg.svd(recurrence.residual_limit(matrix), compute_uv=False),
-      [math.exp(recurrence.PHI - 1), math.exp(recurrence.PSI - 1)], rtol=1e-13)
+    np.linalg.svd(recurrence.residual_limit(matrix), compute_uv=False),
+    [math.exp(recurrence.PHI - 1), math.exp(recurrence.PSI - 1)],
+    rtol=1e-13,
+  )
   L = np.array(depths, dtype=float)
   np.testing.assert_allclose(
-      result.step_singular_values,
-      np.stack([1 + (recurrence.PHI - 1) / L, np.abs(1 + (recurrence.PSI - 1) / L)], axis=1), rtol=1e-13)
+    result.step_singular_values,
+    np.stack([1 + (recurrence.PHI - 1) / L, np.abs(1 + (recurrence.PSI - 1) / L)], axis=1),
+    rtol=1e-13,
+  )
   np.testing.assert_allclose(
-      result.product_singular_values,
-      np.stack([(1 + (recurrence.PHI - 1) / L) ** L, np.abs(1 + (recurrence.PSI - 1) / L) ** L], axis=1),
-      rtol=1e-11)
+    result.product_singular_values,
+    np.stack([(1 + (recurrence.PHI - 1) / L) ** L, np.abs(1 + (recurrence.PSI - 1) / L) ** L], axis=1),
+    rtol=1e-11,
+  )
   assert result.order == pytest.approx(1.0, abs=0.01)
   local_orders = -np.diff(np.log(result.error)) / np.diff(np.log(L))
   np.testing.assert_allclose(local_orders[-3:], 1.0, atol=2e-3)
@@ -178,22 +190,22 @@ def test_fibonacci_table_rows():
 
 
 @pytest.mark.parametrize(
-    "call, field",
-    [
-        (lambda: recurrence.companion([]), "coefficients"),
-        (lambda: recurrence.companion([[1, 1]]), "coefficients"),
-        (lambda: recurrence.companion([1, np.nan]), "coefficients"),
-        (lambda: recurrence.eigenvalues(np.ones((2, 3))), "matrix"),
-        (lambda: recurrence.spectral_radius([[1.0, np.inf], [0.0, 1.0]]), "matrix"),
-        (lambda: recurrence.stability(np.ones(3)), "matrix"),
-        (lambda: recurrence.fibonacci(-1), "n"),
-        (lambda: recurrence.fibonacci(2.0), "n"),
-        (lambda: recurrence.growth_rate(recurrence.fibonacci_matrix(), x0=[0.0, 0.0]), "x0"),
-        (lambda: recurrence.growth_rate(recurrence.fibonacci_matrix(), steps=1), "steps"),
-        (lambda: recurrence.residual_step(recurrence.fibonacci_matrix(), 0), "depth"),
-        (lambda: recurrence.residual_convergence(recurrence.fibonacci_matrix(), [8]), "depths"),
-        (lambda: recurrence.residual_limit(np.ones((2, 3))), "matrix"),
-    ],
+  "call, field",
+  [
+    (lambda: recurrence.companion([]), "coefficients"),
+    (lambda: recurrence.companion([[1, 1]]), "coefficients"),
+    (lambda: recurrence.companion([1, np.nan]), "coefficients"),
+    (lambda: recurrence.eigenvalues(np.ones((2, 3))), "matrix"),
+    (lambda: recurrence.spectral_radius([[1.0, np.inf], [0.0, 1.0]]), "matrix"),
+    (lambda: recurrence.stability(np.ones(3)), "matrix"),
+    (lambda: recurrence.fibonacci(-1), "n"),
+    (lambda: recurrence.fibonacci(2.0), "n"),
+    (lambda: recurrence.growth_rate(recurrence.fibonacci_matrix(), x0=[0.0, 0.0]), "x0"),
+    (lambda: recurrence.growth_rate(recurrence.fibonacci_matrix(), steps=1), "steps"),
+    (lambda: recurrence.residual_step(recurrence.fibonacci_matrix(), 0), "depth"),
+    (lambda: recurrence.residual_convergence(recurrence.fibonacci_matrix(), [8]), "depths"),
+    (lambda: recurrence.residual_limit(np.ones((2, 3))), "matrix"),
+  ],
 )
 def test_bad_input_names_the_argument(call, field):
   with pytest.raises(ValueError, match=rf"(?s)^{re.escape(field)} = .*: expected "):

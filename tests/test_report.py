@@ -18,13 +18,16 @@ README = os.path.join(helpers.REPO, "README.md")
 def test_readme_findings_are_the_reports_of_their_committed_summaries():
   with open(README) as f:
     sections = report_entry.sections(f.read())
-  assert [(path, part) for path, part, _ in sections] == [("docs/summary.json", None),
-                                                          ("docs/ladder/summary.json", "budgets"),
-                                                          ("docs/images/summary.json", None),
-                                                          ("docs/transformers/summary.json", "glance")]
+  assert [(path, part) for path, part, _ in sections] == [
+    ("docs/summary.json", None),
+    ("docs/ladder/summary.json", "budgets"),
+    ("docs/images/summary.json", None),
+    ("docs/transformers/summary.json", "glance"),
+  ]
   for path, part, body in sections:
-    assert body == report_entry.section(path, helpers.REPO, part), f"README's section of {path} is stale: run " \
-        "python -m experiments.report --readme=README.md"
+    assert body == report_entry.section(path, helpers.REPO, part), (
+      f"README's section of {path} is stale: run python -m experiments.report --readme=README.md"
+    )
   assert "Budget ladder" in sections[1][2]
 
 
@@ -51,15 +54,32 @@ def _stage(deltas_per_depth, depths):
   stds = [float(np.std(d, ddof=1)) if len(d) > 1 else None for d in deltas_per_depth]
   reading = theory.read_bound(depths, deltas_per_depth)
   nones = [None] * len(depths)
-  return records.Stage(delta_max=means, delta_mean=means, delta_p50=nones, delta_p90=nones, delta_p99=nones,
-                       log_gain=nones, fit={}, std={"delta_max": stds, "delta_mean": stds},
-                       bound={"delta_max": reading, "delta_mean": reading})
+  return records.Stage(
+    delta_max=means,
+    delta_mean=means,
+    delta_p50=nones,
+    delta_p90=nones,
+    delta_p99=nones,
+    log_gain=nones,
+    fit={},
+    std={"delta_max": stds, "delta_mean": stds},
+    bound={"delta_max": reading, "delta_mean": reading},
+  )
 
 
 def _family(init, trained, depths, **fields):
-  return records.FamilyResults(depths=depths, diverged=[False] * len(depths), diverged_at_step=[None] * len(depths),
-                               train_loss=[0.1] * len(depths), test_loss=[0.1] * len(depths), init=init,
-                               trained=trained, seeds=[0, 1, 2], num_diverged=[0] * len(depths), **fields)
+  return records.FamilyResults(
+    depths=depths,
+    diverged=[False] * len(depths),
+    diverged_at_step=[None] * len(depths),
+    train_loss=[0.1] * len(depths),
+    test_loss=[0.1] * len(depths),
+    init=init,
+    trained=trained,
+    seeds=[0, 1, 2],
+    num_diverged=[0] * len(depths),
+    **fields,
+  )
 
 
 def test_the_sentences_follow_the_numbers():
@@ -71,26 +91,43 @@ def test_the_sentences_follow_the_numbers():
   falling = [0.3 / L * spread for L in depths]
   zero = [np.zeros(3) for _ in depths]
   budget = dict(steps=400, optimizer="adam", learning_rate=1e-3, schedule="cosine", batch_size=64)
-  summary = records.SweepSummary("zero", {
-      "zero": _family(_stage(zero, depths), _stage(rising, depths), depths, budget=budget,
-                      num_converged=[3, 3, 1, 0], convergence=dict(window=0.25, tolerance=0.05,
-                                                                   scale="the larger of two scales"),
-                      overrides=dict(name="mlp_residual", zero_init_last=True, branch_scale="1")),
-      "scaled": _family(_stage(falling, depths), _stage(falling, depths), depths, budget=budget,
-                        overrides=dict(name="mlp_residual", branch_scale="1/L")),
-  })
+  summary = records.SweepSummary(
+    "zero",
+    {
+      "zero": _family(
+        _stage(zero, depths),
+        _stage(rising, depths),
+        depths,
+        budget=budget,
+        num_converged=[3, 3, 1, 0],
+        convergence=dict(window=0.25, tolerance=0.05, scale="the larger of two scales"),
+        overrides=dict(name="mlp_residual", zero_init_last=True, branch_scale="1"),
+      ),
+      "scaled": _family(
+        _stage(falling, depths),
+        _stage(falling, depths),
+        depths,
+        budget=budget,
+        overrides=dict(name="mlp_residual", branch_scale="1/L"),
+      ),
+    },
+  )
   text = report.render(summary)
   zero_part, scaled_part = text.split("### `scaled`")
 
   assert "x_(l+1) = x + F(x), the last layer of F zero at initialisation" in zero_part
   assert "every block is the identity (δ = 0 at every depth)" in zero_part
   assert "δ_max rises as L^0.30 [" in zero_part and "no law fits: δ rises with L" in zero_part
-  assert "converged (train loss changed over the last 25% of the run by at most 5% of the larger of two scales) in " \
-         "L = 2: 3/3, L = 8: 3/3, L = 32: 1/3, L = 128: 0/3" in zero_part
+  assert (
+    "converged (train loss changed over the last 25% of the run by at most 5% of the larger of two scales) in "
+    "L = 2: 3/3, L = 8: 3/3, L = 32: 1/3, L = 128: 0/3" in zero_part
+  )
   assert "400 Adam steps, cosine learning rate from 0.001, batch 64" in zero_part
   assert "x_(l+1) = x + F(x)/L" in scaled_part and "of the laws only c/L fits" in scaled_part
-  assert "the intervals overlap, so with these seeds training's change of δ_max's depth dependence is not " \
-         "detectable" in scaled_part
+  assert (
+    "the intervals overlap, so with these seeds training's change of δ_max's depth dependence is not "
+    "detectable" in scaled_part
+  )
 
 
 def test_a_budget_ladder_says_whether_each_slope_moved():
@@ -107,13 +144,28 @@ def test_a_budget_ladder_says_whether_each_slope_moved():
     budget = dict(steps=steps, optimizer="adam", learning_rate=1e-3, schedule=schedule, batch_size=64)
     trained = _stage(deltas, depths)
     trained.bound["delta_mean"] = theory.read_bound(depths, shallow)
-    return _family(_stage(shallow, depths), trained, depths, budget=budget, overrides=overrides,
-                   num_converged=[3, 3, 3, steps // 5000], convergence=dict(window=0.25, tolerance=0.05),
-                   convergence_change=[0.01, 0.02, 0.03, 0.5], train_loss_relative=[0.01] * 4,
-                   test_loss_relative=[0.02] * 4)
+    return _family(
+      _stage(shallow, depths),
+      trained,
+      depths,
+      budget=budget,
+      overrides=overrides,
+      num_converged=[3, 3, 3, steps // 5000],
+      convergence=dict(window=0.25, tolerance=0.05),
+      convergence_change=[0.01, 0.02, 0.03, 0.5],
+      train_loss_relative=[0.01] * 4,
+      test_loss_relative=[0.02] * 4,
+    )
 
-  summary = records.SweepSummary("a", {"a": rung(400, "cosine", shallow), "c": rung(10_000, "cosine", steep),
-                                       "b": rung(2_000, "cosine", shallow), "d": rung(400, "constant", shallow)})
+  summary = records.SweepSummary(
+    "a",
+    {
+      "a": rung(400, "cosine", shallow),
+      "c": rung(10_000, "cosine", steep),
+      "b": rung(2_000, "cosine", shallow),
+      "d": rung(400, "constant", shallow),
+    },
+  )
   text = "\n".join(report.budget_ladder(summary))
   assert text.count("## Budget ladder") == 1 and "cosine learning rate" in text
   rows = [line for line in text.splitlines() if line.startswith("| ") and "steps" in line and "budget" not in line]
@@ -129,7 +181,13 @@ def test_a_budget_ladder_says_whether_each_slope_moved():
 
 @pytest.mark.slow
 def test_the_entry_point_prints_a_report(tmp_path):
-  done = subprocess.run([sys.executable, "-m", "experiments.report", "--summary=docs/summary.json"], cwd=helpers.REPO,
-                        capture_output=True, text=True, env=helpers.cpu_env(), check=False)
+  done = subprocess.run(
+    [sys.executable, "-m", "experiments.report", "--summary=docs/summary.json"],
+    cwd=helpers.REPO,
+    capture_output=True,
+    text=True,
+    env=helpers.cpu_env(),
+    check=False,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.startswith("# δ against depth: what this sweep measured")

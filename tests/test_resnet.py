@@ -52,10 +52,10 @@ def _random_variables(model, x, seed=0):
 
   shapes = _shapes(model, x)
   return {
-      collection: traverse_util.unflatten_dict(
-          {path: draw(path, leaf) for path, leaf in traverse_util.flatten_dict(shapes[collection]).items()}
-      )
-      for collection in ("params", "batch_stats")
+    collection: traverse_util.unflatten_dict(
+      {path: draw(path, leaf) for path, leaf in traverse_util.flatten_dict(shapes[collection]).items()}
+    )
+    for collection in ("params", "batch_stats")
   }
 
 
@@ -105,20 +105,20 @@ def _expected_count(name, depth, classes=10):
 
 
 @pytest.mark.parametrize(
-    "name, depth, published, tolerance",
-    [
-        ("resnet", 20, "0.27", 0.01),  # He et al., CVPR 2016, Table 6
-        ("resnet", 56, "0.85", 0.01),
-        # He et al.'s option-A ResNet-110 has 1,727,962 parameters, printed with 2 significant
-        # digits as "1.7M": 1.6% off the rounded figure, which it rounds to.
-        ("resnet", 110, "1.7", 0.02),
-        ("preact_resnet", 164, "1.71", 0.01),  # He et al., ECCV 2016, Table 2
-        ("preact_resnet", 1001, "10.32", 0.01),
-        ("procresnet", 166, "1.72", 0.01),  # Zaeemzadeh et al., TPAMI 2020
-        ("procresnet", 1003, "10.33", 0.01),
-        ("plain", 56, None, None),
-        ("plain_preact", 164, None, None),
-    ],
+  "name, depth, published, tolerance",
+  [
+    ("resnet", 20, "0.27", 0.01),  # He et al., CVPR 2016, Table 6
+    ("resnet", 56, "0.85", 0.01),
+    # He et al.'s option-A ResNet-110 has 1,727,962 parameters, printed with 2 significant
+    # digits as "1.7M": 1.6% off the rounded figure, which it rounds to.
+    ("resnet", 110, "1.7", 0.02),
+    ("preact_resnet", 164, "1.71", 0.01),  # He et al., ECCV 2016, Table 2
+    ("preact_resnet", 1001, "10.32", 0.01),
+    ("procresnet", 166, "1.72", 0.01),  # Zaeemzadeh et al., TPAMI 2020
+    ("procresnet", 1003, "10.33", 0.01),
+    ("plain", 56, None, None),
+    ("plain_preact", 164, None, None),
+  ],
 )
 def test_parameter_counts_match_the_architecture_and_the_papers(name, depth, published, tolerance):
   shapes = _shapes(models.create_model(name, depth), jnp.zeros((1, 32, 32, 3)))
@@ -159,11 +159,14 @@ def _reference_count(code, model, n, classes=10):
   return used + head, registered + head
 
 
-@pytest.mark.parametrize("model, depth, published", [
+@pytest.mark.parametrize(
+  "model, depth, published",
+  [
     ("resnet", 164, {"pytorch": (1_703_706, 1_703_706), "chainer": (1_703_642, 1_703_706)}),
     ("resnet", 1001, {"pytorch": (10_328_154, 10_328_154), "chainer": (10_328_090, 10_328_154)}),
     ("procresnet", 166, {"pytorch": (1_715_018, 1_715_018), "chainer": (1_715_018, 1_715_402)}),
-])
+  ],
+)
 def test_preact_layouts_have_the_reference_codes_parameter_counts(model, depth, published):
   """(used, registered) counts by the formula of each code, and resnorm's count for its layout."""
   name = "preact_resnet" if model == "resnet" else model
@@ -181,9 +184,7 @@ def test_layouts_place_the_stride_and_the_batchnorms_as_their_codes_do():
   sizes = {}
   for layout in ("he2016", "chainer", "pytorch"):
     model = models.create_model("preact_resnet", 11, preact_layout=layout)  # n = 1: three transitions
-    variables = jax.eval_shape(
-        lambda x: model.init_with_output(jax.random.key(0), x, capture_intermediates=True)[1], x
-    )
+    variables = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x, capture_intermediates=True)[1], x)
     params = variables["params"]
     stage1, stage2 = params["02_transition_layer"], params["03_transition_layer"]
     has = lambda tree, key: key in tree
@@ -202,15 +203,25 @@ def test_inits_draw_the_reference_variances(name, init):
   model_depth = {"preact_resnet": 11, "procresnet": 13}[name]
   x = jnp.zeros((1, 8, 8, 3))
   expected = {  # role -> (he_fan_out, chainer, pytorch)
-      "conv": (2.0, 2.0, 1 / 3), "linear": (2.0, 1.0, 1 / 3), "shortcut": (2.0, 2e-4, 1 / 3), "head": (None, 2.0, 1 / 3),
+    "conv": (2.0, 2.0, 1 / 3),
+    "linear": (2.0, 1.0, 1 / 3),
+    "shortcut": (2.0, 2e-4, 1 / 3),
+    "head": (None, 2.0, 1 / 3),
   }
   column = ("he_fan_out", "chainer", "pytorch").index(init)
   params = models.create_model(name, model_depth, init=init).init(jax.random.key(1), x)["params"]
   for path, kernel in traverse_util.flatten_dict(params).items():
     if path[-1] != "kernel":
       continue
-    role = ("head" if path[0] == "head" else "shortcut" if path[-2] == "shortcut"
-            else "linear" if name == "procresnet" and (path[0] == "stem" or "transition" in path[0]) else "conv")
+    role = (
+      "head"
+      if path[0] == "head"
+      else "shortcut"
+      if path[-2] == "shortcut"
+      else "linear"
+      if name == "procresnet" and (path[0] == "stem" or "transition" in path[0])
+      else "conv"
+    )
     if kernel.ndim == 2:  # the head's (in, out)
       fan = kernel.shape[0]
     else:  # a conv kernel (kh, kw, c_in, c_out), stacked on a leading axis in a scanned stage
@@ -228,8 +239,10 @@ def test_inits_draw_the_reference_variances(name, init):
 
 def test_procresnet_is_one_network_in_every_layout():
   x = jnp.zeros((1, 8, 8, 3))
-  trees = [_shapes(models.create_model("procresnet", 13, preact_layout=layout), x)
-           for layout in ("he2016", "chainer", "pytorch")]
+  trees = [
+    _shapes(models.create_model("procresnet", 13, preact_layout=layout), x)
+    for layout in ("he2016", "chainer", "pytorch")
+  ]
   chex.assert_trees_all_equal_shapes_and_dtypes(*trees)
 
 
@@ -237,9 +250,9 @@ def test_procresnet_is_one_network_in_every_layout():
 
 
 EXPECTED_KINDS = {  # n = 2
-    "resnet": ("stem", "block", "block", "transition", "block", "transition", "block"),
-    "preact_resnet": ("stem", "transition", "block", "transition", "block", "transition", "block"),
-    "procresnet": ("stem", "block", "block", "transition", "block", "block", "transition", "block", "block"),
+  "resnet": ("stem", "block", "block", "transition", "block", "transition", "block"),
+  "preact_resnet": ("stem", "transition", "block", "transition", "block", "transition", "block"),
+  "procresnet": ("stem", "block", "block", "transition", "block", "block", "transition", "block", "block"),
 }
 EXPECTED_KINDS["plain"] = EXPECTED_KINDS["resnet"]
 EXPECTED_KINDS["plain_preact"] = EXPECTED_KINDS["preact_resnet"]
@@ -255,12 +268,12 @@ def test_shapes_dtypes_and_labelled_layers_in_train_and_eval(name, dtype):
   variables = _shapes(model, x)
   state = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   logits, (logits_train, updates), report = jax.eval_shape(
-      lambda v: (
-          model.apply(v, x, train=False),
-          model.apply(v, x, train=True, mutable=["batch_stats"]),
-          signal.measure(model, v, x, y, _cross_entropy, train=False),
-      ),
-      state,
+    lambda v: (
+      model.apply(v, x, train=False),
+      model.apply(v, x, train=True, mutable=["batch_stats"]),
+      signal.measure(model, v, x, y, _cross_entropy, train=False),
+    ),
+    state,
   )
   for out in (logits, logits_train):
     assert (out.shape, out.dtype) == ((3, 7), jnp.float32)
@@ -317,7 +330,7 @@ def test_scanned_and_unrolled_builds_agree():
   per_block = {collection: _unstacked(tree) for collection, tree in variables.items()}
   unrolled_shapes = _shapes(builds[False], x)
   assert jax.tree.structure(per_block) == jax.tree.structure(
-      {collection: unrolled_shapes[collection] for collection in per_block}
+    {collection: unrolled_shapes[collection] for collection in per_block}
   )
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), unrolled_shapes["perturbations"])
   assert jax.tree.structure(zeros) == jax.tree.structure(_shapes(builds[True], x)["perturbations"])
@@ -325,10 +338,10 @@ def test_scanned_and_unrolled_builds_agree():
   def step(model, variables, *collections):
     def loss(params, perturbations):
       logits, state = model.apply(
-          {**variables, "params": params, "perturbations": perturbations},
-          x,
-          train=True,
-          mutable=["batch_stats", *collections],
+        {**variables, "params": params, "perturbations": perturbations},
+        x,
+        train=True,
+        mutable=["batch_stats", *collections],
       )
       return _cross_entropy(logits, y), (logits, state)
 
@@ -337,9 +350,9 @@ def test_scanned_and_unrolled_builds_agree():
   close = functools.partial(chex.assert_trees_all_close, rtol=2e-5, atol=2e-6, strict=True)
 
   (grads, probe_grads), (logits, state) = jax.jit(lambda v: step(builds[False], v, "intermediates"))(per_block)
-  (scan_grads, scan_probe_grads), (scan_logits, scan_state) = jax.jit(
-      lambda v: step(builds[True], v, "intermediates")
-  )(variables)
+  (scan_grads, scan_probe_grads), (scan_logits, scan_state) = jax.jit(lambda v: step(builds[True], v, "intermediates"))(
+    variables
+  )
   close(scan_logits, logits)
   close(_unstacked(scan_grads), grads)
   close(_unstacked(scan_state["batch_stats"]), state["batch_stats"])
@@ -411,13 +424,13 @@ def test_eval_uses_running_statistics_and_train_updates_them():
     train_logits, train_state = model.apply(variables, x, train=True, mutable=["batch_stats"])
     calibrated = resnet.calibrate_batch_stats(model, variables, x)
     return dict(
-        eval_logits=eval_logits,
-        eval_stats=eval_state["batch_stats"],
-        eval_head=model.apply(variables, x[:2], train=False),
-        train_logits=train_logits,
-        train_stats=train_state["batch_stats"],
-        calibrated_stats=calibrated["batch_stats"],
-        calibrated_eval=model.apply(calibrated, x, train=False),
+      eval_logits=eval_logits,
+      eval_stats=eval_state["batch_stats"],
+      eval_head=model.apply(variables, x[:2], train=False),
+      train_logits=train_logits,
+      train_stats=train_state["batch_stats"],
+      calibrated_stats=calibrated["batch_stats"],
+      calibrated_eval=model.apply(calibrated, x, train=False),
     )
 
   out = run(variables)
@@ -429,9 +442,12 @@ def test_eval_uses_running_statistics_and_train_updates_them():
   # the momentum-0 pass stores).
   moved = jax.tree.map(lambda old, batch: 0.9 * old + 0.1 * batch, old, out["calibrated_stats"])
   chex.assert_trees_all_close(out["train_stats"], moved, rtol=1e-5, atol=1e-6, strict=True)
-  chex.assert_trees_all_equal_comparator(lambda new, old: bool(np.all(np.abs(new - old) > 0)),
-                                         lambda new, old: f"{np.sum(new == old)} entries did not move",
-                                         out["train_stats"], old)
+  chex.assert_trees_all_equal_comparator(
+    lambda new, old: bool(np.all(np.abs(new - old) > 0)),
+    lambda new, old: f"{np.sum(new == old)} entries did not move",
+    out["train_stats"],
+    old,
+  )
   # Train mode normalises with the batch statistics: eval mode computes the same only with
   # this batch's statistics as its running averages.
   np.testing.assert_allclose(out["calibrated_eval"], out["train_logits"], rtol=1e-4, atol=1e-4)
@@ -465,7 +481,7 @@ def test_plain_backward_gain_compounds_with_depth_while_residual_ratios_stay_nea
   variables = jax.jit(lambda key: residual_model.init(key, x, train=False))(jax.random.key(0, impl="unsafe_rbg"))
   variables = {collection: variables[collection] for collection in ("params", "batch_stats")}
   assert jax.tree.structure(variables) == jax.tree.structure(
-      {collection: _shapes(plain_model, x)[collection] for collection in variables}
+    {collection: _shapes(plain_model, x)[collection] for collection in variables}
   )
   plain, plain_delta = _block_log_ratios(plain_model, variables, x, y)
   residual, residual_delta = _block_log_ratios(residual_model, variables, x, y)
@@ -488,8 +504,12 @@ def _first_identity_block(model, variables, x):
   def intercept(next_fun, args, kwargs, context):
     module = context.module
     outputs = next_fun(*args, **kwargs)
-    if (context.method_name == "__call__" and isinstance(module, (resnet.BasicBlock, resnet.Bottleneck))
-        and not found and outputs[0].shape == args[0].shape):  # stride 1, same width: an identity block
+    if (
+      context.method_name == "__call__"
+      and isinstance(module, (resnet.BasicBlock, resnet.Bottleneck))
+      and not found
+      and outputs[0].shape == args[0].shape
+    ):  # stride 1, same width: an identity block
       found.append((module.clone(parent=None), module.variables, args[0]))
     return outputs
 
@@ -548,23 +568,24 @@ def _strided_pointwise_operator(kernel, spatial_shape, stride):
 def test_procresnet_projection_targets_label_stem_and_transitions():
   targets = resnet.procresnet_projection_targets((32, 32))
   assert targets == {
-      ("stem", "kernel"): models.ConvTarget((32, 32), stride=1),
-      ("03_transition_layer", "conv", "kernel"): models.ConvTarget((32, 32), stride=2),
-      ("05_transition_layer", "conv", "kernel"): models.ConvTarget((16, 16), stride=2),
+    ("stem", "kernel"): models.ConvTarget((32, 32), stride=1),
+    ("03_transition_layer", "conv", "kernel"): models.ConvTarget((32, 32), stride=2),
+    ("05_transition_layer", "conv", "kernel"): models.ConvTarget((16, 16), stride=2),
   }
   params = _shapes(models.create_model("procresnet", 1003), jnp.zeros((1, 32, 32, 3)))["params"]
   flat = traverse_util.flatten_dict(params)
   assert {path: flat[path].shape for path in targets} == {
-      ("stem", "kernel"): (3, 3, 3, 64),
-      ("03_transition_layer", "conv", "kernel"): (1, 1, 64, 128),
-      ("05_transition_layer", "conv", "kernel"): (1, 1, 128, 256),
+    ("stem", "kernel"): (3, 3, 3, 64),
+    ("03_transition_layer", "conv", "kernel"): (1, 1, 64, 128),
+    ("05_transition_layer", "conv", "kernel"): (1, 1, 128, 256),
   }
   with pytest.raises(ValueError, match=r"image_shape = \(32,\): expected a pair \(H, W\)"):
     resnet.procresnet_projection_targets((32,))
   chainer = resnet.procresnet_projection_targets((32, 32), stem_convention="chainer")
   assert chainer[resnet.PROCRESNET_STEM] == models.ConvTarget((32, 32), convention="chainer")
   assert {path: target for path, target in chainer.items() if path != resnet.PROCRESNET_STEM} == {
-      path: target for path, target in targets.items() if path != resnet.PROCRESNET_STEM}
+    path: target for path, target in targets.items() if path != resnet.PROCRESNET_STEM
+  }
   with pytest.raises(ValueError, match=r"^convention = 'torch': expected one of"):
     resnet.procresnet_projection_targets((32, 32), stem_convention="torch")
 
@@ -587,7 +608,7 @@ def test_projected_procresnet_transitions_have_the_target_operator_singular_valu
     c_in, c_out = before[path].shape[2:]
     rank = 4 * min(c_in, c_out)  # 2×2 output positions on a 4×4 input, each a c_out×c_in map
     original, projected = (
-        np.linalg.svd(_strided_pointwise_operator(k[path], (4, 4), 2), compute_uv=False) for k in (before, after)
+      np.linalg.svd(_strided_pointwise_operator(k[path], (4, 4), 2), compute_uv=False) for k in (before, after)
     )
     assert np.ptp(original[:rank]) > 0.5  # the projection had work to do
     np.testing.assert_allclose(projected[:rank], math.sqrt(c_out / c_in), rtol=1e-4)
@@ -598,7 +619,7 @@ def test_projected_procresnet_transitions_have_the_target_operator_singular_valu
   inputs = np.random.default_rng(3).normal(size=(1, 4, 4, 64))
   outputs = layer.apply({"params": {"kernel": kernel}}, jnp.asarray(inputs, jnp.float32))
   np.testing.assert_allclose(
-      np.ravel(outputs), _strided_pointwise_operator(kernel, (4, 4), 2) @ np.ravel(inputs), rtol=1e-4, atol=1e-5
+    np.ravel(outputs), _strided_pointwise_operator(kernel, (4, 4), 2) @ np.ravel(inputs), rtol=1e-4, atol=1e-5
   )
   for path in set(before) - set(targets):  # the rest took the plain SGD step
     np.testing.assert_allclose(after[path], before[path] - 0.1, rtol=1e-6, atol=1e-6)
@@ -608,33 +629,41 @@ def test_projected_procresnet_transitions_have_the_target_operator_singular_valu
 
 
 @pytest.mark.parametrize(
-    "name, depth, options, match",
-    [
-        (
-            "preact_resnet", 100, {},
-            "depth = 100: expected a depth 9n+2 with n >= 1 for preact_resnet, e.g. 164, 272, 632, 1001",
-        ),
-        ("resnet", 21, {}, "depth = 21: expected a depth 6n+2 with n >= 1 for resnet, e.g. 20, 32, 44, 56, 110, 1202"),
-        ("plain", 2, {}, "depth = 2: expected a depth 6n+2"),
-        (
-            "procresnet", 164, {},
-            "depth = 164: expected a depth 9n+4 with n >= 1 for procresnet, e.g. 166, 274, 634, 1003",
-        ),
-        ("plain_preact", 164.0, {}, "depth = 164.0: expected a depth 9n+2"),
-        ("resnet50", 50, {}, "name = 'resnet50': expected one of"),
-        ("resnet", 20, {"width_multiplier": 0}, "width_multiplier = 0: expected a positive number"),
-        ("procresnet", 166, {"width_multiplier": -2}, "width_multiplier = -2"),
-        ("resnet", 20, {"num_classes": 0}, "num_classes = 0: expected a positive integer"),
-        ("resnet", 20, {"dtype": "float16"}, "dtype = 'float16': expected one of"),
-        ("resnet", 20, {"scan": "yes"}, "scan = 'yes': expected True or False"),
-        ("resnet", 20, {"bn_momentum": 1.0}, "bn_momentum = 1.0: expected a number in [0, 1)"),
-        ("resnet", 20, {"width": 16}, "width = 16: expected an option of resnet: one of"),
-        ("preact_resnet", 164, {"preact_layout": "he2015"}, "preact_layout = 'he2015': expected one of"),
-        ("procresnet", 166, {"init": "kaiming"}, "init = 'kaiming': expected one of"),
-        ("resnet", 20, {"preact_layout": "chainer"},
-         "preact_layout = 'chainer': expected 'he2016' for resnet: a post-activation family"),
-        ("plain", 20, {"init": "pytorch"}, "init = 'pytorch': expected 'he_fan_out' for plain: a post-activation family"),
-    ],
+  "name, depth, options, match",
+  [
+    (
+      "preact_resnet",
+      100,
+      {},
+      "depth = 100: expected a depth 9n+2 with n >= 1 for preact_resnet, e.g. 164, 272, 632, 1001",
+    ),
+    ("resnet", 21, {}, "depth = 21: expected a depth 6n+2 with n >= 1 for resnet, e.g. 20, 32, 44, 56, 110, 1202"),
+    ("plain", 2, {}, "depth = 2: expected a depth 6n+2"),
+    (
+      "procresnet",
+      164,
+      {},
+      "depth = 164: expected a depth 9n+4 with n >= 1 for procresnet, e.g. 166, 274, 634, 1003",
+    ),
+    ("plain_preact", 164.0, {}, "depth = 164.0: expected a depth 9n+2"),
+    ("resnet50", 50, {}, "name = 'resnet50': expected one of"),
+    ("resnet", 20, {"width_multiplier": 0}, "width_multiplier = 0: expected a positive number"),
+    ("procresnet", 166, {"width_multiplier": -2}, "width_multiplier = -2"),
+    ("resnet", 20, {"num_classes": 0}, "num_classes = 0: expected a positive integer"),
+    ("resnet", 20, {"dtype": "float16"}, "dtype = 'float16': expected one of"),
+    ("resnet", 20, {"scan": "yes"}, "scan = 'yes': expected True or False"),
+    ("resnet", 20, {"bn_momentum": 1.0}, "bn_momentum = 1.0: expected a number in [0, 1)"),
+    ("resnet", 20, {"width": 16}, "width = 16: expected an option of resnet: one of"),
+    ("preact_resnet", 164, {"preact_layout": "he2015"}, "preact_layout = 'he2015': expected one of"),
+    ("procresnet", 166, {"init": "kaiming"}, "init = 'kaiming': expected one of"),
+    (
+      "resnet",
+      20,
+      {"preact_layout": "chainer"},
+      "preact_layout = 'chainer': expected 'he2016' for resnet: a post-activation family",
+    ),
+    ("plain", 20, {"init": "pytorch"}, "init = 'pytorch': expected 'he_fan_out' for plain: a post-activation family"),
+  ],
 )
 def test_bad_arguments_name_what_is_allowed(name, depth, options, match):
   with pytest.raises(ValueError, match="^" + re.escape(match)):

@@ -39,7 +39,9 @@ def _explicit_stream(params, inputs, residual, scale):
 @pytest.mark.parametrize("name", ["mlp_residual", "mlp_plain"])
 def test_probe_gradients_equal_grad_wrt_explicit_stream(x64, name):
   depth = 5
-  model = create_model(name, depth, num_classes=3, width=8, hidden=12, **({"branch_scale": "1/sqrt(L)"} if name == "mlp_residual" else {}))
+  model = create_model(
+    name, depth, num_classes=3, width=8, hidden=12, **({"branch_scale": "1/sqrt(L)"} if name == "mlp_residual" else {})
+  )
   inputs = jax.random.normal(jax.random.key(0), (6, 4), jnp.float64)
   targets = jax.random.normal(jax.random.key(1), (6, 3), jnp.float64)
   params = _float64(model.init(jax.random.key(2), inputs)["params"])
@@ -55,6 +57,7 @@ def test_probe_gradients_equal_grad_wrt_explicit_stream(x64, name):
       for k in range(l, depth):
         x = block(k, x)
       return _mse(head(x), targets)
+
     return loss
 
   # Probe "01_stem" is x_0; probe "02_block"[l] is x_{l+1}.
@@ -94,7 +97,7 @@ def test_ratios_are_per_example(x64):
   measure = jax.jit(lambda x, y: signal.measure(model, variables, x, y, _mse))
   batch = measure(inputs, targets)
   for i in range(5):
-    single = measure(inputs[i:i + 1], targets[i:i + 1])
+    single = measure(inputs[i : i + 1], targets[i : i + 1])
     np.testing.assert_allclose(single.ratio[:, 0], batch.ratio[:, i], rtol=1e-10)
 
 
@@ -111,8 +114,13 @@ def test_zero_initialised_branches_preserve_norms_exactly():
 def test_summary_statistics_match_numpy():
   ratio = np.array([[1.1, 0.5, np.nan], [1.0, 2.0, 0.9], [0.7, 1.3, 1.2]])
   report = signal.SignalReport(
-      grad_norm=np.ones((4, 3)), ratio=ratio, stream_norm=np.ones((4, 3)), branch_ratio=np.ones((3, 3)),
-      q=np.ones(4), c=np.zeros(4), kinds=("stem", "block", "block"),
+    grad_norm=np.ones((4, 3)),
+    ratio=ratio,
+    stream_norm=np.ones((4, 3)),
+    branch_ratio=np.ones((3, 3)),
+    q=np.ones(4),
+    c=np.zeros(4),
+    kinds=("stem", "block", "block"),
   )
   summary = signal.summarize(report)
   delta = np.abs(ratio[1:].ravel() - 1)
@@ -143,9 +151,14 @@ def test_forward_statistics():
 def _report(ratio, grad_norm=None):
   layers, batch = ratio.shape
   return signal.SignalReport(
-      grad_norm=np.ones((layers + 1, batch)) if grad_norm is None else grad_norm, ratio=ratio,
-      stream_norm=np.ones((layers + 1, batch)), branch_ratio=np.ones((layers, batch)), q=np.ones(layers + 1),
-      c=np.zeros(layers + 1), kinds=("block",) * layers)
+    grad_norm=np.ones((layers + 1, batch)) if grad_norm is None else grad_norm,
+    ratio=ratio,
+    stream_norm=np.ones((layers + 1, batch)),
+    branch_ratio=np.ones((layers, batch)),
+    q=np.ones(layers + 1),
+    c=np.zeros(layers + 1),
+    kinds=("block",) * layers,
+  )
 
 
 def test_per_layer_statistics_have_a_sample_size_independent_of_depth():
@@ -179,15 +192,17 @@ def test_whole_batch_ratio_is_the_ratio_of_root_sums_of_squares():
   stats = signal.summarize(_report(ratio, grad_norm))
   batch = np.sqrt([25.0, 2.0, 4.0])  # ‖∂E/∂x_k‖_B
   expected = np.abs(batch[:-1] / batch[1:] - 1)
-  assert stats.batch_delta_max == pytest.approx(expected.max()) and stats.batch_delta_mean == pytest.approx(expected.mean())
+  assert stats.batch_delta_max == pytest.approx(expected.max()) and stats.batch_delta_mean == pytest.approx(
+    expected.mean()
+  )
   assert stats.delta_max == pytest.approx(3.0)  # per example: 4/1 − 1
 
 
 def test_stream_profile_lists_every_layer_in_order():
   ratio = np.array([[1.0, 3.0], [0.5, 0.5], [2.0, np.nan]])
-  report = \
-      signal.SignalReport(np.ones((4, 2)), ratio, np.ones((4, 2)), np.ones((3, 2)), np.ones(4), np.zeros(4),
-                          ("stem", "block", "transition"))
+  report = signal.SignalReport(
+    np.ones((4, 2)), ratio, np.ones((4, 2)), np.ones((3, 2)), np.ones(4), np.zeros(4), ("stem", "block", "transition")
+  )
   profile = signal.stream_profile(report)
   assert profile["kind"] == ["stem", "block", "transition"]
   np.testing.assert_allclose(profile["ratio_mean"], [2.0, 0.5, 2.0])

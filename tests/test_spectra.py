@@ -29,8 +29,8 @@ def operator_matrix(apply, input_shape):
 
 
 @pytest.mark.parametrize(
-    "kernel_shape, spatial_shape",
-    [((1, 1, 3, 5), (4, 6)), ((3, 3, 4, 2), (5, 6)), ((3, 3, 2, 3), (3, 4)), ((2, 3, 3, 2), (4, 5))],
+  "kernel_shape, spatial_shape",
+  [((1, 1, 3, 5), (4, 6)), ((3, 3, 4, 2), (5, 6)), ((3, 3, 2, 3), (3, 4)), ((2, 3, 3, 2), (4, 5))],
 )
 def test_conv_singular_values_match_dense_operator(x64, kernel_shape, spatial_shape):
   kernel = np.random.default_rng(0).standard_normal(kernel_shape)
@@ -48,8 +48,9 @@ def test_numpy_oracle_is_flax_circular_conv(x64):
   for kernel_shape in ((3, 3, 4, 2), (2, 3, 3, 2)):
     kernel = np.random.default_rng(1).standard_normal(kernel_shape)
     x = np.random.default_rng(2).standard_normal((5, 6, kernel_shape[2]))
-    conv = nn.Conv(kernel_shape[3], kernel_shape[:2], padding="CIRCULAR", use_bias=False, dtype=jnp.float64,
-                   param_dtype=jnp.float64)
+    conv = nn.Conv(
+      kernel_shape[3], kernel_shape[:2], padding="CIRCULAR", use_bias=False, dtype=jnp.float64, param_dtype=jnp.float64
+    )
     y = conv.apply({"params": {"kernel": jnp.asarray(kernel)}}, jnp.asarray(x)[None])[0]
     np.testing.assert_allclose(np.asarray(y), circular_correlation(x, kernel), rtol=1e-12, atol=1e-12)
 
@@ -67,23 +68,23 @@ def test_strided_pointwise_singular_values(x64, spatial_shape, channels):
   assert values.shape == out_shape + (min(channels),)
   nonzero = np.sort(np.asarray(values).ravel())[::-1]
   np.testing.assert_allclose(expected[: nonzero.size], nonzero, rtol=1e-10)
-  np.testing.assert_allclose(expected[nonzero.size:], 0, atol=1e-10)
+  np.testing.assert_allclose(expected[nonzero.size :], 0, atol=1e-10)
 
 
 @pytest.mark.parametrize(
-    "call, field",
-    [
-        (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2)), (8, 8)), "kernel.shape"),
-        (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2, 2)), (2, 8)), "spatial_shape"),
-        (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2, 2)), (8,)), "spatial_shape"),
-        (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2, 2)), (8.0, 8)), "spatial_shape"),
-        (lambda: spectra.strided_pointwise_singular_values(jnp.ones((3, 3, 2, 2)), (8, 8)), "kernel.shape"),
-        (lambda: spectra.strided_pointwise_singular_values(jnp.ones((1, 1, 2, 2)), (8, 8), 0), "stride"),
-        (lambda: depth_spectra.depth_spectra(["mlp_residual"], [0], {}), "depths"),
-        (lambda: depth_spectra.depth_spectra(["resnet9000"], [4], {}), "models"),
-        (lambda: depth_spectra.depth_spectra(["resnet"], [8], {}), "models"),
-        (lambda: depth_spectra.depth_spectra(["mlp_plain"], [4], {"widht": 8}), "model.widht"),
-    ],
+  "call, field",
+  [
+    (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2)), (8, 8)), "kernel.shape"),
+    (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2, 2)), (2, 8)), "spatial_shape"),
+    (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2, 2)), (8,)), "spatial_shape"),
+    (lambda: spectra.conv_singular_values(jnp.ones((3, 3, 2, 2)), (8.0, 8)), "spatial_shape"),
+    (lambda: spectra.strided_pointwise_singular_values(jnp.ones((3, 3, 2, 2)), (8, 8)), "kernel.shape"),
+    (lambda: spectra.strided_pointwise_singular_values(jnp.ones((1, 1, 2, 2)), (8, 8), 0), "stride"),
+    (lambda: depth_spectra.depth_spectra(["mlp_residual"], [0], {}), "depths"),
+    (lambda: depth_spectra.depth_spectra(["resnet9000"], [4], {}), "models"),
+    (lambda: depth_spectra.depth_spectra(["resnet"], [8], {}), "models"),
+    (lambda: depth_spectra.depth_spectra(["mlp_plain"], [4], {"widht": 8}), "model.widht"),
+  ],
 )
 def test_bad_input_names_the_argument(call, field):
   with pytest.raises(ValueError, match=rf"(?s)^{re.escape(field)} = .*: expected "):
@@ -125,9 +126,14 @@ def test_block_and_stack_singular_values_match_closed_form(x64, name, options):
     blocks = models.family(name).block_stack(model, variables, inputs)
     head = variables["params"]["head"]
     x_last = jax.vmap(spectra.stack_map(blocks))(blocks.inputs[0])
-    return dict(variables=variables, inputs=blocks.inputs, block=spectra.block_singular_values(blocks),
-                stack=spectra.stack_singular_values(blocks), outputs=model.apply(variables, inputs),
-                head_of_stack_map=x_last @ head["kernel"] + head["bias"])
+    return dict(
+      variables=variables,
+      inputs=blocks.inputs,
+      block=spectra.block_singular_values(blocks),
+      stack=spectra.stack_singular_values(blocks),
+      outputs=model.apply(variables, inputs),
+      head_of_stack_map=x_last @ head["kernel"] + head["bias"],
+    )
 
   result = jax.tree.map(np.asarray, measure(inputs))
   xs, jacobians = _closed_form_blocks(model, result["variables"], inputs)
@@ -147,7 +153,9 @@ def test_linear_residual_block_is_identity_plus_scaled_weight(x64):
   @jax.jit
   def measure(inputs):
     variables = model.init(jax.random.key(0), inputs)
-    return variables, spectra.block_singular_values(models.family("linear_residual").block_stack(model, variables, inputs))
+    return variables, spectra.block_singular_values(
+      models.family("linear_residual").block_stack(model, variables, inputs)
+    )
 
   variables, values = measure(inputs)
   weights = np.asarray(variables["params"]["02_block"]["Dense_0"]["kernel"], np.float64)  # (L, w, w)
@@ -167,8 +175,11 @@ def test_matrix_free_extremes_match_dense_svd():
   def measure(inputs):
     blocks = models.family("mlp_residual").block_stack(model, model.init(jax.random.key(0), inputs), inputs)
     fn, xs = spectra.stack_map(blocks), blocks.inputs[0]
-    return (_jacobians(fn, xs), spectra.extreme_singular_values(fn, xs, jax.random.key(2), 40),
-            spectra.top_singular_value(fn, xs, jax.random.key(3), 200))
+    return (
+      _jacobians(fn, xs),
+      spectra.extreme_singular_values(fn, xs, jax.random.key(2), 40),
+      spectra.top_singular_value(fn, xs, jax.random.key(3), 200),
+    )
 
   jacobians, (sigma_max, sigma_min), top = measure(jax.random.normal(jax.random.key(1), (3, 16)))
   dense = np.linalg.svd(np.asarray(jacobians, np.float64), compute_uv=False)
@@ -184,7 +195,8 @@ def test_matrix_free_on_a_wide_jacobian(x64):
   fn = lambda x: jnp.tanh(weights @ x) + 0.1 * jnp.sum(x**2)
   xs = jax.random.normal(jax.random.key(1), (2, 16), jnp.float64)
   jacobians, (sigma_max, sigma_min) = jax.jit(
-      lambda xs: (_jacobians(fn, xs), spectra.extreme_singular_values(fn, xs, jax.random.key(2), 5)))(xs)
+    lambda xs: (_jacobians(fn, xs), spectra.extreme_singular_values(fn, xs, jax.random.key(2), 5))
+  )(xs)
   assert jacobians.shape == (2, 5, 16)
   dense = np.linalg.svd(np.asarray(jacobians), compute_uv=False)
   np.testing.assert_allclose(np.asarray(sigma_max), dense[:, 0], rtol=1e-10)
@@ -195,7 +207,8 @@ def test_lanczos_restarts_when_the_krylov_space_closes(x64):
   """G = diag(3, 3, 3, 1, 1, 1, 1, 0.5): from any start the Krylov space closes after three steps."""
   eigenvalues = jnp.array([3.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0, 0.5])
   ritz = jax.jit(lambda key: spectra.lanczos_ritz_values(lambda v: eigenvalues * v, 8, jnp.float64, key, 8))(
-      jax.random.key(0))
+    jax.random.key(0)
+  )
   np.testing.assert_allclose(np.asarray(ritz), np.sort(np.asarray(eigenvalues)), rtol=1e-12)
   # With fewer steps the Ritz values interlace: inside [λ_min, λ_max].
   ritz = spectra.lanczos_ritz_values(lambda v: eigenvalues * v, 8, jnp.float64, jax.random.key(0), 2)
@@ -217,8 +230,9 @@ def test_matrix_free_on_a_conv_operator_against_fft():
 
 
 def test_depth_spectra_residual_blocks_approach_identity():
-  results = depth_spectra.depth_spectra(["mlp_residual"], [2, 16], dict(width=8, hidden=16), input_dim=4,
-                                  num_examples=2, lanczos_iterations=8)
+  results = depth_spectra.depth_spectra(
+    ["mlp_residual"], [2, 16], dict(width=8, hidden=16), input_dim=4, num_examples=2, lanczos_iterations=8
+  )
   residual = results["mlp_residual"]
   assert residual[16]["block"].shape == (16, 2, 8) and residual[16]["stack"].shape == (2, 8)
   deviation = {L: np.abs(residual[L]["block"] - 1).max() for L in (2, 16)}

@@ -50,7 +50,8 @@ def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
   with open(root / "joint" / "results.csv") as f:
     rows = list(csv.DictReader(f))
   assert sorted((r["setting"], int(r["depth"])) for r in rows) == sorted(
-      (m, L) for m in ("mlp_residual", "mlp_plain") for L in (2, 4))
+    (m, L) for m in ("mlp_residual", "mlp_plain") for L in (2, 4)
+  )
   assert all(float(r["trained_delta_max"]) > 0 for r in rows)
   for figure in ("delta_vs_depth.png", "delta_during_training.png", "task_vs_depth.png", "ratio_profile.png"):
     with open(root / "joint" / figure, "rb") as f:
@@ -77,8 +78,19 @@ def test_aggregating_single_depth_jobs_equals_the_joint_sweep(sweeps, tmp_path):
 def test_aggregate_from_the_command_line(sweeps, tmp_path):
   root, _ = sweeps
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.sweep", "--aggregate", f"--workdir={tmp_path}", str(root / "L2"),
-       str(root / "L4")], cwd=REPO, capture_output=True, text=True, check=False,
+    [
+      sys.executable,
+      "-m",
+      "experiments.sweep",
+      "--aggregate",
+      f"--workdir={tmp_path}",
+      str(root / "L2"),
+      str(root / "L4"),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert _read(tmp_path / "summary.json") == _read(root / "joint" / "summary.json")
@@ -115,30 +127,35 @@ def test_a_diverging_depth_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change, field, allowed",
-    [
-        (dict(settings=("mlp_residual", "resnet_mlp")), "config.settings", "residual_zero_init"),
-        (dict(settings=()), "config.settings", "non-empty"),
-        (dict(seeds=(0, -1)), "config.seeds", "integers >= 0"),
-        (dict(seeds=(0, 0)), "config.seeds", "distinct seeds"),
-        (dict(learning_rate=float("inf")), "config.optimizer.learning_rate", "positive number"),
-        (dict(block_lr_scale="1/L^2"), "config.optimizer.block_lr_scale", "1/sqrt(L)"),
-        (dict(init_from="trained"), "config.init_from", "['constructed', 'random']"),
-        (dict(depths=(2, 0)), "config.depths", "positive integers"),
-        (dict(depths=()), "config.depths", "non-empty"),
-        (dict(bound_L="blocks"), "config.bound_L", "['depth', 'layers']"),
-        (dict(width=0), "config.model.width", "positive integer"),
-        (dict(learning_rate=-0.1), "config.optimizer.learning_rate", "positive number"),
-        (dict(branch_scale="1/L^2"), "config.model.branch_scale", "1/sqrt(L)"),
-        (dict(depth=99), "config.model.depth", "override config.depths instead"),
-        (dict(name="mlp_plain"), "config.model.name", "override config.settings instead"),
-    ],
+  "change, field, allowed",
+  [
+    (dict(settings=("mlp_residual", "resnet_mlp")), "config.settings", "residual_zero_init"),
+    (dict(settings=()), "config.settings", "non-empty"),
+    (dict(seeds=(0, -1)), "config.seeds", "integers >= 0"),
+    (dict(seeds=(0, 0)), "config.seeds", "distinct seeds"),
+    (dict(learning_rate=float("inf")), "config.optimizer.learning_rate", "positive number"),
+    (dict(block_lr_scale="1/L^2"), "config.optimizer.block_lr_scale", "1/sqrt(L)"),
+    (dict(init_from="trained"), "config.init_from", "['constructed', 'random']"),
+    (dict(depths=(2, 0)), "config.depths", "positive integers"),
+    (dict(depths=()), "config.depths", "non-empty"),
+    (dict(bound_L="blocks"), "config.bound_L", "['depth', 'layers']"),
+    (dict(width=0), "config.model.width", "positive integer"),
+    (dict(learning_rate=-0.1), "config.optimizer.learning_rate", "positive number"),
+    (dict(branch_scale="1/L^2"), "config.model.branch_scale", "1/sqrt(L)"),
+    (dict(depth=99), "config.model.depth", "override config.depths instead"),
+    (dict(name="mlp_plain"), "config.model.name", "override config.settings instead"),
+  ],
 )
 def test_bad_sweep_config_fails_before_any_run(tmp_path, change, field, allowed):
   config = tiny_sweep()
   for key, value in change.items():
-    section = (config.model if key in ("width", "branch_scale", "depth", "name") else
-               config.optimizer if key in ("learning_rate", "block_lr_scale") else config)
+    section = (
+      config.model
+      if key in ("width", "branch_scale", "depth", "name")
+      else config.optimizer
+      if key in ("learning_rate", "block_lr_scale")
+      else config
+    )
     section[key] = value
   with pytest.raises(ConfigError) as error:
     sweep.run_sweep(config, str(tmp_path / "sweep"), progress=False)
@@ -176,7 +193,8 @@ def test_a_workdir_of_the_previous_format_still_loads_and_aggregates(tmp_path):
     path = os.path.join(old, "runs", f"{run.model}_L{run.depth:05d}", "summary.json")
     assert run.to_json() == _read(path)  # read and written back, field for field
   assert records.SweepSummary.from_json(_read(os.path.join(old, "summary.json"))).to_json() == _read(
-      os.path.join(old, "summary.json"))
+    os.path.join(old, "summary.json")
+  )
   merged = sweep.aggregate([old], str(tmp_path / "merged"))
   assert _holds(merged.to_json(), _read(os.path.join(old, "summary.json")))  # extended, nothing changed
   assert merged.reference.trained.bound["delta_max"]["c_min"] > 0
@@ -205,9 +223,16 @@ def test_seeds_are_averaged_with_their_spread_and_bootstrapped(tmp_path):
   reading = family.trained.bound["delta_max"]
   low, high = reading["slope_interval"]
   assert low <= reading["slope"] <= high and reading["seeds"] == [2, 2]
-  assert reading["c_min"] == pytest.approx(theory.c_min([2, 2, 4, 4], [
-      records.read_run(tmp_path / sweep.RUNS / sweep.run_name("mlp_residual", L, s)).trained.block.delta_max
-      for L in (2, 4) for s in (0, 1)]))
+  assert reading["c_min"] == pytest.approx(
+    theory.c_min(
+      [2, 2, 4, 4],
+      [
+        records.read_run(tmp_path / sweep.RUNS / sweep.run_name("mlp_residual", L, s)).trained.block.delta_max
+        for L in (2, 4)
+        for s in (0, 1)
+      ],
+    )
+  )
 
 
 @pytest.fixture(scope="module")
@@ -240,12 +265,18 @@ def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
   run = runs["procresnet", 13]
   assert run.init.layers["kind"].count("transition") == 2 and run.setting == "procresnet"
   assert json.loads((workdir / sweep.RUNS / sweep.run_name("procresnet", 13, 0) / "config.json").read_text())[
-      "procrustes"]["enabled"]
+    "procrustes"
+  ]["enabled"]
   with open(workdir / "results.csv") as f:
     rows = {(r["setting"], r["depth"]): r for r in csv.DictReader(f)}
   assert rows["preact_resnet", "11"]["trained_delta_max"] == "" and rows["preact_resnet", "20"]["trained_delta_max"]
-  for figure in ("delta_by_kind.png", "ratio_profile.png", "task_vs_depth.png", "delta_vs_depth.png",
-                 "ratio_heatmap.png"):
+  for figure in (
+    "delta_by_kind.png",
+    "ratio_profile.png",
+    "task_vs_depth.png",
+    "delta_vs_depth.png",
+    "ratio_heatmap.png",
+  ):
     assert (workdir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # the paper's figure: one row per layer of the network, the stem and every transition included,
   # in eval mode per example and in the reference's train-mode mini-batch measure
@@ -266,14 +297,29 @@ def _synthetic_run(depth: int, seed: int, blocks: int, delta: float, train_loss:
   with two transitions of δ_max 0.5."""
 
   def stats(value, layers):
-    return signal.DeltaStats(value, value / 2, value, value, value, 1 - value, 1 + value, 0.0, 8 * layers, 0,
-                             num_layers=layers, num_examples=8)
+    return signal.DeltaStats(
+      value, value / 2, value, value, value, 1 - value, 1 + value, 0.0, 8 * layers, 0, num_layers=layers, num_examples=8
+    )
 
   by_kind = {"transition": stats(0.5, 2), **({"block": stats(delta, blocks)} if blocks else {})}
   measurement = records.Measurement(by_kind, {})
-  return records.RunRecord(model="preact_resnet", depth=depth, steps=10, diverged=False, diverged_at_step=None,
-                           last_checkpoint=None, train_loss=train_loss, train_seconds=1.0, init=measurement, history=[],
-                           trained=measurement, setting="preact_resnet", seed=seed, test_loss=0.2, test_accuracy=0.9)
+  return records.RunRecord(
+    model="preact_resnet",
+    depth=depth,
+    steps=10,
+    diverged=False,
+    diverged_at_step=None,
+    last_checkpoint=None,
+    train_loss=train_loss,
+    train_seconds=1.0,
+    init=measurement,
+    history=[],
+    trained=measurement,
+    setting="preact_resnet",
+    seed=seed,
+    test_loss=0.2,
+    test_accuracy=0.9,
+  )
 
 
 def test_the_bound_reads_L_as_the_identity_blocks_or_as_the_depth_and_c_min_moves_as_the_law_says():
@@ -282,8 +328,11 @@ def test_the_bound_reads_L_as_the_identity_blocks_or_as_the_depth_and_c_min_move
   the depth, c_min is δ·D/log(2D) at the depth that needs most; the depth without blocks is left
   out of both, and the tables say which L they use."""
   depths, blocks = (11, 29, 47, 83), (0, 6, 12, 24)
-  runs = [_synthetic_run(D, s, n, float(theory.delta_bound(n, 2.0)) if n else 0.0)
-          for D, n in zip(depths, blocks) for s in (0, 1)]
+  runs = [
+    _synthetic_run(D, s, n, float(theory.delta_bound(n, 2.0)) if n else 0.0)
+    for D, n in zip(depths, blocks)
+    for s in (0, 1)
+  ]
   by_blocks = sweep.summarize(runs, ["preact_resnet"]).models["preact_resnet"]
   by_depth = sweep.summarize(runs, ["preact_resnet"], L="depth").models["preact_resnet"]
   reading = by_blocks.trained.bound["delta_max"]
@@ -306,15 +355,23 @@ def test_the_report_of_an_image_sweep_counts_blocks_reads_transitions_and_degrad
   and a comparison with the blocks that names the depths it holds at; the train loss's change
   from the shallowest to the deepest network is judged by its intervals over the seeds."""
   depths, blocks = (11, 29, 47), (0, 6, 12)
-  rising = [_synthetic_run(D, s, n, 0.1 if n else 0.0, train_loss=0.1 * (1 + i) + 0.01 * s)
-            for i, (D, n) in enumerate(zip(depths, blocks)) for s in (0, 1, 2)]
+  rising = [
+    _synthetic_run(D, s, n, 0.1 if n else 0.0, train_loss=0.1 * (1 + i) + 0.01 * s)
+    for i, (D, n) in enumerate(zip(depths, blocks))
+    for s in (0, 1, 2)
+  ]
   text = report.render(sweep.summarize(rising, ["preact_resnet"]))
   assert "| depth | L (identity blocks) | seeds |" in text and "| 11 | 0 | 3 |" in text
   assert "transition δ_max (L = 2 transitions): fewer than two values of L" in text
   # transitions' mean δ 0.25 against the blocks' 0.05 where there are blocks, the same at every seed
-  assert ("Mean δ of the transition layers against the identity blocks' (90% t intervals over the seeds): above at "
-          "depths 29, 47 (29: 0.25 [0.25, 0.25] vs 0.05 [0.05, 0.05]") in text
+  assert (
+    "Mean δ of the transition layers against the identity blocks' (90% t intervals over the seeds): above at "
+    "depths 29, 47 (29: 0.25 [0.25, 0.25] vs 0.05 [0.05, 0.05]"
+  ) in text
   assert "Train loss rises from 0.11 [" in text and "at depth 47 (the intervals do not overlap)" in text
-  flat = [_synthetic_run(D, s, n, 0.1 if n else 0.0, train_loss=0.1 + 0.05 * s)
-          for D, n in zip(depths, blocks) for s in (0, 1, 2)]
+  flat = [
+    _synthetic_run(D, s, n, 0.1 if n else 0.0, train_loss=0.1 + 0.05 * s)
+    for D, n in zip(depths, blocks)
+    for s in (0, 1, 2)
+  ]
   assert "the intervals overlap: no change detectable" in report.render(sweep.summarize(flat, ["preact_resnet"]))

@@ -26,7 +26,7 @@ def test_fit_recovers_c_and_names_the_law_from_noisy_deltas(law):
   # noise's mean alone, and R² = 1 − (the noise's spread)/(log δ's spread), 0 for the constant law.
   assert fit.laws[law].c == pytest.approx(c * np.exp(noise.mean()), rel=1e-12)
   log_delta = np.log(deltas)
-  r2 = 1.0 - np.sum((noise - noise.mean())**2) / np.sum((log_delta - log_delta.mean())**2)
+  r2 = 1.0 - np.sum((noise - noise.mean()) ** 2) / np.sum((log_delta - log_delta.mean()) ** 2)
   assert fit.laws[law].r2 == pytest.approx(r2, rel=1e-12, abs=1e-12)
   assert fit.num_points == len(DEPTHS)
 

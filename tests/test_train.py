@@ -82,8 +82,9 @@ def test_logged_loss_averages_every_step_since_the_previous_log(tmp_path):
   loop.train_and_evaluate(tiny_run(log_every=10, checkpoint_every=4, **{"signal.every": 3}), str(tmp_path / "tens"))
   per_step = _logged_losses(tmp_path / "every_step")
   assert len(per_step) == 20
-  np.testing.assert_allclose(_logged_losses(tmp_path / "tens"), [np.mean(per_step[:10]), np.mean(per_step[10:])],
-                             rtol=1e-12)
+  np.testing.assert_allclose(
+    _logged_losses(tmp_path / "tens"), [np.mean(per_step[:10]), np.mean(per_step[10:])], rtol=1e-12
+  )
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -105,21 +106,21 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "overrides, field",
-    [
-        ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate"),
-        ({"optimizer.name": "lbfgs"}, "config.optimizer.name"),
-        ({"optimizer.momentum": 1.0}, "config.optimizer.momentum"),
-        ({"model.name": "mlp_resnet"}, "config.model.name"),
-        ({"model.depth": 0}, "config.model.depth"),
-        ({"model.width": -4}, "config.model.width"),
-        ({"model.wdith": 4}, "config.model.wdith"),
-        ({"signal.num_examples": 10_000}, "config.signal.num_examples"),
-        ({"signal.every": -1}, "config.signal.every"),
-        ({"batch_size": 4096}, "config.batch_size"),
-        ({"data.name": "mnist"}, "config.data.name"),
-        ({"model.branch_scale": "1/L^2"}, "config.model.branch_scale"),
-    ],
+  "overrides, field",
+  [
+    ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate"),
+    ({"optimizer.name": "lbfgs"}, "config.optimizer.name"),
+    ({"optimizer.momentum": 1.0}, "config.optimizer.momentum"),
+    ({"model.name": "mlp_resnet"}, "config.model.name"),
+    ({"model.depth": 0}, "config.model.depth"),
+    ({"model.width": -4}, "config.model.width"),
+    ({"model.wdith": 4}, "config.model.wdith"),
+    ({"signal.num_examples": 10_000}, "config.signal.num_examples"),
+    ({"signal.every": -1}, "config.signal.every"),
+    ({"batch_size": 4096}, "config.batch_size"),
+    ({"data.name": "mnist"}, "config.data.name"),
+    ({"model.branch_scale": "1/L^2"}, "config.model.branch_scale"),
+  ],
 )
 def test_bad_config_names_the_field_before_anything_runs(tmp_path, overrides, field):
   with pytest.raises(ConfigError) as error:
@@ -144,8 +145,12 @@ def _run_with_devices(count: int, workdir: str):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = helpers.cpu_env(devices=count)
   result = subprocess.run(
-      [sys.executable, "-c", _DATA_PARALLEL.format(repo=repo, workdir=workdir)],
-      capture_output=True, text=True, env=env, cwd=repo, check=False,
+    [sys.executable, "-c", _DATA_PARALLEL.format(repo=repo, workdir=workdir)],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=repo,
+    check=False,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -182,9 +187,15 @@ def test_two_processes_train_like_one(tmp_path):
   env = helpers.cpu_env(devices=1)
   workdir = str(tmp_path / "two")
   processes = [
-      subprocess.Popen([sys.executable, "-c", _PROCESS.format(repo=repo, port=port, process=i, workdir=workdir)],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=repo)
-      for i in range(2)
+    subprocess.Popen(
+      [sys.executable, "-c", _PROCESS.format(repo=repo, port=port, process=i, workdir=workdir)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+      cwd=repo,
+    )
+    for i in range(2)
   ]
   outputs = [p.communicate(timeout=300) for p in processes]
   for p, (out, err) in zip(processes, outputs):
@@ -214,16 +225,18 @@ def test_procresnet_on_mock_cifar_projects_its_transitions_on_the_scheduled_step
   config.eval_batch_size, config.signal.num_examples = 8, 8
   config.procrustes.every, config.procrustes.probability = every, probability
   # A seed whose coins differ at the two steps checked below: a projected and an unprojected step.
-  config.seed = next(seed for seed in range(100) if len({procrustes.acts(step, probability=probability, seed=seed)
-                                                          for step in (3, 4)}) == 2)
+  config.seed = next(
+    seed
+    for seed in range(100)
+    if len({procrustes.acts(step, probability=probability, seed=seed) for step in (3, 4)}) == 2
+  )
   with tfds.testing.mock_data(num_examples=16):
     summary = loop.train_and_evaluate(config, str(tmp_path))
   assert not summary.diverged and summary.test_accuracy is not None
   for stage in ("init", "trained"):
     assert set(summary.measurement(stage).by_kind) == {"stem", "block", "transition"}
   manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"), options=ocp.CheckpointManagerOptions(max_to_keep=None))
-  scheduled = [procrustes.acts(step, probability=probability, every=every or None, seed=config.seed)
-               for step in (3, 4)]
+  scheduled = [procrustes.acts(step, probability=probability, every=every or None, seed=config.seed) for step in (3, 4)]
   assert every or set(scheduled) == {True, False}  # a projected and an unprojected step are both checked
   for step, acted in zip((3, 4), scheduled):  # the checkpoints kept: the last two steps
     params = manager.restore(step)["params"]
@@ -277,8 +290,7 @@ def test_the_train_mode_mini_batch_ratio_is_that_of_the_batch_the_next_step_trai
   batch of step 1, give other ratios."""
   from resnorm import records, signal, sweep, train
 
-  config = sweep.run_config(helpers.tiny_image_sweep(depths=(20,), settings=("preact_resnet",)),
-                            "preact_resnet", 20, 0)
+  config = sweep.run_config(helpers.tiny_image_sweep(depths=(20,), settings=("preact_resnet",)), "preact_resnet", 20, 0)
   config.checkpoint_every = 2
   assert config.signal.train_batch and config.signal.every == 2
   loop.train_and_evaluate(config, tmp_path)
@@ -291,8 +303,12 @@ def test_the_train_mode_mini_batch_ratio_is_that_of_the_batch_the_next_step_trai
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   loss_fn = train.loss_function(dataset.task)
 
-  gradients = {mode: jax.jit(lambda x, y, mode=mode: [g for _, g in signal.stream_gradients(
-      model, variables, x, y, loss_fn, train=mode)[0]]) for mode in (True, False)}
+  gradients = {
+    mode: jax.jit(
+      lambda x, y, mode=mode: [g for _, g in signal.stream_gradients(model, variables, x, y, loss_fn, train=mode)[0]]
+    )
+    for mode in (True, False)
+  }
 
   def whole_batch_ratios(step, train_mode):
     rows = data_lib.batch_indices(len(dataset.x_train), config.batch_size, step, loop.run_seed(config))

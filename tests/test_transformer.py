@@ -146,7 +146,9 @@ def test_deepnorm_sets_its_constants_from_depth_as_published(depth):
   and key weights untouched: each such kernel is b times post-LN's with the same key."""
   a, b = (2 * depth) ** 0.25, (8 * depth) ** -0.25
   deep, post = _model("deepnorm", depth=depth), _model("post_ln", depth=depth)
-  assert deep.layer_options()["skip_scale"] == pytest.approx(a) and deep.layer_options()["init_gain"] == pytest.approx(b)
+  assert deep.layer_options()["skip_scale"] == pytest.approx(a) and deep.layer_options()["init_gain"] == pytest.approx(
+    b
+  )
   tokens, _ = _batch()
   layers = [m.init(jax.random.key(1), tokens)["params"][probes.site_name(2, "block")] for m in (deep, post)]
   for name, gain in dict(query=1.0, key=1.0, value=b, output=b, mlp_in=b, mlp_out=b).items():
@@ -156,8 +158,19 @@ def test_deepnorm_sets_its_constants_from_depth_as_published(depth):
 def test_token_cosine_equals_the_mean_over_distinct_token_pairs():
   x = np.asarray(jax.random.normal(jax.random.key(0), (3, 5, 4)), np.float64)
   x[1] = x[1, :1] * np.arange(1, 6)[:, None]  # one sequence collapsed: every token the same direction
-  expected = np.mean([np.mean([x[b, s] @ x[b, t] / np.linalg.norm(x[b, s]) / np.linalg.norm(x[b, t])
-                               for s in range(5) for t in range(5) if s != t]) for b in range(3)])
+  expected = np.mean(
+    [
+      np.mean(
+        [
+          x[b, s] @ x[b, t] / np.linalg.norm(x[b, s]) / np.linalg.norm(x[b, t])
+          for s in range(5)
+          for t in range(5)
+          if s != t
+        ]
+      )
+      for b in range(3)
+    ]
+  )
   assert float(probes.token_cosine(jnp.asarray(x, jnp.float32))) == pytest.approx(expected, rel=1e-5)
   assert float(probes.token_cosine(jnp.asarray(x[1:2], jnp.float32))) == pytest.approx(1.0, rel=1e-6)
 
@@ -175,8 +188,11 @@ def test_the_stream_of_sequences_records_token_cosine_and_the_profile_keeps_it()
   for fn in _sub_blocks("post_ln", params, 1.0):
     x = fn(x)
     unit = np.asarray(x, np.float64) / np.linalg.norm(np.asarray(x, np.float64), axis=-1, keepdims=True)
-    expected.append(np.mean([unit[b, s] @ unit[b, t] for b in range(len(unit))
-                             for s in range(TOKENS) for t in range(TOKENS) if s != t]))
+    expected.append(
+      np.mean(
+        [unit[b, s] @ unit[b, t] for b in range(len(unit)) for s in range(TOKENS) for t in range(TOKENS) if s != t]
+      )
+    )
   np.testing.assert_allclose(profile["token_c"], expected, rtol=1e-5, strict=True)
   token_delta = np.abs(np.asarray(report.token_ratio, np.float64) - 1).mean(axis=(1, 2))
   np.testing.assert_allclose(profile["token_delta_mean"], token_delta, rtol=1e-12)
@@ -193,12 +209,15 @@ def test_bfloat16_runs_jitted_with_finite_ratios():
   assert np.isfinite(np.asarray(report.ratio)).all()
 
 
-@pytest.mark.parametrize("option, value, message", [
+@pytest.mark.parametrize(
+  "option, value, message",
+  [
     ("layout", "sandwich", "expected one of"),
     ("heads", 3, "a multiple of heads = 3"),
     ("pool", "max", "expected one of"),
     ("dtype", "float16", "expected one of"),
-])
+  ],
+)
 def test_bad_options_name_the_field(option, value, message):
   with pytest.raises(ValueError, match=f"{'width' if option == 'heads' else option}.*{message}"):
     _model(**{option: value})
@@ -236,8 +255,10 @@ def test_the_transformer_sweep_runs_end_to_end_and_a_group_of_branch_scales_equa
   summary = sweep.run_sweep(config, str(tmp_path / "sweep"), progress=False)
   assert list(summary.models) == ["pre_ln_zero_init", "pre_ln", "pre_ln_inv_L"]
   assert (tmp_path / "sweep" / "results.csv").exists() and (tmp_path / "sweep" / "delta_vs_depth.png").exists()
-  trained = {(setting, depth): records.read_run(tmp_path / "sweep" / sweep.RUNS / sweep.run_name(setting, depth, 0))
-             for setting, depth, _, _ in runs}
+  trained = {
+    (setting, depth): records.read_run(tmp_path / "sweep" / sweep.RUNS / sweep.run_name(setting, depth, 0))
+    for setting, depth, _, _ in runs
+  }
   reference = trained["pre_ln_zero_init", 2]
   assert reference.init.block.delta_max == 0 and reference.init.block.num_layers == 4
   assert set(reference.trained.by_kind) == {"attention", "block", "mlp"}
@@ -251,10 +272,12 @@ def test_the_transformer_sweep_runs_end_to_end_and_a_group_of_branch_scales_equa
     assert grouped.test_loss == pytest.approx(alone.test_loss, rel=1e-5), setting
     for stage in ("init", "trained"):
       assert grouped.measurement(stage).block.delta_max == pytest.approx(
-          alone.measurement(stage).block.delta_max, rel=1e-5), (setting, stage)
+        alone.measurement(stage).block.delta_max, rel=1e-5
+      ), (setting, stage)
   assert trained["pre_ln", 2].init.block.delta_max != trained["pre_ln_inv_L", 2].init.block.delta_max
   # Rank collapse in the tables: the tokens' cosine after the last block, the mean over the seeds.
   from resnorm import report
+
   family = summary.models["pre_ln"]
   assert family.trained.token_c_last[1] == pytest.approx(trained["pre_ln", 2].trained.profile["token_c"][-1])
   assert all(0 < c <= 1 for c in family.init.token_c_last + family.trained.token_c_last)

@@ -92,13 +92,13 @@ def _mlp_builder(residual: bool, linear: bool):
     validation.positive_int("width", options["width"])
     validation.positive_int("hidden", options["hidden"])
     return mlp.MLPStack(
-        depth=depth,
-        num_outputs=num_classes,
-        residual=residual,
-        linear=linear,
-        branch_scale=resolve_branch_scale(branch_scale, depth),
-        zero_init_last=zero_init_last,
-        **options,
+      depth=depth,
+      num_outputs=num_classes,
+      residual=residual,
+      linear=linear,
+      branch_scale=resolve_branch_scale(branch_scale, depth),
+      zero_init_last=zero_init_last,
+      **options,
     )
 
   return build
@@ -109,25 +109,32 @@ def _build_transformer(depth, num_classes, *, branch_scale="1", **options):
 
 
 def _resnet_family(name: str, **hooks) -> Family:
-  return Family(resnet.builder(name), dict(resnet.DEFAULTS), resnet.depth_check(name),
-                calibrate_batch_stats=resnet.calibrate_batch_stats, **hooks)
+  return Family(
+    resnet.builder(name),
+    dict(resnet.DEFAULTS),
+    resnet.depth_check(name),
+    calibrate_batch_stats=resnet.calibrate_batch_stats,
+    **hooks,
+  )
 
 
 FAMILIES: dict[str, Family] = {
-    "mlp_residual": Family(_mlp_builder(residual=True, linear=False), _RESIDUAL_MLP, block_stack=mlp.block_stack,
-                           construct=mlp.construct),
-    "mlp_plain": Family(_mlp_builder(residual=False, linear=False), dict(_MLP_COMMON), block_stack=mlp.block_stack),
-    "linear_residual": Family(_mlp_builder(residual=True, linear=True), _RESIDUAL_MLP, block_stack=mlp.block_stack),
-    # CIFAR image models (NHWC input, a `train` keyword): resnet, plain, preact_resnet,
-    # plain_preact, procresnet.
-    **{name: _resnet_family(name) for name in resnet.LAYOUTS if name != "procresnet"},
-    # Sequence models (inputs (batch, tokens) of ids, or (batch, tokens, features)).
-    "transformer": Family(_build_transformer, dict(transformer.DEFAULTS)),
-    "procresnet": _resnet_family(
-        "procresnet",
-        projection_targets=lambda input_shape, stem_convention="correct": resnet.procresnet_projection_targets(
-            input_shape[1:3], stem_convention),
+  "mlp_residual": Family(
+    _mlp_builder(residual=True, linear=False), _RESIDUAL_MLP, block_stack=mlp.block_stack, construct=mlp.construct
+  ),
+  "mlp_plain": Family(_mlp_builder(residual=False, linear=False), dict(_MLP_COMMON), block_stack=mlp.block_stack),
+  "linear_residual": Family(_mlp_builder(residual=True, linear=True), _RESIDUAL_MLP, block_stack=mlp.block_stack),
+  # CIFAR image models (NHWC input, a `train` keyword): resnet, plain, preact_resnet,
+  # plain_preact, procresnet.
+  **{name: _resnet_family(name) for name in resnet.LAYOUTS if name != "procresnet"},
+  # Sequence models (inputs (batch, tokens) of ids, or (batch, tokens, features)).
+  "transformer": Family(_build_transformer, dict(transformer.DEFAULTS)),
+  "procresnet": _resnet_family(
+    "procresnet",
+    projection_targets=lambda input_shape, stem_convention="correct": resnet.procresnet_projection_targets(
+      input_shape[1:3], stem_convention
     ),
+  ),
 }
 
 

@@ -104,8 +104,15 @@ class MLPStack(nn.Module):
 
   def block_options(self) -> dict:
     """The fields of every :class:`MLPBlock` of this stack."""
-    return dict(hidden=self.hidden, residual=self.residual, linear=self.linear, branch_scale=self.branch_scale,
-                zero_init_last=self.zero_init_last, layer_norm=self.layer_norm, dtype=self.dtype)
+    return dict(
+      hidden=self.hidden,
+      residual=self.residual,
+      linear=self.linear,
+      branch_scale=self.branch_scale,
+      zero_init_last=self.zero_init_last,
+      layer_norm=self.layer_norm,
+      dtype=self.dtype,
+    )
 
   @nn.compact
   def __call__(self, inputs, train: bool = False):
@@ -117,10 +124,10 @@ class MLPStack(nn.Module):
     x = probes.probe(self, probes.site_name(1, "stem"), x, x_in=stem_in, branch=x)
     block = nn.remat(MLPBlock, prevent_cse=False) if self.remat else MLPBlock
     blocks = nn.scan(
-        block,
-        variable_axes=SCAN_AXES,
-        split_rngs={"params": True},
-        length=self.depth,
+      block,
+      variable_axes=SCAN_AXES,
+      split_rngs={"params": True},
+      length=self.depth,
     )(**self.block_options(), name=probes.site_name(2, "block"))
     x, _ = blocks(x, None)
     return nn.Dense(self.num_outputs, kernel_init=lecun_normal, dtype=self.dtype, name="head")(x)
@@ -148,8 +155,9 @@ def block_stack(stack: MLPStack, variables, inputs) -> spectra.BlockStack:
     return block.apply(block_variables, x)[0]
 
   per_block = {k: v[blocks] for k, v in variables.items() if k in ("params", CONSTANTS)}
-  x0 = _stem(stack.width, stack.dtype).apply({"params": variables["params"]["stem"]},
-                                             inputs.reshape(inputs.shape[0], -1))
+  x0 = _stem(stack.width, stack.dtype).apply(
+    {"params": variables["params"]["stem"]}, inputs.reshape(inputs.shape[0], -1)
+  )
   _, block_inputs = jax.lax.scan(lambda x, v: (apply(v, x), x), x0, per_block)
   return spectra.BlockStack(apply, per_block, block_inputs)
 
@@ -197,11 +205,17 @@ def construct(stack: MLPStack, variables, target: targets.FlowTarget) -> Constru
   """
   d, hidden = target.dim, target.hidden
   if not stack.residual or stack.linear or stack.layer_norm:
-    raise validation.invalid("model", f"{type(stack).__name__}(residual={stack.residual}, linear={stack.linear}, "
-                             f"layer_norm={stack.layer_norm})", "a residual ReLU stack without LayerNorm")
+    raise validation.invalid(
+      "model",
+      f"{type(stack).__name__}(residual={stack.residual}, linear={stack.linear}, layer_norm={stack.layer_norm})",
+      "a residual ReLU stack without LayerNorm",
+    )
   if stack.width < d or stack.hidden < hidden or stack.num_outputs != d:
-    raise validation.invalid("model width, hidden, outputs", (stack.width, stack.hidden, stack.num_outputs),
-                             f"width >= {d}, hidden >= {hidden} and {d} outputs to represent the target")
+    raise validation.invalid(
+      "model width, hidden, outputs",
+      (stack.width, stack.hidden, stack.num_outputs),
+      f"width >= {d}, hidden >= {hidden} and {d} outputs to represent the target",
+    )
   params = variables["params"]
   blocks = probes.site_name(2, "block")
   fields = _block_fields(stack.depth, target)
@@ -215,19 +229,26 @@ def construct(stack: MLPStack, variables, target: targets.FlowTarget) -> Constru
 
   width = stack.width
   built = {
-      "stem": {"kernel": placed((d, width), np.eye(d), slice(None), slice(0, d)), "bias": np.zeros(width, np.float32)},
-      "head": {"kernel": placed((width, d), target.rotation.T, slice(0, d)), "bias": np.zeros(d, np.float32)},
-      blocks: {
-          "Dense_0": {"kernel": np.stack([placed((width, stack.hidden), target.u[k].T, slice(0, d), slice(0, hidden))
-                                          for k in fields]),
-                      "bias": np.stack([placed((stack.hidden,), target.b[k], slice(0, hidden)) for k in fields])},
-          "Dense_1": {"kernel": np.stack([placed((stack.hidden, width), step * target.v[k].T, slice(0, hidden),
-                                                 slice(0, d)) for k in fields]),
-                      "bias": np.zeros((stack.depth, width), np.float32)},
+    "stem": {"kernel": placed((d, width), np.eye(d), slice(None), slice(0, d)), "bias": np.zeros(width, np.float32)},
+    "head": {"kernel": placed((width, d), target.rotation.T, slice(0, d)), "bias": np.zeros(d, np.float32)},
+    blocks: {
+      "Dense_0": {
+        "kernel": np.stack(
+          [placed((width, stack.hidden), target.u[k].T, slice(0, d), slice(0, hidden)) for k in fields]
+        ),
+        "bias": np.stack([placed((stack.hidden,), target.b[k], slice(0, hidden)) for k in fields]),
       },
+      "Dense_1": {
+        "kernel": np.stack(
+          [placed((stack.hidden, width), step * target.v[k].T, slice(0, hidden), slice(0, d)) for k in fields]
+        ),
+        "bias": np.zeros((stack.depth, width), np.float32),
+      },
+    },
   }
   if jax.tree.structure(built) != jax.tree.structure(params):
     raise validation.invalid("variables", jax.tree.structure(params), f"the parameters of {type(stack).__name__}")
   bounds = target.num_maps / stack.depth * target.strength * target.lipschitz()[fields]
-  return Constructed({**variables, "params": jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), built, params)},
-                     bounds)
+  return Constructed(
+    {**variables, "params": jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), built, params)}, bounds
+  )

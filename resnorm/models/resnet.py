@@ -123,14 +123,14 @@ def conv(features: int, kernel: int, strides: int = 1, *, kernel_init=he_normal,
   """A bias-free ``kernel``×``kernel`` convolution, padded by ``kernel // 2``."""
   pad = kernel // 2
   return nn.Conv(
-      features,
-      (kernel, kernel),
-      strides=(strides, strides),
-      padding=((pad, pad), (pad, pad)),
-      use_bias=False,
-      kernel_init=kernel_init,
-      dtype=dtype,
-      name=name,
+    features,
+    (kernel, kernel),
+    strides=(strides, strides),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    kernel_init=kernel_init,
+    dtype=dtype,
+    name=name,
   )
 
 
@@ -171,27 +171,27 @@ def _variance(scale: float, distribution: str = "normal") -> Initializer:
 
 
 INITS = {
-    # He-normal on fan-out, Var = 2 / (kh·kw·c_out), for every convolution; Flax's Dense defaults
-    # (LeCun normal, truncated; zero bias).
-    "he_fan_out": Init(he_normal, he_normal, he_normal, nn.initializers.lecun_normal(),
-                       lambda fan_in: nn.initializers.zeros),
-    # The Chainer original (chainer.initializers.HeNormal, a normal of std scale·sqrt(2 / fan_in)):
-    # scale 1 in the blocks, stems and head, sqrt(1/2) for ProcResNet's stem and transitions,
-    # 0.01 for projection shortcuts; Chainer's zero Linear bias.
-    "chainer": Init(_variance(2.0), _variance(1.0), _variance(2.0 * 0.01**2), _variance(2.0),
-                    lambda fan_in: nn.initializers.zeros),
-    # PyTorch's defaults, which the port trains with (its main.py never calls init_params):
-    # kaiming_uniform(a=√5) for Conv2d and Linear weights, U(±sqrt(1/fan_in)), Var = 1/(3·fan_in);
-    # Linear bias U(±1/sqrt(fan_in)).
-    "pytorch": Init(*(_variance(1 / 3, "uniform"),) * 4, _uniform_bias),
+  # He-normal on fan-out, Var = 2 / (kh·kw·c_out), for every convolution; Flax's Dense defaults
+  # (LeCun normal, truncated; zero bias).
+  "he_fan_out": Init(
+    he_normal, he_normal, he_normal, nn.initializers.lecun_normal(), lambda fan_in: nn.initializers.zeros
+  ),
+  # The Chainer original (chainer.initializers.HeNormal, a normal of std scale·sqrt(2 / fan_in)):
+  # scale 1 in the blocks, stems and head, sqrt(1/2) for ProcResNet's stem and transitions,
+  # 0.01 for projection shortcuts; Chainer's zero Linear bias.
+  "chainer": Init(
+    _variance(2.0), _variance(1.0), _variance(2.0 * 0.01**2), _variance(2.0), lambda fan_in: nn.initializers.zeros
+  ),
+  # PyTorch's defaults, which the port trains with (its main.py never calls init_params):
+  # kaiming_uniform(a=√5) for Conv2d and Linear weights, U(±sqrt(1/fan_in)), Var = 1/(3·fan_in);
+  # Linear bias U(±1/sqrt(fan_in)).
+  "pytorch": Init(*(_variance(1 / 3, "uniform"),) * 4, _uniform_bias),
 }
 
 
 def batch_norm(train: bool, momentum: float, dtype) -> ModuleDef:
   """BatchNorm on the channel axis: batch statistics in training, running averages in eval."""
-  return functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype
-  )
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype)
 
 
 def pad_shortcut(x: jax.Array, features: int, strides: int) -> jax.Array:
@@ -254,8 +254,9 @@ class Bottleneck(nn.Module):
       return x + y, y
     if self.layout != "he2016" and not self.first:
       h = nn.relu(self.norm(name="shortcut_bn")(x))
-    shortcut = conv(out_features, 1, self.strides, kernel_init=self.inits.shortcut, dtype=self.dtype,
-                    name="shortcut")(h)
+    shortcut = conv(out_features, 1, self.strides, kernel_init=self.inits.shortcut, dtype=self.dtype, name="shortcut")(
+      h
+    )
     return shortcut + y, y
 
 
@@ -297,8 +298,16 @@ class _UnrolledStage(nn.Module):
     return x, None
 
 
-def stage(block: ModuleDef, length: int, name: str, *, scan: bool = True, remat: bool = False,
-          remat_policy: str = "nothing_saveable", scan_unroll: int = 1):
+def stage(
+  block: ModuleDef,
+  length: int,
+  name: str,
+  *,
+  scan: bool = True,
+  remat: bool = False,
+  remat_policy: str = "nothing_saveable",
+  scan_unroll: int = 1,
+):
   """``length`` identical blocks as one stream site ``name``: ``x, _ = stage(...)(x, None)``.
 
   ``scan_unroll`` blocks run per iteration of the scanned loop (the same network, fewer trips);
@@ -308,9 +317,9 @@ def stage(block: ModuleDef, length: int, name: str, *, scan: bool = True, remat:
     block = nn.remat(block, prevent_cse=not scan, policy=getattr(jax.checkpoint_policies, remat_policy))
   if not scan:
     return _UnrolledStage(block=block, length=length, name=name)
-  return nn.scan(
-      _ScanStep, variable_axes=SCAN_AXES, split_rngs={"params": True}, length=length, unroll=scan_unroll
-  )(block=block, name=name)
+  return nn.scan(_ScanStep, variable_axes=SCAN_AXES, split_rngs={"params": True}, length=length, unroll=scan_unroll)(
+    block=block, name=name
+  )
 
 
 # ----------------------------------------------------------------------------- networks
@@ -340,8 +349,13 @@ class _CifarNet(nn.Module):
     if norm is not None:
       x = nn.relu(norm(name="head_bn")(x))
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=self.inits.dense,
-                    bias_init=self.inits.dense_bias(x.shape[-1]), name="head")(x)
+    return nn.Dense(
+      self.num_classes,
+      dtype=jnp.float32,
+      kernel_init=self.inits.dense,
+      bias_init=self.inits.dense_bias(x.shape[-1]),
+      name="head",
+    )(x)
 
   def input_and_stem(self, x, sites, stem: Callable[[jax.Array], jax.Array]):
     """Probes the input and the stem's output ``stem(x)`` at sites ``00_input``, ``01_stem``."""
@@ -360,8 +374,9 @@ class _CifarNet(nn.Module):
     if not count:
       return x
     site = probes.site_name(next(sites), "block")
-    return stage(block, count, site, scan=self.scan, remat=self.remat, remat_policy=self.remat_policy,
-                 scan_unroll=self.scan_unroll)(x, None)[0]
+    return stage(
+      block, count, site, scan=self.scan, remat=self.remat, remat_policy=self.remat_policy, scan_unroll=self.scan_unroll
+    )(x, None)[0]
 
 
 class ResNet(_CifarNet):
@@ -393,8 +408,9 @@ class PreActResNet(_CifarNet):
       x = self.input_and_stem(x, sites, stem)
     else:
       x = self.input_and_stem(x, sites, lambda x: nn.relu(norm(name="stem_bn")(stem(x))))
-    block = functools.partial(Bottleneck, residual=self.residual, norm=norm, layout=self.layout,
-                              inits=self.inits, dtype=self.dtype)
+    block = functools.partial(
+      Bottleneck, residual=self.residual, norm=norm, layout=self.layout, inits=self.inits, dtype=self.dtype
+    )
     for base, strides in ((16, 1), (32, 2), (64, 2)):
       first = self.layout == "chainer" and base == 16
       x = self.transition(x, sites, functools.partial(block, features=self.width(base), strides=strides, first=first))
@@ -427,8 +443,9 @@ class ProcResNet(_CifarNet):
     block = functools.partial(Bottleneck, strides=1, residual=True, norm=norm, inits=self.inits, dtype=self.dtype)
     x = self.repeat(x, sites, functools.partial(block, features=self.width(16)), self.blocks)
     for base in (32, 64):
-      transition = functools.partial(_Transition, features=EXPANSION * self.width(base),
-                                     kernel_init=self.inits.linear, dtype=self.dtype)
+      transition = functools.partial(
+        _Transition, features=EXPANSION * self.width(base), kernel_init=self.inits.linear, dtype=self.dtype
+      )
       x = self.transition(x, sites, transition)
       x = self.repeat(x, sites, functools.partial(block, features=self.width(base)), self.blocks)
     return self.head(x, norm)
@@ -456,15 +473,24 @@ class Layout:
 
 
 LAYOUTS = {
-    "resnet": Layout(ResNet, True, 6, 2, (20, 32, 44, 56, 110, 1202)),
-    "plain": Layout(ResNet, False, 6, 2, (20, 32, 44, 56, 110, 1202)),
-    "preact_resnet": Layout(PreActResNet, True, 9, 2, (164, 272, 632, 1001)),
-    "plain_preact": Layout(PreActResNet, False, 9, 2, (164, 272, 632, 1001)),
-    "procresnet": Layout(ProcResNet, True, 9, 4, (166, 274, 634, 1003)),
+  "resnet": Layout(ResNet, True, 6, 2, (20, 32, 44, 56, 110, 1202)),
+  "plain": Layout(ResNet, False, 6, 2, (20, 32, 44, 56, 110, 1202)),
+  "preact_resnet": Layout(PreActResNet, True, 9, 2, (164, 272, 632, 1001)),
+  "plain_preact": Layout(PreActResNet, False, 9, 2, (164, 272, 632, 1001)),
+  "procresnet": Layout(ProcResNet, True, 9, 4, (166, 274, 634, 1003)),
 }
 # The options every family accepts (``create_model`` overrides), with their defaults.
-DEFAULTS = dict(width_multiplier=1.0, dtype="float32", bn_momentum=0.9, scan=True, remat=False,
-                remat_policy="nothing_saveable", scan_unroll=1, preact_layout="he2016", init="he_fan_out")
+DEFAULTS = dict(
+  width_multiplier=1.0,
+  dtype="float32",
+  bn_momentum=0.9,
+  scan=True,
+  remat=False,
+  remat_policy="nothing_saveable",
+  scan_unroll=1,
+  preact_layout="he2016",
+  init="he_fan_out",
+)
 # Pre-activation layouts (module docstring). ProcResNet is the same network in all three.
 PREACT_LAYOUTS = ("he2016", "chainer", "pytorch")
 # The post-activation families take only the defaults of these two options.
@@ -477,10 +503,10 @@ def depth_check(name: str) -> Callable[[int], None]:
 
   def check(depth: int) -> None:
     if (
-        isinstance(depth, bool)
-        or not isinstance(depth, int)
-        or depth < layout.per_block + layout.extra
-        or (depth - layout.extra) % layout.per_block
+      isinstance(depth, bool)
+      or not isinstance(depth, int)
+      or depth < layout.per_block + layout.extra
+      or (depth - layout.extra) % layout.per_block
     ):
       raise validation.invalid("depth", depth, layout.allowed(name))
 
@@ -497,8 +523,20 @@ def builder(name: str) -> Callable[..., nn.Module]:
   """``build(depth, num_classes, **DEFAULTS)`` for family ``name``; validates every option."""
   layout = LAYOUTS[name]
 
-  def build(depth, num_classes, *, width_multiplier, dtype, bn_momentum, scan, remat, remat_policy, scan_unroll,
-            preact_layout, init):
+  def build(
+    depth,
+    num_classes,
+    *,
+    width_multiplier,
+    dtype,
+    bn_momentum,
+    scan,
+    remat,
+    remat_policy,
+    scan_unroll,
+    preact_layout,
+    init,
+  ):
     validation.positive_float("width_multiplier", width_multiplier)
     validation.one_of("dtype", dtype, DTYPES)
     if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum < 1:
@@ -508,21 +546,24 @@ def builder(name: str) -> Callable[..., nn.Module]:
     if layout.network is ResNet:
       for field, value in (("preact_layout", preact_layout), ("init", init)):
         if value != _POST_ACTIVATION[field]:
-          raise validation.invalid(field, value, f"{_POST_ACTIVATION[field]!r} for {name}: a post-activation "
-                                   "family, which the reference codes do not have")
+          raise validation.invalid(
+            field,
+            value,
+            f"{_POST_ACTIVATION[field]!r} for {name}: a post-activation family, which the reference codes do not have",
+          )
     return layout.network(
-        blocks=layout.blocks(depth),
-        num_classes=num_classes,
-        width_multiplier=float(width_multiplier),
-        residual=layout.residual,
-        bn_momentum=float(bn_momentum),
-        dtype=DTYPES[dtype],
-        scan=_flag("scan", scan),
-        remat=_flag("remat", remat),
-        remat_policy=validation.one_of("remat_policy", remat_policy, REMAT_POLICIES),
-        scan_unroll=validation.positive_int("scan_unroll", scan_unroll),
-        layout=preact_layout,
-        inits=INITS[init],
+      blocks=layout.blocks(depth),
+      num_classes=num_classes,
+      width_multiplier=float(width_multiplier),
+      residual=layout.residual,
+      bn_momentum=float(bn_momentum),
+      dtype=DTYPES[dtype],
+      scan=_flag("scan", scan),
+      remat=_flag("remat", remat),
+      remat_policy=validation.one_of("remat_policy", remat_policy, REMAT_POLICIES),
+      scan_unroll=validation.positive_int("scan_unroll", scan_unroll),
+      layout=preact_layout,
+      inits=INITS[init],
     )
 
   return build
@@ -545,13 +586,12 @@ def calibrate_batch_stats(model: nn.Module, variables: Mapping[str, Any], inputs
 # Parameter paths of ProcResNet's projected kernels: its stem and two transitions, whose
 # stream sites are 01, 03 and 05 whatever n is.
 PROCRESNET_STEM = ("stem", "kernel")
-PROCRESNET_TRANSITIONS = tuple(
-    (f"{probes.site_name(index, 'transition')}_layer", "conv", "kernel") for index in (3, 5)
-)
+PROCRESNET_TRANSITIONS = tuple((f"{probes.site_name(index, 'transition')}_layer", "conv", "kernel") for index in (3, 5))
 
 
-def procresnet_projection_targets(image_shape=(32, 32), stem_convention: str = "correct"
-                                  ) -> dict[tuple[str, ...], ConvTarget]:
+def procresnet_projection_targets(
+  image_shape=(32, 32), stem_convention: str = "correct"
+) -> dict[tuple[str, ...], ConvTarget]:
   """ProcResNet's kernels for :func:`resnorm.procrustes.procrustes`, keyed by parameter path.
 
   The stem (3×3, stride 1) acts on the image, the first transition (1×1, stride 2) on the
@@ -572,7 +612,7 @@ def procresnet_projection_targets(image_shape=(32, 32), stem_convention: str = "
   height, width = validation.spatial_shape("image_shape", image_shape)
   half = (-(-height // 2), -(-width // 2))
   return {
-      PROCRESNET_STEM: ConvTarget((height, width), stride=1, convention=stem_convention),
-      PROCRESNET_TRANSITIONS[0]: ConvTarget((height, width), stride=2),
-      PROCRESNET_TRANSITIONS[1]: ConvTarget(half, stride=2),
+    PROCRESNET_STEM: ConvTarget((height, width), stride=1, convention=stem_convention),
+    PROCRESNET_TRANSITIONS[0]: ConvTarget((height, width), stride=2),
+    PROCRESNET_TRANSITIONS[1]: ConvTarget(half, stride=2),
   }

@@ -44,8 +44,19 @@ from resnorm.models import mlp
 LAYOUTS = ("pre_ln", "post_ln", "rezero", "deepnorm")
 POOLS = ("none", "mean")
 DTYPES = ("float32", "bfloat16")
-DEFAULTS = dict(width=64, heads=4, hidden=256, layout="pre_ln", branch_scale="1", zero_init=False, causal=True,
-                vocab_size=0, max_length=256, pool="none", dtype="float32")
+DEFAULTS = dict(
+  width=64,
+  heads=4,
+  hidden=256,
+  layout="pre_ln",
+  branch_scale="1",
+  zero_init=False,
+  causal=True,
+  vocab_size=0,
+  max_length=256,
+  pool="none",
+  dtype="float32",
+)
 SUB_BLOCKS = (probes.site_name(0, "attention"), probes.site_name(1, "mlp"))
 
 
@@ -139,9 +150,17 @@ class TransformerStack(nn.Module):
   def layer_options(self) -> dict:
     """The fields of every :class:`TransformerLayer` of this stack."""
     skip_scale, init_gain = deepnorm_constants(self.depth) if self.layout == "deepnorm" else (1.0, 1.0)
-    return dict(heads=self.heads, hidden=self.hidden, layout=self.layout, branch_scale=self.branch_scale,
-                zero_init=self.zero_init, causal=self.causal, skip_scale=skip_scale, init_gain=init_gain,
-                dtype=self.dtype)
+    return dict(
+      heads=self.heads,
+      hidden=self.hidden,
+      layout=self.layout,
+      branch_scale=self.branch_scale,
+      zero_init=self.zero_init,
+      causal=self.causal,
+      skip_scale=skip_scale,
+      init_gain=init_gain,
+      dtype=self.dtype,
+    )
 
   @nn.compact
   def __call__(self, inputs, train: bool = False):
@@ -150,8 +169,9 @@ class TransformerStack(nn.Module):
     if tokens > self.max_length:
       raise validation.invalid("inputs.shape[1]", tokens, f"at most max_length = {self.max_length} tokens")
     if self.vocab_size:
-      x = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(1.0), dtype=self.dtype,
-                   name="stem")(inputs)
+      x = nn.Embed(
+        self.vocab_size, self.width, embedding_init=nn.initializers.normal(1.0), dtype=self.dtype, name="stem"
+      )(inputs)
     else:
       inputs = probes.probe(self, probes.site_name(0, "input"), inputs)
       x = nn.Dense(self.width, kernel_init=xavier_normal(), dtype=self.dtype, name="stem")(inputs)
@@ -159,10 +179,10 @@ class TransformerStack(nn.Module):
     x = x + jnp.asarray(positions[:tokens], x.dtype)
     x = probes.probe(self, probes.site_name(1, "stem"), x, x_in=None if self.vocab_size else inputs, branch=x)
     layers = nn.scan(
-        TransformerLayer,
-        variable_axes=mlp.SCAN_AXES,
-        split_rngs={"params": True},
-        length=self.depth,
+      TransformerLayer,
+      variable_axes=mlp.SCAN_AXES,
+      split_rngs={"params": True},
+      length=self.depth,
     )(**self.layer_options(), name=probes.site_name(2, "block"))
     x, _ = layers(x, None)
     if self.layout in ("pre_ln", "rezero"):
@@ -172,8 +192,20 @@ class TransformerStack(nn.Module):
     return nn.Dense(self.num_outputs, kernel_init=xavier_normal(), dtype=self.dtype, name="head")(x)
 
 
-def build(depth: int, num_classes: int, *, layout: str, pool: str, heads: int, width: int, hidden: int,
-          vocab_size: int, max_length: int, dtype: str, **options) -> TransformerStack:
+def build(
+  depth: int,
+  num_classes: int,
+  *,
+  layout: str,
+  pool: str,
+  heads: int,
+  width: int,
+  hidden: int,
+  vocab_size: int,
+  max_length: int,
+  dtype: str,
+  **options,
+) -> TransformerStack:
   """A :class:`TransformerStack`, its options checked (the names are the config's ``model.*``)."""
   validation.one_of("layout", layout, LAYOUTS)
   validation.one_of("pool", pool, POOLS)
@@ -184,5 +216,16 @@ def build(depth: int, num_classes: int, *, layout: str, pool: str, heads: int, w
     raise validation.invalid("width", width, f"a multiple of heads = {heads}")
   if vocab_size < 0:
     raise validation.invalid("vocab_size", vocab_size, "0 (real-valued inputs) or the number of token ids")
-  return TransformerStack(depth=depth, num_outputs=num_classes, layout=layout, pool=pool, heads=heads, width=width,
-                          hidden=hidden, vocab_size=vocab_size, max_length=max_length, dtype=jnp.dtype(dtype), **options)
+  return TransformerStack(
+    depth=depth,
+    num_outputs=num_classes,
+    layout=layout,
+    pool=pool,
+    heads=heads,
+    width=width,
+    hidden=hidden,
+    vocab_size=vocab_size,
+    max_length=max_length,
+    dtype=jnp.dtype(dtype),
+    **options,
+  )
