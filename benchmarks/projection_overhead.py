@@ -46,8 +46,8 @@ def compiled_step(model, tx, batch, project=None):
   :func:`host_scheduled` at probability 0.5), warmed up, its state, and the seconds its first
   call took (compilation)."""
   if project == "host":
-    steps = {choice: common.library_step(model, tx, batch, project=choice)[0] for choice in (False, True)}
-    step, state = host_scheduled(steps, 0.5), common.library_step(model, tx, batch)[1]
+    (unprojected, state), (projecting, _) = (common.library_step(model, tx, batch, project=c) for c in (False, True))
+    step = host_scheduled({False: unprojected, True: projecting}, 0.5)
   else:
     step, state = common.library_step(model, tx, batch, project=project)
   start = time.perf_counter()
