@@ -41,6 +41,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import gc
 import json
 import math
 import os
@@ -53,6 +54,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -92,6 +94,48 @@ def build_model(config, num_outputs: int):
     num_classes=num_outputs,
     **models.accepted_options(config.model.name, options, prefix=""),
   )
+
+
+def models_define_no_class(configs, dataset) -> bool:
+  """Whether threads may trace the models of ``configs`` at the same time.
+
+  Traces each distinct model once, abstractly (``jax.eval_shape`` of its ``init``: nothing
+  compiles), so that the lifted classes it defines (:mod:`resnorm.models.lifted`) exist before any
+  thread traces it; then traces one model of each family again and returns whether that defined
+  no flax module class. A model that lifts its blocks with ``nn.scan`` or ``nn.remat`` inside
+  ``__call__`` defines a class at every trace, and defining one edits its bases in place for a
+  moment, which a thread tracing the same blocks meanwhile can see.
+  """
+  distinct = {json.dumps(c.model.to_dict(), sort_keys=True, default=str): c for c in configs}
+  families = {c.model.name: c for c in distinct.values()}
+
+  def trace(config):
+    model = build_model(config, dataset.num_outputs)
+    jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), dataset.x_train[:1])
+
+  for config in distinct.values():
+    trace(config)
+  collecting = gc.isenabled()
+  gc.disable()  # a class is freed only by the cycle collector: none defined below goes unseen
+  try:
+    before = _module_classes()
+    for config in families.values():
+      trace(config)
+    return _module_classes() <= before
+  finally:
+    if collecting:
+      gc.enable()
+
+
+def _module_classes() -> set[type]:
+  """Every subclass of ``flax.linen.Module`` alive, at any depth."""
+  found, todo = set(), [nn.Module]
+  while todo:
+    for subclass in todo.pop().__subclasses__():
+      if subclass not in found:
+        found.add(subclass)
+        todo.append(subclass)
+  return found
 
 
 def shardings(devices) -> tuple[jax.sharding.NamedSharding, jax.sharding.NamedSharding]:

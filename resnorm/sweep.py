@@ -174,6 +174,14 @@ def _run_sweep(config, workdir, dataset, runs, progress: bool) -> records.SweepS
     # One process: `parallel_runs` groups at a time, so one group's compilation (single-threaded)
     # overlaps another's training. Several: one at a time, in the same order on every process.
     threads = config.parallel_runs if jax.process_count() == 1 else 1
+    if threads > 1 and not loop.models_define_no_class([run[3] for group in by_cost for run in group], dataset):
+      logging.warning(
+        "a model defines a flax class each time it is traced (nn.scan or nn.remat inside __call__; "
+        "resnorm.models.lifted defines each once): its threads could see a class half-defined, so the "
+        "groups train one at a time instead of parallel_runs = %d",
+        threads,
+      )
+      threads = 1
     with loop.sigterm_stops():
       results = _run_all(by_cost, workdir, dataset, threads, progress and jax.process_index() == 0)
   summary = summarize(

@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from resnorm import probes, validation
-from resnorm.models import mlp
+from resnorm.models import lifted, mlp
 
 LAYOUTS = ("pre_ln", "post_ln", "rezero", "deepnorm")
 POOLS = ("none", "mean")
@@ -178,12 +178,9 @@ class TransformerStack(nn.Module):
     positions = self.param("positions", nn.initializers.normal(0.02), (self.max_length, self.width))
     x = x + jnp.asarray(positions[:tokens], x.dtype)
     x = probes.probe(self, probes.site_name(1, "stem"), x, x_in=None if self.vocab_size else inputs, branch=x)
-    layers = nn.scan(
-      TransformerLayer,
-      variable_axes=mlp.SCAN_AXES,
-      split_rngs={"params": True},
-      length=self.depth,
-    )(**self.layer_options(), name=probes.site_name(2, "block"))
+    layers = lifted.scan(TransformerLayer, length=self.depth, variable_axes=mlp.SCAN_AXES)(
+      **self.layer_options(), name=probes.site_name(2, "block")
+    )
     x, _ = layers(x, None)
     if self.layout in ("pre_ln", "rezero"):
       x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
