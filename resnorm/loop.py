@@ -887,8 +887,9 @@ def _initial_states(configs, seeds, dataset, steps_per_epoch: int, sharding):
   """Every member's initial train state, stacked, and per member what its construction promises
   (None for a random start).
 
-  Members that start alike (the same model options, start and optimizer) are created together;
-  the stacks are joined in member order. A constructed start replaces the parameters by the
+  Members that start alike (the same model options, start and optimizer) are created together,
+  and every kind by one program (:func:`resnorm.train.create_train_states`); the stacks are joined
+  in member order. A constructed start replaces the parameters by the
   theorem's network for the data's teacher (:attr:`resnorm.models.Family.construct`) and keeps
   the optimizer state as created: Adam's and SGD's depend only on the parameters' shapes.
   """
@@ -902,12 +903,17 @@ def _initial_states(configs, seeds, dataset, steps_per_epoch: int, sharding):
       [],
     ).append(m)
   parts, constructions = [None] * len(configs), [None] * len(configs)
-  for members in kinds.values():
+  starts = [
+    (
+      build_model(configs[members[0]], dataset.num_outputs),
+      optimizer(configs[members[0]], dataset, steps_per_epoch),
+      jnp.stack([jax.random.key(seeds[m]) for m in members]),
+    )
+    for members in kinds.values()
+  ]
+  states = train.create_train_states(starts, dataset.x_train[:1], compiler_options=seldom_options())
+  for members, (model, _, _), state in zip(kinds.values(), starts, states):
     config = configs[members[0]]
-    model = build_model(config, dataset.num_outputs)
-    tx = optimizer(config, dataset, steps_per_epoch)
-    keys = jnp.stack([jax.random.key(seeds[m]) for m in members])
-    state = train.create_train_states(model, keys, dataset.x_train[:1], tx, compiler_options=seldom_options())
     if config.get("init_from", "random") == "constructed":
       template = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), state.params)
       built = models.family(config.model.name).construct(model, {"params": template}, dataset.flow)

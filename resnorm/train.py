@@ -119,11 +119,18 @@ def create_train_state(model, rng, sample_inputs, tx, sharding=None) -> TrainSta
   return jax.jit(_create(model, tx), out_shardings=sharding)(rng, sample_inputs)
 
 
-def create_train_states(model, rngs, sample_inputs, tx, sharding=None, compiler_options=None) -> TrainState:
-  """:func:`create_train_state` for every key of ``rngs`` (M,), stacked on a leading member axis:
-  member m holds exactly what ``create_train_state(model, rngs[m], ...)`` returns."""
-  create = jax.vmap(_create(model, tx), in_axes=(0, None))
-  return jax.jit(create, out_shardings=sharding, compiler_options=compiler_options)(rngs, sample_inputs)
+def create_train_states(starts, sample_inputs, sharding=None, compiler_options=None) -> list[TrainState]:
+  """Per ``(model, tx, rngs)`` of ``starts``, :func:`create_train_state` for every key of ``rngs``
+  (M,), stacked on a leading member axis: member m holds exactly what ``create_train_state(model,
+  rngs[m], sample_inputs, tx)`` returns. One compiled program creates them all (a sweep group's
+  kinds of start: one compile, not one per kind)."""
+  creates = [jax.vmap(_create(model, tx), in_axes=(0, None)) for model, tx, _ in starts]
+
+  def create_all(rngs, sample_inputs):
+    return [create(keys, sample_inputs) for create, keys in zip(creates, rngs)]
+
+  program = jax.jit(create_all, out_shardings=sharding, compiler_options=compiler_options)
+  return program([rngs for *_, rngs in starts], sample_inputs)
 
 
 def _create(model, tx):

@@ -31,14 +31,17 @@ def test_a_group_equals_its_runs_one_by_one(tmp_path, monkeypatch):
   """Four runs of two settings in one vmapped program against each alone: the same initial keys,
   batches and steps, so the same numbers up to float rounding (a batched matrix product may sum
   in another order): losses and δ statistics to 1e-5 relative after 20 Adam steps. One trace of
-  the stretch program serves the whole group."""
-  traces = []
-  real = train.train_steps
+  the stretch program serves the whole group, and one program creates its two kinds of start."""
+  traces, creates = [], []
+  real, real_create = train.train_steps, train.create_train_states
   monkeypatch.setattr(train, "train_steps", lambda *args, **kwargs: traces.append(1) or real(*args, **kwargs))
+  monkeypatch.setattr(
+    train, "create_train_states", lambda starts, *a, **k: creates.append(len(starts)) or real_create(starts, *a, **k)
+  )
   together = loop.train_group(MEMBERS, [tmp_path / "group" / str(i) for i in range(4)])
-  assert len(traces) == 1 and all(r.group_size == 4 for r in together)
+  assert len(traces) == 1 and creates == [2] and all(r.group_size == 4 for r in together)
   alone = [loop.train_and_evaluate(config, tmp_path / "alone" / str(i)) for i, config in enumerate(MEMBERS)]
-  assert len(traces) == 5
+  assert len(traces) == 5 and creates == [2, 1, 1, 1, 1]
   for a, b in zip(together, alone):
     assert a.seed == b.seed and a.steps == b.steps == 20 and b.group_size == 1
     for key in ("train_loss", "test_loss", "init_test_loss"):
