@@ -11,10 +11,11 @@ and writing the outputs and the figures; each net of the compilation that happen
 
 The floor: one compiled stretch of ``--floor_steps`` steps of a stack of the sweep's own blocks
 at the largest depth (batch, width and hidden of the config; one run, the library's
-:func:`resnorm.train.train_steps`, no host work), the fastest of five calls after compiling;
-its seconds per block-step times the sweep's member-block-steps (Σ over runs of steps × depth)
-is the time the arithmetic takes on one core. The row records the wall time over that floor. ``--long_run``
-times one run of the reference setting at the largest depth for that many steps the same way.
+:func:`resnorm.train.train_steps`, no host work), the fastest of five calls after compiling,
+measured before and after the timed runs, the lower of the two; its seconds per block-step times
+the sweep's member-block-steps (Σ over runs of steps × depth) is the time the arithmetic takes on
+one core. The row records the wall time over that floor. ``--long_run`` times one run of the
+reference setting at the largest depth for that many steps the same way.
 """
 
 import collections
@@ -156,16 +157,31 @@ def main(argv):
   for figure in ("delta_vs_depth", "task_vs_depth", "constructed_vs_trained", "ratio_profile", "delta_during_training"):
     clock.wrap(plots, figure, "figures")
   clock.wrap(sweep, "write_outputs", "outputs and figures")
-  per_block_step = floor_seconds_per_block_step(config, _FLOOR_STEPS.value)
-  floor = per_block_step * block_steps(config)
-  rows = []
+  # The floor is measured before and after the timed runs and the lower taken: on a shared machine
+  # the same stretch has run 1.7× slower in one hour than in the next.
+  measured = [floor_seconds_per_block_step(config, _FLOOR_STEPS.value)]
+  sweeps = []
   for variant in ("first run", "rerun, compilation cache warm")[: 2 if _RERUN.value else 1]:
     clock.seconds.clear()
     wall = timed_sweep(config)
     parts = dict(clock.seconds)
     parts["outputs and figures"] = parts.get("outputs and figures", 0.0) - parts.get("figures", 0.0)
-    runs = len(sweep.plan(config))
-    groups = len(sweep.groups(sweep.plan(config)))
+    sweeps.append((variant, wall, parts))
+  if _LONG_RUN.value:
+    single = [run for run in sweep.plan(config) if run[1] == max(config.depths)][0][3]
+    steps = _LONG_RUN.value
+    single.num_steps, single.log_every, single.signal.every = steps, steps // 8, steps // 4
+    with tempfile.TemporaryDirectory() as workdir:
+      start = time.perf_counter()
+      loop.train_and_evaluate(single, workdir)
+      long_wall = time.perf_counter() - start
+  measured.append(floor_seconds_per_block_step(config, _FLOOR_STEPS.value))
+  per_block_step = min(measured)
+  print(f"floor per block-step measured before and after: {', '.join(f'{1e6 * s:.1f} µs' for s in measured)}")
+  floor = per_block_step * block_steps(config)
+  runs, groups = len(sweep.plan(config)), len(sweep.groups(sweep.plan(config)))
+  rows = []
+  for variant, wall, parts in sweeps:
     print(
       f"{variant}: {runs} runs in {groups} programs, wall {wall:.1f} s; floor {floor:.1f} s "
       f"({1e6 * per_block_step:.1f} µs per block-step × {block_steps(config)}): {wall / floor:.2f}× the floor"
@@ -188,21 +204,15 @@ def main(argv):
         runs=runs,
         programs=groups,
         us_per_block_step=1e6 * per_block_step,
+        us_per_block_step_measured=[1e6 * s for s in measured],
         parts={k: round(v, 2) for k, v in parts.items()},
       )
     )
   if _LONG_RUN.value:
-    single = [run for run in sweep.plan(config) if run[1] == max(config.depths)][0][3]
-    steps = _LONG_RUN.value
-    single.num_steps, single.log_every, single.signal.every = steps, steps // 8, steps // 4
     floor = per_block_step * single.num_steps * single.model.depth
-    with tempfile.TemporaryDirectory() as workdir:
-      start = time.perf_counter()
-      loop.train_and_evaluate(single, workdir)
-      wall = time.perf_counter() - start
     print(
-      f"one run of {single.setting} at L = {single.model.depth}, {single.num_steps} steps: wall {wall:.1f} s; "
-      f"floor {floor:.1f} s: {wall / floor:.2f}× the floor"
+      f"one run of {single.setting} at L = {single.model.depth}, {single.num_steps} steps: wall {long_wall:.1f} s; "
+      f"floor {floor:.1f} s: {long_wall / floor:.2f}× the floor"
     )
     rows.append(
       common.row(
@@ -214,9 +224,9 @@ def main(argv):
         f"one run of {single.num_steps} steps",
         None,
         None,
-        wall_s=wall,
+        wall_s=long_wall,
         floor_s=floor,
-        over_floor=wall / floor,
+        over_floor=long_wall / floor,
         us_per_block_step=1e6 * per_block_step,
       )
     )

@@ -361,26 +361,24 @@ def _small_filesystem_or_skip(directory) -> None:
     pytest.skip(f"this machine does not let a test mount a small filesystem: {probe.stderr.strip()}")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("share", [0.3, 0.7])
-def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_is_exact(tmp_path, share):
-  """The sweep (two runs, checkpoints every 50 steps, figures) on a tmpfs of ``share`` of the size
-  of its outputs, in a mount namespace of its own: exit 1, one line naming what could not be
-  written and that the disk is full, no traceback. The filesystem grown (remounted larger), the
-  same command finishes with the runs of a sweep that never ran short of space."""
-  small = tmp_path / "small"
-  small.mkdir()
-  _small_filesystem_or_skip(small)
-  flags = [
-    arg.replace("num_steps=2000", "num_steps=200").replace("checkpoint_every=0", "checkpoint_every=50")
-    for arg in SWEEP_FLAGS
-  ]
+FULL_DISK_FLAGS = [
+  arg.replace("num_steps=2000", "num_steps=200").replace("checkpoint_every=0", "checkpoint_every=50")
+  for arg in SWEEP_FLAGS
+]
 
-  def command(workdir):
-    return " ".join([sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *(f'"{f}"' for f in flags)])
 
+def _full_disk_command(workdir):
+  return " ".join(
+    [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *(f'"{f}"' for f in FULL_DISK_FLAGS)]
+  )
+
+
+@pytest.fixture(scope="module")
+def straight_sweep(tmp_path_factory):
+  """The full-disk tests' sweep run with room to spare, and the KiB its outputs take."""
+  workdir = tmp_path_factory.mktemp("full_disk") / "straight"
   straight = subprocess.run(
-    command(tmp_path / "straight"),
+    _full_disk_command(workdir),
     shell=True,
     cwd=helpers.REPO,
     env=helpers.cpu_env(),
@@ -389,16 +387,28 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_is_exac
     check=False,
   )
   assert straight.returncode == 0, straight.stderr[-2000:]
-  needed = int(
-    subprocess.run(["du", "-sk", tmp_path / "straight"], capture_output=True, text=True, check=True).stdout.split()[0]
-  )
+  size = subprocess.run(["du", "-sk", workdir], capture_output=True, text=True, check=True).stdout.split()[0]
+  return workdir, int(size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share", [0.3, 0.7])
+def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_is_exact(tmp_path, straight_sweep, share):
+  """The sweep (two runs, checkpoints every 50 steps, figures) on a tmpfs of ``share`` of the size
+  of its outputs, in a mount namespace of its own: exit 1, one line naming what could not be
+  written and that the disk is full, no traceback. The filesystem grown (remounted larger), the
+  same command finishes with the runs of a sweep that never ran short of space."""
+  small = tmp_path / "small"
+  small.mkdir()
+  _small_filesystem_or_skip(small)
+  straight, needed = straight_sweep
   out = tmp_path / "out"
   out.mkdir()
   script = f"""
     mount -t tmpfs -o size={int(share * needed)}k tmpfs {small}
-    {command(small / "sweep")} > {out}/full.out 2> {out}/full.err; echo $? > {out}/full.rc
+    {_full_disk_command(small / "sweep")} > {out}/full.out 2> {out}/full.err; echo $? > {out}/full.rc
     mount -o remount,size={4 * needed}k {small}
-    {command(small / "sweep")} > {out}/rerun.out 2> {out}/rerun.err; echo $? > {out}/rerun.rc
+    {_full_disk_command(small / "sweep")} > {out}/rerun.out 2> {out}/rerun.err; echo $? > {out}/rerun.rc
     cp -r {small}/sweep {out}/sweep
   """
   subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=helpers.REPO, env=helpers.cpu_env(), check=True)
@@ -409,10 +419,7 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_is_exac
   assert "Traceback" not in full_err, full_err[-3000:]
   assert (out / "rerun.rc").read_text().strip() == "0", (out / "rerun.err").read_text()[-2000:]
   for setting in ("residual_zero_init", "plain"):
-    a, b = (
-      records.read_run(root / sweep.RUNS / sweep.run_name(setting, 2, 0))
-      for root in (tmp_path / "straight", out / "sweep")
-    )
+    a, b = (records.read_run(root / sweep.RUNS / sweep.run_name(setting, 2, 0)) for root in (straight, out / "sweep"))
     assert (b.steps, b.test_loss, b.trained, b.history) == (a.steps, a.test_loss, a.trained, a.history), setting
 
 
