@@ -889,9 +889,9 @@ def _initial_states(configs, seeds, dataset, steps_per_epoch: int, sharding):
 
   Members that start alike (the same model options, start and optimizer) are created together,
   and every kind by one program (:func:`resnorm.train.create_train_states`); the stacks are joined
-  in member order. A constructed start replaces the parameters by the
-  theorem's network for the data's teacher (:attr:`resnorm.models.Family.construct`) and keeps
-  the optimizer state as created: Adam's and SGD's depend only on the parameters' shapes.
+  in member order. A constructed start replaces the parameters by the theorem's network for the
+  data's teacher (:attr:`resnorm.models.Family.construct`) and keeps the optimizer state as
+  created: Adam's and SGD's depend only on the parameters' shapes.
   """
   kinds = {}
   for m, config in enumerate(configs):
