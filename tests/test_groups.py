@@ -56,6 +56,7 @@ def test_a_group_equals_its_runs_one_by_one(tmp_path, monkeypatch):
   assert together[0].train_loss != together[1].train_loss  # and the seeds
 
 
+@pytest.mark.slow
 def test_an_image_group_with_batch_norm_and_sgd_equals_its_runs_one_by_one(tmp_path):
   """Two seeds of the image sweep's ResNet (BatchNorm running statistics in the state, SGD with
   momentum and weight decay on a cosine schedule) as one program and alone: the sweep groups them,

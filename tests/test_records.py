@@ -132,6 +132,7 @@ def test_records_on_a_cloud_workdir(tmp_path):
   assert (tmp_path / "bucket" / "sweep" / "runs" / "a" / "signal.jsonl").read_text() == '{"step": 1}\n'
 
 
+@pytest.mark.slow
 def test_a_sweep_on_a_cloud_workdir_reuses_its_runs_and_aggregates(tmp_path, monkeypatch):
   """Two single-depth sweeps written to gs://, run again (the finished runs are reused), then
   merged into a third gs:// workdir: the merge equals a local joint sweep's summary."""

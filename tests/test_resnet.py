@@ -319,6 +319,7 @@ def test_depth_is_a_scan_length():
 # ----------------------------------------------------------------------------- scan vs unrolled
 
 
+@pytest.mark.slow
 def test_scanned_and_unrolled_builds_agree():
   """Same parameters -> same logits, updated statistics, parameter gradients, and probe
   gradients and statistics (one train-mode forward and backward pass per build), with and
