@@ -375,7 +375,9 @@ def _full_disk_command(workdir):
 
 @pytest.fixture(scope="module")
 def straight_sweep(tmp_path_factory):
-  """The full-disk tests' sweep run with room to spare, and the KiB its outputs take."""
+  """The full-disk tests' sweep run with room to spare, and the KiB its outputs take (not run on a
+  machine where the tests cannot mount their small filesystem: they skip)."""
+  _small_filesystem_or_skip(tmp_path_factory.mktemp("mount_probe"))
   workdir = tmp_path_factory.mktemp("full_disk") / "straight"
   straight = subprocess.run(
     _full_disk_command(workdir),
