@@ -206,17 +206,49 @@ def evaluate(eval_fn, state, dataset, batch_size, sharding) -> list[dict[str, fl
   return results
 
 
-def seldom_options() -> dict | None:
-  """The compiler options of programs a run calls a handful of times (initialisation,
-  measurements, evaluations): on XLA:CPU, compiling them with LLVM's optimisations costs more than
-  it saves, so they compile without. (A function: the backend must not start at import, before
-  ``jax.distributed.initialize``.)"""
-  return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+# A seldom program whose group holds fewer parameters than this (all members together) compiles
+# through XLA:CPU's older LLVM-IR emitters: 2–8× faster to compile, 1.1–1.8× slower to run, which
+# the measurements of the default sweep's groups at L = 128 (1.6 M and 10 M parameters) do not
+# repay, and those at L ≤ 32 (the same sweep's others but one) do (benchmarks/RESULTS.md, section 1).
+FUSED_ABOVE_PARAMETERS = 1_000_000
+UNFUSED_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
-def jit_seldom(fn, **kwargs):
+def seldom_options(parameters: int = 0) -> dict | None:
+  """The compiler options of a program a run calls a handful of times (creating its state,
+  measurements, evaluations) for a group of ``parameters`` parameters in all: on XLA:CPU, LLVM's
+  optimisations cost more to compile than they save, so it compiles at optimisation level 0, and
+  below :data:`FUSED_ABOVE_PARAMETERS` through the older emitters too (``parameters = 0``: a
+  program run once, such as the one creating a group's state, whose values are the same to the
+  bit either way). An XLA that does not know the emitter option gets the level alone. (A
+  function: the backend must not start at import, before ``jax.distributed.initialize``.)"""
+  if jax.default_backend() != "cpu":
+    return None
+  options = {"xla_backend_optimization_level": 0}
+  if parameters < FUSED_ABOVE_PARAMETERS and _cpu_takes(tuple(UNFUSED_CPU_OPTIONS.items())):
+    options.update(UNFUSED_CPU_OPTIONS)
+  return options
+
+
+@functools.cache
+def _cpu_takes(options: tuple) -> bool:
+  """Whether XLA:CPU compiles a program with ``options`` ((name, value) pairs)."""
+  try:
+    jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=dict(options))
+  except jax.errors.JaxRuntimeError as error:  # "No such compile option"
+    logging.warning("XLA:CPU refused %s (%s); seldom programs compile without it", options, error)
+    return False
+  return True
+
+
+def jit_seldom(fn, parameters: int = 0, **kwargs):
   """``jax.jit`` for a program called a handful of times per run (:func:`seldom_options`)."""
-  return jax.jit(fn, compiler_options=seldom_options(), **kwargs)
+  return jax.jit(fn, compiler_options=seldom_options(parameters), **kwargs)
+
+
+def parameter_count(state) -> int:
+  """The parameters of a (stacked) train state, every member's."""
+  return sum(leaf.size for leaf in jax.tree.leaves(state.params))
 
 
 # Two large batched SVDs running at once in one process (a sweep's threads) deadlock XLA:CPU
@@ -231,23 +263,27 @@ class Measurer:
   and a family that extracts its blocks, the first that many for the block Jacobians' extreme
   singular values (dense SVDs up to width 256, else Lanczos); with ``config.signal.train_batch``,
   each member's training batch of a given step for the ratios in train mode. Programs are
-  compiled once per group.
+  compiled once per group, with the options of a group of ``parameters`` parameters in all
+  (:func:`seldom_options`).
   """
 
   DENSE_WIDTH = 256  # block Jacobians up to this width are formed and decomposed
 
-  def __init__(self, config, model, loss_fn, dataset):
+  def __init__(self, config, model, loss_fn, dataset, parameters: int = 0):
     self.inputs = dataset.x_test[: config.signal.num_examples]
     self.targets = dataset.y_test[: config.signal.num_examples]
     one = functools.partial(signal.measure, model, loss_fn=loss_fn, train=False)
-    self.ratios = jit_seldom(jax.vmap(one, in_axes=(0, None, None)))
+    self.ratios = jit_seldom(jax.vmap(one, in_axes=(0, None, None)), parameters)
     self.config, self.dataset = config, dataset
+    self.reports = None  # the eval-mode ratios of the latest call, on the host
     self.train_ratios = config.signal.get("train_batch", False) and jit_seldom(
-      jax.vmap(functools.partial(signal.measure, model, loss_fn=loss_fn, train=True))
+      jax.vmap(functools.partial(signal.measure, model, loss_fn=loss_fn, train=True)), parameters
     )
     family = models.family(config.model.name)
     calibrate = family.calibrate_batch_stats
-    self.calibrate = calibrate and jit_seldom(jax.vmap(functools.partial(calibrate, model), in_axes=(0, None)))
+    self.calibrate = calibrate and jit_seldom(
+      jax.vmap(functools.partial(calibrate, model), in_axes=(0, None)), parameters
+    )
     examples = min(config.signal.get("free_examples", 0), len(self.inputs))
     self.free = None
     if examples and family.block_stack is not None:
@@ -258,7 +294,7 @@ class Measurer:
         dense = math.prod(blocks.inputs.shape[2:]) <= self.DENSE_WIDTH
         return spectra.block_extremes(blocks, dense=dense)
 
-      self.free = jit_seldom(jax.vmap(extremes, in_axes=(0, None)))
+      self.free = jit_seldom(jax.vmap(extremes, in_axes=(0, None)), parameters)
 
   def __call__(
     self,
@@ -268,16 +304,21 @@ class Measurer:
     free: bool = False,
     step: int | None = None,
     seeds: list[int] | None = None,
+    again: bool = False,
   ) -> list[records.Measurement]:
     """The measurements of the stacked ``variables``, one per member. ``initial``: first set
     BatchNorm's running statistics to those of the measured batch (eval mode with the initial
     statistics, mean 0 and variance 1, would make every BatchNorm the identity); ``free``: add
     the direction-free δ; ``step`` and the members' ``seeds``: with ``config.signal.train_batch``,
     add the train-mode ratios on each member's batch of that (0-based) step, the batch the
-    step after the measurement trains on."""
+    step after the measurement trains on; ``again``: ``variables`` are those of the previous call,
+    whose eval-mode ratios are reused (a run's last step, measured in the loop already, measured
+    again with the direction-free δ)."""
     if initial and self.calibrate is not None:
       variables = self.calibrate(variables, self.inputs)
-    reports = jax.device_get(self.ratios(variables, self.inputs, self.targets))
+    if not again:
+      self.reports = jax.device_get(self.ratios(variables, self.inputs, self.targets))
+    reports = self.reports
     extremes = None
     if free and self.free:
       with _ONE_SVD_AT_A_TIME:
@@ -707,10 +748,11 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   eval_every = steps_per_epoch if config.get("eval_every") is None else config.eval_every
   schedule = train.learning_rate_schedule(config, steps_per_epoch)
   state, constructions = _initial_states(configs, seeds, dataset, steps_per_epoch, replicated)
-  measure = Measurer(config, model, loss_fn, dataset)
+  measure = Measurer(config, model, loss_fn, dataset, parameter_count(state))
   init = measure(train.variables(state), initial=True, free=True)
   eval_fn = jit_seldom(
-    jax.vmap(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task), in_axes=(0, None))
+    jax.vmap(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task), in_axes=(0, None)),
+    parameter_count(state),
   )
   init_metrics = evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding)
 
@@ -759,6 +801,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
       )
     )
 
+  measured_at = None  # the step of the loop's latest measurement
   per_step = bool(config.procrustes.enabled)  # the host decides, step by step, whether to project
   capacity = 1 if per_step or config.augment else config.get("steps_per_dispatch", STEPS_PER_DISPATCH)
   run_stretch = _Stretches(config, dataset, seeds, loss_fn, capacity, replicated, batch_sharding, start, num_steps)
@@ -797,7 +840,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
           row = {k: v for k, v in member.train_rows[-1].items() if k != "step"}
           member.writer.train(done, row, images_per_second=images_per_second / len(members))
       if config.signal.every and done % config.signal.every == 0:
-        measured = measure(train.variables(state), step=done, seeds=seeds)
+        measured, measured_at = measure(train.variables(state), step=done, seeds=seeds), done
         for m, member in enumerate(members):
           if member.divergence is None:
             member.history.append(records.HistoryPoint.of(done, measured[m]))
@@ -839,7 +882,8 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
     raise Preempted(preempted, [m.workdir for m in members])
 
   alive = any(m.divergence is None for m in members)
-  final = measure(train.variables(state), free=True) if alive else [None] * len(members)
+  again = measured_at == num_steps  # the loop measured the last step's ratios
+  final = measure(train.variables(state), free=True, again=again) if alive else [None] * len(members)
   unevaluated = any(
     m.divergence is None and not (m.evaluations and m.evaluations[-1]["step"] == num_steps) for m in members
   )
