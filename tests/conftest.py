@@ -22,7 +22,10 @@ def pytest_configure(config):
   if _CACHE in os.environ or hasattr(config, "workerinput"):
     return
   config._resnorm_cache = os.environ[_CACHE] = tempfile.mkdtemp(prefix="resnorm-test-jax-cache-")
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+  # Tests are compile-bound: without LLVM's optimisations, and through XLA:CPU's older emitters
+  # (2–8× faster to compile, 1.1–1.8× slower to run; benchmarks/RESULTS.md, section 1).
+  flags = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE])  # this process imported jax already
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -103,7 +103,9 @@ def test_seldom_programs_of_small_groups_compile_without_fusion_emitters_and_cre
     (loop.build_model(config, dataset.num_outputs), loop.optimizer(config, dataset, 10), jnp.stack([jax.random.key(3)]))
   ]
   unfused = train.create_train_states(starts, dataset.x_train[:1], compiler_options=loop.seldom_options())
-  fused = train.create_train_states(starts, dataset.x_train[:1], compiler_options=level)
+  fused = train.create_train_states(
+    starts, dataset.x_train[:1], compiler_options={**level, "xla_cpu_use_fusion_emitters": True}
+  )  # explicitly: the tests' XLA_FLAGS make the older emitters the default
   chex.assert_trees_all_equal(unfused[0].params, fused[0].params, strict=True)
   seen, real = [], loop.jit_seldom
   monkeypatch.setattr(loop, "jit_seldom", lambda fn, parameters=0, **kw: seen.append(parameters) or real(fn, **kw))
