@@ -748,11 +748,11 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   eval_every = steps_per_epoch if config.get("eval_every") is None else config.eval_every
   schedule = train.learning_rate_schedule(config, steps_per_epoch)
   state, constructions = _initial_states(configs, seeds, dataset, steps_per_epoch, replicated)
-  measure = Measurer(config, model, loss_fn, dataset, parameter_count(state))
+  parameters = parameter_count(state)  # the group's, which choose its seldom programs' options
+  measure = Measurer(config, model, loss_fn, dataset, parameters)
   init = measure(train.variables(state), initial=True, free=True)
   eval_fn = jit_seldom(
-    jax.vmap(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task), in_axes=(0, None)),
-    parameter_count(state),
+    jax.vmap(functools.partial(train.eval_step, loss_fn=loss_fn, task=dataset.task), in_axes=(0, None)), parameters
   )
   init_metrics = evaluate(eval_fn, state, dataset, config.eval_batch_size, batch_sharding)
 
