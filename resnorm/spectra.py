@@ -7,7 +7,9 @@ a plain block has J_l = DF_l(x_l). Backward, ∂E/∂x_l = J_lᵀ ∂E/∂x_{l+1
 
 and the end-to-end Jacobian of a stack, J_{L−1} ⋯ J_0 (x_0 ↦ x_L), bounds the whole backward pass in
 the same way. Dense: ``jax.jacfwd`` (one JVP per input dimension) and an SVD, for widths up to a few
-hundred.
+hundred; the blocks of a stack through ``jax.jacrev`` (one VJP per output dimension), which XLA:CPU
+compiles right where it compiled the forward-mode Jacobians of LayerNorm blocks vmapped over blocks
+wrongly (jaxlib 0.10; ``tests/test_spectra.py`` checks the sweep's program against float64).
 
 **Matrix-free.** For inputs with 10⁴–10⁵ dimensions J is never formed: the Gram operator
 G = JᵀJ (or JJᵀ when J has fewer rows than columns; both have the nonzero eigenvalues σ_i²) is applied
@@ -99,9 +101,10 @@ def strided_pointwise_singular_values(kernel, spatial_shape, stride: int = 2) ->
 # ----------------------------------------------------------------------------- dense Jacobians
 
 
-def jacobian_matrix(fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
-  """J = ∂fn/∂x at one example ``x``, as an (fn(x).size, x.size) matrix (forward mode)."""
-  jac = jax.jacfwd(fn)(x)
+def jacobian_matrix(fn: Callable[[jax.Array], jax.Array], x: jax.Array, reverse: bool = False) -> jax.Array:
+  """J = ∂fn/∂x at one example ``x``, as an (fn(x).size, x.size) matrix: forward mode (one JVP per
+  input), or with ``reverse`` reverse mode (one VJP per output)."""
+  jac = (jax.jacrev if reverse else jax.jacfwd)(fn)(x)
   return jac.reshape(jac.size // x.size, x.size)
 
 
@@ -151,7 +154,7 @@ class BlockExtremes(NamedTuple):
 def block_extremes(blocks: BlockStack, *, dense: bool = True, key=None, num_iterations: int = 64) -> BlockExtremes:
   """:class:`BlockExtremes` of every block (blocks map a stream of one width to itself).
 
-  ``dense``: SVDs of the Jacobian matrices (``jax.jacfwd``), exact; else Lanczos on the Gram
+  ``dense``: SVDs of the Jacobian matrices (``jax.jacrev``), exact; else Lanczos on the Gram
   operators (:func:`extreme_singular_values`, ``num_iterations`` steps, random starts from
   ``key``), which converges from inside: σ_max from below, σ_min from above.
   """
@@ -159,7 +162,9 @@ def block_extremes(blocks: BlockStack, *, dense: bool = True, key=None, num_iter
   def one_block(params, xs, key):
     block = lambda x: blocks.apply(params, x[None])[0]  # noqa: E731  (one example)
     if dense:
-      sigma = jnp.linalg.svd(jax.vmap(lambda x: jacobian_matrix(block, x))(xs), compute_uv=False)
+      # Reverse mode: XLA:CPU (jaxlib 0.10) compiled the forward-mode Jacobians of LayerNorm blocks
+      # wrongly when blocks or members are vmapped (entries off by up to 0.66; each block alone right).
+      sigma = jnp.linalg.svd(jax.vmap(lambda x: jacobian_matrix(block, x, reverse=True))(xs), compute_uv=False)
       return sigma[..., 0], sigma[..., -1]
     return extreme_singular_values(block, xs, key, num_iterations)
 
