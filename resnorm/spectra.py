@@ -108,9 +108,10 @@ def jacobian_matrix(fn: Callable[[jax.Array], jax.Array], x: jax.Array, reverse:
   return jac.reshape(jac.size // x.size, x.size)
 
 
-def jacobian_singular_values(fn: Callable[[jax.Array], jax.Array], xs: jax.Array) -> jax.Array:
-  """σ(∂fn/∂x) at every example of the batch ``xs``: (B, min(m, n)), descending. ``fn`` maps one example."""
-  return jax.vmap(lambda x: jnp.linalg.svd(jacobian_matrix(fn, x), compute_uv=False))(xs)
+def jacobian_singular_values(fn: Callable[[jax.Array], jax.Array], xs: jax.Array, reverse: bool = False) -> jax.Array:
+  """σ(∂fn/∂x) at every example of the batch ``xs``: (B, min(m, n)), descending. ``fn`` maps one example;
+  ``reverse``: the Jacobians in reverse mode (:func:`jacobian_matrix`)."""
+  return jax.vmap(lambda x: jnp.linalg.svd(jacobian_matrix(fn, x, reverse), compute_uv=False))(xs)
 
 
 def per_example(model, variables, **apply_kwargs) -> Callable[[jax.Array], jax.Array]:
@@ -136,10 +137,11 @@ class BlockStack(NamedTuple):
 
 
 def block_singular_values(blocks: BlockStack) -> jax.Array:
-  """σ(J_l) for every block l and example: (L, B, width), descending. J_l = ∂x_{l+1}/∂x_l."""
+  """σ(J_l) for every block l and example: (L, B, width), descending. J_l = ∂x_{l+1}/∂x_l, in
+  reverse mode (see the module docstring)."""
 
   def one_block(params, xs):
-    return jacobian_singular_values(lambda x: blocks.apply(params, x[None])[0], xs)
+    return jacobian_singular_values(lambda x: blocks.apply(params, x[None])[0], xs, reverse=True)
 
   return jax.vmap(one_block)(blocks.params, blocks.inputs)
 

@@ -248,7 +248,8 @@ def test_the_sweeps_compiled_direction_free_measure_matches_a_float64_oracle(set
   :class:`resnorm.loop.Measurer`'s one compiled program, vmapped over two seeds and every block,
   LayerNorm's fast variance included) against float64 Jacobians of the same variables, one example
   at a time (``jax.jacfwd``, not compiled as one program), decomposed by NumPy: σ_max and σ_min of
-  every block and example to 1e-4 of σ_max. Forward-mode Jacobians, which XLA:CPU compiled wrongly
+  every block and example to 1e-4 of σ_max (and every σ of :func:`resnorm.spectra.block_singular_values`,
+  which ``depth_spectra`` takes). Forward-mode Jacobians, which XLA:CPU compiled wrongly
   for LayerNorm blocks vmapped over blocks or members (2026-12-01, jaxlib 0.10: σ_max of a plain
   LayerNorm block 1.5066 against 1.5223; each block alone came out right), fail here."""
   from configs import depth_sweep  # pylint: disable=import-outside-toplevel
@@ -264,6 +265,10 @@ def test_the_sweeps_compiled_direction_free_measure_matches_a_float64_oracle(set
   model = loop.build_model(configs[0], dataset.num_outputs)
   measurer = loop.Measurer(configs[0], model, train.loss_function(dataset.task), dataset, loop.parameter_count(state))
   sigma_max, sigma_min = map(np.asarray, measurer.free(train.variables(state), measurer.free_inputs))
+  first = jax.tree.map(lambda leaf: leaf[0], train.variables(state))  # and every σ, as depth_spectra takes them
+  every = np.asarray(
+    jax.jit(lambda v, x: spectra.block_singular_values(mlp.block_stack(model, v, x)))(first, measurer.free_inputs)
+  )
   with jax.enable_x64(True):
     for member in range(len(configs)):
       variables = jax.tree.map(lambda leaf: np.asarray(leaf[member], np.float64), train.variables(state))
@@ -275,3 +280,5 @@ def test_the_sweeps_compiled_direction_free_measure_matches_a_float64_oracle(set
           sigma = np.linalg.svd(np.asarray(one(params, x)), compute_uv=False)
           got = sigma_max[member, layer, example], sigma_min[member, layer, example]
           np.testing.assert_allclose(got, (sigma[0], sigma[-1]), rtol=0, atol=1e-4 * sigma[0])
+          if member == 0:
+            np.testing.assert_allclose(every[layer, example], sigma, rtol=0, atol=1e-4 * sigma[0])
