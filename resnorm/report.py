@@ -409,15 +409,18 @@ def _kept(built: records.FamilyResults) -> str:
 
 
 def _reading_sentence(label: str, stage: records.Stage, key: str) -> str:
-  """ "δ_max falls as L^−0.26 [−0.29, −0.23]; no law fits: …; c_min 3.4 (set at L = 128)." """
+  """ "δ_max falls as L^−0.26 [−0.29, −0.23]; no law fits: …; c_min 3.4 (set at L = 128)." A slope
+  interval that holds 0 is read as no detectable trend, not as its point estimate's sign."""
   reading = (stage.bound or {}).get(key)
   if reading is None:
     return f"{label}: not measured."
   if reading["slope"] is None:
     return f"{label}: {reading['note']}."
-  slope = reading["slope"]
-  verb = "falls" if slope < 0 else "rises"
-  text = f"{label} {verb} as {_power(reading)}"
+  interval = reading["slope_interval"]
+  if interval and interval[0] <= 0 <= interval[1]:  # the interval allows no trend: claim none
+    text = f"{label} does not move detectably with L: {_power(reading)}"
+  else:
+    text = f"{label} {'falls' if reading['slope'] < 0 else 'rises'} as {_power(reading)}"
   laws = reading["laws"]
   if reading["best"]:
     law = laws[reading["best"]]

@@ -130,6 +130,21 @@ def test_the_sentences_follow_the_numbers():
   )
 
 
+def test_a_slope_whose_interval_holds_zero_is_said_not_to_move():
+  """Seeds spread by a factor e^±0.5 about a flat δ with a small tilt: the 90% interval of the slope
+  holds 0, so the sentence claims no trend (neither the point estimate's rise nor a fall); the
+  same tilt with the seeds close together is said to rise."""
+  depths = [2, 8, 32, 128]
+  tilt = [0.2 * L**0.05 for L in depths]
+  noisy = [t * np.exp([-0.5, 0.0, 0.5, 0.3, -0.4]) for t in tilt]
+  tight = [t * np.exp([-0.01, 0.0, 0.01]) for t in tilt]
+  for deltas, expected in ((noisy, "δ_max does not move detectably with L: L^"), (tight, "δ_max rises as L^0.05 [")):
+    stage = _stage(deltas, depths)
+    low, high = stage.bound["delta_max"]["slope_interval"]
+    assert (low <= 0 <= high) == (deltas is noisy)
+    assert report._reading_sentence("δ_max", stage, "delta_max").startswith(expected)
+
+
 def test_a_budget_ladder_says_whether_each_slope_moved():
   """Three budgets of one setting: δ_max's slope −0.3 at 400 and 2,000 steps and −1 at 10,000 is
   said to move (the intervals of 400 and 10,000 steps do not overlap); δ_mean's, the same slope at

@@ -247,9 +247,10 @@ def test_the_sweeps_compiled_direction_free_measure_matches_a_float64_oracle(set
   """The block Jacobians' extreme singular values as the default sweep computes them (float32, the
   :class:`resnorm.loop.Measurer`'s one compiled program, vmapped over two seeds and every block,
   LayerNorm's fast variance included) against float64 Jacobians of the same variables, one example
-  at a time (``jax.jacfwd``, not compiled as one program), decomposed by NumPy: σ_max and σ_min of
-  every block and example to 1e-4 of σ_max (and every σ of :func:`resnorm.spectra.block_singular_values`,
-  which ``depth_spectra`` takes). Forward-mode Jacobians, which XLA:CPU compiled wrongly
+  at a time (``jax.jacfwd``, neither blocks nor examples batched), decomposed by NumPy: σ_max and
+  σ_min of every block and example to 1e-4 of σ_max (and every σ of
+  :func:`resnorm.spectra.block_singular_values`, which ``depth_spectra`` takes). Forward-mode
+  Jacobians, which XLA:CPU compiled wrongly
   for LayerNorm blocks vmapped over blocks or members (2026-12-01, jaxlib 0.10: σ_max of a plain
   LayerNorm block 1.5066 against 1.5223; each block alone came out right), fail here."""
   from configs import depth_sweep  # pylint: disable=import-outside-toplevel
