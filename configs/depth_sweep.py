@@ -86,7 +86,8 @@ def get_config(variant: str | None = None):
   # Groups of runs (the seeds of a setting and depth) trained at once (threads) by one process:
   # one compiles while another trains.
   config.parallel_runs = 2
-  # Runs that differ only in seed, branch scale or initialisation train as one program (vmapped).
+  # Runs that differ only in seed, branch scale, initialisation or skip (residual MLP or plain) train as
+  # one program (vmapped).
   config.group_seeds = True
   # With several processes (--distributed): 'mesh' trains each run on every device of every
   # process, one run after another; 'spread' deals the runs out, each on one process's devices.

@@ -160,6 +160,44 @@ def wait(checkpoints: ocp.CheckpointManager, workdir) -> None:
     checkpoints.wait_until_finished()
 
 
+def _layouts(state):
+  """``state``, then as checkpoints written before the MLP blocks' skip weight became a constant
+  (2026-12-01) hold it: without constants named ``skip``, and without constants at all (a plain
+  stack read none). Constants never train, so such a checkpoint restores with ``state``'s."""
+  yield state
+  constants = state.constants
+  without_skip = jax.tree_util.tree_map_with_path(
+    lambda path, leaf: None if path and getattr(path[-1], "key", None) == "skip" else leaf, constants
+  )
+  if jax.tree.structure(without_skip) != jax.tree.structure(constants):
+    yield state.replace(constants=_drop_empty(without_skip))
+  if jax.tree.leaves(constants):
+    yield state.replace(constants={})
+
+
+def _drop_empty(tree):
+  """``tree`` (nested dicts) without None leaves and the dicts they leave empty."""
+  if not isinstance(tree, dict):
+    return tree
+  kept = {key: _drop_empty(value) for key, value in tree.items() if value is not None}
+  return {key: value for key, value in kept.items() if not (isinstance(value, dict) and not value)}
+
+
+def _restore_step(workdir, local: bool, step: int, target):
+  """The state of checkpoint ``step``, read in the first of :func:`_layouts` it matches (the
+  error of the current layout when none does)."""
+  first_error = None
+  for layout in _layouts(target):
+    checkpoints = manager(workdir / "checkpoints", local)
+    try:
+      return checkpoints.restore(step, args=ocp.args.StandardRestore(layout))
+    except Exception as error:  # pylint: disable=broad-except  (Orbax raises many kinds on bad files)
+      first_error = first_error or error
+    finally:
+      checkpoints.close()
+  raise first_error
+
+
 def restore(state, workdir, local: bool, host_copies: bool, sharding) -> Restored:
   """The newest checkpoint in ``workdir/checkpoints`` that restores to the arrays that were saved.
 
@@ -175,14 +213,11 @@ def restore(state, workdir, local: bool, host_copies: bool, sharding) -> Restore
   errors = []
   for step in sorted(found, reverse=True):
     target = jax.device_get(state) if host_copies else state
-    checkpoints = manager(workdir / "checkpoints", local)
     try:
-      restored = checkpoints.restore(step, args=ocp.args.StandardRestore(target))
+      restored = _restore_step(workdir, local, step, target)
     except Exception as error:  # pylint: disable=broad-except  (Orbax raises many kinds on bad files)
       errors.append(f"step {step}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
       continue
-    finally:
-      checkpoints.close()
     entry = index.get(step)
     if entry is None:
       logging.warning("%s: no digest of the checkpoint of step %d in %s; restoring it unverified", workdir, step, INDEX)
@@ -202,6 +237,7 @@ def restore(state, workdir, local: bool, host_copies: bool, sharding) -> Restore
         aside,
         step,
       )
+    restored = restored.replace(constants=target.constants)  # never trained: the layout's may be older
     restored = jax.device_put(restored, sharding) if host_copies else restored
     return Restored(step, restored, list(entry["losses_since_log"]) if entry else [])
   if errors:

@@ -698,8 +698,9 @@ def groupable(config) -> bool:
 
 def group_key(config) -> str:
   """Runs with equal keys share one program (:func:`train_group`): their configs agree outside
-  :data:`MEMBER_FIELDS`."""
+  :data:`MEMBER_FIELDS`, and their families run one program (:attr:`resnorm.models.Family.program`)."""
   flat = traverse_util.flatten_dict(records.config_dict(config), sep=".")
+  flat["model.name"] = models.family(config.model.name).program or config.model.name
   return json.dumps({k: v for k, v in sorted(flat.items()) if k not in MEMBER_FIELDS})
 
 

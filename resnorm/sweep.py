@@ -6,7 +6,8 @@ family; options of ``config.model``; top-level run fields such as ``num_steps`` 
 optionally its own ``depths`` and ``seeds``); a setting named like a family with no overrides
 entry is that family as configured. The sweep runs every setting at every depth with every seed
 of ``config.seeds`` (or its own). The runs of one depth that differ only in numbers (seed,
-branch scale, initialisation, the blocks' learning-rate scale) train together as one program
+branch scale, initialisation, the blocks' learning-rate scale, residual or plain where the family
+makes the skip a number: :attr:`resnorm.models.Family.program`) train together as one program
 (:func:`resnorm.loop.train_group`) where their runs allow it.
 
 A sweep workdir holds one run directory per triple (``runs/<setting>_L<depth>_s<seed>/``,
@@ -127,9 +128,10 @@ def plan(config) -> list[tuple[str, int, int, ml_collections.ConfigDict]]:
 
 def groups(runs, together: bool = True) -> list[list[tuple]]:
   """``runs`` (from :func:`plan`) in the groups that train as one program: at each depth, the runs
-  whose configs differ only in seed, branch scale, initialisation and the blocks' learning-rate
-  scale (:func:`resnorm.loop.group_key`), where :func:`resnorm.loop.groupable` and ``together``
-  (the sweep's ``group_seeds``); every other run alone."""
+  whose configs differ only in seed, branch scale, initialisation, the blocks' learning-rate
+  scale and families of one program (:func:`resnorm.loop.group_key`), where
+  :func:`resnorm.loop.groupable` and ``together`` (the sweep's ``group_seeds``); every other run
+  alone."""
   grouped = {}
   for run in runs:
     setting, depth, seed, single = run

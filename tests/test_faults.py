@@ -1,8 +1,10 @@
 """Faults a sweep meets on shared machines: mistakes at the door, files cut short or garbled,
 checkpoints missing their item, workdirs merged by hand, writes that fail."""
 
+import dataclasses
 import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -14,7 +16,7 @@ from etils import epath
 
 import helpers
 from helpers import tiny_sweep
-from resnorm import loop, records, sweep
+from resnorm import checkpoints, loop, records, sweep
 from test_train import tiny_run
 
 
@@ -106,6 +108,38 @@ def test_a_later_checkpoint_missing_its_item_falls_back_to_the_one_before(tmp_pa
   assert sorted(os.listdir(tmp_path / "run" / "unreadable_checkpoints")) == ["20"]
   straight = loop.train_and_evaluate(tiny_run(num_steps=30), tmp_path / "straight")
   assert resumed.test_loss == straight.test_loss and resumed.trained == straight.trained
+
+
+@pytest.mark.parametrize(
+  "name, older",
+  [
+    ("mlp_residual", lambda blocks: {"branch_scale": blocks["branch_scale"]}),  # before the skip's weight
+    ("mlp_plain", None),  # before it, a plain stack read no constants
+  ],
+)
+def test_a_checkpoint_of_the_layout_before_the_skip_constant_resumes(tmp_path, monkeypatch, caplog, name, older):
+  """Checkpoints saved as the code before the skip's weight became a constant saved them (the
+  constants without ``skip``; a plain stack's none at all): a 20-step run interrupted after its
+  step-10 checkpoint resumes from it, verified by its digest, and ends as the uninterrupted run."""
+  real_save = checkpoints.save
+
+  def save_as_before(manager, workdir, step, state, **kwargs):
+    blocks = state.constants["02_block"]
+    constants = {"02_block": older(blocks)} if older else {}
+    return real_save(manager, workdir, step, state.replace(constants=constants), **kwargs)
+
+  config = tiny_run(**{"model.name": name})
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpoints, "save", save_as_before)
+    loop.train_and_evaluate(config, tmp_path / "run")
+  shutil.rmtree(tmp_path / "run" / "checkpoints" / "20")
+  (tmp_path / "run" / "summary.json").unlink()
+  with caplog.at_level(logging.INFO):
+    resumed = loop.train_and_evaluate(config, tmp_path / "run")
+  assert "run from step 10 of 20" in caplog.text and "unverified" not in caplog.text
+  assert '"skip"' in (tmp_path / "run" / "checkpoints" / "20" / "default" / "_METADATA").read_text()  # saved anew
+  straight = loop.train_and_evaluate(config, tmp_path / "straight")
+  assert resumed.train_loss == straight.train_loss and resumed.trained == straight.trained
 
 
 def _flip_a_bit(directory):
@@ -395,11 +429,18 @@ def straight_sweep(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("share", [0.3, 0.7])
-def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_is_exact(tmp_path, straight_sweep, share):
+def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_ends_as_the_straight_sweep(
+  tmp_path, straight_sweep, share
+):
   """The sweep (two runs, checkpoints every 50 steps, figures) on a tmpfs of ``share`` of the size
   of its outputs, in a mount namespace of its own: exit 1, one line naming what could not be
   written and that the disk is full, no traceback. The filesystem grown (remounted larger), the
-  same command finishes with the runs of a sweep that never ran short of space."""
+  same command finishes with the runs of a sweep that never ran short of space: the same steps
+  and history points, the numbers to the tolerance of a group against its runs one by one (1e-5
+  relative, ``test_groups.py``). Not to the bit: the two runs (residual and plain) train as one
+  program, and the rerun resumes, from its checkpoint, only the run that had not written its
+  record, in a program of one member, whose products round otherwise (e.g. test loss
+  0.04251302034 against 0.04251301661)."""
   small = tmp_path / "small"
   small.mkdir()
   _small_filesystem_or_skip(small)
@@ -422,7 +463,29 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_is_exac
   assert (out / "rerun.rc").read_text().strip() == "0", (out / "rerun.err").read_text()[-2000:]
   for setting in ("residual_zero_init", "plain"):
     a, b = (records.read_run(root / sweep.RUNS / sweep.run_name(setting, 2, 0)) for root in (straight, out / "sweep"))
-    assert (b.steps, b.test_loss, b.trained, b.history) == (a.steps, a.test_loss, a.trained, a.history), setting
+    assert (b.steps, [h.step for h in b.history]) == (a.steps, [h.step for h in a.history]), setting
+    for field in ("test_loss", "trained", "history"):
+      _assert_equal_to_rounding(getattr(b, field), getattr(a, field), f"{setting}.{field}")
+
+
+def _assert_equal_to_rounding(got, want, where: str) -> None:
+  """``got`` equals ``want`` (records: dataclasses, dicts, lists, numbers) in structure and every
+  other value, and in floats to 1e-5 relative (1e-7 absolute)."""
+  if dataclasses.is_dataclass(want):
+    assert type(got) is type(want), where
+    got, want = dataclasses.asdict(got), dataclasses.asdict(want)
+  if isinstance(want, dict):
+    assert sorted(got) == sorted(want), where
+    for key in want:
+      _assert_equal_to_rounding(got[key], want[key], f"{where}.{key}")
+  elif isinstance(want, (list, tuple)):
+    assert len(got) == len(want), where
+    for i, (g, w) in enumerate(zip(got, want)):
+      _assert_equal_to_rounding(g, w, f"{where}[{i}]")
+  elif isinstance(want, float):
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-7, nan_ok=True), where
+  else:
+    assert got == want, where
 
 
 @pytest.mark.slow

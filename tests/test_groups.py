@@ -20,28 +20,31 @@ def _member(seed, **overrides):
 
 
 MEMBERS = [  # two seeds of a zero-initialised stack, two of one with branches scaled by 1/L and
-  _member(0, **{"model.branch_scale": "1", "model.zero_init_last": True}),  # the blocks' rate by 1/√L
-  _member(1, **{"model.branch_scale": "1", "model.zero_init_last": True}),
+  _member(0, **{"model.branch_scale": "1", "model.zero_init_last": True}),  # the blocks' rate by 1/√L,
+  _member(1, **{"model.branch_scale": "1", "model.zero_init_last": True}),  # a plain stack (no skip)
   _member(0, **{"model.branch_scale": "1/L", "optimizer.block_lr_scale": "1/sqrt(L)", "setting": "scaled"}),
   _member(2, **{"model.branch_scale": "1/L", "optimizer.block_lr_scale": "1/sqrt(L)", "setting": "scaled"}),
+  _member(0, **{"model.name": "mlp_plain", "setting": "plain"}),
 ]
 
 
 def test_a_group_equals_its_runs_one_by_one(tmp_path, monkeypatch):
-  """Four runs of two settings in one vmapped program against each alone: the same initial keys,
-  batches and steps, so the same numbers up to float rounding (a batched matrix product may sum
-  in another order): losses and δ statistics to 1e-5 relative after 20 Adam steps. One trace of
-  the stretch program serves the whole group, and one program creates its two kinds of start."""
+  """Five runs of three settings, residual and plain, in one vmapped program against each alone:
+  the same initial keys, batches and steps, so the same numbers up to float rounding (a batched
+  matrix product may sum in another order): losses and δ statistics to 1e-5 relative after 20
+  Adam steps. One trace of the stretch program serves the whole group (the plain member's skip is
+  a constant 0), and one program creates its three kinds of start."""
   traces, creates = [], []
   real, real_create = train.train_steps, train.create_train_states
   monkeypatch.setattr(train, "train_steps", lambda *args, **kwargs: traces.append(1) or real(*args, **kwargs))
   monkeypatch.setattr(
     train, "create_train_states", lambda starts, *a, **k: creates.append(len(starts)) or real_create(starts, *a, **k)
   )
-  together = loop.train_group(MEMBERS, [tmp_path / "group" / str(i) for i in range(4)])
-  assert len(traces) == 1 and creates == [2] and all(r.group_size == 4 for r in together)
+  assert len({loop.group_key(config) for config in MEMBERS}) == 1
+  together = loop.train_group(MEMBERS, [tmp_path / "group" / str(i) for i in range(5)])
+  assert len(traces) == 1 and creates == [3] and all(r.group_size == 5 for r in together)
   alone = [loop.train_and_evaluate(config, tmp_path / "alone" / str(i)) for i, config in enumerate(MEMBERS)]
-  assert len(traces) == 5 and creates == [2, 1, 1, 1, 1]
+  assert len(traces) == 6 and creates == [3, 1, 1, 1, 1, 1]
   for a, b in zip(together, alone):
     assert a.seed == b.seed and a.steps == b.steps == 20 and b.group_size == 1
     for key in ("train_loss", "test_loss", "init_test_loss"):
@@ -52,7 +55,8 @@ def test_a_group_equals_its_runs_one_by_one(tmp_path, monkeypatch):
           getattr(b.measurement(stage).block, key), rel=1e-5, abs=1e-7
         ), (stage, key)
     assert [h.step for h in a.history] == [10, 20]
-  assert together[0].init.block.delta_max == 0 and together[2].init.block.delta_max > 0  # the starts differ
+  assert together[0].init.block.delta_max == 0 and together[2].init.block.delta_max > 0  # the starts differ,
+  assert together[4].model == "mlp_plain" and together[4].init.block.delta_max > 1  # the skips (plain: r ≠ 1)
   assert together[0].train_loss != together[1].train_loss  # and the seeds
 
 

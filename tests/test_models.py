@@ -2,6 +2,7 @@
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,6 +48,36 @@ def test_residual_and_plain_share_parameters_but_not_the_skip():
   with_skip = block.apply(block_variables, x)[0]
   branch = mlp.MLPBlock(hidden=4, residual=False).apply({"params": block_variables["params"]}, x)[0]
   np.testing.assert_allclose(with_skip, x + 0.5 * branch, rtol=1e-6, atol=1e-6)
+
+
+def test_residual_and_plain_stacks_differ_only_in_their_constants():
+  """The same variables (the same key: the same parameters to the bit) but for the constants: the
+  plain stack's blocks hold the skip's weight k = 0 and s = 1 (a branch scale it is given is
+  ignored, as before k existed), the residual's k = 1 and their s. Either module with the plain
+  constants computes the plain stack to the bit (so both run one program and the family declares
+  it), and that is F applied block after block (0·x + 1·F(x) = F(x); by hand, to float rounding)."""
+  inputs = jax.random.normal(jax.random.key(1), (3, 5))
+  residual = models.create_model("mlp_residual", 3, num_classes=2, branch_scale="1/L")
+  plain = mlp.MLPStack(depth=3, num_outputs=2, residual=False, branch_scale=0.25)
+  with_skip, without = residual.init(jax.random.key(2), inputs), plain.init(jax.random.key(2), inputs)
+  assert jax.tree.structure(with_skip) == jax.tree.structure(without)
+  chex.assert_trees_all_equal(with_skip["params"], without["params"], strict=True)
+  constants = {
+    name: {key: [float(v) for v in values] for key, values in variables["constants"]["02_block"].items()}
+    for name, variables in (("residual", with_skip), ("plain", without))
+  }
+  assert constants["plain"] == {"branch_scale": [1.0] * 3, "skip": [0.0] * 3}
+  assert constants["residual"] == {"branch_scale": [np.float32(1 / 3)] * 3, "skip": [1.0] * 3}
+  out = plain.apply(without, inputs)
+  np.testing.assert_array_equal(residual.apply(without, inputs), out)
+  p = without["params"]
+  x = inputs @ p["stem"]["kernel"] + p["stem"]["bias"]
+  for layer in range(3):
+    block = jax.tree.map(lambda leaf, layer=layer: leaf[layer], p["02_block"])
+    x = jax.nn.relu(x @ block["Dense_0"]["kernel"] + block["Dense_0"]["bias"])
+    x = x @ block["Dense_1"]["kernel"] + block["Dense_1"]["bias"]
+  np.testing.assert_allclose(out, x @ p["head"]["kernel"] + p["head"]["bias"], rtol=1e-5, atol=1e-6)
+  assert models.family("mlp_plain").program == models.family("mlp_residual").program == "mlp"
 
 
 def test_families_declare_their_measurement_hooks():

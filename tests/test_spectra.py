@@ -242,8 +242,10 @@ def test_depth_spectra_residual_blocks_approach_identity():
   assert text.count("mlp_residual") == 2
 
 
-@pytest.mark.parametrize("setting", ["residual_layer_norm", "plain_layer_norm"])
-def test_the_sweeps_compiled_direction_free_measure_matches_a_float64_oracle(setting):
+@pytest.mark.parametrize(
+  "settings", [("residual_layer_norm",), ("plain_layer_norm",), ("residual_layer_norm", "plain_layer_norm")]
+)
+def test_the_sweeps_compiled_direction_free_measure_matches_a_float64_oracle(settings):
   """The block Jacobians' extreme singular values as the default sweep computes them (float32, the
   :class:`resnorm.loop.Measurer`'s one compiled program, vmapped over two seeds and every block,
   LayerNorm's fast variance included) against float64 Jacobians of the same variables, one example
@@ -252,14 +254,18 @@ def test_the_sweeps_compiled_direction_free_measure_matches_a_float64_oracle(set
   :func:`resnorm.spectra.block_singular_values`, which ``depth_spectra`` takes). Forward-mode
   Jacobians, which XLA:CPU compiled wrongly
   for LayerNorm blocks vmapped over blocks or members (2026-12-01, jaxlib 0.10: σ_max of a plain
-  LayerNorm block 1.5066 against 1.5223; each block alone came out right), fail here."""
+  LayerNorm block 1.5066 against 1.5223; each block alone came out right), fail here. Two seeds of
+  one setting, or residual and plain LayerNorm blocks in one program (the sweep's group of a depth:
+  the skip's weight a constant, 1 or 0), the case in which forward mode failed for both."""
   from configs import depth_sweep  # pylint: disable=import-outside-toplevel
   from resnorm import data, loop, sweep, train  # pylint: disable=import-outside-toplevel
   from resnorm.models import mlp  # pylint: disable=import-outside-toplevel
 
   config = depth_sweep.get_config()
   config.depths = (2,)
-  configs = [run[3] for run in sweep.plan(config) if run[0] == setting][:2]
+  planned = {setting: [run[3] for run in sweep.plan(config) if run[0] == setting] for setting in settings}
+  configs = planned[settings[0]][:2] if len(settings) == 1 else [planned[setting][0] for setting in settings]
+  assert len({loop.group_key(c) for c in configs}) == 1  # one program
   dataset = data.load(configs[0].data)
   seeds = [loop.run_seed(c) for c in configs]
   state, _ = loop._initial_states(configs, seeds, dataset, 64, loop.shardings(jax.devices())[0])

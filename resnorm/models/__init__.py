@@ -47,6 +47,9 @@ class Family:
       :class:`FlowTarget`, built rather than trained (:class:`resnorm.models.mlp.Constructed`:
       the family's own variables and the per-block bound on ‖J_l − I‖₂ it promises); None for
       families without a construction.
+    program: families with one ``program`` name build models that differ only in the numbers of
+      their ``'constants'`` (the same variables' structure and the same program), so that a sweep
+      trains their runs as one group (:func:`resnorm.loop.group_key`); None: the family's own name.
   """
 
   build: Callable[..., nn.Module]
@@ -56,6 +59,7 @@ class Family:
   block_stack: Callable[[nn.Module, dict, jax.Array], spectra.BlockStack] | None = None
   calibrate_batch_stats: Callable[[nn.Module, dict, jax.Array], dict] | None = None
   construct: Callable[[nn.Module, dict, FlowTarget], mlp.Constructed] | None = None
+  program: str | None = None
 
 
 BRANCH_SCALES = {"1": lambda L: 1.0, "1/sqrt(L)": lambda L: 1.0 / math.sqrt(L), "1/L": lambda L: 1.0 / L}
@@ -119,10 +123,17 @@ def _resnet_family(name: str, **hooks) -> Family:
 
 
 FAMILIES: dict[str, Family] = {
+  # The skip's weight is a constant (resnorm.models.mlp): residual and plain MLPs run one program.
   "mlp_residual": Family(
-    _mlp_builder(residual=True, linear=False), _RESIDUAL_MLP, block_stack=mlp.block_stack, construct=mlp.construct
+    _mlp_builder(residual=True, linear=False),
+    _RESIDUAL_MLP,
+    block_stack=mlp.block_stack,
+    construct=mlp.construct,
+    program="mlp",
   ),
-  "mlp_plain": Family(_mlp_builder(residual=False, linear=False), dict(_MLP_COMMON), block_stack=mlp.block_stack),
+  "mlp_plain": Family(
+    _mlp_builder(residual=False, linear=False), dict(_MLP_COMMON), block_stack=mlp.block_stack, program="mlp"
+  ),
   "linear_residual": Family(_mlp_builder(residual=True, linear=True), _RESIDUAL_MLP, block_stack=mlp.block_stack),
   # CIFAR image models (NHWC input, a `train` keyword): resnet, plain, preact_resnet,
   # plain_preact, procresnet.

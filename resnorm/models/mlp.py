@@ -18,10 +18,11 @@ mean square through a ReLU), the second LeCun-normal (variance 1/fan_in), so a p
 preserves q-values in expectation. ``zero_init_last`` zeroes the second Dense of a residual
 branch, which makes every block the identity at initialisation.
 
-The branch scale s is a number the blocks read from the ``'constants'`` collection (set from
-``branch_scale`` at initialisation, never trained), not a constant of the trace: stacks that
-differ only in s or in their initialisation compile to one program, and a sweep trains them
-together.
+The branch scale s and the skip's weight k are numbers the blocks read from the ``'constants'``
+collection (set at initialisation, never trained), not constants of the trace: a block computes
+x_{l+1} = k·x_l + s·F_l(x_l) with k = 1 in a residual stack and k = 0, s = 1 in a plain one, where
+0·x_l + 1·F_l(x_l) is F_l(x_l) to the bit (for finite x_l). Residual and plain stacks that differ
+only in s, k or their initialisation compile to one program, and a sweep trains them together.
 """
 
 from __future__ import annotations
@@ -65,21 +66,27 @@ class MLPBlock(nn.Module):
       h = nn.Dense(self.hidden, kernel_init=he_normal, dtype=self.dtype)(h)
       h = nn.relu(h)
       h = nn.Dense(width, kernel_init=last_init, dtype=self.dtype)(h)
-    if self.residual:
-      branch = jnp.asarray(branch_scale(self), h.dtype) * h
-      out = x + branch
-    else:
-      branch = out = h
+    # s and the skip's weight k (1 residual, 0 plain, where 0·x + 1·F(x) is F(x) to the bit) are
+    # constants: residual and plain stacks, and any branch scales, run one program.
+    scale = constant(self, "branch_scale", self.branch_scale if self.residual else 1.0)
+    weight = constant(self, "skip", 1.0 if self.residual else 0.0)
+    branch = jnp.asarray(scale, h.dtype) * h
+    out = jnp.asarray(weight, x.dtype) * x + branch
     return probes.probe(self, probes.SCANNED_PROBE, out, x_in=x, branch=branch), None
 
 
+def constant(block: nn.Module, name: str, value):
+  """The ``'constants'`` variable ``name`` of ``block`` where the variables hold one (created at
+  initialisation with ``value``), else ``value`` (variables made by hand with parameters alone).
+  Read from the variables, the number is data, not a constant of the trace."""
+  if block.is_initializing() or block.has_variable(CONSTANTS, name):
+    return block.variable(CONSTANTS, name, lambda: jnp.asarray(value)).value
+  return value
+
+
 def branch_scale(block: nn.Module):
-  """s of ``block`` (a module with a ``branch_scale`` attribute): the ``'constants'`` variable
-  where the variables hold one (created at initialisation), else the attribute (variables made by
-  hand with parameters alone). Read from the variables, s is data, not a constant of the trace."""
-  if block.is_initializing() or block.has_variable(CONSTANTS, "branch_scale"):
-    return block.variable(CONSTANTS, "branch_scale", lambda: jnp.asarray(block.branch_scale)).value
-  return block.branch_scale
+  """s of ``block`` (a module with a ``branch_scale`` attribute), from its constants."""
+  return constant(block, "branch_scale", block.branch_scale)
 
 
 def _stem(width: int, dtype) -> nn.Dense:
