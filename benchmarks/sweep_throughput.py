@@ -7,7 +7,8 @@ r"""The depth sweep's wall time against its arithmetic floor, and where the rest
 Runs the sweep in this process and splits its time into thread-seconds (the sweep trains two
 groups at once, so they add up to more than the wall time): tracing and compiling (JAX's own
 monitoring events), training stretches, measurements, evaluations, creating the initial states,
-and writing the outputs and the figures; each net of the compilation that happened inside it.
+and writing the outputs and the figures; each net of the compilation that happened inside it;
+and the number of XLA compilations (none for a program the persistent cache holds).
 
 The floor: one compiled stretch of ``--floor_steps`` steps of a stack of the sweep's own blocks
 at the largest depth (batch, width and hidden of the config; one run, the library's
@@ -56,14 +57,22 @@ class Clock:
 
   def __init__(self):
     self.seconds = collections.defaultdict(float)
+    self.compiles = 0  # XLA compilations: programs built less those read from the persistent cache
     self._local = threading.local()
     self._lock = threading.Lock()
     jax.monitoring.register_event_duration_secs_listener(self._compiled)
+    jax.monitoring.register_event_listener(self._cache_hit)
+
+  def _cache_hit(self, event: str, **_) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+      with self._lock:
+        self.compiles -= 1
 
   def _compiled(self, event: str, duration: float, **_) -> None:
     if event in COMPILE_EVENTS:
       with self._lock:
         self.seconds["compile"] += duration
+        self.compiles += event == "/jax/core/compile/backend_compile_duration"
       self._local.compiled = getattr(self._local, "compiled", 0.0) + duration
 
   @contextlib.contextmanager
@@ -163,10 +172,11 @@ def main(argv):
   sweeps = []
   for variant in ("first run", "rerun, compilation cache warm")[: 2 if _RERUN.value else 1]:
     clock.seconds.clear()
+    clock.compiles = 0
     wall = timed_sweep(config)
     parts = dict(clock.seconds)
     parts["outputs and figures"] = parts.get("outputs and figures", 0.0) - parts.get("figures", 0.0)
-    sweeps.append((variant, wall, parts))
+    sweeps.append((variant, wall, parts, clock.compiles))
   if _LONG_RUN.value:
     single = [run for run in sweep.plan(config) if run[1] == max(config.depths)][0][3]
     steps = _LONG_RUN.value
@@ -181,10 +191,11 @@ def main(argv):
   floor = per_block_step * block_steps(config)
   runs, groups = len(sweep.plan(config)), len(sweep.groups(sweep.plan(config)))
   rows = []
-  for variant, wall, parts in sweeps:
+  for variant, wall, parts, compiles in sweeps:
     print(
-      f"{variant}: {runs} runs in {groups} programs, wall {wall:.1f} s; floor {floor:.1f} s "
-      f"({1e6 * per_block_step:.1f} µs per block-step × {block_steps(config)}): {wall / floor:.2f}× the floor"
+      f"{variant}: {runs} runs in {groups} programs ({compiles} XLA compilations), wall {wall:.1f} s; "
+      f"floor {floor:.1f} s ({1e6 * per_block_step:.1f} µs per block-step × {block_steps(config)}): "
+      f"{wall / floor:.2f}× the floor"
     )
     for name, seconds in sorted(parts.items(), key=lambda item: -item[1]):
       print(f"  {name:22s} {seconds:7.1f} thread-s")
@@ -203,6 +214,7 @@ def main(argv):
         over_floor=wall / floor,
         runs=runs,
         programs=groups,
+        compiles=compiles,
         us_per_block_step=1e6 * per_block_step,
         us_per_block_step_measured=[1e6 * s for s in measured],
         parts={k: round(v, 2) for k, v in parts.items()},
