@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import helpers
 from helpers import tiny_image_sweep, tiny_sweep
 from resnorm import loop, plots, records, report, signal, sweep, theory
 from resnorm.config_validation import ConfigError
@@ -375,3 +376,41 @@ def test_the_report_of_an_image_sweep_counts_blocks_reads_transitions_and_degrad
     for s in (0, 1, 2)
   ]
   assert "the intervals overlap: no change detectable" in report.render(sweep.summarize(flat, ["preact_resnet"]))
+
+
+@pytest.mark.slow
+def test_a_second_sweep_reads_every_program_from_the_persistent_cache(tmp_path):
+  """``--compilation_cache``: a sweep in a new process (a new workdir, the same cache) after a first
+  one compiles nothing. The cache keeps one entry per compiled program (the sweep caches programs
+  of any compile time), so the second adds none; a program whose trace held a number that
+  differs between the processes would add one."""
+  cache = tmp_path / "cache"
+  flags = [
+    "--config=configs/depth_sweep.py",
+    "--config.depths=(2,)",
+    "--config.settings=('residual_zero_init','plain')",
+    "--config.overrides.residual_zero_init.seeds=(0,)",
+    "--config.seeds=(0,)",
+    "--config.num_steps=20",
+    "--config.log_every=10",
+    "--config.signal.every=10",
+    "--config.data.train_size=256",
+    "--config.data.test_size=64",
+    "--config.signal.num_examples=32",
+    f"--compilation_cache={cache}",
+  ]
+  env = {k: v for k, v in helpers.cpu_env().items() if k != "JAX_COMPILATION_CACHE_DIR"}  # the session's would win
+  entries = []
+  for attempt in ("first", "second"):
+    done = subprocess.run(
+      [sys.executable, "-m", "experiments.sweep", f"--workdir={tmp_path / attempt}", *flags],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    entries.append(sorted(p.relative_to(cache) for p in cache.rglob("*") if p.is_file() and "atime" not in p.name))
+  assert len(entries[0]) >= 5 and entries[1] == entries[0]  # stretch, states, ratios, direction-free δ, evaluation
+  assert _read(tmp_path / "second" / "summary.json") == _read(tmp_path / "first" / "summary.json")
