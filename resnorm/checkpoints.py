@@ -162,25 +162,21 @@ def wait(checkpoints: ocp.CheckpointManager, workdir) -> None:
 
 def _layouts(state):
   """``state``, then as checkpoints written before the MLP blocks' skip weight became a constant
-  (2026-12-01) hold it: without constants named ``skip``, and without constants at all (a plain
-  stack read none). Constants never train, so such a checkpoint restores with ``state``'s."""
+  (2026-12-01) hold it: a residual stack's constants without ``skip``, a plain stack's none at all.
+  Constants never train, so such a checkpoint restores with ``state``'s."""
   yield state
-  constants = state.constants
-  without_skip = jax.tree_util.tree_map_with_path(
-    lambda path, leaf: None if path and getattr(path[-1], "key", None) == "skip" else leaf, constants
-  )
-  if jax.tree.structure(without_skip) != jax.tree.structure(constants):
-    yield state.replace(constants=_drop_empty(without_skip))
-  if jax.tree.leaves(constants):
+  without_skip = _without(state.constants, "skip")
+  if jax.tree.structure(without_skip) != jax.tree.structure(state.constants):
+    yield state.replace(constants=without_skip)
+  if jax.tree.leaves(state.constants):
     yield state.replace(constants={})
 
 
-def _drop_empty(tree):
-  """``tree`` (nested dicts) without None leaves and the dicts they leave empty."""
+def _without(tree, name: str):
+  """``tree`` (nested dicts) without its entries called ``name``."""
   if not isinstance(tree, dict):
     return tree
-  kept = {key: _drop_empty(value) for key, value in tree.items() if value is not None}
-  return {key: value for key, value in kept.items() if not (isinstance(value, dict) and not value)}
+  return {key: _without(value, name) for key, value in tree.items() if key != name}
 
 
 def _restore_step(workdir, local: bool, step: int, target):
