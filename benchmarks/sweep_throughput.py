@@ -4,11 +4,12 @@ r"""The depth sweep's wall time against its arithmetic floor, and where the rest
     python -m benchmarks.sweep_throughput --rerun               # then again, the compilation cache warm
     python -m benchmarks.sweep_throughput --quick               # a tiny sweep (the tests run this)
 
-Runs the sweep in this process and splits its time into thread-seconds (the sweep trains two
-groups at once, so they add up to more than the wall time): tracing and compiling (JAX's own
-monitoring events), training stretches, measurements, evaluations, creating the initial states,
-and writing the outputs and the figures; each net of the compilation that happened inside it;
-and the number of XLA compilations (none for a program the persistent cache holds).
+Runs the sweep as ``python -m experiments.sweep`` runs it (``config.parallel_runs`` worker
+processes) on an empty persistent compilation cache: its wall time, and its XLA compilations as
+the programs it adds to the cache. Then runs it again in this process, one group at a time, on
+another empty cache, and splits that run's time into thread-seconds: tracing and compiling (JAX's
+own monitoring events), training stretches, measurements, evaluations, creating the initial
+states, and writing the outputs and the figures; each net of the compilation inside it.
 
 The floor: one compiled stretch of ``--floor_steps`` steps of a stack of the sweep's own blocks
 at the largest depth (batch, width and hidden of the config; one run, the library's
@@ -22,6 +23,7 @@ reference setting at the largest depth for that many steps the same way.
 import collections
 import contextlib
 import functools
+import os
 import tempfile
 import threading
 import time
@@ -33,7 +35,8 @@ from absl import app, flags
 
 from benchmarks import common
 from configs import depth_sweep
-from resnorm import loop, models, plots, sweep, train
+from experiments import sweep_outputs, sweep_runner
+from resnorm import loop, models, plots, sweep_plan, train
 
 _RERUN = flags.DEFINE_bool("rerun", False, "Run the sweep a second time with the compilation cache warm.")
 _QUICK = flags.DEFINE_bool("quick", False, "A tiny sweep: two depths, one seed, 20 steps (for the tests).")
@@ -57,22 +60,14 @@ class Clock:
 
   def __init__(self):
     self.seconds = collections.defaultdict(float)
-    self.compiles = 0  # XLA compilations: programs built less those read from the persistent cache
     self._local = threading.local()
     self._lock = threading.Lock()
     jax.monitoring.register_event_duration_secs_listener(self._compiled)
-    jax.monitoring.register_event_listener(self._cache_hit)
-
-  def _cache_hit(self, event: str, **_) -> None:
-    if event == "/jax/compilation_cache/cache_hits":
-      with self._lock:
-        self.compiles -= 1
 
   def _compiled(self, event: str, duration: float, **_) -> None:
     if event in COMPILE_EVENTS:
       with self._lock:
         self.seconds["compile"] += duration
-        self.compiles += event == "/jax/core/compile/backend_compile_duration"
       self._local.compiled = getattr(self._local, "compiled", 0.0) + duration
 
   @contextlib.contextmanager
@@ -142,21 +137,27 @@ def _with_depth(config, depth: int):
 
 def block_steps(config) -> int:
   """Σ over the sweep's runs of steps × depth."""
-  return sum(single.num_steps * depth for _, depth, _, single in sweep.plan(config))
+  return sum(run.config.num_steps * run.depth for run in sweep_plan.plan(config))
 
 
-def timed_sweep(config) -> float:
+def timed_sweep(config, cache: str) -> tuple[float, int]:
+  """The sweep's wall time, and the programs it added to the persistent compilation ``cache``."""
+  before = len(os.listdir(cache))
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    sweep.run_sweep(config, workdir, progress=False)
-    return time.perf_counter() - start
+    sweep_runner.run_sweep(config, workdir, progress=False)
+    return time.perf_counter() - start, len(os.listdir(cache)) - before
+
+
+def _use_cache(cache: str) -> None:
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def main(argv):
   del argv
   cache = _CACHE.value or tempfile.mkdtemp(prefix="resnorm-sweep-cache-")
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  _use_cache(cache)
   config = sweep_config()
   clock = Clock()
   clock.wrap(loop._Stretches, "__call__", "train", wait=True)
@@ -165,20 +166,25 @@ def main(argv):
   clock.wrap(loop, "_initial_states", "initial states", wait=True)
   for figure in ("delta_vs_depth", "task_vs_depth", "constructed_vs_trained", "ratio_profile", "delta_during_training"):
     clock.wrap(plots, figure, "figures")
-  clock.wrap(sweep, "write_outputs", "outputs and figures")
+  clock.wrap(sweep_outputs, "write_outputs", "outputs and figures")
   # The floor is measured before and after the timed runs and the lower taken: on a shared machine
   # the same stretch has run 1.7× slower in one hour than in the next.
   measured = [floor_seconds_per_block_step(config, _FLOOR_STEPS.value)]
   sweeps = []
   for variant in ("first run", "rerun, compilation cache warm")[: 2 if _RERUN.value else 1]:
-    clock.seconds.clear()
-    clock.compiles = 0
-    wall = timed_sweep(config)
-    parts = dict(clock.seconds)
-    parts["outputs and figures"] = parts.get("outputs and figures", 0.0) - parts.get("figures", 0.0)
-    sweeps.append((variant, wall, parts, clock.compiles))
+    wall, compiles = timed_sweep(config, cache)
+    sweeps.append((variant, wall, compiles))
+  # The parts: the same sweep in this process, one group at a time, on an empty cache of its own.
+  _use_cache(tempfile.mkdtemp(prefix="resnorm-sweep-parts-cache-"))
+  clock.seconds.clear()
+  in_process = config.copy_and_resolve_references()
+  in_process.parallel_runs = 1
+  parts_wall, _ = timed_sweep(in_process, jax.config.jax_compilation_cache_dir)
+  parts = dict(clock.seconds)
+  parts["outputs and figures"] = parts.get("outputs and figures", 0.0) - parts.get("figures", 0.0)
+  _use_cache(cache)
   if _LONG_RUN.value:
-    single = [run for run in sweep.plan(config) if run[1] == max(config.depths)][0][3]
+    single = [run for run in sweep_plan.plan(config) if run.depth == max(config.depths)][0].config
     steps = _LONG_RUN.value
     single.num_steps, single.log_every, single.signal.every = steps, steps // 8, steps // 4
     with tempfile.TemporaryDirectory() as workdir:
@@ -189,16 +195,17 @@ def main(argv):
   per_block_step = min(measured)
   print(f"floor per block-step measured before and after: {', '.join(f'{1e6 * s:.1f} µs' for s in measured)}")
   floor = per_block_step * block_steps(config)
-  runs, groups = len(sweep.plan(config)), len(sweep.groups(sweep.plan(config)))
+  runs, groups = len(sweep_plan.plan(config)), len(sweep_plan.groups(sweep_plan.plan(config)))
   rows = []
-  for variant, wall, parts, compiles in sweeps:
+  print(f"the same sweep in one process, one group at a time: wall {parts_wall:.1f} s, in thread-seconds")
+  for name, seconds in sorted(parts.items(), key=lambda item: -item[1]):
+    print(f"  {name:22s} {seconds:7.1f} thread-s")
+  for variant, wall, compiles in sweeps:
     print(
       f"{variant}: {runs} runs in {groups} programs ({compiles} XLA compilations), wall {wall:.1f} s; "
       f"floor {floor:.1f} s ({1e6 * per_block_step:.1f} µs per block-step × {block_steps(config)}): "
       f"{wall / floor:.2f}× the floor"
     )
-    for name, seconds in sorted(parts.items(), key=lambda item: -item[1]):
-      print(f"  {name:22s} {seconds:7.1f} thread-s")
     rows.append(
       common.row(
         "sweep_throughput",
@@ -208,7 +215,7 @@ def main(argv):
         "float32",
         ("quick; " if _QUICK.value else "") + variant,
         None,
-        parts.get("compile"),
+        None,
         wall_s=wall,
         floor_s=floor,
         over_floor=wall / floor,
@@ -217,7 +224,9 @@ def main(argv):
         compiles=compiles,
         us_per_block_step=1e6 * per_block_step,
         us_per_block_step_measured=[1e6 * s for s in measured],
-        parts={k: round(v, 2) for k, v in parts.items()},
+        workers=config.parallel_runs,
+        parts_in_one_process={k: round(v, 2) for k, v in parts.items()},
+        parts_wall_s=parts_wall,
       )
     )
   if _LONG_RUN.value:

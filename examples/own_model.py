@@ -8,7 +8,7 @@ A config file is Python: importing it defines the model and the data and registe
 ``config.settings`` / ``config.overrides`` and ``config.data`` like any built-in family. What the
 model owes the measurement is the probe protocol (README, "Sweeping your own model"): a probe at
 the input, the stem and after every block, numbered along the stream, and the identical blocks
-in one ``nn.scan`` (``resnorm.models.lifted.scan``) whose probe is called ``probes.SCANNED_PROBE``.
+in one ``nn.scan`` whose probe is called ``probes.SCANNED_PROBE``.
 
 The block: x ← x + g(x) ⊙ W₂ tanh(W₁ x), the gate g(x) = σ(W_g x) (a highway-style residual);
 W₂ starts at 0, so every block is the identity at initialisation and δ = 0 at every depth
@@ -23,7 +23,6 @@ from ml_collections import config_dict
 
 from configs import depth_sweep
 from resnorm import data, models, probes
-from resnorm.models import lifted
 
 FAMILY, DATASET = "gated_mlp", "spirals"
 
@@ -58,11 +57,8 @@ class GatedStack(nn.Module):
     x = probes.probe(self, probes.site_name(0, "input"), inputs)
     x = nn.Dense(self.width, name="stem")(x)
     x = probes.probe(self, probes.site_name(1, "stem"), x, x_in=inputs, branch=x)
-    # lifted.scan is nn.scan(..., split_rngs={"params": True}) defined once per depth: the sweep's
-    # threads trace several depths at once, and an nn.scan inside __call__ defines a class per trace.
-    blocks = lifted.scan(GatedBlock, length=self.depth, variable_axes=probes.SCAN_AXES)(
-      hidden=self.hidden, name=probes.site_name(2, "block")
-    )
+    scanned = nn.scan(GatedBlock, variable_axes=probes.SCAN_AXES, split_rngs={"params": True}, length=self.depth)
+    blocks = scanned(hidden=self.hidden, name=probes.site_name(2, "block"))
     x, _ = blocks(x, None)
     return nn.Dense(self.num_outputs, name="head")(x)
 

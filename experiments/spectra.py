@@ -14,8 +14,8 @@ from absl import app, flags, logging
 from matplotlib.figure import Figure
 from ml_collections import config_flags
 
-from experiments import cli
-from resnorm import config_validation, depth_spectra, plots, records, recurrence
+from experiments import cli, depth_spectra
+from resnorm import config_validation, plots, records, recurrence
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Spectra config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the figures.", required=True)

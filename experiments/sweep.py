@@ -15,8 +15,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import cli, cluster
-from resnorm import config_validation, loop, records, sweep
+from experiments import cli, cluster, sweep_outputs, sweep_runner
+from resnorm import config_validation, preemption, records, report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for runs and results.", required=True)
@@ -40,20 +40,20 @@ def main(argv):
       raise app.UsageError("--config is required unless --aggregate is given")
   try:
     if _AGGREGATE.value:
-      summary = sweep.aggregate(argv[1:], _WORKDIR.value, allow_incomplete=_ALLOW_INCOMPLETE.value)
+      summary = sweep_outputs.aggregate(argv[1:], _WORKDIR.value, allow_incomplete=_ALLOW_INCOMPLETE.value)
     else:
-      with loop.sigterm_stops():  # from start-up on: SIGTERM stops the runs at a saved step
-        summary = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
+      with preemption.StopSignals() as stop:  # SIGTERM or Ctrl-C: the runs stop at a saved step
+        summary = sweep_runner.run_sweep(_CONFIG.value, _WORKDIR.value, should_stop=stop)
   except (
     config_validation.ConfigError,
     records.WorkdirError,
-    loop.Preempted,
+    preemption.Preempted,
     records.WriteFailed,
     records.UnreadableRecord,
   ) as error:
     sys.exit(f"error: {error}")  # one line, exit status 1, before anything compiles or changes
   if jax.process_index() == 0:
-    print(sweep.format_table(summary))
+    print(report.format_table(summary))
   logging.info("wrote summary.json, results.csv and the figures to %s", _WORKDIR.value)
 
 

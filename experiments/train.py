@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import cli, cluster
-from resnorm import config_validation, loop, plots, records
+from resnorm import config_validation, loop, plots, preemption, records
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.", required=True)
@@ -55,13 +55,13 @@ def main(argv):
   cluster.initialize()
   cli.report_disk_errors_once()
   try:
-    with loop.sigterm_stops():  # from start-up on: SIGTERM stops the run at a saved step
+    with preemption.StopSignals() as stop:  # SIGTERM or Ctrl-C: the run stops at a saved step
       dataset = config_validation.load_data(_CONFIG.value)
       config_validation.check_run(_CONFIG.value, dataset)
       # One run per workdir (one process: a process of several cannot refuse alone).
       with loop.WorkdirLock(_WORKDIR.value) if jax.process_count() == 1 else contextlib.nullcontext():
-        record = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, dataset).to_json()
-  except (config_validation.ConfigError, records.WorkdirError, loop.Preempted, records.WriteFailed) as error:
+        record = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, dataset, should_stop=stop).to_json()
+  except (config_validation.ConfigError, records.WorkdirError, preemption.Preempted, records.WriteFailed) as error:
     sys.exit(f"error: {error}")  # one line, exit status 1
   if jax.process_index() == 0:
     print(

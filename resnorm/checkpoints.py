@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import threading
 from typing import NamedTuple
 
 import jax
@@ -45,21 +44,15 @@ class Restored(NamedTuple):
 
 
 def manager(directory, local: bool) -> ocp.CheckpointManager:
-  """Keeps the last two checkpoints; with ``local``, this process alone saves and restores.
-
-  Saves run in the background, except in a run on a thread other than the main one (a sweep's
-  parallel runs): two managers of one process saving the same step at once in the background
-  race in Orbax 0.12 (one removes the other's temporary directory).
-  """
-  background = threading.current_thread() is threading.main_thread()
-  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=background)
+  """Keeps the last two checkpoints, saved in the background; with ``local``, this process alone
+  saves and restores."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
   if local and jax.process_count() > 1:
     process = jax.process_index()
     directory.mkdir(parents=True, exist_ok=True)  # Orbax creates it only when every process takes part
     options = ocp.CheckpointManagerOptions(
       max_to_keep=2,
       create=False,
-      enable_async_checkpointing=background,
       multiprocessing_options=(
         ocp.options.MultiprocessingOptions(
           primary_host=process, active_processes={process}, barrier_sync_key_prefix=f"process{process}"

@@ -16,7 +16,7 @@ import contextlib
 import jax
 
 from resnorm import data as data_lib
-from resnorm import loop, models, procrustes, records, signal, validation
+from resnorm import loop, models, procrustes, records, signal, sweep_plan, validation
 
 OPTIMIZERS = ("adam", "sgd")
 PLACEMENTS = ("mesh", "spread")
@@ -201,9 +201,9 @@ def build_model(config, num_outputs: int):
     return loop.build_model(config, num_outputs)
 
 
-def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
-  """A sweep config (``configs/depth_sweep.py``'s shape), then each run's config from
-  ``plan(config)`` (triples ``(setting, depth, seed, run config)``)."""
+def check_sweep(config, dataset: data_lib.Dataset) -> None:
+  """A sweep config (``configs/depth_sweep.py``'s shape), then the config of each of its runs
+  (:func:`resnorm.sweep_plan.plan`)."""
   with fields("config."):
     validation.positive_ints("depths", config.depths)
     validation.positive_int("parallel_runs", config.parallel_runs)
@@ -239,10 +239,11 @@ def check_sweep(config, dataset: data_lib.Dataset, plan) -> None:
         f"None in a sweep, which sets it from {instead}: override {instead} instead",
       )
   checked = set()
-  for setting, depth, _, single in plan(config):
-    if (setting, depth) in checked:
+  for run in sweep_plan.plan(config):
+    setting, single = run.setting, run.config
+    if (setting, run.depth) in checked:
       continue  # seeds change no field that is checked
-    checked.add((setting, depth))
+    checked.add((setting, run.depth))
     try:
       check_run(single, dataset)
     except ConfigError as error:

@@ -41,11 +41,9 @@ import contextlib
 import dataclasses
 import datetime
 import functools
-import gc
 import json
 import math
 import os
-import signal as signal_lib
 import socket
 import sys
 import threading
@@ -54,7 +52,6 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -67,7 +64,7 @@ from flax import traverse_util
 
 from resnorm import checkpoints as checkpoints_lib
 from resnorm import data as data_lib
-from resnorm import models, procrustes, records, signal, spectra, train, validation, writers
+from resnorm import models, preemption, procrustes, records, signal, spectra, train, validation, writers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,48 +91,6 @@ def build_model(config, num_outputs: int):
     num_classes=num_outputs,
     **models.accepted_options(config.model.name, options, prefix=""),
   )
-
-
-def models_define_no_class(configs, dataset) -> bool:
-  """Whether threads may trace the models of ``configs`` at the same time.
-
-  Traces each distinct model once, abstractly (``jax.eval_shape`` of its ``init``: nothing
-  compiles), so that the lifted classes it defines (:mod:`resnorm.models.lifted`) exist before any
-  thread traces it; then traces one model of each family again and returns whether that defined
-  no flax module class. A model that lifts its blocks with ``nn.scan`` or ``nn.remat`` inside
-  ``__call__`` defines a class at every trace, and defining one edits its bases in place for a
-  moment, which a thread tracing the same blocks meanwhile can see.
-  """
-  distinct = {json.dumps(c.model.to_dict(), sort_keys=True, default=str): c for c in configs}
-  families = {c.model.name: c for c in distinct.values()}
-
-  def trace(config):
-    model = build_model(config, dataset.num_outputs)
-    jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), dataset.x_train[:1])
-
-  for config in distinct.values():
-    trace(config)
-  collecting = gc.isenabled()
-  gc.disable()  # a class is freed only by the cycle collector: none defined below goes unseen
-  try:
-    before = _module_classes()
-    for config in families.values():
-      trace(config)
-    return _module_classes() <= before
-  finally:
-    if collecting:
-      gc.enable()
-
-
-def _module_classes() -> set[type]:
-  """Every subclass of ``flax.linen.Module`` alive, at any depth."""
-  found, todo = set(), [nn.Module]
-  while todo:
-    for subclass in todo.pop().__subclasses__():
-      if subclass not in found:
-        found.add(subclass)
-        todo.append(subclass)
-  return found
 
 
 def shardings(devices) -> tuple[jax.sharding.NamedSharding, jax.sharding.NamedSharding]:
@@ -251,11 +206,6 @@ def parameter_count(state) -> int:
   return sum(leaf.size for leaf in jax.tree.leaves(state.params))
 
 
-# Two large batched SVDs running at once in one process (a sweep's threads) deadlock XLA:CPU
-# (jaxlib 0.10: both wait on the intra-op thread pool); the direction-free δ takes turns.
-_ONE_SVD_AT_A_TIME = threading.Lock()
-
-
 class Measurer:
   """Every member's backward ratios (and direction-free δ) on the first held-out examples.
 
@@ -321,8 +271,7 @@ class Measurer:
     reports = self.reports
     extremes = None
     if free and self.free:
-      with _ONE_SVD_AT_A_TIME:
-        extremes = jax.device_get(self.free(variables, self.free_inputs))
+      extremes = jax.device_get(self.free(variables, self.free_inputs))
     in_train_mode = None
     if self.train_ratios and step is not None:
       batches = [training_batch(self.config, self.dataset, seed, step) for seed in seeds]
@@ -497,24 +446,6 @@ class WorkdirLock:
       records.write_text(self.path, json.dumps(self._record(time.time())))
 
 
-class Preempted(Exception):
-  """SIGTERM stopped the run (or the group of runs) after saving a checkpoint at ``step``; a
-  sweep's runs at their own steps (``step`` None)."""
-
-  def __init__(self, step: int | None, workdirs):
-    self.step, self.workdirs = step, list(workdirs)
-    where = ", ".join(f"{w}/checkpoints" for w in self.workdirs) or "no run (none had started)"
-    if step is None:
-      super().__init__(
-        f"stopped by SIGTERM; the runs in training saved their current step in {where}: run the same command to resume"
-      )
-    else:
-      super().__init__(
-        f"stopped by SIGTERM at step {step}; the checkpoint of step {step} is saved in {where}: "
-        "run the same command to resume"
-      )
-
-
 def config_differences(saved: dict, config, resumable=RESUMABLE_FIELDS) -> list[str]:
   """``field: saved -> now`` for each field (outside ``resumable``) that differs."""
   saved, now = (traverse_util.flatten_dict(tree, sep=".") for tree in (saved, records.config_dict(config)))
@@ -589,42 +520,6 @@ class _Progress:
       self.bar.close()
 
 
-_STOP = threading.Event()  # set by SIGTERM while sigterm_stops() is entered; every training loop answers it
-_STOP_HOLDERS = [0]  # how many sigterm_stops() are entered on the main thread
-
-
-@contextlib.contextmanager
-def sigterm_stops():
-  """While entered on the main thread (an entry point, or a run trained there), SIGTERM asks
-  every training loop of the process, on whatever thread, to save a checkpoint at its current
-  step and stop with :class:`Preempted`; runs not yet started stop before they train (threads
-  cannot take signals themselves, so the handler sets a flag they all read). Entered on another
-  thread it only reads the flag. Nested entries share one handler."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-
-  def handle(signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint at the current step of every run, then stopping")
-    _STOP.set()
-
-  if not _STOP_HOLDERS[0]:
-    _STOP.clear()
-  previous = signal_lib.signal(signal_lib.SIGTERM, handle)
-  _STOP_HOLDERS[0] += 1
-  try:
-    yield
-  finally:
-    _STOP_HOLDERS[0] -= 1
-    signal_lib.signal(signal_lib.SIGTERM, previous)
-
-
-def stop_requested() -> bool:
-  """Whether SIGTERM arrived while :func:`sigterm_stops` was entered."""
-  return _STOP.is_set()
-
-
 def _best(evaluations: list[dict]) -> tuple[float | None, int | None]:
   """The best test accuracy among evaluation rows and its step (the earliest on ties)."""
   scored = [row for row in evaluations if row.get("test_accuracy") is not None]
@@ -640,7 +535,7 @@ STEPS_PER_DISPATCH = 100  # the default longest stretch of steps one dispatch ru
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir, dataset=None, *, local: bool = False
+  config: ml_collections.ConfigDict, workdir, dataset=None, *, local: bool = False, should_stop=preemption.never
 ) -> records.RunRecord:
   """Trains one model, measures it before and after, writes ``workdir`` (see module docstring).
 
@@ -651,15 +546,18 @@ def train_and_evaluate(
     local: train on this process's devices alone, and write the files from this process (a
       sweep that spreads its runs over the processes); otherwise every process takes part and
       process 0 writes.
+    should_stop: read between stretches of steps; once it returns True the run saves a checkpoint
+      of its current step and raises :class:`resnorm.preemption.Preempted`
+      (:class:`resnorm.preemption.StopSignals`: on SIGTERM or Ctrl-C).
 
   Returns:
     The record written to ``workdir/summary.json``.
 
   Raises:
     records.WorkdirError: the workdir holds checkpoints of another config, or none that restores.
-    Preempted: SIGTERM arrived (on the main thread); a checkpoint of the current step is saved.
+    preemption.Preempted: ``should_stop`` said stop; a checkpoint of the current step is saved.
   """
-  return train_group([config], [workdir], dataset, local=local)[0]
+  return train_group([config], [workdir], dataset, local=local, should_stop=should_stop)[0]
 
 
 @dataclasses.dataclass
@@ -722,7 +620,9 @@ def _check_group(configs) -> None:
     raise ValueError("procrustes.enabled or augment: expected one run per group (the host decides per run)")
 
 
-def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list[records.RunRecord]:
+def train_group(
+  configs, workdirs, dataset=None, *, local: bool = False, should_stop=preemption.never
+) -> list[records.RunRecord]:
   """Trains runs whose configs differ only in :data:`MEMBER_FIELDS` as one program, each member's
   numbers those of its run alone (same initial keys, same batches, same steps), and writes each
   run's workdir as :func:`train_and_evaluate` does. Members that left off at different steps in an
@@ -772,7 +672,9 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
     results = [None] * len(configs)
     for start in starts:
       chosen = [m for m, member in enumerate(restored) if member.step == start]
-      group = train_group([configs[m] for m in chosen], [workdirs[m] for m in chosen], dataset, local=local)
+      group = train_group(
+        [configs[m] for m in chosen], [workdirs[m] for m in chosen], dataset, local=local, should_stop=should_stop
+      )
       for m, record in zip(chosen, group):
         results[m] = record
     return results
@@ -808,9 +710,9 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
   run_stretch = _Stretches(config, dataset, seeds, loss_fn, capacity, replicated, batch_sharding, start, num_steps)
   intervals = (config.log_every, config.checkpoint_every, config.signal.every, eval_every)
   started = time.time()
-  preempted = None  # the step SIGTERM stopped the group at
+  preempted = None  # the step a stop request stopped the group at
   progress = _Progress(lead, _show_bar(config), start, num_steps, steps_per_epoch, config.batch_size * len(members))
-  with contextlib.closing(run_stretch), sigterm_stops():
+  with contextlib.closing(run_stretch):
     step = start
     while step < num_steps:
       done = min([num_steps, step + capacity] + [(step // k + 1) * k for k in intervals if k])
@@ -821,7 +723,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
       alive = [m for m in members if m.divergence is None]
       if not alive:
         break
-      stop_now = stop_requested() or (jax.process_count() > 1 and not local and managers[0].reached_preemption(done))
+      stop_now = should_stop() or (jax.process_count() > 1 and not local and managers[0].reached_preemption(done))
       if done % config.log_every == 0 or done == num_steps:
         learning_rate = float(schedule(done - 1))
         for member in alive:
@@ -880,7 +782,7 @@ def train_group(configs, workdirs, dataset=None, *, local: bool = False) -> list
     member.checkpoints.close()
     member.writer.close()
   if preempted is not None:
-    raise Preempted(preempted, [m.workdir for m in members])
+    raise preemption.Preempted(preempted, [m.workdir for m in members])
 
   alive = any(m.divergence is None for m in members)
   again = measured_at == num_steps  # the loop measured the last step's ratios

@@ -373,7 +373,7 @@ def draw_recurrence(fig, matrix, convergence):
 def draw_block_spectra(fig, results):
   """Histograms of block-Jacobian singular values, one panel per model, one curve per depth.
 
-  ``results``: :func:`resnorm.depth_spectra.depth_spectra`'s.
+  ``results``: :func:`experiments.depth_spectra.depth_spectra`'s.
   """
   axes = fig.subplots(1, len(results), squeeze=False)
   for ax, (name, by_depth) in zip(axes[0], results.items()):
@@ -393,7 +393,7 @@ def draw_block_spectra(fig, results):
 def draw_stack_spectra(ax, results):
   """End-to-end σ_max, median σ and σ_min (medians over examples) against depth, per model, on ``ax``.
 
-  ``results``: :func:`resnorm.depth_spectra.depth_spectra`'s. float32 resolves σ down to about
+  ``results``: :func:`experiments.depth_spectra.depth_spectra`'s. float32 resolves σ down to about
   1e-7·σ_max; below that (a plain ReLU stack is singular) it is rounding.
   """
   for name, by_depth in results.items():

@@ -630,6 +630,100 @@ def _token_cosines(family: records.FamilyResults) -> bool:
   return any(v is not None for stage in (family.init, family.trained) for v in (stage.token_c_last or []))
 
 
+# ----------------------------------------------------------------------------- the text table
+
+
+def format_table(summary: records.SweepSummary) -> str:
+  """One block per setting: a row per depth with δ at init and after training (means over seeds
+  ± their spread), the depth-fair statistics, and how well the depth fitted the task; then the
+  bound reading of trained δ_max."""
+  lines = []
+  for name, family in summary.models.items():
+    seeds = len(family.seeds or [None])
+    lines.append(f"{name} ({family.model or name}, {seeds} seed{'s' * (seeds > 1)}; means ± std over seeds)")
+    fitted = family.test_loss_relative is not None
+    accuracy = family.test_accuracy is not None
+    trained, std = family.trained, family.trained.std or {}
+    blocks = family.block_counts()
+    header = (
+      ["depth"]
+      + (["blocks"] if blocks else [])
+      + [
+        "δmax init",
+        "δmax trained",
+        "δmean",
+        "layer p90 max",
+        "batch δmax",
+        "train/var" if fitted else "train loss",
+        "test/var" if fitted else "test loss",
+      ]
+    )
+    header += ["test acc"] if accuracy else []
+    tokens = trained.token_c_last is not None and any(v is not None for v in trained.token_c_last)
+    header += ["token cos"] if tokens else []  # rank collapse as it nears 1 (a stream of sequences)
+    rows = [header]
+    for i, L in enumerate(family.depths):
+      row = [str(L)] + ([str(blocks[i] or 0)] if blocks else []) + [_fmt(family.init.delta_max[i])]
+      if family.diverged[i]:
+        count = f"{family.num_diverged[i]}/{seeds} " if family.num_diverged else ""
+        row.append(f"{count}diverged@{family.diverged_at_step[i]}")
+      else:
+        row.append(_pm(trained.delta_max[i], std.get("delta_max"), i))
+      row += [
+        _pm(trained.delta_mean[i], std.get("delta_mean"), i),
+        _pm((trained.layer_p90_max or [None] * (i + 1))[i], std.get("layer_p90_max"), i),
+        _fmt((trained.batch_delta_max or [None] * (i + 1))[i]),
+      ]
+      losses = (
+        (family.train_loss_relative, family.test_loss_relative) if fitted else (family.train_loss, family.test_loss)
+      )
+      row += [_fmt(v[i]) for v in losses]
+      row += [_fmt(family.test_accuracy[i])] if accuracy else []
+      row += [_pm(trained.token_c_last[i], std.get("token_c_last"), i)] if tokens else []
+      rows.append(row)
+    widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
+    lines += ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines += [_bound_line("trained δmax", trained), _bound_line("trained layer p90 max", trained, "layer_p90_max")]
+    for kind, stages in sorted((family.by_kind or {}).items()):
+      if kind != "stem":
+        lines.append(
+          _bound_line(f"trained {kind} δmax", stages["trained"], kind=kind)
+          + "  (init δmax "
+          + ", ".join(_fmt(v) for v in stages["init"].delta_max)
+          + ")"
+        )
+    lines.append("")
+  return "\n".join(lines).rstrip()
+
+
+# What L counts in a bound reading against layers, per kind of layer.
+_LAYER_NOUNS = {"block": "identity blocks", "transition": "transitions", "stem": "stem layers"}
+
+
+def _bound_line(label: str, stage: records.Stage, key: str = "delta_max", kind: str = "block") -> str:
+  """c_min, the slope with its interval and the separated law, or why there is none; and what L is."""
+  reading = (stage.bound or {}).get(key)
+  if reading is None:
+    fit = stage.fit
+    return f"  {label}: log(2L)/L fit c {_fmt(fit.get('c'))} (first-format summary: no bound reading)"
+  counted = _LAYER_NOUNS.get(kind, kind) if stage.L == "layers" else "network depth"
+  text = f"  {label} [L = {counted}]: c_min {_fmt(reading['c_min'])} (set at L = {reading['c_min_depth']})"
+  if reading["slope"] is None:
+    return text + f"; {reading['note']}"
+  interval = reading.get("slope_interval")
+  level = round(100 * reading["level"])
+  interval = f"[{interval[0]:.2f}, {interval[1]:.2f}] ({level}%)" if interval else "(no interval)"
+  best = reading["best"] or f"none ({reading['note'] or 'not separated by the seeds'})"
+  r2 = ", ".join(f"{law} {v['r2']:.2f}" for law, v in reading["laws"].items())
+  return text + f"; log-log slope {reading['slope']:.2f} {interval}; best law: {best} (R² {r2})"
+
+
+def _pm(value, spread, i) -> str:
+  if value is None:
+    return "—"
+  return _fmt(value) + (f"±{spread[i]:.2g}" if spread and spread[i] is not None else "")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
   return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 

@@ -159,7 +159,7 @@ def test_sweep_throughput_benchmark_splits_a_tiny_sweep_and_sets_it_against_its_
   # Residual and plain runs of one depth share a program: 2 programs, each compiling at least its stretch.
   assert sweep_row["variant"] == "quick; first run" and sweep_row["runs"] == 4 and sweep_row["programs"] == 2
   assert sweep_row["compiles"] >= sweep_row["programs"] and "XLA compilations" in out
-  assert sweep_row["wall_s"] > sweep_row["floor_s"] > 0 and sweep_row["parts"]["train"] > 0
-  assert {"compile", "measure", "outputs and figures", "figures"} <= set(sweep_row["parts"])
+  assert sweep_row["wall_s"] > sweep_row["floor_s"] > 0 and sweep_row["parts_in_one_process"]["train"] > 0
+  assert {"compile", "measure", "outputs and figures", "figures"} <= set(sweep_row["parts_in_one_process"])
   assert long_row["variant"] == "one run of 20 steps" and long_row["over_floor"] > 1
   assert "the floor" in out

@@ -10,7 +10,8 @@ import flax.linen as nn
 import pytest
 
 import helpers
-from resnorm import config_validation, models, probes, records, sweep
+from experiments import sweep_runner
+from resnorm import config_validation, models, probes, records, sweep_plan
 
 
 def _example():
@@ -43,7 +44,7 @@ def test_the_own_model_example_sweeps_from_a_fresh_process(tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   summary = records.read_json(tmp_path / "summary.json")
-  runs = [records.read_run(tmp_path / sweep.RUNS / sweep.run_name("gated", depth, 0)) for depth in (2, 4)]
+  runs = [records.read_run(tmp_path / sweep_plan.RUNS / sweep_plan.run_name("gated", depth, 0)) for depth in (2, 4)]
   assert [run.model for run in runs] == ["gated_mlp"] * 2 and list(summary["models"]) == ["gated"]
   assert all(run.init.block.delta_max == 0 and run.trained.block.delta_max > 0 for run in runs)  # W₂ starts at 0
   assert "gated (gated_mlp, 1 seed" in result.stdout
@@ -87,5 +88,5 @@ def test_a_registered_model_that_breaks_the_probe_protocol_is_refused_at_the_doo
   config.overrides.gated.name = name
   config.depths, config.seeds = (2,), (0,)
   with pytest.raises(config_validation.ConfigError, match=f"config.overrides.gated.name = '{name}'.*{message}"):
-    sweep.run_sweep(config, str(tmp_path / "sweep"), progress=False)
+    sweep_runner.run_sweep(config, str(tmp_path / "sweep"), progress=False)
   assert not (tmp_path / "sweep").exists()

@@ -15,8 +15,9 @@ import pytest
 from etils import epath
 
 import helpers
+from experiments import sweep_outputs, sweep_runner
 from helpers import tiny_sweep
-from resnorm import checkpoints, loop, records, sweep
+from resnorm import checkpoints, loop, preemption, records, report, sweep_plan
 from test_train import tiny_run
 
 
@@ -25,7 +26,7 @@ def two_seeds(tmp_path_factory):
   """A finished sweep of one setting, one depth and two seeds, and its summary."""
   workdir = tmp_path_factory.mktemp("two_seeds") / "sweep"
   config = tiny_sweep(depths=(2,), settings=("mlp_residual",), seeds=(0, 1))
-  return config, workdir, sweep.run_sweep(config, str(workdir), progress=False)
+  return config, workdir, sweep_runner.run_sweep(config, str(workdir), progress=False)
 
 
 def _copy(workdir, tmp_path):
@@ -34,7 +35,7 @@ def _copy(workdir, tmp_path):
 
 
 def _run_dir(workdir, seed):
-  return workdir / sweep.RUNS / sweep.run_name("mlp_residual", 2, seed)
+  return workdir / sweep_plan.RUNS / sweep_plan.run_name("mlp_residual", 2, seed)
 
 
 def test_runs_whose_files_do_not_read_are_set_aside_and_trained_again(two_seeds, tmp_path, caplog):
@@ -48,10 +49,10 @@ def test_runs_whose_files_do_not_read_are_set_aside_and_trained_again(two_seeds,
   lines = (_run_dir(copy, 1) / "metrics.jsonl").read_text().splitlines()
   lines[0] = lines[0][: len(lines[0]) // 2]
   (_run_dir(copy, 1) / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-  rerun = sweep.run_sweep(config, str(copy), progress=False)
+  rerun = sweep_runner.run_sweep(config, str(copy), progress=False)
   assert rerun.to_json() == summary.to_json()
-  assert sorted(p.name.split(".")[0] for p in (copy / sweep.SET_ASIDE).iterdir()) == [
-    sweep.run_name("mlp_residual", 2, seed) for seed in (0, 1)
+  assert sorted(p.name.split(".")[0] for p in (copy / sweep_runner.SET_ASIDE).iterdir()) == [
+    sweep_plan.run_name("mlp_residual", 2, seed) for seed in (0, 1)
   ]
   for seed, name in ((0, "summary.json"), (1, "metrics.jsonl")):
     assert str(_run_dir(copy, seed) / name) in caplog.text
@@ -74,7 +75,7 @@ def test_a_rerun_with_another_config_is_refused_before_anything_changes(two_seed
   changed = tiny_sweep(depths=(2,), settings=("mlp_residual",), seeds=(0, 1))
   changed.num_steps = 30
   with pytest.raises(records.WorkdirError, match=r"holds 2 runs of another config: .*num_steps: 20 there, 30 now"):
-    sweep.run_sweep(changed, str(copy), progress=False)
+    sweep_runner.run_sweep(changed, str(copy), progress=False)
   assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
 
@@ -85,14 +86,14 @@ def test_aggregate_refuses_runs_of_another_config_and_names_unfinished_ones(two_
   run_config["optimizer"]["learning_rate"] = 0.5
   (_run_dir(mixed, 1) / "config.json").write_text(json.dumps(run_config))
   with pytest.raises(records.WorkdirError, match="trained with another config.*s1 .*learning_rate: 0.5 there"):
-    sweep.aggregate([str(mixed)], str(tmp_path / "merged"))
+    sweep_outputs.aggregate([str(mixed)], str(tmp_path / "merged"))
   assert not (tmp_path / "merged").exists()
   shutil.rmtree(mixed)
   incomplete = _copy(workdir, tmp_path)
   (_run_dir(incomplete, 1) / "summary.json").unlink()
   with pytest.raises(records.WorkdirError, match=f"1 runs are not finished: {_run_dir(incomplete, 1)}"):
-    sweep.aggregate([str(incomplete)], str(tmp_path / "merged"))
-  merged = sweep.aggregate([str(incomplete)], str(tmp_path / "merged"), allow_incomplete=True)
+    sweep_outputs.aggregate([str(incomplete)], str(tmp_path / "merged"))
+  merged = sweep_outputs.aggregate([str(incomplete)], str(tmp_path / "merged"), allow_incomplete=True)
   assert merged.reference.seeds == [0] and summary.reference.seeds == [0, 1]
 
 
@@ -195,8 +196,8 @@ def test_sigterm_during_a_save_stops_at_the_next_step_and_the_rerun_logs_what_th
     return save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", save_while_terminated)
-  with pytest.raises(loop.Preempted, match="stopped by SIGTERM at step 13"):
-    loop.train_and_evaluate(config, tmp_path / "stopped")
+  with pytest.raises(preemption.Preempted, match="stopped by a signal at step 13"), preemption.StopSignals() as stop:
+    loop.train_and_evaluate(config, tmp_path / "stopped", should_stop=stop)
   monkeypatch.undo()
   assert records.read_json(tmp_path / "stopped" / "checkpoints.json")["13"]["losses_since_log"]
   resumed = loop.train_and_evaluate(config, tmp_path / "stopped")
@@ -287,23 +288,27 @@ SWEEP_FLAGS = (
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_sweeps_threads_at_a_saved_step_and_the_rerun_ends_as_an_uninterrupted_sweep(tmp_path):
-  """Two runs training on the sweep's two threads when SIGTERM arrives: exit 1 with the resume
-  message, a checkpoint of each run's current step; the same command then finishes them, with
-  the trained measurements and test losses of a sweep never interrupted."""
+def test_sigterm_stops_a_sweeps_workers_at_a_saved_step_and_the_rerun_ends_as_an_uninterrupted_sweep(tmp_path):
+  """Two groups (L = 2 and L = 4) training in the sweep's two worker processes when SIGTERM
+  reaches the sweep's process: exit 1 with the resume message, a checkpoint of each run's current
+  step; the same command then finishes them, with the trained measurements and test losses of a
+  sweep never interrupted."""
   import signal
   import time
 
+  flags = [f for f in SWEEP_FLAGS if not f.startswith(("--config.depths", "--config.settings"))]
+  flags += ["--config.depths=(2,4)", "--config.settings=('residual_zero_init',)", "--config.parallel_runs=2"]
+
   def command(workdir):
-    return [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *SWEEP_FLAGS]
+    return [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *flags]
 
   env = helpers.cpu_env()
   stopped = subprocess.Popen(
     command(tmp_path / "stopped"), cwd=helpers.REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
   )
   logs = [
-    tmp_path / "stopped" / sweep.RUNS / sweep.run_name(s, 2, 0) / "metrics.jsonl"
-    for s in ("residual_zero_init", "plain")
+    tmp_path / "stopped" / sweep_plan.RUNS / sweep_plan.run_name("residual_zero_init", depth, 0) / "metrics.jsonl"
+    for depth in (2, 4)
   ]
   deadline = time.time() + 180
   while not all(log.exists() and any(r["step"] >= 20 for r in records.json_lines(log.read_text())) for log in logs):
@@ -311,7 +316,7 @@ def test_sigterm_stops_a_sweeps_threads_at_a_saved_step_and_the_rerun_ends_as_an
     time.sleep(0.05)
   stopped.send_signal(signal.SIGTERM)
   _, err = stopped.communicate(timeout=180)
-  assert stopped.returncode == 1 and "stopped by SIGTERM" in err and "run the same command to resume" in err, err[
+  assert stopped.returncode == 1 and "stopped by a signal" in err and "run the same command to resume" in err, err[
     -2000:
   ]
   for log in logs:
@@ -325,11 +330,12 @@ def test_sigterm_stops_a_sweeps_threads_at_a_saved_step_and_the_rerun_ends_as_an
     command(tmp_path / "straight"), cwd=helpers.REPO, env=env, text=True, capture_output=True, check=False
   )
   assert straight.returncode == 0, straight.stderr[-2000:]
-  for setting in ("residual_zero_init", "plain"):
+  for depth in (2, 4):
     a, b = (
-      records.read_run(tmp_path / name / sweep.RUNS / sweep.run_name(setting, 2, 0)) for name in ("straight", "stopped")
+      records.read_run(tmp_path / name / sweep_plan.RUNS / sweep_plan.run_name("residual_zero_init", depth, 0))
+      for name in ("straight", "stopped")
     )
-    assert (b.steps, b.test_loss, b.trained) == (a.steps, a.test_loss, a.trained), setting
+    assert (b.steps, b.test_loss, b.trained) == (a.steps, a.test_loss, a.trained), depth
 
 
 def test_on_a_store_without_exclusive_create_of_two_racing_takers_only_the_last_writer_proceeds(tmp_path):
@@ -462,7 +468,10 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_after_freeing_space_ends_as
   assert "Traceback" not in full_err, full_err[-3000:]
   assert (out / "rerun.rc").read_text().strip() == "0", (out / "rerun.err").read_text()[-2000:]
   for setting in ("residual_zero_init", "plain"):
-    a, b = (records.read_run(root / sweep.RUNS / sweep.run_name(setting, 2, 0)) for root in (straight, out / "sweep"))
+    a, b = (
+      records.read_run(root / sweep_plan.RUNS / sweep_plan.run_name(setting, 2, 0))
+      for root in (straight, out / "sweep")
+    )
     assert (b.steps, [h.step for h in b.history]) == (a.steps, [h.step for h in a.history]), setting
     for field in ("test_loss", "trained", "history"):
       _assert_equal_to_rounding(getattr(b, field), getattr(a, field), f"{setting}.{field}")
@@ -540,8 +549,8 @@ def test_a_sweep_whose_every_run_diverged_ends_with_its_table_and_says_so(tmp_pa
   config = tiny_sweep(depths=(64,), settings=("mlp_residual",))
   config.model.branch_scale = "1"
   config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.01
-  summary = sweep.run_sweep(config, str(tmp_path), progress=False)
+  summary = sweep_runner.run_sweep(config, str(tmp_path), progress=False)
   assert summary.reference.diverged == [True] and summary.reference.trained.delta_max == [None]
-  assert "diverged@" in sweep.format_table(summary)
+  assert "diverged@" in report.format_table(summary)
   for name in ("summary.json", "results.csv", "report.md", "delta_vs_depth.png", "task_vs_depth.png"):
     assert (tmp_path / name).stat().st_size > 0, name

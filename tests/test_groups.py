@@ -131,11 +131,11 @@ def test_an_image_group_with_batch_norm_and_sgd_equals_its_runs_one_by_one(tmp_p
   momentum and weight decay on a cosine schedule) as one program and alone: the sweep groups them,
   and losses, accuracies and δ statistics agree to 1e-5 relative."""
   from helpers import tiny_image_sweep
-  from resnorm import sweep
+  from resnorm import sweep_plan
 
   config = tiny_image_sweep(settings=("resnet_postact",), seeds=(0, 1))
-  (group,) = sweep.groups(sweep.plan(config))
-  configs = [run[3] for run in group]
+  (group,) = sweep_plan.groups(sweep_plan.plan(config))
+  configs = [run.config for run in group]
   assert len(configs) == 2 and configs[0].optimizer.name == "sgd"
   together = loop.train_group(configs, [tmp_path / "group" / str(i) for i in range(2)])
   alone = [loop.train_and_evaluate(c, tmp_path / "alone" / str(i)) for i, c in enumerate(configs)]

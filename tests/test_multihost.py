@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import helpers
+from experiments import sweep_runner
 from helpers import tiny_sweep
-from resnorm import records, sweep
+from resnorm import records, sweep_plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tiny_sweep(settings=("mlp_residual",)) as command-line overrides of the real config file.
@@ -77,7 +78,7 @@ def _two_process_sweep(workdir, placement: str, timeout: int = 240):
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("one")
-  return workdir, sweep.run_sweep(tiny_sweep(settings=("mlp_residual",)), str(workdir), progress=False)
+  return workdir, sweep_runner.run_sweep(tiny_sweep(settings=("mlp_residual",)), str(workdir), progress=False)
 
 
 @pytest.mark.slow
@@ -107,11 +108,13 @@ def test_two_processes_sweep_like_one(one_process, tmp_path, placement, rtol):
 def test_a_failing_run_in_the_spread_placement_names_itself_instead_of_hanging(tmp_path):
   # One run directory holds a checkpoint that does not restore (and passes the door, which
   # reads configs and records only): that process's run raises when it resumes.
-  broken = tmp_path / "runs" / sweep.run_name("mlp_residual", 4, 0) / "checkpoints" / "10"
+  broken = tmp_path / "runs" / sweep_plan.run_name("mlp_residual", 4, 0) / "checkpoints" / "10"
   broken.mkdir(parents=True)
   (broken / "garbage").write_text("not a checkpoint")
   results = _two_process_sweep(tmp_path, "spread", timeout=180)
   for p, out, err in results:
     assert p.returncode != 0
     assert "mlp_residual_L00004_s0" in err and "no checkpoint restores" in err, err[-3000:]
-  assert (tmp_path / "runs" / sweep.run_name("mlp_residual", 2, 0) / "summary.json").exists()  # the other run finished
+  assert (
+    tmp_path / "runs" / sweep_plan.run_name("mlp_residual", 2, 0) / "summary.json"
+  ).exists()  # the other run finished

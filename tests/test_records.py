@@ -136,25 +136,26 @@ def test_records_on_a_cloud_workdir(tmp_path):
 def test_a_sweep_on_a_cloud_workdir_reuses_its_runs_and_aggregates(tmp_path, monkeypatch):
   """Two single-depth sweeps written to gs://, run again (the finished runs are reused), then
   merged into a third gs:// workdir: the merge equals a local joint sweep's summary."""
+  from experiments import sweep_outputs, sweep_runner
   from helpers import tiny_sweep
-  from resnorm import loop, sweep
+  from resnorm import loop
 
   def config(depths):
     single = tiny_sweep(depths=depths, settings=("mlp_residual",))
     single.checkpoint_every, single.tensorboard = 0, False  # TensorBoard's writer is local-only
     return single
 
-  joint = sweep.run_sweep(config((2, 4)), str(tmp_path / "local"), progress=False)
+  joint = sweep_runner.run_sweep(config((2, 4)), str(tmp_path / "local"), progress=False)
   # Orbax asks the storage client itself (not epath) whether a gs:// bucket has a hierarchical namespace.
   from orbax.checkpoint._src.path import gcs_utils
 
   monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda *args, **kwargs: False)
   with mock_cloud(tmp_path / "cloud"):
     for depth in (2, 4):
-      sweep.run_sweep(config((depth,)), f"gs://bucket/L{depth}", progress=False)
+      sweep_runner.run_sweep(config((depth,)), f"gs://bucket/L{depth}", progress=False)
     monkeypatch.setattr(loop, "train_and_evaluate", lambda *args, **kwargs: pytest.fail("a finished run retrained"))
-    sweep.run_sweep(config((2,)), "gs://bucket/L2", progress=False)
-    merged = sweep.aggregate(["gs://bucket/L2", "gs://bucket/L4"], "gs://bucket/all")
+    sweep_runner.run_sweep(config((2,)), "gs://bucket/L2", progress=False)
+    merged = sweep_outputs.aggregate(["gs://bucket/L2", "gs://bucket/L4"], "gs://bucket/all")
   assert merged.to_json() == joint.to_json()
   written = tmp_path / "cloud" / "bucket" / "all"
   assert {"summary.json", "results.csv", "config.json", "delta_vs_depth.png"} <= {p.name for p in written.iterdir()}

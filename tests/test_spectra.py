@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnorm import depth_spectra, models, spectra
+from experiments import depth_spectra
+from resnorm import models, spectra
 
 
 def circular_correlation(x, kernel):
@@ -258,12 +259,12 @@ def test_the_sweeps_compiled_direction_free_measure_matches_a_float64_oracle(set
   one setting, or residual and plain LayerNorm blocks in one program (the sweep's group of a depth:
   the skip's weight a constant, 1 or 0), the case in which forward mode failed for both."""
   from configs import depth_sweep  # pylint: disable=import-outside-toplevel
-  from resnorm import data, loop, sweep, train  # pylint: disable=import-outside-toplevel
+  from resnorm import data, loop, sweep_plan, train  # pylint: disable=import-outside-toplevel
   from resnorm.models import mlp  # pylint: disable=import-outside-toplevel
 
   config = depth_sweep.get_config()
   config.depths = (2,)
-  planned = {setting: [run[3] for run in sweep.plan(config) if run[0] == setting] for setting in settings}
+  planned = {setting: [run.config for run in sweep_plan.plan(config) if run.setting == setting] for setting in settings}
   configs = planned[settings[0]][:2] if len(settings) == 1 else [planned[setting][0] for setting in settings]
   assert len({loop.group_key(c) for c in configs}) == 1  # one program
   dataset = data.load(configs[0].data)

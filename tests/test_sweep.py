@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import helpers
+from experiments import sweep_outputs, sweep_runner
 from helpers import tiny_image_sweep, tiny_sweep
-from resnorm import loop, plots, records, report, signal, sweep, theory
+from resnorm import loop, plots, records, report, signal, sweep_plan, sweep_summary, theory
 from resnorm.config_validation import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,9 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def sweeps(tmp_path_factory):
   """A joint sweep over L ∈ {2, 4} and the same sweep split into two single-depth jobs."""
   root = tmp_path_factory.mktemp("sweeps")
-  joint = sweep.run_sweep(tiny_sweep(), str(root / "joint"), progress=False)
+  joint = sweep_runner.run_sweep(tiny_sweep(), str(root / "joint"), progress=False)
   for depth in (2, 4):
-    sweep.run_sweep(tiny_sweep(depths=(depth,)), str(root / f"L{depth}"), progress=False)
+    sweep_runner.run_sweep(tiny_sweep(depths=(depth,)), str(root / f"L{depth}"), progress=False)
   return root, joint
 
 
@@ -58,21 +59,21 @@ def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
     with open(root / "joint" / figure, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert (root / "joint" / "report.md").read_text() == report.render(joint)  # generated from the summary
-  history = _read(root / "joint" / "runs" / sweep.run_name("mlp_residual", 4, 0) / "summary.json")["history"]
+  history = _read(root / "joint" / "runs" / sweep_plan.run_name("mlp_residual", 4, 0) / "summary.json")["history"]
   assert [h["step"] for h in history] == [10, 20]
   assert history[-1]["delta_max"] == summary["delta_max"][1]  # the last measurement is the trained one
-  table = sweep.format_table(joint)
+  table = report.format_table(joint)
   assert "c_min" in table and "log-log slope" in table
 
 
 @pytest.mark.slow
 def test_aggregating_single_depth_jobs_equals_the_joint_sweep(sweeps, tmp_path):
   root, _ = sweeps
-  merged = sweep.aggregate([str(root / "L4"), str(root / "L2")], str(tmp_path / "merged"))
+  merged = sweep_outputs.aggregate([str(root / "L4"), str(root / "L2")], str(tmp_path / "merged"))
   assert merged.to_json() == _read(root / "joint" / "summary.json")
   assert _read(tmp_path / "merged" / "config.json")["depths"] == [2, 4]
   with pytest.raises(ValueError, match="in both"):
-    sweep.aggregate([str(root / "L2"), str(root / "joint")], str(tmp_path / "twice"))
+    sweep_outputs.aggregate([str(root / "L2"), str(root / "joint")], str(tmp_path / "twice"))
 
 
 @pytest.mark.slow
@@ -106,11 +107,11 @@ def test_a_finished_sweep_is_reused_not_retrained(sweeps, monkeypatch):
     raise AssertionError("a finished run was trained again")
 
   monkeypatch.setattr(loop, "train_and_evaluate", no_training)
-  assert sweep.run_sweep(tiny_sweep(), str(root / "joint"), progress=False) == joint
+  assert sweep_runner.run_sweep(tiny_sweep(), str(root / "joint"), progress=False) == joint
   changed = tiny_sweep()
   changed.num_steps = 30
   with pytest.raises(ValueError, match="another config"):
-    sweep.run_sweep(changed, str(root / "joint"), progress=False)
+    sweep_runner.run_sweep(changed, str(root / "joint"), progress=False)
 
 
 def test_a_diverging_depth_is_recorded_and_the_sweep_goes_on(tmp_path):
@@ -118,11 +119,11 @@ def test_a_diverging_depth_is_recorded_and_the_sweep_goes_on(tmp_path):
   # Unscaled branches double the mean square per block: 2^64 overflows the SGD step at L = 64.
   config.model.branch_scale = "1"
   config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.01
-  summary = sweep.run_sweep(config, str(tmp_path), progress=False)
+  summary = sweep_runner.run_sweep(config, str(tmp_path), progress=False)
   assert summary.reference.diverged == [False, True]
   assert summary.reference.trained.delta_max[0] > 0 and summary.reference.trained.delta_max[1] is None
   assert summary.reference.trained.fit["c"] is None
-  assert "diverged@" in sweep.format_table(summary)
+  assert "diverged@" in report.format_table(summary)
   with open(tmp_path / "results.csv") as f:
     assert [r["diverged"] for r in csv.DictReader(f)] == ["False", "True"]
 
@@ -159,7 +160,7 @@ def test_bad_sweep_config_fails_before_any_run(tmp_path, change, field, allowed)
     )
     section[key] = value
   with pytest.raises(ConfigError) as error:
-    sweep.run_sweep(config, str(tmp_path / "sweep"), progress=False)
+    sweep_runner.run_sweep(config, str(tmp_path / "sweep"), progress=False)
   assert error.value.field == field and allowed in str(error.value)
 
 
@@ -167,7 +168,7 @@ def test_a_bad_setting_override_names_its_field(tmp_path):
   config = tiny_sweep(settings=("residual_zero_init",))
   config.overrides.residual_zero_init.branch_scale = "1/L^2"
   with pytest.raises(ConfigError) as error:
-    sweep.run_sweep(config, str(tmp_path / "sweep"), progress=False)
+    sweep_runner.run_sweep(config, str(tmp_path / "sweep"), progress=False)
   assert error.value.field == "config.overrides.residual_zero_init.branch_scale"
   assert not os.path.exists(tmp_path / "sweep")
 
@@ -196,7 +197,7 @@ def test_a_workdir_of_the_previous_format_still_loads_and_aggregates(tmp_path):
   assert records.SweepSummary.from_json(_read(os.path.join(old, "summary.json"))).to_json() == _read(
     os.path.join(old, "summary.json")
   )
-  merged = sweep.aggregate([old], str(tmp_path / "merged"))
+  merged = sweep_outputs.aggregate([old], str(tmp_path / "merged"))
   assert _holds(merged.to_json(), _read(os.path.join(old, "summary.json")))  # extended, nothing changed
   assert merged.reference.trained.bound["delta_max"]["c_min"] > 0
 
@@ -205,7 +206,7 @@ def test_zero_initialised_branches_give_a_note_not_a_lost_sweep(tmp_path):
   """δ = 0 at every depth at initialisation: no law can be fitted there, the sweep still writes
   its summary, with the note, and c_min = 0."""
   config = tiny_sweep(settings=("residual_zero_init",))
-  summary = sweep.run_sweep(config, str(tmp_path), progress=False)
+  summary = sweep_runner.run_sweep(config, str(tmp_path), progress=False)
   init = summary.reference.init
   assert init.delta_max == [0.0, 0.0] and init.fit["c"] is None and "no fit" in init.fit["note"]
   assert init.bound["delta_max"]["c_min"] == 0.0 and init.bound["delta_max"]["slope"] is None
@@ -215,9 +216,11 @@ def test_zero_initialised_branches_give_a_note_not_a_lost_sweep(tmp_path):
 
 @pytest.mark.slow
 def test_seeds_are_averaged_with_their_spread_and_bootstrapped(tmp_path):
-  summary = sweep.run_sweep(tiny_sweep(settings=("mlp_residual",), seeds=(0, 1)), str(tmp_path), progress=False)
+  summary = sweep_runner.run_sweep(tiny_sweep(settings=("mlp_residual",), seeds=(0, 1)), str(tmp_path), progress=False)
   family = summary.reference
-  runs = [records.read_run(tmp_path / sweep.RUNS / sweep.run_name("mlp_residual", 4, seed)) for seed in (0, 1)]
+  runs = [
+    records.read_run(tmp_path / sweep_plan.RUNS / sweep_plan.run_name("mlp_residual", 4, seed)) for seed in (0, 1)
+  ]
   assert family.seeds == [0, 1]
   assert family.trained.delta_max[1] == pytest.approx(np.mean([r.trained.block.delta_max for r in runs]))
   assert family.trained.std["delta_max"][1] == pytest.approx(np.std([r.trained.block.delta_max for r in runs], ddof=1))
@@ -228,7 +231,7 @@ def test_seeds_are_averaged_with_their_spread_and_bootstrapped(tmp_path):
     theory.c_min(
       [2, 2, 4, 4],
       [
-        records.read_run(tmp_path / sweep.RUNS / sweep.run_name("mlp_residual", L, s)).trained.block.delta_max
+        records.read_run(tmp_path / sweep_plan.RUNS / sweep_plan.run_name("mlp_residual", L, s)).trained.block.delta_max
         for L in (2, 4)
         for s in (0, 1)
       ],
@@ -239,7 +242,7 @@ def test_seeds_are_averaged_with_their_spread_and_bootstrapped(tmp_path):
 @pytest.fixture(scope="module")
 def image_sweep(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("images")
-  return workdir, sweep.run_sweep(tiny_image_sweep(), str(workdir), progress=False)
+  return workdir, sweep_runner.run_sweep(tiny_image_sweep(), str(workdir), progress=False)
 
 
 @pytest.mark.slow
@@ -255,7 +258,7 @@ def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
   assert proc["depths"] == [13]  # the setting's own depths
   assert preact["trained"]["num_layers"] == [None, 3] and proc["trained"]["num_layers"] == [3]
   assert preact["trained"]["delta_max"][0] is None and preact["trained"]["L"] == "layers"
-  runs = {(r.setting, r.depth): r for r in records.runs_in([workdir], sweep.RUNS)}
+  runs = {(r.setting, r.depth): r for r in records.runs_in([workdir], sweep_plan.RUNS)}
   assert preact["trained"]["delta_max"][1] == runs["preact_resnet", 20].trained.block.delta_max
   assert runs["preact_resnet", 11].trained.block is None
   for name, transitions in (("preact_resnet", 3), ("procresnet", 2)):  # each stage's first block; T₁, T₂
@@ -265,7 +268,7 @@ def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
   assert preact["test_accuracy"] == [runs["preact_resnet", L].test_accuracy for L in (11, 20)]
   run = runs["procresnet", 13]
   assert run.init.layers["kind"].count("transition") == 2 and run.setting == "procresnet"
-  assert json.loads((workdir / sweep.RUNS / sweep.run_name("procresnet", 13, 0) / "config.json").read_text())[
+  assert json.loads((workdir / sweep_plan.RUNS / sweep_plan.run_name("procresnet", 13, 0) / "config.json").read_text())[
     "procrustes"
   ]["enabled"]
   with open(workdir / "results.csv") as f:
@@ -281,7 +284,7 @@ def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
     assert (workdir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # the paper's figure: one row per layer of the network, the stem and every transition included,
   # in eval mode per example and in the reference's train-mode mini-batch measure
-  heatmap = sweep._heatmap_runs([workdir], list(runs.values()), ["preact_resnet", "procresnet"])
+  heatmap = sweep_outputs._heatmap_runs([workdir], list(runs.values()), ["preact_resnet", "procresnet"])
   for (label, rows), run in zip(heatmap.items(), (runs["preact_resnet", 20], runs["procresnet", 13])):
     assert plots.ratio_measures(rows) == ["ratio_mean", "train_batch_ratio"], label
     grid, kinds = plots.ratio_grid(rows)
@@ -289,7 +292,7 @@ def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
     assert kinds.count("stem") == 1 and kinds.count("transition") == (3 if run.setting == "preact_resnet" else 2)
     in_train_mode, _ = plots.ratio_grid(rows, "train_batch_ratio")
     assert in_train_mode.shape == grid.shape and not np.allclose(in_train_mode, grid, rtol=1e-3), label
-  table = sweep.format_table(summary)
+  table = report.format_table(summary)
   assert "transition δmax [L = transitions]" in table and "depth  blocks" in table
 
 
@@ -334,8 +337,8 @@ def test_the_bound_reads_L_as_the_identity_blocks_or_as_the_depth_and_c_min_move
     for D, n in zip(depths, blocks)
     for s in (0, 1)
   ]
-  by_blocks = sweep.summarize(runs, ["preact_resnet"]).models["preact_resnet"]
-  by_depth = sweep.summarize(runs, ["preact_resnet"], L="depth").models["preact_resnet"]
+  by_blocks = sweep_summary.summarize_sweep(runs, ["preact_resnet"]).models["preact_resnet"]
+  by_depth = sweep_summary.summarize_sweep(runs, ["preact_resnet"], L="depth").models["preact_resnet"]
   reading = by_blocks.trained.bound["delta_max"]
   assert by_blocks.trained.num_layers == [None, 6, 12, 24] and by_blocks.trained.L == "layers"
   assert reading["c_min"] == pytest.approx(2.0) and reading["seeds"] == [2, 2, 2]
@@ -346,9 +349,9 @@ def test_the_bound_reads_L_as_the_identity_blocks_or_as_the_depth_and_c_min_move
   # transitions: two at every depth, so one L and no slope; c_min = 0.5·2/log 4 against their count
   transitions = by_blocks.by_kind["transition"]["trained"].bound["delta_max"]
   assert transitions["c_min"] == pytest.approx(0.5 * 2 / np.log(4)) and transitions["slope"] is None
-  table = sweep.format_table(sweep.summarize(runs, ["preact_resnet"]))
+  table = report.format_table(sweep_summary.summarize_sweep(runs, ["preact_resnet"]))
   assert "depth  blocks" in table and "[L = identity blocks]" in table and "[L = transitions]" in table
-  assert "[L = network depth]" in sweep.format_table(sweep.summarize(runs, ["preact_resnet"], L="depth"))
+  assert "[L = network depth]" in report.format_table(sweep_summary.summarize_sweep(runs, ["preact_resnet"], L="depth"))
 
 
 def test_the_report_of_an_image_sweep_counts_blocks_reads_transitions_and_degradation_from_train_loss():
@@ -361,7 +364,7 @@ def test_the_report_of_an_image_sweep_counts_blocks_reads_transitions_and_degrad
     for i, (D, n) in enumerate(zip(depths, blocks))
     for s in (0, 1, 2)
   ]
-  text = report.render(sweep.summarize(rising, ["preact_resnet"]))
+  text = report.render(sweep_summary.summarize_sweep(rising, ["preact_resnet"]))
   assert "| depth | L (identity blocks) | seeds |" in text and "| 11 | 0 | 3 |" in text
   assert "transition δ_max (L = 2 transitions): fewer than two values of L" in text
   # transitions' mean δ 0.25 against the blocks' 0.05 where there are blocks, the same at every seed
@@ -375,7 +378,9 @@ def test_the_report_of_an_image_sweep_counts_blocks_reads_transitions_and_degrad
     for D, n in zip(depths, blocks)
     for s in (0, 1, 2)
   ]
-  assert "the intervals overlap: no change detectable" in report.render(sweep.summarize(flat, ["preact_resnet"]))
+  assert "the intervals overlap: no change detectable" in report.render(
+    sweep_summary.summarize_sweep(flat, ["preact_resnet"])
+  )
 
 
 @pytest.mark.slow

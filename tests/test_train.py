@@ -288,9 +288,11 @@ def test_the_train_mode_mini_batch_ratio_is_that_of_the_batch_the_next_step_trai
   from the checkpoint of step 2 in train mode on the batch of (0-based) step 2, the Frobenius norm
   of each site's gradient over the whole batch; eval mode on that batch, or train mode on the
   batch of step 1, give other ratios."""
-  from resnorm import records, signal, sweep, train
+  from resnorm import records, signal, sweep_plan, train
 
-  config = sweep.run_config(helpers.tiny_image_sweep(depths=(20,), settings=("preact_resnet",)), "preact_resnet", 20, 0)
+  config = sweep_plan.run_config(
+    helpers.tiny_image_sweep(depths=(20,), settings=("preact_resnet",)), "preact_resnet", 20, 0
+  )
   config.checkpoint_every = 2
   assert config.signal.train_batch and config.signal.every == 2
   loop.train_and_evaluate(config, tmp_path)

@@ -247,17 +247,18 @@ def test_the_transformer_sweep_runs_end_to_end_and_a_group_of_branch_scales_equa
   by 1 and by 1/L train as one program (they differ only in the scale the layers read from their
   constants), and each equals its run alone; the zero-init reference starts at δ = 0 with every
   sub-block measured, attention and MLP apart and pooled."""
-  from resnorm import loop, records, sweep
+  from experiments import sweep_runner
+  from resnorm import loop, records, report, sweep_plan
 
   config = _tiny_transformer_sweep(("pre_ln_zero_init", "pre_ln", "pre_ln_inv_L"))
-  runs = sweep.plan(config)
-  assert sorted(len(group) for group in sweep.groups(runs)) == [1, 1, 2, 2]
-  summary = sweep.run_sweep(config, str(tmp_path / "sweep"), progress=False)
+  runs = sweep_plan.plan(config)
+  assert sorted(len(group) for group in sweep_plan.groups(runs)) == [1, 1, 2, 2]
+  summary = sweep_runner.run_sweep(config, str(tmp_path / "sweep"), progress=False)
   assert list(summary.models) == ["pre_ln_zero_init", "pre_ln", "pre_ln_inv_L"]
   assert (tmp_path / "sweep" / "results.csv").exists() and (tmp_path / "sweep" / "delta_vs_depth.png").exists()
   trained = {
-    (setting, depth): records.read_run(tmp_path / "sweep" / sweep.RUNS / sweep.run_name(setting, depth, 0))
-    for setting, depth, _, _ in runs
+    (setting, depth): records.read_run(tmp_path / "sweep" / sweep_plan.RUNS / sweep_plan.run_name(setting, depth, 0))
+    for setting, depth in ((run.setting, run.depth) for run in runs)
   }
   reference = trained["pre_ln_zero_init", 2]
   assert reference.init.block.delta_max == 0 and reference.init.block.num_layers == 4
@@ -265,7 +266,7 @@ def test_the_transformer_sweep_runs_end_to_end_and_a_group_of_branch_scales_equa
   assert reference.trained.block.delta_max > 0  # training moved it: the depth dependence is learned
   assert len(reference.trained.profile["token_c"]) == 4
   for setting in ("pre_ln", "pre_ln_inv_L"):
-    single = [run for run in runs if run[0] == setting and run[1] == 2][0][3]
+    single = [run for run in runs if run.setting == setting and run.depth == 2][0].config
     alone = loop.train_and_evaluate(single, tmp_path / "alone" / setting)
     grouped = trained[setting, 2]
     assert grouped.group_size == 2 and alone.group_size == 1
@@ -276,10 +277,9 @@ def test_the_transformer_sweep_runs_end_to_end_and_a_group_of_branch_scales_equa
       ), (setting, stage)
   assert trained["pre_ln", 2].init.block.delta_max != trained["pre_ln_inv_L", 2].init.block.delta_max
   # Rank collapse in the tables: the tokens' cosine after the last block, the mean over the seeds.
-  from resnorm import report
 
   family = summary.models["pre_ln"]
   assert family.trained.token_c_last[1] == pytest.approx(trained["pre_ln", 2].trained.profile["token_c"][-1])
   assert all(0 < c <= 1 for c in family.init.token_c_last + family.trained.token_c_last)
-  assert "token cos" in sweep.format_table(summary)
+  assert "token cos" in report.format_table(summary)
   assert "### Rank collapse" in "\n".join(report.glance(summary, heading="###"))

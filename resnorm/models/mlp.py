@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnorm import probes, spectra, validation
-from resnorm.models import lifted, targets
+from resnorm.models import targets
 
 CONSTANTS = "constants"  # the variables a model reads but training never changes
 SCAN_AXES = {**probes.SCAN_AXES, CONSTANTS: 0}  # one branch scale per block, stacked like the parameters
@@ -129,8 +129,8 @@ class MLPStack(nn.Module):
     stem_in = x
     x = _stem(self.width, self.dtype)(x)
     x = probes.probe(self, probes.site_name(1, "stem"), x, x_in=stem_in, branch=x)
-    block = lifted.remat(MLPBlock, prevent_cse=False) if self.remat else MLPBlock
-    blocks = lifted.scan(block, length=self.depth, variable_axes=SCAN_AXES)(
+    block = nn.remat(MLPBlock, prevent_cse=False) if self.remat else MLPBlock
+    blocks = nn.scan(block, variable_axes=SCAN_AXES, split_rngs={"params": True}, length=self.depth)(
       **self.block_options(), name=probes.site_name(2, "block")
     )
     x, _ = blocks(x, None)

@@ -103,7 +103,6 @@ import jax
 import jax.numpy as jnp
 
 from resnorm import probes, validation
-from resnorm.models import lifted
 from resnorm.models.targets import ConvTarget
 
 ModuleDef = Callable[..., nn.Module]
@@ -315,10 +314,11 @@ def stage(
   with ``remat``, each block keeps for the backward pass what ``remat_policy`` (a name in
   ``jax.checkpoint_policies``) saves and recomputes the rest."""
   if remat:
-    block = lifted.remat(block, prevent_cse=not scan, policy=getattr(jax.checkpoint_policies, remat_policy))
+    block = nn.remat(block, prevent_cse=not scan, policy=getattr(jax.checkpoint_policies, remat_policy))
   if not scan:
     return _UnrolledStage(block=block, length=length, name=name)
-  return lifted.scan(_ScanStep, length=length, variable_axes=SCAN_AXES, unroll=scan_unroll)(block=block, name=name)
+  scanned = nn.scan(_ScanStep, variable_axes=SCAN_AXES, split_rngs={"params": True}, length=length, unroll=scan_unroll)
+  return scanned(block=block, name=name)
 
 
 # ----------------------------------------------------------------------------- networks

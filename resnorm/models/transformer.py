@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from resnorm import probes, validation
-from resnorm.models import lifted, mlp
+from resnorm.models import mlp
 
 LAYOUTS = ("pre_ln", "post_ln", "rezero", "deepnorm")
 POOLS = ("none", "mean")
@@ -178,7 +178,7 @@ class TransformerStack(nn.Module):
     positions = self.param("positions", nn.initializers.normal(0.02), (self.max_length, self.width))
     x = x + jnp.asarray(positions[:tokens], x.dtype)
     x = probes.probe(self, probes.site_name(1, "stem"), x, x_in=None if self.vocab_size else inputs, branch=x)
-    layers = lifted.scan(TransformerLayer, length=self.depth, variable_axes=mlp.SCAN_AXES)(
+    layers = nn.scan(TransformerLayer, variable_axes=mlp.SCAN_AXES, split_rngs={"params": True}, length=self.depth)(
       **self.layer_options(), name=probes.site_name(2, "block")
     )
     x, _ = layers(x, None)

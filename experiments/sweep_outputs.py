@@ -1,0 +1,189 @@
+"""A sweep's outputs, written from its run records, and the merging of sweep workdirs.
+
+A sweep workdir holds one run directory per (setting, depth, seed) under ``runs/`` and:
+
+* ``summary.json`` — the :class:`resnorm.records.SweepSummary`
+  (:func:`resnorm.sweep_summary.summarize_sweep`);
+* ``report.md`` — the findings, every sentence and number generated from the summary
+  (:mod:`resnorm.report`);
+* ``results.csv`` — one row per run;
+* ``delta_vs_depth.png`` — δ against L on log–log axes with the envelope c_min·log(2L)/L;
+* ``task_vs_depth.png`` — how well each depth fitted the task (test loss, accuracy);
+* ``constructed_vs_trained.png`` — the theorem's constructed network beside the trained ones
+  (sweeps with a setting started from it);
+* ``delta_by_kind.png`` — δ against L per kind of layer (networks with transitions);
+* ``ratio_profile.png`` — the ratio r_k along the network, at init and trained, per depth;
+* ``delta_during_training.png`` — δ_max against the training step (``signal.every`` > 0);
+* ``ratio_heatmap.png`` — every layer's ratio over training (networks with transitions).
+
+Runs are independent, so a sweep can be split into single-depth jobs on many machines and merged
+with :func:`aggregate`: the merged summary equals that of the joint sweep.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import ml_collections
+from absl import logging
+
+from resnorm import loop, plots, records, report, sweep_plan
+from resnorm.sweep_summary import setting_of, summarize_sweep
+
+CSV_DELTAS = (
+  "delta_max",
+  "delta_mean",
+  "delta_p50",
+  "delta_p90",
+  "delta_p99",
+  "log_gain",
+  "layer_p90_max",
+  "batch_delta_max",
+)
+
+
+CSV_FIELDS = (
+  "setting",
+  "model",
+  "depth",
+  "seed",
+  "diverged",
+  "diverged_at_step",
+  "train_loss",
+  "test_loss",
+  "test_accuracy",
+  "target_variance",
+  "train_seconds",
+) + tuple(f"{stage}_{k}" for stage in records.STAGES for k in CSV_DELTAS)
+
+
+def write_outputs(workdir, summary: records.SweepSummary, results: list[records.RunRecord], sources=None) -> None:
+  """``summary.json``, ``results.csv``, ``report.md`` and the figures in ``workdir``; ``sources``:
+  the workdirs whose ``runs/`` hold the runs (``workdir`` itself unless aggregated)."""
+  workdir = records.path(workdir)
+  records.write_json(workdir / "summary.json", summary.to_json())
+  table = io.StringIO()
+  writer = csv.DictWriter(table, CSV_FIELDS)
+  writer.writeheader()
+  for r in sorted(results, key=lambda r: (setting_of(r), r.depth, r.seed or 0)):
+    row = {k: getattr(r, k) for k in CSV_FIELDS[1:11]}
+    row["setting"] = setting_of(r)
+    for stage in records.STAGES:
+      measured = r.measurement(stage)
+      block = measured and measured.block
+      row.update({f"{stage}_{k}": getattr(block, k) if block else None for k in CSV_DELTAS})
+    writer.writerow(records.jsonable(row))
+  records.write_text(workdir / "results.csv", table.getvalue())
+  data = summary.to_json()
+  run_data = [dict(r.to_json(), setting=setting_of(r)) for r in results]
+  plots.delta_vs_depth(data, workdir / "delta_vs_depth.png")
+  plots.task_vs_depth(data, workdir / "task_vs_depth.png")
+  constructed = [name for name, family in summary.models.items() if family.construction]
+  if constructed:
+    plots.constructed_vs_trained(data, constructed[0], workdir / "constructed_vs_trained.png")
+  records.write_text(workdir / "report.md", report.render(summary))
+  if any(r.init.layers and "transition" in r.init.layers["kind"] for r in results):
+    plots.delta_by_kind(data, workdir / "delta_by_kind.png")
+  if any(r.init.layers for r in results):
+    plots.ratio_profile(run_data, list(summary.models), workdir / "ratio_profile.png")
+  if any(r.history for r in results):
+    plots.delta_during_training(run_data, list(summary.models), workdir / "delta_during_training.png")
+  if any(r.history and r.init.layers and "transition" in r.init.layers["kind"] for r in results):
+    plots.ratio_heatmap(
+      _heatmap_runs([records.path(w) for w in sources or [workdir]], results, list(summary.models)),
+      workdir / "ratio_heatmap.png",
+    )
+
+
+def _heatmap_runs(sources: list, results: list[records.RunRecord], names: list[str]) -> dict[str, list[dict]]:
+  """Per setting, the ``signal.jsonl`` rows of its deepest run of the smallest seed, labelled
+  with its depth and identity blocks: the paper's figure of ratios over training."""
+  runs = {}
+  for name in names:
+    measured = [r for r in results if setting_of(r) == name and r.history]
+    if not measured:
+      continue
+    run = max(measured, key=lambda r: (r.depth, -(r.seed or 0)))
+    blocks = run.init.block.num_layers if run.init.block else 0
+    name_of_run = sweep_plan.run_name(name, run.depth, run.seed or 0)
+    run_dir = next(w / sweep_plan.RUNS / name_of_run for w in sources if (w / sweep_plan.RUNS / name_of_run).exists())
+    rows = records.JsonlLog(run_dir / "signal.jsonl", write=False).records
+    runs[f"{name}\ndepth {run.depth} ({blocks} identity blocks), seed {run.seed}"] = rows
+  return runs
+
+
+def _incomplete_or_mixed(workdir, config: dict) -> tuple[list[str], list[str]]:
+  """The runs a sweep workdir's config plans that are not finished there, and those whose own
+  ``config.json`` is not the one its sweep config gives them (each with the fields that
+  differ). Workdirs of the first format (no ``settings``) are not checked."""
+  if "settings" not in config:
+    return [], []
+  missing, mixed = [], []
+  for run in sweep_plan.plan(ml_collections.ConfigDict(config)):
+    run_dir = workdir / sweep_plan.RUNS / run.name
+    if not (run_dir / "summary.json").exists():
+      missing.append(run_dir.name)
+    elif differences := loop.config_differences(records.read_json(run_dir / "config.json"), run.config, resumable=()):
+      mixed.append(f"{run_dir.name} ({'; '.join(differences)})")
+  return missing, mixed
+
+
+def aggregate(workdirs: list, out_dir, allow_incomplete: bool = False) -> records.SweepSummary:
+  """Merges finished sweep workdirs (e.g. one per depth, run on different machines).
+
+  The workdirs must share their config except for ``depths``, and each run its own config as its
+  sweep config gives it; a (setting, depth, seed) found in two of them is an error, since it is
+  not clear which to keep. A run the config plans but that did not finish is an error too,
+  unless ``allow_incomplete`` (then the summary has fewer seeds there, and a warning names
+  the runs). Workdirs of the first format (``models`` instead of ``settings``, one seed) merge
+  too. Raises :class:`resnorm.records.WorkdirError` for each of these, before anything is written.
+  """
+  if not workdirs:
+    raise records.WorkdirError("no workdirs to merge: expected one or more sweep workdirs after the flags")
+  merged_config, results, seen, missing = None, [], {}, []
+  for workdir in map(records.path, workdirs):
+    if not (workdir / "config.json").is_file():
+      raise records.WorkdirError(f"{workdir} is not a sweep workdir (it has no config.json)")
+    config = records.read_json(workdir / "config.json")
+    shared = {k: v for k, v in config.items() if k != "depths"}
+    if merged_config is None:
+      merged_config, first_shared = dict(config, depths=[]), shared
+    elif shared != first_shared:
+      differing = sorted(k for k in set(shared) | set(first_shared) if shared.get(k) != first_shared.get(k))
+      raise records.WorkdirError(f"{workdir} was run with another config than {workdirs[0]} (fields {differing})")
+    unfinished, mixed = _incomplete_or_mixed(workdir, config)
+    if mixed:
+      raise records.WorkdirError(
+        f"{workdir} holds runs trained with another config than its sweep's: {'; '.join(mixed)}"
+      )
+    missing += [str(workdir / sweep_plan.RUNS / name) for name in unfinished]
+    for result in records.runs_in([workdir], sweep_plan.RUNS):
+      key = (setting_of(result), result.depth, result.seed)
+      if key in seen:
+        raise records.WorkdirError(
+          f"{key[0]} at depth {result.depth}, seed {result.seed} is in both {seen[key]} and {workdir}"
+        )
+      seen[key] = workdir
+      results.append(result)
+  if missing and not allow_incomplete:
+    raise records.WorkdirError(
+      f"{len(missing)} runs are not finished: {', '.join(missing)} (finish them with the "
+      "sweep's command, or merge without them: --allow_incomplete)"
+    )
+  if missing:
+    logging.warning("merging without the unfinished runs %s", ", ".join(missing))
+  if not results:
+    raise records.WorkdirError(f"no finished runs in {', '.join(map(str, workdirs))}")
+  merged_config["depths"] = sorted({r.depth for r in results})
+  out_dir = records.path(out_dir)
+  records.make_dir(out_dir)
+  records.write_json(out_dir / "config.json", merged_config)
+  order = merged_config.get("settings") or merged_config["models"]
+  order = [m for m in order if any(setting_of(r) == m for r in results)]
+  known = merged_config.get("overrides") or {}
+  summary = summarize_sweep(
+    results, order, {name: known.get(name, {"name": name}) for name in order}, L=merged_config.get("bound_L", "layers")
+  )
+  write_outputs(out_dir, summary, results, sources=workdirs)
+  return summary

@@ -1,0 +1,353 @@
+"""Running a depth sweep: every run of its plan trained (or reused) and the outputs written.
+
+:func:`run_sweep` validates the config once, refuses a workdir that holds runs of another config,
+takes the workdir's lock, and trains the groups of :func:`resnorm.sweep_plan.groups` that have
+not finished, the costliest first:
+
+* one process: one group after another in this process (``config.parallel_runs = 1``), or in
+  ``parallel_runs`` worker processes, each training one group at a time in its main thread, so
+  that one group's compilation overlaps another's training;
+* several processes (``jax.distributed``), ``config.placement = 'mesh'``: every group on every
+  device of every process, one after another in the same order everywhere;
+* ``'spread'``: process p trains groups p, p + P, … on its own devices, and every process reads the
+  others' records once all are done.
+
+A finished run in the workdir is reused, an interrupted one resumes from its checkpoint, and a run
+whose files do not read is set aside (``set_aside/``) and trained again. A stop request
+(:class:`resnorm.preemption.StopSignals`: SIGTERM or Ctrl-C) stops every group in training at a
+saved step, and the groups not started before they start; the same command then goes on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import importlib
+import importlib.machinery
+import inspect
+import json
+import multiprocessing
+import runpy
+import sys
+import time
+
+import jax
+import ml_collections
+import tqdm
+from absl import logging
+from jax.experimental import multihost_utils
+
+from experiments import sweep_outputs
+from resnorm import checkpoints, config_validation, data, loop, models, preemption, records, sweep_plan
+from resnorm.sweep_summary import summarize_sweep
+
+SET_ASIDE = "set_aside"  # run directories whose files did not read, moved here
+FAILED = "FAILED"  # in a run directory (spread placement): a run that raised, with the error
+
+
+def run_sweep(config, workdir, progress: bool = True, should_stop=preemption.never) -> records.SweepSummary:
+  """Validates the sweep config once, runs (or reuses) every run of its plan and writes the
+  outputs to ``workdir`` (:mod:`experiments.sweep_outputs`). Either placement over several
+  processes gives the one-process sweep's summary; process 0 writes it.
+
+  Args:
+    config: a sweep config (``configs/depth_sweep.py``).
+    workdir: the sweep's directory, local or ``gs://``.
+    progress: draw a progress bar (process 0).
+    should_stop: read between stretches of steps and between groups: once it returns True the
+      runs in training save their current step and :class:`resnorm.preemption.Preempted` is raised.
+
+  Raises:
+    config_validation.ConfigError: for a bad field, before anything is written or compiled.
+    records.WorkdirError: the workdir holds runs of another config, or another process works there.
+    RuntimeError: a run failed on some process (spread placement); the message names it.
+  """
+  dataset = config_validation.load_data(config)
+  config_validation.check_sweep(config, dataset)
+  workdir = records.path(workdir)
+  runs = sweep_plan.plan(config)
+  refuse_runs_of_another_config(workdir, runs)
+  # One sweep per workdir (one process: a process of several cannot refuse alone).
+  with loop.WorkdirLock(workdir) if jax.process_count() == 1 else contextlib.nullcontext():
+    return _run_sweep(config, workdir, dataset, runs, progress, should_stop)
+
+
+def _run_sweep(config, workdir, dataset, runs, progress: bool, should_stop) -> records.SweepSummary:
+  """:func:`run_sweep` once its config and workdir passed the door."""
+  lead = jax.process_index() == 0
+  if lead:
+    records.make_dir(workdir)
+    records.write_json(workdir / "config.json", records.config_dict(config))
+  by_cost = sorted(
+    sweep_plan.groups(runs, config.get("group_seeds", True)), key=lambda group: -group[0].depth * len(group)
+  )
+  if config.placement == "spread" and jax.process_count() > 1:
+    results = _run_spread(by_cost, workdir, dataset, should_stop)
+  else:
+    workers = config.parallel_runs if jax.process_count() == 1 else 1
+    results = _run_all(by_cost, workdir, dataset, workers, progress and lead, should_stop)
+  names = sweep_plan.settings(config)
+  summary = summarize_sweep(
+    results,
+    list(names),
+    {name: sweep_plan.setting_overrides(config, name) for name in names},
+    L=config.get("bound_L", "layers"),
+  )
+  if lead:
+    sweep_outputs.write_outputs(workdir, summary, results)
+  return summary
+
+
+def _run_dir(workdir, run: sweep_plan.Run):
+  return workdir / sweep_plan.RUNS / run.name
+
+
+def _reusable(group: list[sweep_plan.Run], workdir) -> list[records.RunRecord | None]:
+  """Per run of ``group``, its record where it finished in ``workdir`` (None where it did not),
+  after setting aside the runs whose files do not read (:func:`_set_aside_if_unreadable`)."""
+  found = []
+  for run in group:
+    run_dir = _run_dir(workdir, run)
+    _set_aside_if_unreadable(run_dir, workdir)
+    found.append(records.read_run(run_dir) if (run_dir / "summary.json").exists() else None)
+  return found
+
+
+def _run_all(groups, workdir, dataset, workers: int, progress: bool, should_stop) -> list[records.RunRecord]:
+  """Every group's records: finished runs reused, the others trained, one group after another in
+  this process (``workers = 1``) or ``workers`` groups at a time in worker processes. A stop
+  request stops the groups in training at a saved step and the others before they start; then
+  :class:`resnorm.preemption.Preempted` names the checkpoints saved."""
+  results, jobs = [], []
+  with tqdm.tqdm(total=sum(map(len, groups)), desc="sweep", unit="run", disable=not progress) as bar:
+
+    def finished(records_):
+      results.extend(records_)
+      bar.update(len(records_))
+      bar.set_postfix_str(f"{records_[-1].setting} L={records_[-1].depth} done")
+
+    for group in groups:
+      found = _reusable(group, workdir)
+      todo = [run for run, record in zip(group, found) if record is None]
+      if len(todo) < len(group):
+        finished([record for record in found if record is not None])
+      if todo:
+        jobs.append(([run.config for run in todo], [_run_dir(workdir, run) for run in todo]))
+    if workers == 1 or len(jobs) <= 1:
+      stopped = _train_here(jobs, dataset, finished, should_stop)
+    else:
+      stopped = _train_in_workers(jobs, workers, finished, should_stop)
+  if stopped is not None:
+    raise preemption.Preempted(None, stopped)
+  return results
+
+
+def _train_here(jobs, dataset, finished, should_stop) -> list | None:
+  """Trains the ``jobs`` (configs, workdirs) one after another in this process; the workdirs of
+  the runs a stop request stopped (None: none was)."""
+  for configs, workdirs in jobs:
+    if should_stop():
+      return []
+    try:
+      finished(loop.train_group(configs, workdirs, dataset, should_stop=should_stop))
+    except preemption.Preempted as error:
+      return error.workdirs
+  return None
+
+
+def _train_in_workers(jobs, workers: int, finished, should_stop) -> list | None:
+  """Trains the ``jobs`` in ``workers`` processes (spawned: JAX does not survive a fork), each
+  taking the next job when it is done with one. A stop request here, or a job that fails,
+  reaches the workers through an event they share: they stop at a saved step, and the jobs not
+  started are cancelled; the first failure is raised once all have stopped."""
+  context = multiprocessing.get_context("spawn")
+  stop = context.Event()
+  settings = _WorkerSettings.here([configs[0] for configs, _ in jobs], workers)
+  stopped, failure = None, None
+  with concurrent.futures.ProcessPoolExecutor(
+    min(workers, len(jobs)), mp_context=context, initializer=_start_worker, initargs=(settings, stop)
+  ) as pool:
+    pending = {pool.submit(_train_in_worker, [c.to_dict() for c in configs], workdirs) for configs, workdirs in jobs}
+    while pending:
+      done, pending = concurrent.futures.wait(pending, timeout=0.25, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        if future.cancelled():
+          continue
+        try:
+          finished(future.result())
+        except preemption.Preempted as error:
+          stopped = (stopped or []) + error.workdirs
+        except Exception as error:  # pylint: disable=broad-except  (raised below, once the others stopped)
+          failure = failure or error
+      if (failure or should_stop()) and not stop.is_set():
+        stop.set()
+        for future in pending:
+          future.cancel()
+  if failure:
+    raise failure
+  return [] if stop.is_set() and stopped is None else stopped
+
+
+@dataclasses.dataclass(frozen=True)
+class _WorkerSettings:
+  """What a spawned worker takes over from the process that starts it: the JAX settings a fresh
+  process would not have, the logging verbosity, and the modules (or, for a config file, the
+  files) that register the families and datasets of the runs."""
+
+  cache_dir: str | None
+  min_compile_secs: float
+  verbosity: int
+  imports: tuple[str, ...]
+  files: tuple[str, ...]
+
+  @classmethod
+  def here(cls, configs, workers: int) -> _WorkerSettings:
+    registering = [models.family(c.model.name).build for c in configs] + [data.LOADERS[c.data.name] for c in configs]
+    imports, files = set(), set()
+    for function in registering:
+      module = inspect.getmodule(function)
+      if module is not None and module.__name__.split(".")[0] == "resnorm":
+        continue
+      if module is not None and _importable(module):
+        imports.add(module.__name__)
+      elif module is not None and getattr(module, "__file__", None):
+        files.add(module.__file__)
+      else:
+        raise config_validation.ConfigError(
+          "config.parallel_runs",
+          workers,
+          f"1 for {function.__qualname__}, defined where a worker process cannot import it (a notebook or "
+          "an interactive session): register it in a module or a config file",
+        )
+    return cls(
+      jax.config.jax_compilation_cache_dir,
+      jax.config.jax_persistent_cache_min_compile_time_secs,
+      logging.get_verbosity(),
+      tuple(sorted(imports)),
+      tuple(sorted(files)),
+    )
+
+
+def _importable(module) -> bool:
+  """Whether a fresh process finds ``module`` by its name on ``sys.path`` (not a config file, which
+  is loaded from its path, nor a script run as ``__main__``)."""
+  parent, _, leaf = module.__name__.rpartition(".")
+  search = getattr(sys.modules.get(parent), "__path__", None) if parent else None
+  if module.__name__ == "__main__" or (parent and search is None):
+    return False
+  spec = importlib.machinery.PathFinder.find_spec(leaf, search)
+  return spec is not None and spec.origin == getattr(module, "__file__", None)
+
+
+_WORKER = {}  # in a worker process: its stop flag (the process's StopSignals)
+
+
+def _start_worker(settings: _WorkerSettings, stop) -> None:
+  if settings.cache_dir:
+    jax.config.update("jax_compilation_cache_dir", settings.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", settings.min_compile_secs)
+  logging.set_verbosity(settings.verbosity)
+  for name in settings.imports:
+    importlib.import_module(name)
+  for file in settings.files:
+    runpy.run_path(file, run_name=f"resnorm_worker_config_{len(sys.modules)}")
+  signals = preemption.StopSignals(stop)
+  signals.__enter__()  # for the worker's life: Ctrl-C reaches every process of the sweep
+  _WORKER["should_stop"] = signals
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_dataset(data_json: str) -> data.Dataset:
+  return data.load(ml_collections.ConfigDict(json.loads(data_json)))
+
+
+def _train_in_worker(configs: list[dict], workdirs: list) -> list[records.RunRecord]:
+  configs = [ml_collections.ConfigDict(c) for c in configs]
+  dataset = _worker_dataset(json.dumps(records.config_dict(configs[0].data), sort_keys=True))
+  return loop.train_group(configs, workdirs, dataset, should_stop=_WORKER["should_stop"])
+
+
+def _run_spread(groups, workdir, dataset, should_stop) -> list[records.RunRecord]:
+  """Process p trains groups p, p + P, p + 2P, … of ``groups`` on its own devices; then all wait
+  for each other and read every record. A group that raises leaves its error in each of its runs'
+  ``<run>/FAILED``, so that every process, past the barrier, fails naming them instead of
+  waiting forever."""
+  process, count = jax.process_index(), jax.process_count()
+  for group in groups[process::count]:
+    markers = [_run_dir(workdir, run) / FAILED for run in group]
+    for marker in markers:
+      if marker.exists():
+        marker.unlink()
+    try:
+      found = _reusable(group, workdir)
+      todo = [run for run, record in zip(group, found) if record is None]
+      if todo:
+        configs, workdirs = [run.config for run in todo], [_run_dir(workdir, run) for run in todo]
+        loop.train_group(configs, workdirs, dataset, local=True, should_stop=should_stop)
+    except Exception as error:  # pylint: disable=broad-except  (reported to every process below)
+      for marker in markers:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"process {process}: {type(error).__name__}: {error}")
+      logging.exception("runs %s failed", ", ".join(run.name for run in group))
+  multihost_utils.sync_global_devices("resnorm.sweep.spread")
+  names = [run.name for group in groups for run in group]
+  failed = [(name, (workdir / sweep_plan.RUNS / name / FAILED)) for name in names]
+  failed = [(name, marker.read_text()) for name, marker in failed if marker.exists()]
+  if failed:
+    raise RuntimeError("sweep runs failed: " + "; ".join(f"{name} ({error})" for name, error in failed))
+  return [records.read_run(workdir / sweep_plan.RUNS / name) for name in names]
+
+
+def _set_aside_if_unreadable(run_dir, workdir) -> None:
+  """Moves a run directory whose record files do not read (a summary cut short, a log with a
+  damaged row before its last, garbage bytes, a field missing) to ``workdir/set_aside/``, with a
+  warning naming the file: nothing is deleted, and the run trains again from the start, as an
+  uninterrupted one."""
+  try:
+    if (run_dir / "config.json").exists():
+      records.read_json(run_dir / "config.json")
+    if (run_dir / "summary.json").exists():
+      records.read_run(run_dir)
+    for name in ("metrics.jsonl", "signal.jsonl"):
+      records.JsonlLog(run_dir / name, write=False)
+  except records.UnreadableRecord as error:
+    aside = workdir / SET_ASIDE / f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.rename(aside)
+    logging.warning("%s: moved the run to %s; it trains again", error, aside)
+
+
+def refuse_runs_of_another_config(workdir, runs: list[sweep_plan.Run]) -> None:
+  """Refuses (:class:`resnorm.records.WorkdirError`) a workdir that holds one of ``runs``, finished
+  or with checkpoints, under another config, naming the runs and the fields that differ; reads
+  only, so nothing in the workdir has changed. A finished run must match in every field,
+  ``num_steps`` included; an unfinished one may differ where a resume allows
+  (:data:`resnorm.loop.RESUMABLE_FIELDS`). Files that do not read are left to
+  :func:`_set_aside_if_unreadable`."""
+  if workdir.exists() and not workdir.is_dir():
+    raise records.WorkdirError(f"--workdir {workdir} is a file: expected a directory (or a path to create)")
+  refused = []
+  for run in runs:
+    run_dir = _run_dir(workdir, run)
+    if not (run_dir / "config.json").exists():
+      continue
+    try:
+      saved = records.read_json(run_dir / "config.json")
+    except records.UnreadableRecord:
+      continue
+    if (run_dir / "summary.json").exists():
+      differences = loop.config_differences(saved, run.config, resumable=())
+    elif checkpoints.steps(run_dir / "checkpoints"):
+      differences = loop.config_differences(saved, run.config)
+    else:
+      continue
+    if differences:
+      refused.append(f"{run.name} ({'; '.join(differences)})")
+  if refused:
+    shown = "; ".join(refused[:3]) + (f"; and {len(refused) - 3} more" if len(refused) > 3 else "")
+    raise records.WorkdirError(
+      f"{workdir} holds {len(refused)} runs of another config: {shown}. Nothing was "
+      "changed: use another --workdir, or the config those runs were trained with."
+    )
