@@ -24,9 +24,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from configs import default
 from resnorm import train
 from resnorm.models import resnet
 
@@ -42,16 +42,10 @@ def optimizer(model: str, image: int, probability: float | None = None, every: i
   (``probability`` per step, or every ``every`` steps, when the step leaves the decision to it)
   chained last."""
   project = probability is not None or every > 0
-  config = ml_collections.ConfigDict(
-    dict(
-      optimizer=dict(
-        name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine", warmup_epochs=0.0
-      ),
-      num_steps=64_000,
-      procrustes=dict(enabled=project, probability=0.5 if probability is None else probability, every=every),
-      seed=0,
-    )
-  )
+  config = default.get_config()
+  config.optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine")
+  config.num_steps = 64_000
+  config.procrustes.update(enabled=project, probability=0.5 if probability is None else probability, every=every)
   targets = resnet.procresnet_projection_targets((image, image)) if project else None
   if project and model != "procresnet":
     raise ValueError(f"only procresnet has kernels to project, not {model}")

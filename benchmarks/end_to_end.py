@@ -15,7 +15,7 @@ each for ``--steps`` steps after compilation:
 1. ``bare step``: one batch already on the device, the step that does not project;
 2. ``+ projection schedule``: the same batch, each step's optimizer chosen on the host as the loop
    chooses it (:func:`resnorm.loop.projects`; ProcResNet projects on about half the steps);
-3. ``+ input pipeline``: batches from the loop's pipeline (:func:`resnorm.loop.training_batches`:
+3. ``+ input pipeline``: batches from the loop's pipeline (:func:`resnorm.data.training_batches`:
    gather, augmentation, transfer, prefetching), with the schedule;
 4. ``bare step`` again: the drift of the device between the first and the last measurement.
 
@@ -40,7 +40,7 @@ from absl import app, flags
 from benchmarks import common
 from configs import cifar
 from resnorm import data as data_lib
-from resnorm import loop, train
+from resnorm import loop, models, train
 
 _VARIANT = flags.DEFINE_string("variant", "procresnet166", "configs/cifar.py variant.")
 _STEPS = flags.DEFINE_integer("steps", 300, "Training steps of each measurement.")
@@ -114,7 +114,7 @@ def loop_steps(config) -> dict[str, float]:
   """Images/s of the loop's compiled steps without the loop (module docstring, rows 1–4)."""
   dataset = data_lib.load(config.data)
   steps_per_epoch = len(dataset.x_train) // config.batch_size
-  model = loop.build_model(config, dataset.num_outputs)
+  model = models.from_config(config.model, dataset.num_outputs)
   replicated, batch_sharding = loop.shardings(jax.devices())
   tx = loop.optimizer(config, dataset, steps_per_epoch)
   state = train.create_train_state(model, jax.random.key(0), dataset.x_train[:1], tx, replicated)
@@ -124,7 +124,9 @@ def loop_steps(config) -> dict[str, float]:
     static_argnames="project",
   )
   seed, count, size = loop.run_seed(config), _STEPS.value, config.batch_size
-  fixed = next(loop.training_batches(config, dataset, batch_sharding, seed, range(1)))
+  fixed = next(
+    data_lib.training_batches(dataset, size, batch_sharding, seed, range(1), data_lib.augment_padding(config))
+  )
   for choice in (False, True):  # compile both steps
     state, metrics = step_fn(state, fixed, project=choice)
   jax.block_until_ready(metrics)
@@ -134,7 +136,9 @@ def loop_steps(config) -> dict[str, float]:
   times["+ projection schedule"], state = images_per_second(
     step_fn, state, itertools.repeat(fixed), scheduled, count, size
   )
-  batches = loop.training_batches(config, dataset, batch_sharding, seed, range(count))
+  batches = data_lib.training_batches(
+    dataset, size, batch_sharding, seed, range(count), data_lib.augment_padding(config), config.prefetch
+  )
   times["+ input pipeline"], state = images_per_second(step_fn, state, batches, scheduled, count, size)
   times["bare step, again"], state = images_per_second(step_fn, state, itertools.repeat(fixed), never, count, size)
   return times

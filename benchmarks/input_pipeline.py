@@ -3,7 +3,7 @@ r"""Host batches/s of the CIFAR input pipeline against the device's step rate.
     python -m benchmarks.input_pipeline [--batches=200] [--train_size=10000]
 
 Builds CIFAR-shaped batches (batch 128, 32×32×3, gather + random crop + flip, placed on the
-device) with the loop's own pipeline (:func:`resnorm.loop.training_batches`), one step after
+device) with the loop's own pipeline (:func:`resnorm.data.training_batches`), one step after
 another on this thread and ahead on the prefetching thread while a consumer waits on each;
 prints batches/s of each and the step rate the device would have to exceed to starve
 (ProcResNet-166 on an H200: about 29 ms a step, 34 steps/s).
@@ -41,7 +41,11 @@ def main(argv):
 
   def timed(prefetch: int) -> float:
     config.prefetch = prefetch
-    return batches_per_second(loop.training_batches(config, dataset, sharding, seed=0, steps=range(count)))
+    return batches_per_second(
+      data_lib.training_batches(
+        dataset, config.batch_size, sharding, 0, range(count), data_lib.augment_padding(config), config.prefetch
+      )
+    )
 
   timed(0)  # warm up
   synchronous, prefetched = timed(0), timed(2)

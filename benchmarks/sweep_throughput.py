@@ -36,7 +36,7 @@ from absl import app, flags
 from benchmarks import common
 from configs import depth_sweep
 from experiments import sweep_outputs, sweep_runner
-from resnorm import loop, models, plots, sweep_plan, train
+from resnorm import loop, measure, models, plots, sweep_plan, train
 
 _RERUN = flags.DEFINE_bool("rerun", False, "Run the sweep a second time with the compilation cache warm.")
 _QUICK = flags.DEFINE_bool("quick", False, "A tiny sweep: two depths, one seed, 20 steps (for the tests).")
@@ -160,9 +160,9 @@ def main(argv):
   _use_cache(cache)
   config = sweep_config()
   clock = Clock()
-  clock.wrap(loop._Stretches, "__call__", "train", wait=True)
-  clock.wrap(loop.Measurer, "__call__", "measure")
-  clock.wrap(loop, "evaluate", "evaluate")
+  clock.wrap(loop._TrainSteps, "__call__", "train", wait=True)
+  clock.wrap(measure.Measure, "__call__", "measure")
+  clock.wrap(loop._Evaluation, "__call__", "evaluate")
   clock.wrap(loop, "_initial_states", "initial states", wait=True)
   for figure in ("delta_vs_depth", "task_vs_depth", "constructed_vs_trained", "ratio_profile", "delta_during_training"):
     clock.wrap(plots, figure, "figures")

@@ -71,8 +71,7 @@ def get_config(arg: str = "procresnet166"):
   # 'pytorch' gives the port's, 'he2016'/'he_fan_out' He et al.'s. ResNet-110 (post-activation)
   # has He et al.'s only.
   # remat=True with remat_policy='dots_saveable' keeps the convolutions' outputs and recomputes
-  # BatchNorm and ReLU in the backward pass; 'nothing_saveable' recomputes whole blocks. The memory
-  # of each for pre-activation ResNet-1001: benchmarks/RESULTS.md, section 4 ("Second session").
+  # BatchNorm and ReLU in the backward pass; 'nothing_saveable' recomputes whole blocks.
   reference = name != "resnet"
   config.model = ml_collections.ConfigDict(
     dict(
@@ -88,21 +87,19 @@ def get_config(arg: str = "procresnet166"):
       init="chainer" if reference else "he_fan_out",
     )
   )
-  config.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="sgd",
-      learning_rate=0.1,
-      momentum=0.9,
-      weight_decay=1e-4,
-      schedule="piecewise",
-      decay_epochs=(150, 225),
-      decay_factor=0.1,
-      warmup_epochs=warmup_epochs,
-    )
+  config.optimizer.update(
+    name="sgd",
+    learning_rate=0.1,
+    momentum=0.9,
+    weight_decay=1e-4,
+    schedule="piecewise",
+    decay_epochs=(150, 225),
+    decay_factor=0.1,
+    warmup_epochs=warmup_epochs,
   )
-  # stem='chainer' (or 'pytorch') reads the stem's projection back as the reference codes do,
-  # which collapses the 3x3 stem onto one tap (benchmarks/RESULTS.md); 'correct' does not.
-  config.procrustes = ml_collections.ConfigDict(dict(enabled=project, probability=0.5, every=0, stem="correct"))
+  # procrustes.stem='chainer' (or 'pytorch') reads the stem's projection back as the reference
+  # codes do, which collapses the 3x3 stem onto one tap; 'correct' (the default) does not.
+  config.procrustes.enabled = project
   config.augment = True
   config.augment_padding = "zero"
   config.batch_size = 128

@@ -11,6 +11,7 @@ from ml_collections import config_dict
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.setting = config_dict.placeholder(str)  # a sweep names each run's setting; None for a run alone
   config.data = ml_collections.ConfigDict(dict(name="digits", test_size=297))
   config.model = ml_collections.ConfigDict(
     dict(

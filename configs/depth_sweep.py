@@ -27,7 +27,7 @@ building the answer into the initialisation, and set what is achievable beside w
 
 Budget: depths 2, 8, 32, 128 (a factor 4 apart); 5 seeds for the reference and the constructed
 network (the slope intervals need them), 3 for the others; 400 Adam steps on a cosine schedule.
-Its wall time and its parts are in benchmarks/RESULTS.md, section 1. Variants (``--config=...:variant``):
+Variants (``--config=...:variant``):
 
 * ``ladder``: the reference setting at budgets of 400, 2,000 and 10,000 steps, each on the
   cosine schedule and at a constant learning rate: whether δ(L) moves with the budget, and

@@ -27,10 +27,8 @@ reads CIFAR-10 through TFDS with the usual crops and flips.
 Budget: the default (CPU) variant trains at the digits' own 8×8 pixels and half width, with the
 blocks unrolled (``scan=False``), one step per dispatch and every run its own program: XLA:CPU runs
 convolutions slower inside a loop body (a scan over blocks or over steps), and vmapped over seeds as
-grouped convolutions. Its wall time, a step's cost at 8×8 against 16×16 and both slowdowns are in
-benchmarks/RESULTS.md, section 1 ("The image depth sweep's CPU default"); each run's convergence
-verdict is in the tables. ``:gpu`` is 32×32 (bilinear upsampling) at full width, scanned, up to
-ResNet-164 and ProcResNet-166.
+grouped convolutions; each run's convergence verdict is in the tables. ``:gpu`` is 32×32 (bilinear
+upsampling) at full width, scanned, up to ResNet-164 and ProcResNet-166.
 """
 
 import ml_collections
@@ -89,10 +87,9 @@ def get_config(arg=None):
   config.signal.train_batch = True  # in eval mode per example and in train mode per mini-batch
   config.parallel_runs = 2
   # Every run its own program: vmapped over seeds, a convolution's kernel gains a batch axis and
-  # XLA runs it as a grouped convolution, slower per seed than separate runs side by side
-  # (benchmarks/RESULTS.md, section 1).
+  # XLA runs it as a grouped convolution, slower per seed than separate runs side by side.
   config.group_seeds = False
-  # One step per dispatch: XLA:CPU runs convolutions slower inside a loop body (the same section).
+  # One step per dispatch: XLA:CPU runs convolutions slower inside a loop body.
   config.steps_per_dispatch = 1
   config.placement = "mesh"
   # L in the bound reading: 'layers', the number of layers of the kind measured (identity blocks

@@ -26,8 +26,8 @@ mean cosine similarity (rank collapse; Noci et al. 2022), at initialisation and 
 in the runs' profiles.
 
 Budget (CPU default): layers 2, 4, 8, 16; width 32, 2 heads, MLP 64; 3 seeds for the reference, 2
-for the others; 200 Adam steps at batch 32 on a cosine schedule (its wall time: benchmarks/RESULTS.md,
-section 1; each run's convergence verdict: docs/transformers/report.md). ``:gpu``: width 128, 4 heads,
+for the others; 200 Adam steps at batch 32 on a cosine schedule (each run's convergence verdict:
+docs/findings/transformers.md). ``:gpu``: width 128, 4 heads,
 layers up to 64, 2,000 steps, 64-character windows, batch 64.
 """
 

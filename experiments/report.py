@@ -30,7 +30,7 @@ def section(summary_path: str, root: str = "", part: str | None = None) -> str:
   """The report of the summary at ``summary_path`` (relative to ``root``) as a README section;
   ``part="budgets"``: its budget ladder only; ``part="glance"``: its slopes at a glance and what
   each setting's initialisation decides."""
-  summary = records.SweepSummary.from_json(records.read_json(os.path.join(root, summary_path)))
+  summary = records.read_summary(os.path.join(root, summary_path))
   if part == "budgets":
     return "\n".join(report.budget_ladder(summary, heading="###")).rstrip() + "\n"
   if part == "glance":
@@ -55,7 +55,7 @@ def main(argv):
   if _README.value is None:
     if _SUMMARY.value is None:
       raise app.UsageError("give --summary (print a report) or --readme (regenerate its sections)")
-    print(report.render(records.SweepSummary.from_json(records.read_json(_SUMMARY.value))), end="")
+    print(report.render(records.read_summary(_SUMMARY.value)), end="")
     return
   readme = records.path(_README.value)
   records.write_text(readme, regenerated(readme.read_text(), os.path.dirname(_README.value)))

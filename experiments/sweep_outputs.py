@@ -28,22 +28,10 @@ import io
 import ml_collections
 from absl import logging
 
-from resnorm import loop, plots, records, report, sweep_plan
-from resnorm.sweep_summary import setting_of, summarize_sweep
+from resnorm import ownership, plots, records, report, statistics, sweep_plan
+from resnorm.sweep_summary import summarize_sweep
 
-CSV_DELTAS = (
-  "delta_max",
-  "delta_mean",
-  "delta_p50",
-  "delta_p90",
-  "delta_p99",
-  "log_gain",
-  "layer_p90_max",
-  "batch_delta_max",
-)
-
-
-CSV_FIELDS = (
+RUN_COLUMNS = (
   "setting",
   "model",
   "depth",
@@ -55,7 +43,13 @@ CSV_FIELDS = (
   "test_accuracy",
   "target_variance",
   "train_seconds",
-) + tuple(f"{stage}_{k}" for stage in records.STAGES for k in CSV_DELTAS)
+)
+
+
+def csv_columns() -> list[str]:
+  """``results.csv``'s columns: the run's, then the identity blocks' statistics with ``csv=True``
+  (:mod:`resnorm.statistics`) at initialisation and after training."""
+  return list(RUN_COLUMNS) + [f"{stage}_{s.name}" for stage in records.STAGES for s in statistics.in_csv()]
 
 
 def write_outputs(workdir, summary: records.SweepSummary, results: list[records.RunRecord], sources=None) -> None:
@@ -64,19 +58,18 @@ def write_outputs(workdir, summary: records.SweepSummary, results: list[records.
   workdir = records.path(workdir)
   records.write_json(workdir / "summary.json", summary.to_json())
   table = io.StringIO()
-  writer = csv.DictWriter(table, CSV_FIELDS)
+  writer = csv.DictWriter(table, csv_columns())
   writer.writeheader()
-  for r in sorted(results, key=lambda r: (setting_of(r), r.depth, r.seed or 0)):
-    row = {k: getattr(r, k) for k in CSV_FIELDS[1:11]}
-    row["setting"] = setting_of(r)
+  for r in sorted(results, key=lambda r: (r.setting, r.depth, r.seed)):
+    row = {k: getattr(r, k) for k in RUN_COLUMNS}
     for stage in records.STAGES:
       measured = r.measurement(stage)
       block = measured and measured.block
-      row.update({f"{stage}_{k}": getattr(block, k) if block else None for k in CSV_DELTAS})
+      row.update({f"{stage}_{s.name}": block[s.name] if block else None for s in statistics.in_csv()})
     writer.writerow(records.jsonable(row))
   records.write_text(workdir / "results.csv", table.getvalue())
   data = summary.to_json()
-  run_data = [dict(r.to_json(), setting=setting_of(r)) for r in results]
+  run_data = [r.to_json() for r in results]
   plots.delta_vs_depth(data, workdir / "delta_vs_depth.png")
   plots.task_vs_depth(data, workdir / "task_vs_depth.png")
   constructed = [name for name, family in summary.models.items() if family.construction]
@@ -101,12 +94,12 @@ def _heatmap_runs(sources: list, results: list[records.RunRecord], names: list[s
   with its depth and identity blocks: the paper's figure of ratios over training."""
   runs = {}
   for name in names:
-    measured = [r for r in results if setting_of(r) == name and r.history]
+    measured = [r for r in results if r.setting == name and r.history]
     if not measured:
       continue
-    run = max(measured, key=lambda r: (r.depth, -(r.seed or 0)))
-    blocks = run.init.block.num_layers if run.init.block else 0
-    name_of_run = sweep_plan.run_name(name, run.depth, run.seed or 0)
+    run = max(measured, key=lambda r: (r.depth, -r.seed))
+    blocks = run.init.block["num_layers"] if run.init.block else 0
+    name_of_run = sweep_plan.run_name(name, run.depth, run.seed)
     run_dir = next(w / sweep_plan.RUNS / name_of_run for w in sources if (w / sweep_plan.RUNS / name_of_run).exists())
     rows = records.JsonlLog(run_dir / "signal.jsonl", write=False).records
     runs[f"{name}\ndepth {run.depth} ({blocks} identity blocks), seed {run.seed}"] = rows
@@ -116,15 +109,15 @@ def _heatmap_runs(sources: list, results: list[records.RunRecord], names: list[s
 def _incomplete_or_mixed(workdir, config: dict) -> tuple[list[str], list[str]]:
   """The runs a sweep workdir's config plans that are not finished there, and those whose own
   ``config.json`` is not the one its sweep config gives them (each with the fields that
-  differ). Workdirs of the first format (no ``settings``) are not checked."""
-  if "settings" not in config:
-    return [], []
+  differ)."""
   missing, mixed = [], []
   for run in sweep_plan.plan(ml_collections.ConfigDict(config)):
     run_dir = workdir / sweep_plan.RUNS / run.name
     if not (run_dir / "summary.json").exists():
       missing.append(run_dir.name)
-    elif differences := loop.config_differences(records.read_json(run_dir / "config.json"), run.config, resumable=()):
+    elif differences := ownership.config_differences(
+      records.read_json(run_dir / "config.json"), run.config, resumable=()
+    ):
       mixed.append(f"{run_dir.name} ({'; '.join(differences)})")
   return missing, mixed
 
@@ -136,8 +129,8 @@ def aggregate(workdirs: list, out_dir, allow_incomplete: bool = False) -> record
   sweep config gives it; a (setting, depth, seed) found in two of them is an error, since it is
   not clear which to keep. A run the config plans but that did not finish is an error too,
   unless ``allow_incomplete`` (then the summary has fewer seeds there, and a warning names
-  the runs). Workdirs of the first format (``models`` instead of ``settings``, one seed) merge
-  too. Raises :class:`resnorm.records.WorkdirError` for each of these, before anything is written.
+  the runs). Raises :class:`resnorm.records.WorkdirError` for each of these, before anything is
+  written.
   """
   if not workdirs:
     raise records.WorkdirError("no workdirs to merge: expected one or more sweep workdirs after the flags")
@@ -159,7 +152,7 @@ def aggregate(workdirs: list, out_dir, allow_incomplete: bool = False) -> record
       )
     missing += [str(workdir / sweep_plan.RUNS / name) for name in unfinished]
     for result in records.runs_in([workdir], sweep_plan.RUNS):
-      key = (setting_of(result), result.depth, result.seed)
+      key = (result.setting, result.depth, result.seed)
       if key in seen:
         raise records.WorkdirError(
           f"{key[0]} at depth {result.depth}, seed {result.seed} is in both {seen[key]} and {workdir}"
@@ -179,11 +172,12 @@ def aggregate(workdirs: list, out_dir, allow_incomplete: bool = False) -> record
   out_dir = records.path(out_dir)
   records.make_dir(out_dir)
   records.write_json(out_dir / "config.json", merged_config)
-  order = merged_config.get("settings") or merged_config["models"]
-  order = [m for m in order if any(setting_of(r) == m for r in results)]
-  known = merged_config.get("overrides") or {}
-  summary = summarize_sweep(
-    results, order, {name: known.get(name, {"name": name}) for name in order}, L=merged_config.get("bound_L", "layers")
-  )
+  merged = ml_collections.ConfigDict(merged_config)
+  overrides = {
+    name: sweep_plan.setting_overrides(merged, name)
+    for name in sweep_plan.settings(merged)
+    if any(r.setting == name for r in results)
+  }
+  summary = summarize_sweep(results, overrides, merged.bound_L)
   write_outputs(out_dir, summary, results, sources=workdirs)
   return summary

@@ -40,7 +40,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from experiments import sweep_outputs
-from resnorm import checkpoints, config_validation, data, loop, models, preemption, records, sweep_plan
+from resnorm import checkpoints, config_validation, data, loop, models, ownership, preemption, records, sweep_plan
 from resnorm.sweep_summary import summarize_sweep
 
 SET_ASIDE = "set_aside"  # run directories whose files did not read, moved here
@@ -70,7 +70,7 @@ def run_sweep(config, workdir, progress: bool = True, should_stop=preemption.nev
   runs = sweep_plan.plan(config)
   refuse_runs_of_another_config(workdir, runs)
   # One sweep per workdir (one process: a process of several cannot refuse alone).
-  with loop.WorkdirLock(workdir) if jax.process_count() == 1 else contextlib.nullcontext():
+  with ownership.WorkdirLock(workdir) if jax.process_count() == 1 else contextlib.nullcontext():
     return _run_sweep(config, workdir, dataset, runs, progress, should_stop)
 
 
@@ -80,21 +80,14 @@ def _run_sweep(config, workdir, dataset, runs, progress: bool, should_stop) -> r
   if lead:
     records.make_dir(workdir)
     records.write_json(workdir / "config.json", records.config_dict(config))
-  by_cost = sorted(
-    sweep_plan.groups(runs, config.get("group_seeds", True)), key=lambda group: -group[0].depth * len(group)
-  )
+  by_cost = sorted(sweep_plan.groups(runs, config.group_seeds), key=lambda group: -group[0].depth * len(group))
   if config.placement == "spread" and jax.process_count() > 1:
     results = _run_spread(by_cost, workdir, dataset, should_stop)
   else:
     workers = config.parallel_runs if jax.process_count() == 1 else 1
     results = _run_all(by_cost, workdir, dataset, workers, progress and lead, should_stop)
-  names = sweep_plan.settings(config)
-  summary = summarize_sweep(
-    results,
-    list(names),
-    {name: sweep_plan.setting_overrides(config, name) for name in names},
-    L=config.get("bound_L", "layers"),
-  )
+  overrides = {name: sweep_plan.setting_overrides(config, name) for name in sweep_plan.settings(config)}
+  summary = summarize_sweep(results, overrides, config.bound_L)
   if lead:
     sweep_outputs.write_outputs(workdir, summary, results)
   return summary
@@ -130,10 +123,9 @@ def _run_all(groups, workdir, dataset, workers: int, progress: bool, should_stop
 
     for group in groups:
       found = _reusable(group, workdir)
-      todo = [run for run, record in zip(group, found) if record is None]
-      if len(todo) < len(group):
+      if any(record is not None for record in found):
         finished([record for record in found if record is not None])
-      if todo:
+      for todo in _by_resume_step([run for run, record in zip(group, found) if record is None], workdir):
         jobs.append(([run.config for run in todo], [_run_dir(workdir, run) for run in todo]))
     if workers == 1 or len(jobs) <= 1:
       stopped = _train_here(jobs, dataset, finished, should_stop)
@@ -144,6 +136,36 @@ def _run_all(groups, workdir, dataset, workers: int, progress: bool, should_stop
   return results
 
 
+def _by_resume_step(runs: list[sweep_plan.Run], workdir) -> list[list[sweep_plan.Run]]:
+  """``runs`` (of one group) split by the step of their newest checkpoint: the members of a
+  program start at one step (an earlier session may have saved some members' step and not the
+  others')."""
+  by_step = {}
+  for run in runs:
+    saved = checkpoints.steps(_run_dir(workdir, run) / "checkpoints")
+    by_step.setdefault(saved[-1] if saved else 0, []).append(run)
+  return list(by_step.values())
+
+
+def _train_group(configs, workdirs, dataset, **kwargs) -> list[records.RunRecord]:
+  """:func:`resnorm.loop.train_group`, its members split by the step each resumes from where a
+  checkpoint that does not restore made them differ (:class:`resnorm.loop.ResumeStepsDiffer`)."""
+  found, pending = [None] * len(configs), [list(range(len(configs)))]
+  while pending:
+    members = pending.pop()
+    try:
+      trained = loop.train_group([configs[i] for i in members], [workdirs[i] for i in members], dataset, **kwargs)
+    except loop.ResumeStepsDiffer as differ:
+      by_step = {}
+      for i, step in zip(members, differ.steps):
+        by_step.setdefault(step, []).append(i)
+      pending += by_step.values()
+      continue
+    for i, record in zip(members, trained):
+      found[i] = record
+  return found
+
+
 def _train_here(jobs, dataset, finished, should_stop) -> list | None:
   """Trains the ``jobs`` (configs, workdirs) one after another in this process; the workdirs of
   the runs a stop request stopped (None: none was)."""
@@ -151,7 +173,7 @@ def _train_here(jobs, dataset, finished, should_stop) -> list | None:
     if should_stop():
       return []
     try:
-      finished(loop.train_group(configs, workdirs, dataset, should_stop=should_stop))
+      finished(_train_group(configs, workdirs, dataset, should_stop=should_stop))
     except preemption.Preempted as error:
       return error.workdirs
   return None
@@ -266,7 +288,7 @@ def _worker_dataset(data_json: str) -> data.Dataset:
 def _train_in_worker(configs: list[dict], workdirs: list) -> list[records.RunRecord]:
   configs = [ml_collections.ConfigDict(c) for c in configs]
   dataset = _worker_dataset(json.dumps(records.config_dict(configs[0].data), sort_keys=True))
-  return loop.train_group(configs, workdirs, dataset, should_stop=_WORKER["should_stop"])
+  return _train_group(configs, workdirs, dataset, should_stop=_WORKER["should_stop"])
 
 
 def _run_spread(groups, workdir, dataset, should_stop) -> list[records.RunRecord]:
@@ -282,10 +304,9 @@ def _run_spread(groups, workdir, dataset, should_stop) -> list[records.RunRecord
         marker.unlink()
     try:
       found = _reusable(group, workdir)
-      todo = [run for run, record in zip(group, found) if record is None]
-      if todo:
+      for todo in _by_resume_step([run for run, record in zip(group, found) if record is None], workdir):
         configs, workdirs = [run.config for run in todo], [_run_dir(workdir, run) for run in todo]
-        loop.train_group(configs, workdirs, dataset, local=True, should_stop=should_stop)
+        _train_group(configs, workdirs, dataset, local=True, should_stop=should_stop)
     except Exception as error:  # pylint: disable=broad-except  (reported to every process below)
       for marker in markers:
         marker.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +345,7 @@ def refuse_runs_of_another_config(workdir, runs: list[sweep_plan.Run]) -> None:
   or with checkpoints, under another config, naming the runs and the fields that differ; reads
   only, so nothing in the workdir has changed. A finished run must match in every field,
   ``num_steps`` included; an unfinished one may differ where a resume allows
-  (:data:`resnorm.loop.RESUMABLE_FIELDS`). Files that do not read are left to
+  (:data:`resnorm.ownership.RESUMABLE_FIELDS`). Files that do not read are left to
   :func:`_set_aside_if_unreadable`."""
   if workdir.exists() and not workdir.is_dir():
     raise records.WorkdirError(f"--workdir {workdir} is a file: expected a directory (or a path to create)")
@@ -338,9 +359,9 @@ def refuse_runs_of_another_config(workdir, runs: list[sweep_plan.Run]) -> None:
     except records.UnreadableRecord:
       continue
     if (run_dir / "summary.json").exists():
-      differences = loop.config_differences(saved, run.config, resumable=())
+      differences = ownership.config_differences(saved, run.config, resumable=())
     elif checkpoints.steps(run_dir / "checkpoints"):
-      differences = loop.config_differences(saved, run.config)
+      differences = ownership.config_differences(saved, run.config)
     else:
       continue
     if differences:

@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import cli, cluster
-from resnorm import config_validation, loop, plots, preemption, records
+from resnorm import config_validation, loop, ownership, plots, preemption, records
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.", required=True)
@@ -59,30 +59,14 @@ def main(argv):
       dataset = config_validation.load_data(_CONFIG.value)
       config_validation.check_run(_CONFIG.value, dataset)
       # One run per workdir (one process: a process of several cannot refuse alone).
-      with loop.WorkdirLock(_WORKDIR.value) if jax.process_count() == 1 else contextlib.nullcontext():
+      with ownership.WorkdirLock(_WORKDIR.value) if jax.process_count() == 1 else contextlib.nullcontext():
         record = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, dataset, should_stop=stop).to_json()
   except (config_validation.ConfigError, records.WorkdirError, preemption.Preempted, records.WriteFailed) as error:
     sys.exit(f"error: {error}")  # one line, exit status 1
   if jax.process_index() == 0:
-    print(
-      json.dumps(
-        {
-          k: record[k]
-          for k in (
-            "steps",
-            "diverged",
-            "train_loss",
-            "test_loss",
-            "test_accuracy",
-            "best_test_accuracy",
-            "best_step",
-            "images_per_second",
-          )
-          if k in record
-        }
-      )
-    )
-    if "trained" in record:
+    shown = ("steps", "diverged", "train_loss", "test_loss", "test_accuracy", "best_test_accuracy", "best_step")
+    print(json.dumps({k: record[k] for k in shown + ("images_per_second",)}))
+    if record["trained"]:
       print(json.dumps({"trained": record["trained"]["by_kind"]}))
     _draw_ratio_heatmap(record)
   if record["diverged"]:

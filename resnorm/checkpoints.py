@@ -10,8 +10,8 @@ restores that fall back to the newest step whose arrays are the ones that were s
 * ``losses_since_log``: the train losses of the steps between the last logged row and the step,
   so that the first row logged after a resume averages the same steps as the uninterrupted run's.
 
-A checkpoint without an entry (saved before entries were kept, or its entry lost) restores
-unverified, with a warning, and its first row after the resume averages the steps since the resume.
+A checkpoint whose entry is lost (``checkpoints.json`` gone or damaged) restores unverified, with
+a warning, and its first row after the resume averages the steps since the resume.
 """
 
 from __future__ import annotations
@@ -153,38 +153,13 @@ def wait(checkpoints: ocp.CheckpointManager, workdir) -> None:
     checkpoints.wait_until_finished()
 
 
-def _layouts(state):
-  """``state``, then as checkpoints written before the MLP blocks' skip weight became a constant
-  (2026-12-01) hold it: a residual stack's constants without ``skip``, a plain stack's none at all.
-  Constants never train, so such a checkpoint restores with ``state``'s."""
-  yield state
-  without_skip = _without(state.constants, "skip")
-  if jax.tree.structure(without_skip) != jax.tree.structure(state.constants):
-    yield state.replace(constants=without_skip)
-  if jax.tree.leaves(state.constants):
-    yield state.replace(constants={})
-
-
-def _without(tree, name: str):
-  """``tree`` (nested dicts) without its entries called ``name``."""
-  if not isinstance(tree, dict):
-    return tree
-  return {key: _without(value, name) for key, value in tree.items() if key != name}
-
-
 def _restore_step(workdir, local: bool, step: int, target):
-  """The state of checkpoint ``step``, read in the first of :func:`_layouts` it matches (the
-  error of the current layout when none does)."""
-  first_error = None
-  for layout in _layouts(target):
-    checkpoints = manager(workdir / "checkpoints", local)
-    try:
-      return checkpoints.restore(step, args=ocp.args.StandardRestore(layout))
-    except Exception as error:  # pylint: disable=broad-except  (Orbax raises many kinds on bad files)
-      first_error = first_error or error
-    finally:
-      checkpoints.close()
-  raise first_error
+  """The state of checkpoint ``step`` in the structure of ``target``."""
+  checkpoints = manager(workdir / "checkpoints", local)
+  try:
+    return checkpoints.restore(step, args=ocp.args.StandardRestore(target))
+  finally:
+    checkpoints.close()
 
 
 def restore(state, workdir, local: bool, host_copies: bool, sharding) -> Restored:
@@ -226,7 +201,6 @@ def restore(state, workdir, local: bool, host_copies: bool, sharding) -> Restore
         aside,
         step,
       )
-    restored = restored.replace(constants=target.constants)  # never trained: the layout's may be older
     restored = jax.device_put(restored, sharding) if host_copies else restored
     return Restored(step, restored, list(entry["losses_since_log"]) if entry else [])
   if errors:

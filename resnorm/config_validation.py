@@ -16,7 +16,7 @@ import contextlib
 import jax
 
 from resnorm import data as data_lib
-from resnorm import loop, models, procrustes, records, signal, sweep_plan, validation
+from resnorm import models, procrustes, records, signal, sweep_plan, validation
 
 OPTIMIZERS = ("adam", "sgd")
 PLACEMENTS = ("mesh", "spread")
@@ -46,11 +46,25 @@ def fields(prefix: str, rename: dict[str, str] | None = None):
     yield
   except ConfigError:
     raise
+  except AttributeError as error:  # ml_collections: a field the config does not have
+    name = str(error.args[0]).strip("'\"") if error.args else ""
+    if not name.isidentifier():
+      raise
+    raise ConfigError(
+      prefix + name, _Missing(), "a value: configs/default.py states every field a run reads (start from it)"
+    ) from None
   except validation.ArgumentError as error:
     field = "config." + rename[error.name] if rename and error.name in rename else prefix + error.name
     raise ConfigError(field, error.value, error.allowed) from None
   except ValueError as error:
     raise ConfigError(prefix.rstrip("."), _Unnamed(), f"a value the library accepts: {error}") from error
+
+
+class _Missing:
+  """The value of a field the config does not have."""
+
+  def __repr__(self) -> str:
+    return "(missing)"
 
 
 class _Unnamed:
@@ -67,31 +81,38 @@ def load_data(config) -> data_lib.Dataset:
 
 
 def check_run(config, dataset: data_lib.Dataset) -> None:
-  """Every field a single run reads (``configs/default.py``'s shape), for data like ``dataset``."""
+  """Every field a single run reads (``configs/default.py`` states them all), for data like
+  ``dataset``; a field the config lacks is named as missing."""
   with fields("config.optimizer."):
-    validation.one_of("name", config.optimizer.name, OPTIMIZERS)
-    validation.positive_float("learning_rate", config.optimizer.learning_rate)
-    momentum, weight_decay = config.optimizer.momentum, config.optimizer.weight_decay
-    if isinstance(momentum, bool) or not 0 <= momentum < 1:
-      raise validation.invalid("momentum", momentum, "a number in [0, 1)")
-    if isinstance(weight_decay, bool) or not weight_decay >= 0:
-      raise validation.invalid("weight_decay", weight_decay, "a number >= 0")
-    validation.one_of("schedule", config.optimizer.schedule, SCHEDULES)
-    _check_schedule(config.optimizer)
-    models.resolve_branch_scale(config.optimizer.get("block_lr_scale", "1"), 1, "block_lr_scale")
+    optimizer = config.optimizer
+    validation.one_of("name", optimizer.name, OPTIMIZERS)
+    validation.positive_float("learning_rate", optimizer.learning_rate)
+    if isinstance(optimizer.momentum, bool) or not 0 <= optimizer.momentum < 1:
+      raise validation.invalid("momentum", optimizer.momentum, "a number in [0, 1)")
+    if isinstance(optimizer.weight_decay, bool) or not optimizer.weight_decay >= 0:
+      raise validation.invalid("weight_decay", optimizer.weight_decay, "a number >= 0")
+    validation.one_of("schedule", optimizer.schedule, SCHEDULES)
+    _check_schedule(optimizer)
+    models.resolve_branch_scale(optimizer.block_lr_scale, 1, "block_lr_scale")
   with fields("config."):
-    for field in ("batch_size", "log_every", "eval_batch_size"):
+    validation.non_negative_int("seed", config.seed)
+    if config.setting is not None and not isinstance(config.setting, str):
+      raise validation.invalid("setting", config.setting, "a name (str) or None")
+    for field in ("batch_size", "log_every", "eval_batch_size", "steps_per_dispatch"):
       validation.positive_int(field, config[field])
     _check_length(config)
     for field in ("checkpoint_every", "prefetch"):
       validation.non_negative_int(field, config[field])
-    validation.positive_int("steps_per_dispatch", config.get("steps_per_dispatch", 1))
-    validation.one_of("init_from", config.get("init_from", "random"), INIT_FROM)
+    validation.one_of("init_from", config.init_from, INIT_FROM)
     if config.eval_every is not None:
       validation.non_negative_int("eval_every", config.eval_every)
+    validation.boolean("augment", config.augment)
     if config.augment and dataset.x_train.ndim != 4:
       raise validation.invalid("augment", config.augment, "False for data that are not NHWC images")
     validation.one_of("augment_padding", config.augment_padding, data_lib.PADDINGS)
+    validation.boolean("tensorboard", config.tensorboard)
+    if config.progress_bar is not None:
+      validation.boolean("progress_bar", config.progress_bar)
     devices = jax.device_count()
     if config.batch_size % devices:
       raise validation.invalid("batch_size", config.batch_size, f"a multiple of the {devices} devices")
@@ -101,18 +122,21 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
     if examples > len(dataset.x_test):
       raise validation.invalid("num_examples", examples, f"at most the {len(dataset.x_test)} test examples")
     validation.non_negative_int("every", config.signal.every)
-    validation.non_negative_int("free_examples", config.signal.get("free_examples", 0))
-    validation.boolean("train_batch", config.signal.get("train_batch", False))
-  if "convergence" in config:
-    with fields("config.convergence."):
-      window, tolerance = config.convergence.window, config.convergence.tolerance
-      if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < 1:
-        raise validation.invalid("window", window, "a fraction of the run in (0, 1)")
-      validation.positive_float("tolerance", tolerance)
+    validation.non_negative_int("free_examples", config.signal.free_examples)
+    validation.boolean("train_batch", config.signal.train_batch)
+  with fields("config.convergence."):
+    window, tolerance = config.convergence.window, config.convergence.tolerance
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < 1:
+      raise validation.invalid("window", window, "a fraction of the run in (0, 1)")
+    validation.positive_float("tolerance", tolerance)
+  with fields("config.procrustes."):
+    validation.boolean("enabled", config.procrustes.enabled)
+    validation.non_negative_int("every", config.procrustes.every)
+    stem, probability = config.procrustes.stem, config.procrustes.probability
   model = build_model(config, dataset.num_outputs)
   if not models.family(config.model.name).build.__module__.startswith("resnorm."):
     _check_sites(config, model, dataset)
-  if config.get("init_from", "random") == "constructed":
+  if config.init_from == "constructed":
     _check_construction(config, model, dataset)
   if config.procrustes.enabled:
     targets = models.family(config.model.name).projection_targets
@@ -122,10 +146,9 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
         "config.procrustes.enabled", True, f"False for {config.model.name} (kernels to project: {with_targets})"
       )
     with fields("config.procrustes.", rename={"stem_convention": "procrustes.stem"}):
-      validation.non_negative_int("every", config.procrustes.every)
       procrustes.procrustes(
-        targets(dataset.x_train.shape, stem_convention=config.procrustes.get("stem", "correct")),
-        probability=config.procrustes.probability,
+        targets(dataset.x_train.shape, stem_convention=stem),
+        probability=probability,
         every=config.procrustes.every or None,
         seed=config.seed,
       )
@@ -198,7 +221,7 @@ def _check_length(config) -> None:
 def build_model(config, num_outputs: int):
   """``config.model`` built through the registry, its errors named by field."""
   with fields("config.model."):
-    return loop.build_model(config, num_outputs)
+    return models.from_config(config.model, num_outputs)
 
 
 def check_sweep(config, dataset: data_lib.Dataset) -> None:
@@ -208,8 +231,8 @@ def check_sweep(config, dataset: data_lib.Dataset) -> None:
     validation.positive_ints("depths", config.depths)
     validation.positive_int("parallel_runs", config.parallel_runs)
     validation.one_of("placement", config.placement, PLACEMENTS)
-    validation.one_of("bound_L", config.get("bound_L", "layers"), records.BOUND_LENGTHS)
-    validation.boolean("group_seeds", config.get("group_seeds", True))
+    validation.one_of("bound_L", config.bound_L, records.BOUND_LENGTHS)
+    validation.boolean("group_seeds", config.group_seeds)
     _check_seeds("seeds", config.seeds)
     names = config.settings if isinstance(config.settings, (tuple, list)) else (config.settings,)
     overrides = config.get("overrides") or {}

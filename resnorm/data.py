@@ -357,6 +357,59 @@ def process_rows(global_rows: np.ndarray) -> np.ndarray:
   return global_rows[jax.process_index() * share : (jax.process_index() + 1) * share]
 
 
+def global_batch(sharding, x, y, rows, transform=None) -> tuple[jax.Array, jax.Array]:
+  """The global batch ``rows`` of (``x``, ``y``) as arrays split over ``sharding``'s mesh, ``x``
+  through ``transform`` where given; this process supplies its share (all of it when the mesh
+  holds only this process's devices)."""
+  if not sharding.is_fully_addressable:
+    rows = process_rows(rows)
+  x, y = x[rows], y[rows]
+  if transform is not None:
+    x = transform(x)
+  return tuple(jax.make_array_from_process_local_data(sharding, a) for a in (x, y))
+
+
+def augment_padding(config) -> str | None:
+  """How a run config's training images are padded for their random crops
+  (``config.augment_padding``: a mode of :func:`augment`), None where the run does not augment."""
+  return config.augment_padding if config.augment else None
+
+
+def augmentation(padding: str | None, seed: int, step: int):
+  """The crops and flips of ``step``'s batch (:func:`augment` with ``padding``, a function of the
+  images); None without augmentation (``padding`` None)."""
+  return None if padding is None else functools.partial(augment, seed=seed, step=step, mode=padding)
+
+
+def training_batch(dataset: Dataset, batch_size: int, seed: int, step: int, augment_padding: str | None = None):
+  """The whole training batch of (0-based) ``step`` as host arrays (:func:`batch_indices`),
+  augmented where ``augment_padding`` says how, as a one-process run trains on it."""
+  rows = batch_indices(len(dataset.x_train), batch_size, step, seed)
+  transform = augmentation(augment_padding, seed, step)
+  x = dataset.x_train[rows]
+  return (x if transform is None else transform(x)), dataset.y_train[rows]
+
+
+def training_batches(
+  dataset: Dataset,
+  batch_size: int,
+  sharding,
+  seed: int,
+  steps: range,
+  augment_padding: str | None = None,
+  ahead: int = 0,
+) -> Iterator[tuple[jax.Array, jax.Array]]:
+  """The global training batches of ``steps`` on ``sharding``, ``ahead`` of their use on a
+  background thread (:func:`prefetch`): rows and augmentation are pure functions of (``seed``,
+  step), so a resumed run sees the batches an uninterrupted one would."""
+
+  def batch_at(step):
+    rows = batch_indices(len(dataset.x_train), batch_size, step, seed)
+    return global_batch(sharding, dataset.x_train, dataset.y_train, rows, augmentation(augment_padding, seed, step))
+
+  return prefetch(map(batch_at, steps), ahead)
+
+
 def prefetch(items: Iterable, size: int = 2) -> Iterator:
   """The items of ``items``, in order, computed up to ``size`` ahead on a background thread.
 

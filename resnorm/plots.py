@@ -14,7 +14,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from resnorm import records, recurrence, theory
+from resnorm import records, recurrence, statistics, theory
 
 
 def _points(depths, values, spread=None):
@@ -26,9 +26,9 @@ def _points(depths, values, spread=None):
 
 def bound_lengths(entry: dict) -> tuple[list, str]:
   """(the L of each depth in the setting's bound reading, its axis label): the identity blocks
-  when the summary read the bound against them (``Stage.L``), else the network's depth."""
+  when the summary read the bound against them (``Stage.bound_L``), else the network's depth."""
   measured = entry["trained"]
-  if measured.get("L") == "layers" and measured.get("num_layers") is not None:
+  if measured["bound_L"] == "layers":
     return measured["num_layers"], "L (identity blocks)"
   return entry["depths"], "depth L"
 
@@ -41,25 +41,22 @@ def _log_depth_axes(ax, title: str, xlabel: str = "depth L") -> None:
   ax.grid(True, which="both", alpha=0.3)
 
 
-DELTA_LINES = (
-  ("trained", "delta_max", "o-", "δ_max (blocks × examples)"),
-  ("trained", "layer_p90_max", "s--", "max over blocks of p90 (fixed sample)"),
-  ("trained", "batch_delta_max", "d-.", "whole-batch ratio δ_max"),
-  ("init", "delta_max", "^:", "δ_max at init"),
-)
+def _delta_lines() -> list[tuple[str, str, str, str]]:
+  """(stage, statistic, style, label) of the δ-against-depth figure: every statistic with a
+  ``style`` (:mod:`resnorm.statistics`) after training, and δ_max at initialisation."""
+  drawn = [("trained", s.name, s.style, s.label) for s in statistics.REGISTRY.values() if s.style]
+  return drawn + [("init", "delta_max", "^:", "δ_max at init")]
 
 
 def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
-  """One setting on log–log axes: δ after training (three statistics, means over seeds with
-  their spread), δ_max at initialisation, and the bound envelope c_min·log(2L)/L of trained δ_max
-  (the smallest c for which the theorem's bound holds at every measured depth). A diverged depth
-  is a red cross. The x axis is the L of the bound reading (:func:`bound_lengths`)."""
+  """One setting on log–log axes: the statistics with a style (:func:`_delta_lines`, means over
+  seeds with their spread) after training, δ_max at initialisation, and the bound envelope
+  c_min·log(2L)/L of trained δ_max (the smallest c for which the theorem's bound holds at every
+  measured depth). A diverged depth is a red cross. The x axis is the L of the bound reading
+  (:func:`bound_lengths`)."""
   depths, xlabel = bound_lengths(entry)
-  for stage, key, style, label in DELTA_LINES:
-    values = entry[stage].get(key)
-    if values is None:
-      continue
-    L, d, e = _points(depths, values, (entry[stage].get("std") or {}).get(key))
+  for stage, key, style, label in _delta_lines():
+    L, d, e = _points(depths, entry[stage][key], entry[stage]["std"][key])
     if len(L):
       ax.errorbar(
         L,
@@ -71,9 +68,9 @@ def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
         label=label,
         fillstyle="none" if stage == "init" else "full",
       )
-  reading = (entry["trained"].get("bound") or {}).get("delta_max")
+  reading = entry["trained"]["bound"]["delta_max"]
   lengths = [L for L in depths if L]
-  if reading and reading.get("c_min") and lengths:
+  if reading["c_min"] and lengths:
     grid = np.geomspace(min(lengths), max(lengths), 100)
     ax.plot(
       grid,
@@ -85,7 +82,7 @@ def delta_vs_depth_axes(ax, name: str, entry: dict) -> None:
   diverged = [L for L, flag in zip(depths, entry["diverged"]) if flag and L]
   if diverged:
     ax.plot(diverged, np.full(len(diverged), ax.get_ylim()[0] if ax.has_data() else 1.0), "rx", ms=10, label="diverged")
-  _log_depth_axes(ax, f"{name} ({entry.get('model') or name})", xlabel)
+  _log_depth_axes(ax, f"{name} ({entry['model']})", xlabel)
   _legend(ax, fontsize=6)
 
 
@@ -151,17 +148,14 @@ def draw_constructed_vs_trained(fig, summary: dict, constructed: str):
     (built, "trained", "delta_max", "^-.", "trained from the constructed network, δ_max"),
   )
   for entry, stage, key, style, label in lines:
-    values = entry[stage].get(key)
-    if values is None:
-      continue
-    L, d, e = _points(entry["depths"], values, (entry[stage].get("std") or {}).get(key))
+    L, d, e = _points(entry["depths"], entry[stage][key], entry[stage]["std"][key])
     if len(L):
       ax_delta.errorbar(L, d, yerr=np.minimum(e, 0.95 * d), fmt=style, ms=4, capsize=2, label=label)
-  L, bound, _ = _points(built["depths"], (built.get("construction") or {}).get("block_bound_max") or [])
+  L, bound, _ = _points(built["depths"], built["construction"]["block_bound_max"])
   if len(L):
     ax_delta.plot(L, bound, "k--", lw=1, label="constructed: promised bound on ‖J_l − I‖")
-  reading = (trained["trained"].get("bound") or {}).get("delta_max")
-  if reading and reading.get("c_min"):
+  reading = trained["trained"]["bound"]["delta_max"]
+  if reading["c_min"]:
     grid = np.geomspace(min(trained["depths"]), max(trained["depths"]), 100)
     ax_delta.plot(
       grid,
@@ -212,7 +206,7 @@ def draw_task_vs_depth(fig, summary: dict):
       values = entry.get(key)
       if values is None:
         continue
-      spread = (entry.get("std") or {}).get(key.replace("_relative", ""))
+      spread = entry["std"].get(key.replace("_relative", ""))
       if spread and key.endswith("_relative"):
         scale = [v / l if v is not None and l else None for v, l in zip(values, entry[key.replace("_relative", "")])]
         spread = [s * c if s is not None and c is not None else None for s, c in zip(spread, scale)]
@@ -224,7 +218,7 @@ def draw_task_vs_depth(fig, summary: dict):
     ax.set_xlabel("depth L")
     ax.set_ylabel(label)
     ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # summaries of the first format have no relative losses
+    if ax.get_legend_handles_labels()[0]:  # none where every run diverged
       ax.legend(fontsize=7)
   fig.tight_layout()
   return fig
@@ -245,7 +239,7 @@ def draw_delta_by_kind(fig, summary: dict, key: str = "delta_max"):
   axes = _grid(fig, len(names), sharey=True)
   for ax, name in zip(axes, names):
     entry = summary["models"][name]
-    stages = {"block": {s: entry[s] for s in ("init", "trained")}, **(entry.get("by_kind") or {})}
+    stages = {"block": {s: entry[s] for s in ("init", "trained")}, **entry["by_kind"]}
     for kind, by_stage in stages.items():
       for stage in ("trained", "init"):
         L, d, _ = _points(entry["depths"], by_stage[stage][key])
@@ -279,8 +273,8 @@ def draw_ratio_profile(fig, results: list[dict], names: list[str], seed=None):
   colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(depths)))
   for row, name in zip(axes, names):
     runs = [r for r in results if r["setting"] == name and r["init"].get("layers")]
-    chosen = seed if seed is not None else min((r.get("seed") or 0 for r in runs), default=0)
-    for r in sorted((r for r in runs if (r.get("seed") or 0) == chosen), key=lambda r: r["depth"]):
+    chosen = seed if seed is not None else min((r["seed"] for r in runs), default=0)
+    for r in sorted((r for r in runs if r["seed"] == chosen), key=lambda r: r["depth"]):
       for ax, stage in zip(row, ("init", "trained")):
         if not r.get(stage):
           continue
@@ -322,11 +316,11 @@ def draw_delta_during_training(fig, results: list[dict], names: list[str]):
   depths = sorted({r["depth"] for r in results})
   colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(depths)))
   for ax, name in zip(axes, names):
-    runs = [r for r in results if r.get("setting", r["model"]) == name]
-    first = min((r.get("seed") or 0 for r in runs), default=0)
-    for r in sorted((r for r in runs if (r.get("seed") or 0) == first), key=lambda r: r["depth"]):
+    runs = [r for r in results if r["setting"] == name]
+    first = min((r["seed"] for r in runs), default=0)
+    for r in sorted((r for r in runs if r["seed"] == first), key=lambda r: r["depth"]):
       init = r["init"]["by_kind"].get("block", {"delta_max": None})  # none in a network without identity blocks
-      measured = [(0, init)] + [(h["step"], h) for h in r.get("history", [])]
+      measured = [(0, init)] + [(h["step"], h) for h in r["history"]]
       points = [(step, m["delta_max"]) for step, m in measured if m["delta_max"]]  # None or 0: not on log axes
       if points:
         ax.plot(*zip(*points), "o-", ms=3, color=colors[depths.index(r["depth"])], label=f"L = {r['depth']}")
@@ -426,22 +420,13 @@ RATIO_MEASURES = {
 def ratio_grid(rows: list[dict], measure: str = "ratio_mean") -> tuple[np.ndarray, list[str]]:
   """(layers × measurements of r_k in ``measure``, one of :data:`RATIO_MEASURES`; the kind of each
   layer) from the rows of a ``signal.jsonl``: every layer in stream order, the stem and the
-  transitions included, where the rows hold the whole stream (``layers``); the identity blocks
-  alone (``profile``, eval mode) in files written before."""
-  if all(row.get("layers") for row in rows):
-    return np.array([row["layers"][measure] for row in rows], dtype=float).T, list(rows[0]["layers"]["kind"])
-  grid = np.array([row["profile"]["ratio_mean"] for row in rows], dtype=float).T
-  return grid, ["block"] * grid.shape[0]
+  transitions included."""
+  return np.array([row["layers"][measure] for row in rows], dtype=float).T, list(rows[0]["layers"]["kind"])
 
 
 def ratio_measures(rows: list[dict]) -> list[str]:
-  """The measures of :data:`RATIO_MEASURES` every row of a ``signal.jsonl`` holds (rows written
-  before the whole stream was recorded hold the eval-mode one, over the identity blocks)."""
-  if not rows:
-    return []
-  if not all(row.get("layers") for row in rows):
-    return ["ratio_mean"]
-  return [key for key in RATIO_MEASURES if all(key in row["layers"] for row in rows)]
+  """The measures of :data:`RATIO_MEASURES` every row of a ``signal.jsonl`` holds."""
+  return [key for key in RATIO_MEASURES if rows and all(key in row["layers"] for row in rows)]
 
 
 LAYER_MARKS = {"stem": "▲ stem", "transition": "× transition"}

@@ -49,10 +49,10 @@ METHODS = ("newton_schulz", "svd")
 # How a k×k kernel's projected spectrum is read back into a kernel (see project_conv).
 CONVENTIONS = ("correct", "pytorch", "chainer")
 
-# Default Newton–Schulz steps, from the convergence study in polar's docstring.
+# Default Newton–Schulz steps (polar's docstring says what they reach).
 NEWTON_SCHULZ_ITERATIONS = 12
 
-# Default (project spectrum, crop) rounds of a k×k kernel, from benchmarks/stem_projection.py.
+# Default (project spectrum, crop) rounds of a k×k kernel.
 ROUNDS = 1
 
 # The smallest singular value assumed after pre-scaling where the data give no better bound: it
@@ -100,10 +100,10 @@ def polar(
   ‖X − U Vᴴ‖_F ≈ tol / 2), after at most ``iterations`` steps; a rank-deficient matrix never
   meets a tolerance and runs them all.
 
-  The default of 12 steps reaches float32's rounding floor for condition numbers κ ≤ 1e3 (the
-  convergence study, and why optax.contrib's ``orthogonalize_via_newton_schulz`` is not reused:
-  ``benchmarks/RESULTS.md``, section 2).
-  Matrix products use ``Precision.HIGHEST`` so that GPUs do not round float32 to TF32.
+  The default of 12 steps reaches float32's rounding floor for condition numbers κ ≤ 1e3.
+  optax.contrib's ``orthogonalize_via_newton_schulz`` is not reused: its quintic iteration is tuned
+  for speed, not to converge to the polar factor. Matrix products use ``Precision.HIGHEST`` so that
+  GPUs do not round float32 to TF32.
 
   Args:
     matrix: array of shape (..., m, n), real or complex; integers are converted to float32.

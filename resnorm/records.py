@@ -1,10 +1,12 @@
 """The typed records of runs and sweeps, and the files they are kept in.
 
 Every result a run or a sweep reports is a field of one of the dataclasses below; their field
-names are the keys of the JSON files on disk (README, "What the sweep writes"), so renaming a
-field is one edit here. ``to_json`` gives plain JSON values (NaN and ±inf become ``null``);
-``from_json`` reads them back, and also reads the files of earlier versions, which lack the
-fields added since (they load as ``None``).
+names are the keys of the JSON files on disk, so renaming a field is one edit here. The δ
+statistics are kept by name (:mod:`resnorm.statistics`): a statistic registered there is in every
+record without an edit here. ``to_json`` gives plain JSON values (NaN and ±inf become ``null``)
+and the file format, :data:`FORMAT`; ``from_json`` reads a file of that format and refuses any
+other with :class:`UnreadableRecord`, naming the command that converts an older one
+(``python -m experiments.migrate``).
 
 Files: every path goes through :func:`path` (``etils.epath``: local directories and ``gs://``
 alike). :func:`write_json` replaces a file atomically (a reader never sees half of it);
@@ -25,11 +27,12 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from resnorm import signal, validation
+from resnorm import signal, statistics, theory, validation
 
 PathLike = Union[str, os.PathLike]
+FORMAT = 1  # of run records and sweep summaries; experiments/migrate.py converts the files of earlier ones
 STAGES = ("init", "trained")  # a run is measured at initialisation and after training
-HISTORY_KEYS = ("delta_max", "delta_mean", "log_gain")
+BOUND_LENGTHS = ("layers", "depth")  # what L is in a bound reading: the layers measured, or the network's depth
 
 
 def jsonable(tree):
@@ -47,21 +50,16 @@ def jsonable(tree):
   return tree
 
 
-def _unset_dropped(data: dict, names) -> dict:
-  """``data`` without the entries of ``names`` that are None: fields added since the first
-  version are left out of a file when unset, so a file of that version reads back unchanged."""
-  return {k: v for k, v in data.items() if not (k in names and v is None)}
-
-
-def _added_fields(cls) -> tuple[str, ...]:
-  """The fields of ``cls`` that default to None (added after the first file format)."""
-  return tuple(f.name for f in dataclasses.fields(cls) if f.default is None)
-
-
-def _known_fields(cls, data: dict) -> dict:
-  """The entries of ``data`` that are fields of ``cls`` (files of later versions may hold more)."""
-  names = {f.name for f in dataclasses.fields(cls)}
-  return {k: v for k, v in data.items() if k in names}
+def check_format(data: dict, what: str) -> None:
+  """Raises :class:`FormatError` unless ``data`` (a run record or a sweep summary, ``what``) is of
+  :data:`FORMAT`."""
+  found = data.get("format") if isinstance(data, dict) else None
+  if found != FORMAT:
+    written = "by an earlier resnorm (no format)" if found is None else f"in format {found!r}"
+    raise FormatError(
+      f"{what} was written {written}; this resnorm reads format {FORMAT}: convert the workdir with "
+      "`python -m experiments.migrate WORKDIR` (it keeps the old files beside the new)"
+    )
 
 
 # ----------------------------------------------------------------------------- one run
@@ -72,19 +70,20 @@ class Measurement:
   """The backward ratios of one network state on the held-out examples.
 
   Attributes:
-    by_kind: kind of layer (``stem``, ``block``, ``transition``) -> its δ statistics.
+    by_kind: kind of layer (``stem``, ``block``, ``transition``) -> its statistics, every
+      registered one by name (:func:`resnorm.signal.delta_statistics`).
     profile: per-block means over examples (:func:`resnorm.signal.layer_profile`).
     layers: every layer in stream order, transitions included (:func:`resnorm.signal.stream_profile`);
       with ``train_batch_ratio``, where measured, each layer's ratio of whole mini-batch gradient
       norms in train mode on the next training batch (:func:`resnorm.signal.batch_ratios`).
   """
 
-  by_kind: dict[str, signal.DeltaStats]
+  by_kind: dict[str, dict[str, float | int | None]]
   profile: dict[str, list[float]]
-  layers: dict[str, list] | None = None
+  layers: dict[str, list] | None  # None in records converted from before stream profiles
 
   @property
-  def block(self) -> signal.DeltaStats | None:
+  def block(self) -> dict[str, float | int | None] | None:
     """The statistics of the identity blocks, the theorem's domain (None for a network without
     any, such as a pre-activation ResNet with one block per stage: every block a transition)."""
     return self.by_kind.get("block")
@@ -93,44 +92,33 @@ class Measurement:
   def from_report(
     cls,
     report: signal.SignalReport,
-    free: dict[str, float] | None = None,
+    direction_free: np.ndarray | None = None,
     train_batch: signal.SignalReport | None = None,
   ) -> Measurement:
-    """The statistics of ``report``; ``free``: the identity blocks' direction-free fields
-    (:func:`resnorm.signal.direction_free`), where they were measured; ``train_batch``: the same
+    """The statistics of ``report``; ``direction_free``: the identity blocks' δ in every direction
+    (:func:`resnorm.signal.direction_free`), where it was measured; ``train_batch``: the same
     network measured in train mode on a training batch, where it was."""
-    by_kind = {kind: signal.summarize(report, kind) for kind in signal.report_kinds(report)}
-    if free is not None and "block" in by_kind:
-      by_kind["block"] = dataclasses.replace(by_kind["block"], **free)
+    by_kind = {
+      kind: signal.delta_statistics(report, kind, direction_free if kind == "block" else None)
+      for kind in signal.report_kinds(report)
+    }
     layers = signal.stream_profile(report)
     if train_batch is not None:
       layers["train_batch_ratio"] = signal.batch_ratios(train_batch)
     return cls(by_kind, signal.layer_profile(report), layers)
 
   def to_json(self) -> dict:
-    added = _added_fields(signal.DeltaStats)
-    by_kind = {k: _unset_dropped(jsonable(dataclasses.asdict(v)), added) for k, v in self.by_kind.items()}
-    return _unset_dropped(jsonable({"by_kind": by_kind, "profile": self.profile, "layers": self.layers}), ("layers",))
+    return jsonable(dataclasses.asdict(self))
 
   @classmethod
   def from_json(cls, data: dict) -> Measurement:
-    by_kind = {k: signal.DeltaStats(**_known_fields(signal.DeltaStats, v)) for k, v in data["by_kind"].items()}
-    return cls(by_kind, data["profile"], data.get("layers"))
+    return cls(data["by_kind"], data["profile"], data["layers"])
 
 
-@dataclasses.dataclass(frozen=True)
-class HistoryPoint:
-  """The block δ statistics of one measurement during training."""
-
-  step: int
-  delta_max: float | None
-  delta_mean: float | None
-  log_gain: float | None
-
-  @classmethod
-  def of(cls, step: int, measurement: Measurement) -> HistoryPoint:
-    block = measurement.block
-    return cls(step, *(getattr(block, key) if block else None for key in HISTORY_KEYS))
+def history_point(step: int, measurement: Measurement) -> dict:
+  """The identity blocks' tracked statistics (``history=True``) of a measurement during training."""
+  block = measurement.block
+  return {"step": step, **{s.name: block[s.name] if block else None for s in statistics.tracked()}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,14 +135,15 @@ class RunRecord:
       previous log, up to the divergence for a diverged run).
     train_seconds: wall time of the training loop in this process's last session.
     init: measurement at initialisation; ``trained``: after the last step.
-    history: block δ statistics every ``config.signal.every`` steps.
+    history: the identity blocks' tracked statistics every ``config.signal.every`` steps
+      (:func:`history_point`).
     test_loss, test_accuracy: on the whole test split (accuracy for classification only).
     best_test_accuracy, best_step: the best accuracy of the evaluations during training (every
       ``config.eval_every`` steps) and the step it was reached at.
     images_per_second: training throughput of the last session, input pipeline and logging
       included, from the first log onwards (compilation left out); None when too short to tell.
-    setting, seed: the sweep setting the run belongs to and its ``config.seed`` (None for runs
-      outside a sweep and in files written before settings existed).
+    setting, seed: the sweep setting the run belongs to (None for a run outside a sweep) and its
+      ``config.seed``.
     target_variance: regression only: the mean over output coordinates of the training
       targets' variance, the loss of predicting their mean; loss / target_variance = 1 − R².
     init_test_loss, init_test_accuracy: the test metrics of the initial network.
@@ -178,22 +167,22 @@ class RunRecord:
   train_loss: float | None
   train_seconds: float
   init: Measurement
-  history: list[HistoryPoint]
+  history: list[dict]
+  setting: str | None
+  seed: int
+  budget: dict
+  group_size: int
+  init_test_loss: float | None
+  init_test_accuracy: float | None = None
   test_loss: float | None = None
   test_accuracy: float | None = None
   trained: Measurement | None = None
   best_test_accuracy: float | None = None
   best_step: int | None = None
   images_per_second: float | None = None
-  setting: str | None = None
-  seed: int | None = None
   target_variance: float | None = None
-  init_test_loss: float | None = None
-  init_test_accuracy: float | None = None
   convergence: dict | None = None
-  budget: dict | None = None
   construction: dict | None = None
-  group_size: int | None = None
 
   def measurement(self, stage: str) -> Measurement | None:
     """``init`` or ``trained`` by name."""
@@ -204,29 +193,19 @@ class RunRecord:
   def to_json(self) -> dict:
     data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     data["init"] = self.init.to_json()
-    data["trained"] = self.trained.to_json() if self.trained else None
-    data["history"] = [dataclasses.asdict(h) for h in self.history]
-    # regression runs have no accuracy, diverged ones no trained measurement
-    return _unset_dropped(jsonable(data), ("test_accuracy", "trained") + _added_fields(RunRecord))
+    data["trained"] = self.trained and self.trained.to_json()
+    return jsonable({"format": FORMAT, **data})
 
   @classmethod
   def from_json(cls, data: dict) -> RunRecord:
-    data = _known_fields(cls, data)
+    check_format(data, "the run record")
+    data = {f.name: data[f.name] for f in dataclasses.fields(cls)}
     data["init"] = Measurement.from_json(data["init"])
-    if data.get("trained") is not None:
-      data["trained"] = Measurement.from_json(data["trained"])
-    data["history"] = [HistoryPoint(**h) for h in data.get("history", [])]
+    data["trained"] = data["trained"] and Measurement.from_json(data["trained"])
     return cls(**data)
 
 
 # ----------------------------------------------------------------------------- a sweep
-
-
-# The statistics read as bounds: over blocks × examples, per block (a sample that does not grow
-# with L), the typical block, the whole batch, and in every direction.
-BOUND_KEYS = ("delta_max", "layer_p90_max", "delta_mean", "batch_delta_max", "free_delta_max")
-# What L is in the bound reading: the number of layers of the kind measured, or the network's depth.
-BOUND_LENGTHS = ("layers", "depth")
 
 
 def _finite(values: list) -> list:
@@ -247,90 +226,46 @@ def seed_std(values: list) -> float | None:
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One setting's δ statistics of one kind of layer across depths at one stage.
+  """One setting's statistics of one kind of layer across depths at one stage (``init`` or
+  ``trained``), built by :func:`resnorm.sweep_summary.summarize_sweep`.
 
-  Each list is aligned with the setting's ``depths`` and holds the mean over its seeds; an
-  entry is ``None`` where no seed has such a measurement (a diverged run after training) or a
-  finite ratio. ``fit``: the fit of δ_max to c·log(2L)/L (:func:`resnorm.theory.fit_delta`, or
-  a note). Added since the first format (``None`` in older files):
+  Each list is aligned with the setting's ``depths``; an entry is None where no seed has such a
+  measurement (a diverged run after training) or a finite value.
 
-    layer_mean_max … batch_delta_mean: the depth-fair statistics of :class:`signal.DeltaStats`.
-    std: statistic -> the standard deviation over seeds per depth (None with one seed).
-    bound: statistic in :data:`BOUND_KEYS` -> :func:`resnorm.theory.read_bound` over the seeds.
-    free_delta_max, free_delta_mean, free_layer_p90_max, free_examples: δ in every direction
-      (:class:`signal.DeltaStats`).
-    token_c_last: on a stream of sequences (``block`` stage), the tokens' mean cosine similarity
-      after the last block (:func:`resnorm.probes.token_cosine`: rank collapse as it nears 1).
-    num_layers: per depth, the layers of this kind (identity blocks for ``block``; None where a
-      network has none).
-    L: what the bound reading and the fit take as L: ``'layers'``, the number of layers of this
-      kind the statistic is taken over (Theorem 1 counts blocks), or ``'depth'``, the network's
-      depth. None in older files, which read the network's depth.
+  Attributes:
+    means: every registered statistic (:mod:`resnorm.statistics`) -> its mean over the seeds;
+      and on a stream of sequences (``block`` stage), ``token_c_last``, the tokens' mean cosine
+      similarity after the last block (:func:`resnorm.probes.token_cosine`: rank collapse as it
+      nears 1), None elsewhere.
+    std: the same -> the standard deviation over the seeds (None with one seed).
+    bound: every statistic read as a bound -> :func:`resnorm.theory.read_bound` over the seeds.
+    fit: the fit of the mean δ_max to c·log(2L)/L (:func:`resnorm.theory.fit_delta`, or a note).
+    bound_L: what the bound reading and the fit take as L: ``'layers'``, the number of layers of
+      this kind the statistics are taken over (Theorem 1 counts blocks), or ``'depth'``, the
+      network's depth.
   """
 
-  delta_max: list[float | None]
-  delta_mean: list[float | None]
-  delta_p50: list[float | None]
-  delta_p90: list[float | None]
-  delta_p99: list[float | None]
-  log_gain: list[float | None]
+  means: dict[str, list[float | None]]
+  std: dict[str, list[float | None]]
+  bound: dict[str, theory.BoundReading]
   fit: dict
-  layer_mean_max: list[float | None] | None = None
-  layer_p90_max: list[float | None] | None = None
-  layer_p90_mean: list[float | None] | None = None
-  batch_delta_max: list[float | None] | None = None
-  batch_delta_mean: list[float | None] | None = None
-  std: dict[str, list[float | None]] | None = None
-  bound: dict[str, dict] | None = None
-  free_delta_max: list[float | None] | None = None
-  free_delta_mean: list[float | None] | None = None
-  free_layer_p90_max: list[float | None] | None = None
-  free_examples: list[float | None] | None = None
-  num_layers: list[int | None] | None = None
-  token_c_last: list[float | None] | None = None
-  L: str | None = None
-
-  @classmethod
-  def columns(
-    cls, groups: list[list[RunRecord]], stage: str, fit, bound, kind: str = "block", L: str = "layers"
-  ) -> Stage:
-    """The columns of ``groups`` (one list of seeds' runs per depth, ascending) at ``stage`` for
-    layers of ``kind``; ``fit(lengths, deltas) -> dict``, ``bound(lengths, per_seed) -> dict``,
-    with the lengths ``L`` names (depths where the network has no layer of ``kind`` left out)."""
-    if L not in BOUND_LENGTHS:
-      raise validation.invalid("L", L, f"one of {list(BOUND_LENGTHS)}")
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("fit", "std", "bound", "L")]
-
-    def values(runs, key):
-      measured = [r.measurement(stage) for r in runs]
-      if key == "token_c_last":
-        return [
-          m.profile["token_c"][-1] if m and kind == "block" and "token_c" in m.profile else None for m in measured
-        ]
-      return [getattr(m.by_kind[kind], key) if m and kind in m.by_kind else None for m in measured]
-
-    per_seed = {key: [values(runs, key) for runs in groups] for key in names}
-    columns = {key: [seed_mean(v) for v in per_seed[key]] for key in names}
-    columns["num_layers"] = [None if n is None else int(n) for n in columns["num_layers"]]
-    measured = any(v is not None for v in columns["delta_max"])
-    if L == "layers" and measured and all(n is None for n in columns["num_layers"]):
-      L = "depth"  # files of the first formats did not count their layers
-    lengths = columns["num_layers"] if L == "layers" else [runs[0].depth for runs in groups]
-    kept = [i for i, n in enumerate(lengths) if n]
-
-    def at_kept(values):
-      return [values[i] for i in kept]
-
-    return cls(
-      **columns,
-      L=L,
-      fit=fit(at_kept(lengths), at_kept(columns["delta_max"])),
-      std={key: [seed_std(v) for v in per_seed[key]] for key in names},
-      bound={key: bound(at_kept(lengths), at_kept(per_seed[key])) for key in BOUND_KEYS},
-    )
+  bound_L: str
 
   def to_json(self) -> dict:
-    return _unset_dropped(jsonable(dataclasses.asdict(self)), _added_fields(Stage))
+    """The means at the top level (``stage["delta_max"]``), beside the other fields."""
+    bound = {name: reading.to_json() for name, reading in self.bound.items()}
+    return jsonable({**self.means, "std": self.std, "bound": bound, "fit": self.fit, "bound_L": self.bound_L})
+
+  @classmethod
+  def from_json(cls, data: dict) -> Stage:
+    others = ("std", "bound", "fit", "bound_L")
+    return cls(
+      means={k: v for k, v in data.items() if k not in others},
+      std=data["std"],
+      bound={name: theory.BoundReading.from_json(reading) for name, reading in data["bound"].items()},
+      fit=data["fit"],
+      bound_L=data["bound_L"],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,9 +274,9 @@ class FamilyResults:
 
   Per-depth lists hold means over the setting's seeds; ``diverged`` is True at a depth where
   any seed diverged (``num_diverged`` of ``seeds`` did, ``diverged_at_step`` is the earliest).
-  ``init`` and ``trained`` are the identity blocks' statistics, the theorem's domain. Added
-  since the first format (``None`` in older files):
+  ``init`` and ``trained`` are the identity blocks' statistics, the theorem's domain.
 
+  Attributes:
     model: the registry family; ``seeds``: the seeds run at every depth.
     train_loss_relative, test_loss_relative: regression: loss / target variance (1 − R²).
     std: train_loss, test_loss, test_accuracy -> the standard deviation over seeds per depth.
@@ -349,7 +284,7 @@ class FamilyResults:
     init_test_loss (and ``init_test_loss_relative``, ``init_test_accuracy``): of the initial networks.
     num_converged: per depth, the seeds whose train loss had stopped changing
       (:func:`resnorm.train.convergence`); ``convergence_change``: the mean relative change over
-      the seeds; ``convergence``: the verdict's ``window`` and ``tolerance``.
+      the seeds; ``convergence``: the verdict's ``window``, ``tolerance`` and ``scale``.
     budget: the runs' budget (:class:`RunRecord`); ``construction``: per depth, the constructed
       network's promised ``block_bound_max`` (settings started from it only).
     overrides: what the setting is (its family and overrides, ``config.overrides.<setting>``).
@@ -362,29 +297,30 @@ class FamilyResults:
   test_loss: list[float | None]
   init: Stage
   trained: Stage
+  model: str
+  seeds: list[int]
+  num_diverged: list[int]
+  std: dict[str, list[float | None]]
+  by_kind: dict[str, dict[str, Stage]]
+  init_test_loss: list[float | None]
+  budget: dict
+  overrides: dict
   test_accuracy: list[float | None] | None = None  # classification only
-  model: str | None = None
-  seeds: list[int] | None = None
-  num_diverged: list[int] | None = None
-  train_loss_relative: list[float | None] | None = None
+  train_loss_relative: list[float | None] | None = None  # regression only
   test_loss_relative: list[float | None] | None = None
-  std: dict[str, list[float | None]] | None = None
-  by_kind: dict[str, dict[str, Stage]] | None = None
-  init_test_loss: list[float | None] | None = None
   init_test_loss_relative: list[float | None] | None = None
   init_test_accuracy: list[float | None] | None = None
-  num_converged: list[int] | None = None
+  num_converged: list[int] | None = None  # None: no run has a verdict (every one diverged)
   convergence_change: list[float | None] | None = None
   convergence: dict | None = None
-  budget: dict | None = None
   construction: dict[str, list] | None = None
-  overrides: dict | None = None
 
   def block_counts(self) -> list[int | None] | None:
     """Per depth, the identity blocks that the bound reading took as L, where they differ from the
     network's depth (None where they are the depth, as in the MLPs, or the depth was the L)."""
-    trained = self.trained
-    return trained.num_layers if trained.L == "layers" and trained.num_layers != self.depths else None
+    counts = self.trained.means["num_layers"]
+    counts = [None if n is None else int(n) for n in counts]
+    return counts if self.trained.bound_L == "layers" and counts != self.depths else None
 
   def stage(self, name: str, kind: str = "block") -> Stage | None:
     """The :class:`Stage` ``init`` or ``trained`` of layers of ``kind`` (None: no such layers)."""
@@ -392,24 +328,20 @@ class FamilyResults:
       raise validation.invalid("stage", name, f"one of {list(STAGES)}")
     if kind == "block":
       return getattr(self, name)
-    return (self.by_kind or {}).get(kind, {}).get(name)
+    return self.by_kind.get(kind, {}).get(name)
 
   def to_json(self) -> dict:
     data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     data["init"], data["trained"] = self.init.to_json(), self.trained.to_json()
-    if self.by_kind is not None:
-      data["by_kind"] = {k: {s: v.to_json() for s, v in stages.items()} for k, stages in self.by_kind.items()}
-    return _unset_dropped(jsonable(data), _added_fields(FamilyResults))
+    data["by_kind"] = {k: {s: v.to_json() for s, v in stages.items()} for k, stages in self.by_kind.items()}
+    return jsonable(data)
 
   @classmethod
   def from_json(cls, data: dict) -> FamilyResults:
-    data = _known_fields(cls, data)
+    data = {f.name: data[f.name] for f in dataclasses.fields(cls)}
     for stage in STAGES:
-      data[stage] = Stage(**_known_fields(Stage, data[stage]))
-    if data.get("by_kind") is not None:
-      data["by_kind"] = {
-        k: {s: Stage(**_known_fields(Stage, v)) for s, v in stages.items()} for k, stages in data["by_kind"].items()
-      }
+      data[stage] = Stage.from_json(data[stage])
+    data["by_kind"] = {k: {s: Stage.from_json(v) for s, v in stages.items()} for k, stages in data["by_kind"].items()}
     return cls(**data)
 
 
@@ -417,10 +349,10 @@ class FamilyResults:
 class SweepSummary:
   """A sweep's results (``workdir/summary.json``).
 
-  ``models`` maps every setting (a family with its overrides, or in files of the first format
-  a family), in the config's order, to its results; the first is the reference setting whose
-  trained block δ's (means over seeds) the JSON file also holds at its top level (``depths``,
-  ``delta_max``, ``delta_mean``, ``diverged``, ``fit``: the public contract).
+  ``models`` maps every setting (a family with its overrides), in the config's order, to its
+  results; the first is the reference setting whose trained block δ's (means over seeds) the JSON
+  file also holds at its top level (``depths``, ``delta_max``, ``delta_mean``, ``diverged``,
+  ``fit``: the public contract).
   """
 
   reference_model: str
@@ -438,10 +370,11 @@ class SweepSummary:
     reference = self.reference
     return jsonable(
       {
+        "format": FORMAT,
         "reference_model": self.reference_model,
         "depths": reference.depths,
-        "delta_max": reference.trained.delta_max,
-        "delta_mean": reference.trained.delta_mean,
+        "delta_max": reference.trained.means["delta_max"],
+        "delta_mean": reference.trained.means["delta_mean"],
         "diverged": reference.diverged,
         "fit": reference.trained.fit,
         "models": {name: family.to_json() for name, family in self.models.items()},
@@ -450,8 +383,8 @@ class SweepSummary:
 
   @classmethod
   def from_json(cls, data: dict) -> SweepSummary:
-    models = {name: FamilyResults.from_json(family) for name, family in data["models"].items()}
-    return cls(data.get("reference_model", next(iter(models))), models)
+    check_format(data, "the sweep summary")
+    return cls(data["reference_model"], {name: FamilyResults.from_json(f) for name, f in data["models"].items()})
 
 
 # ----------------------------------------------------------------------------- files
@@ -513,6 +446,11 @@ class WriteFailed(OSError):
 class WorkdirError(ValueError):
   """The workdir holds what this run cannot continue (checkpoints of another config, none that
   restores, another process working there): nothing in it was changed."""
+
+
+class FormatError(WorkdirError):
+  """A record file of another format than :data:`FORMAT` (``python -m experiments.migrate``
+  converts the earlier ones): nothing was changed."""
 
 
 class UnreadableRecord(ValueError):
@@ -594,13 +532,27 @@ def json_lines(text: str) -> list[dict]:
 
 
 def read_run(run_dir: PathLike) -> RunRecord:
-  """The run record of ``run_dir/summary.json``; :class:`UnreadableRecord` if it does not read."""
+  """The run record of ``run_dir/summary.json``: :class:`FormatError` if it is of another format,
+  :class:`UnreadableRecord` if it does not read."""
   location = path(run_dir) / "summary.json"
   data = read_json(location)
+  check_format(data, str(location))
   try:
     return RunRecord.from_json(data)
   except (KeyError, TypeError, AttributeError) as error:
     raise UnreadableRecord(f"{location} is not a run record ({type(error).__name__}: {error})") from error
+
+
+def read_summary(location: PathLike) -> SweepSummary:
+  """The sweep summary of the file ``location``: :class:`FormatError` if it is of another format,
+  :class:`UnreadableRecord` if it does not read."""
+  location = path(location)
+  data = read_json(location)
+  check_format(data, str(location))
+  try:
+    return SweepSummary.from_json(data)
+  except (KeyError, TypeError, AttributeError) as error:
+    raise UnreadableRecord(f"{location} is not a sweep summary ({type(error).__name__}: {error})") from error
 
 
 def write_run(run_dir: PathLike, record: RunRecord) -> None:

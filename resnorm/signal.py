@@ -20,7 +20,6 @@ reference ProcResNet code records during training (:func:`batch_ratios`).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnorm import probes, validation
+from resnorm import probes, statistics, validation
 
 QUANTILES = (50, 90, 99)
 # Ratios within this of 1 are 1: norms are float32, and two equal gradients reduced in different
@@ -252,73 +251,6 @@ def measure(
   )
 
 
-@dataclasses.dataclass(frozen=True)
-class DeltaStats:
-  """δ statistics over every layer of one kind and every example (:func:`summarize`).
-
-  Attributes:
-    delta_max, delta_mean, delta_p50, delta_p90, delta_p99: of δ = |r − 1| over the defined ratios.
-    ratio_min, ratio_max: extremes of r.
-    log_gain: the mean over examples of Σ_k log r_k = log(‖∂E/∂x_first‖/‖∂E/∂x_last‖), which
-      compounds with depth unless the ratios stay near 1.
-    num_ratios: layers × examples; ``num_undefined`` of them (a zero or non-finite gradient
-      norm) are left out of the rest. All statistics are NaN when none is defined.
-
-  δ_max is a maximum over layers × examples, a sample that grows with depth. The statistics
-  below compare depths on equal terms (``None`` in files written before they existed):
-
-    layer_mean_max, layer_p90_max: the max over layers of each layer's mean (90th percentile) of
-      δ_k over the same ``num_examples`` examples; ``layer_p90_mean``: the mean over layers of
-      the latter. Each layer's statistic has a sample of ``num_examples`` whatever the depth.
-    batch_delta_max, batch_delta_mean: max and mean over layers of |R_k − 1| for the whole-batch
-      ratio R_k = ‖∂E/∂x_k‖_B / ‖∂E/∂x_{k+1}‖_B, ‖g‖_B = (Σ_b ‖g_b‖²)^½ the norm of the
-      gradient of the batch loss (the ratio the reference code records).
-    num_layers, num_examples: the shape of the ratios.
-
-  δ in every direction (identity blocks only, where the family extracts its block Jacobians; None
-  elsewhere): a ratio measures J_lᵀ along one gradient, so |r_l − 1| ≤ δ^free_l =
-  max(σ_max(J_l) − 1, 1 − σ_min(J_l)), the largest deviation over every direction, which
-  Theorem 1 bounds (:func:`direction_free`):
-
-    free_delta_max, free_delta_mean: max and mean over blocks × examples of δ^free.
-    free_layer_p90_max: the max over blocks of each block's 90th percentile of δ^free.
-    free_examples: the examples they are taken over (the first of the measured ones).
-  """
-
-  delta_max: float
-  delta_mean: float
-  delta_p50: float
-  delta_p90: float
-  delta_p99: float
-  ratio_min: float
-  ratio_max: float
-  log_gain: float
-  num_ratios: int
-  num_undefined: int
-  layer_mean_max: float | None = None
-  layer_p90_max: float | None = None
-  layer_p90_mean: float | None = None
-  batch_delta_max: float | None = None
-  batch_delta_mean: float | None = None
-  num_layers: int | None = None
-  num_examples: int | None = None
-  free_delta_max: float | None = None
-  free_delta_mean: float | None = None
-  free_layer_p90_max: float | None = None
-  free_examples: int | None = None
-
-
-def _per_layer(ratio: np.ndarray, defined: np.ndarray) -> dict[str, float]:
-  """The per-layer statistics of :class:`DeltaStats` from (layers, examples) ratios."""
-  delta = np.where(defined, np.abs(ratio - 1.0), np.nan)
-  rows = defined.any(axis=1)
-  if not rows.any():
-    return dict(layer_mean_max=float("nan"), layer_p90_max=float("nan"), layer_p90_mean=float("nan"))
-  means = np.nanmean(delta[rows], axis=1)
-  p90 = np.nanpercentile(delta[rows], 90, axis=1)
-  return dict(layer_mean_max=float(means.max()), layer_p90_max=float(p90.max()), layer_p90_mean=float(p90.mean()))
-
-
 def _batch_ratio(grad_norm: np.ndarray) -> np.ndarray:
   """(S,) R_k = ‖∂E/∂X_k‖_F / ‖∂E/∂X_{k+1}‖_F from the (S+1, B) per-example norms; NaN where the
   denominator is 0."""
@@ -327,55 +259,29 @@ def _batch_ratio(grad_norm: np.ndarray) -> np.ndarray:
     return np.where(batch[1:] > 0, batch[:-1] / batch[1:], np.nan)
 
 
-def _whole_batch(grad_norm: np.ndarray, rows: np.ndarray) -> dict[str, float]:
-  """max and mean over the ``rows`` layers of |R_k − 1|, R_k the ratio of whole-batch norms."""
-  delta = np.abs(_batch_ratio(grad_norm) - 1.0)[rows]
-  delta = delta[np.isfinite(delta)]
-  if delta.size == 0:
-    return dict(batch_delta_max=float("nan"), batch_delta_mean=float("nan"))
-  return dict(batch_delta_max=float(delta.max()), batch_delta_mean=float(delta.mean()))
-
-
-def summarize(report: SignalReport, kind: str = "block") -> DeltaStats:
-  """δ statistics over every layer of ``kind`` and every example, as host-side floats."""
+def layer_ratios(report: SignalReport, kind: str = "block", direction_free=None) -> statistics.LayerRatios:
+  """The ratios of the layers of ``kind`` in ``report`` (host arrays, float64), with their
+  direction-free δ (:func:`direction_free`) where it was measured."""
   rows = kind_rows(report.kinds, kind)
   if not rows.any():
     raise validation.invalid("kind", kind, f"a kind of layer in this report: one of {sorted(set(report.kinds))}")
-  ratio = np.asarray(report.ratio, dtype=np.float64)[rows]
-  defined = np.isfinite(ratio) & (ratio > 0)
-  delta = np.abs(ratio[defined] - 1.0)
-  counts = dict(
-    num_ratios=int(ratio.size),
-    num_undefined=int((~defined).sum()),
-    num_layers=int(ratio.shape[0]),
-    num_examples=int(ratio.shape[1]),
+  return statistics.LayerRatios(
+    ratio=np.asarray(report.ratio, dtype=np.float64)[rows],
+    batch_ratio=_batch_ratio(report.grad_norm)[rows],
+    direction_free=direction_free,
   )
-  if delta.size == 0:
-    nan = float("nan")
-    return DeltaStats(
-      nan,
-      nan,
-      nan,
-      nan,
-      nan,
-      nan,
-      nan,
-      nan,
-      **counts,
-      **_per_layer(ratio, defined),
-      **_whole_batch(np.asarray(report.grad_norm, dtype=np.float64), rows),
-    )
-  return DeltaStats(
-    delta_max=float(delta.max()),
-    delta_mean=float(delta.mean()),
-    **{f"delta_p{q}": float(np.percentile(delta, q)) for q in QUANTILES},
-    ratio_min=float(ratio[defined].min()),
-    ratio_max=float(ratio[defined].max()),
-    log_gain=float(np.mean(np.sum(np.log(np.where(defined, ratio, 1.0)), axis=0))),
-    **counts,
-    **_per_layer(ratio, defined),
-    **_whole_batch(np.asarray(report.grad_norm, dtype=np.float64), rows),
-  )
+
+
+def delta_statistics(report: SignalReport, kind: str = "block", direction_free=None) -> dict[str, float | int | None]:
+  """Every registered statistic (:mod:`resnorm.statistics`) of the layers of ``kind`` in
+  ``report``, as host-side numbers by name; ``direction_free``: their direction-free δ, where
+  measured.
+
+  δ_max is a maximum over layers × examples, a sample that grows with depth; the per-layer
+  statistics (``layer_*``) take each layer's sample of ``num_examples`` examples whatever the
+  depth; the whole-batch ones (``batch_*``) the ratio of the batch's gradient norms.
+  """
+  return statistics.compute_all(layer_ratios(report, kind, direction_free))
 
 
 def layer_profile(report: SignalReport, kind: str = "block") -> dict[str, list[float]]:
@@ -420,14 +326,9 @@ def batch_ratios(report: SignalReport) -> list[float]:
   return _batch_ratio(report.grad_norm).tolist()
 
 
-def direction_free(sigma_max, sigma_min) -> dict[str, float]:
-  """The direction-free fields of :class:`DeltaStats` from (blocks, examples) arrays of the block
-  Jacobians' extreme singular values (:func:`resnorm.spectra.block_extremes`)."""
+def direction_free(sigma_max, sigma_min) -> np.ndarray:
+  """δ in every direction, max(σ_max(J_l) − 1, 1 − σ_min(J_l)), from (blocks, examples) arrays of
+  the block Jacobians' extreme singular values (:func:`resnorm.spectra.block_extremes`): a ratio
+  measures J_lᵀ along one gradient, so |r_l − 1| is at most this, which Theorem 1 bounds."""
   sigma_max, sigma_min = np.asarray(sigma_max, np.float64), np.asarray(sigma_min, np.float64)
-  free = np.maximum(sigma_max - 1.0, 1.0 - sigma_min)
-  return dict(
-    free_delta_max=float(free.max()),
-    free_delta_mean=float(free.mean()),
-    free_layer_p90_max=float(np.percentile(free, 90, axis=1).max()),
-    free_examples=int(free.shape[1]),
-  )
+  return np.maximum(sigma_max - 1.0, 1.0 - sigma_min)

@@ -7,9 +7,8 @@ a plain block has J_l = DF_l(x_l). Backward, ∂E/∂x_l = J_lᵀ ∂E/∂x_{l+1
 
 and the end-to-end Jacobian of a stack, J_{L−1} ⋯ J_0 (x_0 ↦ x_L), bounds the whole backward pass in
 the same way. Dense: ``jax.jacfwd`` (one JVP per input dimension) and an SVD, for widths up to a few
-hundred; the blocks of a stack through ``jax.jacrev`` (one VJP per output dimension), which XLA:CPU
-compiles right where it compiled the forward-mode Jacobians of LayerNorm blocks vmapped over blocks
-wrongly (jaxlib 0.10; ``tests/test_spectra.py`` checks the sweep's program against float64).
+hundred; the blocks of a stack through ``jax.jacrev`` (one VJP per output dimension; see
+:func:`block_extremes`).
 
 **Matrix-free.** For inputs with 10⁴–10⁵ dimensions J is never formed: the Gram operator
 G = JᵀJ (or JJᵀ when J has fewer rows than columns; both have the nonzero eigenvalues σ_i²) is applied
@@ -138,7 +137,7 @@ class BlockStack(NamedTuple):
 
 def block_singular_values(blocks: BlockStack) -> jax.Array:
   """σ(J_l) for every block l and example: (L, B, width), descending. J_l = ∂x_{l+1}/∂x_l, in
-  reverse mode (see the module docstring)."""
+  reverse mode, as :func:`block_extremes` forms them (XLA:CPU gets the forward mode wrong there)."""
 
   def one_block(params, xs):
     return jacobian_singular_values(lambda x: blocks.apply(params, x[None])[0], xs, reverse=True)
@@ -164,8 +163,10 @@ def block_extremes(blocks: BlockStack, *, dense: bool = True, key=None, num_iter
   def one_block(params, xs, key):
     block = lambda x: blocks.apply(params, x[None])[0]  # noqa: E731  (one example)
     if dense:
-      # Reverse mode: XLA:CPU (jaxlib 0.10) compiled the forward-mode Jacobians of LayerNorm blocks
-      # wrongly when blocks or members are vmapped (entries off by up to 0.66; each block alone right).
+      # Reverse mode: XLA:CPU compiles the forward-mode Jacobians of LayerNorm blocks wrongly when
+      # blocks or members are vmapped (each block alone comes out right). tests/test_spectra.py
+      # checks that it still does (test_xla_cpu_still_miscompiles_...) and the sweep's program
+      # against float64.
       sigma = jnp.linalg.svd(jax.vmap(lambda x: jacobian_matrix(block, x, reverse=True))(xs), compute_uv=False)
       return sigma[..., 0], sigma[..., -1]
     return extreme_singular_values(block, xs, key, num_iterations)

@@ -8,11 +8,115 @@ how and where they were trained: a sweep split over machines and merged
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from resnorm import records, theory
+from resnorm import records, statistics, theory
+
+
+def summarize_sweep(
+  results: list[records.RunRecord], overrides: dict[str, dict], bound_L: str = "layers"
+) -> records.SweepSummary:
+  """The sweep summary of run records.
+
+  Args:
+    results: the runs' records, in any order.
+    overrides: every setting, in the sweep's order (the first is the reference), to what it is
+      (its family and overrides, :func:`resnorm.sweep_plan.setting_overrides`).
+    bound_L: what the bound readings take as L (``config.bound_L``): ``'layers'``, the number
+      of layers of the kind measured, or ``'depth'``, the network's depth.
+  """
+  families = {
+    name: _family([r for r in results if r.setting == name], bound_L, records.config_dict(setting))
+    for name, setting in overrides.items()
+  }
+  return records.SweepSummary(next(iter(overrides)), families)
+
+
+def _family(runs: list[records.RunRecord], bound_L: str, overrides: dict) -> records.FamilyResults:
+  """One setting's results: its runs grouped by depth, means and spreads over the seeds."""
+  depths = sorted({r.depth for r in runs})
+  groups = [sorted((r for r in runs if r.depth == L), key=lambda r: r.seed) for L in depths]
+
+  def column(key):
+    return [records.seed_mean([getattr(r, key) for r in group]) for group in groups]
+
+  def spread(key):
+    return [records.seed_std([getattr(r, key) for r in group]) for group in groups]
+
+  classification = any(r.test_accuracy is not None for r in runs)
+  variance = next((r.target_variance for r in runs if r.target_variance is not None), None)
+  train_loss, test_loss, init_test_loss = column("train_loss"), column("test_loss"), column("init_test_loss")
+  kinds = sorted({k for r in runs for m in (r.init, r.trained) if m for k in m.by_kind} - {"block"})
+  verdicts = [[r.convergence for r in group if r.convergence] for group in groups]
+  judged = any(verdicts)
+  return records.FamilyResults(
+    depths=depths,
+    diverged=[any(r.diverged for r in group) for group in groups],
+    diverged_at_step=[min((r.diverged_at_step for r in group if r.diverged), default=None) for group in groups],
+    train_loss=train_loss,
+    test_loss=test_loss,
+    init=_stage(groups, "init", "block", bound_L),
+    trained=_stage(groups, "trained", "block", bound_L),
+    model=runs[0].model,
+    seeds=sorted({r.seed for r in runs}),
+    num_diverged=[sum(r.diverged for r in group) for group in groups],
+    std={key: spread(key) for key in ("train_loss", "test_loss", "test_accuracy")},
+    by_kind={kind: {stage: _stage(groups, stage, kind, bound_L) for stage in records.STAGES} for kind in kinds},
+    init_test_loss=init_test_loss,
+    budget=runs[0].budget,
+    overrides=overrides,
+    test_accuracy=column("test_accuracy") if classification else None,
+    train_loss_relative=_relative(train_loss, variance),
+    test_loss_relative=_relative(test_loss, variance),
+    init_test_loss_relative=_relative(init_test_loss, variance),
+    init_test_accuracy=column("init_test_accuracy") if classification else None,
+    num_converged=[sum(bool(v["converged"]) for v in group) for group in verdicts] if judged else None,
+    convergence_change=[records.seed_mean([v["change"] for v in group]) for group in verdicts] if judged else None,
+    convergence={
+      k: v for k, v in next(v for group in verdicts for v in group).items() if k in ("window", "tolerance", "scale")
+    }
+    if judged
+    else None,
+    construction={
+      "block_bound_max": [
+        records.seed_mean([(r.construction or {}).get("block_bound_max") for r in group]) for group in groups
+      ]
+    }
+    if any(r.construction for r in runs)
+    else None,
+  )
+
+
+def _stage(groups: list[list[records.RunRecord]], stage: str, kind: str, bound_L: str) -> records.Stage:
+  """The :class:`resnorm.records.Stage` of ``groups`` (one list of seeds' runs per depth, ascending)
+  at ``stage`` for layers of ``kind``; the bound read against ``bound_L``, depths where the network
+  has no layer of ``kind`` left out."""
+  if bound_L not in records.BOUND_LENGTHS:
+    raise ValueError(f"bound_L = {bound_L!r}: expected one of {list(records.BOUND_LENGTHS)}")
+  measured = [[r.measurement(stage) for r in runs] for runs in groups]
+  per_seed = {
+    name: [[m.by_kind[kind][name] if m and kind in m.by_kind else None for m in seeds] for seeds in measured]
+    for name in statistics.REGISTRY
+  }
+  per_seed["token_c_last"] = [
+    [m.profile["token_c"][-1] if m and kind == "block" and "token_c" in m.profile else None for m in seeds]
+    for seeds in measured
+  ]
+  means = {name: [records.seed_mean(values) for values in per_depth] for name, per_depth in per_seed.items()}
+  means["num_layers"] = [None if n is None else int(n) for n in means["num_layers"]]
+  lengths = means["num_layers"] if bound_L == "layers" else [runs[0].depth for runs in groups]
+  kept = [i for i, n in enumerate(lengths) if n]
+
+  def at_kept(values):
+    return [values[i] for i in kept]
+
+  return records.Stage(
+    means=means,
+    std={name: [records.seed_std(values) for values in per_depth] for name, per_depth in per_seed.items()},
+    bound={s.name: theory.read_bound(at_kept(lengths), at_kept(per_seed[s.name])) for s in statistics.read_as_bound()},
+    fit=_fit(at_kept(lengths), at_kept(means["delta_max"])),
+    bound_L=bound_L,
+  )
 
 
 def _fit(depths, deltas) -> dict:
@@ -23,92 +127,7 @@ def _fit(depths, deltas) -> dict:
   return theory.fit_delta(depths, values).to_dict()
 
 
-def setting_of(record: records.RunRecord) -> str:
-  return record.setting or record.model  # runs of the first format: one setting per family
-
-
 def _relative(losses: list, variance: float | None) -> list | None:
   if variance is None:
     return None
   return [None if loss is None else loss / variance for loss in losses]
-
-
-def _family(runs: list[records.RunRecord], L: str = "layers") -> records.FamilyResults:
-  """One setting's results: its runs grouped by depth, means and spreads over the seeds; the
-  bound read against ``L`` (:attr:`resnorm.records.Stage.L`)."""
-  depths = sorted({r.depth for r in runs})
-  groups = [sorted((r for r in runs if r.depth == L), key=lambda r: r.seed or 0) for L in depths]
-
-  def column(key):
-    return [records.seed_mean([getattr(r, key) for r in group]) for group in groups]
-
-  def spread(key):
-    return [records.seed_std([getattr(r, key) for r in group]) for group in groups]
-
-  classification = any(r.test_accuracy is not None for r in runs)
-  variances = [r.target_variance for r in runs if r.target_variance is not None]
-  variance = variances[0] if variances else None
-  train_loss, test_loss = column("train_loss"), column("test_loss")
-  kinds = sorted({k for r in runs for m in (r.init, r.trained) if m for k in m.by_kind} - {"block"})
-  seeds = sorted({r.seed for r in runs if r.seed is not None})
-  init_test_loss = column("init_test_loss") if any(r.init_test_loss is not None for r in runs) else None
-  verdicts = [[r.convergence for r in group if r.convergence] for group in groups]
-  constructed = any(r.construction for r in runs)
-  return records.FamilyResults(
-    depths=depths,
-    diverged=[any(r.diverged for r in group) for group in groups],
-    diverged_at_step=[min((r.diverged_at_step for r in group if r.diverged), default=None) for group in groups],
-    train_loss=train_loss,
-    test_loss=test_loss,
-    test_accuracy=column("test_accuracy") if classification else None,
-    **{stage: records.Stage.columns(groups, stage, _fit, theory.read_bound, L=L) for stage in records.STAGES},
-    model=runs[0].model if runs[0].setting else None,
-    seeds=seeds or None,
-    num_diverged=[sum(r.diverged for r in group) for group in groups] if seeds else None,
-    train_loss_relative=_relative(train_loss, variance),
-    test_loss_relative=_relative(test_loss, variance),
-    std={key: spread(key) for key in ("train_loss", "test_loss", "test_accuracy")} if seeds else None,
-    by_kind={
-      kind: {
-        stage: records.Stage.columns(groups, stage, _fit, theory.read_bound, kind, L=L) for stage in records.STAGES
-      }
-      for kind in kinds
-    }
-    if seeds
-    else None,
-    init_test_loss=init_test_loss,
-    init_test_loss_relative=_relative(init_test_loss, variance) if init_test_loss else None,
-    init_test_accuracy=column("init_test_accuracy") if classification and init_test_loss else None,
-    num_converged=[sum(bool(v["converged"]) for v in group) for group in verdicts] if any(verdicts) else None,
-    convergence_change=[records.seed_mean([v["change"] for v in group]) for group in verdicts]
-    if any(verdicts)
-    else None,
-    convergence={
-      k: v for k, v in next(v for group in verdicts for v in group).items() if k in ("window", "tolerance", "scale")
-    }
-    if any(verdicts)
-    else None,
-    budget=next((r.budget for r in runs if r.budget), None),
-    construction={
-      "block_bound_max": [
-        records.seed_mean([(r.construction or {}).get("block_bound_max") for r in group]) for group in groups
-      ]
-    }
-    if constructed
-    else None,
-  )
-
-
-def summarize_sweep(
-  results: list[records.RunRecord], setting_order: list[str], overrides: dict | None = None, L: str = "layers"
-) -> records.SweepSummary:
-  """The sweep summary from run records; independent of their order and timing. ``overrides``:
-  each setting's overrides (:func:`resnorm.sweep_plan.setting_overrides`), kept with its results; ``L``: what the
-  bound reading takes as L (``config.bound_L``, :data:`resnorm.records.BOUND_LENGTHS`)."""
-  by_setting = {name: _family([r for r in results if setting_of(r) == name], L) for name in setting_order}
-  if overrides:
-    by_setting = {
-      name: dataclasses.replace(family, overrides=records.config_dict(overrides.get(name, {})))
-      for name, family in by_setting.items()
-    }
-  return records.SweepSummary(setting_order[0], by_setting)

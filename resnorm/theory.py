@@ -135,7 +135,61 @@ def c_min(depths, deltas) -> float | None:
   return float(needed.max()) if needed.size else None
 
 
-def read_bound(depths, per_seed, *, level: float = 0.9) -> dict:
+@dataclasses.dataclass(frozen=True)
+class LawReading:
+  """One law c·g(L) against a bound reading's slope interval.
+
+  Attributes:
+    slope: the law's own least-squares slope of log g(L) over the measured depths.
+    fits: whether that slope lies in the interval (None without an interval).
+    c, c_interval: the law's fitted c (log space, on the depths' means) and its interval.
+    r2: the fit's R² in log space.
+  """
+
+  slope: float
+  fits: bool | None
+  c: float
+  c_interval: list[float] | None
+  r2: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundReading:
+  """δ(L) read as a bound (:func:`read_bound`).
+
+  Attributes:
+    c_min, c_min_depth: the smallest c with δ ≤ c·log(2L)/L at every measured network, and the
+      L that sets it (None when no δ is finite).
+    slope, slope_interval, dof: the free log–log slope, its interval and the interval's degrees
+      of freedom (None where there is no slope or no interval).
+    laws: every law of :data:`LAWS` against the interval (None without a slope).
+    best: the one law that fits, where exactly one does.
+    num_points: depths with a finite, positive δ; ``seeds``: per depth, the finite δ's.
+    level: the intervals' coverage; ``note``: why a part is missing, or how the laws fared.
+  """
+
+  c_min: float | None = None
+  c_min_depth: int | None = None
+  slope: float | None = None
+  slope_interval: list[float] | None = None
+  dof: float | None = None
+  laws: dict[str, LawReading] | None = None
+  best: str | None = None
+  num_points: int = 0
+  seeds: list[int] = dataclasses.field(default_factory=list)
+  level: float = 0.9
+  note: str | None = None
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, data: dict) -> BoundReading:
+    laws = data["laws"] and {name: LawReading(**law) for name, law in data["laws"].items()}
+    return cls(**{**data, "laws": laws})
+
+
+def read_bound(depths, per_seed, *, level: float = 0.9) -> BoundReading:
   """δ(L) read as a bound, with intervals over seeds that hold their level for a few seeds.
 
   On the log scale, with y = log δ of each seed, m_j and v_j the mean and variance of y over the
@@ -144,8 +198,8 @@ def read_bound(depths, per_seed, *, level: float = 0.9) -> dict:
   independent, so Var b = Σ_j w_j² v_j/n_j; its interval is b ± t·SE with Student's t at the
   Welch–Satterthwaite degrees of freedom, ν = SE⁴ / Σ_j (w_j² v_j/n_j)²/(n_j − 1), which lets
   the noise differ from depth to depth (tests/test_theory.py measures its coverage on simulated
-  sweeps; a bootstrap over 3 seeds covers 78% at a nominal 90%). The slope is that of the
-  geometric mean over seeds, a power law's exponent whatever the noise's size.
+  sweeps). The slope is that of the geometric mean over seeds, a power law's exponent whatever
+  the noise's size.
 
   A law c·g(L) *fits* when its own least-squares slope over the measured depths, Σ_j w_j log
   g(L_j), lies in the interval; the true law is thus kept with the interval's coverage. The law
@@ -159,12 +213,9 @@ def read_bound(depths, per_seed, *, level: float = 0.9) -> dict:
     level: the intervals' coverage.
 
   Returns:
-    ``c_min`` (:func:`c_min` over every seed's δ, so the envelope c_min·log(2L)/L lies on or
-    above every measured network) and ``c_min_depth`` (the L that sets it); ``slope``,
-    ``slope_interval`` and ``dof``; ``laws``: per law its ``slope`` over these depths,
-    ``fits``, the fitted ``c`` with its ``c_interval`` and the fit's ``r2`` (log space, on the
-    depths' means); ``best``; ``num_points`` (depths with a positive δ), ``seeds`` (per depth),
-    ``level``, ``note``. Fewer than two such depths give c_min alone and a note, never an
+    The :class:`BoundReading`: c_min over every seed's δ (:func:`c_min`, so the envelope
+    c_min·log(2L)/L lies on or above every measured network) and the slope with its interval
+    and the laws. Fewer than two depths with a positive δ give c_min alone and a note, never an
     exception; a depth with one seed, or seeds that all agree (a deterministic network), give the
     slope without an interval.
   """
@@ -173,49 +224,30 @@ def read_bound(depths, per_seed, *, level: float = 0.9) -> dict:
   finite = [s[np.isfinite(s)] for s in samples]
   flat_L = np.concatenate([np.full(len(s), L) for L, s in zip(depths, finite)]) if finite else np.zeros(0)
   every_L, needed = _bound_constants(flat_L, np.concatenate(finite) if finite else np.zeros(0))
-  reading = dict(
-    c_min=None,
-    c_min_depth=None,
-    slope=None,
-    slope_interval=None,
-    dof=None,
-    laws=None,
-    best=None,
-    num_points=0,
-    seeds=[len(s) for s in finite],
-    level=level,
-    note=None,
-  )
+  bound = dict(seeds=[len(s) for s in finite], level=level)
   if needed.size:
-    reading.update(c_min=float(needed.max()), c_min_depth=int(every_L[np.argmax(needed)]))
+    bound.update(c_min=float(needed.max()), c_min_depth=int(every_L[np.argmax(needed)]))
   logs = [np.log(s[s > 0]) for s in finite]
   keep = np.array([len(y) > 0 for y in logs], dtype=bool)
-  reading["num_points"] = int(keep.sum())
+  bound["num_points"] = int(keep.sum())
   if len(np.unique(depths[keep])) < 2:
-    reading["note"] = "fewer than two values of L with a finite, positive delta: no slope or law fit"
-    return reading
+    return BoundReading(**bound, note="fewer than two values of L with a finite, positive delta: no slope or law fit")
   L, logs = depths[keep], [y for y, k in zip(logs, keep) if k]
   x = np.log(L)
   weights = (x - x.mean()) / np.sum((x - x.mean()) ** 2)
   means = np.array([y.mean() for y in logs])
   slope = float(weights @ means)
   law_fits = _law_fits(L, means)
-  laws = {
-    name: dict(
-      slope=float(weights @ np.log(shape(L))), fits=None, c=law_fits[name].c, c_interval=None, r2=law_fits[name].r2
-    )
-    for name, shape in LAWS.items()
-  }
-  reading.update(slope=slope, laws=laws)
+  slopes = {name: float(weights @ np.log(shape(L))) for name, shape in LAWS.items()}
+  bound.update(slope=slope)
   if min(len(y) for y in logs) < 2:
-    reading["note"] = "a depth with one seed: no interval covers its seed-to-seed spread, no law is named"
-    return reading
+    note = "a depth with one seed: no interval covers its seed-to-seed spread, no law is named"
+    return BoundReading(**bound, laws=_laws(slopes, law_fits), note=note)
   counts = np.array([len(y) for y in logs])
   variances = np.array([y.var(ddof=1) for y in logs]) / counts  # of each depth's mean
-
   if not np.any(variances > 0):
-    reading["note"] = "the same δ at every seed (a deterministic network): no interval, the laws compared by R² only"
-    return reading
+    note = "the same δ at every seed (a deterministic network): no interval, the laws compared by R² only"
+    return BoundReading(**bound, laws=_laws(slopes, law_fits), note=note)
 
   def interval(center, coefficients):
     """center ± t·SE for the combination Σ coefficients_j m_j."""
@@ -225,31 +257,47 @@ def read_bound(depths, per_seed, *, level: float = 0.9) -> dict:
     half = float(stats.t.ppf(0.5 + level / 2, dof)) * error
     return [center - half, center + half], dof
 
-  reading["slope_interval"], reading["dof"] = interval(slope, weights)
-  low, high = reading["slope_interval"]
-  for name, law in laws.items():
-    log_c, _ = interval(float(np.log(law["c"])), np.full(len(L), 1 / len(L)))
-    law.update(fits=bool(low <= law["slope"] <= high), c_interval=[float(np.exp(v)) for v in log_c])
-  fitting = [name for name, law in laws.items() if law["fits"]]
+  (low, high), dof = interval(slope, weights)
+  c_intervals = {
+    name: [float(np.exp(v)) for v in interval(float(np.log(fit.c)), np.full(len(L), 1 / len(L)))[0]]
+    for name, fit in law_fits.items()
+  }
+  laws = _laws(slopes, law_fits, (low, high), c_intervals)
+  fitting = [name for name, law in laws.items() if law.fits]
+  best, note = None, None
   if len(fitting) == 1:
-    reading["best"] = fitting[0]
+    best = fitting[0]
   elif fitting:
-    reading["note"] = f"not separated by the seeds: {', '.join(fitting)} all fit"
+    note = f"not separated by the seeds: {', '.join(fitting)} all fit"
   else:
-    reading["note"] = f"no law fits: δ {_departure(low, high, laws)}"
-  return reading
+    note = f"no law fits: δ {_departure(low, high, laws)}"
+  return BoundReading(**bound, slope_interval=[low, high], dof=dof, laws=laws, best=best, note=note)
 
 
-def _departure(low: float, high: float, laws: dict) -> str:
+def _laws(slopes: dict, fits: dict, interval=None, c_intervals=None) -> dict[str, LawReading]:
+  """Every law's :class:`LawReading`, judged against ``interval`` where there is one."""
+  return {
+    name: LawReading(
+      slope=slopes[name],
+      fits=None if interval is None else bool(interval[0] <= slopes[name] <= interval[1]),
+      c=fits[name].c,
+      c_interval=None if c_intervals is None else c_intervals[name],
+      r2=fits[name].r2,
+    )
+    for name in LAWS
+  }
+
+
+def _departure(low: float, high: float, laws: dict[str, LawReading]) -> str:
   """How a slope interval [low, high] that holds no law's slope lies among the laws' slopes."""
-  by_slope = sorted(laws, key=lambda name: laws[name]["slope"])  # steepest first
-  steeper = [name for name in by_slope if laws[name]["slope"] < low]  # δ falls more slowly than these
-  shallower = [name for name in by_slope if laws[name]["slope"] > high]  # … and faster than these
+  by_slope = sorted(laws, key=lambda name: laws[name].slope)  # steepest first
+  steeper = [name for name in by_slope if laws[name].slope < low]  # δ falls more slowly than these
+  shallower = [name for name in by_slope if laws[name].slope > high]  # … and faster than these
   if not shallower:
     return "rises with L"  # above the constant law's slope 0
   if not steeper:
     return f"falls faster than {by_slope[0]}"
-  slower = f"more slowly than {steeper[-1]} (slope {laws[steeper[-1]]['slope']:.2f})"
-  if laws[shallower[0]]["slope"] == 0:  # the constant law: δ falls, but not as fast as any decaying law
+  slower = f"more slowly than {steeper[-1]} (slope {laws[steeper[-1]].slope:.2f})"
+  if laws[shallower[0]].slope == 0:  # the constant law: δ falls, but not as fast as any decaying law
     return f"falls {slower}"
-  return f"falls faster than {shallower[0]} (slope {laws[shallower[0]]['slope']:.2f}) and {slower}"
+  return f"falls faster than {shallower[0]} (slope {laws[shallower[0]].slope:.2f}) and {slower}"

@@ -1,4 +1,5 @@
-"""Training pieces, pure and jittable: the train state, the optimizer, the losses and the steps.
+"""Training pieces, pure and jittable: the train state, the optimizer, the losses and the steps,
+and how the programs a run calls only a few times are compiled.
 
 ``train_step`` and ``eval_step`` are pure functions of the state and a batch, for ``jax.jit``;
 the loop that drives them, checkpoints and measures is :mod:`resnorm.loop`.
@@ -6,15 +7,63 @@ the loop that drives them, checkpoints and measures is :mod:`resnorm.loop`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from absl import logging
 from flax.training import train_state
 
 from resnorm import models, probes, procrustes
+
+# A program run a few times per run whose group holds fewer parameters than this (all members
+# together) compiles through XLA:CPU's older emitters (:func:`few_calls_options`).
+FUSED_ABOVE_PARAMETERS = 1_000_000
+UNFUSED_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+def few_calls_options(parameters: int = 0) -> dict | None:
+  """The compiler options of a program a run calls a handful of times (creating its state,
+  measurements, evaluations) for a group of ``parameters`` parameters in all.
+
+  On XLA:CPU, LLVM's optimisations cost more to compile than they save for such a program, so it
+  compiles at optimisation level 0; below :data:`FUSED_ABOVE_PARAMETERS`, through the older
+  emitters too, which compile faster and run slower (``parameters = 0``: a program run once,
+  whose values are the same either way). An XLA:CPU that does not know the emitter option gets
+  the level alone. None (the defaults) on other backends. A function, not a constant: the
+  backend must not start at import, before ``jax.distributed.initialize``.
+  """
+  if jax.default_backend() != "cpu":
+    return None
+  options = {"xla_backend_optimization_level": 0}
+  if parameters < FUSED_ABOVE_PARAMETERS and _cpu_takes(tuple(UNFUSED_CPU_OPTIONS.items())):
+    options.update(UNFUSED_CPU_OPTIONS)
+  return options
+
+
+@functools.cache
+def _cpu_takes(options: tuple) -> bool:
+  """Whether XLA:CPU compiles a program with ``options`` ((name, value) pairs)."""
+  try:
+    jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=dict(options))
+  except jax.errors.JaxRuntimeError as error:  # "No such compile option"
+    logging.warning("XLA:CPU refused %s (%s); programs called a few times compile without it", options, error)
+    return False
+  return True
+
+
+def jit_few_calls(fn, parameters: int = 0, **kwargs):
+  """``jax.jit`` for a program called a handful of times per run (:func:`few_calls_options`)."""
+  return jax.jit(fn, compiler_options=few_calls_options(parameters), **kwargs)
+
+
+def parameter_count(state) -> int:
+  """The parameters of a (stacked) train state, every member's."""
+  return sum(leaf.size for leaf in jax.tree.leaves(state.params))
 
 
 class TrainState(train_state.TrainState):
@@ -36,7 +85,7 @@ class TrainState(train_state.TrainState):
 
 def total_steps(config, steps_per_epoch: int) -> int:
   """The run's length: ``config.num_steps``, or when that is 0, ``config.num_epochs`` epochs
-  of ``steps_per_epoch`` steps (configs before epochs have no ``num_epochs``)."""
+  of ``steps_per_epoch`` steps."""
   return config.num_steps or config.num_epochs * steps_per_epoch
 
 
@@ -57,7 +106,7 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     )
   else:
     schedule = optax.constant_schedule(opt.learning_rate)
-  warmup = round(opt.get("warmup_epochs", 0) * steps_per_epoch)
+  warmup = round(opt.warmup_epochs * steps_per_epoch)
   if not warmup:
     return schedule
   return lambda count: schedule(count) * jnp.minimum(1.0, (count + 1) / warmup)
@@ -81,8 +130,7 @@ def make_optimizer(config, projection_targets=None, *, steps_per_epoch: int) -> 
       optax.add_decayed_weights(opt.weight_decay),
       optax.sgd(learning_rate, momentum=opt.momentum or None),
     )
-  depth = config.model.depth if "model" in config else 1  # a scale of 1/L needs the depth
-  block_scale = models.resolve_branch_scale(opt.get("block_lr_scale", "1"), depth, "block_lr_scale")
+  block_scale = models.resolve_branch_scale(opt.block_lr_scale, config.model.depth, "block_lr_scale")
   # The scale lives in the optimizer state (inject_hyperparams), not in the trace: optimizers that
   # differ only in it share their compiled steps.
   tx = optax.chain(tx, optax.masked(optax.inject_hyperparams(optax.scale)(step_size=block_scale), block_parameters))
@@ -182,7 +230,7 @@ def train_steps(
   the loop runs the same compiled body as every other, so a stretch of k steps followed by one of
   m steps leaves exactly the state of one stretch of k + m. A ``capacity`` of 1 runs the step
   without a loop: XLA:CPU runs convolutions slower inside a loop body than outside one
-  (benchmarks/RESULTS.md, section 1), so the image networks on CPU take one step per dispatch.
+  (jax-ml/jax#12868), so the image networks on CPU take one step per dispatch.
   ``project`` goes to every step (:func:`train_step`).
   """
   if capacity == 1:
@@ -199,8 +247,7 @@ def train_steps(
   return state, {"loss": losses, "finite": finite}
 
 
-# What a verdict's change is a fraction of, recorded with it (the reports quote it; verdicts
-# recorded without it were fractions of the final loss alone).
+# What a verdict's change is a fraction of, recorded with it (the reports quote it).
 CONVERGENCE_SCALE = "the larger of the final loss and that fraction of the loss's range over the run"
 
 

@@ -1,4 +1,5 @@
-"""Where a run's numbers go while it trains: its JSONL logs and TensorBoard event files.
+"""Where a run's numbers go while it trains: its JSONL logs, TensorBoard event files, and what a
+person watches (a progress bar or a log line per log).
 
 :class:`MetricWriter` is the one writer a run holds. Every row goes to ``metrics.jsonl`` (train
 loss and learning rate every ``log_every`` steps, test loss and accuracy at each evaluation) or
@@ -12,10 +13,14 @@ TensorFlow), to a local workdir; only the process that writes (``write=True``) o
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 
-from resnorm import records
+import tqdm
+from absl import logging
+
+from resnorm import records, statistics
 
 EVENTS_DIR = "tensorboard"  # under the workdir
 
@@ -85,9 +90,9 @@ class MetricWriter:
     self._scalars(
       step,
       {
-        f"delta/{kind}/{key}": getattr(stats, key)
+        f"delta/{kind}/{statistic.name}": stats[statistic.name]
         for kind, stats in measurement.by_kind.items()
-        for key in records.HISTORY_KEYS
+        for statistic in statistics.tracked()
       },
     )
 
@@ -103,3 +108,50 @@ class MetricWriter:
   def close(self) -> None:
     if self._events is not None:
       self._events.close()
+
+
+class Progress:
+  """Step/total, epoch, loss, learning rate, images/s and ETA: a tqdm bar on the lead process
+  when ``bar``, else one INFO line per log."""
+
+  def __init__(self, lead: bool, bar: bool, start: int, total: int, steps_per_epoch: int, batch_size: int):
+    self.lead, self.total, self.steps_per_epoch, self.batch_size = lead, total, steps_per_epoch, batch_size
+    self.bar = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True) if lead and bar else None
+    self.step, self.time = start, time.perf_counter()
+    self.first = None  # (step, time) of the first update: throughput after it leaves out compilation
+
+  def update(self, step: int, loss: float, learning_rate: float) -> float:
+    """Reports ``step``; returns the images/s since the previous update."""
+    now = time.perf_counter()
+    images_per_second = (step - self.step) * self.batch_size / max(now - self.time, 1e-9)
+    self.first = self.first or (step, now)
+    eta = (self.total - step) * self.batch_size / max(images_per_second, 1e-9)
+    epoch = step / self.steps_per_epoch
+    if self.bar is not None:
+      self.bar.update(step - self.step)
+      self.bar.set_postfix(
+        epoch=f"{epoch:.2f}", loss=f"{loss:.4g}", lr=f"{learning_rate:.3g}", img_s=f"{images_per_second:.0f}"
+      )
+    elif self.lead:
+      logging.info(
+        "step %d/%d (epoch %.2f): loss %.4g, learning rate %.3g, %.0f images/s, ETA %s",
+        step,
+        self.total,
+        epoch,
+        loss,
+        learning_rate,
+        images_per_second,
+        datetime.timedelta(seconds=round(eta)),
+      )
+    self.step, self.time = step, now
+    return images_per_second
+
+  def throughput(self) -> float | None:
+    """Images/s from the first update to the last (compilation left out); None before two."""
+    if self.first is None or self.step == self.first[0]:
+      return None
+    return (self.step - self.first[0]) * self.batch_size / (self.time - self.first[1])
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()

@@ -50,7 +50,8 @@ def execute_notebook(name: str, timeout: int = 600, **parameters):
 
 def tiny_sweep(depths=(2, 4), settings=("mlp_residual", "mlp_plain"), seeds=(0,)):
   """configs/depth_sweep.py with tiny data, widths and step counts; bare family names as
-  settings (the families as configured, branch scale 1/L), one seed for every setting unless asked."""
+  settings (the families as configured, branch scale 1/L), one seed for every setting unless
+  asked; the groups trained one after another in the calling process."""
   from configs import depth_sweep  # ml_collections: only the tests that build configs need it
 
   config = depth_sweep.get_config()
@@ -63,6 +64,7 @@ def tiny_sweep(depths=(2, 4), settings=("mlp_residual", "mlp_plain"), seeds=(0,)
   config.model.width, config.model.hidden = 8, 8
   config.batch_size, config.num_steps, config.log_every, config.checkpoint_every = 32, 20, 10, 10
   config.signal.num_examples, config.signal.every = 32, 10
+  config.parallel_runs = 1  # in the test's process: no worker to start (test_sweep.py checks the workers)
   return config
 
 
@@ -80,6 +82,7 @@ def tiny_image_sweep(depths=(11, 20), settings=("preact_resnet", "procresnet"), 
   config.batch_size, config.num_steps, config.log_every, config.checkpoint_every = 16, 4, 2, 0
   config.eval_batch_size = 32
   config.signal.num_examples, config.signal.every = 16, 2
+  config.parallel_runs = 1
   return config
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnorm import data, models, signal, spectra, train
+from resnorm import data, models, signal, spectra, statistics, train
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +124,13 @@ def test_direction_free_extremes_equal_a_dense_float64_svd(name, x64):
       sigma = np.linalg.svd(jac, compute_uv=False)
       np.testing.assert_allclose(extremes.sigma_max[l, b], sigma[0], rtol=1e-5)
       np.testing.assert_allclose(extremes.sigma_min[l, b], sigma[-1], rtol=1e-5, atol=1e-7)
-  stats = signal.direction_free(extremes.sigma_max, extremes.sigma_min)
   free = np.maximum(np.asarray(extremes.sigma_max) - 1, 1 - np.asarray(extremes.sigma_min))
+  np.testing.assert_array_equal(signal.direction_free(extremes.sigma_max, extremes.sigma_min), free)
+  ratios = np.ones(free.shape)  # the ratios' own statistics aside: the direction-free ones
+  stats = statistics.compute_all(statistics.LayerRatios(ratios, np.ones(len(free)), free))
   assert stats["free_delta_max"] == pytest.approx(free.max()) and stats["free_delta_mean"] == pytest.approx(free.mean())
   assert stats["free_layer_p90_max"] == pytest.approx(np.percentile(free, 90, axis=1).max())
+  assert stats["free_examples"] == free.shape[1]
 
 
 def _extremes(blocks, **options):

@@ -46,7 +46,7 @@ def test_the_own_model_example_sweeps_from_a_fresh_process(tmp_path):
   summary = records.read_json(tmp_path / "summary.json")
   runs = [records.read_run(tmp_path / sweep_plan.RUNS / sweep_plan.run_name("gated", depth, 0)) for depth in (2, 4)]
   assert [run.model for run in runs] == ["gated_mlp"] * 2 and list(summary["models"]) == ["gated"]
-  assert all(run.init.block.delta_max == 0 and run.trained.block.delta_max > 0 for run in runs)  # W₂ starts at 0
+  assert all(run.init.block["delta_max"] == 0 and run.trained.block["delta_max"] > 0 for run in runs)  # W₂ starts at 0
   assert "gated (gated_mlp, 1 seed" in result.stdout
 
 

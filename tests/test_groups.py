@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from resnorm import data as data_lib
-from resnorm import loop, train
+from resnorm import loop, measure, models, train
 from test_train import tiny_run
 
 
@@ -51,78 +51,86 @@ def test_a_group_equals_its_runs_one_by_one(tmp_path, monkeypatch):
       assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-5), key
     for stage in ("init", "trained"):
       for key in ("delta_max", "delta_mean", "layer_p90_max", "free_delta_max", "free_delta_mean"):
-        assert getattr(a.measurement(stage).block, key) == pytest.approx(
-          getattr(b.measurement(stage).block, key), rel=1e-5, abs=1e-7
-        ), (stage, key)
-    assert [h.step for h in a.history] == [10, 20]
-  assert together[0].init.block.delta_max == 0 and together[2].init.block.delta_max > 0  # the starts differ,
-  assert together[4].model == "mlp_plain" and together[4].init.block.delta_max > 1  # the skips (plain: r ≠ 1)
+        assert a.measurement(stage).block[key] == pytest.approx(b.measurement(stage).block[key], rel=1e-5, abs=1e-7), (
+          stage,
+          key,
+        )
+    assert [h["step"] for h in a.history] == [10, 20]
+  assert together[0].init.block["delta_max"] == 0 and together[2].init.block["delta_max"] > 0  # the starts differ,
+  assert together[4].model == "mlp_plain" and together[4].init.block["delta_max"] > 1  # the skips (plain: r ≠ 1)
   assert together[0].train_loss != together[1].train_loss  # and the seeds
 
 
 @pytest.mark.parametrize("every, measured", [(10, [10, 20]), (15, [15])])
 def test_the_last_step_is_measured_once(tmp_path, monkeypatch, every, measured):
-  """The eval-mode ratios after training are those the loop measured at the last step when it
-  measured there (the program runs 1 + 2 times for 20 steps measured every 10, not 4), and are
-  measured afresh when it did not (every 15: at init, 15 and 20). Either way the trained
+  """The last step is measured once, by the measurement after training, which is also the last
+  history point when the loop measures there (the program runs at init, 10 and 20 for 20 steps
+  measured every 10, not 4 times; every 15: at init, 15 and 20). Either way the trained
   measurement carries the direction-free δ, and its block statistics are the last step's."""
   calls = []
-  real_init = loop.Measurer.__init__
+  real_init = measure.Measure.__init__
 
   def counting_init(self, *args, **kwargs):
     real_init(self, *args, **kwargs)
     ratios = self.ratios
     self.ratios = lambda *a: calls.append(1) or ratios(*a)
 
-  monkeypatch.setattr(loop.Measurer, "__init__", counting_init)
+  monkeypatch.setattr(measure.Measure, "__init__", counting_init)
   (record,) = loop.train_group([_member(0, **{"signal.every": every})], [tmp_path / "run"])
-  assert [h.step for h in record.history] == measured and len(calls) == 3
-  assert record.trained.block.free_delta_max is not None
+  assert [h["step"] for h in record.history] == measured and len(calls) == 3
+  assert record.trained.block["free_delta_max"] is not None
   if measured[-1] == record.steps:
     last = record.history[-1]
-    assert (record.trained.block.delta_max, record.trained.block.log_gain) == (last.delta_max, last.log_gain)
+    assert (record.trained.block["delta_max"], record.trained.block["log_gain"]) == (
+      last["delta_max"],
+      last["log_gain"],
+    )
 
 
-def test_seldom_programs_of_small_groups_compile_without_fusion_emitters_and_create_the_same_state(
+def test_programs_called_a_few_times_compile_without_fusion_emitters_in_small_groups_and_create_the_same_state(
   tmp_path, monkeypatch
 ):
-  """On XLA:CPU the seldom programs compile at optimisation level 0, through the older emitters
-  below the group size :data:`resnorm.loop.FUSED_ABOVE_PARAMETERS`, and an XLA that refuses the
+  """On XLA:CPU the programs a run calls a few times compile at optimisation level 0, through the older emitters
+  below the group size :data:`resnorm.train.FUSED_ABOVE_PARAMETERS`, and an XLA that refuses the
   emitter option gets the level alone. The program creating a group's state (always the older
   emitters) makes the same state to the bit as the fusion emitters would: the sweep's numbers do
-  not depend on the choice. A group's Measurer gets the options of its parameter count."""
+  not depend on the choice. A group's measurements get the options of its parameter count."""
   level = {"xla_backend_optimization_level": 0}
   assert (
-    loop.seldom_options()
-    == loop.seldom_options(loop.FUSED_ABOVE_PARAMETERS - 1)
+    train.few_calls_options()
+    == train.few_calls_options(train.FUSED_ABOVE_PARAMETERS - 1)
     == {
       **level,
-      **loop.UNFUSED_CPU_OPTIONS,
+      **train.UNFUSED_CPU_OPTIONS,
     }
   )
-  assert loop.seldom_options(loop.FUSED_ABOVE_PARAMETERS) == level
+  assert train.few_calls_options(train.FUSED_ABOVE_PARAMETERS) == level
   config = tiny_run()
   dataset = data_lib.load(config.data)
   starts = [
-    (loop.build_model(config, dataset.num_outputs), loop.optimizer(config, dataset, 10), jnp.stack([jax.random.key(3)]))
+    (
+      models.from_config(config.model, dataset.num_outputs),
+      loop.optimizer(config, dataset, 10),
+      jnp.stack([jax.random.key(3)]),
+    )
   ]
-  unfused = train.create_train_states(starts, dataset.x_train[:1], compiler_options=loop.seldom_options())
+  unfused = train.create_train_states(starts, dataset.x_train[:1], compiler_options=train.few_calls_options())
   fused = train.create_train_states(
     starts, dataset.x_train[:1], compiler_options={**level, "xla_cpu_use_fusion_emitters": True}
   )  # explicitly: the tests' XLA_FLAGS make the older emitters the default
   chex.assert_trees_all_equal(unfused[0].params, fused[0].params, strict=True)
-  seen, real = [], loop.jit_seldom
-  monkeypatch.setattr(loop, "jit_seldom", lambda fn, parameters=0, **kw: seen.append(parameters) or real(fn, **kw))
+  seen, real = [], train.jit_few_calls
+  monkeypatch.setattr(train, "jit_few_calls", lambda fn, parameters=0, **kw: seen.append(parameters) or real(fn, **kw))
   loop.train_group([_member(0, num_steps=5), _member(1, num_steps=5)], [tmp_path / str(i) for i in range(2)])
   per_member = sum(leaf.size for leaf in jax.tree.leaves(unfused[0].params))
   assert sorted(set(seen)) == [0, 2 * per_member]  # the member ops; the measurements and evaluation
   assert seen.count(2 * per_member) == 3  # ratios, direction-free δ, evaluation
-  loop._cpu_takes.cache_clear()
+  train._cpu_takes.cache_clear()
   try:
-    monkeypatch.setattr(loop, "UNFUSED_CPU_OPTIONS", {"xla_no_such_option": True})
-    assert loop.seldom_options() == level
+    monkeypatch.setattr(train, "UNFUSED_CPU_OPTIONS", {"xla_no_such_option": True})
+    assert train.few_calls_options() == level
   finally:
-    loop._cpu_takes.cache_clear()
+    train._cpu_takes.cache_clear()
 
 
 @pytest.mark.slow
@@ -147,7 +155,7 @@ def test_an_image_group_with_batch_norm_and_sgd_equals_its_runs_one_by_one(tmp_p
       for kind in ("block", "transition"):
         ours, theirs = a.measurement(stage).by_kind[kind], b.measurement(stage).by_kind[kind]
         for key in ("delta_max", "delta_mean"):
-          assert getattr(ours, key) == pytest.approx(getattr(theirs, key), rel=1e-5, abs=1e-7), (stage, kind, key)
+          assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-7), (stage, kind, key)
   assert together[0].train_loss != together[1].train_loss
 
 
@@ -157,7 +165,7 @@ def test_a_stretch_of_steps_equals_the_steps_one_at_a_time():
   loop body and the single step are compiled apart)."""
   config = tiny_run()
   dataset = data_lib.load(config.data)
-  model = loop.build_model(config, dataset.num_outputs)
+  model = models.from_config(config.model, dataset.num_outputs)
   loss_fn = train.loss_function(dataset.task)
   tx = train.make_optimizer(config, steps_per_epoch=10)
   state = train.create_train_state(model, jax.random.key(0), dataset.x_train[:1], tx)

@@ -9,7 +9,6 @@ import time
 
 import chex
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -207,12 +206,12 @@ def test_synthetic_images_are_seeded_and_cifar_shaped():
 def test_prefetching_yields_exactly_the_synchronous_batches():
   """The loop's input pipeline (rows, augmentation, placement) gives the same batches built
   ahead on a thread as built one at a time."""
-  config = ml_collections.ConfigDict(dict(batch_size=32, augment=True, augment_padding="reflect", prefetch=0))
   dataset = data_lib.synthetic(train_size=200, test_size=8)
   _, sharding = loop.shardings(jax.devices())
-  synchronous = list(loop.training_batches(config, dataset, sharding, seed=5, steps=range(3, 23)))
-  config.prefetch = 3
-  prefetched = list(loop.training_batches(config, dataset, sharding, seed=5, steps=range(3, 23)))
+  synchronous, prefetched = (
+    list(data_lib.training_batches(dataset, 32, sharding, 5, range(3, 23), augment_padding="reflect", ahead=ahead))
+    for ahead in (0, 3)
+  )
   assert len(synchronous) == 20
   chex.assert_trees_all_equal(prefetched, synchronous, strict=True)
   assert not np.array_equal(synchronous[0][0], synchronous[1][0])  # the steps differ

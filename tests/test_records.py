@@ -7,15 +7,17 @@ import math
 import pytest
 from etils.epath import testing as epath_testing
 
-from resnorm import records, signal
+from resnorm import records, statistics
 
 
 def _stats(delta_max):
-  return signal.DeltaStats(delta_max, delta_max / 4, 0.1, 0.2, 0.3, 0.5, 1.5, -0.25, 64, 0)
+  """Every registered statistic, as a measurement computes them, with δ_max = ``delta_max``."""
+  stats = {name: 0.125 for name in statistics.REGISTRY}
+  return {**stats, "delta_max": delta_max, "free_delta_max": None}
 
 
 def _record(**changes):
-  init = records.Measurement({"block": _stats(0.5), "stem": _stats(0.25)}, {"delta_mean": [0.1, 0.2]})
+  init = records.Measurement({"block": _stats(0.5), "stem": _stats(0.25)}, {"delta_mean": [0.1, 0.2]}, None)
   fields = dict(
     model="mlp_residual",
     depth=2,
@@ -26,9 +28,14 @@ def _record(**changes):
     train_loss=0.5,
     train_seconds=1.25,
     init=init,
-    history=[records.HistoryPoint(10, 0.4, 0.1, 0.2)],
+    history=[{"step": 10, "delta_max": 0.4, "delta_mean": 0.1, "log_gain": 0.2}],
+    setting="residual",
+    seed=0,
+    budget=dict(steps=20, optimizer="adam", learning_rate=1e-3, schedule="cosine", batch_size=32, block_lr_scale="1"),
+    group_size=1,
+    init_test_loss=1.0,
     test_loss=0.75,
-    trained=records.Measurement({"block": _stats(0.375)}, {"delta_mean": [0.3, 0.1]}),
+    trained=records.Measurement({"block": _stats(0.375)}, {"delta_mean": [0.3, 0.1]}, None),
   )
   return records.RunRecord(**{**fields, **changes})
 
@@ -37,25 +44,34 @@ def test_run_record_round_trips_through_json():
   record = _record()
   data = json.loads(json.dumps(record.to_json()))
   assert records.RunRecord.from_json(data) == record
-  assert data["init"]["by_kind"]["block"]["delta_max"] == 0.5 and "test_accuracy" not in data
+  assert data["format"] == records.FORMAT and data["init"]["by_kind"]["block"]["delta_max"] == 0.5
+  assert data["test_accuracy"] is None  # every field is written, unset ones as null
 
 
 def test_a_diverged_record_writes_nan_as_null_and_has_no_trained_measurement():
   record = _record(diverged=True, diverged_at_step=6, train_loss=math.nan, test_loss=None, trained=None)
   data = json.loads(json.dumps(record.to_json()))  # strict JSON: no bare NaN
-  assert data["train_loss"] is None and "trained" not in data and data["diverged_at_step"] == 6
+  assert data["train_loss"] is None and data["trained"] is None and data["diverged_at_step"] == 6
   assert records.RunRecord.from_json(data).trained is None
 
 
-def test_fields_added_later_load_as_none_and_unknown_ones_are_ignored():
+def test_a_record_of_another_format_or_missing_a_field_is_refused_naming_its_file(tmp_path):
+  """A record without this format (written by an earlier resnorm) is refused with the command that
+  converts it; one of this format missing a field is unreadable, naming the file."""
+  run = tmp_path / "run"
+  run.mkdir()
   data = _record().to_json()
-  data["a_field_from_a_later_version"] = 1
-  del data["init"]["by_kind"]["block"]["ratio_min"]
-  with pytest.raises(TypeError):  # DeltaStats fields are all required: a missing one is an error
-    records.RunRecord.from_json(data)
-  data = _record().to_json()
-  data["a_field_from_a_later_version"] = 1
-  assert records.RunRecord.from_json(data) == _record()
+  records.write_json(run / "summary.json", {k: v for k, v in data.items() if k != "format"})
+  with pytest.raises(
+    records.FormatError, match=f"{run}/summary.json was written by an earlier resnorm.*experiments.migrate"
+  ):
+    records.read_run(run)
+  records.write_json(run / "summary.json", {**data, "format": records.FORMAT + 1})
+  with pytest.raises(records.FormatError, match=f"in format {records.FORMAT + 1}"):
+    records.read_run(run)
+  records.write_json(run / "summary.json", {k: v for k, v in data.items() if k != "budget"})
+  with pytest.raises(records.UnreadableRecord, match=f"{run}/summary.json is not a run record.*budget"):
+    records.read_run(run)
 
 
 def test_jsonl_log_appends_rewinds_and_keeps_every_record_across_a_kill(tmp_path, caplog):
@@ -153,7 +169,7 @@ def test_a_sweep_on_a_cloud_workdir_reuses_its_runs_and_aggregates(tmp_path, mon
   with mock_cloud(tmp_path / "cloud"):
     for depth in (2, 4):
       sweep_runner.run_sweep(config((depth,)), f"gs://bucket/L{depth}", progress=False)
-    monkeypatch.setattr(loop, "train_and_evaluate", lambda *args, **kwargs: pytest.fail("a finished run retrained"))
+    monkeypatch.setattr(loop, "train_group", lambda *args, **kwargs: pytest.fail("a finished run retrained"))
     sweep_runner.run_sweep(config((2,)), "gs://bucket/L2", progress=False)
     merged = sweep_outputs.aggregate(["gs://bucket/L2", "gs://bucket/L4"], "gs://bucket/all")
   assert merged.to_json() == joint.to_json()

@@ -10,7 +10,7 @@ import pytest
 
 import helpers
 from experiments import report as report_entry
-from resnorm import records, report, theory
+from resnorm import records, report, statistics, theory
 
 README = os.path.join(helpers.REPO, "README.md")
 
@@ -35,7 +35,7 @@ def test_readme_findings_are_the_reports_of_their_committed_summaries():
 def test_the_committed_reports_are_their_summaries(sweep_name):
   """docs/<sweep>/report.md is the report of the summary beside it."""
   directory = os.path.join(helpers.REPO, "docs", sweep_name)
-  summary = records.SweepSummary.from_json(records.read_json(os.path.join(directory, "summary.json")))
+  summary = records.read_summary(os.path.join(directory, "summary.json"))
   with open(os.path.join(directory, "report.md")) as f:
     assert f.read() == report.render(summary)
 
@@ -49,35 +49,42 @@ def test_regenerating_the_readme_changes_nothing_else(tmp_path):
 
 
 def _stage(deltas_per_depth, depths):
-  """A Stage whose δ_max is the mean of the given seeds, with the bound reading of them."""
+  """A Stage whose δ_max and δ_mean are the mean of the given seeds, with the bound reading of
+  them; every other statistic unmeasured."""
   means = [float(np.mean(d)) for d in deltas_per_depth]
   stds = [float(np.std(d, ddof=1)) if len(d) > 1 else None for d in deltas_per_depth]
   reading = theory.read_bound(depths, deltas_per_depth)
   nones = [None] * len(depths)
+  columns = [*statistics.REGISTRY, "token_c_last"]
   return records.Stage(
-    delta_max=means,
-    delta_mean=means,
-    delta_p50=nones,
-    delta_p90=nones,
-    delta_p99=nones,
-    log_gain=nones,
+    means={**{name: nones for name in columns}, "delta_max": means, "delta_mean": means, "num_layers": list(depths)},
+    std={**{name: nones for name in columns}, "delta_max": stds, "delta_mean": stds},
+    bound={
+      **{s.name: theory.read_bound(depths, [[None]] * len(depths)) for s in statistics.read_as_bound()},
+      "delta_max": reading,
+      "delta_mean": reading,
+    },
     fit={},
-    std={"delta_max": stds, "delta_mean": stds},
-    bound={"delta_max": reading, "delta_mean": reading},
+    bound_L="layers",
   )
 
 
 def _family(init, trained, depths, **fields):
+  nones = [None] * len(depths)
   return records.FamilyResults(
     depths=depths,
     diverged=[False] * len(depths),
-    diverged_at_step=[None] * len(depths),
+    diverged_at_step=nones,
     train_loss=[0.1] * len(depths),
     test_loss=[0.1] * len(depths),
     init=init,
     trained=trained,
+    model="mlp_residual",
     seeds=[0, 1, 2],
     num_diverged=[0] * len(depths),
+    std={"train_loss": nones, "test_loss": nones, "test_accuracy": nones},
+    by_kind={},
+    init_test_loss=nones,
     **fields,
   )
 
@@ -90,7 +97,7 @@ def test_the_sentences_follow_the_numbers():
   rising = [0.01 * L**0.3 * spread for L in depths]
   falling = [0.3 / L * spread for L in depths]
   zero = [np.zeros(3) for _ in depths]
-  budget = dict(steps=400, optimizer="adam", learning_rate=1e-3, schedule="cosine", batch_size=64)
+  budget = dict(steps=400, optimizer="adam", learning_rate=1e-3, schedule="cosine", batch_size=64, block_lr_scale="1")
   summary = records.SweepSummary(
     "zero",
     {
@@ -140,7 +147,7 @@ def test_a_slope_whose_interval_holds_zero_is_said_not_to_move():
   tight = [t * np.exp([-0.01, 0.0, 0.01]) for t in tilt]
   for deltas, expected in ((noisy, "δ_max does not move detectably with L: L^"), (tight, "δ_max rises as L^0.05 [")):
     stage = _stage(deltas, depths)
-    low, high = stage.bound["delta_max"]["slope_interval"]
+    low, high = stage.bound["delta_max"].slope_interval
     assert (low <= 0 <= high) == (deltas is noisy)
     assert report._reading_sentence("δ_max", stage, "delta_max").startswith(expected)
 
@@ -156,7 +163,9 @@ def test_a_budget_ladder_says_whether_each_slope_moved():
   overrides = dict(name="mlp_residual", zero_init_last=True, branch_scale="1")
 
   def rung(steps, schedule, deltas):
-    budget = dict(steps=steps, optimizer="adam", learning_rate=1e-3, schedule=schedule, batch_size=64)
+    budget = dict(
+      steps=steps, optimizer="adam", learning_rate=1e-3, schedule=schedule, batch_size=64, block_lr_scale="1"
+    )
     trained = _stage(deltas, depths)
     trained.bound["delta_mean"] = theory.read_bound(depths, shallow)
     return _family(
@@ -166,7 +175,7 @@ def test_a_budget_ladder_says_whether_each_slope_moved():
       budget=budget,
       overrides=overrides,
       num_converged=[3, 3, 3, steps // 5000],
-      convergence=dict(window=0.25, tolerance=0.05),
+      convergence=dict(window=0.25, tolerance=0.05, scale="the final loss"),
       convergence_change=[0.01, 0.02, 0.03, 0.5],
       train_loss_relative=[0.01] * 4,
       test_loss_relative=[0.02] * 4,

@@ -470,7 +470,7 @@ def _block_log_ratios(model, variables, x, y):
   report = report(variables)
   blocks = np.array([kind == "block" for kind in report.kinds])
   log_ratios = np.mean(np.log(np.asarray(report.ratio, np.float64)[blocks]), axis=1)
-  return log_ratios, signal.summarize(report).delta_p50
+  return log_ratios, signal.delta_statistics(report)["delta_p50"]
 
 
 def test_plain_backward_gain_compounds_with_depth_while_residual_ratios_stay_near_one():

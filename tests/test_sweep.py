@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 
 import helpers
-from experiments import sweep_outputs, sweep_runner
+from experiments import migrate, sweep_outputs, sweep_runner
 from helpers import tiny_image_sweep, tiny_sweep
-from resnorm import loop, plots, records, report, signal, sweep_plan, sweep_summary, theory
+from resnorm import loop, plots, records, report, statistics, sweep_plan, sweep_summary, theory
 from resnorm.config_validation import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +97,7 @@ def test_aggregate_from_the_command_line(sweeps, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert _read(tmp_path / "summary.json") == _read(root / "joint" / "summary.json")
-  assert "mlp_residual (mlp_residual, 1 seed" in result.stdout and "δmax init" in result.stdout
+  assert "mlp_residual (mlp_residual, 1 seed" in result.stdout and "δ_max init" in result.stdout
 
 
 @pytest.mark.slow
@@ -106,7 +107,7 @@ def test_a_finished_sweep_is_reused_not_retrained(sweeps, monkeypatch):
   def no_training(*args, **kwargs):
     raise AssertionError("a finished run was trained again")
 
-  monkeypatch.setattr(loop, "train_and_evaluate", no_training)
+  monkeypatch.setattr(loop, "train_group", no_training)
   assert sweep_runner.run_sweep(tiny_sweep(), str(root / "joint"), progress=False) == joint
   changed = tiny_sweep()
   changed.num_steps = 30
@@ -121,7 +122,7 @@ def test_a_diverging_depth_is_recorded_and_the_sweep_goes_on(tmp_path):
   config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.01
   summary = sweep_runner.run_sweep(config, str(tmp_path), progress=False)
   assert summary.reference.diverged == [False, True]
-  assert summary.reference.trained.delta_max[0] > 0 and summary.reference.trained.delta_max[1] is None
+  assert summary.reference.trained.means["delta_max"][0] > 0 and summary.reference.trained.means["delta_max"][1] is None
   assert summary.reference.trained.fit["c"] is None
   assert "diverged@" in report.format_table(summary)
   with open(tmp_path / "results.csv") as f:
@@ -173,33 +174,49 @@ def test_a_bad_setting_override_names_its_field(tmp_path):
   assert not os.path.exists(tmp_path / "sweep")
 
 
+def test_a_workdir_of_the_previous_format_is_converted_once_and_then_aggregates_as_its_summary(tmp_path):
+  """tests/data/sweep_workdir_unversioned: a tiny sweep written by the code before the file format
+  (commit 57e07df). Read as it is, it is refused with the command that converts it; converted,
+  its summary keeps every number it held, the merge of its converted runs equals it, and the
+  originals are kept beside the new files."""
+  old = tmp_path / "old"
+  shutil.copytree(os.path.join(REPO, "tests", "data", "sweep_workdir_unversioned"), old)
+  with pytest.raises(records.FormatError, match="experiments.migrate"):
+    sweep_outputs.aggregate([str(old)], str(tmp_path / "merged"))
+  before = _read(old / "summary.json")
+  done = migrate.migrate([str(old)])
+  assert len(done) == 5  # the sweep's summary and its four runs' (its config has every field already)
+  assert _read(old / "summary.json.unversioned") == before
+  after = _read(old / "summary.json")
+  for name, family in before["models"].items():
+    for stage in ("init", "trained"):
+      kept = {k: v for k, v in family[stage].items() if k not in ("L", "std")}
+      assert kept.items() <= after["models"][name][stage].items(), (name, stage)
+      assert after["models"][name][stage]["bound_L"] == family[stage]["L"]
+  assert migrate.migrate([str(old)]) == []  # converted once
+  merged = sweep_outputs.aggregate([str(old)], str(tmp_path / "merged")).to_json()
+  assert _holds(merged, _read(old / "summary.json"))  # every number it kept; the merge adds those it did not
+  assert merged["models"]["plain"]["trained"]["num_ratios"] == [64, 128]  # (2 and 4 blocks × 32 examples)
+
+
 def _holds(new, old) -> bool:
-  """Every entry of ``old`` is in ``new`` with the same value (a new file extends an old one);
-  floats to 1e-12 relative: a least-squares fit's last bits depend on the BLAS it ran on."""
+  """Every entry of ``old`` that is not None is in ``new`` with the same value."""
   if isinstance(old, dict):
     return isinstance(new, dict) and all(k in new and _holds(new[k], v) for k, v in old.items())
   if isinstance(old, list):
     return isinstance(new, list) and len(new) == len(old) and all(map(_holds, new, old))
-  if isinstance(old, float) and isinstance(new, float):
-    return new == pytest.approx(old, rel=1e-12)
-  return new == old
+  return old is None or new == old
 
 
-def test_a_workdir_of_the_previous_format_still_loads_and_aggregates(tmp_path):
-  """tests/data/sweep_workdir_v0: a tiny sweep written by the code before the typed records."""
-  old = os.path.join(REPO, "tests", "data", "sweep_workdir_v0")
-  runs = records.runs_in([old])
-  assert sorted((r.model, r.depth) for r in runs) == [(m, L) for m in ("mlp_plain", "mlp_residual") for L in (2, 4)]
-  assert all(r.setting is None and r.seed is None and r.init.block.layer_p90_max is None for r in runs)
-  for run in runs:
-    path = os.path.join(old, "runs", f"{run.model}_L{run.depth:05d}", "summary.json")
-    assert run.to_json() == _read(path)  # read and written back, field for field
-  assert records.SweepSummary.from_json(_read(os.path.join(old, "summary.json"))).to_json() == _read(
-    os.path.join(old, "summary.json")
-  )
-  merged = sweep_outputs.aggregate([old], str(tmp_path / "merged"))
-  assert _holds(merged.to_json(), _read(os.path.join(old, "summary.json")))  # extended, nothing changed
-  assert merged.reference.trained.bound["delta_max"]["c_min"] > 0
+def test_the_first_format_is_refused_naming_it_and_nothing_is_converted(tmp_path):
+  """tests/data/sweep_workdir_v0, written before sweeps had settings and seeds: no conversion."""
+  old = tmp_path / "v0"
+  shutil.copytree(os.path.join(REPO, "tests", "data", "sweep_workdir_v0"), old)
+  files = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+  with pytest.raises(migrate.Unconvertible, match="the first format") as error:
+    migrate.migrate([str(old)])
+  assert "config.json" in str(error.value) and "mlp_plain_L00002/summary.json" in str(error.value)
+  assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == files
 
 
 def test_zero_initialised_branches_give_a_note_not_a_lost_sweep(tmp_path):
@@ -208,8 +225,8 @@ def test_zero_initialised_branches_give_a_note_not_a_lost_sweep(tmp_path):
   config = tiny_sweep(settings=("residual_zero_init",))
   summary = sweep_runner.run_sweep(config, str(tmp_path), progress=False)
   init = summary.reference.init
-  assert init.delta_max == [0.0, 0.0] and init.fit["c"] is None and "no fit" in init.fit["note"]
-  assert init.bound["delta_max"]["c_min"] == 0.0 and init.bound["delta_max"]["slope"] is None
+  assert init.means["delta_max"] == [0.0, 0.0] and init.fit["c"] is None and "no fit" in init.fit["note"]
+  assert init.bound["delta_max"].c_min == 0.0 and init.bound["delta_max"].slope is None
   assert summary.reference.trained.fit["c"] > 0
   assert _read(tmp_path / "summary.json")["fit"] == summary.reference.trained.fit
 
@@ -222,16 +239,20 @@ def test_seeds_are_averaged_with_their_spread_and_bootstrapped(tmp_path):
     records.read_run(tmp_path / sweep_plan.RUNS / sweep_plan.run_name("mlp_residual", 4, seed)) for seed in (0, 1)
   ]
   assert family.seeds == [0, 1]
-  assert family.trained.delta_max[1] == pytest.approx(np.mean([r.trained.block.delta_max for r in runs]))
-  assert family.trained.std["delta_max"][1] == pytest.approx(np.std([r.trained.block.delta_max for r in runs], ddof=1))
+  assert family.trained.means["delta_max"][1] == pytest.approx(np.mean([r.trained.block["delta_max"] for r in runs]))
+  assert family.trained.std["delta_max"][1] == pytest.approx(
+    np.std([r.trained.block["delta_max"] for r in runs], ddof=1)
+  )
   reading = family.trained.bound["delta_max"]
-  low, high = reading["slope_interval"]
-  assert low <= reading["slope"] <= high and reading["seeds"] == [2, 2]
-  assert reading["c_min"] == pytest.approx(
+  low, high = reading.slope_interval
+  assert low <= reading.slope <= high and reading.seeds == [2, 2]
+  assert reading.c_min == pytest.approx(
     theory.c_min(
       [2, 2, 4, 4],
       [
-        records.read_run(tmp_path / sweep_plan.RUNS / sweep_plan.run_name("mlp_residual", L, s)).trained.block.delta_max
+        records.read_run(tmp_path / sweep_plan.RUNS / sweep_plan.run_name("mlp_residual", L, s)).trained.block[
+          "delta_max"
+        ]
         for L in (2, 4)
         for s in (0, 1)
       ],
@@ -257,9 +278,9 @@ def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
   preact, proc = data["models"]["preact_resnet"], data["models"]["procresnet"]
   assert proc["depths"] == [13]  # the setting's own depths
   assert preact["trained"]["num_layers"] == [None, 3] and proc["trained"]["num_layers"] == [3]
-  assert preact["trained"]["delta_max"][0] is None and preact["trained"]["L"] == "layers"
+  assert preact["trained"]["delta_max"][0] is None and preact["trained"]["bound_L"] == "layers"
   runs = {(r.setting, r.depth): r for r in records.runs_in([workdir], sweep_plan.RUNS)}
-  assert preact["trained"]["delta_max"][1] == runs["preact_resnet", 20].trained.block.delta_max
+  assert preact["trained"]["delta_max"][1] == runs["preact_resnet", 20].trained.block["delta_max"]
   assert runs["preact_resnet", 11].trained.block is None
   for name, transitions in (("preact_resnet", 3), ("procresnet", 2)):  # each stage's first block; T₁, T₂
     entry = data["models"][name]
@@ -293,7 +314,10 @@ def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
     in_train_mode, _ = plots.ratio_grid(rows, "train_batch_ratio")
     assert in_train_mode.shape == grid.shape and not np.allclose(in_train_mode, grid, rtol=1e-3), label
   table = report.format_table(summary)
-  assert "transition δmax [L = transitions]" in table and "depth  blocks" in table
+  assert "transition δ_max [L = transitions]" in table and "depth  blocks" in table
+
+
+PREACT = {"preact_resnet": {"name": "preact_resnet"}}  # one setting, the family as configured
 
 
 def _synthetic_run(depth: int, seed: int, blocks: int, delta: float, train_loss: float = 0.1) -> records.RunRecord:
@@ -301,12 +325,11 @@ def _synthetic_run(depth: int, seed: int, blocks: int, delta: float, train_loss:
   with two transitions of δ_max 0.5."""
 
   def stats(value, layers):
-    return signal.DeltaStats(
-      value, value / 2, value, value, value, 1 - value, 1 + value, 0.0, 8 * layers, 0, num_layers=layers, num_examples=8
-    )
+    values = {name: None if name.startswith("free_") else value for name in statistics.REGISTRY}
+    return {**values, "delta_mean": value / 2, "num_layers": layers, "num_examples": 8, "num_ratios": 8 * layers}
 
   by_kind = {"transition": stats(0.5, 2), **({"block": stats(delta, blocks)} if blocks else {})}
-  measurement = records.Measurement(by_kind, {})
+  measurement = records.Measurement(by_kind, {}, None)
   return records.RunRecord(
     model="preact_resnet",
     depth=depth,
@@ -321,6 +344,9 @@ def _synthetic_run(depth: int, seed: int, blocks: int, delta: float, train_loss:
     trained=measurement,
     setting="preact_resnet",
     seed=seed,
+    budget=dict(steps=10, optimizer="sgd", learning_rate=0.1, schedule="constant", batch_size=8, block_lr_scale="1"),
+    group_size=1,
+    init_test_loss=0.3,
     test_loss=0.2,
     test_accuracy=0.9,
   )
@@ -337,21 +363,21 @@ def test_the_bound_reads_L_as_the_identity_blocks_or_as_the_depth_and_c_min_move
     for D, n in zip(depths, blocks)
     for s in (0, 1)
   ]
-  by_blocks = sweep_summary.summarize_sweep(runs, ["preact_resnet"]).models["preact_resnet"]
-  by_depth = sweep_summary.summarize_sweep(runs, ["preact_resnet"], L="depth").models["preact_resnet"]
+  by_blocks = sweep_summary.summarize_sweep(runs, PREACT).models["preact_resnet"]
+  by_depth = sweep_summary.summarize_sweep(runs, PREACT, bound_L="depth").models["preact_resnet"]
   reading = by_blocks.trained.bound["delta_max"]
-  assert by_blocks.trained.num_layers == [None, 6, 12, 24] and by_blocks.trained.L == "layers"
-  assert reading["c_min"] == pytest.approx(2.0) and reading["seeds"] == [2, 2, 2]
-  assert reading["slope"] == pytest.approx(reading["laws"]["c*log(2L)/L"]["slope"])
+  assert by_blocks.trained.means["num_layers"] == [None, 6, 12, 24] and by_blocks.trained.bound_L == "layers"
+  assert reading.c_min == pytest.approx(2.0) and reading.seeds == [2, 2, 2]
+  assert reading.slope == pytest.approx(reading.laws["c*log(2L)/L"].slope)
   needed = [float(theory.delta_bound(n, 2.0)) * D / np.log(2 * D) for D, n in zip(depths[1:], blocks[1:])]
-  assert by_depth.trained.bound["delta_max"]["c_min"] == pytest.approx(max(needed))
-  assert by_depth.trained.bound["delta_max"]["c_min_depth"] == depths[1 + int(np.argmax(needed))]
+  assert by_depth.trained.bound["delta_max"].c_min == pytest.approx(max(needed))
+  assert by_depth.trained.bound["delta_max"].c_min_depth == depths[1 + int(np.argmax(needed))]
   # transitions: two at every depth, so one L and no slope; c_min = 0.5·2/log 4 against their count
   transitions = by_blocks.by_kind["transition"]["trained"].bound["delta_max"]
-  assert transitions["c_min"] == pytest.approx(0.5 * 2 / np.log(4)) and transitions["slope"] is None
-  table = report.format_table(sweep_summary.summarize_sweep(runs, ["preact_resnet"]))
+  assert transitions.c_min == pytest.approx(0.5 * 2 / np.log(4)) and transitions.slope is None
+  table = report.format_table(sweep_summary.summarize_sweep(runs, PREACT))
   assert "depth  blocks" in table and "[L = identity blocks]" in table and "[L = transitions]" in table
-  assert "[L = network depth]" in report.format_table(sweep_summary.summarize_sweep(runs, ["preact_resnet"], L="depth"))
+  assert "[L = network depth]" in report.format_table(sweep_summary.summarize_sweep(runs, PREACT, bound_L="depth"))
 
 
 def test_the_report_of_an_image_sweep_counts_blocks_reads_transitions_and_degradation_from_train_loss():
@@ -364,7 +390,7 @@ def test_the_report_of_an_image_sweep_counts_blocks_reads_transitions_and_degrad
     for i, (D, n) in enumerate(zip(depths, blocks))
     for s in (0, 1, 2)
   ]
-  text = report.render(sweep_summary.summarize_sweep(rising, ["preact_resnet"]))
+  text = report.render(sweep_summary.summarize_sweep(rising, PREACT))
   assert "| depth | L (identity blocks) | seeds |" in text and "| 11 | 0 | 3 |" in text
   assert "transition δ_max (L = 2 transitions): fewer than two values of L" in text
   # transitions' mean δ 0.25 against the blocks' 0.05 where there are blocks, the same at every seed
@@ -378,9 +404,7 @@ def test_the_report_of_an_image_sweep_counts_blocks_reads_transitions_and_degrad
     for D, n in zip(depths, blocks)
     for s in (0, 1, 2)
   ]
-  assert "the intervals overlap: no change detectable" in report.render(
-    sweep_summary.summarize_sweep(flat, ["preact_resnet"])
-  )
+  assert "the intervals overlap: no change detectable" in report.render(sweep_summary.summarize_sweep(flat, PREACT))
 
 
 @pytest.mark.slow

@@ -65,10 +65,10 @@ def test_c_min_is_the_smallest_c_of_a_bound_that_holds_at_every_depth():
 def test_read_bound_on_exact_data_recovers_c_min_and_slope_without_an_interval():
   seeds = [[0.5 / L, 0.5 / L, 0.5 / L] for L in DEPTHS]  # δ = 0.5/L exactly, three equal seeds
   reading = theory.read_bound(DEPTHS, seeds)
-  assert reading["slope"] == pytest.approx(-1.0, abs=1e-9) and reading["slope_interval"] is None
-  assert reading["c_min"] == pytest.approx(0.5 / np.log(4)) and reading["c_min_depth"] == 2  # log(2L) largest / L
-  assert reading["laws"]["c/L"]["r2"] == pytest.approx(1.0) and reading["laws"]["c/L"]["c"] == pytest.approx(0.5)
-  assert reading["best"] is None and "deterministic" in reading["note"]  # no spread: nothing to name a law against
+  assert reading.slope == pytest.approx(-1.0, abs=1e-9) and reading.slope_interval is None
+  assert reading.c_min == pytest.approx(0.5 / np.log(4)) and reading.c_min_depth == 2  # log(2L) largest / L
+  assert reading.laws["c/L"].r2 == pytest.approx(1.0) and reading.laws["c/L"].c == pytest.approx(0.5)
+  assert reading.best is None and "deterministic" in reading.note  # no spread: nothing to name a law against
 
 
 def test_welch_interval_by_hand():
@@ -81,8 +81,8 @@ def test_welch_interval_by_hand():
   dof = (a + b) ** 2 / (a**2 / 2 + b**2 / 1)
   half = scipy.stats.t.ppf(0.95, dof) * np.sqrt(a + b) / span
   slope = (high.mean() - low.mean()) / span
-  assert reading["slope"] == pytest.approx(slope, rel=1e-12) and reading["dof"] == pytest.approx(dof, rel=1e-12)
-  assert reading["slope_interval"] == pytest.approx([slope - half, slope + half], rel=1e-12)
+  assert reading.slope == pytest.approx(slope, rel=1e-12) and reading.dof == pytest.approx(dof, rel=1e-12)
+  assert reading.slope_interval == pytest.approx([slope - half, slope + half], rel=1e-12)
 
 
 @pytest.mark.parametrize("seeds, noise", [(5, "equal"), (3, "equal"), (5, "unequal"), (3, "unequal"), (2, "equal")])
@@ -96,7 +96,7 @@ def test_the_slope_interval_covers_the_true_slope_at_its_level(seeds, noise):
   covered = 0
   for _ in range(300):
     per_seed = [0.3 * L**-0.7 * np.exp(rng.normal(0, s, seeds)) for L, s in zip(depths, sigma)]
-    low, high = theory.read_bound(depths, per_seed)["slope_interval"]
+    low, high = theory.read_bound(depths, per_seed).slope_interval
     covered += low <= -0.7 <= high
   assert covered / 300 >= 0.85, covered
 
@@ -109,9 +109,9 @@ def test_the_true_law_fits_at_the_intervals_level_and_a_wrong_one_does_not():
   kept = wrong = 0
   for _ in range(300):
     per_seed = [theory.delta_bound(L, 0.2) * np.exp(rng.normal(0, 0.1, 5)) for L in depths]
-    laws = theory.read_bound(depths, per_seed)["laws"]
-    kept += laws[theory.THEOREM_LAW]["fits"]
-    wrong += laws["c/L"]["fits"]
+    laws = theory.read_bound(depths, per_seed).laws
+    kept += laws[theory.THEOREM_LAW].fits
+    wrong += laws["c/L"].fits
   assert kept / 300 >= 0.85 and wrong / 300 <= 0.02, (kept, wrong)
 
 
@@ -120,12 +120,12 @@ def test_read_bound_names_no_law_when_seeds_do_not_separate_them():
   depths = np.array([16, 32, 64])
   seeds = [list(0.5 / L * np.exp(rng.normal(0, 0.5, 3))) for L in depths]  # spread about the trend's size
   reading = theory.read_bound(depths, seeds)
-  top = max(reading["laws"], key=lambda law: reading["laws"][law]["r2"])  # the point estimate's pick …
-  fitting = [name for name, law in reading["laws"].items() if law["fits"]]
-  assert top in fitting and len(fitting) >= 2 and reading["best"] is None  # … which the seeds do not single out
-  assert reading["note"] == f"not separated by the seeds: {', '.join(fitting)} all fit"
-  low, high = reading["slope_interval"]
-  assert low < reading["slope"] < high and high - low > 0.2
+  top = max(reading.laws, key=lambda law: reading.laws[law].r2)  # the point estimate's pick …
+  fitting = [name for name, law in reading.laws.items() if law.fits]
+  assert top in fitting and len(fitting) >= 2 and reading.best is None  # … which the seeds do not single out
+  assert reading.note == f"not separated by the seeds: {', '.join(fitting)} all fit"
+  low, high = reading.slope_interval
+  assert low < reading.slope < high and high - low > 0.2
 
 
 def test_read_bound_names_the_constant_law_only_when_the_slope_interval_holds_zero():
@@ -136,26 +136,26 @@ def test_read_bound_names_the_constant_law_only_when_the_slope_interval_holds_ze
   flat = [list(0.3 * np.exp(rng.normal(0, 0.05, 3))) for _ in depths]
   rising = [list(0.01 * L**0.3 * np.exp(rng.normal(0, 0.05, 3))) for L in depths]
   reading = theory.read_bound(depths, flat)
-  low, high = reading["slope_interval"]
-  assert reading["best"] == "c" and low < 0 < high and reading["note"] is None
+  low, high = reading.slope_interval
+  assert reading.best == "c" and low < 0 < high and reading.note is None
   reading = theory.read_bound(depths, rising)
-  assert max(reading["laws"], key=lambda law: reading["laws"][law]["r2"]) == "c"  # R² 0 against negatives
-  assert reading["best"] is None and reading["slope_interval"][0] > 0.2
-  assert reading["note"] == "no law fits: δ rises with L"
+  assert max(reading.laws, key=lambda law: reading.laws[law].r2) == "c"  # R² 0 against negatives
+  assert reading.best is None and reading.slope_interval[0] > 0.2
+  assert reading.note == "no law fits: δ rises with L"
 
 
 def test_a_slope_between_two_laws_says_which():
   rng = np.random.default_rng(2)
   depths = np.array([2, 8, 32, 128])
   between = [list(0.3 * L**-0.85 * np.exp(rng.normal(0, 0.01, 5))) for L in depths]
-  note = theory.read_bound(depths, between)["note"]
+  note = theory.read_bound(depths, between).note
   assert note.startswith("no law fits: δ falls faster than c*log(2L)/L") and "more slowly than c/L" in note
   shallow = [list(0.3 * L**-0.2 * np.exp(rng.normal(0, 0.01, 5))) for L in depths]
-  assert theory.read_bound(depths, shallow)["note"] == "no law fits: δ falls more slowly than c/sqrt(L) (slope -0.50)"
+  assert theory.read_bound(depths, shallow).note == "no law fits: δ falls more slowly than c/sqrt(L) (slope -0.50)"
 
 
 def test_read_bound_never_raises_on_data_it_cannot_fit():
   reading = theory.read_bound([2, 8, 32], [[0.0, 0.0], [0.0], [None]])
-  assert reading["c_min"] == 0.0 and reading["slope"] is None and "fewer than two" in reading["note"]
-  assert theory.read_bound([2], [[None]])["c_min"] is None
+  assert reading.c_min == 0.0 and reading.slope is None and "fewer than two" in reading.note
+  assert theory.read_bound([2], [[None]]).c_min is None
   assert not theory.fittable([2, 8], [0.0, 0.0]) and theory.fittable([2, 8], [0.1, 0.2])

@@ -57,7 +57,7 @@ def test_digits_run_learns_and_writes_its_outputs(tmp_path):
   assert len(losses) == 3 and losses[-1] < 0.5 * losses[0]
   with open(tmp_path / "summary.json") as f:
     assert json.load(f)["trained"]["by_kind"]["block"]["num_ratios"] == 3 * 32
-  assert summary.init.block.delta_max > 0 and len(summary.trained.profile["delta_mean"]) == 3
+  assert summary.init.block["delta_max"] > 0 and len(summary.trained.profile["delta_mean"]) == 3
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -278,8 +278,8 @@ def test_bfloat16_trains_to_the_float32_accuracy_and_measures_alike(tmp_path):
     runs[dtype] = loop.train_and_evaluate(config, str(tmp_path / dtype))
   full, half = runs["float32"], runs["bfloat16"]
   assert full.test_accuracy > 0.9 and abs(half.test_accuracy - full.test_accuracy) <= 0.02
-  assert half.trained.block.delta_mean == pytest.approx(full.trained.block.delta_mean, rel=0.1)
-  assert half.trained.block.log_gain == pytest.approx(full.trained.block.log_gain, rel=0.1)
+  assert half.trained.block["delta_mean"] == pytest.approx(full.trained.block["delta_mean"], rel=0.1)
+  assert half.trained.block["log_gain"] == pytest.approx(full.trained.block["log_gain"], rel=0.1)
 
 
 def test_the_train_mode_mini_batch_ratio_is_that_of_the_batch_the_next_step_trains_on(tmp_path):
@@ -288,7 +288,7 @@ def test_the_train_mode_mini_batch_ratio_is_that_of_the_batch_the_next_step_trai
   from the checkpoint of step 2 in train mode on the batch of (0-based) step 2, the Frobenius norm
   of each site's gradient over the whole batch; eval mode on that batch, or train mode on the
   batch of step 1, give other ratios."""
-  from resnorm import records, signal, sweep_plan, train
+  from resnorm import models, records, signal, sweep_plan, train
 
   config = sweep_plan.run_config(
     helpers.tiny_image_sweep(depths=(20,), settings=("preact_resnet",)), "preact_resnet", 20, 0
@@ -300,7 +300,7 @@ def test_the_train_mode_mini_batch_ratio_is_that_of_the_batch_the_next_step_trai
   recorded = np.array(row["layers"]["train_batch_ratio"])
 
   dataset = data_lib.load(config.data)
-  model = loop.build_model(config, dataset.num_outputs)
+  model = models.from_config(config.model, dataset.num_outputs)
   state = ocp.CheckpointManager(str(tmp_path / "checkpoints")).restore(2)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   loss_fn = train.loss_function(dataset.task)

@@ -197,7 +197,7 @@ def test_the_stream_of_sequences_records_token_cosine_and_the_profile_keeps_it()
   token_delta = np.abs(np.asarray(report.token_ratio, np.float64) - 1).mean(axis=(1, 2))
   np.testing.assert_allclose(profile["token_delta_mean"], token_delta, rtol=1e-12)
   assert signal.report_kinds(report) == ["attention", "block", "mlp"]
-  assert signal.summarize(report, "block").num_layers == 8
+  assert signal.delta_statistics(report, "block")["num_layers"] == 8
 
 
 def test_bfloat16_runs_jitted_with_finite_ratios():
@@ -261,9 +261,9 @@ def test_the_transformer_sweep_runs_end_to_end_and_a_group_of_branch_scales_equa
     for setting, depth in ((run.setting, run.depth) for run in runs)
   }
   reference = trained["pre_ln_zero_init", 2]
-  assert reference.init.block.delta_max == 0 and reference.init.block.num_layers == 4
+  assert reference.init.block["delta_max"] == 0 and reference.init.block["num_layers"] == 4
   assert set(reference.trained.by_kind) == {"attention", "block", "mlp"}
-  assert reference.trained.block.delta_max > 0  # training moved it: the depth dependence is learned
+  assert reference.trained.block["delta_max"] > 0  # training moved it: the depth dependence is learned
   assert len(reference.trained.profile["token_c"]) == 4
   for setting in ("pre_ln", "pre_ln_inv_L"):
     single = [run for run in runs if run.setting == setting and run.depth == 2][0].config
@@ -272,14 +272,14 @@ def test_the_transformer_sweep_runs_end_to_end_and_a_group_of_branch_scales_equa
     assert grouped.group_size == 2 and alone.group_size == 1
     assert grouped.test_loss == pytest.approx(alone.test_loss, rel=1e-5), setting
     for stage in ("init", "trained"):
-      assert grouped.measurement(stage).block.delta_max == pytest.approx(
-        alone.measurement(stage).block.delta_max, rel=1e-5
+      assert grouped.measurement(stage).block["delta_max"] == pytest.approx(
+        alone.measurement(stage).block["delta_max"], rel=1e-5
       ), (setting, stage)
-  assert trained["pre_ln", 2].init.block.delta_max != trained["pre_ln_inv_L", 2].init.block.delta_max
+  assert trained["pre_ln", 2].init.block["delta_max"] != trained["pre_ln_inv_L", 2].init.block["delta_max"]
   # Rank collapse in the tables: the tokens' cosine after the last block, the mean over the seeds.
 
   family = summary.models["pre_ln"]
-  assert family.trained.token_c_last[1] == pytest.approx(trained["pre_ln", 2].trained.profile["token_c"][-1])
-  assert all(0 < c <= 1 for c in family.init.token_c_last + family.trained.token_c_last)
+  assert family.trained.means["token_c_last"][1] == pytest.approx(trained["pre_ln", 2].trained.profile["token_c"][-1])
+  assert all(0 < c <= 1 for c in family.init.means["token_c_last"] + family.trained.means["token_c_last"])
   assert "token cos" in report.format_table(summary)
   assert "### Rank collapse" in "\n".join(report.glance(summary, heading="###"))

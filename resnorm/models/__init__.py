@@ -182,3 +182,15 @@ def create_model(name: str, depth: int, num_classes: int = 10, **overrides) -> n
   if unknown:
     raise validation.invalid(unknown[0], overrides[unknown[0]], f"an option of {name}: one of {sorted(spec.defaults)}")
   return spec.build(depth, num_classes, **{**spec.defaults, **overrides})
+
+
+def from_config(model_config, num_outputs: int) -> nn.Module:
+  """A run config's ``model`` section (``name``, ``depth`` and options) built through the
+  registry; options that only other families take are dropped (:func:`accepted_options`)."""
+  options = {k: v for k, v in model_config.items() if k not in ("name", "depth")}
+  return create_model(
+    model_config.name,
+    model_config.depth,
+    num_classes=num_outputs,
+    **accepted_options(model_config.name, options, prefix=""),
+  )

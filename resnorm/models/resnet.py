@@ -79,10 +79,9 @@ against. ``remat=True`` recomputes each block's activations in the backward pass
 ``remat_policy`` says (:data:`REMAT_POLICIES`, names in ``jax.checkpoint_policies`` as in
 big_vision): ``'nothing_saveable'`` keeps only the blocks' inputs and recomputes the whole block,
 convolutions included; ``'dots_saveable'`` keeps the convolutions' outputs and recomputes only the
-BatchNorms and ReLUs (the memory of each: benchmarks/RESULTS.md, section 4). XLA's CPU
-backend runs convolution gradients inside loops on a slow path (jax-ml/jax#12868), so on CPU
-the scanned train step is slower than the unrolled one (benchmarks/RESULTS.md, section 3); on
-GPU and TPU the scanned build is the intended one.
+BatchNorms and ReLUs. XLA's CPU backend runs convolution gradients inside loops on a slow path
+(jax-ml/jax#12868), so on CPU the scanned train step is slower than the unrolled one; on GPU and
+TPU the scanned build is the intended one.
 
 BatchNorm normalises with the batch statistics and updates its running averages (momentum
 ``bn_momentum``) with ``train=True``, and uses the running averages with ``train=False``.
