@@ -6,10 +6,11 @@ r"""The depth sweep's wall time against its arithmetic floor, and where the rest
 
 Runs the sweep as ``python -m experiments.sweep`` runs it (``config.parallel_runs`` worker
 processes) on an empty persistent compilation cache: its wall time, and its XLA compilations as
-the programs it adds to the cache. Then runs it again in this process, one group at a time, on
-another empty cache, and splits that run's time into thread-seconds: tracing and compiling (JAX's
-own monitoring events), training stretches, measurements, evaluations, creating the initial
-states, and writing the outputs and the figures; each net of the compilation inside it.
+the programs it adds to the cache. With worker processes, runs it again in this process, one group
+at a time, on another empty cache (``--quick`` runs in this process from the start), and splits
+that run's time into thread-seconds: tracing and compiling (JAX's own monitoring events), training
+stretches, measurements, evaluations, creating the initial states, and writing the outputs and the
+figures; each net of the compilation inside it.
 
 The floor: one compiled stretch of ``--floor_steps`` steps of a stack of the sweep's own blocks
 at the largest depth (batch, width and hidden of the config; one run, the library's
@@ -104,6 +105,7 @@ def sweep_config():
     config.data.train_size, config.data.test_size, config.model.width, config.model.hidden = 256, 64, 8, 8
     config.batch_size, config.num_steps, config.log_every, config.signal.every = 32, 20, 10, 10
     config.signal.num_examples, config.signal.free_examples = 32, 8
+    config.parallel_runs = 1  # in this process: the parts are the timed run's own
   return config
 
 
@@ -172,17 +174,20 @@ def main(argv):
   measured = [floor_seconds_per_block_step(config, _FLOOR_STEPS.value)]
   sweeps = []
   for variant in ("first run", "rerun, compilation cache warm")[: 2 if _RERUN.value else 1]:
+    clock.seconds.clear()
     wall, compiles = timed_sweep(config, cache)
     sweeps.append((variant, wall, compiles))
-  # The parts: the same sweep in this process, one group at a time, on an empty cache of its own.
-  _use_cache(tempfile.mkdtemp(prefix="resnorm-sweep-parts-cache-"))
-  clock.seconds.clear()
-  in_process = config.copy_and_resolve_references()
-  in_process.parallel_runs = 1
-  parts_wall, _ = timed_sweep(in_process, jax.config.jax_compilation_cache_dir)
-  parts = dict(clock.seconds)
+    if variant == "first run":
+      parts, parts_wall = dict(clock.seconds), wall
+  if config.parallel_runs > 1:  # the parts: the same sweep in this process, one group at a time, on a cold cache
+    _use_cache(tempfile.mkdtemp(prefix="resnorm-sweep-parts-cache-"))
+    clock.seconds.clear()
+    in_process = config.copy_and_resolve_references()
+    in_process.parallel_runs = 1
+    parts_wall, _ = timed_sweep(in_process, jax.config.jax_compilation_cache_dir)
+    parts = dict(clock.seconds)
+    _use_cache(cache)
   parts["outputs and figures"] = parts.get("outputs and figures", 0.0) - parts.get("figures", 0.0)
-  _use_cache(cache)
   if _LONG_RUN.value:
     single = [run for run in sweep_plan.plan(config) if run.depth == max(config.depths)][0].config
     steps = _LONG_RUN.value

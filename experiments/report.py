@@ -1,14 +1,14 @@
-r"""Write a sweep's report from its summary, or bring a Markdown file's generated sections up to date.
+r"""Write a sweep's report from its summary, or bring the generated sections of Markdown files up to date.
 
-    python -m experiments.report --summary=/tmp/sweep/summary.json     # prints report.md
-    python -m experiments.report --readme=README.md                    # regenerates README's findings
+    python -m experiments.report --summary=/tmp/sweep/summary.json          # prints report.md
+    python -m experiments.report README.md docs/findings/*.md               # regenerates their sections
 
 A generated section of a Markdown file lies between ``<!-- report: PATH -->`` and
-``<!-- /report -->``, PATH a summary.json relative to the repository root; its figures are
-linked in PATH's directory. ``<!-- report: PATH budgets -->`` holds only the report's budget
-ladder (:func:`resnorm.report.budget_ladder`), ``<!-- report: PATH glance -->`` its slopes at a
-glance (:func:`resnorm.report.glance`). ``--readme`` replaces every such section by
-the report of its summary; nothing else in the file changes.
+``<!-- /report -->``, PATH a summary.json relative to the Markdown file; its figures are linked in
+PATH's directory. ``<!-- report: PATH glance -->`` holds only the report's slopes at a glance
+(:func:`resnorm.report.glance`), ``<!-- report: PATH budgets -->`` only its budget ladder
+(:func:`resnorm.report.budget_ladder`). Regenerating replaces every such section by the report of
+its summary; nothing else in the file changes.
 """
 
 import os
@@ -16,10 +16,10 @@ import re
 
 from absl import app, flags
 
+from experiments import cli
 from resnorm import records, report
 
 _SUMMARY = flags.DEFINE_string("summary", None, "A sweep's summary.json: print its report.")
-_README = flags.DEFINE_string("readme", None, "A Markdown file whose generated sections to regenerate.")
 
 SECTION = re.compile(
   r"(<!-- report: (?P<path>\S+)(?: (?P<part>budgets|glance))? -->\n)(?P<body>.*?)(<!-- /report -->)", re.DOTALL
@@ -27,9 +27,9 @@ SECTION = re.compile(
 
 
 def section(summary_path: str, root: str = "", part: str | None = None) -> str:
-  """The report of the summary at ``summary_path`` (relative to ``root``) as a README section;
-  ``part="budgets"``: its budget ladder only; ``part="glance"``: its slopes at a glance and what
-  each setting's initialisation decides."""
+  """The report of the summary at ``summary_path`` (relative to ``root``, the Markdown file's
+  folder) as a section; ``part="budgets"``: its budget ladder only; ``part="glance"``: its slopes
+  at a glance and what each setting's initialisation decides."""
   summary = records.read_summary(os.path.join(root, summary_path))
   if part == "budgets":
     return "\n".join(report.budget_ladder(summary, heading="###")).rstrip() + "\n"
@@ -50,16 +50,18 @@ def regenerated(text: str, root: str = "") -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if _README.value is None:
-    if _SUMMARY.value is None:
-      raise app.UsageError("give --summary (print a report) or --readme (regenerate its sections)")
+  markdown = argv[1:]
+  if _SUMMARY.value is not None:
+    if markdown:
+      raise app.UsageError("give --summary (print a report) or Markdown files (regenerate their sections), not both")
     print(report.render(records.read_summary(_SUMMARY.value)), end="")
     return
-  readme = records.path(_README.value)
-  records.write_text(readme, regenerated(readme.read_text(), os.path.dirname(_README.value)))
+  if not markdown:
+    raise app.UsageError("give --summary (print a report) or Markdown files whose generated sections to regenerate")
+  for name in markdown:
+    location = records.path(name)
+    records.write_text(location, regenerated(location.read_text(), os.path.dirname(name)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -40,7 +40,18 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from experiments import sweep_outputs
-from resnorm import checkpoints, config_validation, data, loop, models, ownership, preemption, records, sweep_plan
+from resnorm import (
+  checkpoints,
+  config_validation,
+  data,
+  loop,
+  models,
+  ownership,
+  preemption,
+  records,
+  statistics,
+  sweep_plan,
+)
 from resnorm.sweep_summary import summarize_sweep
 
 SET_ASIDE = "set_aside"  # run directories whose files did not read, moved here
@@ -216,7 +227,7 @@ def _train_in_workers(jobs, workers: int, finished, should_stop) -> list | None:
 class _WorkerSettings:
   """What a spawned worker takes over from the process that starts it: the JAX settings a fresh
   process would not have, the logging verbosity, and the modules (or, for a config file, the
-  files) that register the families and datasets of the runs."""
+  files) that register the families, datasets and statistics of the runs."""
 
   cache_dir: str | None
   min_compile_secs: float
@@ -227,6 +238,7 @@ class _WorkerSettings:
   @classmethod
   def here(cls, configs, workers: int) -> _WorkerSettings:
     registering = [models.family(c.model.name).build for c in configs] + [data.LOADERS[c.data.name] for c in configs]
+    registering += [statistic.compute for statistic in statistics.REGISTRY.values()]  # every measurement takes all
     imports, files = set(), set()
     for function in registering:
       module = inspect.getmodule(function)

@@ -247,6 +247,7 @@ def glance(summary: records.SweepSummary, heading: str = "##") -> list[str]:
   """The slopes at a glance and, setting by setting, what its initialisation decides about
   δ_max(L) (a short part of :func:`render`, for a README)."""
   lines = [f"{heading} Slopes at a glance ({budget_text(summary.reference.budget)})", "", *_glance(summary), ""]
+  lines += ["The statistics: " + "; ".join(s.description for s in statistics.read_as_bound()) + ".", ""]
   for name, family in summary.models.items():
     decided = _by_construction(name, family)
     if decided:
@@ -421,7 +422,7 @@ def _reading_sentence(label: str, stage: records.Stage, key: str) -> str:
 def _by_construction(name: str, family: records.FamilyResults) -> str:
   """What the initialisation already decides about δ_max(L), from the measurements at init."""
   if family.construction:
-    return "At initialisation this setting is the constructed network (above)."
+    return "At initialisation this setting is the theorem's constructed network."
   init = family.init.means["delta_max"]
   if all(v == 0 for v in init if v is not None) and any(v is not None for v in init):
     return (

@@ -111,7 +111,7 @@ def test_direction_free_extremes_equal_a_dense_float64_svd(name, x64):
   model = models.create_model(name, 3, num_classes=4, width=6, hidden=10)  # residual: branches scaled by 1/L
   scale = 1 / 3 if name == "mlp_residual" else 1.0
   x = jax.random.normal(jax.random.key(1), (5, 4), jnp.float64)
-  variables = model.init(jax.random.key(2), x)
+  variables = jax.jit(model.init)(jax.random.key(2), x)
   blocks = models.family(name).block_stack(model, variables, x)
   extremes = _extremes(blocks)
   params = jax.tree.map(np.asarray, blocks.params["params"])
@@ -144,7 +144,7 @@ def _extremes(blocks, **options):
 def test_lanczos_extremes_approach_the_dense_ones_from_inside(x64):
   model = models.create_model("mlp_residual", 2, num_classes=4, width=6, hidden=10)
   x = jax.random.normal(jax.random.key(1), (3, 4), jnp.float64)
-  blocks = models.family("mlp_residual").block_stack(model, model.init(jax.random.key(2), x), x)
+  blocks = models.family("mlp_residual").block_stack(model, jax.jit(model.init)(jax.random.key(2), x), x)
   dense = _extremes(blocks)
   sparse = _extremes(blocks, dense=False, key=jax.random.key(3), num_iterations=6)
   chex.assert_trees_all_close(sparse, dense, rtol=1e-8, atol=0.0, strict=True)  # 6 iterations span R^6: exact
@@ -155,7 +155,7 @@ def test_measured_ratios_never_exceed_the_direction_free_delta():
   model = models.create_model("mlp_residual", 4, num_classes=4, width=6, hidden=10, branch_scale="1")
   x = jax.random.normal(jax.random.key(1), (16, 4))
   y = jax.random.normal(jax.random.key(4), (16, 4))
-  variables = model.init(jax.random.key(2), x)
+  variables = jax.jit(model.init)(jax.random.key(2), x)
   report = jax.jit(lambda v: signal.measure(model, v, x, y, train.loss_function("regression")))(variables)
   extremes = _extremes(models.family("mlp_residual").block_stack(model, variables, x))
   ratio = np.asarray(report.ratio)[[k == "block" for k in report.kinds]]

@@ -16,7 +16,9 @@ from test_train import tiny_run
 
 
 def _member(seed, **overrides):
-  return tiny_run(seed=seed, checkpoint_every=0, log_every=5, **{"signal.every": 10, **overrides})
+  return tiny_run(
+    seed=seed, checkpoint_every=0, log_every=5, **{"signal.every": 10, "signal.free_examples": 8, **overrides}
+  )
 
 
 MEMBERS = [  # two seeds of a zero-initialised stack, two of one with branches scaled by 1/L and

@@ -153,14 +153,8 @@ def _scalars(workdir):
   return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize(
-  "variant",
-  [
-    "procresnet166",
-    pytest.param("preact164", marks=pytest.mark.slow),
-    pytest.param("resnet110", marks=pytest.mark.slow),
-  ],
-)
+@pytest.mark.slow  # the CIFAR recipe end to end (augmentation, epochs, evaluation); only here
+@pytest.mark.parametrize("variant", ["procresnet166", "preact164", "resnet110"])
 def test_two_epochs_of_a_cifar_variant_on_mock_data(tmp_path, caplog, variant):
   import tensorflow_datasets as tfds
 

@@ -39,11 +39,13 @@ def test_residual_and_plain_share_parameters_but_not_the_skip():
   inputs = jax.random.normal(jax.random.key(1), (3, 5))
   residual = models.create_model("mlp_residual", 2, num_classes=2, branch_scale="1")
   plain = models.create_model("mlp_plain", 2, num_classes=2)
-  variables = residual.init(jax.random.key(2), inputs)
-  assert jax.tree.structure(variables["params"]) == jax.tree.structure(plain.init(jax.random.key(2), inputs)["params"])
+  variables = jax.jit(residual.init)(jax.random.key(2), inputs)
+  assert jax.tree.structure(variables["params"]) == jax.tree.structure(
+    jax.jit(plain.init)(jax.random.key(2), inputs)["params"]
+  )
   x = jax.random.normal(jax.random.key(3), (3, 6))
   block = mlp.MLPBlock(hidden=4, branch_scale=0.5)
-  block_variables = block.init(jax.random.key(4), x)
+  block_variables = jax.jit(block.init)(jax.random.key(4), x)
   assert float(block_variables["constants"]["branch_scale"]) == 0.5
   with_skip = block.apply(block_variables, x)[0]
   branch = mlp.MLPBlock(hidden=4, residual=False).apply({"params": block_variables["params"]}, x)[0]
@@ -59,7 +61,7 @@ def test_residual_and_plain_stacks_differ_only_in_their_constants():
   inputs = jax.random.normal(jax.random.key(1), (3, 5))
   residual = models.create_model("mlp_residual", 3, num_classes=2, branch_scale="1/L")
   plain = mlp.MLPStack(depth=3, num_outputs=2, residual=False, branch_scale=0.25)
-  with_skip, without = residual.init(jax.random.key(2), inputs), plain.init(jax.random.key(2), inputs)
+  with_skip, without = jax.jit(residual.init)(jax.random.key(2), inputs), jax.jit(plain.init)(jax.random.key(2), inputs)
   assert jax.tree.structure(with_skip) == jax.tree.structure(without)
   chex.assert_trees_all_equal(with_skip["params"], without["params"], strict=True)
   constants = {

@@ -14,6 +14,7 @@ def test_delta_vs_depth_notebook_executes(tmp_path):
     settings=("residual_zero_init",),
     seeds=(0, 1),
     num_steps=10,
+    parallel_runs=1,  # the notebook's cells, not the workers (test_faults.py's SIGTERM test starts those)
     workdir=str(tmp_path / "sweep"),
   )
   outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]

@@ -124,6 +124,17 @@ def test_every_package_folder_is_installed():
         ), package
 
 
+@pytest.mark.slow  # setuptools reads the project in a subprocess
+def test_setup_py_defers_to_pyproject_toml(tmp_path):
+  """The top-level setup.py declares nothing of its own: setuptools reads the name, version and
+  dependencies from pyproject.toml."""
+  result = subprocess.run(
+    [sys.executable, "setup.py", "--name", "--version"], cwd=helpers.REPO, capture_output=True, text=True, check=True
+  )
+  project = _pyproject()["project"]
+  assert result.stdout.split() == [project["name"], project["version"]]
+
+
 def test_the_console_scripts_run_the_entry_points_as_python_dash_m_does():
   scripts = _pyproject()["project"]["scripts"]
   assert set(scripts) == {"resnorm-sweep", "resnorm-train", "resnorm-report", "resnorm-spectra"}

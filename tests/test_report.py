@@ -15,29 +15,29 @@ from resnorm import records, report, statistics, theory
 README = os.path.join(helpers.REPO, "README.md")
 
 
-def test_readme_findings_are_the_reports_of_their_committed_summaries():
-  with open(README) as f:
-    sections = report_entry.sections(f.read())
-  assert [(path, part) for path, part, _ in sections] == [
-    ("docs/summary.json", None),
-    ("docs/ladder/summary.json", "budgets"),
-    ("docs/images/summary.json", None),
-    ("docs/transformers/summary.json", "glance"),
-  ]
-  for path, part, body in sections:
-    assert body == report_entry.section(path, helpers.REPO, part), (
-      f"README's section of {path} is stale: run python -m experiments.report --readme=README.md"
-    )
-  assert "Budget ladder" in sections[1][2]
+FINDINGS = os.path.join(helpers.REPO, "docs", "findings")
 
 
-@pytest.mark.parametrize("sweep_name", ["ladder", "images", "transformers"])
-def test_the_committed_reports_are_their_summaries(sweep_name):
-  """docs/<sweep>/report.md is the report of the summary beside it."""
-  directory = os.path.join(helpers.REPO, "docs", sweep_name)
-  summary = records.read_summary(os.path.join(directory, "summary.json"))
-  with open(os.path.join(directory, "report.md")) as f:
-    assert f.read() == report.render(summary)
+def test_every_generated_section_is_the_report_of_its_committed_summary():
+  """README's headline (the default sweep's slopes at a glance) and docs/findings/*.md (each sweep's
+  whole report) are, between their markers, what their summaries say: nothing there is written by hand."""
+  documents = {README: [("docs/summary.json", "glance")]}
+  for name, summary in (
+    ("depth_sweep", "../summary.json"),
+    ("ladder", "../ladder/summary.json"),
+    ("images", "../images/summary.json"),
+    ("transformers", "../transformers/summary.json"),
+  ):
+    documents[os.path.join(FINDINGS, f"{name}.md")] = [(summary, None)]
+  assert sorted(os.listdir(FINDINGS)) == sorted(os.path.basename(d) for d in documents if d != README)
+  for document, expected in documents.items():
+    with open(document) as f:
+      found = report_entry.sections(f.read())
+    assert [(path, part) for path, part, _ in found] == expected, document
+    for path, part, body in found:
+      assert body == report_entry.section(path, os.path.dirname(document), part), (
+        f"{document}'s section of {path} is stale: run python -m experiments.report {document}"
+      )
 
 
 def test_regenerating_the_readme_changes_nothing_else(tmp_path):

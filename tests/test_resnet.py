@@ -209,7 +209,7 @@ def test_inits_draw_the_reference_variances(name, init):
     "head": (None, 2.0, 1 / 3),
   }
   column = ("he_fan_out", "chainer", "pytorch").index(init)
-  params = models.create_model(name, model_depth, init=init).init(jax.random.key(1), x)["params"]
+  params = jax.jit(models.create_model(name, model_depth, init=init).init)(jax.random.key(1), x)["params"]
   for path, kernel in traverse_util.flatten_dict(params).items():
     if path[-1] != "kernel":
       continue
@@ -473,6 +473,7 @@ def _block_log_ratios(model, variables, x, y):
   return log_ratios, signal.delta_statistics(report)["delta_p50"]
 
 
+@pytest.mark.slow  # the seed's contrast on image networks; test_signal.py checks the ratios themselves
 def test_plain_backward_gain_compounds_with_depth_while_residual_ratios_stay_near_one():
   """Σ_{l<k} log r_l, the log of the backward gain across the first k blocks, against k, for
   ResNet-74 and its plain twin at the same initial parameters (skips hold none)."""
@@ -520,7 +521,10 @@ def _first_identity_block(model, variables, x):
   return block_input, lambda v: block.apply(block_variables, v)
 
 
-@pytest.mark.parametrize("name, is_theorems_block", [("preact_resnet", True), ("resnet", False)])
+@pytest.mark.parametrize(
+  "name, is_theorems_block",
+  [pytest.param("preact_resnet", True, marks=pytest.mark.slow), ("resnet", False)],  # the MLPs' oracle: test_signal.py
+)
 def test_a_measured_block_ratio_is_the_dense_jacobian_i_plus_df_for_the_preact_block_only(name, is_theorems_block):
   """The first identity block's measured ratio r = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖ against
   ‖(I + DF)ᵀ g‖ / ‖g‖, with g = ∂E/∂x_{k+1} (measured) and I + DF the block's dense Jacobian
@@ -530,9 +534,13 @@ def test_a_measured_block_ratio_is_the_dense_jacobian_i_plus_df_for_the_preact_b
   model = models.create_model(name, SMALL[name], width_multiplier=0.25, scan=False)
   x, y = _batch(size=4, image=8, seed=3)
   variables = _random_variables(model, x, seed=3)
-  sites, _ = signal.stream_gradients(model, variables, x, y, _cross_entropy, train=False)
-  gradients = [g for _, stacked in sites for g in stacked]  # ∂E/∂x_k at every site k, in stream order
-  report = signal.measure(model, variables, x, y, _cross_entropy, train=False)
+  stacked, report = jax.jit(
+    lambda v: (
+      [g for _, g in signal.stream_gradients(model, v, x, y, _cross_entropy, train=False)[0]],
+      signal.measure(model, v, x, y, _cross_entropy, train=False),
+    )
+  )(variables)
+  gradients = [g for site in stacked for g in site]  # ∂E/∂x_k at every site k, in stream order
   block_input, block = _first_identity_block(model, variables, x)
   k = report.kinds.index("block")  # r_k: the layer from site k (its input) to site k + 1
   g_out = np.asarray(gradients[k + 1], np.float64).reshape(len(x), -1)

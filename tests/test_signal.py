@@ -44,10 +44,13 @@ def test_probe_gradients_equal_grad_wrt_explicit_stream(x64, name):
   )
   inputs = jax.random.normal(jax.random.key(0), (6, 4), jnp.float64)
   targets = jax.random.normal(jax.random.key(1), (6, 3), jnp.float64)
-  params = _float64(model.init(jax.random.key(2), inputs)["params"])
-  sites, _ = signal.stream_gradients(model, {"params": params}, inputs, targets, _mse)
-  probe = {name: g for name, g in sites}
-  assert [s for s, _ in sites] == ["00_input", "01_stem", "02_block"]
+  params = _float64(jax.jit(model.init)(jax.random.key(2), inputs)["params"])
+  names = [site for site, _ in signal.stream_gradients(model, {"params": params}, inputs, targets, _mse)[0]]
+  assert names == ["00_input", "01_stem", "02_block"]
+  gradients = jax.jit(
+    lambda p: [g for _, g in signal.stream_gradients(model, {"params": p}, inputs, targets, _mse)[0]]
+  )(params)
+  probe = dict(zip(names, gradients))
 
   residual, scale = name == "mlp_residual", 1 / np.sqrt(depth)
   xs, block, head = _explicit_stream(params, inputs, residual, scale)
@@ -61,7 +64,7 @@ def test_probe_gradients_equal_grad_wrt_explicit_stream(x64, name):
     return loss
 
   # Probe "01_stem" is x_0; probe "02_block"[l] is x_{l+1}.
-  oracle = [jax.grad(loss_from(l))(xs[l]) for l in range(depth + 1)]
+  oracle = jax.jit(lambda xs: [jax.grad(loss_from(l))(xs[l]) for l in range(depth + 1)])(xs)
   measured = [probe["01_stem"][0]] + list(probe["02_block"])
   for l, (got, want) in enumerate(zip(measured, oracle)):
     error = np.linalg.norm(got - want) / np.linalg.norm(want)
@@ -76,8 +79,8 @@ def test_linear_residual_ratios_lie_within_singular_values_of_each_block(x64):
   model = create_model("linear_residual", depth, num_classes=5, width=width, branch_scale=0.5)
   inputs = jax.random.normal(jax.random.key(3), (32, 9), jnp.float64)
   targets = jax.random.normal(jax.random.key(4), (32, 5), jnp.float64)
-  params = _float64(model.init(jax.random.key(5), inputs)["params"])
-  report = signal.measure(model, {"params": params}, inputs, targets, _mse)
+  params = _float64(jax.jit(model.init)(jax.random.key(5), inputs)["params"])
+  report = jax.jit(lambda p: signal.measure(model, {"params": p}, inputs, targets, _mse))(params)
   blocks = np.array([k == "block" for k in report.kinds])
   ratios = np.asarray(report.ratio)[blocks]
   assert ratios.shape == (depth, 32)
@@ -93,7 +96,7 @@ def test_ratios_are_per_example(x64):
   model = create_model("mlp_residual", 4, num_classes=2, width=8, hidden=8, branch_scale=1.0)
   inputs = jax.random.normal(jax.random.key(6), (5, 3), jnp.float64)
   targets = jax.random.normal(jax.random.key(7), (5, 2), jnp.float64)
-  variables = _float64(model.init(jax.random.key(8), inputs))
+  variables = _float64(jax.jit(model.init)(jax.random.key(8), inputs))
   measure = jax.jit(lambda x, y: signal.measure(model, variables, x, y, _mse))
   batch = measure(inputs, targets)
   for i in range(5):
@@ -105,7 +108,8 @@ def test_zero_initialised_branches_preserve_norms_exactly():
   model = create_model("mlp_residual", 8, num_classes=2, zero_init_last=True, branch_scale="1")
   inputs = jax.random.normal(jax.random.key(9), (16, 3))
   targets = jax.random.normal(jax.random.key(10), (16, 2))
-  report = signal.measure(model, model.init(jax.random.key(11), inputs), inputs, targets, _mse)
+  variables = jax.jit(model.init)(jax.random.key(11), inputs)
+  report = jax.jit(lambda v: signal.measure(model, v, inputs, targets, _mse))(variables)
   summary = signal.delta_statistics(report)
   assert summary["delta_max"] <= 1e-6 and summary["num_ratios"] == 8 * 16  # float32 rounding only
   assert report.kinds == ("stem",) + ("block",) * 8
@@ -137,8 +141,8 @@ def test_summary_statistics_match_numpy():
 def test_forward_statistics():
   model = create_model("mlp_plain", 3, num_classes=2, width=4, hidden=4)
   inputs = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], np.float32)
-  variables = model.init(jax.random.key(12), inputs)
-  report = signal.measure(model, variables, inputs, jnp.zeros((3, 2)), _mse)
+  variables = jax.jit(model.init)(jax.random.key(12), inputs)
+  report = jax.jit(lambda v: signal.measure(model, v, inputs, jnp.zeros((3, 2)), _mse))(variables)
   np.testing.assert_allclose(report.stream_norm[0], [1.0, 2.0, np.sqrt(2)], rtol=1e-6)
   assert float(report.q[0]) == pytest.approx(np.mean(np.square(inputs)))
   unit = inputs / np.linalg.norm(inputs, axis=1, keepdims=True)

@@ -280,7 +280,12 @@ def _sweep_group_against_float64(settings):
 
 
 @pytest.mark.parametrize(
-  "settings", [("residual_layer_norm",), ("plain_layer_norm",), ("residual_layer_norm", "plain_layer_norm")]
+  "settings",
+  [
+    pytest.param(("residual_layer_norm",), marks=pytest.mark.slow),  # two seeds of one setting
+    pytest.param(("plain_layer_norm",), marks=pytest.mark.slow),
+    ("residual_layer_norm", "plain_layer_norm"),  # the sweep's group of a depth: the case forward mode failed
+  ],
 )
 def test_the_sweeps_compiled_direction_free_measure_matches_a_float64_oracle(settings):
   """The block Jacobians' extreme singular values as the default sweep computes them (float32, the

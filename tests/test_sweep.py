@@ -1,6 +1,7 @@
 """The depth sweep end to end: outputs, aggregation, reuse, divergence, bad input."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -98,6 +99,17 @@ def test_aggregate_from_the_command_line(sweeps, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert _read(tmp_path / "summary.json") == _read(root / "joint" / "summary.json")
   assert "mlp_residual (mlp_residual, 1 seed" in result.stdout and "δ_max init" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_sweep_in_worker_processes_equals_the_sweep_in_one_process(sweeps, tmp_path):
+  """``parallel_runs = 2``: the groups train in two spawned worker processes, and the summary is
+  the one the same sweep wrote training them one after another in this process."""
+  root, joint = sweeps
+  config = tiny_sweep()
+  config.parallel_runs = 2
+  assert len(sweep_plan.groups(sweep_plan.plan(config))) == 2  # one group a worker
+  assert sweep_runner.run_sweep(config, str(tmp_path), progress=False) == joint
 
 
 @pytest.mark.slow
@@ -220,14 +232,20 @@ def test_the_first_format_is_refused_naming_it_and_nothing_is_converted(tmp_path
 
 
 def test_zero_initialised_branches_give_a_note_not_a_lost_sweep(tmp_path):
-  """δ = 0 at every depth at initialisation: no law can be fitted there, the sweep still writes
-  its summary, with the note, and c_min = 0."""
-  config = tiny_sweep(settings=("residual_zero_init",))
-  summary = sweep_runner.run_sweep(config, str(tmp_path), progress=False)
+  """δ = 0 at every depth at initialisation (every block the identity, as test_signal.py measures
+  of zero-initialised branches): no law can be fitted there, the sweep still writes its summary,
+  with the note, and c_min = 0."""
+  runs = []
+  for depth, delta in ((2, 0.3), (4, 0.2)):
+    run = _synthetic_run(depth, 0, depth, delta)
+    zero = records.Measurement({"block": {**run.init.block, "delta_max": 0.0}}, {}, None)
+    runs.append(dataclasses.replace(run, init=zero))
+  summary = sweep_summary.summarize_sweep(runs, PREACT)
   init = summary.reference.init
   assert init.means["delta_max"] == [0.0, 0.0] and init.fit["c"] is None and "no fit" in init.fit["note"]
   assert init.bound["delta_max"].c_min == 0.0 and init.bound["delta_max"].slope is None
   assert summary.reference.trained.fit["c"] > 0
+  sweep_outputs.write_outputs(tmp_path, summary, runs)
   assert _read(tmp_path / "summary.json")["fit"] == summary.reference.trained.fit
 
 

@@ -27,6 +27,7 @@ def tiny_run(**overrides):
   config.num_steps, config.log_every, config.checkpoint_every = 20, 5, 10
   config.optimizer.schedule = "constant"
   config.batch_size, config.signal.num_examples = 32, 32
+  config.signal.free_examples = 0  # δ in every direction: test_groups.py's members and test_spectra.py
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split(".")
@@ -282,6 +283,7 @@ def test_bfloat16_trains_to_the_float32_accuracy_and_measures_alike(tmp_path):
   assert half.trained.block["log_gain"] == pytest.approx(full.trained.block["log_gain"], rel=0.1)
 
 
+@pytest.mark.slow  # an image run end to end; the only check of the reference's train-mode measure
 def test_the_train_mode_mini_batch_ratio_is_that_of_the_batch_the_next_step_trains_on(tmp_path):
   """The image sweep's recipe (signal.train_batch) on a pre-activation ResNet: every layer's
   recorded ratio of whole mini-batch gradient norms at step 2 equals, to 1e-5, one computed here

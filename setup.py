@@ -1,0 +1,5 @@
+"""For tools that run ``setup.py`` directly: the package is declared in pyproject.toml."""
+
+from setuptools import setup
+
+setup()
