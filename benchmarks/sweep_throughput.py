@@ -104,7 +104,7 @@ def sweep_config():
         del override["seeds"]
     config.data.train_size, config.data.test_size, config.model.width, config.model.hidden = 256, 64, 8, 8
     config.batch_size, config.num_steps, config.log_every, config.signal.every = 32, 20, 10, 10
-    config.signal.num_examples, config.signal.free_examples = 32, 8
+    config.signal.num_examples, config.signal.direction_free_examples = 32, 8
     config.parallel_runs = 1  # in this process: the parts are the timed run's own
   return config
 

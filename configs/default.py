@@ -62,12 +62,14 @@ def get_config():
   config.procrustes = ml_collections.ConfigDict(dict(enabled=False, probability=0.5, every=0, stem="correct"))
   # Backward ratios are measured on this many held-out examples, at init and after training,
   # and every `every` steps in between (0: never; written to workdir/signal.jsonl); δ in every
-  # direction (the block Jacobians' extreme singular values) on the first `free_examples` of
+  # direction (the block Jacobians' extreme singular values) on the first `direction_free_examples` of
   # them, at init and after training (0: never; families that extract their blocks). With
   # `train_batch`, every measurement during training also takes each layer's ratio of whole
   # mini-batch gradient norms in train mode on the next training batch (the reference
   # ProcResNet code's measure; it differs from eval mode where BatchNorm uses batch statistics).
-  config.signal = ml_collections.ConfigDict(dict(num_examples=256, every=100, free_examples=64, train_batch=False))
+  config.signal = ml_collections.ConfigDict(
+    dict(num_examples=256, every=100, direction_free_examples=64, train_batch=False)
+  )
   # 'random', or 'constructed': start from the theorem's network for the data's teacher (residual
   # MLPs on the teacher task: the Euler steps of its flow, resnorm.models.mlp.construct).
   config.init_from = "random"

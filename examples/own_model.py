@@ -99,5 +99,5 @@ def get_config():
   config.depths = (2, 8, 32)
   config.seeds = (0, 1)
   config.num_steps = 300
-  config.signal.free_examples = 0  # direction-free δ needs the family's block_stack hook (not given here)
+  config.signal.direction_free_examples = 0  # direction-free δ needs the family's block_stack hook (not given here)
   return config

@@ -3,9 +3,9 @@ r"""Convert the records an earlier resnorm wrote to this one's file format (``re
     python -m experiments.migrate WORKDIR [WORKDIR ...]
 
 Each WORKDIR is a sweep's workdir, a run's, or a ``summary.json``. Every summary written without
-a format (before format 1) is rewritten in format 1, and the file as it was is kept beside it as
-``summary.json.unversioned``; a sweep's ``config.json`` gets the fields the code assumed when
-they were absent. Files already in format 1 are left alone. Everything is checked before anything
+a format (before format 1) is rewritten in format 1, and every ``config.json`` in the names of
+format 1; each file as it was is kept beside it (``summary.json.unversioned``). Files already in
+format 1 are left alone. Everything is checked before anything
 is written: a file that cannot be converted (the first format, before sweeps had settings and
 seeds: a sweep config with ``models`` instead of ``settings``, a run without a seed, a record
 without a budget) is named, nothing changes, and the exit status is 1.
@@ -16,6 +16,8 @@ This command is the one place the earlier layouts are known:
   trained alone (``group_size`` 1); statistics a measurement did not keep are null;
 * sweep summaries: a stage's ``L`` is ``bound_L``; the statistics and fields it did not keep are
   null at every depth;
+* in both, the direction-free statistics ``free_*`` are ``direction_free_*``, and in configs
+  ``signal.free_examples`` is ``signal.direction_free_examples``;
 * sweep configs: ``bound_L = 'layers'`` and ``group_seeds = True``, the values the code used when
   they were absent.
 """
@@ -32,6 +34,14 @@ from resnorm import records, statistics, sweep_plan
 
 BACKUP = ".unversioned"  # appended to the name of a file that was converted
 SWEEP_CONFIG_DEFAULTS = {"bound_L": "layers", "group_seeds": True}
+RENAMED = {  # a statistic's name in format 1: its name before
+  f"direction_free_{name}": f"free_{name}" for name in ("delta_max", "delta_mean", "layer_p90_max", "examples")
+}
+
+
+def _earlier(name: str) -> str:
+  """A statistic's (or a stage column's) name before format 1."""
+  return RENAMED.get(name, name)
 
 
 class Unconvertible(ValueError):
@@ -51,7 +61,9 @@ def run_record(data: dict) -> dict:
 
 
 def _measurement(data: dict) -> dict:
-  by_kind = {kind: {name: stats.get(name) for name in statistics.REGISTRY} for kind, stats in data["by_kind"].items()}
+  by_kind = {
+    kind: {name: stats.get(_earlier(name)) for name in statistics.REGISTRY} for kind, stats in data["by_kind"].items()
+  }
   return {"by_kind": by_kind, "profile": data["profile"], "layers": data.get("layers")}
 
 
@@ -77,16 +89,25 @@ def _stage(data: dict, depths: int) -> dict:
   if "bound" not in data or "L" not in data:
     raise Unconvertible("a stage without bound readings (the first format): rerun the sweep")
   columns = [*statistics.REGISTRY, "token_c_last"]
-  means = {name: data.get(name, [None] * depths) for name in columns}
-  std = {name: data["std"].get(name, [None] * depths) for name in columns}
-  return {**means, "std": std, "bound": data["bound"], "fit": data["fit"], "bound_L": data["L"]}
+  means = {name: data.get(_earlier(name), [None] * depths) for name in columns}
+  std = {name: data["std"].get(_earlier(name), [None] * depths) for name in columns}
+  bound = {s.name: data["bound"][_earlier(s.name)] for s in statistics.read_as_bound()}
+  return {**means, "std": std, "bound": bound, "fit": data["fit"], "bound_L": data["L"]}
 
 
-def sweep_config(data: dict) -> dict:
-  """A sweep's ``config.json`` with the fields the code assumed when they were absent."""
-  if "settings" not in data:
+def config(data: dict) -> dict:
+  """A sweep's or a run's ``config.json`` in the names of format 1; a sweep's with the fields the
+  code assumed when they were absent."""
+  if "models" in data and "settings" not in data:
     raise Unconvertible("a sweep config with 'models' instead of 'settings' (the first format): rerun the sweep")
-  return {**SWEEP_CONFIG_DEFAULTS, **data}
+  converted = dict(data)
+  if "free_examples" in data.get("signal", {}):
+    signal = dict(data["signal"])
+    signal["direction_free_examples"] = signal.pop("free_examples")
+    converted["signal"] = signal
+  if "settings" in data:
+    converted = {**SWEEP_CONFIG_DEFAULTS, **converted}
+  return converted
 
 
 def _conversions(location) -> list[tuple]:
@@ -98,7 +119,7 @@ def _conversions(location) -> list[tuple]:
     files = [location / "summary.json", location / "config.json"]
     runs = location / sweep_plan.RUNS
     if runs.is_dir():
-      files += [run / "summary.json" for run in sorted(runs.iterdir())]
+      files += [run / name for run in sorted(runs.iterdir()) for name in ("summary.json", "config.json")]
   else:
     return [(location, f"not a workdir or a summary.json: {location}")]
   found = []
@@ -108,8 +129,8 @@ def _conversions(location) -> list[tuple]:
     data = records.read_json(file)
     try:
       if file.name == "config.json":
-        if "depths" in data and any(key not in data for key in SWEEP_CONFIG_DEFAULTS):
-          found.append((file, sweep_config(data)))
+        if config(data) != data:
+          found.append((file, config(data)))
       elif "format" not in data:
         converted = sweep_summary(data) if "models" in data else run_record(data)
         (records.SweepSummary if "models" in data else records.RunRecord).from_json(converted)  # it reads

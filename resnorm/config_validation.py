@@ -122,7 +122,7 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
     if examples > len(dataset.x_test):
       raise validation.invalid("num_examples", examples, f"at most the {len(dataset.x_test)} test examples")
     validation.non_negative_int("every", config.signal.every)
-    validation.non_negative_int("free_examples", config.signal.free_examples)
+    validation.non_negative_int("direction_free_examples", config.signal.direction_free_examples)
     validation.boolean("train_batch", config.signal.train_batch)
   with fields("config.convergence."):
     window, tolerance = config.convergence.window, config.convergence.tolerance

@@ -2,7 +2,7 @@
 
 A run is measured on the first ``config.signal.num_examples`` held-out examples: the ratios
 r_k = ‖∂E/∂x_k‖ / ‖∂E/∂x_{k+1}‖ of every layer and example from one backward pass
-(:func:`resnorm.signal.measure`), in eval mode; with ``config.signal.free_examples`` > 0 and a
+(:func:`resnorm.signal.measure`), in eval mode; with ``config.signal.direction_free_examples`` > 0 and a
 family that extracts its identical blocks, the block Jacobians' extreme singular values on the
 first that many examples (:func:`resnorm.spectra.block_extremes`: dense SVDs up to width
 :data:`DENSE_WIDTH`, else Lanczos), which bound every ratio; with ``config.signal.train_batch``,
@@ -41,7 +41,7 @@ class Measure:
     self.calibrate = calibrate and train.jit_few_calls(
       jax.vmap(functools.partial(calibrate, model), in_axes=(0, None)), parameters
     )
-    examples = min(config.signal.free_examples, len(self.inputs))
+    examples = min(config.signal.direction_free_examples, len(self.inputs))
     self.extremes = None
     if examples and family.block_stack is not None:
       self.direction_free_inputs = self.inputs[:examples]

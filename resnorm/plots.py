@@ -144,7 +144,7 @@ def draw_constructed_vs_trained(fig, summary: dict, constructed: str):
     (built, "init", "delta_max", "o-", "constructed δ_max"),
     (trained, "trained", "delta_max", "s-", f"trained δ_max ({reference})"),
     (trained, "trained", "delta_mean", "s:", "trained δ_mean"),
-    (trained, "trained", "free_delta_max", "d--", "trained δ in every direction (max)"),
+    (trained, "trained", "direction_free_delta_max", "d--", "trained δ in every direction (max)"),
     (built, "trained", "delta_max", "^-.", "trained from the constructed network, δ_max"),
   )
   for entry, stage, key, style, label in lines:

@@ -192,7 +192,7 @@ register(
 )
 register(
   Statistic(
-    "free_delta_max",
+    "direction_free_delta_max",
     _of_direction_free(np.max),
     "direction-free δ_max, the largest max(σ_max(J_l) − 1, 1 − σ_min(J_l)) over blocks × examples, which bounds every "
     "ratio",
@@ -233,10 +233,10 @@ register(
 register(Statistic("layer_mean_max", _per_layer(lambda d: np.nanmean(d, axis=1), np.max), "per-block mean max"))
 register(Statistic("layer_p90_mean", _per_layer(_p90_by_layer, np.mean), "per-block p90 mean"))
 register(Statistic("batch_delta_mean", _of_batch(np.mean), "whole-batch δ_mean"))
-register(Statistic("free_delta_mean", _of_direction_free(np.mean), "direction-free δ_mean"))
+register(Statistic("direction_free_delta_mean", _of_direction_free(np.mean), "direction-free δ_mean"))
 register(
   Statistic(
-    "free_layer_p90_max",
+    "direction_free_layer_p90_max",
     _of_direction_free(lambda free: np.percentile(free, 90, axis=1).max()),
     "direction-free per-block p90 max",
   )
@@ -247,7 +247,7 @@ register(Statistic("num_layers", lambda r: int(r.ratio.shape[0]), "layers"))
 register(Statistic("num_examples", lambda r: int(r.ratio.shape[1]), "examples"))
 register(
   Statistic(
-    "free_examples",
+    "direction_free_examples",
     lambda r: None if r.direction_free is None else int(np.shape(r.direction_free)[1]),
     "direction-free examples, those the direction-free δ is taken over (the first of the measured ones)",
   )

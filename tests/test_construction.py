@@ -128,9 +128,10 @@ def test_direction_free_extremes_equal_a_dense_float64_svd(name, x64):
   np.testing.assert_array_equal(signal.direction_free(extremes.sigma_max, extremes.sigma_min), free)
   ratios = np.ones(free.shape)  # the ratios' own statistics aside: the direction-free ones
   stats = statistics.compute_all(statistics.LayerRatios(ratios, np.ones(len(free)), free))
-  assert stats["free_delta_max"] == pytest.approx(free.max()) and stats["free_delta_mean"] == pytest.approx(free.mean())
-  assert stats["free_layer_p90_max"] == pytest.approx(np.percentile(free, 90, axis=1).max())
-  assert stats["free_examples"] == free.shape[1]
+  assert stats["direction_free_delta_max"] == pytest.approx(free.max())
+  assert stats["direction_free_delta_mean"] == pytest.approx(free.mean())
+  assert stats["direction_free_layer_p90_max"] == pytest.approx(np.percentile(free, 90, axis=1).max())
+  assert stats["direction_free_examples"] == free.shape[1]
 
 
 def _extremes(blocks, **options):

@@ -17,7 +17,7 @@ from test_train import tiny_run
 
 def _member(seed, **overrides):
   return tiny_run(
-    seed=seed, checkpoint_every=0, log_every=5, **{"signal.every": 10, "signal.free_examples": 8, **overrides}
+    seed=seed, checkpoint_every=0, log_every=5, **{"signal.every": 10, "signal.direction_free_examples": 8, **overrides}
   )
 
 
@@ -52,7 +52,7 @@ def test_a_group_equals_its_runs_one_by_one(tmp_path, monkeypatch):
     for key in ("train_loss", "test_loss", "init_test_loss"):
       assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-5), key
     for stage in ("init", "trained"):
-      for key in ("delta_max", "delta_mean", "layer_p90_max", "free_delta_max", "free_delta_mean"):
+      for key in ("delta_max", "delta_mean", "layer_p90_max", "direction_free_delta_max", "direction_free_delta_mean"):
         assert a.measurement(stage).block[key] == pytest.approx(b.measurement(stage).block[key], rel=1e-5, abs=1e-7), (
           stage,
           key,
@@ -80,7 +80,7 @@ def test_the_last_step_is_measured_once(tmp_path, monkeypatch, every, measured):
   monkeypatch.setattr(measure.Measure, "__init__", counting_init)
   (record,) = loop.train_group([_member(0, **{"signal.every": every})], [tmp_path / "run"])
   assert [h["step"] for h in record.history] == measured and len(calls) == 3
-  assert record.trained.block["free_delta_max"] is not None
+  assert record.trained.block["direction_free_delta_max"] is not None
   if measured[-1] == record.steps:
     last = record.history[-1]
     assert (record.trained.block["delta_max"], record.trained.block["log_gain"]) == (

@@ -13,7 +13,7 @@ from resnorm import records, statistics
 def _stats(delta_max):
   """Every registered statistic, as a measurement computes them, with δ_max = ``delta_max``."""
   stats = {name: 0.125 for name in statistics.REGISTRY}
-  return {**stats, "delta_max": delta_max, "free_delta_max": None}
+  return {**stats, "delta_max": delta_max, "direction_free_delta_max": None}
 
 
 def _record(**changes):

@@ -119,7 +119,7 @@ def get_config():
   config.data.train_size, config.data.test_size = 256, 64
   config.model.width, config.model.hidden = 8, 8
   config.batch_size, config.num_steps, config.log_every, config.checkpoint_every = 32, 10, 5, 0
-  config.signal.num_examples, config.signal.every, config.signal.free_examples = 16, 0, 0
+  config.signal.num_examples, config.signal.every, config.signal.direction_free_examples = 16, 0, 0
   config.parallel_runs = 2
   return config
 """

@@ -197,14 +197,16 @@ def test_a_workdir_of_the_previous_format_is_converted_once_and_then_aggregates_
     sweep_outputs.aggregate([str(old)], str(tmp_path / "merged"))
   before = _read(old / "summary.json")
   done = migrate.migrate([str(old)])
-  assert len(done) == 5  # the sweep's summary and its four runs' (its config has every field already)
+  assert len(done) == 10  # the sweep's summary and config, its four runs' summaries and configs
   assert _read(old / "summary.json.unversioned") == before
   after = _read(old / "summary.json")
   for name, family in before["models"].items():
     for stage in ("init", "trained"):
-      kept = {k: v for k, v in family[stage].items() if k not in ("L", "std")}
-      assert kept.items() <= after["models"][name][stage].items(), (name, stage)
-      assert after["models"][name][stage]["bound_L"] == family[stage]["L"]
+      converted = after["models"][name][stage]
+      for key, value in converted.items():
+        if key not in ("std", "bound", "fit", "bound_L"):
+          assert value == family[stage].get(migrate._earlier(key), [None, None]), (name, stage, key)
+      assert converted["bound_L"] == family[stage]["L"]
   assert migrate.migrate([str(old)]) == []  # converted once
   merged = sweep_outputs.aggregate([str(old)], str(tmp_path / "merged")).to_json()
   assert _holds(merged, _read(old / "summary.json"))  # every number it kept; the merge adds those it did not
@@ -343,7 +345,7 @@ def _synthetic_run(depth: int, seed: int, blocks: int, delta: float, train_loss:
   with two transitions of δ_max 0.5."""
 
   def stats(value, layers):
-    values = {name: None if name.startswith("free_") else value for name in statistics.REGISTRY}
+    values = {name: None if name.startswith("direction_free_") else value for name in statistics.REGISTRY}
     return {**values, "delta_mean": value / 2, "num_layers": layers, "num_examples": 8, "num_ratios": 8 * layers}
 
   by_kind = {"transition": stats(0.5, 2), **({"block": stats(delta, blocks)} if blocks else {})}

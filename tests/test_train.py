@@ -27,7 +27,7 @@ def tiny_run(**overrides):
   config.num_steps, config.log_every, config.checkpoint_every = 20, 5, 10
   config.optimizer.schedule = "constant"
   config.batch_size, config.signal.num_examples = 32, 32
-  config.signal.free_examples = 0  # δ in every direction: test_groups.py's members and test_spectra.py
+  config.signal.direction_free_examples = 0  # δ in every direction: test_groups.py's members and test_spectra.py
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split(".")
