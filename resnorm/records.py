@@ -4,9 +4,9 @@ Every result a run or a sweep reports is a field of one of the dataclasses below
 names are the keys of the JSON files on disk, so renaming a field is one edit here. The δ
 statistics are kept by name (:mod:`resnorm.statistics`): a statistic registered there is in every
 record without an edit here. ``to_json`` gives plain JSON values (NaN and ±inf become ``null``)
-and the file format, :data:`FORMAT`; ``from_json`` reads a file of that format and refuses any
-other with :class:`UnreadableRecord`, naming the command that converts an older one
-(``python -m experiments.migrate``).
+and the file format, :data:`FORMAT`; ``from_json`` reads them back. :func:`read_run` and
+:func:`read_summary` read the files, and refuse one of another format with :class:`FormatError`,
+naming the command that converts an earlier one (``python -m experiments.migrate``).
 
 Files: every path goes through :func:`path` (``etils.epath``: local directories and ``gs://``
 alike). :func:`write_json` replaces a file atomically (a reader never sees half of it);
@@ -51,8 +51,8 @@ def jsonable(tree):
 
 
 def check_format(data: dict, what: str) -> None:
-  """Raises :class:`FormatError` unless ``data`` (a run record or a sweep summary, ``what``) is of
-  :data:`FORMAT`."""
+  """Raises :class:`FormatError` unless ``data`` (the JSON of a run record or a sweep summary,
+  read from ``what``) is of :data:`FORMAT`."""
   found = data.get("format") if isinstance(data, dict) else None
   if found != FORMAT:
     written = "by an earlier resnorm (no format)" if found is None else f"in format {found!r}"
@@ -198,7 +198,6 @@ class RunRecord:
 
   @classmethod
   def from_json(cls, data: dict) -> RunRecord:
-    check_format(data, "the run record")
     data = {f.name: data[f.name] for f in dataclasses.fields(cls)}
     data["init"] = Measurement.from_json(data["init"])
     data["trained"] = data["trained"] and Measurement.from_json(data["trained"])
@@ -383,7 +382,6 @@ class SweepSummary:
 
   @classmethod
   def from_json(cls, data: dict) -> SweepSummary:
-    check_format(data, "the sweep summary")
     return cls(data["reference_model"], {name: FamilyResults.from_json(f) for name, f in data["models"].items()})
 
 
@@ -531,28 +529,26 @@ def json_lines(text: str) -> list[dict]:
   return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def read_run(run_dir: PathLike) -> RunRecord:
-  """The run record of ``run_dir/summary.json``: :class:`FormatError` if it is of another format,
-  :class:`UnreadableRecord` if it does not read."""
-  location = path(run_dir) / "summary.json"
-  data = read_json(location)
-  check_format(data, str(location))
-  try:
-    return RunRecord.from_json(data)
-  except (KeyError, TypeError, AttributeError) as error:
-    raise UnreadableRecord(f"{location} is not a run record ({type(error).__name__}: {error})") from error
-
-
-def read_summary(location: PathLike) -> SweepSummary:
-  """The sweep summary of the file ``location``: :class:`FormatError` if it is of another format,
+def _read_record(location: PathLike, cls, what: str):
+  """The ``cls`` record of the file ``location``: :class:`FormatError` if it is of another format,
   :class:`UnreadableRecord` if it does not read."""
   location = path(location)
   data = read_json(location)
   check_format(data, str(location))
   try:
-    return SweepSummary.from_json(data)
+    return cls.from_json(data)
   except (KeyError, TypeError, AttributeError) as error:
-    raise UnreadableRecord(f"{location} is not a sweep summary ({type(error).__name__}: {error})") from error
+    raise UnreadableRecord(f"{location} is not {what} ({type(error).__name__}: {error})") from error
+
+
+def read_run(run_dir: PathLike) -> RunRecord:
+  """The run record of ``run_dir/summary.json`` (:func:`_read_record`)."""
+  return _read_record(path(run_dir) / "summary.json", RunRecord, "a run record")
+
+
+def read_summary(location: PathLike) -> SweepSummary:
+  """The sweep summary of the file ``location`` (:func:`_read_record`)."""
+  return _read_record(location, SweepSummary, "a sweep summary")
 
 
 def write_run(run_dir: PathLike, record: RunRecord) -> None:

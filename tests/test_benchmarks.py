@@ -66,12 +66,14 @@ def test_a_rerun_replaces_its_rows_and_keeps_the_others(tmp_path):
 
 @pytest.mark.slow
 def test_projection_benchmark_writes_a_row_per_kernel_and_method(tmp_path):
+  """benchmarks/projection.py runs and writes its rows; only here (the projection's numerics: test_procrustes.py)."""
   _, rows = run_benchmark(tmp_path, "projection", "--platform", "cpu", "--repeats", "1")
   assert {row["variant"] for row in rows} == {"newton_schulz", "svd"} and len(rows) == 10
 
 
 @pytest.mark.slow
 def test_projection_overhead_benchmark_writes_its_five_rows(tmp_path):
+  """benchmarks/projection_overhead.py runs on a tiny ProcResNet and writes its five rows; only here."""
   _, rows = run_benchmark(
     tmp_path,
     "projection_overhead",
@@ -99,6 +101,7 @@ def test_projection_overhead_benchmark_writes_its_five_rows(tmp_path):
 
 @pytest.mark.slow
 def test_profile_step_summarises_a_cpu_trace_and_the_floor(tmp_path):
+  """benchmarks/profile_step.py records a CPU trace and summarises it against its floor; only here."""
   out, (row,) = run_benchmark(
     tmp_path,
     "profile_step",
@@ -121,24 +124,28 @@ def test_profile_step_summarises_a_cpu_trace_and_the_floor(tmp_path):
 
 @pytest.mark.slow
 def test_step_on_8_simulated_devices_matches_one_device(tmp_path):
+  """benchmarks/sharded_step.py: the train step on 8 simulated devices equals one device's; only here at 8."""
   out, _ = run_benchmark(tmp_path, "sharded_step", "--platform", "cpu", devices=8)
   assert "over 8 cpu devices" in out
 
 
 @pytest.mark.slow
 def test_stem_projection_benchmark_tables_the_error_against_rounds(tmp_path):
+  """benchmarks/stem_projection.py tables the error against rounds and read-back conventions; only here."""
   out, _ = run_benchmark(tmp_path, "stem_projection", "--platform", "cpu", "--repeats", "1", "--no-padded")
   assert "| pytorch | 3 |" in out and "| chainer | 1 |" in out
 
 
 @pytest.mark.slow
 def test_input_pipeline_benchmark_times_the_host(tmp_path):
+  """benchmarks/input_pipeline.py times the host's batches; only here."""
   out, _ = run_benchmark(tmp_path, "input_pipeline", "--batches=5", "--train_size=256", "--batch_size=32")
   assert "batches/s" in out
 
 
 @pytest.mark.slow
 def test_end_to_end_benchmark_compares_the_entry_point_with_the_bare_step(tmp_path):
+  """benchmarks/end_to_end.py times the entry point against the bare step, part by part; only here."""
   out, rows = run_benchmark(
     tmp_path, "end_to_end", "--steps=6", "--width=0.25", "--depth=13", "--noscan", "--batch_size=8"
   )
@@ -154,6 +161,7 @@ def test_end_to_end_benchmark_compares_the_entry_point_with_the_bare_step(tmp_pa
 
 @pytest.mark.slow
 def test_sweep_throughput_benchmark_splits_a_tiny_sweep_and_sets_it_against_its_floor(tmp_path):
+  """benchmarks/sweep_throughput.py on a tiny sweep: programs, compilations, parts and the floor; only here."""
   out, rows = run_benchmark(tmp_path, "sweep_throughput", "--quick", "--long_run", "20", "--floor_steps", "5")
   sweep_row, long_row = rows
   # Residual and plain runs of one depth share a program: 2 programs, each compiling at least its stretch.

@@ -23,6 +23,8 @@ def _example():
 
 @pytest.mark.slow
 def test_the_own_model_example_sweeps_from_a_fresh_process(tmp_path):
+  """examples/own_model.py (a family and a dataset registered in a config file) sweeps through the entry point, its
+  groups in worker processes that run the file; only here."""
   result = subprocess.run(
     [
       sys.executable,

@@ -228,6 +228,8 @@ def test_a_failed_write_names_the_file_and_leaves_the_previous_version_whole(tmp
   ],
 )
 def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, arguments, message):
+  """The entry point turns each kind of mistake at the door into one line and exit status 1, writing nothing; the
+  in-process errors themselves: test_sweep.py and test_train.py."""
   workdir = tmp_path / "workdir"
   result = subprocess.run(
     [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *arguments],
@@ -243,6 +245,7 @@ def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, argu
 
 @pytest.mark.slow
 def test_a_workdir_that_is_a_file_is_refused_in_one_line(tmp_path):
+  """A --workdir that is a file, refused in one line and left as it is; only here."""
   workdir = tmp_path / "a_file"
   workdir.write_text("mine")
   result = subprocess.run(
@@ -513,6 +516,8 @@ def test_a_read_only_filesystem_is_one_line(tmp_path, entry_point):
 
 @pytest.mark.slow
 def test_two_sweeps_started_at_once_on_one_workdir_one_refuses(tmp_path):
+  """Two sweep processes started at once on one workdir: the lock lets one through and refuses the other in one line;
+  only here with real processes."""
   workdir = tmp_path / "sweep"
   command = [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *SWEEP_FLAGS]
   command = [arg.replace("num_steps=2000", "num_steps=300") for arg in command]

@@ -156,6 +156,8 @@ def _scalars(workdir):
 @pytest.mark.slow  # the CIFAR recipe end to end (augmentation, epochs, evaluation); only here
 @pytest.mark.parametrize("variant", ["procresnet166", "preact164", "resnet110"])
 def test_two_epochs_of_a_cifar_variant_on_mock_data(tmp_path, caplog, variant):
+  """The CIFAR recipe end to end on mock TFDS data (augmentation, epochs, evaluation every epoch, best accuracy,
+  TensorBoard); only here."""
   import tensorflow_datasets as tfds
 
   config = _mock_cifar_config(variant)
@@ -257,6 +259,8 @@ LONG_DIGITS = (
 
 @pytest.mark.slow
 def test_sigterm_saves_the_step_and_the_same_command_ends_like_an_uninterrupted_run(tmp_path):
+  """SIGTERM to the train entry point: a checkpoint of the current step, the resume message, and the same command
+  ending as an uninterrupted run; only here for a single run."""
   env = helpers.cpu_env()
   run = lambda workdir: subprocess.Popen(
     _entry_point(workdir, *LONG_DIGITS), cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -297,6 +301,7 @@ def test_sigterm_saves_the_step_and_the_same_command_ends_like_an_uninterrupted_
 
 @pytest.mark.slow
 def test_a_diverging_run_says_so_through_the_entry_point(tmp_path):
+  """A diverging run through the train entry point: exit 1, the message, null (not NaN) losses; only here."""
   result = subprocess.run(
     _entry_point(
       tmp_path,
@@ -327,6 +332,7 @@ def _snapshot(directory):
 
 @pytest.mark.slow
 def test_a_workdir_of_another_config_is_refused_and_left_as_it_is(tmp_path):
+  """A run workdir of another config refused, its files byte for byte unchanged; only here for a single run."""
   loop.train_and_evaluate(tiny_run(), str(tmp_path))
   before = _snapshot(tmp_path)
   with pytest.raises(records.WorkdirError) as error:
@@ -357,6 +363,8 @@ def _corrupt(step_dir):
 
 @pytest.mark.slow
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  """A latest checkpoint whose files are corrupted: set aside, the one before used, the run ending as an
+  uninterrupted one; only here."""
   straight = loop.train_and_evaluate(tiny_run(), str(tmp_path / "straight"))
   loop.train_and_evaluate(tiny_run(num_steps=20, checkpoint_every=5), str(tmp_path / "run"))
   _corrupt(tmp_path / "run" / "checkpoints" / "20")
@@ -381,6 +389,7 @@ def test_no_readable_checkpoint_stops_with_a_message_and_leaves_the_files(tmp_pa
 
 @pytest.mark.slow
 def test_a_save_cut_short_is_ignored_and_the_run_resumes_from_the_last_complete_one(tmp_path):
+  """A save cut short (Orbax's temporary directory left behind) is ignored; only here."""
   loop.train_and_evaluate(tiny_run(num_steps=10), str(tmp_path / "run"))
   # What kill -9 during Orbax's save of step 20 leaves: a temporary directory, half written.
   partial = tmp_path / "run" / "checkpoints" / "20.orbax-checkpoint-tmp-1234"

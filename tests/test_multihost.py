@@ -106,6 +106,8 @@ def test_two_processes_sweep_like_one(one_process, tmp_path, placement, rtol):
 
 @pytest.mark.slow
 def test_a_failing_run_in_the_spread_placement_names_itself_instead_of_hanging(tmp_path):
+  """Two processes, spread placement, one run failing: every process fails naming it instead of waiting at the
+  barrier; only here."""
   # One run directory holds a checkpoint that does not restore (and passes the door, which
   # reads configs and records only): that process's run raises when it resumes.
   broken = tmp_path / "runs" / sweep_plan.run_name("mlp_residual", 4, 0) / "checkpoints" / "10"

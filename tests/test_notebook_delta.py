@@ -8,6 +8,7 @@ pytestmark = pytest.mark.slow  # a Jupyter kernel and a sweep or runs: full suit
 
 
 def test_delta_vs_depth_notebook_executes(tmp_path):
+  """notebooks/delta_vs_depth.ipynb executes end to end; only here."""
   notebook = execute_notebook(
     "delta_vs_depth.ipynb",
     depths=(2, 4),

@@ -10,6 +10,7 @@ pytestmark = pytest.mark.slow  # a Jupyter kernel and a sweep or runs: full suit
 
 
 def test_training_dynamics_notebook_executes(tmp_path):
+  """notebooks/training_dynamics.ipynb executes end to end; only here."""
   workdirs = {}
   for name in ("mlp_residual", "mlp_plain"):
     workdirs[name] = str(tmp_path / name)

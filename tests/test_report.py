@@ -205,6 +205,7 @@ def test_a_budget_ladder_says_whether_each_slope_moved():
 
 @pytest.mark.slow
 def test_the_entry_point_prints_a_report(tmp_path):
+  """python -m experiments.report --summary prints a committed summary's report; only here."""
   done = subprocess.run(
     [sys.executable, "-m", "experiments.report", "--summary=docs/summary.json"],
     cwd=helpers.REPO,

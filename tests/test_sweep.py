@@ -37,6 +37,8 @@ def _read(path):
 
 @pytest.mark.slow
 def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
+  """A real tiny sweep writes summary.json (the public contract's keys), results.csv, report.md and the figures; only
+  here end to end."""
   root, joint = sweeps
   summary = _read(root / "joint" / "summary.json")
   assert summary == joint.to_json()
@@ -70,6 +72,8 @@ def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
 
 @pytest.mark.slow
 def test_aggregating_single_depth_jobs_equals_the_joint_sweep(sweeps, tmp_path):
+  """Single-depth sweeps merged equal the joint sweep, and a run in two workdirs is refused; only here on real
+  sweeps."""
   root, _ = sweeps
   merged = sweep_outputs.aggregate([str(root / "L4"), str(root / "L2")], str(tmp_path / "merged"))
   assert merged.to_json() == _read(root / "joint" / "summary.json")
@@ -80,6 +84,7 @@ def test_aggregating_single_depth_jobs_equals_the_joint_sweep(sweeps, tmp_path):
 
 @pytest.mark.slow
 def test_aggregate_from_the_command_line(sweeps, tmp_path):
+  """--aggregate through the entry point; only here."""
   root, _ = sweeps
   result = subprocess.run(
     [
@@ -114,6 +119,7 @@ def test_a_sweep_in_worker_processes_equals_the_sweep_in_one_process(sweeps, tmp
 
 @pytest.mark.slow
 def test_a_finished_sweep_is_reused_not_retrained(sweeps, monkeypatch):
+  """A finished sweep run again trains nothing and returns its summary; a changed num_steps is refused; only here."""
   root, joint = sweeps
 
   def no_training(*args, **kwargs):
@@ -253,6 +259,7 @@ def test_zero_initialised_branches_give_a_note_not_a_lost_sweep(tmp_path):
 
 @pytest.mark.slow
 def test_seeds_are_averaged_with_their_spread_and_bootstrapped(tmp_path):
+  """Several seeds of a real sweep: means, spreads and the bound reading over them; only here end to end."""
   summary = sweep_runner.run_sweep(tiny_sweep(settings=("mlp_residual",), seeds=(0, 1)), str(tmp_path), progress=False)
   family = summary.reference
   runs = [

@@ -159,6 +159,7 @@ def _run_with_devices(count: int, workdir: str):
 
 @pytest.mark.slow
 def test_batch_split_over_four_devices_matches_one_device(tmp_path):
+  """A run whose batch is split over four simulated devices equals the one-device run; only here for the loop."""
   one = _run_with_devices(1, str(tmp_path / "one"))
   four = _run_with_devices(4, str(tmp_path / "four"))
   assert one[0] == 1 and four[0] == 4
