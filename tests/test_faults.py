@@ -94,6 +94,10 @@ def test_aggregate_refuses_runs_of_another_config_and_names_unfinished_ones(two_
     sweep_outputs.aggregate([str(incomplete)], str(tmp_path / "merged"))
   merged = sweep_outputs.aggregate([str(incomplete)], str(tmp_path / "merged"), allow_incomplete=True)
   assert merged.reference.seeds == [0] and summary.reference.seeds == [0, 1]
+  with pytest.raises(records.WorkdirError, match="/nonexistent/sweep is not a sweep workdir"):
+    sweep_outputs.aggregate(["/nonexistent/sweep"], str(tmp_path / "nothing"))
+  with pytest.raises(records.WorkdirError, match="no workdirs to merge"):
+    sweep_outputs.aggregate([], str(tmp_path / "nothing"))
 
 
 def test_a_later_checkpoint_missing_its_item_falls_back_to_the_one_before(tmp_path, caplog):
@@ -222,14 +226,13 @@ def test_a_failed_write_names_the_file_and_leaves_the_previous_version_whole(tmp
       ["--config=configs/depth_sweep.py", "--config.optimizer.learning_rate=inf"],
       "error: config.optimizer.learning_rate = inf: expected a positive number",
     ),
-    (["--config=configs/depth_sweep.py", "--config.seeds=(0,0)"], "expected distinct seeds"),
     (["--aggregate"], "error: no workdirs to merge"),
-    (["--aggregate", "/nonexistent/sweep"], "error: /nonexistent/sweep is not a sweep workdir"),
   ],
 )
 def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, arguments, message):
-  """The entry point turns each kind of mistake at the door into one line and exit status 1, writing nothing; the
-  in-process errors themselves: test_sweep.py and test_train.py."""
+  """The entry point turns each kind of mistake at the door (a flag, a config file, a config value, a
+  workdir) into one line and exit status 1, writing nothing; the errors themselves, in process:
+  test_sweep.py (duplicate seeds among them) and the aggregate test above."""
   workdir = tmp_path / "workdir"
   result = subprocess.run(
     [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *arguments],
@@ -282,8 +285,8 @@ SWEEP_FLAGS = (
 def test_sigterm_stops_a_sweeps_workers_at_a_saved_step_and_the_rerun_ends_as_an_uninterrupted_sweep(tmp_path):
   """Two groups (L = 2 and L = 4) training in the sweep's two worker processes when SIGTERM
   reaches the sweep's process: exit 1 with the resume message, a checkpoint of each run's current
-  step; the same command then finishes them, with the trained measurements and test losses of a
-  sweep never interrupted."""
+  step; the same command (in one process) then finishes them, with the trained measurements and
+  test losses of a sweep never interrupted. The only test of a stop request reaching the workers."""
   import signal
   import time
 
@@ -313,13 +316,11 @@ def test_sigterm_stops_a_sweeps_workers_at_a_saved_step_and_the_rerun_ends_as_an
   for log in logs:
     saved = [p for p in os.listdir(log.parent / "checkpoints") if p.isdigit()]
     assert len(saved) == 1 and 20 <= int(saved[0]) < 2000, saved
-  resumed = subprocess.run(
-    command(tmp_path / "stopped"), cwd=helpers.REPO, env=env, text=True, capture_output=True, check=False
-  )
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  in_one_process = [arg.replace("parallel_runs=2", "parallel_runs=1") for arg in command(tmp_path / "straight")]
-  straight = subprocess.run(in_one_process, cwd=helpers.REPO, env=env, text=True, capture_output=True, check=False)
-  assert straight.returncode == 0, straight.stderr[-2000:]  # the same numbers: test_sweep.py's workers test
+  # The rerun and the reference train in one process: the workers' numbers, bit for bit (test_sweep.py).
+  for workdir in ("stopped", "straight"):
+    one_process = [arg.replace("parallel_runs=2", "parallel_runs=1") for arg in command(tmp_path / workdir)]
+    done = subprocess.run(one_process, cwd=helpers.REPO, env=env, text=True, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
   for depth in (2, 4):
     a, b = (
       records.read_run(tmp_path / name / sweep_plan.RUNS / sweep_plan.run_name("residual_zero_init", depth, 0))
