@@ -175,6 +175,7 @@ class _Member:
   construction: dict | None
   divergence: Divergence | None = None
   trained: records.Measurement | None = None
+  closed: bool = False
 
   @classmethod
   def open(cls, config, run_dir, start: int, *, lead: bool, local: bool, **measured) -> _Member:
@@ -203,7 +204,18 @@ class _Member:
     last = self.checkpoints.latest_step()
     self.checkpoints.close()
     self.writer.close()
+    self.closed = True
     return last
+
+  def ensure_closed(self) -> None:
+    """After a failure, closes what :meth:`close` would have, without raising again (the failure
+    is what is reported): no background save is left to fail as the process ends."""
+    if not self.closed:
+      self.closed = True
+      with contextlib.suppress(Exception):
+        self.checkpoints.close()
+      with contextlib.suppress(Exception):
+        self.writer.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,71 +314,75 @@ def train_group(
     for m in range(len(configs))
   ]
 
-  # Training, a stretch of steps per dispatch, up to the next step that logs, measures, evaluates
-  # or checkpoints.
-  per_step = bool(config.procrustes.enabled)  # the host decides, step by step, whether to project
-  capacity = 1 if per_step or config.augment else config.steps_per_dispatch
-  train_steps = _TrainSteps(config, dataset, seeds, loss_fn, capacity, replicated, batch_sharding, start, num_steps)
-  intervals = (config.log_every, config.checkpoint_every, config.signal.every, eval_every)
-  progress = writers.Progress(
-    lead, _show_bar(config), start, num_steps, steps_per_epoch, config.batch_size * len(members)
-  )
-  started = time.time()
-  step, stopped = start, False
-  with contextlib.closing(train_steps):
-    while step < num_steps:
-      end = min([num_steps, step + capacity] + [(step // k + 1) * k for k in intervals if k])
-      state, metrics = train_steps(state, step, end - step, projects(config, end) if per_step else None)
-      _account(members, jax.device_get(metrics), step, end - step)
-      step = end
-      if not any(member.alive for member in members):
-        break
-      stopped = should_stop() or (
-        jax.process_count() > 1 and not local and members[0].checkpoints.reached_preemption(step)
-      )
-      if step % config.log_every == 0 or step == num_steps:
-        _log_training(members, step, float(schedule(step - 1)), progress, steps_per_epoch)
-      if config.signal.every and step % config.signal.every == 0 and step < num_steps:  # the last: below
-        _log_measurements(members, step, measure(train.variables(state), train_batch_step=step, seeds=seeds))
-      if eval_every and step % eval_every == 0 or step == num_steps:
-        _log_evaluations(members, step, evaluate(state))
-      if stopped or config.checkpoint_every and (step % config.checkpoint_every == 0 or step == num_steps):
-        _save(members, step, take, state, lead=lead, host_copies=local and jax.process_count() > 1, force=stopped)
-      if stopped:
-        break
-  progress.close()
-  for member in members:
-    checkpoints.wait(member.checkpoints, member.workdir)
-  if stopped:
+  with contextlib.ExitStack() as closing:  # the files closed on every way out: no save left running
     for member in members:
-      member.close()
-    raise preemption.Preempted(step, [member.workdir for member in members])
+      closing.callback(member.ensure_closed)
 
-  # The trained networks: measured in every direction, evaluated where the loop has not yet.
-  if any(member.alive for member in members):
-    periodic = config.signal.every and num_steps % config.signal.every == 0
-    trained = measure(
-      train.variables(state), direction_free=True, train_batch_step=num_steps if periodic else None, seeds=seeds
+    # Training, a stretch of steps per dispatch, up to the next step that logs, measures, evaluates
+    # or checkpoints.
+    per_step = bool(config.procrustes.enabled)  # the host decides, step by step, whether to project
+    capacity = 1 if per_step or config.augment else config.steps_per_dispatch
+    train_steps = _TrainSteps(config, dataset, seeds, loss_fn, capacity, replicated, batch_sharding, start, num_steps)
+    intervals = (config.log_every, config.checkpoint_every, config.signal.every, eval_every)
+    progress = writers.Progress(
+      lead, _show_bar(config), start, num_steps, steps_per_epoch, config.batch_size * len(members)
     )
-    for member, measured in zip(members, trained):
-      member.trained = measured
-    if periodic:
-      _log_measurements(members, num_steps, trained)
-  if any(member.alive and not _logged(member.evaluations, num_steps) for member in members):
-    _log_evaluations(members, num_steps, evaluate(state))
-  end = _GroupEnd(
-    num_steps=num_steps,
-    train_seconds=time.time() - started,
-    images_per_second=None if progress.throughput() is None else progress.throughput() / len(members),
-    target_variance=float(np.mean(np.var(dataset.y_train, axis=0))) if dataset.task == "regression" else None,
-    size=len(members),
-  )
-  results = []
-  for member in members:
-    results.append(_record(member, end, member.close()))
-    if lead:
-      records.write_run(member.workdir, results[-1])
-  return results
+    started = time.time()
+    step, stopped = start, False
+    with contextlib.closing(train_steps):
+      while step < num_steps:
+        end = min([num_steps, step + capacity] + [(step // k + 1) * k for k in intervals if k])
+        state, metrics = train_steps(state, step, end - step, projects(config, end) if per_step else None)
+        _account(members, jax.device_get(metrics), step, end - step)
+        step = end
+        if not any(member.alive for member in members):
+          break
+        stopped = should_stop() or (
+          jax.process_count() > 1 and not local and members[0].checkpoints.reached_preemption(step)
+        )
+        if step % config.log_every == 0 or step == num_steps:
+          _log_training(members, step, float(schedule(step - 1)), progress, steps_per_epoch)
+        if config.signal.every and step % config.signal.every == 0 and step < num_steps:  # the last: below
+          _log_measurements(members, step, measure(train.variables(state), train_batch_step=step, seeds=seeds))
+        if eval_every and step % eval_every == 0 or step == num_steps:
+          _log_evaluations(members, step, evaluate(state))
+        if stopped or config.checkpoint_every and (step % config.checkpoint_every == 0 or step == num_steps):
+          _save(members, step, take, state, lead=lead, host_copies=local and jax.process_count() > 1, force=stopped)
+        if stopped:
+          break
+    progress.close()
+    for member in members:
+      checkpoints.wait(member.checkpoints, member.workdir)
+    if stopped:
+      for member in members:
+        member.close()
+      raise preemption.Preempted(step, [member.workdir for member in members])
+
+    # The trained networks: measured in every direction, evaluated where the loop has not yet.
+    if any(member.alive for member in members):
+      periodic = config.signal.every and num_steps % config.signal.every == 0
+      trained = measure(
+        train.variables(state), direction_free=True, train_batch_step=num_steps if periodic else None, seeds=seeds
+      )
+      for member, measured in zip(members, trained):
+        member.trained = measured
+      if periodic:
+        _log_measurements(members, num_steps, trained)
+    if any(member.alive and not _logged(member.evaluations, num_steps) for member in members):
+      _log_evaluations(members, num_steps, evaluate(state))
+    end = _GroupEnd(
+      num_steps=num_steps,
+      train_seconds=time.time() - started,
+      images_per_second=None if progress.throughput() is None else progress.throughput() / len(members),
+      target_variance=float(np.mean(np.var(dataset.y_train, axis=0))) if dataset.task == "regression" else None,
+      size=len(members),
+    )
+    results = []
+    for member in members:
+      results.append(_record(member, end, member.close()))
+      if lead:
+        records.write_run(member.workdir, results[-1])
+    return results
 
 
 def _check_group(configs) -> None:
