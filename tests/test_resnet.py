@@ -391,6 +391,7 @@ def test_remat_policies_trade_memory_for_recomputation():
   assert kept["nothing_saveable"] < kept["dots_saveable"] < saved_bytes(model)
 
 
+@pytest.mark.slow  # the scan_unroll option only; the scan itself: test_depth_is_a_scan_length and the slow scan test
 def test_partially_unrolled_scan_agrees_with_the_full_scan():
   """``scan_unroll=2`` (with a remainder: 3 blocks per stage) changes the loop, not the network:
   same parameter shapes, logits, updated statistics and gradients as ``scan_unroll=1``."""

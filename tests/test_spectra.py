@@ -309,6 +309,7 @@ def test_the_sweeps_compiled_direction_free_measure_matches_a_float64_oracle(set
   assert np.max(np.abs(np.asarray(every) - oracle[0]) / scale[0][..., None]) < 1e-4
 
 
+@pytest.mark.slow  # the only check that the workaround is still needed
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the miscompile is XLA:CPU's")
 def test_xla_cpu_still_miscompiles_the_forward_mode_jacobians_the_sweep_avoids(monkeypatch):
   """The workaround in :func:`resnorm.spectra.block_extremes` (block Jacobians in reverse mode)
