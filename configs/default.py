@@ -73,10 +73,10 @@ def get_config():
   # 'random', or 'constructed': start from the theorem's network for the data's teacher (residual
   # MLPs on the teacher task: the Euler steps of its flow, resnorm.models.mlp.construct).
   config.init_from = "random"
-  # A run is converged when its logged train loss changed by at most `tolerance` over the last
-  # `window` of the run, relative to the larger of its final value and `tolerance` times its range
-  # over the run (resnorm.train.convergence).
-  config.convergence = ml_collections.ConfigDict(dict(window=0.25, tolerance=0.05))
+  # A run is converged when its logged train loss fell by at most `tolerance` of its final value
+  # over the last `window` of the run, and the trend of log loss over the second half, projected
+  # over that window, is at most `trend_tolerance` (resnorm.train.convergence).
+  config.convergence = ml_collections.ConfigDict(dict(window=0.25, tolerance=0.05, trend_tolerance=0.05))
   # The longest stretch of steps one dispatch runs (between logs, measurements, evaluations and
   # checkpoints; SIGTERM is answered at the end of a stretch).
   config.steps_per_dispatch = 100

@@ -2,24 +2,29 @@ r"""Convert the records an earlier resnorm wrote to this one's file format (``re
 
     python -m experiments.migrate WORKDIR [WORKDIR ...]
 
-Each WORKDIR is a sweep's workdir, a run's, or a ``summary.json``. Every summary written without
-a format (before format 1) is rewritten in format 1, and every ``config.json`` in the names of
-format 1; each file as it was is kept beside it (``summary.json.unversioned``). Files already in
-format 1 are left alone. Everything is checked before anything
-is written: a file that cannot be converted (the first format, before sweeps had settings and
-seeds: a sweep config with ``models`` instead of ``settings``, a run without a seed, a record
-without a budget) is named, nothing changes, and the exit status is 1.
+Each WORKDIR is a sweep's workdir, a run's, or a ``summary.json``. Every record of an earlier
+format is rewritten in this one, and every ``config.json`` in this format's names; each file as
+it was is kept beside it (``summary.json.unversioned``). Files already in this format are left
+alone. Everything is checked before anything is written: a file that cannot be converted is
+named, nothing changes, and the exit status is 1.
 
 This command is the one place the earlier layouts are known:
 
-* run records: the fields left out when unset come back as null; a run from before groups
-  trained alone (``group_size`` 1); statistics a measurement did not keep are null;
-* sweep summaries: a stage's ``L`` is ``bound_L``; the statistics and fields it did not keep are
-  null at every depth;
-* in both, the direction-free statistics ``free_*`` are ``direction_free_*``, and in configs
-  ``signal.free_examples`` is ``signal.direction_free_examples``;
-* sweep configs: ``bound_L = 'layers'`` and ``group_seeds = True``, the values the code used when
-  they were absent.
+* unversioned (before format 1): in run records the fields left out when unset come back as
+  null, a run from before groups trained alone (``group_size`` 1); a sweep summary's stage ``L``
+  is ``bound_L``; the direction-free statistics ``free_*`` are ``direction_free_*``, and in
+  configs ``signal.free_examples`` is ``signal.direction_free_examples``; sweep configs get
+  ``bound_L = 'layers'`` and ``group_seeds = True``, the values the code used when they were
+  absent. The first format (before sweeps had settings and seeds: a sweep config with
+  ``models``, a run without a seed, a record without a budget) has no conversion.
+* format 1: a run record gains its logged train losses (read from the run's ``metrics.jsonl``)
+  and its convergence verdict is recomputed from them under this format's rule
+  (:func:`resnorm.train.convergence`, the recorded window and tolerance, the default
+  ``trend_tolerance``); a run without ``metrics.jsonl`` has no verdict. A sweep summary is made
+  again from its workdir's converted runs (it gains every seed's values; the bound readings are
+  this format's), with ``runs.json`` and ``report.md`` beside it; a summary whose runs are not
+  there cannot be converted.
+* in both, statistics a measurement did not keep are null.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ import sys
 
 from absl import app
 
+from configs import default
 from experiments import cli
-from resnorm import records, statistics, sweep_plan
+from resnorm import records, report, statistics, sweep_plan, train
+from resnorm import sweep_summary as sweep_summary_lib
 
 BACKUP = ".unversioned"  # appended to the name of a file that was converted
 SWEEP_CONFIG_DEFAULTS = {"bound_L": "layers", "group_seeds": True}
@@ -48,51 +55,56 @@ class Unconvertible(ValueError):
   """A file of a layout with no conversion (the first format): the message says why."""
 
 
-def run_record(data: dict) -> dict:
-  """An unversioned run record (``summary.json`` of a run) in format 1."""
-  missing = [key for key in ("seed", "budget") if key not in data]
-  if missing:
-    raise Unconvertible(f"a run record without {' or '.join(missing)} (the first format): rerun the run")
+def run_record(data: dict, train_losses: list | None) -> dict:
+  """A run record of an earlier format in this one; ``train_losses``: its logged [step, loss]
+  pairs (from its ``metrics.jsonl``; None where the run has none)."""
+  if "format" not in data:
+    missing = [key for key in ("seed", "budget") if key not in data]
+    if missing:
+      raise Unconvertible(f"a run record without {' or '.join(missing)} (the first format): rerun the run")
+    data = dict(data, group_size=data.get("group_size", 1))  # before groups, every run trained alone
   converted = {field.name: data.get(field.name) for field in dataclasses.fields(records.RunRecord)}
-  converted["group_size"] = data.get("group_size", 1)  # before groups, every run trained alone
   converted["init"] = _measurement(data["init"])
   converted["trained"] = data.get("trained") and _measurement(data["trained"])
+  converted["train_losses"] = train_losses
+  earlier = data.get("convergence")
+  if earlier and train_losses and not data.get("diverged"):
+    steps, losses = zip(*train_losses)
+    converted["convergence"] = train.convergence(
+      steps, losses, earlier["window"], earlier["tolerance"], default.get_config().convergence.trend_tolerance
+    )
+  else:
+    converted["convergence"] = None
   return {"format": records.FORMAT, **converted}
 
 
 def _measurement(data: dict) -> dict:
   by_kind = {
-    kind: {name: stats.get(_earlier(name)) for name in statistics.REGISTRY} for kind, stats in data["by_kind"].items()
+    kind: {name: stats.get(name, stats.get(_earlier(name))) for name in statistics.REGISTRY}
+    for kind, stats in data["by_kind"].items()
   }
   return {"by_kind": by_kind, "profile": data["profile"], "layers": data.get("layers")}
 
 
-def sweep_summary(data: dict) -> dict:
-  """An unversioned sweep summary (``summary.json`` of a sweep) in format 1."""
-  families = {}
-  for name, family in data["models"].items():
+def sweep_summary(data: dict, runs: list[records.RunRecord]) -> dict:
+  """A sweep summary of an earlier format in this one: made again from ``runs``, its workdir's
+  runs in this format, for its settings' overrides and its bound's L."""
+  families = data["models"]
+  for name, family in families.items():
     missing = [key for key in ("seeds", "overrides", "budget", "std") if family.get(key) is None]
     if missing:
       raise Unconvertible(f"setting {name} has no {', '.join(missing)} (the first format): rerun the sweep")
-    converted = {field.name: family.get(field.name) for field in dataclasses.fields(records.FamilyResults)}
-    depths = len(family["depths"])
-    converted["init"], converted["trained"] = (_stage(family[stage], depths) for stage in records.STAGES)
-    converted["by_kind"] = {
-      kind: {stage: _stage(entry, depths) for stage, entry in stages.items()}
-      for kind, stages in (family.get("by_kind") or {}).items()
-    }
-    families[name] = converted
-  return {"format": records.FORMAT, **{k: v for k, v in data.items() if k != "models"}, "models": families}
-
-
-def _stage(data: dict, depths: int) -> dict:
-  if "bound" not in data or "L" not in data:
-    raise Unconvertible("a stage without bound readings (the first format): rerun the sweep")
-  columns = [*statistics.REGISTRY, "token_c_last"]
-  means = {name: data.get(_earlier(name), [None] * depths) for name in columns}
-  std = {name: data["std"].get(_earlier(name), [None] * depths) for name in columns}
-  bound = {s.name: data["bound"][_earlier(s.name)] for s in statistics.read_as_bound()}
-  return {**means, "std": std, "bound": bound, "fit": data["fit"], "bound_L": data["L"]}
+  absent = sorted(name for name in families if not any(r.setting == name for r in runs))
+  if absent:
+    raise Unconvertible(
+      f"the runs of {', '.join(absent)} are not under the summary's {sweep_plan.RUNS}/ (a summary is made again "
+      "from its runs): convert the sweep's workdir, or rerun it"
+    )
+  trained = next(iter(families.values()))["trained"]
+  bound_L = trained.get("bound_L", trained.get("L"))
+  overrides = {name: family["overrides"] for name, family in families.items()}
+  kept = [r for r in runs if r.setting in families]
+  return sweep_summary_lib.summarize_sweep(kept, overrides, bound_L).to_json()
 
 
 def config(data: dict) -> dict:
@@ -111,35 +123,66 @@ def config(data: dict) -> dict:
 
 
 def _conversions(location) -> list[tuple]:
-  """(file, converted data or the reason it has none) for every file under ``location`` that needs one."""
+  """(file, its converted content — JSON data, or a report's text — or the :class:`Unconvertible`
+  reason it has none) for every file under ``location`` that needs one: a sweep's run records
+  first, then its summary made again from them."""
   location = records.path(location)
-  if location.name == "summary.json":
-    files = [location]
-  elif location.is_dir():
-    files = [location / "summary.json", location / "config.json"]
-    runs = location / sweep_plan.RUNS
-    if runs.is_dir():
-      files += [run / name for run in sorted(runs.iterdir()) for name in ("summary.json", "config.json")]
+  if location.is_dir():
+    workdir = location
+  elif location.name == "summary.json":
+    workdir = location.parent
   else:
-    return [(location, f"not a workdir or a summary.json: {location}")]
+    return [(location, Unconvertible(f"not a workdir or a summary.json: {location}"))]
   found = []
-  for file in files:
-    if not file.exists():
-      continue
-    data = records.read_json(file)
+  for file in (workdir / "config.json", *sorted((workdir / sweep_plan.RUNS).glob("*/config.json"))):
     try:
-      if file.name == "config.json":
-        if config(data) != data:
-          found.append((file, config(data)))
-      elif "format" not in data:
-        converted = sweep_summary(data) if "models" in data else run_record(data)
-        (records.SweepSummary if "models" in data else records.RunRecord).from_json(converted)  # it reads
+      if file.exists() and config(records.read_json(file)) != records.read_json(file):
+        found.append((file, config(records.read_json(file))))
+    except Unconvertible as error:
+      found.append((file, error))
+  runs = []
+  for run_dir in [workdir, *sorted(p for p in (workdir / sweep_plan.RUNS).glob("*") if p.is_dir())]:
+    file = run_dir / "summary.json"
+    data = records.read_json(file) if file.exists() else None
+    if data is None or "models" in data:
+      continue
+    try:
+      converted = data if data.get("format") == records.FORMAT else run_record(data, _train_losses(run_dir))
+      runs.append(records.RunRecord.from_json(converted))  # it reads
+      if converted is not data:
         found.append((file, converted))
     except Unconvertible as error:
-      found.append((file, str(error)))
-    except (KeyError, TypeError, AttributeError) as error:
-      found.append((file, f"not a record this command knows ({type(error).__name__}: {error})"))
+      found.append((file, error))
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+      found.append((file, _unknown(error)))
+  file = workdir / "summary.json"
+  data = records.read_json(file) if file.exists() else None
+  if data and "models" in data and data.get("format") != records.FORMAT:
+    try:
+      converted = sweep_summary(data, runs)
+      summary = records.SweepSummary.from_json(converted)
+      found += [
+        (file, converted),
+        (workdir / records.RUNS_FILE, records.run_entries([r for r in runs if r.setting in summary.models])),
+        (workdir / "report.md", report.render(summary)),
+      ]
+    except Unconvertible as error:
+      found.append((file, error))
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+      found.append((file, _unknown(error)))
   return found
+
+
+def _unknown(error: Exception) -> Unconvertible:
+  return Unconvertible(f"not a record this command knows ({type(error).__name__}: {error})")
+
+
+def _train_losses(run_dir) -> list[list] | None:
+  """The [step, train loss] rows of ``run_dir``'s ``metrics.jsonl`` (None: no such file)."""
+  log = run_dir / "metrics.jsonl"
+  if not log.exists():
+    return None
+  return [[row["step"], row["train_loss"]] for row in records.JsonlLog(log, write=False).records if "train_loss" in row]
 
 
 def migrate(locations: list) -> list[str]:
@@ -150,15 +193,18 @@ def migrate(locations: list) -> list[str]:
     Unconvertible: naming every file that cannot be converted (nothing was written).
   """
   found = [conversion for location in locations for conversion in _conversions(location)]
-  refused = [f"{file}: {reason}" for file, reason in found if isinstance(reason, str)]
+  refused = [f"{file}: {reason}" for file, reason in found if isinstance(reason, Unconvertible)]
   if refused:
     raise Unconvertible("nothing was converted; " + "; ".join(refused))
   done = []
   for file, converted in found:
     backup = file.with_name(file.name + BACKUP)
-    if not backup.exists():
+    if file.exists() and not backup.exists():
       records.write_text(backup, file.read_text())
-    records.write_json(file, converted)
+    if isinstance(converted, str):  # a report, text
+      records.write_text(file, converted)
+    else:
+      records.write_json(file, converted)
     done.append(f"{file}: converted (the original kept as {backup.name})")
   return done
 
@@ -170,7 +216,7 @@ def main(argv):
     done = migrate(argv[1:])
   except (Unconvertible, records.UnreadableRecord) as error:
     sys.exit(f"error: {error}")
-  print("\n".join(done) if done else "nothing to convert: every record is in format 1")
+  print("\n".join(done) if done else f"nothing to convert: every record is in format {records.FORMAT}")
 
 
 if __name__ == "__main__":

@@ -53,9 +53,11 @@ def csv_columns() -> list[str]:
 
 
 def write_outputs(workdir, summary: records.SweepSummary, results: list[records.RunRecord], sources=None) -> None:
-  """``summary.json``, ``results.csv``, ``report.md`` and the figures in ``workdir``; ``sources``:
-  the workdirs whose ``runs/`` hold the runs (``workdir`` itself unless aggregated)."""
+  """``summary.json``, ``runs.json``, ``results.csv``, ``report.md`` and the figures in
+  ``workdir``; ``sources``: the workdirs whose ``runs/`` hold the runs (``workdir`` itself unless
+  aggregated)."""
   workdir = records.path(workdir)
+  records.write_json(workdir / records.RUNS_FILE, records.run_entries(results))
   records.write_json(workdir / "summary.json", summary.to_json())
   table = io.StringIO()
   writer = csv.DictWriter(table, csv_columns())

@@ -129,6 +129,7 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
     if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < 1:
       raise validation.invalid("window", window, "a fraction of the run in (0, 1)")
     validation.positive_float("tolerance", tolerance)
+    validation.positive_float("trend_tolerance", config.convergence.trend_tolerance)
   with fields("config.procrustes."):
     validation.boolean("enabled", config.procrustes.enabled)
     validation.non_negative_int("every", config.procrustes.every)

@@ -692,10 +692,12 @@ def _record(member: _Member, end: _GroupEnd, last_checkpoint: int | None) -> rec
       [r["train_loss"] for r in rows],
       config.convergence.window,
       config.convergence.tolerance,
+      config.convergence.trend_tolerance,
     ),
     budget=budget(config, end.num_steps),
     construction=member.construction,
     group_size=end.size,
+    train_losses=[[r["step"], r["train_loss"]] for r in rows],
   )
   if divergence:
     kept = (

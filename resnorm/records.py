@@ -30,7 +30,7 @@ from etils import epath
 from resnorm import signal, statistics, theory, validation
 
 PathLike = Union[str, os.PathLike]
-FORMAT = 1  # of run records and sweep summaries; experiments/migrate.py converts the files of earlier ones
+FORMAT = 2  # of run records and sweep summaries; experiments/migrate.py converts the files of earlier ones
 STAGES = ("init", "trained")  # a run is measured at initialisation and after training
 BOUND_LENGTHS = ("layers", "depth")  # what L is in a bound reading: the layers measured, or the network's depth
 
@@ -147,8 +147,9 @@ class RunRecord:
     target_variance: regression only: the mean over output coordinates of the training
       targets' variance, the loss of predicting their mean; loss / target_variance = 1 − R².
     init_test_loss, init_test_accuracy: the test metrics of the initial network.
-    convergence: the verdict on the train loss (:func:`resnorm.train.convergence`): ``change``,
-      its ``from_step`` and ``to_step``, ``window``, ``tolerance`` and ``converged``.
+    convergence: the verdict on the train loss (:func:`resnorm.train.convergence`): ``fall``
+      (over ``from_step`` to ``to_step``) and ``trend``, ``window``, ``tolerance``,
+      ``trend_tolerance`` and ``converged``; None for a diverged run.
     budget: what "trained" means for this run: ``steps``, ``optimizer``, ``learning_rate``,
       ``schedule``, ``batch_size`` and ``block_lr_scale``.
     construction: for a run started from the theorem's constructed network (``init_from =
@@ -156,6 +157,8 @@ class RunRecord:
       construction promises.
     group_size: the runs trained together as one program (seeds vmapped), this one included;
       ``train_seconds`` and ``images_per_second`` are the group's, shared.
+    train_losses: the logged train losses as [step, loss] pairs, earlier sessions' included:
+      what the convergence verdict is computed from.
   """
 
   model: str
@@ -183,6 +186,7 @@ class RunRecord:
   target_variance: float | None = None
   convergence: dict | None = None
   construction: dict | None = None
+  train_losses: list[list] | None = None
 
   def measurement(self, stage: str) -> Measurement | None:
     """``init`` or ``trained`` by name."""
@@ -237,6 +241,9 @@ class Stage:
       similarity after the last block (:func:`resnorm.probes.token_cosine`: rank collapse as it
       nears 1), None elsewhere.
     std: the same -> the standard deviation over the seeds (None with one seed).
+    per_seed: every statistic read as a bound and ``token_c_last`` -> per depth, the value of each
+      of the setting's ``seeds`` (None where that seed has none): what every interval and
+      difference is recomputed from.
     bound: every statistic read as a bound -> :func:`resnorm.theory.read_bound` over the seeds.
     fit: the fit of the mean δ_max to c·log(2L)/L (:func:`resnorm.theory.fit_delta`, or a note).
     bound_L: what the bound reading and the fit take as L: ``'layers'``, the number of layers of
@@ -246,6 +253,7 @@ class Stage:
 
   means: dict[str, list[float | None]]
   std: dict[str, list[float | None]]
+  per_seed: dict[str, list[list[float | None]]]
   bound: dict[str, theory.BoundReading]
   fit: dict
   bound_L: str
@@ -253,14 +261,16 @@ class Stage:
   def to_json(self) -> dict:
     """The means at the top level (``stage["delta_max"]``), beside the other fields."""
     bound = {name: reading.to_json() for name, reading in self.bound.items()}
-    return jsonable({**self.means, "std": self.std, "bound": bound, "fit": self.fit, "bound_L": self.bound_L})
+    others = {"std": self.std, "per_seed": self.per_seed, "bound": bound, "fit": self.fit, "bound_L": self.bound_L}
+    return jsonable({**self.means, **others})
 
   @classmethod
   def from_json(cls, data: dict) -> Stage:
-    others = ("std", "bound", "fit", "bound_L")
+    others = ("std", "per_seed", "bound", "fit", "bound_L")
     return cls(
       means={k: v for k, v in data.items() if k not in others},
       std=data["std"],
+      per_seed=data["per_seed"],
       bound={name: theory.BoundReading.from_json(reading) for name, reading in data["bound"].items()},
       fit=data["fit"],
       bound_L=data["bound_L"],
@@ -282,8 +292,12 @@ class FamilyResults:
     by_kind: the other kinds of layer (``stem``, ``transition``) -> {stage: :class:`Stage`}.
     init_test_loss (and ``init_test_loss_relative``, ``init_test_accuracy``): of the initial networks.
     num_converged: per depth, the seeds whose train loss had stopped changing
-      (:func:`resnorm.train.convergence`); ``convergence_change``: the mean relative change over
-      the seeds; ``convergence``: the verdict's ``window``, ``tolerance`` and ``scale``.
+      (:func:`resnorm.train.convergence`); ``train_loss_fall``: the mean over the seeds of the
+      loss's fall over the end of the run relative to its final value; ``convergence``: the
+      verdict's ``window``, ``tolerance`` and ``trend_tolerance``.
+    per_seed: ``train_loss``, ``test_loss``, ``init_test_loss``, ``test_accuracy``,
+      ``init_test_accuracy``, ``fall``, ``trend`` and ``converged`` -> per depth, the value of
+      each of ``seeds`` (None where it has none).
     budget: the runs' budget (:class:`RunRecord`); ``construction``: per depth, the constructed
       network's promised ``block_bound_max`` (settings started from it only).
     overrides: what the setting is (its family and overrides, ``config.overrides.<setting>``).
@@ -310,9 +324,10 @@ class FamilyResults:
   init_test_loss_relative: list[float | None] | None = None
   init_test_accuracy: list[float | None] | None = None
   num_converged: list[int] | None = None  # None: no run has a verdict (every one diverged)
-  convergence_change: list[float | None] | None = None
+  train_loss_fall: list[float | None] | None = None
   convergence: dict | None = None
   construction: dict[str, list] | None = None
+  per_seed: dict[str, list[list]] | None = None
 
   def block_counts(self) -> list[int | None] | None:
     """Per depth, the identity blocks that the bound reading took as L, where they differ from the
@@ -351,7 +366,8 @@ class SweepSummary:
   ``models`` maps every setting (a family with its overrides), in the config's order, to its
   results; the first is the reference setting whose trained block δ's (means over seeds) the JSON
   file also holds at its top level (``depths``, ``delta_max``, ``delta_mean``, ``diverged``,
-  ``fit``: the public contract).
+  ``fit``: the public contract). Every run's logged train losses and convergence verdict are in
+  the sibling file it names, ``runs.json`` (:func:`run_entries`).
   """
 
   reference_model: str
@@ -376,6 +392,7 @@ class SweepSummary:
         "delta_mean": reference.trained.means["delta_mean"],
         "diverged": reference.diverged,
         "fit": reference.trained.fit,
+        "runs_file": RUNS_FILE,
         "models": {name: family.to_json() for name, family in self.models.items()},
       }
     )
@@ -383,6 +400,18 @@ class SweepSummary:
   @classmethod
   def from_json(cls, data: dict) -> SweepSummary:
     return cls(data["reference_model"], {name: FamilyResults.from_json(f) for name, f in data["models"].items()})
+
+
+# The file beside a sweep's summary.json with every run's train losses and convergence verdict.
+RUNS_FILE = "runs.json"
+
+
+def run_entries(results: list[RunRecord]) -> dict:
+  """What :data:`RUNS_FILE` holds: per run, what it is (setting, depth, seed, budget), how it
+  ended, and its logged train losses with the convergence verdict on them."""
+  keys = ("setting", "depth", "seed", "budget", "steps", "diverged", "diverged_at_step", "convergence", "train_losses")
+  ordered = sorted(results, key=lambda r: (str(r.setting), r.depth, r.seed))
+  return jsonable({"format": FORMAT, "runs": [{key: getattr(r, key) for key in keys} for r in ordered]})
 
 
 # ----------------------------------------------------------------------------- files

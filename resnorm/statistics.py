@@ -177,9 +177,10 @@ register(
 )
 register(
   Statistic(
-    "layer_p90_max",
-    _per_layer(_p90_by_layer, np.max),
-    "per-block p90 max, the largest over blocks of each block's 90th percentile (a sample that does not grow with L)",
+    "layer_max_median",
+    _per_layer(lambda d: np.nanmax(d, axis=1), np.median),
+    "per-block max median, the median over blocks of each block's largest |r − 1| over the held-out examples (a "
+    "worst case over a sample of fixed size at every depth, where δ_max's sample grows with L)",
     bound=True,
     csv=True,
     style="s--",
@@ -232,6 +233,15 @@ register(
 )
 register(Statistic("layer_mean_max", _per_layer(lambda d: np.nanmean(d, axis=1), np.max), "per-block mean max"))
 register(Statistic("layer_p90_mean", _per_layer(_p90_by_layer, np.mean), "per-block p90 mean"))
+register(
+  Statistic(
+    "layer_p90_max",
+    _per_layer(_p90_by_layer, np.max),
+    "per-block p90 max, the largest over blocks of each block's 90th percentile over the examples (a maximum over "
+    "the L blocks, so its sample grows with L too)",
+    csv=True,
+  )
+)
 register(Statistic("batch_delta_mean", _of_batch(np.mean), "whole-batch δ_mean"))
 register(Statistic("direction_free_delta_mean", _of_direction_free(np.mean), "direction-free δ_mean"))
 register(

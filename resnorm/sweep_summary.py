@@ -33,9 +33,16 @@ def summarize_sweep(
 
 
 def _family(runs: list[records.RunRecord], bound_L: str, overrides: dict) -> records.FamilyResults:
-  """One setting's results: its runs grouped by depth, means and spreads over the seeds."""
+  """One setting's results: its runs grouped by depth, means and spreads over the seeds, and every
+  seed's values (aligned with ``seeds``) for the intervals and differences read from them."""
   depths = sorted({r.depth for r in runs})
+  seeds = sorted({r.seed for r in runs})
   groups = [sorted((r for r in runs if r.depth == L), key=lambda r: r.seed) for L in depths]
+  by_seed = [{r.seed: r for r in group} for group in groups]
+
+  def per_seed(value):
+    """Per depth, ``value(run)`` of each seed (None where the seed has no run there)."""
+    return [[value(at_depth[s]) if s in at_depth else None for s in seeds] for at_depth in by_seed]
 
   def column(key):
     return [records.seed_mean([getattr(r, key) for r in group]) for group in groups]
@@ -49,19 +56,21 @@ def _family(runs: list[records.RunRecord], bound_L: str, overrides: dict) -> rec
   kinds = sorted({k for r in runs for m in (r.init, r.trained) if m for k in m.by_kind} - {"block"})
   verdicts = [[r.convergence for r in group if r.convergence] for group in groups]
   judged = any(verdicts)
+  losses = ("train_loss", "test_loss", "init_test_loss", "test_accuracy", "init_test_accuracy")
+  verdict_keys = ("fall", "trend", "converged")
   return records.FamilyResults(
     depths=depths,
     diverged=[any(r.diverged for r in group) for group in groups],
     diverged_at_step=[min((r.diverged_at_step for r in group if r.diverged), default=None) for group in groups],
     train_loss=train_loss,
     test_loss=test_loss,
-    init=_stage(groups, "init", "block", bound_L),
-    trained=_stage(groups, "trained", "block", bound_L),
+    init=_stage(groups, seeds, "init", "block", bound_L),
+    trained=_stage(groups, seeds, "trained", "block", bound_L),
     model=runs[0].model,
-    seeds=sorted({r.seed for r in runs}),
+    seeds=seeds,
     num_diverged=[sum(r.diverged for r in group) for group in groups],
     std={key: spread(key) for key in ("train_loss", "test_loss", "test_accuracy")},
-    by_kind={kind: {stage: _stage(groups, stage, kind, bound_L) for stage in records.STAGES} for kind in kinds},
+    by_kind={kind: {stage: _stage(groups, seeds, stage, kind, bound_L) for stage in records.STAGES} for kind in kinds},
     init_test_loss=init_test_loss,
     budget=runs[0].budget,
     overrides=overrides,
@@ -71,9 +80,11 @@ def _family(runs: list[records.RunRecord], bound_L: str, overrides: dict) -> rec
     init_test_loss_relative=_relative(init_test_loss, variance),
     init_test_accuracy=column("init_test_accuracy") if classification else None,
     num_converged=[sum(bool(v["converged"]) for v in group) for group in verdicts] if judged else None,
-    convergence_change=[records.seed_mean([v["change"] for v in group]) for group in verdicts] if judged else None,
+    train_loss_fall=[records.seed_mean([v["fall"] for v in group]) for group in verdicts] if judged else None,
     convergence={
-      k: v for k, v in next(v for group in verdicts for v in group).items() if k in ("window", "tolerance", "scale")
+      k: v
+      for k, v in next(v for group in verdicts for v in group).items()
+      if k in ("window", "tolerance", "trend_tolerance")
     }
     if judged
     else None,
@@ -84,36 +95,44 @@ def _family(runs: list[records.RunRecord], bound_L: str, overrides: dict) -> rec
     }
     if any(r.construction for r in runs)
     else None,
+    per_seed={
+      **{key: per_seed(lambda r, key=key: getattr(r, key)) for key in losses},
+      **{key: per_seed(lambda r, key=key: (r.convergence or {}).get(key)) for key in verdict_keys},
+    },
   )
 
 
-def _stage(groups: list[list[records.RunRecord]], stage: str, kind: str, bound_L: str) -> records.Stage:
+def _stage(
+  groups: list[list[records.RunRecord]], seeds: list[int], stage: str, kind: str, bound_L: str
+) -> records.Stage:
   """The :class:`resnorm.records.Stage` of ``groups`` (one list of seeds' runs per depth, ascending)
   at ``stage`` for layers of ``kind``; the bound read against ``bound_L``, depths where the network
-  has no layer of ``kind`` left out."""
+  has no layer of ``kind`` left out; per-seed values aligned with ``seeds``."""
   if bound_L not in records.BOUND_LENGTHS:
     raise ValueError(f"bound_L = {bound_L!r}: expected one of {list(records.BOUND_LENGTHS)}")
-  measured = [[r.measurement(stage) for r in runs] for runs in groups]
-  per_seed = {
-    name: [[m.by_kind[kind][name] if m and kind in m.by_kind else None for m in seeds] for seeds in measured]
+  by_seed = [{r.seed: r.measurement(stage) for r in runs} for runs in groups]
+  measured = [[runs.get(seed) for seed in seeds] for runs in by_seed]  # None: no run, or no measurement
+  values = {
+    name: [[m.by_kind[kind][name] if m and kind in m.by_kind else None for m in row] for row in measured]
     for name in statistics.REGISTRY
   }
-  per_seed["token_c_last"] = [
-    [m.profile["token_c"][-1] if m and kind == "block" and "token_c" in m.profile else None for m in seeds]
-    for seeds in measured
+  values["token_c_last"] = [
+    [m.profile["token_c"][-1] if m and kind == "block" and "token_c" in m.profile else None for m in row]
+    for row in measured
   ]
-  means = {name: [records.seed_mean(values) for values in per_depth] for name, per_depth in per_seed.items()}
+  means = {name: [records.seed_mean(row) for row in per_depth] for name, per_depth in values.items()}
   means["num_layers"] = [None if n is None else int(n) for n in means["num_layers"]]
   lengths = means["num_layers"] if bound_L == "layers" else [runs[0].depth for runs in groups]
   kept = [i for i, n in enumerate(lengths) if n]
 
-  def at_kept(values):
-    return [values[i] for i in kept]
+  def at_kept(per_depth):
+    return [per_depth[i] for i in kept]
 
   return records.Stage(
     means=means,
-    std={name: [records.seed_std(values) for values in per_depth] for name, per_depth in per_seed.items()},
-    bound={s.name: theory.read_bound(at_kept(lengths), at_kept(per_seed[s.name])) for s in statistics.read_as_bound()},
+    std={name: [records.seed_std(row) for row in per_depth] for name, per_depth in values.items()},
+    per_seed={name: values[name] for name in [s.name for s in statistics.read_as_bound()] + ["token_c_last"]},
+    bound={s.name: theory.read_bound(at_kept(lengths), at_kept(values[s.name])) for s in statistics.read_as_bound()},
     fit=_fit(at_kept(lengths), at_kept(means["delta_max"])),
     bound_L=bound_L,
   )

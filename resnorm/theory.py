@@ -7,16 +7,18 @@ residual blocks whose backward ratios satisfy
     (1 − δ) ‖∂E/∂x_{l+1}‖ ≤ ‖∂E/∂x_l‖ ≤ (1 + δ) ‖∂E/∂x_{l+1}‖,     δ = c·log(2L)/L,
 
 so δ shrinks as the network deepens. The theorem is an existence result: it bounds δ from
-above for *some* network of L blocks, so a measured δ(L) is read against it as a bound.
+above for *some* network of L blocks, so a measured δ(L) is read against it as a bound, never
+as a law that trained networks must follow.
 
-* :func:`fit_delta` fits measured δ's to that law and to the alternatives c/L, c/√L and c (no
-  depth dependence), each as a one-parameter least-squares fit of log δ = log c + log g(L), and
-  reports R² in log space for each.
-* :func:`read_bound` reads δ(L) as a bound: c_min = max_L δ(L)·L/log(2L), the smallest c for
-  which δ ≤ c·log(2L)/L holds at every measured depth (the envelope :func:`delta_bound` with
-  c = c_min), and the free log–log slope with a Welch–Satterthwaite t interval over seeds, which
-  each law either fits (its own slope over the depths lies in the interval) or does not. It
-  never raises for data it cannot fit: too few points is a ``note``.
+* :func:`read_bound` reads δ(L) as a bound: the c each depth needs, c_L = δ·L/log(2L), with
+  intervals over seeds, and whether it grows with L; c_min = max_L c_L, the envelope
+  :func:`delta_bound` at c = c_min; the free log–log slope as a description; local slopes
+  between neighbouring depths; and a lack-of-fit test of each law and of a free power law, which
+  says when no power law describes δ(L) at all (a curve, a minimum). It never raises for data
+  it cannot read: too few points is a ``note``.
+* :func:`fit_delta` fits δ's to that law and to the alternatives c/L, c/√L and c (no depth
+  dependence), each as a one-parameter least-squares fit of log δ = log c + log g(L), with R²
+  in log space (none for the constant law, whose R² is 0 by definition).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import dataclasses
 import numpy as np
 from scipy import stats
 
-from resnorm import validation
+from resnorm import intervals, validation
 
 LAWS = {
   "c*log(2L)/L": lambda L: np.log(2 * L) / L,
@@ -48,7 +50,7 @@ def delta_bound(L, c):
 @dataclasses.dataclass(frozen=True)
 class LawFit:
   c: float
-  r2: float
+  r2: float | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +60,8 @@ class DeltaFit:
   Attributes:
     c, r2: the theorem's law.
     slope, intercept: the free line log δ = slope·log L + intercept.
-    laws: every law in :data:`LAWS` with its fitted c and R² (in log space).
-    best: the law with the highest R².
+    laws: every law in :data:`LAWS` with its fitted c and R² (in log space; None for the
+      constant law).
     num_points: depths used (finite, positive δ).
   """
 
@@ -68,7 +70,6 @@ class DeltaFit:
   slope: float
   intercept: float
   laws: dict[str, LawFit]
-  best: str
   num_points: int
 
   def to_dict(self) -> dict:
@@ -100,14 +101,14 @@ def fit_delta(depths, deltas) -> DeltaFit:
     slope=float(slope),
     intercept=float(intercept),
     laws=laws,
-    best=max(laws, key=lambda name: laws[name].r2),
     num_points=int(keep.sum()),
   )
 
 
 def _law_fits(L, log_delta) -> dict[str, LawFit]:
   """Every law g of :data:`LAWS` fitted to (L, log δ) by least squares in log space,
-  log c = mean(log δ − log g(L)), with its R² there."""
+  log c = mean(log δ − log g(L)), with its R² there (None for the constant law: its fit is the
+  mean, so its R² is 0 whatever the data)."""
   total = np.sum((log_delta - log_delta.mean()) ** 2)
   fits = {}
   for name, shape in LAWS.items():
@@ -115,6 +116,8 @@ def _law_fits(L, log_delta) -> dict[str, LawFit]:
     log_c = np.mean(log_delta - log_g)
     residual = log_delta - log_c - log_g
     r2 = float(1.0 - np.sum(residual**2) / total) if total > 0 else float(np.all(residual == 0))
+    if name == "c":
+      r2 = None
     fits[name] = LawFit(c=float(np.exp(log_c)), r2=r2)
   return fits
 
@@ -136,21 +139,32 @@ def c_min(depths, deltas) -> float | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class LawReading:
-  """One law c·g(L) against a bound reading's slope interval.
+class LackOfFit:
+  """How far the depths' mean log δ lie from one law, beyond the seeds' own scatter.
+
+  The lack-of-fit test with replicates: the law is fitted by least squares to every seed's
+  log δ; SS_lof = Σ_j n_j (m_j − fitted_j)² over the J depths' means m_j is compared with the
+  pure error SS_pe = Σ_j Σ_s (y_js − m_j)² (N − J degrees of freedom), F = (SS_lof/dof) /
+  (SS_pe/(N − J)), exact for log-normal noise of one size at every depth (noise whose size
+  differs from depth to depth makes it reject more often than 1 − level: 15% at a nominal 10%
+  with σ from 0.05 to 0.2 in tests/test_theory.py's simulation). ``chi2`` = dof·F is SS_lof in
+  units of the seeds' variance.
 
   Attributes:
-    slope: the law's own least-squares slope of log g(L) over the measured depths.
-    fits: whether that slope lies in the interval (None without an interval).
-    c, c_interval: the law's fitted c (log space, on the depths' means) and its interval.
-    r2: the fit's R² in log space.
+    c: the fitted constant (for the free power law c·L^slope, its c).
+    slope: the law's own least-squares slope of log g(L) over the depths (free: the fitted one).
+    chi2, dof, p: the statistic, its degrees of freedom (J − 1 for a law c·g(L), J − 2 for the
+      free power law) and its p-value; None where the seeds have no spread or too few depths.
   """
 
-  slope: float
-  fits: bool | None
   c: float
-  c_interval: list[float] | None
-  r2: float
+  slope: float
+  chi2: float | None
+  dof: int
+  p: float | None
+
+
+FREE_POWER_LAW = "c*L^b"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,21 +174,37 @@ class BoundReading:
   Attributes:
     c_min, c_min_depth: the smallest c with δ ≤ c·log(2L)/L at every measured network, and the
       L that sets it (None when no δ is finite).
-    slope, slope_interval, dof: the free log–log slope, its interval and the interval's degrees
-      of freedom (None where there is no slope or no interval).
-    laws: every law of :data:`LAWS` against the interval (None without a slope).
-    best: the one law that fits, where exactly one does.
+    depths: the depths with a finite, positive δ, which the rest is read over.
+    c_needed, c_needed_interval: per depth, the c it needs, c_L = δ·L/log(2L), as the geometric
+      mean over seeds with its interval on the log scale.
+    c_slope, c_slope_interval: the least-squares slope of log c_L on log L with its interval;
+      ``bounded``: True where the interval's upper end is ≤ 0 (c_L does not grow: consistent
+      with δ ≤ c·log(2L)/L at one c as L grows), False where its lower end is > 0 (c_L grows:
+      δ falls more slowly than the bound), None where the interval holds both or is missing.
+    slope, slope_interval, dof: the free log–log slope of δ (a description, not a law).
+    local_slopes: between neighbouring depths, ``{"from", "to", "slope", "interval"}``.
+    laws: every law of :data:`LAWS` and the free power law (:data:`FREE_POWER_LAW`) -> its
+      :class:`LackOfFit`; ``power_law``: whether the free power law passes its lack-of-fit test
+      at ``level`` (None: untested); ``shape``: what the local slopes show where it fails.
     num_points: depths with a finite, positive δ; ``seeds``: per depth, the finite δ's.
-    level: the intervals' coverage; ``note``: why a part is missing, or how the laws fared.
+    level: the intervals' coverage (and 1 − level the tests' size); ``note``: why a part is missing.
   """
 
   c_min: float | None = None
   c_min_depth: int | None = None
+  depths: list[int] = dataclasses.field(default_factory=list)
+  c_needed: list[float] = dataclasses.field(default_factory=list)
+  c_needed_interval: list[list[float] | None] = dataclasses.field(default_factory=list)
+  c_slope: float | None = None
+  c_slope_interval: list[float] | None = None
+  bounded: bool | None = None
   slope: float | None = None
   slope_interval: list[float] | None = None
   dof: float | None = None
-  laws: dict[str, LawReading] | None = None
-  best: str | None = None
+  local_slopes: list[dict] = dataclasses.field(default_factory=list)
+  laws: dict[str, LackOfFit] | None = None
+  power_law: bool | None = None
+  shape: str | None = None
   num_points: int = 0
   seeds: list[int] = dataclasses.field(default_factory=list)
   level: float = 0.9
@@ -185,39 +215,39 @@ class BoundReading:
 
   @classmethod
   def from_json(cls, data: dict) -> BoundReading:
-    laws = data["laws"] and {name: LawReading(**law) for name, law in data["laws"].items()}
+    laws = data["laws"] and {name: LackOfFit(**law) for name, law in data["laws"].items()}
     return cls(**{**data, "laws": laws})
 
 
 def read_bound(depths, per_seed, *, level: float = 0.9) -> BoundReading:
-  """δ(L) read as a bound, with intervals over seeds that hold their level for a few seeds.
+  """δ(L) read as a bound: the c each depth needs, whether it grows, and the shape of δ(L).
 
-  On the log scale, with y = log δ of each seed, m_j and v_j the mean and variance of y over the
-  n_j seeds of depth L_j, and x_j = log L_j, the free slope is the least-squares line through
-  the depths' means, b = Σ_j w_j m_j with w_j = (x_j − x̄)/Σ_k (x_k − x̄)². The depths' seeds are
-  independent, so Var b = Σ_j w_j² v_j/n_j; its interval is b ± t·SE with Student's t at the
-  Welch–Satterthwaite degrees of freedom, ν = SE⁴ / Σ_j (w_j² v_j/n_j)²/(n_j − 1), which lets
-  the noise differ from depth to depth (tests/test_theory.py measures its coverage on simulated
-  sweeps). The slope is that of the geometric mean over seeds, a power law's exponent whatever
-  the noise's size.
+  With y_js = log δ of seed s at depth L_j and m_j, n_j the mean and count over the seeds:
 
-  A law c·g(L) *fits* when its own least-squares slope over the measured depths, Σ_j w_j log
-  g(L_j), lies in the interval; the true law is thus kept with the interval's coverage. The law
-  whose slope is alone in the interval is named ``best``; several: not separated; none: no law
-  fits, and the note says which way δ departs.
+  * c_L = δ·L/log(2L) per depth (the constant the bound needs there), on the log scale with a t
+    interval over the seeds, and the least-squares slope of log c_L on log L. Theorem 1 is an
+    existence result and an upper bound: measured δ's are *consistent* with it at one c where
+    c_L does not grow with L (the slope's upper end ≤ 0), whether δ falls as fast as the bound
+    or faster; c_L growing (lower end > 0) says δ falls more slowly than c·log(2L)/L here.
+  * The free slope of log δ on log L, Σ_j w_j m_j with w_j = (x_j − x̄)/Σ_k (x_k − x̄)² and
+    x_j = log L_j, with its Welch–Satterthwaite interval (:func:`resnorm.intervals.combination`)
+    — a description: a single slope cannot tell c·log(2L)/L from L^−0.67 over 2…128, nor see a
+    curve. The slope of log c_L is this slope less the theorem law's Σ_j w_j log(log(2L_j)/L_j).
+  * The shape: local slopes between neighbouring depths with Welch intervals, and every law's
+    lack-of-fit test (:class:`LackOfFit`), the free power law's included: where that fails at
+    ``level``, no power law describes δ(L), and ``shape`` names a minimum or maximum that the
+    local slopes show (a detected fall followed by a detected rise, or the reverse).
 
   Args:
     depths: the L's, one per entry of ``per_seed``.
-    per_seed: for every depth, the δ's of its seeds (``None``, NaN or ≤ 0: left out of the
-      slope; every finite one counts for c_min).
-    level: the intervals' coverage.
+    per_seed: for every depth, the δ's of its seeds (``None``, NaN or ≤ 0: left out of every
+      log-scale reading; every finite one counts for c_min).
+    level: the intervals' coverage; the tests reject at 1 − level.
 
   Returns:
-    The :class:`BoundReading`: c_min over every seed's δ (:func:`c_min`, so the envelope
-    c_min·log(2L)/L lies on or above every measured network) and the slope with its interval
-    and the laws. Fewer than two depths with a positive δ give c_min alone and a note, never an
-    exception; a depth with one seed, or seeds that all agree (a deterministic network), give the
-    slope without an interval.
+    The :class:`BoundReading`; it never raises for data it cannot read (fewer than two depths
+    with a positive δ give c_min alone and a note; one seed at a depth, or seeds that all agree,
+    give estimates without intervals or tests).
   """
   depths = np.asarray(depths, dtype=np.float64)
   samples = [np.array([np.nan if v is None else v for v in values], dtype=np.float64) for values in per_seed]
@@ -233,71 +263,85 @@ def read_bound(depths, per_seed, *, level: float = 0.9) -> BoundReading:
   if len(np.unique(depths[keep])) < 2:
     return BoundReading(**bound, note="fewer than two values of L with a finite, positive delta: no slope or law fit")
   L, logs = depths[keep], [y for y, k in zip(logs, keep) if k]
-  x = np.log(L)
-  weights = (x - x.mean()) / np.sum((x - x.mean()) ** 2)
-  means = np.array([y.mean() for y in logs])
-  slope = float(weights @ means)
-  law_fits = _law_fits(L, means)
-  slopes = {name: float(weights @ np.log(shape(L))) for name, shape in LAWS.items()}
-  bound.update(slope=slope)
-  if min(len(y) for y in logs) < 2:
-    note = "a depth with one seed: no interval covers its seed-to-seed spread, no law is named"
-    return BoundReading(**bound, laws=_laws(slopes, law_fits), note=note)
-  counts = np.array([len(y) for y in logs])
-  variances = np.array([y.var(ddof=1) for y in logs]) / counts  # of each depth's mean
-  if not np.any(variances > 0):
-    note = "the same δ at every seed (a deterministic network): no interval, the laws compared by R² only"
-    return BoundReading(**bound, laws=_laws(slopes, law_fits), note=note)
-
-  def interval(center, coefficients):
-    """center ± t·SE for the combination Σ coefficients_j m_j."""
-    parts = coefficients**2 * variances
-    error = float(np.sqrt(parts.sum()))
-    dof = error**4 / float(np.sum(parts**2 / (counts - 1)))
-    half = float(stats.t.ppf(0.5 + level / 2, dof)) * error
-    return [center - half, center + half], dof
-
-  (low, high), dof = interval(slope, weights)
-  c_intervals = {
-    name: [float(np.exp(v)) for v in interval(float(np.log(fit.c)), np.full(len(L), 1 / len(L)))[0]]
-    for name, fit in law_fits.items()
-  }
-  laws = _laws(slopes, law_fits, (low, high), c_intervals)
-  fitting = [name for name, law in laws.items() if law.fits]
-  best, note = None, None
-  if len(fitting) == 1:
-    best = fitting[0]
-  elif fitting:
-    note = f"not separated by the seeds: {', '.join(fitting)} all fit"
-  else:
-    note = f"no law fits: δ {_departure(low, high, laws)}"
-  return BoundReading(**bound, slope_interval=[low, high], dof=dof, laws=laws, best=best, note=note)
-
-
-def _laws(slopes: dict, fits: dict, interval=None, c_intervals=None) -> dict[str, LawReading]:
-  """Every law's :class:`LawReading`, judged against ``interval`` where there is one."""
-  return {
-    name: LawReading(
-      slope=slopes[name],
-      fits=None if interval is None else bool(interval[0] <= slopes[name] <= interval[1]),
-      c=fits[name].c,
-      c_interval=None if c_intervals is None else c_intervals[name],
-      r2=fits[name].r2,
+  theorem = np.log(LAWS[THEOREM_LAW](L))
+  c_logs = [intervals.combination([(1.0, y - g)], level) for y, g in zip(logs, theorem)]
+  slope = intervals.slope(L, [dict(enumerate(y)) for y in logs], level)
+  theorem_slope = float(intervals.slope_weights(L) @ theorem)
+  bound.update(
+    depths=[int(v) for v in L],
+    c_needed=[float(np.exp(c.value)) for c in c_logs],
+    c_needed_interval=[c.interval and [float(np.exp(v)) for v in c.interval] for c in c_logs],
+    c_slope=slope.value - theorem_slope,
+    c_slope_interval=slope.interval and [v - theorem_slope for v in slope.interval],
+    slope=slope.value,
+    slope_interval=slope.interval,
+    dof=slope.dof,
+    local_slopes=_local_slopes(L, logs, level),
+  )
+  if slope.interval:
+    low, high = bound["c_slope_interval"]
+    bound["bounded"] = True if high <= 0 else False if low > 0 else None
+  laws = _lack_of_fit(L, logs)
+  free = laws[FREE_POWER_LAW]
+  note = None
+  if slope.interval is None:
+    note = (
+      "a depth with one seed: no interval or test"
+      if min(len(y) for y in logs) < 2
+      else "the same δ at every seed (a deterministic network): no interval or test"
     )
-    for name in LAWS
-  }
+  power_law = None if free.p is None else bool(free.p >= 1 - level)
+  shape = _shape(bound["local_slopes"]) if power_law is False else None
+  return BoundReading(**bound, laws=laws, power_law=power_law, shape=shape, note=note)
 
 
-def _departure(low: float, high: float, laws: dict[str, LawReading]) -> str:
-  """How a slope interval [low, high] that holds no law's slope lies among the laws' slopes."""
-  by_slope = sorted(laws, key=lambda name: laws[name].slope)  # steepest first
-  steeper = [name for name in by_slope if laws[name].slope < low]  # δ falls more slowly than these
-  shallower = [name for name in by_slope if laws[name].slope > high]  # … and faster than these
-  if not shallower:
-    return "rises with L"  # above the constant law's slope 0
-  if not steeper:
-    return f"falls faster than {by_slope[0]}"
-  slower = f"more slowly than {steeper[-1]} (slope {laws[steeper[-1]].slope:.2f})"
-  if laws[shallower[0]].slope == 0:  # the constant law: δ falls, but not as fast as any decaying law
-    return f"falls {slower}"
-  return f"falls faster than {shallower[0]} (slope {laws[shallower[0]].slope:.2f}) and {slower}"
+def _local_slopes(L: np.ndarray, logs: list[np.ndarray], level: float) -> list[dict]:
+  """Between neighbouring depths, (m_b − m_a)/log(L_b/L_a) with its Welch interval."""
+  slopes = []
+  for (La, a), (Lb, b) in zip(zip(L, logs), zip(L[1:], logs[1:])):
+    span = float(np.log(Lb / La))
+    estimate = intervals.combination([(1 / span, b), (-1 / span, a)], level)
+    slopes.append({"from": int(La), "to": int(Lb), "slope": estimate.value, "interval": estimate.interval})
+  return slopes
+
+
+def _lack_of_fit(L: np.ndarray, logs: list[np.ndarray]) -> dict[str, LackOfFit]:
+  """Every law's :class:`LackOfFit` against the seeds' pure error."""
+  counts = np.array([len(y) for y in logs], dtype=np.float64)
+  means = np.array([y.mean() for y in logs])
+  x = np.log(L)
+  pure = float(sum(np.sum((y - y.mean()) ** 2) for y in logs))
+  pure_dof = int(counts.sum()) - len(L)
+  variance = pure / pure_dof if pure_dof > 0 and pure > 0 else None
+
+  def test(residuals, dof):
+    if variance is None or dof < 1:
+      return None, None
+    chi2 = float(np.sum(counts * residuals**2) / variance)
+    return chi2, float(stats.f.sf(chi2 / dof, dof, pure_dof))
+
+  weights = intervals.slope_weights(L)
+  laws = {}
+  for name, shape in LAWS.items():
+    log_g = np.log(shape(L))
+    log_c = float(np.sum(counts * (means - log_g)) / counts.sum())
+    chi2, p = test(means - log_c - log_g, len(L) - 1)
+    laws[name] = LackOfFit(float(np.exp(log_c)), float(weights @ log_g), chi2, len(L) - 1, p)
+  center = np.sum(counts * x) / counts.sum()
+  b = float(np.sum(counts * (x - center) * means) / np.sum(counts * (x - center) ** 2))
+  a = float(np.sum(counts * (means - b * x)) / counts.sum())
+  chi2, p = test(means - a - b * x, len(L) - 2)
+  laws[FREE_POWER_LAW] = LackOfFit(float(np.exp(a)), b, chi2, len(L) - 2, p)
+  return laws
+
+
+def _shape(local_slopes: list[dict]) -> str:
+  """What the local slopes show where no power law fits: a minimum (a detected fall, later a
+  detected rise), a maximum, or a bend."""
+  signs = [(-1 if s["interval"][1] < 0 else 1 if s["interval"][0] > 0 else 0, s) for s in local_slopes if s["interval"]]
+  detected = [(sign, s) for sign, s in signs if sign]
+  for (first, a), (second, b) in zip(detected, detected[1:]):
+    if first != second:
+      kind = "a minimum" if first < 0 else "a maximum"
+      return f"{kind} between L = {a['from']} and L = {b['to']}"
+  return "a bend: the local slopes change more than the seeds allow for one power law"

@@ -247,46 +247,55 @@ def train_steps(
   return state, {"loss": losses, "finite": finite}
 
 
-# What a verdict's change is a fraction of, recorded with it (the reports quote it).
-CONVERGENCE_SCALE = "the larger of the final loss and that fraction of the loss's range over the run"
-
-
-def convergence(steps, losses, window: float, tolerance: float) -> dict:
+def convergence(steps, losses, window: float, tolerance: float, trend_tolerance: float) -> dict:
   """Whether a run's train loss had stopped falling: the verdict each run records.
 
   ``steps``, ``losses``: the logged train losses (each the mean over the steps since the
-  previous log) up to the last step T. The loss at the last log, ℓ(T), is compared with the
-  loss at the last log at or before (1 − ``window``)·T, ℓ(T₀), on the scale of the larger of
-  ℓ(T) and ``tolerance`` times the range R = max ℓ − min ℓ the logged losses spanned:
+  previous log) up to the last step T. Two readings, both required:
 
-      change = (ℓ(T₀) − ℓ(T)) / max(|ℓ(T)|, tolerance·R),     converged ⇔ |change| ≤ ``tolerance``.
+  * the fall over the last ``window`` of the run, relative to the final loss: with ℓ(T₀) the
+    loss at the last log at or before (1 − ``window``)·T,
 
-  A loss still falling (or rising) by more than ``tolerance`` of itself over the last ``window``
-  of the run is not converged, unless it has fallen to nearly zero (below ``tolerance``·R): a
-  cross-entropy that fits its training set moves by a sizeable fraction of its vanishing value
-  from batch noise alone, and is judged against ``tolerance``² of the range it fell instead.
-  Under a decaying learning rate the verdict says the run stopped changing, not that it reached
-  the optimum: a budget ladder at a constant rate tells the two apart. ``converged`` is None when
-  there are fewer than two logs to compare.
+        fall = (ℓ(T₀) − ℓ(T)) / ℓ(T),        |fall| ≤ ``tolerance``;
+
+  * the trend over the second half: b, the least-squares slope of log ℓ against the step over
+    the logs at steps ≥ T/2, projected over the last ``window`` of the run,
+
+        trend = −b·``window``·T,        |trend| ≤ ``trend_tolerance``,
+
+    which a single noisy log cannot fake or hide.
+
+  A loss still falling by more than ``tolerance`` of itself is not converged however small it
+  is. Under a decaying learning rate both readings say the run stopped changing, not that it
+  reached the optimum (a cosine schedule forces that by sending the rate to zero): a budget
+  ladder at a constant rate tells the two apart. ``converged`` is None where it cannot be told:
+  fewer than two logs in the second half, or a loss that is not finite and positive.
   """
   steps, losses = [int(s) for s in steps], [float(v) for v in losses]
   verdict = dict(
     window=window,
     tolerance=tolerance,
-    scale=CONVERGENCE_SCALE,
+    trend_tolerance=trend_tolerance,
     from_step=None,
     to_step=None,
-    change=None,
+    fall=None,
+    trend=None,
     converged=None,
   )
-  if len(steps) < 2 or not all(map(math.isfinite, losses)):
+  if len(steps) < 2 or not all(math.isfinite(v) and v > 0 for v in losses):
     return verdict
   last = steps[-1]
   earlier = [i for i, s in enumerate(steps[:-1]) if s <= (1 - window) * last]
   first = earlier[-1] if earlier else 0
-  scale = max(abs(losses[-1]), tolerance * (max(losses) - min(losses)))
-  change = (losses[first] - losses[-1]) / scale if scale else 0.0
-  return dict(verdict, from_step=steps[first], to_step=last, change=change, converged=bool(abs(change) <= tolerance))
+  fall = (losses[first] - losses[-1]) / losses[-1]
+  verdict.update(from_step=steps[first], to_step=last, fall=fall)
+  half = [(s, math.log(v)) for s, v in zip(steps, losses) if s >= last / 2]
+  if len(half) < 2:
+    return verdict
+  x, y = np.array(half).T
+  trend = -float(np.polyfit(x, y, 1)[0]) * window * last
+  converged = abs(fall) <= tolerance and abs(trend) <= trend_tolerance
+  return dict(verdict, trend=trend, converged=bool(converged))
 
 
 def variables(state: TrainState) -> dict:

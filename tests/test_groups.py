@@ -195,39 +195,58 @@ def test_a_resume_inside_a_stretch_equals_the_uninterrupted_stretch(tmp_path):
   assert resumed.test_loss == straight.test_loss and resumed.trained == straight.trained
 
 
+RULE = dict(window=0.25, tolerance=0.05, trend_tolerance=0.05)
+
+
 def test_the_convergence_verdict():
-  """Converged when the logged loss changed over the last window by at most the tolerance of the
-  larger of the final loss and the tolerance times the loss's range over the run."""
-  verdict = train.convergence([100, 200, 300, 400], [1.0, 0.5, 0.42, 0.41], window=0.25, tolerance=0.05)
-  assert verdict["converged"] and verdict["from_step"] == 300 and verdict["change"] == pytest.approx(0.01 / 0.41)
-  still_falling = train.convergence([100, 200, 300, 400], [1.0, 0.5, 0.4, 0.3], window=0.25, tolerance=0.05)
-  assert not still_falling["converged"] and still_falling["change"] == pytest.approx(0.1 / 0.3)
-  rising = train.convergence([100, 200], [0.5, 0.6], window=0.5, tolerance=0.05)
-  assert not rising["converged"] and rising["change"] == pytest.approx(-0.1 / 0.6)
-  assert train.convergence([400], [0.3], window=0.25, tolerance=0.05)["converged"] is None
+  """Converged when the loss fell by at most 5% of its final value over the last quarter and its
+  log's least-squares slope over the second half, projected over a quarter of the run, is at most
+  0.05 in size; by hand on four logs."""
+  steps = [100, 200, 300, 400]
+  verdict = train.convergence(steps, [1.0, 0.5, 0.42, 0.41], **RULE)
+  trend = -np.polyfit([200, 300, 400], np.log([0.5, 0.42, 0.41]), 1)[0] * 0.25 * 400
+  assert verdict["from_step"] == 300 and verdict["fall"] == pytest.approx(0.01 / 0.41)
+  assert verdict["trend"] == pytest.approx(trend) and trend > 0.05  # the last log alone looks flat; the half does not
+  assert verdict["converged"] is False
+  flat_half = train.convergence(steps, [1.0, 0.41, 0.42, 0.41], **RULE)
+  assert flat_half["converged"] is True and abs(flat_half["trend"]) <= 0.05
+  rising = train.convergence([100, 200], [0.5, 0.6], **dict(RULE, window=0.5))
+  assert not rising["converged"] and rising["fall"] == pytest.approx(-0.1 / 0.6)
+  assert train.convergence([400], [0.3], **RULE)["converged"] is None
+  assert train.convergence(steps, [1.0, 0.5, float("nan"), 0.4], **RULE)["converged"] is None
 
 
-def test_a_loss_trained_to_nearly_zero_is_judged_on_its_range_and_a_flat_one_on_its_value():
-  """The image sweep's pre-activation ResNet at depth 29 (its logged losses, 1.70 → 0.0042): the
-  last quarter moved the loss by 17% of its final value, batch noise on a loss that fits the
-  training set, but by 0.8% of 5% of the 1.7 it fell. A loss that barely moved (2.303 ± 0.002) is
-  judged on its value: 0.2%, converged; the same noise on a loss of 0.003 that never fell is not."""
+@pytest.mark.parametrize("final", [1.0, 1e-3, 1e-9])
+def test_a_loss_still_falling_twenty_percent_of_itself_is_not_converged_however_small(final):
+  """The issue's synthetic curves: a loss that fell 20% of itself over the last quarter is not
+  converged at any size (the old rule, scaled by the loss's range, passed the small ones); a flat
+  one with a little noise is, at any size."""
+  steps = list(range(10, 401, 10))
+  falling = [final * 1.2 ** ((400 - s) / 100) for s in steps]  # falls 20% of its final value per quarter
+  verdict = train.convergence(steps, falling, **RULE)
+  assert verdict["fall"] == pytest.approx(0.2) and verdict["converged"] is False
+  noise = np.random.default_rng(0).normal(0, 0.005, len(steps))
+  flat = train.convergence(steps, list(final * np.exp(noise)), **RULE)
+  assert abs(flat["fall"]) <= 0.05 and abs(flat["trend"]) <= 0.05 and flat["converged"] is True
+
+
+def test_the_image_sweep_s_nearly_fitted_loss_is_still_falling():
+  """The image sweep's pre-activation ResNet at depth 29 (its logged losses, 1.70 → 0.0042): its
+  last quarter fell 17% of its final value, which the old rule (scaled by 5% of the loss's range)
+  called converged; it is not. A loss that barely moved (2.303 ± 0.002) is converged."""
   steps = list(range(25, 301, 25))
   fitted = [1.7, 0.328, 0.0447, 0.0134, 0.0072, 0.00648, 0.0055, 0.00492, 0.00492, 0.00478, 0.00471, 0.00421]
-  verdict = train.convergence(steps, fitted, window=0.25, tolerance=0.05)
-  assert verdict["converged"] and verdict["change"] == pytest.approx((0.00492 - 0.00421) / (0.05 * (1.7 - 0.00421)))
-  assert (0.00492 - 0.00421) / 0.00421 > 0.05  # the final loss's scale alone would call it unconverged
+  verdict = train.convergence(steps, fitted, **RULE)
+  assert verdict["fall"] == pytest.approx((0.00492 - 0.00421) / 0.00421) and verdict["converged"] is False
   flat = [2.303 + 0.002 * (-1) ** i for i in range(12)]
-  assert train.convergence(steps, flat, window=0.25, tolerance=0.05)["converged"]
-  noisy_small = [0.003 + 0.002 * (-1) ** i for i in range(12)]
-  assert not train.convergence(steps, noisy_small, window=0.25, tolerance=0.05)["converged"]
+  assert train.convergence(steps, flat, **RULE)["converged"]
 
 
 def test_a_run_stopped_early_is_not_converged_and_one_at_its_plateau_is(tmp_path):
   """20 steps at a constant rate of 3e-3 still lower the loss quickly; the same run at a rate of
   1e-9 sits on its plateau (its loss cannot move)."""
   early = loop.train_and_evaluate(tiny_run(log_every=5, **{"optimizer.learning_rate": 3e-3}), tmp_path / "early")
-  assert early.convergence["converged"] is False and early.convergence["change"] > 0.05
+  assert early.convergence["converged"] is False and early.convergence["fall"] > 0.05
   flat = loop.train_and_evaluate(tiny_run(log_every=5, **{"optimizer.learning_rate": 1e-9}), tmp_path / "flat")
   assert flat.convergence["converged"] is True
   with open(tmp_path / "flat" / "summary.json") as f:

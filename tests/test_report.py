@@ -48,21 +48,41 @@ def test_regenerating_the_readme_changes_nothing_else(tmp_path):
   assert report_entry.regenerated(regenerated, helpers.REPO) == regenerated
 
 
-def _stage(deltas_per_depth, depths):
-  """A Stage whose δ_max and δ_mean are the mean of the given seeds, with the bound reading of
-  them; every other statistic unmeasured."""
-  means = [float(np.mean(d)) for d in deltas_per_depth]
-  stds = [float(np.std(d, ddof=1)) if len(d) > 1 else None for d in deltas_per_depth]
-  reading = theory.read_bound(depths, deltas_per_depth)
+def _seeds(values, depths, spread=0.05, shift=0):
+  """Per depth, three seeds at value·e^(−spread, 0, spread) in an order that turns with the depth
+  (and ``shift``): each depth's geometric mean is exact, and two stages drawn with different
+  shifts differ seed by seed, as paired runs do."""
+  return [v * np.exp(np.roll([-spread, 0.0, spread], j + shift)) for j, v in enumerate(values)]
+
+
+def _stage(deltas_per_depth, depths, mean_deltas=None):
+  """A Stage whose δ_max (and δ_mean: ``mean_deltas``, or the same) are the given seeds', with the
+  bound readings of them; every other statistic unmeasured."""
+  mean_deltas = deltas_per_depth if mean_deltas is None else mean_deltas
   nones = [None] * len(depths)
   columns = [*statistics.REGISTRY, "token_c_last"]
+
+  def means(per_depth):
+    return [float(np.mean(d)) for d in per_depth]
+
+  def stds(per_depth):
+    return [float(np.std(d, ddof=1)) if len(d) > 1 else None for d in per_depth]
+
+  per_seed = {name: [[None] * 3] * len(depths) for name in [s.name for s in statistics.read_as_bound()]}
+  per_seed.update(delta_max=[list(d) for d in deltas_per_depth], delta_mean=[list(d) for d in mean_deltas])
   return records.Stage(
-    means={**{name: nones for name in columns}, "delta_max": means, "delta_mean": means, "num_layers": list(depths)},
-    std={**{name: nones for name in columns}, "delta_max": stds, "delta_mean": stds},
+    means={
+      **{name: nones for name in columns},
+      "delta_max": means(deltas_per_depth),
+      "delta_mean": means(mean_deltas),
+      "num_layers": list(depths),
+    },
+    std={**{name: nones for name in columns}, "delta_max": stds(deltas_per_depth), "delta_mean": stds(mean_deltas)},
+    per_seed={**per_seed, "token_c_last": [[None] * 3] * len(depths)},
     bound={
       **{s.name: theory.read_bound(depths, [[None]] * len(depths)) for s in statistics.read_as_bound()},
-      "delta_max": reading,
-      "delta_mean": reading,
+      "delta_max": theory.read_bound(depths, deltas_per_depth),
+      "delta_mean": theory.read_bound(depths, mean_deltas),
     },
     fit={},
     bound_L="layers",
@@ -71,6 +91,7 @@ def _stage(deltas_per_depth, depths):
 
 def _family(init, trained, depths, **fields):
   nones = [None] * len(depths)
+  losses = {key: [[0.1] * 3] * len(depths) for key in ("train_loss", "test_loss", "init_test_loss")}
   return records.FamilyResults(
     depths=depths,
     diverged=[False] * len(depths),
@@ -85,17 +106,22 @@ def _family(init, trained, depths, **fields):
     std={"train_loss": nones, "test_loss": nones, "test_accuracy": nones},
     by_kind={},
     init_test_loss=nones,
+    per_seed=losses,
     **fields,
   )
 
 
+CONVERGENCE = dict(window=0.25, tolerance=0.05, trend_tolerance=0.05)
+
+
 def test_the_sentences_follow_the_numbers():
-  """A rising trained δ is said to rise; a flat one at zero-init is learned, not built in; an
-  initialisation with the trained slope is said to decide it; convergence counts are read back."""
+  """A rising trained δ is said to rise, with a c_L that grows; a falling one as 1/L is consistent
+  with the bound and described by a power law; zero-init is learned, not built in; training's
+  change of the slope is an interval on the difference, paired by seed; convergence counts and
+  falls are read back."""
   depths = [2, 8, 32, 128]
-  spread = np.exp([-0.05, 0.0, 0.05])  # seeds about each depth's value: its geometric mean is exact
-  rising = [0.01 * L**0.3 * spread for L in depths]
-  falling = [0.3 / L * spread for L in depths]
+  rising = _seeds([0.01 * L**0.3 for L in depths], depths)
+  falling = _seeds([0.3 / L for L in depths], depths)
   zero = [np.zeros(3) for _ in depths]
   budget = dict(steps=400, optimizer="adam", learning_rate=1e-3, schedule="cosine", batch_size=64, block_lr_scale="1")
   summary = records.SweepSummary(
@@ -107,12 +133,13 @@ def test_the_sentences_follow_the_numbers():
         depths,
         budget=budget,
         num_converged=[3, 3, 1, 0],
-        convergence=dict(window=0.25, tolerance=0.05, scale="the larger of two scales"),
+        train_loss_fall=[0.01, 0.02, 0.1, 0.25],
+        convergence=CONVERGENCE,
         overrides=dict(name="mlp_residual", zero_init_last=True, branch_scale="1"),
       ),
       "scaled": _family(
         _stage(falling, depths),
-        _stage(falling, depths),
+        _stage(_seeds([0.3 / L for L in depths], depths, shift=1), depths),
         depths,
         budget=budget,
         overrides=dict(name="mlp_residual", branch_scale="1/L"),
@@ -124,17 +151,27 @@ def test_the_sentences_follow_the_numbers():
 
   assert "x_(l+1) = x + F(x), the last layer of F zero at initialisation" in zero_part
   assert "every block is the identity (δ = 0 at every depth)" in zero_part
-  assert "δ_max rises as L^0.30 [" in zero_part and "no law fits: δ rises with L" in zero_part
   assert (
-    "converged (train loss changed over the last 25% of the run by at most 5% of the larger of two scales) in "
-    "L = 2: 3/3, L = 8: 3/3, L = 32: 1/3, L = 128: 0/3" in zero_part
+    "δ_max rises as L^0.30 [" in zero_part
+    and "c_L grows with L: over these depths δ falls more slowly than" in zero_part
   )
+  assert "in L = 2: 3/3 (fall 1%), L = 8: 3/3 (fall 2%), L = 32: 1/3 (fall 10%), L = 128: 0/3 (fall 25%)" in zero_part
+  assert "by at most 5% of its final value over the last 25% of the run" in zero_part
   assert "400 Adam steps, cosine learning rate from 0.001, batch 64" in zero_part
-  assert "x_(l+1) = x + F(x)/L" in scaled_part and "of the laws only c/L fits" in scaled_part
-  assert (
-    "the intervals overlap, so with these seeds training's change of δ_max's depth dependence is not "
-    "detectable" in scaled_part
-  )
+  assert "x_(l+1) = x + F(x)/L" in scaled_part and "δ_max falls as L^−1.00 [" in scaled_part
+  assert "c_L does not grow with L: consistent with δ ≤ c·log(2L)/L" in scaled_part
+  assert "A power law describes δ(L) within the seeds' scatter (χ² 0.00 on 2 dof, p 1;" in scaled_part
+  assert "δ_max's slope from initialisation to the end of training: L^−1.00 [" in scaled_part
+  assert "(paired by seed): not detectable with these seeds." in scaled_part
+
+
+def test_a_u_shaped_delta_is_said_to_have_a_minimum():
+  """The reference's δ_max shape (down to L = 32, up after): no power law, a minimum named."""
+  depths = [2, 8, 32, 128]
+  stage = _stage(_seeds([0.3, 0.15, 0.09, 0.12], depths, spread=0.02), depths)
+  sentence = report._reading_sentence("δ_max", stage, "delta_max")
+  assert "No power law describes δ(L) (χ² " in sentence and "a minimum between L = 32 and L = 32" not in sentence
+  assert "a minimum between L = " in sentence
 
 
 def test_a_slope_whose_interval_holds_zero_is_said_not_to_move():
@@ -153,30 +190,28 @@ def test_a_slope_whose_interval_holds_zero_is_said_not_to_move():
 
 
 def test_a_budget_ladder_says_whether_each_slope_moved():
-  """Three budgets of one setting: δ_max's slope −0.3 at 400 and 2,000 steps and −1 at 10,000 is
-  said to move (the intervals of 400 and 10,000 steps do not overlap); δ_mean's, the same slope at
-  every budget, is said not to. A setting of another schedule is a ladder of its own, and
+  """Three budgets of one setting: δ_max's slope −0.3 at 400 and 2,000 steps and −1 at 10,000 is a
+  change detected on the paired difference of the slopes; δ_mean, the same per depth at every
+  budget up to the seeds' order, is not. A setting of another schedule is a ladder of its own, and
   settings of one budget make none."""
   depths = [2, 8, 32, 128]
-  spread = np.exp([-0.05, 0.0, 0.05])
-  shallow, steep = ([0.3 * L**power * spread for L in depths] for power in (-0.3, -1.0))
+  shallow, steep = ([0.3 * L**power for L in depths] for power in (-0.3, -1.0))
   overrides = dict(name="mlp_residual", zero_init_last=True, branch_scale="1")
 
-  def rung(steps, schedule, deltas):
+  def rung(steps, schedule, deltas, shift):
     budget = dict(
       steps=steps, optimizer="adam", learning_rate=1e-3, schedule=schedule, batch_size=64, block_lr_scale="1"
     )
-    trained = _stage(deltas, depths)
-    trained.bound["delta_mean"] = theory.read_bound(depths, shallow)
+    trained = _stage(_seeds(deltas, depths, shift=shift), depths, _seeds(shallow, depths, shift=shift))
     return _family(
-      _stage(shallow, depths),
+      _stage(_seeds(shallow, depths), depths),
       trained,
       depths,
       budget=budget,
       overrides=overrides,
       num_converged=[3, 3, 3, steps // 5000],
-      convergence=dict(window=0.25, tolerance=0.05, scale="the final loss"),
-      convergence_change=[0.01, 0.02, 0.03, 0.5],
+      convergence=CONVERGENCE,
+      train_loss_fall=[0.01, 0.02, 0.03, 0.5],
       train_loss_relative=[0.01] * 4,
       test_loss_relative=[0.02] * 4,
     )
@@ -184,22 +219,24 @@ def test_a_budget_ladder_says_whether_each_slope_moved():
   summary = records.SweepSummary(
     "a",
     {
-      "a": rung(400, "cosine", shallow),
-      "c": rung(10_000, "cosine", steep),
-      "b": rung(2_000, "cosine", shallow),
-      "d": rung(400, "constant", shallow),
+      "a": rung(400, "cosine", shallow, 0),
+      "c": rung(10_000, "cosine", steep, 1),
+      "b": rung(2_000, "cosine", shallow, 2),
+      "d": rung(400, "constant", shallow, 0),
     },
   )
   text = "\n".join(report.budget_ladder(summary))
   assert text.count("## Budget ladder") == 1 and "cosine learning rate" in text
   rows = [line for line in text.splitlines() if line.startswith("| ") and "steps" in line and "budget" not in line]
   assert [row.split(" | ")[0] for row in rows] == ["| 400 steps", "| 2000 steps", "| 10000 steps"]
-  assert "| train/var, test/var at L = 128 | train-loss change over the last 25% at L = 128 |" in text
+  assert "| train-loss fall over the last 25%, relative to the final loss, at L = 128 | converged |" in text
   assert rows[0].endswith("| 0.01, 0.02 | 50% | 9/12 |")
   assert rows[2].endswith("| 11/12 |")  # converged: 0 and 2 of 3 at L = 128
-  assert "δ_max's slope moves with the budget from 400 to 10000 steps: L^−0.30 [" in text
-  assert "δ_mean's slope does not move detectably from 400 to 10000 steps" in text
-  one_budget = records.SweepSummary("a", {"a": rung(400, "cosine", shallow), "d": rung(400, "constant", shallow)})
+  moved = next(line for line in text.splitlines() if line.startswith("* δ_max's slope from 400 to 10000 steps"))
+  assert ": L^−0.30 [" in moved and "→ L^−1.00 [" in moved and "(paired by seed): detected." in moved
+  still = next(line for line in text.splitlines() if line.startswith("* δ_mean's slope from 400 to 10000 steps"))
+  assert "(paired by seed): not detectable with these seeds." in still
+  one_budget = records.SweepSummary("a", {"a": rung(400, "cosine", shallow, 0), "d": rung(400, "constant", shallow, 0)})
   assert report.budget_ladder(one_budget) == []
 
 

@@ -166,8 +166,8 @@ def _report(ratio, grad_norm=None):
 
 
 def test_per_layer_statistics_have_a_sample_size_independent_of_depth():
-  """Every block sees the same 64 ratios (shuffled): the per-block statistics are the same at
-  every depth, while δ_max, a max over L·64 ratios of a wider draw, can only grow with L."""
+  """Every block sees the same 64 ratios (shuffled): the per-block statistics over examples are
+  the same at every depth, while δ_max, a max over L·64 ratios, grows with L (an outlier here)."""
   rng = np.random.default_rng(0)
   values = 1 + rng.normal(0, 0.1, 64)
   stats = {}
@@ -188,6 +188,10 @@ def test_per_layer_statistics_have_a_sample_size_independent_of_depth():
     assert s["layer_p90_mean"] == pytest.approx(np.percentile(delta, 90), abs=0.02)  # one row differs by an outlier
   assert stats[2]["layer_p90_max"] == pytest.approx(stats[128]["layer_p90_max"], rel=0.05)
   assert stats[2]["delta_max"] < stats[128]["delta_max"]  # the outlier: sample-max statistics track it
+  # Each block's max over its 64 examples, then the median over blocks: the one outlier block
+  # cannot move it once there are three blocks, so it is the same worst case at L = 16 and 128.
+  for depth in (16, 128):
+    assert stats[depth]["layer_max_median"] == np.abs(values - 1).max()
 
 
 def test_whole_batch_ratio_is_the_ratio_of_root_sums_of_squares():

@@ -14,13 +14,13 @@ from resnorm import records, report, signal, statistics, sweep_summary
 
 
 @pytest.fixture
-def layer_max_median():
-  """The README's example: the median over blocks of each block's largest δ, read as a bound."""
+def delta_rms():
+  """The README's example: the root mean square of δ, read as a bound."""
   statistic = statistics.register(
     statistics.Statistic(
-      "layer_max_median",
-      lambda r: float(np.median(np.nanmax(r.delta_by_layer, axis=1))) if len(r.delta_by_layer) else float("nan"),
-      "per-block max median, the median over blocks of each block's largest |r − 1|",
+      "delta_rms",
+      lambda r: float(np.sqrt(np.mean(r.delta**2))) if r.delta.size else float("nan"),
+      "δ_rms, the root mean square of |r − 1| over blocks × examples",
       bound=True,
       csv=True,
       style="x:",
@@ -67,27 +67,27 @@ def _run(depth: int, seed: int, rng) -> tuple[records.RunRecord, np.ndarray]:
   return record, ratio
 
 
-def test_registering_a_statistic_is_the_one_edit_that_puts_it_everywhere(layer_max_median, tmp_path):
+def test_registering_a_statistic_is_the_one_edit_that_puts_it_everywhere(delta_rms, tmp_path):
   rng = np.random.default_rng(0)
   drawn = [_run(depth, seed, rng) for depth in (2, 8, 32) for seed in (0, 1, 2)]
   runs = [run for run, _ in drawn]
-  for run, ratio in drawn:  # in every measurement: the blocks' rows, each block's largest δ, their median
-    own = np.median(np.max(np.abs(ratio[1:] - 1), axis=1))
-    assert run.trained.block["layer_max_median"] == pytest.approx(own, rel=1e-12)
+  for run, ratio in drawn:  # in every measurement: the blocks' rows, the root mean square of their δ
+    own = np.sqrt(np.mean((ratio[1:] - 1) ** 2))
+    assert run.trained.block["delta_rms"] == pytest.approx(own, rel=1e-12)
   summary = sweep_summary.summarize_sweep(runs, {"mlp_residual": {"name": "mlp_residual"}})
   stage = summary.reference.trained
-  per_depth = [[r.trained.block["layer_max_median"] for r in runs if r.depth == L] for L in (2, 8, 32)]
-  np.testing.assert_allclose(stage.means["layer_max_median"], [np.mean(v) for v in per_depth], rtol=1e-12)
-  np.testing.assert_allclose(stage.std["layer_max_median"], [np.std(v, ddof=1) for v in per_depth], rtol=1e-12)
-  assert stage.bound["layer_max_median"].slope < 0  # read as a bound: its spread shrinks as 1/L
+  per_depth = [[r.trained.block["delta_rms"] for r in runs if r.depth == L] for L in (2, 8, 32)]
+  np.testing.assert_allclose(stage.means["delta_rms"], [np.mean(v) for v in per_depth], rtol=1e-12)
+  np.testing.assert_allclose(stage.std["delta_rms"], [np.std(v, ddof=1) for v in per_depth], rtol=1e-12)
+  assert stage.bound["delta_rms"].slope < 0  # read as a bound: its spread shrinks as 1/L
   assert records.SweepSummary.from_json(summary.to_json()) == summary  # kept in the summary file
   sweep_outputs.write_outputs(tmp_path, summary, runs)
   with open(tmp_path / "results.csv") as f:
     rows = list(csv.DictReader(f))
-  assert {"init_layer_max_median", "trained_layer_max_median"} <= set(rows[0])
-  assert "per-block max median slope" in (tmp_path / "report.md").read_text()
-  assert "per-block max median" in report.format_table(summary)
-  assert "layer_max_median" not in records.history_point(10, runs[0].trained)  # not tracked: not asked for
+  assert {"init_delta_rms", "trained_delta_rms"} <= set(rows[0])
+  assert "δ_rms slope" in (tmp_path / "report.md").read_text()
+  assert "δ_rms" in report.format_table(summary)
+  assert "delta_rms" not in records.history_point(10, runs[0].trained)  # not tracked: not asked for
 
 
 def test_a_name_is_registered_once():
@@ -103,9 +103,9 @@ from resnorm import statistics
 
 statistics.register(
   statistics.Statistic(
-    "layer_max_median",
-    lambda r: float(np.median(np.nanmax(r.delta_by_layer, axis=1))) if len(r.delta_by_layer) else float("nan"),
-    "per-block max median, the median over blocks of each block's largest |r − 1|",
+    "delta_rms",
+    lambda r: float(np.sqrt(np.mean(r.delta**2))) if r.delta.size else float("nan"),
+    "δ_rms, the root mean square of |r − 1| over blocks × examples",
     bound=True,
     csv=True,
   )
@@ -141,7 +141,7 @@ def test_a_statistic_registered_in_a_config_file_reaches_the_sweep_s_worker_proc
   )
   assert result.returncode == 0, result.stderr[-3000:]
   summary = records.read_summary(tmp_path / "sweep" / "summary.json")
-  values = summary.reference.trained.means["layer_max_median"]
+  values = summary.reference.trained.means["delta_rms"]
   assert len(values) == 2 and all(v > 0 for v in values)
   with open(tmp_path / "sweep" / "results.csv") as f:
-    assert "trained_layer_max_median" in next(csv.reader(f))
+    assert "trained_delta_rms" in next(csv.reader(f))

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 import helpers
+from configs import default as config_default
 from experiments import migrate, sweep_outputs, sweep_runner
 from helpers import tiny_image_sweep, tiny_sweep
-from resnorm import loop, plots, records, report, statistics, sweep_plan, sweep_summary, theory
+from resnorm import intervals, loop, plots, records, report, statistics, sweep_plan, sweep_summary, theory, train
 from resnorm.config_validation import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,7 @@ def test_sweep_writes_complete_summary_csv_and_figure(sweeps):
   assert records.SweepSummary.from_json(summary) == joint
   assert summary["depths"] == [2, 4] and summary["diverged"] == [False, False]
   assert all(d > 0 for d in summary["delta_max"] + summary["delta_mean"])
-  assert {"c", "r2", "slope", "best", "laws"} <= set(summary["fit"])
+  assert {"c", "r2", "slope", "laws"} <= set(summary["fit"])
   assert set(summary["models"]) == {"mlp_residual", "mlp_plain"}
   assert summary["models"]["mlp_residual"]["seeds"] == [0]
   assert all(0 < v for v in summary["models"]["mlp_residual"]["test_loss_relative"])
@@ -195,28 +196,87 @@ def test_a_bad_setting_override_names_its_field(tmp_path):
 def test_a_workdir_of_the_previous_format_is_converted_once_and_then_aggregates_as_its_summary(tmp_path):
   """tests/data/sweep_workdir_unversioned: a tiny sweep written by the code before the file format
   (commit 57e07df). Read as it is, it is refused with the command that converts it; converted,
-  its summary keeps every number it held, the merge of its converted runs equals it, and the
-  originals are kept beside the new files."""
+  its summary (made again from its converted runs) keeps every number it held, the merge of its
+  converted runs equals it, and the originals are kept beside the new files."""
   old = tmp_path / "old"
   shutil.copytree(os.path.join(REPO, "tests", "data", "sweep_workdir_unversioned"), old)
   with pytest.raises(records.FormatError, match="experiments.migrate"):
     sweep_outputs.aggregate([str(old)], str(tmp_path / "merged"))
   before = _read(old / "summary.json")
   done = migrate.migrate([str(old)])
-  assert len(done) == 10  # the sweep's summary and config, its four runs' summaries and configs
+  assert len(done) == 12  # the sweep's summary, config, runs.json and report, its four runs' summaries and configs
   assert _read(old / "summary.json.unversioned") == before
   after = _read(old / "summary.json")
   for name, family in before["models"].items():
     for stage in ("init", "trained"):
       converted = after["models"][name][stage]
-      for key, value in converted.items():
-        if key not in ("std", "bound", "fit", "bound_L"):
-          assert value == family[stage].get(migrate._earlier(key), [None, None]), (name, stage, key)
+      kept = {key: family[stage][migrate._earlier(key)] for key in converted if migrate._earlier(key) in family[stage]}
+      assert len(kept) >= 20  # every column it kept is the same, made again from the runs
+      for key, value in kept.items():
+        if key not in ("std", "bound", "fit"):
+          assert converted[key] == value, (name, stage, key)
       assert converted["bound_L"] == family[stage]["L"]
   assert migrate.migrate([str(old)]) == []  # converted once
   merged = sweep_outputs.aggregate([str(old)], str(tmp_path / "merged")).to_json()
   assert _holds(merged, _read(old / "summary.json"))  # every number it kept; the merge adds those it did not
   assert merged["models"]["plain"]["trained"]["num_ratios"] == [64, 128]  # (2 and 4 blocks × 32 examples)
+
+
+def test_a_workdir_of_format_1_gains_its_loss_histories_and_the_verdicts_of_today_s_rule(tmp_path):
+  """tests/data/sweep_workdir_format1: a tiny sweep written in format 1 (commit dc30bc1), with
+  its runs' metrics.jsonl. Converted, every run holds its logged train losses and the verdict of
+  today's rule on them; the summary, made again from the runs, keeps its means and gains every
+  seed's values; runs.json and the report are written beside it."""
+  old = tmp_path / "old"
+  shutil.copytree(os.path.join(REPO, "tests", "data", "sweep_workdir_format1"), old)
+  before = _read(old / "summary.json")
+  migrate.migrate([str(old)])
+  rule = config_default.get_config().convergence
+  for run_dir in sorted((old / "runs").iterdir()):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [[row["step"], row["train_loss"]] for row in rows if "train_loss" in row]
+    record = records.read_run(run_dir)
+    assert record.train_losses == losses and len(losses) == 8
+    steps, values = zip(*losses)
+    assert record.convergence == train.convergence(steps, values, rule.window, rule.tolerance, rule.trend_tolerance)
+    assert _read(run_dir / "summary.json.unversioned")["convergence"]["change"] is not None  # the old rule's
+  summary = records.read_summary(old / "summary.json")
+  for name, family in before["models"].items():
+    np.testing.assert_allclose(summary.models[name].trained.means["delta_max"], family["trained"]["delta_max"])
+    assert summary.models[name].trained.per_seed["delta_max"][0][1] is not None  # seed 1 at L = 2
+  entries = _read(old / records.RUNS_FILE)["runs"]
+  assert len(entries) == 8 and all(e["train_losses"] for e in entries)
+  assert (old / "report.md").read_text() == report.render(summary)
+  assert migrate.migrate([str(old)]) == []  # converted once
+
+
+def test_every_verdict_is_recomputed_from_the_summary_and_runs_json_alone(tmp_path):
+  """From summary.json and runs.json only (the format-1 sweep converted): every run's convergence
+  verdict from its logged losses, the counts and mean falls the summary holds, and the bound
+  reading's slope interval and c_L from the per-seed values."""
+  workdir = tmp_path / "sweep"
+  shutil.copytree(os.path.join(REPO, "tests", "data", "sweep_workdir_format1"), workdir)
+  migrate.migrate([str(workdir)])
+  summary = _read(workdir / "summary.json")
+  entries = _read(workdir / summary["runs_file"])["runs"]
+  for entry in entries:
+    rule = {k: entry["convergence"][k] for k in ("window", "tolerance", "trend_tolerance")}
+    assert train.convergence(*zip(*entry["train_losses"]), **rule) == entry["convergence"]
+  for name, family in summary["models"].items():
+    mine = [[e for e in entries if e["setting"] == name and e["depth"] == L] for L in family["depths"]]
+    assert family["num_converged"] == [sum(e["convergence"]["converged"] for e in at) for at in mine]
+    np.testing.assert_allclose(
+      family["train_loss_fall"], [np.mean([e["convergence"]["fall"] for e in at]) for at in mine]
+    )
+  family = summary["models"]["residual_zero_init"]
+  logs = [
+    {s: np.log(v) for s, v in zip(family["seeds"], seeds)} for seeds in family["trained"]["per_seed"]["delta_max"]
+  ]
+  slope = intervals.slope(family["depths"], logs)
+  reading = family["trained"]["bound"]["delta_max"]
+  assert slope.interval is not None and reading["slope_interval"] == pytest.approx(slope.interval, rel=1e-12)
+  needed = [np.exp(np.mean(list(y.values()))) * L / np.log(2 * L) for y, L in zip(logs, family["depths"])]
+  assert reading["c_needed"] == pytest.approx(needed, rel=1e-12)
 
 
 def _holds(new, old) -> bool:
@@ -347,15 +407,17 @@ def test_image_sweep_reports_delta_per_kind_of_layer(image_sweep):
 PREACT = {"preact_resnet": {"name": "preact_resnet"}}  # one setting, the family as configured
 
 
-def _synthetic_run(depth: int, seed: int, blocks: int, delta: float, train_loss: float = 0.1) -> records.RunRecord:
+def _synthetic_run(
+  depth: int, seed: int, blocks: int, delta: float, train_loss: float = 0.1, transition: float = 0.5
+) -> records.RunRecord:
   """A run whose identity blocks (``blocks`` of them; none when 0) all have δ_max = ``delta``,
-  with two transitions of δ_max 0.5."""
+  with two transitions of δ_max ``transition``."""
 
   def stats(value, layers):
     values = {name: None if name.startswith("direction_free_") else value for name in statistics.REGISTRY}
     return {**values, "delta_mean": value / 2, "num_layers": layers, "num_examples": 8, "num_ratios": 8 * layers}
 
-  by_kind = {"transition": stats(0.5, 2), **({"block": stats(delta, blocks)} if blocks else {})}
+  by_kind = {"transition": stats(transition, 2), **({"block": stats(delta, blocks)} if blocks else {})}
   measurement = records.Measurement(by_kind, {}, None)
   return records.RunRecord(
     model="preact_resnet",
@@ -409,29 +471,30 @@ def test_the_bound_reads_L_as_the_identity_blocks_or_as_the_depth_and_c_min_move
 
 def test_the_report_of_an_image_sweep_counts_blocks_reads_transitions_and_degradation_from_train_loss():
   """Its table has the identity blocks beside the depth; the transitions get their own reading
-  and a comparison with the blocks that names the depths it holds at; the train loss's change
-  from the shallowest to the deepest network is judged by its intervals over the seeds."""
+  and a comparison with the blocks, a ratio paired by seed, that names the depths it holds at; the
+  train loss's change from the shallowest to the deepest network is a ratio paired by seed."""
   depths, blocks = (11, 29, 47), (0, 6, 12)
   rising = [
-    _synthetic_run(D, s, n, 0.1 if n else 0.0, train_loss=0.1 * (1 + i) + 0.01 * s)
+    _synthetic_run(D, s, n, 0.1 if n else 0.0, train_loss=0.1 * (1 + i) + 0.01 * s, transition=0.5 + 0.05 * (s - 1))
     for i, (D, n) in enumerate(zip(depths, blocks))
     for s in (0, 1, 2)
   ]
   text = report.render(sweep_summary.summarize_sweep(rising, PREACT))
   assert "| depth | L (identity blocks) | seeds |" in text and "| 11 | 0 | 3 |" in text
   assert "transition δ_max (L = 2 transitions): fewer than two values of L" in text
-  # transitions' mean δ 0.25 against the blocks' 0.05 where there are blocks, the same at every seed
+  # transitions' mean δ 0.25·(0.9, 1, 1.1) against the blocks' 0.05 where there are blocks: ×4.98 (geometric)
   assert (
-    "Mean δ of the transition layers against the identity blocks' (90% t intervals over the seeds): above at "
-    "depths 29, 47 (29: 0.25 [0.25, 0.25] vs 0.05 [0.05, 0.05]"
+    "Mean δ of the transition layers over the identity blocks' in the same runs (a ratio with its 90% interval, "
+    "paired by seed): above at depths 29, 47 (29: ×4.98 ["
   ) in text
-  assert "Train loss rises from 0.11 [" in text and "at depth 47 (the intervals do not overlap)" in text
+  assert "Train loss from depth 11 to depth 47: 0.11 [" in text and "(paired by seed): detected." in text
   flat = [
-    _synthetic_run(D, s, n, 0.1 if n else 0.0, train_loss=0.1 + 0.05 * s)
-    for D, n in zip(depths, blocks)
+    _synthetic_run(D, s, n, 0.1 if n else 0.0, train_loss=0.1 + 0.05 * s + 0.005 * ((i + s) % 3))
+    for i, (D, n) in enumerate(zip(depths, blocks))
     for s in (0, 1, 2)
   ]
-  assert "the intervals overlap: no change detectable" in report.render(sweep_summary.summarize_sweep(flat, PREACT))
+  flat_text = report.render(sweep_summary.summarize_sweep(flat, PREACT))
+  assert "Train loss from depth 11 to depth 47" in flat_text and "(paired by seed): not detectable" in flat_text
 
 
 @pytest.mark.slow
