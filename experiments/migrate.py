@@ -17,13 +17,13 @@ This command is the one place the earlier layouts are known:
   ``bound_L = 'layers'`` and ``group_seeds = True``, the values the code used when they were
   absent. The first format (before sweeps had settings and seeds: a sweep config with
   ``models``, a run without a seed, a record without a budget) has no conversion.
-* format 1: a run record gains its logged train losses (read from the run's ``metrics.jsonl``)
-  and its convergence verdict is recomputed from them under this format's rule
-  (:func:`resnorm.train.convergence`, the recorded window and tolerance, the default
-  ``trend_tolerance``); a run without ``metrics.jsonl`` has no verdict. A sweep summary is made
-  again from its workdir's converted runs (it gains every seed's values; the bound readings are
-  this format's), with ``runs.json`` and ``report.md`` beside it; a summary whose runs are not
-  there cannot be converted.
+* format 1: a run record's budget gains its warm-up (from the run's ``config.json``) and the
+  record its logged train losses (read from the run's ``metrics.jsonl``); its convergence verdict
+  is recomputed from them under this format's rule (:func:`resnorm.train.convergence`, the
+  recorded window and tolerance, the default ``trend_tolerance``); a run without
+  ``metrics.jsonl`` has no verdict. A sweep summary is made again from its workdir's converted
+  runs (it gains every seed's values; the bound readings are this format's), with ``runs.json``
+  and ``report.md`` beside it; a summary whose runs are not there cannot be converted.
 * in both, statistics a measurement did not keep are null.
 """
 
@@ -55,15 +55,17 @@ class Unconvertible(ValueError):
   """A file of a layout with no conversion (the first format): the message says why."""
 
 
-def run_record(data: dict, train_losses: list | None) -> dict:
+def run_record(data: dict, train_losses: list | None, run_config: dict) -> dict:
   """A run record of an earlier format in this one; ``train_losses``: its logged [step, loss]
-  pairs (from its ``metrics.jsonl``; None where the run has none)."""
+  pairs (from its ``metrics.jsonl``; None where the run has none); ``run_config``: its
+  ``config.json``, which holds the warm-up its budget did not record."""
   if "format" not in data:
     missing = [key for key in ("seed", "budget") if key not in data]
     if missing:
       raise Unconvertible(f"a run record without {' or '.join(missing)} (the first format): rerun the run")
     data = dict(data, group_size=data.get("group_size", 1))  # before groups, every run trained alone
   converted = {field.name: data.get(field.name) for field in dataclasses.fields(records.RunRecord)}
+  converted["budget"] = {**data["budget"], "warmup_epochs": run_config["optimizer"]["warmup_epochs"]}
   converted["init"] = _measurement(data["init"])
   converted["trained"] = data.get("trained") and _measurement(data["trained"])
   converted["train_losses"] = train_losses
@@ -147,7 +149,10 @@ def _conversions(location) -> list[tuple]:
     if data is None or "models" in data:
       continue
     try:
-      converted = data if data.get("format") == records.FORMAT else run_record(data, _train_losses(run_dir))
+      if data.get("format") == records.FORMAT:
+        converted = data
+      else:
+        converted = run_record(data, _train_losses(run_dir), records.read_json(run_dir / "config.json"))
       runs.append(records.RunRecord.from_json(converted))  # it reads
       if converted is not data:
         found.append((file, converted))

@@ -75,17 +75,16 @@ def run_sweep(config, workdir, progress: bool = True, should_stop=preemption.nev
     records.WorkdirError: the workdir holds runs of another config, or another process works there.
     RuntimeError: a run failed on some process (spread placement); the message names it.
   """
-  dataset = config_validation.load_data(config)
-  config_validation.check_sweep(config, dataset)
+  config_validation.check_sweep(config)
   workdir = records.path(workdir)
   runs = sweep_plan.plan(config)
   refuse_runs_of_another_config(workdir, runs)
   # One sweep per workdir (one process: a process of several cannot refuse alone).
   with ownership.WorkdirLock(workdir) if jax.process_count() == 1 else contextlib.nullcontext():
-    return _run_sweep(config, workdir, dataset, runs, progress, should_stop)
+    return _run_sweep(config, workdir, runs, progress, should_stop)
 
 
-def _run_sweep(config, workdir, dataset, runs, progress: bool, should_stop) -> records.SweepSummary:
+def _run_sweep(config, workdir, runs, progress: bool, should_stop) -> records.SweepSummary:
   """:func:`run_sweep` once its config and workdir passed the door."""
   lead = jax.process_index() == 0
   if lead:
@@ -93,10 +92,10 @@ def _run_sweep(config, workdir, dataset, runs, progress: bool, should_stop) -> r
     records.write_json(workdir / "config.json", records.config_dict(config))
   by_cost = sorted(sweep_plan.groups(runs, config.group_seeds), key=lambda group: -group[0].depth * len(group))
   if config.placement == "spread" and jax.process_count() > 1:
-    results = _run_spread(by_cost, workdir, dataset, should_stop)
+    results = _run_spread(by_cost, workdir, should_stop)
   else:
     workers = config.parallel_runs if jax.process_count() == 1 else 1
-    results = _run_all(by_cost, workdir, dataset, workers, progress and lead, should_stop)
+    results = _run_all(by_cost, workdir, workers, progress and lead, should_stop)
   overrides = {name: sweep_plan.setting_overrides(config, name) for name in sweep_plan.settings(config)}
   summary = summarize_sweep(results, overrides, config.bound_L)
   if lead:
@@ -119,7 +118,7 @@ def _reusable(group: list[sweep_plan.Run], workdir) -> list[records.RunRecord | 
   return found
 
 
-def _run_all(groups, workdir, dataset, workers: int, progress: bool, should_stop) -> list[records.RunRecord]:
+def _run_all(groups, workdir, workers: int, progress: bool, should_stop) -> list[records.RunRecord]:
   """Every group's records: finished runs reused, the others trained, one group after another in
   this process (``workers = 1``) or ``workers`` groups at a time in worker processes. A stop
   request stops the groups in training at a saved step and the others before they start; then
@@ -139,7 +138,7 @@ def _run_all(groups, workdir, dataset, workers: int, progress: bool, should_stop
       for todo in _by_resume_step([run for run, record in zip(group, found) if record is None], workdir):
         jobs.append(([run.config for run in todo], [_run_dir(workdir, run) for run in todo]))
     if workers == 1 or len(jobs) <= 1:
-      stopped = _train_here(jobs, dataset, finished, should_stop)
+      stopped = _train_here(jobs, finished, should_stop)
     else:
       stopped = _train_in_workers(jobs, workers, finished, should_stop)
   if stopped is not None:
@@ -158,9 +157,11 @@ def _by_resume_step(runs: list[sweep_plan.Run], workdir) -> list[list[sweep_plan
   return list(by_step.values())
 
 
-def _train_group(configs, workdirs, dataset, **kwargs) -> list[records.RunRecord]:
-  """:func:`resnorm.loop.train_group`, its members split by the step each resumes from where a
-  checkpoint that does not restore made them differ (:class:`resnorm.loop.ResumeStepsDiffer`)."""
+def _train_group(configs, workdirs, **kwargs) -> list[records.RunRecord]:
+  """:func:`resnorm.loop.train_group` on the group's own data (a sweep's settings may train on
+  different datasets), its members split by the step each resumes from where a checkpoint that
+  does not restore made them differ (:class:`resnorm.loop.ResumeStepsDiffer`)."""
+  dataset = _dataset(json.dumps(records.config_dict(configs[0].data), sort_keys=True))
   found, pending = [None] * len(configs), [list(range(len(configs)))]
   while pending:
     members = pending.pop()
@@ -177,14 +178,14 @@ def _train_group(configs, workdirs, dataset, **kwargs) -> list[records.RunRecord
   return found
 
 
-def _train_here(jobs, dataset, finished, should_stop) -> list | None:
+def _train_here(jobs, finished, should_stop) -> list | None:
   """Trains the ``jobs`` (configs, workdirs) one after another in this process; the workdirs of
   the runs a stop request stopped (None: none was)."""
   for configs, workdirs in jobs:
     if should_stop():
       return []
     try:
-      finished(_train_group(configs, workdirs, dataset, should_stop=should_stop))
+      finished(_train_group(configs, workdirs, should_stop=should_stop))
     except preemption.Preempted as error:
       return error.workdirs
   return None
@@ -292,18 +293,18 @@ def _start_worker(settings: _WorkerSettings, stop) -> None:
   _WORKER["should_stop"] = signals
 
 
-@functools.lru_cache(maxsize=2)
-def _worker_dataset(data_json: str) -> data.Dataset:
+@functools.lru_cache(maxsize=4)
+def _dataset(data_json: str) -> data.Dataset:
+  """The dataset of a ``config.data`` (as sorted JSON), loaded once per process."""
   return data.load(ml_collections.ConfigDict(json.loads(data_json)))
 
 
 def _train_in_worker(configs: list[dict], workdirs: list) -> list[records.RunRecord]:
   configs = [ml_collections.ConfigDict(c) for c in configs]
-  dataset = _worker_dataset(json.dumps(records.config_dict(configs[0].data), sort_keys=True))
-  return _train_group(configs, workdirs, dataset, should_stop=_WORKER["should_stop"])
+  return _train_group(configs, workdirs, should_stop=_WORKER["should_stop"])
 
 
-def _run_spread(groups, workdir, dataset, should_stop) -> list[records.RunRecord]:
+def _run_spread(groups, workdir, should_stop) -> list[records.RunRecord]:
   """Process p trains groups p, p + P, p + 2P, … of ``groups`` on its own devices; then all wait
   for each other and read every record. A group that raises leaves its error in each of its runs'
   ``<run>/FAILED``, so that every process, past the barrier, fails naming them instead of
@@ -318,7 +319,7 @@ def _run_spread(groups, workdir, dataset, should_stop) -> list[records.RunRecord
       found = _reusable(group, workdir)
       for todo in _by_resume_step([run for run, record in zip(group, found) if record is None], workdir):
         configs, workdirs = [run.config for run in todo], [_run_dir(workdir, run) for run in todo]
-        _train_group(configs, workdirs, dataset, local=True, should_stop=should_stop)
+        _train_group(configs, workdirs, local=True, should_stop=should_stop)
     except Exception as error:  # pylint: disable=broad-except  (reported to every process below)
       for marker in markers:
         marker.parent.mkdir(parents=True, exist_ok=True)

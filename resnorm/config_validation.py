@@ -12,6 +12,7 @@ the library.
 from __future__ import annotations
 
 import contextlib
+import json
 
 import jax
 
@@ -225,9 +226,9 @@ def build_model(config, num_outputs: int):
     return models.from_config(config.model, num_outputs)
 
 
-def check_sweep(config, dataset: data_lib.Dataset) -> None:
+def check_sweep(config) -> None:
   """A sweep config (``configs/depth_sweep.py``'s shape), then the config of each of its runs
-  (:func:`resnorm.sweep_plan.plan`)."""
+  (:func:`resnorm.sweep_plan.plan`) against its own data (loaded once per data config)."""
   with fields("config."):
     validation.positive_ints("depths", config.depths)
     validation.positive_int("parallel_runs", config.parallel_runs)
@@ -262,15 +263,21 @@ def check_sweep(config, dataset: data_lib.Dataset) -> None:
         config.model[field],
         f"None in a sweep, which sets it from {instead}: override {instead} instead",
       )
-  checked = set()
+  checked, datasets = set(), {}
   for run in sweep_plan.plan(config):
     setting, single = run.setting, run.config
     if (setting, run.depth) in checked:
       continue  # seeds change no field that is checked
     checked.add((setting, run.depth))
     try:
-      check_run(single, dataset)
+      data = json.dumps(records.config_dict(single.data), sort_keys=True)
+      if data not in datasets:
+        datasets[data] = load_data(single)
+      check_run(single, datasets[data])
     except ConfigError as error:
+      if error.field.startswith("config.data.") and "data" in overrides.get(setting, {}):
+        field = f"config.overrides.{setting}.{error.field.removeprefix('config.')}"
+        raise ConfigError(field, error.value, error.allowed) from None
       field = error.field.removeprefix("config.model.")
       if field == "depth":
         depths = f"config.overrides.{setting}.depths" if "depths" in overrides.get(setting, {}) else "config.depths"

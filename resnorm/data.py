@@ -7,6 +7,9 @@
   bi-Lipschitz: the kind of map Theorem 1 represents with L near-identity residual blocks, and
   one that the residual MLPs of the sweep represent by construction (Euler steps of the flow,
   :func:`resnorm.models.mlp.construct`).
+* :func:`random_mlp` — regression onto a wide random one-hidden-layer tanh network: a smooth
+  map not built from flows (neither invertible nor near the identity), the teacher task's
+  counterpart for asking whether a finding depends on the teacher being a flow.
 * :func:`digits` — scikit-learn's bundled 8×8 digits (1797 images, 10 classes).
 * :func:`digits_images` — the same digits as CIFAR-shaped images (32×32×3 by default): the
   embedded real-image default of the image depth sweep.
@@ -96,6 +99,22 @@ def teacher(seed=0, dim=16, num_maps=4, strength=0.5, hidden=64, train_size=4096
   y = flow(x)
   x, y = x.astype(np.float32), y.astype(np.float32)
   return Dataset(x[:train_size], y[:train_size], x[train_size:], y[train_size:], "regression", dim, flow)
+
+
+def random_mlp(seed=0, dim=16, hidden=1024, train_size=4096, test_size=1024) -> Dataset:
+  """Regression onto y = V tanh(U x + b), x ~ N(0, I_dim), with U (hidden × dim) of entries
+  N(0, 1/dim), b of N(0, 1/4) and V (dim × hidden) of N(0, 1/hidden), seeded: every output is a
+  smooth function of every input with variance about E tanh²(N(0, 5/4)) ≈ 0.45."""
+  for name, value in (("dim", dim), ("hidden", hidden), ("train_size", train_size), ("test_size", test_size)):
+    validation.positive_int(name, value)
+  rng = np.random.default_rng([seed, 2])
+  u = rng.standard_normal((hidden, dim)) / np.sqrt(dim)
+  b = 0.5 * rng.standard_normal(hidden)
+  v = rng.standard_normal((dim, hidden)) / np.sqrt(hidden)
+  x = rng.standard_normal((train_size + test_size, dim))
+  y = np.tanh(x @ u.T + b) @ v.T
+  x, y = x.astype(np.float32), y.astype(np.float32)
+  return Dataset(x[:train_size], y[:train_size], x[train_size:], y[train_size:], "regression", dim)
 
 
 def digits(seed=0, test_size=297) -> Dataset:
@@ -307,6 +326,7 @@ def augment(images: np.ndarray, seed: int, step: int, padding: int = 4, mode: st
 
 LOADERS = {
   "teacher": teacher,
+  "random_mlp": random_mlp,
   "digits": digits,
   "digits_images": digits_images,
   "tfds": tfds_images,

@@ -109,13 +109,15 @@ def projects(config, step: int) -> bool:
 
 
 def budget(config, num_steps: int) -> dict:
-  """What "trained" means for a run of ``config``: steps, optimizer, learning rate, schedule, batch."""
+  """What "trained" means for a run of ``config``: steps, optimizer, learning rate, its schedule and
+  warm-up, batch."""
   opt = config.optimizer
   return dict(
     steps=num_steps,
     optimizer=opt.name,
     learning_rate=opt.learning_rate,
     schedule=opt.schedule,
+    warmup_epochs=opt.warmup_epochs,
     batch_size=config.batch_size,
     block_lr_scale=opt.block_lr_scale,
   )

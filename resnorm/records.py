@@ -151,7 +151,7 @@ class RunRecord:
       (over ``from_step`` to ``to_step``) and ``trend``, ``window``, ``tolerance``,
       ``trend_tolerance`` and ``converged``; None for a diverged run.
     budget: what "trained" means for this run: ``steps``, ``optimizer``, ``learning_rate``,
-      ``schedule``, ``batch_size`` and ``block_lr_scale``.
+      ``schedule``, ``warmup_epochs``, ``batch_size`` and ``block_lr_scale``.
     construction: for a run started from the theorem's constructed network (``init_from =
       'constructed'``): ``block_bound_max``, the largest per-block bound on ‖J_l − I‖₂ that the
       construction promises.

@@ -32,7 +32,7 @@ def render(summary: records.SweepSummary, figures: str = "", heading: str = "#")
   constructed = [name for name, family in families.items() if family.construction]
   if constructed:
     lines += [f"{heading}# The constructed network beside the trained ones", ""]
-    lines += _side_by_side(summary, constructed[0], level)
+    lines += _side_by_side(summary, constructed, level)
     lines += [f"![constructed, trained and bound]({figures}constructed_vs_trained.png)", ""]
   lines += budget_ladder(summary, level, heading + "#")
   lines += [f"{heading}# Setting by setting", ""]
@@ -125,11 +125,13 @@ _C_TREND = {True: "c_L does not grow", False: "c_L grows", None: "c_L undecided"
 
 
 def budget_text(budget: dict) -> str:
-  """ "400 adam steps, cosine schedule from learning rate 0.001, batch 64" from a run's budget."""
+  """ "400 Adam steps, cosine learning rate from 0.001, batch 64" from a run's budget."""
   text = (
     f"{budget['steps']} {budget['optimizer'].capitalize()} steps, {budget['schedule']} learning rate from "
     f"{budget['learning_rate']:g}, batch {budget['batch_size']}"
   )
+  if budget["warmup_epochs"]:
+    text += f" after a linear warm-up over {budget['warmup_epochs']:g} epoch{'s' * (budget['warmup_epochs'] != 1)}"
   if str(budget["block_lr_scale"]) != "1":
     text += f", the blocks' learning rate × {budget['block_lr_scale']}"
   return text
@@ -152,6 +154,8 @@ def describe(name: str, family: records.FamilyResults) -> str:
       parts.append("the last layer of F zero at initialisation (every block the identity)")
     if options.get("init_from") == "constructed":
       parts.append("started from the constructed network")
+    if options.get("data"):
+      parts.append(f"on the task `{options['data']['name']}`")
     block_lr = str((options.get("optimizer") or {}).get("block_lr_scale", "1"))
     if block_lr != "1":
       parts.append(f"the blocks' learning rate × {block_lr}")
@@ -194,9 +198,11 @@ def _relative_loss(family: records.FamilyResults, stage: str, i: int) -> float |
   return values[i] if values else None
 
 
-def _side_by_side(summary: records.SweepSummary, constructed: str, level: float) -> list[str]:
-  """The table L × {constructed, trained, trained from constructed} and what it shows."""
-  built, reference = summary.models[constructed], summary.reference
+def _side_by_side(summary: records.SweepSummary, constructed: list[str], level: float) -> list[str]:
+  """The table L × {constructed, trained, each setting trained from the construction} and what it
+  shows; the construction is the first of ``constructed`` before training (every one starts
+  from the same network)."""
+  built, reference = summary.models[constructed[0]], summary.reference
   depths = [L for L in reference.depths if L in built.depths]
   header = [
     "L",
@@ -205,14 +211,13 @@ def _side_by_side(summary: records.SweepSummary, constructed: str, level: float)
     f"trained δ_max ({summary.reference_model})",
     "trained δ_mean",
     "trained direction-free δ_max",
-    "trained from constructed δ_max",
-    "test loss / var: constructed",
-    "trained",
-    "trained from constructed",
   ]
+  header += [f"`{name}` trained δ_max" for name in constructed]
+  header += ["test loss / var: constructed", "trained"] + [f"`{name}` trained" for name in constructed]
   rows = []
   for L in depths:
     b, r = built.depths.index(L), reference.depths.index(L)
+    from_built = [(summary.models[name], summary.models[name].depths.index(L)) for name in constructed]
     rows.append(
       [
         str(L),
@@ -221,17 +226,16 @@ def _side_by_side(summary: records.SweepSummary, constructed: str, level: float)
         _mean_interval(reference, reference.trained, "delta_max", r, level),
         _mean_interval(reference, reference.trained, "delta_mean", r, level),
         _mean_interval(reference, reference.trained, "direction_free_delta_max", r, level),
-        _mean_interval(built, built.trained, "delta_max", b, level),
-        _fmt(_relative_loss(built, "init", b)),
-        _fmt(_relative_loss(reference, "trained", r)),
-        _fmt(_relative_loss(built, "trained", b)),
       ]
+      + [_mean_interval(family, family.trained, "delta_max", i, level) for family, i in from_built]
+      + [_fmt(_relative_loss(built, "init", b)), _fmt(_relative_loss(reference, "trained", r))]
+      + [_fmt(_relative_loss(family, "trained", i)) for family, i in from_built]
     )
   lines = _table(header, rows)
   lines.append("")
   lines += [
-    f"* **Constructed** (`{constructed}` before training: the teacher's flow in L Euler steps, "
-    "built, not trained): "
+    f"* **Constructed** (`{constructed[0]}` before training: an Euler construction of the teacher's flow, L "
+    "steps, built, not trained): "
     + _reading_sentence("δ_max", built.init, "delta_max")
     + " "
     + _within_bound(built)
@@ -246,13 +250,31 @@ def _side_by_side(summary: records.SweepSummary, constructed: str, level: float)
     + " "
     + _loss_trend(reference, "trained")
   ]
-  lines += [
-    f"* **Trained from the constructed network** ({budget_text(built.budget)}): "
-    + _kept(built)
-    + " "
-    + _loss_trend(built, "trained")
-  ]
+  for name in constructed:
+    family = summary.models[name]
+    lines += [
+      f"* **Trained from the construction** (`{name}`, {budget_text(family.budget)}): "
+      + _kept(family)
+      + " "
+      + _test_loss_change(family, level)
+      + " "
+      + _loss_trend(family, "trained")
+    ]
   return lines + [""]
+
+
+def _test_loss_change(family: records.FamilyResults, level: float) -> str:
+  """Whether training made the construction's test loss better or worse, per depth: the ratio of
+  trained to constructed test loss with its interval, paired by seed."""
+  parts = []
+  for i, L in enumerate(family.depths):
+    ratio = intervals.difference(
+      family.per_seed["init_test_loss"][i], family.seeds, family.per_seed["test_loss"][i], family.seeds, level, True
+    )
+    if ratio is not None:
+      verdict = ("worse" if ratio.value > 0 else "better") if ratio.excludes_zero else "not detectably changed"
+      parts.append(f"L = {L}: ×{intervals.shown(ratio, log=True)} ({verdict})")
+  return f"Test loss, trained over constructed (paired by seed): {'; '.join(parts)}." if parts else ""
 
 
 def glance(summary: records.SweepSummary, heading: str = "##") -> list[str]:

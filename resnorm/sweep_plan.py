@@ -78,7 +78,10 @@ def run_config(config, setting: str, depth: int, seed: int) -> ml_collections.Co
     if key in ("depths", "seeds"):
       continue
     if isinstance(value, (dict, ml_collections.ConfigDict)):  # a section, e.g. procrustes=dict(enabled=True)
-      single[key].update(dict(value))
+      if "name" in value and value["name"] != single[key].get("name"):  # another dataset: its own options only
+        single[key] = ml_collections.ConfigDict(dict(value))
+      else:
+        single[key].update(dict(value))
     elif key in single.model or key not in single:
       single.model[key] = value
     else:  # a top-level run field, e.g. num_steps or init_from

@@ -47,6 +47,25 @@ def test_teacher_is_deterministic_and_split():
     data.teacher(strength=-1.0)
 
 
+def test_random_mlp_is_the_stated_tanh_network_deterministic_and_split():
+  """y = V tanh(Ux + b) recomputed in float64 from the documented draws; the targets' variance is
+  near E tanh²(N(0, 5/4)) ≈ 0.45 (a closed form by quadrature), and seeds give other maps."""
+  task = data.random_mlp(seed=3, dim=4, hidden=4096, train_size=2000, test_size=500)
+  rng = np.random.default_rng([3, 2])
+  u, b, v = rng.standard_normal((4096, 4)) / 2, 0.5 * rng.standard_normal(4096), rng.standard_normal((4, 4096)) / 64
+  x = rng.standard_normal((2500, 4))
+  np.testing.assert_allclose(task.y_test, (np.tanh(x @ u.T + b) @ v.T)[2000:], rtol=1e-5, atol=1e-6)
+  z, w = np.polynomial.hermite_e.hermegauss(80)
+  expected = float(np.sum(w * np.tanh(np.sqrt(1.25) * z) ** 2) / np.sqrt(2 * np.pi))
+  assert task.y_train.var(axis=0).mean() == pytest.approx(expected, rel=0.15)
+  assert task.task == "regression" and task.num_outputs == 4 and task.flow is None
+  again, other = data.random_mlp(seed=3, dim=4, hidden=4096, train_size=2000, test_size=500), data.random_mlp(seed=4)
+  np.testing.assert_array_equal(again.y_train, task.y_train)
+  assert other.y_train.shape == (4096, 16) and not np.allclose(other.y_train[:5, :4], task.y_train[:5])
+  with pytest.raises(ValueError, match="hidden = 0: expected a positive integer"):
+    data.random_mlp(hidden=0)
+
+
 def test_digits_split():
   digits = data.digits(seed=0, test_size=297)
   assert digits.x_train.shape == (1500, 64) and digits.num_outputs == 10

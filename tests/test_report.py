@@ -123,7 +123,15 @@ def test_the_sentences_follow_the_numbers():
   rising = _seeds([0.01 * L**0.3 for L in depths], depths)
   falling = _seeds([0.3 / L for L in depths], depths)
   zero = [np.zeros(3) for _ in depths]
-  budget = dict(steps=400, optimizer="adam", learning_rate=1e-3, schedule="cosine", batch_size=64, block_lr_scale="1")
+  budget = dict(
+    steps=400,
+    optimizer="adam",
+    learning_rate=1e-3,
+    schedule="cosine",
+    warmup_epochs=0.0,
+    batch_size=64,
+    block_lr_scale="1",
+  )
   summary = records.SweepSummary(
     "zero",
     {
@@ -200,7 +208,13 @@ def test_a_budget_ladder_says_whether_each_slope_moved():
 
   def rung(steps, schedule, deltas, shift):
     budget = dict(
-      steps=steps, optimizer="adam", learning_rate=1e-3, schedule=schedule, batch_size=64, block_lr_scale="1"
+      steps=steps,
+      optimizer="adam",
+      learning_rate=1e-3,
+      schedule=schedule,
+      warmup_epochs=0.0,
+      batch_size=64,
+      block_lr_scale="1",
     )
     trained = _stage(_seeds(deltas, depths, shift=shift), depths, _seeds(shallow, depths, shift=shift))
     return _family(

@@ -44,7 +44,15 @@ def _run(depth: int, seed: int, rng) -> tuple[records.RunRecord, np.ndarray]:
     kinds=("stem",) + ("block",) * depth,
   )
   measurement = records.Measurement.from_report(report_)
-  budget = dict(steps=10, optimizer="adam", learning_rate=1e-3, schedule="cosine", batch_size=8, block_lr_scale="1")
+  budget = dict(
+    steps=10,
+    optimizer="adam",
+    learning_rate=1e-3,
+    schedule="cosine",
+    warmup_epochs=0.0,
+    batch_size=8,
+    block_lr_scale="1",
+  )
   record = records.RunRecord(
     model="mlp_residual",
     depth=depth,

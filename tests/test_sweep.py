@@ -13,6 +13,7 @@ import pytest
 
 import helpers
 from configs import default as config_default
+from configs import depth_sweep as config_depth_sweep
 from experiments import migrate, sweep_outputs, sweep_runner
 from helpers import tiny_image_sweep, tiny_sweep
 from resnorm import intervals, loop, plots, records, report, statistics, sweep_plan, sweep_summary, theory, train
@@ -182,6 +183,38 @@ def test_bad_sweep_config_fails_before_any_run(tmp_path, change, field, allowed)
   with pytest.raises(ConfigError) as error:
     sweep_runner.run_sweep(config, str(tmp_path / "sweep"), progress=False)
   assert error.value.field == field and allowed in str(error.value)
+
+
+def test_a_setting_on_another_dataset_takes_that_dataset_s_options_only():
+  """The tasks variant: a setting whose data names another dataset replaces the sweep's data
+  section; one that names the same dataset changes only the fields it gives."""
+  config = config_depth_sweep.get_config("tasks")
+  digits = sweep_plan.run_config(config, "zero_init_digits", 8, 0)
+  assert digits.data.to_dict() == {"name": "digits", "test_size": 297}
+  assert sweep_plan.run_config(config, "zero_init_teacher", 8, 0).data == config.data
+  config.overrides.zero_init_teacher.data = dict(name="teacher", train_size=512)
+  teacher = sweep_plan.run_config(config, "zero_init_teacher", 8, 0).data
+  assert teacher.train_size == 512 and teacher.num_maps == config.data.num_maps
+  long = sweep_plan.run_config(config, "zero_init_random_mlp_constant_10000", 8, 0)
+  assert long.num_steps == 10_000 and long.optimizer.schedule == "constant" and long.data.name == "random_mlp"
+
+
+def test_settings_on_different_datasets_each_train_on_their_own(tmp_path):
+  """One sweep, the residual MLP on the teacher (regression) and on the digits (classification):
+  each run's record is of its own task; a bad option of a setting's dataset is named under the
+  setting, before anything runs."""
+  config = tiny_sweep(depths=(2,), settings=("teacher", "digits"))
+  config.overrides = dict(
+    teacher=dict(name="mlp_residual"), digits=dict(name="mlp_residual", data=dict(name="digits", test_size=297))
+  )
+  summary = sweep_runner.run_sweep(config, str(tmp_path / "sweep"), progress=False)
+  assert summary.models["teacher"].test_accuracy is None and summary.models["teacher"].test_loss_relative
+  assert summary.models["digits"].test_accuracy[0] > 0 and summary.models["digits"].test_loss_relative is None
+  config.overrides.digits.data.test_size = 0
+  with pytest.raises(ConfigError) as error:
+    sweep_runner.run_sweep(config, str(tmp_path / "refused"), progress=False)
+  assert error.value.field == "config.overrides.digits.data.test_size"
+  assert not os.path.exists(tmp_path / "refused")
 
 
 def test_a_bad_setting_override_names_its_field(tmp_path):
@@ -433,7 +466,15 @@ def _synthetic_run(
     trained=measurement,
     setting="preact_resnet",
     seed=seed,
-    budget=dict(steps=10, optimizer="sgd", learning_rate=0.1, schedule="constant", batch_size=8, block_lr_scale="1"),
+    budget=dict(
+      steps=10,
+      optimizer="sgd",
+      learning_rate=0.1,
+      schedule="constant",
+      warmup_epochs=0.0,
+      batch_size=8,
+      block_lr_scale="1",
+    ),
     group_size=1,
     init_test_loss=0.3,
     test_loss=0.2,
