@@ -56,7 +56,7 @@ LADDERS = {"ladder": (400, 2_000, 10_000), "ladder_gpu": (400, 4_000, 40_000)}
 VARIANTS = (*LADDERS, "tasks", "deep")
 # The tasks of the `tasks` variant: the `data` section of each.
 TASKS = {
-  "teacher": None,  # the sweep's own data
+  "teacher": dict(name="teacher"),  # the sweep's own data, named: the report groups the settings by task
   "random_mlp": dict(name="random_mlp", dim=16, hidden=1024, train_size=4096, test_size=1024),
   "digits": dict(name="digits", test_size=297),
 }
@@ -166,7 +166,7 @@ def _tasks(reference: dict) -> dict:
   at a constant rate."""
   settings = {}
   for task, data in TASKS.items():
-    on_task = dict(reference, **({"data": data} if data else {}))
+    on_task = dict(reference, data=data)
     settings[f"zero_init_{task}"] = on_task
     long = dict(num_steps=10_000, log_every=625, optimizer=dict(schedule="constant"), signal=dict(every=2_500))
     settings[f"zero_init_{task}_constant_10000"] = dict(on_task, **long)

@@ -1,4 +1,4 @@
-"""The convolutional depth sweep (the paper's experiment): δ per kind of layer against depth.
+"""The convolutional depth sweep (the paper's design, by default on 8×8 digits): δ per kind of layer against depth.
 
     python -m experiments.sweep --config=configs/image_depth_sweep.py --workdir=/tmp/images
     python -m experiments.sweep --config=configs/image_depth_sweep.py:gpu --workdir=/tmp/images_gpu
@@ -83,7 +83,7 @@ def get_config(arg=None):
   config.checkpoint_every = 0
   config.eval_batch_size = 297
   config.signal.num_examples = 64
-  config.signal.every = 100  # the ratio of every layer over training (the paper's figure)
+  config.signal.every = 100  # the ratio of every layer over training (the figure the paper draws)
   config.signal.train_batch = True  # in eval mode per example and in train mode per mini-batch
   config.parallel_runs = 2
   # Every run its own program: vmapped over seeds, a convolution's kernel gains a batch axis and

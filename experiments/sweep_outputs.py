@@ -93,7 +93,7 @@ def write_outputs(workdir, summary: records.SweepSummary, results: list[records.
 
 def _heatmap_runs(sources: list, results: list[records.RunRecord], names: list[str]) -> dict[str, list[dict]]:
   """Per setting, the ``signal.jsonl`` rows of its deepest run of the smallest seed, labelled
-  with its depth and identity blocks: the paper's figure of ratios over training."""
+  with its depth and identity blocks: the kind of figure the paper draws, of ratios over training."""
   runs = {}
   for name in names:
     measured = [r for r in results if r.setting == name and r.history]

@@ -37,7 +37,7 @@ class _QuietOrbax(python_logging.Filter):
 
 
 def _draw_ratio_heatmap(record: dict) -> None:
-  """``workdir/ratio_heatmap.png``: every layer's ratio over training (the paper's figure), where
+  """``workdir/ratio_heatmap.png``: every layer's ratio over training (the kind of figure the paper draws), where
   the run measured during training (``config.signal.every``)."""
   rows = records.JsonlLog(records.path(_WORKDIR.value) / "signal.jsonl", write=False).records
   if rows:

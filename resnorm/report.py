@@ -13,6 +13,7 @@ the report of the default sweep (``python -m experiments.report``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -35,6 +36,7 @@ def render(summary: records.SweepSummary, figures: str = "", heading: str = "#")
     lines += _side_by_side(summary, constructed, level)
     lines += [f"![constructed, trained and bound]({figures}constructed_vs_trained.png)", ""]
   lines += budget_ladder(summary, level, heading + "#")
+  lines += across_tasks(summary, heading + "#")
   lines += [f"{heading}# Setting by setting", ""]
   for name, family in families.items():
     lines += _setting(name, family, summary.reference_model, level, heading + "##")
@@ -371,6 +373,81 @@ def budget_ladder(summary: records.SweepSummary, level: float = 0.9, heading: st
       )
     lines.append("")
   return lines
+
+
+def _task(family: records.FamilyResults) -> str | None:
+  """The dataset a setting names in its overrides (None: the sweep's own, unnamed)."""
+  return ((family.overrides or {}).get("data") or {}).get("name")
+
+
+def across_tasks(summary: records.SweepSummary, heading: str = "##") -> list[str]:
+  """Settings that differ only in their task (the dataset their overrides name), per budget: each
+  task's reading of every statistic read as a bound, and what holds on every task — a finding is
+  stated as general only where every task shows it (none: no lines)."""
+  groups = {}
+  for name, family in summary.models.items():
+    if _task(family) is None:
+      continue
+    rest = {k: v for k, v in (family.overrides or {}).items() if k not in ("data", "seeds", "depths")}
+    key = json.dumps([rest, family.budget], sort_keys=True, default=str)
+    groups.setdefault(key, []).append(name)
+  lines = []
+  for names in groups.values():
+    families = {_task(summary.models[name]): (name, summary.models[name]) for name in names}
+    if len(families) < 2:
+      continue
+    name, first = next(iter(families.values()))
+    what = describe(
+      name, dataclasses.replace(first, overrides={k: v for k, v in first.overrides.items() if k != "data"})
+    )
+    lines += [f"{heading} Across tasks: {what}, {budget_text(first.budget)}", ""]
+    header = ["task", "setting"] + [f"{s.label} slope" for s in statistics.read_as_bound()] + ["converged"]
+    rows = []
+    for task, (name, family) in families.items():
+      cells = [f"`{task}`", f"`{name}`"] + [_slope_cell(family, s.name) for s in statistics.read_as_bound()]
+      total = sum(_seeds_at(family, i) for i in range(len(family.depths)))
+      cells.append(f"{sum(family.num_converged)}/{total}" if family.num_converged is not None else "—")
+      rows.append(cells)
+    lines += _table(header, rows) + [""]
+    for statistic in statistics.read_as_bound():
+      readings = {task: family.trained.bound[statistic.name] for task, (_, family) in families.items()}
+      lines.append(f"* {statistic.label}: {_on_every_task(readings)}")
+    lines.append("")
+  return lines
+
+
+def _on_every_task(readings: dict[str, theory.BoundReading]) -> str:
+  """What every task's reading shows alike (the direction of δ(L), whether c_L grows, whether a
+  power law describes it), or that no such finding holds on every task, with each task's verdict."""
+  found, differs = [], []
+  directions = {
+    task: None
+    if r.slope_interval is None
+    else "falls"
+    if r.slope_interval[1] < 0
+    else "rises"
+    if r.slope_interval[0] > 0
+    else None
+    for task, r in readings.items()
+  }
+  readings_of = [
+    ("δ(L) falls or rises detectably", directions, {"falls": "falls with L", "rises": "rises with L"}),
+    ("c_L", {t: r.bounded for t, r in readings.items()}, {True: "c_L does not grow with L", False: "c_L grows with L"}),
+    (
+      "a power law",
+      {t: r.power_law for t, r in readings.items()},
+      {True: "a power law describes δ(L)", False: "no power law describes δ(L)"},
+    ),
+  ]
+  for what, verdicts, words in readings_of:
+    values = set(verdicts.values())
+    if len(values) == 1 and None not in values:
+      found.append(words[values.pop()])
+    else:
+      each = ", ".join(f"{task}: {words.get(v, 'undecided')}" for task, v in verdicts.items())
+      differs.append(f"{what}: not alike on every task ({each})")
+  text = ("on every task, " + "; ".join(found)) if found else "nothing holds alike on every task"
+  return text + (". " + "; ".join(differs) if differs else "") + "."
 
 
 def _change(change: intervals.Estimate | None, log: bool = False) -> str:

@@ -112,6 +112,15 @@ def _family(init, trained, depths, **fields):
 
 
 CONVERGENCE = dict(window=0.25, tolerance=0.05, trend_tolerance=0.05)
+BUDGET = dict(
+  steps=400,
+  optimizer="adam",
+  learning_rate=1e-3,
+  schedule="cosine",
+  warmup_epochs=0.0,
+  batch_size=64,
+  block_lr_scale="1",
+)
 
 
 def test_the_sentences_follow_the_numbers():
@@ -123,15 +132,6 @@ def test_the_sentences_follow_the_numbers():
   rising = _seeds([0.01 * L**0.3 for L in depths], depths)
   falling = _seeds([0.3 / L for L in depths], depths)
   zero = [np.zeros(3) for _ in depths]
-  budget = dict(
-    steps=400,
-    optimizer="adam",
-    learning_rate=1e-3,
-    schedule="cosine",
-    warmup_epochs=0.0,
-    batch_size=64,
-    block_lr_scale="1",
-  )
   summary = records.SweepSummary(
     "zero",
     {
@@ -139,7 +139,7 @@ def test_the_sentences_follow_the_numbers():
         _stage(zero, depths),
         _stage(rising, depths),
         depths,
-        budget=budget,
+        budget=BUDGET,
         num_converged=[3, 3, 1, 0],
         train_loss_fall=[0.01, 0.02, 0.1, 0.25],
         convergence=CONVERGENCE,
@@ -149,7 +149,7 @@ def test_the_sentences_follow_the_numbers():
         _stage(falling, depths),
         _stage(_seeds([0.3 / L for L in depths], depths, shift=1), depths),
         depths,
-        budget=budget,
+        budget=BUDGET,
         overrides=dict(name="mlp_residual", branch_scale="1/L"),
       ),
     },
@@ -207,15 +207,7 @@ def test_a_budget_ladder_says_whether_each_slope_moved():
   overrides = dict(name="mlp_residual", zero_init_last=True, branch_scale="1")
 
   def rung(steps, schedule, deltas, shift):
-    budget = dict(
-      steps=steps,
-      optimizer="adam",
-      learning_rate=1e-3,
-      schedule=schedule,
-      warmup_epochs=0.0,
-      batch_size=64,
-      block_lr_scale="1",
-    )
+    budget = dict(BUDGET, steps=steps, schedule=schedule)
     trained = _stage(_seeds(deltas, depths, shift=shift), depths, _seeds(shallow, depths, shift=shift))
     return _family(
       _stage(_seeds(shallow, depths), depths),
@@ -252,6 +244,36 @@ def test_a_budget_ladder_says_whether_each_slope_moved():
   assert "(paired by seed): not detectable with these seeds." in still
   one_budget = records.SweepSummary("a", {"a": rung(400, "cosine", shallow, 0), "d": rung(400, "constant", shallow, 0)})
   assert report.budget_ladder(one_budget) == []
+
+
+def test_across_tasks_only_what_every_task_shows_is_stated_as_general():
+  """Three tasks of one setting and budget: δ falls on every task (said so), c_L grows on two and
+  not on the third (no general finding: each task's verdict named); a setting of another budget
+  is a table of its own, and one task alone makes none."""
+  depths = [2, 8, 32, 128]
+  reference = dict(name="mlp_residual", zero_init_last=True, branch_scale="1")
+
+  def on(task, power, steps=400):
+    trained = _stage(_seeds([0.3 * L**power for L in depths], depths), depths)
+    return _family(
+      trained, trained, depths, budget=dict(BUDGET, steps=steps), overrides=dict(reference, data=dict(name=task))
+    )
+
+  summary = records.SweepSummary(
+    "a",
+    {
+      "a": on("teacher", -0.3),
+      "b": on("random_mlp", -0.5),
+      "c": on("digits", -1.5),
+      "d": on("digits", -1.5, steps=10_000),
+    },
+  )
+  text = "\n".join(report.across_tasks(summary))
+  assert text.count("## Across tasks:") == 1 and "| `teacher` | `a` |" in text and "| `digits` | `c` |" in text
+  line = next(line for line in text.splitlines() if line.startswith("* δ_max:"))
+  assert line.startswith("* δ_max: on every task, falls with L; a power law describes δ(L). c_L: not alike")
+  assert "(teacher: c_L grows with L, random_mlp: c_L grows with L, digits: c_L does not grow with L)" in line
+  assert report.across_tasks(records.SweepSummary("a", {"a": on("teacher", -0.3)})) == []
 
 
 @pytest.mark.slow
