@@ -98,18 +98,26 @@ def _preamble(summary: records.SweepSummary, level: float) -> list[str]:
 
 def _glance(summary: records.SweepSummary) -> list[str]:
   """One row per setting: its budget, the trained slope of each statistic with its interval, and
-  how many of its runs converged."""
-  header = ["setting", "budget"] + [f"{s.label} slope" for s in statistics.read_as_bound()] + ["converged"]
+  how many of its runs converged (with the loss's relative fall at the deepest network)."""
+  header = ["setting", "budget"] + [f"{s.label} slope" for s in statistics.read_as_bound()] + [_CONVERGED]
   rows = []
   for name, family in summary.models.items():
     cells = [f"`{name}`", f"{family.budget['steps']} steps, {family.budget['schedule']}"]
     cells += [_slope_cell(family, s.name) for s in statistics.read_as_bound()]
-    if family.num_converged is not None:
-      cells.append(f"{sum(family.num_converged)}/{sum(_seeds_at(family, i) for i in range(len(family.depths)))}")
-    else:
-      cells.append("—")
-    rows.append(cells)
+    rows.append(cells + [_converged_cell(family)])
   return _table(header, rows)
+
+
+_CONVERGED = "converged (fall over the last quarter at the deepest L)"
+
+
+def _converged_cell(family: records.FamilyResults) -> str:
+  """ "3/35 (23%)": the runs converged of those with a verdict, and the train loss's mean relative
+  fall over the end of the run at the deepest network; "—" without verdicts."""
+  if family.num_converged is None:
+    return "—"
+  total = sum(_seeds_at(family, i) for i in range(len(family.depths)))
+  return f"{sum(family.num_converged)}/{total} ({_percent(family.train_loss_fall[-1])})"
 
 
 def _slope_cell(family: records.FamilyResults, key: str) -> str:
@@ -401,13 +409,11 @@ def across_tasks(summary: records.SweepSummary, heading: str = "##") -> list[str
       name, dataclasses.replace(first, overrides={k: v for k, v in first.overrides.items() if k != "data"})
     )
     lines += [f"{heading} Across tasks: {what}, {budget_text(first.budget)}", ""]
-    header = ["task", "setting"] + [f"{s.label} slope" for s in statistics.read_as_bound()] + ["converged"]
+    header = ["task", "setting"] + [f"{s.label} slope" for s in statistics.read_as_bound()] + [_CONVERGED]
     rows = []
     for task, (name, family) in families.items():
       cells = [f"`{task}`", f"`{name}`"] + [_slope_cell(family, s.name) for s in statistics.read_as_bound()]
-      total = sum(_seeds_at(family, i) for i in range(len(family.depths)))
-      cells.append(f"{sum(family.num_converged)}/{total}" if family.num_converged is not None else "—")
-      rows.append(cells)
+      rows.append(cells + [_converged_cell(family)])
     lines += _table(header, rows) + [""]
     for statistic in statistics.read_as_bound():
       readings = {task: family.trained.bound[statistic.name] for task, (_, family) in families.items()}

@@ -25,6 +25,8 @@ def test_every_generated_section_is_the_report_of_its_committed_summary():
   for name, summary in (
     ("depth_sweep", "../summary.json"),
     ("ladder", "../ladder/summary.json"),
+    ("tasks", "../tasks/summary.json"),
+    ("deep", "../deep/summary.json"),
     ("images", "../images/summary.json"),
     ("transformers", "../transformers/summary.json"),
   ):
