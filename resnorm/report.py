@@ -366,6 +366,7 @@ def budget_ladder(summary: records.SweepSummary, level: float = 0.9, heading: st
       cells.append(f"{sum(family.num_converged)}/{total}" if family.num_converged is not None else "—")
       rows.append(cells)
     lines += _table(header, rows) + [""]
+    lines.append(f"* {_first_converged(summary, rungs)}")
     low, high = summary.models[rungs[0][1]], summary.models[rungs[-1][1]]
     for statistic in statistics.read_as_bound():
       lines.append(f"* {_moved(statistic.label, statistic.name, low, high, level)}")
@@ -454,6 +455,25 @@ def _on_every_task(readings: dict[str, theory.BoundReading]) -> str:
       differs.append(f"{what}: not alike on every task ({each})")
   text = ("on every task, " + "; ".join(found)) if found else "nothing holds alike on every task"
   return text + (". " + "; ".join(differs) if differs else "") + "."
+
+
+def _first_converged(summary: records.SweepSummary, rungs: list[tuple[int, str]]) -> str:
+  """The smallest budget of a ladder at which every run of every depth converged, and the c each
+  depth needs there (δ_max and δ_mean); or that no budget of the ladder got there."""
+  for steps, name in rungs:
+    family = summary.models[name]
+    if family.num_converged and all(k == _seeds_at(family, i) for i, k in enumerate(family.num_converged)):
+      needed = {
+        label: ", ".join(f"{c:.3g}" for c in family.trained.bound[key].c_needed)
+        for label, key in (("δ_max", "delta_max"), ("δ_mean", "delta_mean"))
+      }
+      depths = ", ".join(map(str, family.trained.bound["delta_max"].depths))
+      return (
+        f"Every run converged at every depth first at {steps} steps (`{name}`), where c_L by L = {depths} is "
+        f"{needed['δ_max']} for δ_max and {needed['δ_mean']} for δ_mean. There "
+        + _reading_sentence("δ_max", family.trained, "delta_max")
+      )
+  return "At no budget of this ladder did every run of every depth converge."
 
 
 def _change(change: intervals.Estimate | None, log: bool = False) -> str:

@@ -244,6 +244,12 @@ def test_a_budget_ladder_says_whether_each_slope_moved():
   assert ": L^−0.30 [" in moved and "→ L^−1.00 [" in moved and "(paired by seed): detected." in moved
   still = next(line for line in text.splitlines() if line.startswith("* δ_mean's slope from 400 to 10000 steps"))
   assert "(paired by seed): not detectable with these seeds." in still
+  assert "* At no budget of this ladder did every run of every depth converge." in text
+  longer = records.SweepSummary("a", {"a": rung(400, "cosine", shallow, 0), "e": rung(15_000, "cosine", steep, 1)})
+  first = next(line for line in report.budget_ladder(longer) if "converged at every depth" in line)
+  assert first.startswith("* Every run converged at every depth first at 15000 steps (`e`), where c_L by L = 2, 8")
+  assert "is 0.216, 0.108, 0.0721, 0.0541 for δ_max" in first  # 0.3/L · L/log(2L)
+  assert ". There δ_max falls as L^−1.00" in first
   one_budget = records.SweepSummary("a", {"a": rung(400, "cosine", shallow, 0), "d": rung(400, "constant", shallow, 0)})
   assert report.budget_ladder(one_budget) == []
 
