@@ -910,7 +910,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _percent(value) -> str:
-  return "—" if value is None else f"{100 * value:.3g}%"
+  return "—" if value is None else f"{100 * value:.3g}%".replace("-", "−")
 
 
 def _fmt(value) -> str:
