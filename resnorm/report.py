@@ -476,11 +476,11 @@ def _first_converged(summary: records.SweepSummary, rungs: list[tuple[int, str]]
   return "At no budget of this ladder did every run of every depth converge."
 
 
-def _change(change: intervals.Estimate | None, log: bool = False) -> str:
+def _change(change: intervals.Estimate | None, log: bool = False, noun: str = "change") -> str:
   """ "a change of −0.054 [−0.106, −0.002] (paired by seed): detected" and its kin."""
   if change is None:
     return "no value on one side"
-  what = f"a change of {intervals.shown(change)}" if not log else f"a ratio of {intervals.shown(change, log=True)}"
+  what = f"a {noun} of {intervals.shown(change)}" if not log else f"a ratio of {intervals.shown(change, log=True)}"
   pairing = "paired by seed" if change.paired else "unpaired, Welch"
   if change.interval is None:
     return f"{what} ({pairing}; no interval)"
@@ -501,11 +501,16 @@ def _logs_by_length(family: records.FamilyResults, stage: records.Stage, key: st
 
 
 def _slope_change(
-  a: tuple[records.FamilyResults, records.Stage], b: tuple[records.FamilyResults, records.Stage], key: str, level
+  a: tuple[records.FamilyResults, records.Stage],
+  b: tuple[records.FamilyResults, records.Stage],
+  key: str,
+  level,
+  key_b: str | None = None,
 ) -> intervals.Estimate | None:
-  """The slope of log ``key`` on log L of ``b`` less that of ``a``, over the L's both measured
-  (paired by seed where they share seeds; None with fewer than two such L)."""
-  logs_a, logs_b = _logs_by_length(*a, key), _logs_by_length(*b, key)
+  """The slope of log ``key_b`` (default ``key``) on log L of ``b`` less that of log ``key`` of
+  ``a``, over the L's both measured (paired by seed where they share seeds; None with fewer than
+  two such L)."""
+  logs_a, logs_b = _logs_by_length(*a, key), _logs_by_length(*b, key_b or key)
   common = sorted(set(logs_a) & set(logs_b))
   if len(common) < 2:
     return None
@@ -702,6 +707,7 @@ def _setting(name: str, family: records.FamilyResults, reference: str, level: fl
     if all(v is None for v in family.trained.means[statistic.name]):
       continue
     lines.append(f"* {_reading_sentence(statistic.label, family.trained, statistic.name)}")
+  lines += _sample_size(family, level)
   lines += _kinds_compared(family, level)
   for loss in (_loss_trend(family, "trained"), _train_loss_trend(family, level)):
     if loss:
@@ -709,6 +715,23 @@ def _setting(name: str, family: records.FamilyResults, reference: str, level: fl
   lines.append("")
   lines += _setting_table(family, level)
   return lines + [""]
+
+
+def _sample_size(family: records.FamilyResults, level: float) -> list[str]:
+  """How much of δ_max's depth trend its sample (L blocks × the examples) can explain: its slope
+  less that of the per-block max median (each block's worst case over the same examples, the
+  median over blocks: a sample of fixed size at every depth), paired by seed in the same runs."""
+  stage = family.trained
+  fixed, pooled = stage.bound["layer_max_median"], stage.bound["delta_max"]
+  if fixed.slope is None or pooled.slope is None:
+    return []
+  change = _slope_change((family, stage), (family, stage), "layer_max_median", level, key_b="delta_max")
+  return [
+    f"* δ_max against its fixed-sample counterpart (per-block max median): slopes {_power(pooled)} and "
+    f"{_power(fixed)}; δ_max's less the other's, {_change(change, noun='difference')}: what δ_max's growing "
+    "sample (L × examples) and blocks unlike one another add to the depth trend; the fixed-sample statistic's "
+    "trend has no part from the first."
+  ]
 
 
 def _kinds_compared(family: records.FamilyResults, level: float) -> list[str]:

@@ -184,6 +184,19 @@ def test_a_u_shaped_delta_is_said_to_have_a_minimum():
   assert "a minimum between L = " in sentence
 
 
+def test_delta_max_is_compared_with_its_fixed_sample_counterpart_paired_by_seed():
+  """δ_max rising as L^0.1 where the per-block max median is flat: the difference of the slopes,
+  paired by seed in the same runs, is detected and about 0.1."""
+  depths = [2, 8, 32, 128]
+  stage = _stage(_seeds([0.1 * L**0.1 for L in depths], depths), depths)
+  flat = _seeds([0.05] * len(depths), depths, shift=1)
+  stage.per_seed["layer_max_median"] = [list(seeds) for seeds in flat]
+  stage.bound["layer_max_median"] = theory.read_bound(depths, flat)
+  (line,) = report._sample_size(_family(stage, stage, depths, budget=BUDGET, overrides={}), 0.9)
+  assert "slopes L^0.10 [0.08, 0.12] and L^0.00 [−0.02, 0.02]" in line
+  assert "a difference of 0.1 [0.0673, 0.133] (paired by seed): detected" in line
+
+
 def test_a_slope_whose_interval_holds_zero_is_said_not_to_move():
   """Seeds spread by a factor e^±0.5 about a flat δ with a small tilt: the 90% interval of the slope
   holds 0, so the sentence claims no trend (neither the point estimate's rise nor a fall); the
