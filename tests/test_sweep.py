@@ -197,6 +197,10 @@ def test_a_setting_on_another_dataset_takes_that_dataset_s_options_only():
   assert teacher.train_size == 512 and teacher.num_maps == config.data.num_maps
   long = sweep_plan.run_config(config, "zero_init_random_mlp_constant_10000", 8, 0)
   assert long.num_steps == 10_000 and long.optimizer.schedule == "constant" and long.data.name == "random_mlp"
+  deep = config_depth_sweep.get_config("deep")
+  assert deep.depths == (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) and deep.num_steps == 100
+  assert sweep_plan.run_config(deep, "plain", 1024, 2).model.name == "mlp_plain"
+  assert config_depth_sweep.get_config().depths == (2, 4, 8, 16, 32, 64, 128)
 
 
 def test_settings_on_different_datasets_each_train_on_their_own(tmp_path):
