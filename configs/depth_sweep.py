@@ -35,9 +35,10 @@ network (the slope intervals need them), 3 for the others; 400 Adam steps on a c
 Variants (``--config=...:variant``):
 
 * ``ladder``: the reference setting at budgets of 400, 2,000 and 10,000 steps, each on the
-  cosine schedule and at a constant learning rate: whether δ(L) moves with the budget, and
-  whether the runs converged (a cosine schedule forces the loss to stop changing by sending the
-  rate to zero; at a constant rate only the budget does);
+  cosine schedule and at a constant learning rate, and at 40,000 steps at a constant rate:
+  whether δ(L) moves with the budget, and at which budget the runs converge (a cosine schedule
+  forces the loss to stop changing by sending the rate to zero; at a constant rate only
+  training does);
 * ``ladder_gpu``: the same at 400, 4,000 and 40,000 steps, for an accelerator;
 * ``tasks``: the reference setting on three tasks — the teacher (a flow, which the residual
   blocks can represent by construction), ``random_mlp`` (a wide random tanh network: smooth, not
@@ -52,7 +53,11 @@ from ml_collections import config_dict
 
 from configs import default
 
-LADDERS = {"ladder": (400, 2_000, 10_000), "ladder_gpu": (400, 4_000, 40_000)}
+# Per ladder, the budgets (steps) of each schedule.
+LADDERS = {
+  "ladder": {"cosine": (400, 2_000, 10_000), "constant": (400, 2_000, 10_000, 40_000)},
+  "ladder_gpu": {"cosine": (400, 4_000, 40_000), "constant": (400, 4_000, 40_000)},
+}
 VARIANTS = (*LADDERS, "tasks", "deep")
 # The tasks of the `tasks` variant: the `data` section of each.
 TASKS = {
@@ -149,15 +154,16 @@ def _variant(config, variant: str) -> None:
   config.overrides = ml_collections.ConfigDict(settings)
 
 
-def _ladder(reference: dict, budgets) -> dict:
-  """The reference setting at each budget, cosine and constant rate."""
+def _ladder(reference: dict, budgets: dict) -> dict:
+  """The reference setting at each budget of each schedule."""
   ladder = {}
-  for steps in budgets:
+  for steps in sorted({steps for by_schedule in budgets.values() for steps in by_schedule}):
     every = dict(log_every=steps // 16, signal=dict(every=steps // 4))
     for schedule in ("cosine", "constant"):
-      ladder[f"zero_init_{schedule}_{steps}"] = dict(
-        reference, num_steps=steps, optimizer=dict(schedule=schedule), seeds=(0, 1, 2), **every
-      )
+      if steps in budgets[schedule]:
+        ladder[f"zero_init_{schedule}_{steps}"] = dict(
+          reference, num_steps=steps, optimizer=dict(schedule=schedule), seeds=(0, 1, 2), **every
+        )
   return ladder
 
 
