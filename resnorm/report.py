@@ -438,10 +438,14 @@ def _on_every_task(readings: dict[str, theory.BoundReading]) -> str:
     for task, r in readings.items()
   }
   readings_of = [
-    ("δ(L) falls or rises detectably", directions, {"falls": "falls with L", "rises": "rises with L"}),
-    ("c_L", {t: r.bounded for t, r in readings.items()}, {True: "c_L does not grow with L", False: "c_L grows with L"}),
+    ("whether δ(L) falls or rises detectably", directions, {"falls": "falls with L", "rises": "rises with L"}),
     (
-      "a power law",
+      "whether c_L grows",
+      {t: r.bounded for t, r in readings.items()},
+      {True: "c_L does not grow with L", False: "c_L grows with L"},
+    ),
+    (
+      "whether a power law describes δ(L)",
       {t: r.power_law for t, r in readings.items()},
       {True: "a power law describes δ(L)", False: "no power law describes δ(L)"},
     ),
@@ -454,7 +458,8 @@ def _on_every_task(readings: dict[str, theory.BoundReading]) -> str:
       each = ", ".join(f"{task}: {words.get(v, 'undecided')}" for task, v in verdicts.items())
       differs.append(f"{what}: not alike on every task ({each})")
   text = ("on every task, " + "; ".join(found)) if found else "nothing holds alike on every task"
-  return text + (". " + "; ".join(differs) if differs else "") + "."
+  differing = "; ".join(differs)
+  return text + (". " + differing[0].upper() + differing[1:] if differs else "") + "."
 
 
 def _first_converged(summary: records.SweepSummary, rungs: list[tuple[int, str]]) -> str:
