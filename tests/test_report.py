@@ -292,7 +292,9 @@ def test_across_tasks_only_what_every_task_shows_is_stated_as_general():
   text = "\n".join(report.across_tasks(summary))
   assert text.count("## Across tasks:") == 1 and "| `teacher` | `a` |" in text and "| `digits` | `c` |" in text
   line = next(line for line in text.splitlines() if line.startswith("* δ_max:"))
-  assert line.startswith("* δ_max: on every task, falls with L; a power law describes δ(L). C_L: not alike")
+  assert line.startswith(
+    "* δ_max: on every task, falls with L; a power law describes δ(L). Whether c_L grows: not alike"
+  )
   assert "(teacher: c_L grows with L, random_mlp: c_L grows with L, digits: c_L does not grow with L)" in line
   assert report.across_tasks(records.SweepSummary("a", {"a": on("teacher", -0.3)})) == []
 
