@@ -203,10 +203,11 @@ def test_a_setting_on_another_dataset_takes_that_dataset_s_options_only():
   assert config_depth_sweep.get_config().depths == (2, 4, 8, 16, 32, 64, 128)
 
 
+@pytest.mark.slow  # a real sweep on two datasets: the one test of a group loading its own data
 def test_settings_on_different_datasets_each_train_on_their_own(tmp_path):
   """One sweep, the residual MLP on the teacher (regression) and on the digits (classification):
   each run's record is of its own task; a bad option of a setting's dataset is named under the
-  setting, before anything runs."""
+  setting, before anything runs; only here."""
   config = tiny_sweep(depths=(2,), settings=("teacher", "digits"))
   config.overrides = dict(
     teacher=dict(name="mlp_residual"), digits=dict(name="mlp_residual", data=dict(name="digits", test_size=297))
