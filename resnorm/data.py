@@ -353,6 +353,9 @@ def load(config) -> Dataset:
 
 def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
   """Rows of the global batch at ``step``: epochs of seeded permutations, a pure function of step."""
+  validation.positive_int("num_examples", num_examples)
+  validation.positive_int("batch_size", batch_size)
+  validation.non_negative_int("step", step)
   if batch_size > num_examples:
     raise validation.invalid("batch_size", batch_size, f"at most the {num_examples} training examples")
   per_epoch = num_examples // batch_size

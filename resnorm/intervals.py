@@ -23,6 +23,8 @@ import math
 import numpy as np
 from scipy import stats
 
+from resnorm import validation
+
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
@@ -54,6 +56,7 @@ class Estimate:
 
 def combination(groups: list[tuple[float, np.ndarray]], level: float = 0.9) -> Estimate:
   """Σ_g a_g·ȳ_g with its Welch–Satterthwaite t interval; ``groups``: (a_g, samples of g)."""
+  validation.level("level", level)
   groups = [(float(a), np.asarray(y, np.float64)) for a, y in groups]
   if not groups or any(len(y) == 0 for _, y in groups):
     raise ValueError(f"groups = {[len(y) for _, y in groups]} samples: expected at least one sample in every group")

@@ -430,14 +430,20 @@ def path(location: PathLike) -> epath.Path:
 def write_text(location: PathLike, text: str | bytes) -> None:
   """Writes ``text`` (or bytes) atomically: to a temporary file, then renamed over ``location``,
   so a reader, a run killed mid-write or a disk that fills up never leaves half a file; two
-  writers at once each write their own temporary file, and the last rename wins."""
+  writers at once each write their own temporary file, and the last rename wins. On a local disk
+  the temporary file is flushed to the disk (``fsync``) before the rename, so a power loss after
+  it cannot leave an empty file under the name (an object store's write is whole by itself)."""
   location = path(location)
   tmp = location.with_name(f"{location.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+  data = text if isinstance(text, bytes) else text.encode()
   try:
-    if isinstance(text, bytes):
-      tmp.write_bytes(text)
+    if "://" in str(location):
+      tmp.write_bytes(data)
     else:
-      tmp.write_text(text)
+      with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(location)
   except BaseException as error:
     try:

@@ -331,4 +331,10 @@ def direction_free(sigma_max, sigma_min) -> np.ndarray:
   the block Jacobians' extreme singular values (:func:`resnorm.spectra.block_extremes`): a ratio
   measures J_lᵀ along one gradient, so |r_l − 1| is at most this, which Theorem 1 bounds."""
   sigma_max, sigma_min = np.asarray(sigma_max, np.float64), np.asarray(sigma_min, np.float64)
+  if sigma_max.shape != sigma_min.shape:
+    raise validation.invalid("sigma_min", f"shape {sigma_min.shape}", f"the shape of sigma_max, {sigma_max.shape}")
+  # Iterative estimates converge from inside (σ_max from below, σ_min from above): where J_l is
+  # nearly an isometry the two may cross by rounding, so only a crossing beyond that is refused.
+  if np.any(sigma_min < 0) or np.any(sigma_min > sigma_max * (1 + 1e-4)):
+    raise validation.invalid("sigma_min", sigma_min.tolist(), "0 <= sigma_min <= sigma_max, element by element")
   return np.maximum(sigma_max - 1.0, 1.0 - sigma_min)

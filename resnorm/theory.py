@@ -39,6 +39,25 @@ LAWS = {
 THEOREM_LAW = "c*log(2L)/L"
 
 
+def _depths(depths) -> np.ndarray:
+  """``depths`` as a 1-D float array, every one a finite L ≥ 1."""
+  L = np.asarray(depths, dtype=np.float64)
+  if L.ndim != 1 or not np.all(np.isfinite(L)) or np.any(L < 1):
+    raise validation.invalid("depths", np.asarray(depths).tolist(), "a list of depths L >= 1")
+  return L
+
+
+def _deltas(name: str, deltas, count: int) -> list[np.ndarray]:
+  """Per depth, the δ's (``None`` and NaN: missing) as float arrays; ``count`` depths, and no
+  finite δ below 0 (δ = |r − 1|)."""
+  values = [np.array([np.nan if v is None else v for v in np.atleast_1d(d)], dtype=np.float64) for d in deltas]
+  if len(values) != count:
+    raise validation.invalid(name, [v.tolist() for v in values], f"one entry per depth ({count} depths)")
+  if any(np.any(v[np.isfinite(v)] < 0) for v in values):
+    raise validation.invalid(name, [v.tolist() for v in values], "deltas >= 0 (None or NaN where missing)")
+  return values
+
+
 def delta_bound(L, c):
   """δ = c·log(2L)/L, elementwise in L (L ≥ 1)."""
   L = np.asarray(L, dtype=np.float64)
@@ -85,10 +104,8 @@ def fittable(depths, deltas) -> bool:
 
 def fit_delta(depths, deltas) -> DeltaFit:
   """Fits δ(L) to each law in :data:`LAWS`; non-finite or non-positive δ's are left out."""
-  depths = np.asarray(depths, dtype=np.float64)
-  deltas = np.asarray(deltas, dtype=np.float64)
-  if depths.shape != deltas.shape or depths.ndim != 1:
-    raise validation.invalid("deltas", deltas.tolist(), f"a list as long as depths ({depths.size}), both 1-D")
+  depths = _depths(depths)
+  deltas = np.concatenate(_deltas("deltas", deltas, depths.size))
   keep = np.isfinite(deltas) & (deltas > 0)
   if len(np.unique(depths[keep])) < 2:
     raise validation.invalid("deltas", deltas.tolist(), "finite, positive deltas at two depths or more")
@@ -134,7 +151,8 @@ def c_min(depths, deltas) -> float | None:
 
   δ = 0 counts (it bounds nothing away); None when no δ is finite.
   """
-  _, needed = _bound_constants(depths, deltas)
+  depths = _depths(depths)
+  _, needed = _bound_constants(depths, np.concatenate(_deltas("deltas", deltas, depths.size)))
   return float(needed.max()) if needed.size else None
 
 
@@ -248,9 +266,14 @@ def read_bound(depths, per_seed, *, level: float = 0.9) -> BoundReading:
     The :class:`BoundReading`; it never raises for data it cannot read (fewer than two depths
     with a positive δ give c_min alone and a note; one seed at a depth, or seeds that all agree,
     give estimates without intervals or tests).
+
+  Raises:
+    ValueError: naming the argument, for a ``level`` outside (0, 1), a depth below 1, an entry
+      count of ``per_seed`` other than the depths', or a negative δ.
   """
-  depths = np.asarray(depths, dtype=np.float64)
-  samples = [np.array([np.nan if v is None else v for v in values], dtype=np.float64) for values in per_seed]
+  validation.level("level", level)
+  depths = _depths(depths)
+  samples = _deltas("per_seed", per_seed, depths.size)
   finite = [s[np.isfinite(s)] for s in samples]
   flat_L = np.concatenate([np.full(len(s), L) for L, s in zip(depths, finite)]) if finite else np.zeros(0)
   every_L, needed = _bound_constants(flat_L, np.concatenate(finite) if finite else np.zeros(0))

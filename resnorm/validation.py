@@ -55,6 +55,13 @@ def positive_float(name: str, value: Any) -> float:
   return float(value)
 
 
+def level(name: str, value: Any) -> float:
+  """A coverage or confidence level: a number strictly between 0 and 1."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+    raise invalid(name, value, "a number strictly between 0 and 1")
+  return float(value)
+
+
 def boolean(name: str, value: Any) -> bool:
   if not isinstance(value, bool):
     raise invalid(name, value, "True or False")

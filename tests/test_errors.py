@@ -3,10 +3,11 @@ attributes, never the message."""
 
 import pickle
 
+import numpy as np
 import pytest
 
 from configs import default
-from resnorm import config_validation, validation
+from resnorm import config_validation, data, intervals, models, signal, theory, validation
 
 
 def test_the_door_reads_the_fields_of_a_library_error_not_its_message():
@@ -54,3 +55,38 @@ def test_errors_cross_process_boundaries_with_their_fields(cls):
   error = pickle.loads(pickle.dumps(cls("config.seeds", (1, 1), "distinct seeds")))
   assert type(error) is cls and (error.name, error.value, error.allowed) == ("config.seeds", (1, 1), "distinct seeds")
   assert str(error) == "config.seeds = (1, 1): expected distinct seeds"
+
+
+BAD_LIBRARY_CALLS = [
+  # (call, the argument its ValueError names)
+  (lambda: theory.read_bound([2, 8], [[0.1, 0.2], [0.1, 0.2]], level=1.5), "level"),
+  (lambda: theory.read_bound([2, 8], [[0.1, 0.2], [0.1, 0.2]], level=float("nan")), "level"),
+  (lambda: theory.read_bound([0, 8], [[0.1], [0.2]]), "depths"),
+  (lambda: theory.read_bound([0.5, 8], [[0.1], [0.2]]), "depths"),
+  (lambda: theory.read_bound([2, 8], [[0.1], [-0.2]]), "per_seed"),
+  (lambda: theory.read_bound([2, 8, 32], [[0.1], [0.2]]), "per_seed"),
+  (lambda: theory.fit_delta([0, 8, 32], [0.3, 0.2, 0.1]), "depths"),
+  (lambda: theory.fit_delta([2, 8], [0.3, 0.2, 0.1]), "deltas"),
+  (lambda: theory.c_min([2, 8], [0.3]), "deltas"),
+  (lambda: theory.c_min([2, 8], [0.3, -0.1]), "deltas"),
+  (lambda: intervals.mean([0.1, 0.2], [0, 1], level=0.0), "level"),
+  (lambda: signal.direction_free([[1.1]], [[1.2]]), "sigma_min"),
+  (lambda: signal.direction_free(np.ones((4, 1)), np.ones((1, 5))), "sigma_min"),
+  (lambda: models.resolve_branch_scale("1/L", -4), "depth"),
+  (lambda: data.batch_indices(100, 0, 0, seed=0), "batch_size"),
+  (lambda: data.batch_indices(100, 10, -1, seed=0), "step"),
+]
+
+
+@pytest.mark.parametrize("call, argument", BAD_LIBRARY_CALLS)
+def test_a_bad_library_call_is_a_value_error_naming_its_argument(call, argument):
+  """Issue 36's cases: each returned nan, a wrong note, a negative δ or a bare IndexError/LinAlgError before."""
+  with pytest.raises(validation.ArgumentError) as error:
+    call()
+  assert error.value.name == argument and isinstance(error.value, ValueError)
+
+
+def test_missing_deltas_are_still_read_as_missing():
+  """None and NaN (a diverged seed) stay allowed: they are left out, not refused."""
+  reading = theory.read_bound([2, 8, 32], [[0.3, None], [0.2, float("nan")], [0.1, 0.12]])
+  assert reading.num_points == 3 and reading.seeds == [1, 1, 2]

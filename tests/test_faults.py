@@ -11,7 +11,6 @@ import sys
 
 import orbax.checkpoint as ocp
 import pytest
-from etils import epath
 
 import helpers
 from experiments import sweep_outputs, sweep_runner
@@ -201,10 +200,10 @@ def test_a_failed_write_names_the_file_and_leaves_the_previous_version_whole(tmp
   target = tmp_path / "summary.json"
   records.write_json(target, {"a": 1})
 
-  def full_disk(self, *args, **kwargs):
+  def full_disk(fd):  # the bytes reached the page cache; the disk has no room for them
     raise OSError(errno.ENOSPC, "No space left on device")
 
-  monkeypatch.setattr(epath.Path, "write_text", full_disk)
+  monkeypatch.setattr(records.os, "fsync", full_disk)
   with pytest.raises(records.WriteFailed, match=f"could not write {target}: No space left on device"):
     records.write_json(target, {"a": 2})
   assert json.loads(target.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["summary.json"]

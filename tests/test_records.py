@@ -3,6 +3,7 @@
 
 import json
 import math
+import os
 
 import pytest
 from etils.epath import testing as epath_testing
@@ -176,3 +177,20 @@ def test_a_sweep_on_a_cloud_workdir_reuses_its_runs_and_aggregates(tmp_path, mon
   written = tmp_path / "cloud" / "bucket" / "all"
   assert {"summary.json", "results.csv", "config.json", "delta_vs_depth.png"} <= {p.name for p in written.iterdir()}
   assert not (tmp_path / "gs:").exists() and not any(tmp_path.glob("**/gs:"))  # nothing escaped to a local "gs:"
+
+
+def test_an_atomic_write_reaches_the_disk_before_its_name_does(tmp_path, monkeypatch):
+  """write_text fsyncs the temporary file before renaming it: at the fsync the name does not
+  exist yet, and the file synced is the temporary one holding every byte."""
+  target, synced = tmp_path / "summary.json", []
+  real_fsync = os.fsync
+
+  def fsync(fd):
+    synced.append((os.readlink(f"/proc/self/fd/{fd}"), target.exists()))
+    real_fsync(fd)
+
+  monkeypatch.setattr(records.os, "fsync", fsync)
+  records.write_text(target, '{"format": 2}')
+  ((written, named_yet),) = synced
+  assert ".tmp-" in written and os.path.dirname(written) == str(tmp_path) and not named_yet
+  assert target.read_text() == '{"format": 2}' and not list(tmp_path.glob("*.tmp-*"))

@@ -49,7 +49,7 @@ def test_fit_skips_diverged_and_rejects_too_few_points():
   assert theory.fit_delta(DEPTHS, deltas).num_points == len(DEPTHS) - 2
   with pytest.raises(ValueError, match=r"deltas = \[nan, 0.1\]: expected finite, positive deltas at two depths"):
     theory.fit_delta([4, 8], [np.nan, 0.1])
-  with pytest.raises(ValueError, match=r"deltas = \[0.1\]: expected a list as long as depths"):
+  with pytest.raises(ValueError, match=r"deltas = \[\[0.1\]\]: expected one entry per depth \(2 depths\)"):
     theory.fit_delta([4, 8], [0.1])
 
 

@@ -72,6 +72,7 @@ def resolve_branch_scale(branch_scale, depth: int, name: str = "branch_scale") -
   A number may come as text (``'0.5'``): a config field holding ``'1/L'`` is typed ``str``, so
   a command-line override of it arrives as a string.
   """
+  validation.positive_int("depth", depth)
   allowed = f"one of {sorted(BRANCH_SCALES)} or a positive number"
   if isinstance(branch_scale, str):
     if branch_scale in BRANCH_SCALES:
