@@ -546,3 +546,30 @@ def test_a_sweep_whose_every_run_diverged_ends_with_its_table_and_says_so(tmp_pa
   assert "diverged@" in report.format_table(summary)
   for name in ("summary.json", "results.csv", "report.md", "delta_vs_depth.png", "task_vs_depth.png"):
     assert (tmp_path / name).stat().st_size > 0, name
+
+
+SECOND_CTRL_C = """
+import os, signal, sys, time
+from resnorm import preemption
+
+with preemption.StopSignals() as stop:
+  os.kill(os.getpid(), signal.SIGINT)
+  assert stop() and stop.received == "SIGINT"
+  print("stopping after the first", flush=True)
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(5)
+print("not reached")
+"""
+
+
+def test_a_second_ctrl_c_exits_at_once_in_one_line():
+  """The first Ctrl-C asks for a stop at a saved step; a second to the same process ends it at
+  once, exit status 130, one line on stderr and no traceback."""
+  done = subprocess.run(
+    [sys.executable, "-c", SECOND_CTRL_C], cwd=helpers.REPO, capture_output=True, text=True, timeout=60, check=False
+  )
+  assert done.returncode == 130 and done.stdout == "stopping after the first\n"
+  lines = [line for line in done.stderr.splitlines() if "second Ctrl-C" in line or "Traceback" in line]
+  assert lines == [
+    "second Ctrl-C: exiting now, without waiting for the save (the runs resume from their last checkpoint)"
+  ]
