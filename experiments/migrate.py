@@ -138,8 +138,9 @@ def _conversions(location) -> list[tuple]:
   found = []
   for file in (workdir / "config.json", *sorted((workdir / sweep_plan.RUNS).glob("*/config.json"))):
     try:
-      if file.exists() and config(records.read_json(file)) != records.read_json(file):
-        found.append((file, config(records.read_json(file))))
+      data = records.read_json(file) if file.exists() else None
+      if data is not None and config(data) != data:
+        found.append((file, config(data)))
     except Unconvertible as error:
       found.append((file, error))
   runs = []

@@ -180,27 +180,15 @@ def _seeds_at(family: records.FamilyResults, i: int) -> int:
   return total - (family.num_diverged[i] if family.num_diverged else int(family.diverged[i]))
 
 
-def _seed_values(family: records.FamilyResults, stage: records.Stage | None, key: str, i: int) -> list:
-  """The seeds' values of ``key`` at depth ``i``: a statistic of ``stage``, or a loss of ``family``."""
-  per_seed = stage.per_seed if stage is not None else family.per_seed
-  return per_seed[key][i] if key in per_seed and i < len(per_seed[key]) else []
-
-
-def _estimate(
-  family: records.FamilyResults, stage: records.Stage | None, key: str, i: int, level: float
-) -> tuple[intervals.Estimate | None, bool]:
-  """The mean over seeds at depth ``i`` with its interval, and whether it is on the log scale
-  (a positive quantity: every seed's value > 0)."""
-  values = [v for v in _seed_values(family, stage, key, i) if v is not None and math.isfinite(v)]
-  log = bool(values) and min(values) > 0
-  return intervals.mean(values, list(range(len(values))), level, log=log), log
-
-
 def _mean_interval(family: records.FamilyResults, stage: records.Stage | None, key: str, i: int, level: float) -> str:
-  """ "0.123 [0.101, 0.145]": the mean over seeds at depth ``i`` (geometric for a positive
-  quantity, its interval on the log scale) with its t interval; "—" without a value."""
-  estimate, log = _estimate(family, stage, key, i, level)
-  return intervals.shown(estimate, log=log)
+  """ "0.123 [0.101, 0.145]": the mean over the seeds at depth ``i`` of ``key`` (a statistic of
+  ``stage``, or with ``stage`` None a loss of ``family``) with its t interval; for a positive
+  quantity (every seed's value > 0) the geometric mean, its interval on the log scale; "—"
+  without a value."""
+  per_seed = (stage or family).per_seed
+  values = intervals.by_seed(per_seed[key][i] if key in per_seed else [], family.seeds)
+  log = bool(values) and min(values.values()) > 0
+  return intervals.shown(intervals.mean(list(values.values()), list(values), level, log=log), log=log)
 
 
 def _relative_loss(family: records.FamilyResults, stage: str, i: int) -> float | None:
