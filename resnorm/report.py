@@ -278,7 +278,11 @@ def _test_loss_change(family: records.FamilyResults, level: float) -> str:
 def glance(summary: records.SweepSummary, heading: str = "##") -> list[str]:
   """The slopes at a glance and, setting by setting, what its initialisation decides about
   δ_max(L) (a short part of :func:`render`, for a README)."""
-  lines = [f"{heading} Slopes at a glance ({budget_text(summary.reference.budget)})", "", *_glance(summary), ""]
+  seeds = " or ".join(map(str, sorted({len(family.seeds) for family in summary.models.values()})))
+  title = (
+    f"{heading} Slopes at a glance ({budget_text(summary.reference.budget)}; {seeds} seeds per setting; 90% intervals)"
+  )
+  lines = [title, "", *_glance(summary), ""]
   lines += ["The statistics: " + "; ".join(s.description for s in statistics.read_as_bound()) + ".", ""]
   for name, family in summary.models.items():
     decided = _by_construction(name, family)
