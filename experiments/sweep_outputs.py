@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 
 import ml_collections
 from absl import logging
@@ -108,36 +109,65 @@ def _heatmap_runs(sources: list, results: list[records.RunRecord], names: list[s
   return runs
 
 
-def _incomplete_or_mixed(workdir, config: dict) -> tuple[list[str], list[str]]:
-  """The runs a sweep workdir's config plans that are not finished there, and those whose own
-  ``config.json`` is not the one its sweep config gives them (each with the fields that
-  differ)."""
-  missing, mixed = [], []
+def _finished_runs(workdir, config: dict) -> tuple[list[records.RunRecord], list[str]]:
+  """The runs a sweep workdir's config plans that finished there, and the names of those that did
+  not. Each finished run must prove to be its run of that config: its ``config.json`` the one its
+  sweep config gives it, its record's setting, depth, seed and budget the run's
+  (:func:`resnorm.sweep_plan.record_mismatch`); otherwise :class:`resnorm.records.WorkdirError`
+  names every run that does not and why. Reads only."""
+  found, missing, refused = [], [], []
   for run in sweep_plan.plan(ml_collections.ConfigDict(config)):
     run_dir = workdir / sweep_plan.RUNS / run.name
     if not (run_dir / "summary.json").exists():
-      missing.append(run_dir.name)
-    elif differences := ownership.config_differences(
-      records.read_json(run_dir / "config.json"), run.config, resumable=()
-    ):
-      mixed.append(f"{run_dir.name} ({'; '.join(differences)})")
-  return missing, mixed
+      missing.append(run.name)
+      continue
+    saved = records.read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
+    record = records.read_run(run_dir)
+    problems = sweep_plan.record_mismatch(run, record, saved)
+    if saved is not None:
+      problems += ownership.config_differences(saved, run.config, resumable=())
+    if problems:
+      refused.append(f"{run.name} ({'; '.join(problems)})")
+    found.append(record)
+  if refused:
+    raise records.WorkdirError(
+      f"{workdir} holds runs that are not those its sweep config plans: {'; '.join(refused)}. Nothing was "
+      "written: finish them with the sweep's command (it sets such runs aside and trains them again)"
+    )
+  return found, missing
+
+
+def _refuse_output(out_dir, sources: list) -> None:
+  """An aggregate's output may be none of its sources, nor a sweep's workdir (one that holds runs):
+  merging writes ``config.json`` and the summary there. Reads only."""
+  for source in sources:
+    if os.path.realpath(str(source)) == os.path.realpath(str(out_dir)):
+      raise records.WorkdirError(f"--workdir {out_dir} is one of the workdirs to merge: merge into another directory")
+  if (out_dir / sweep_plan.RUNS).exists():
+    raise records.WorkdirError(
+      f"--workdir {out_dir} is a sweep's workdir (it holds {sweep_plan.RUNS}/): merge into another directory"
+    )
 
 
 def aggregate(workdirs: list, out_dir, allow_incomplete: bool = False) -> records.SweepSummary:
-  """Merges finished sweep workdirs (e.g. one per depth, run on different machines).
+  """Merges finished sweep workdirs (e.g. one per depth, run on different machines) into
+  ``out_dir``, reading them only; ``out_dir`` is locked while it is written
+  (:class:`resnorm.ownership.WorkdirLock`).
 
-  The workdirs must share their config except for ``depths``, and each run its own config as its
-  sweep config gives it; a (setting, depth, seed) found in two of them is an error, since it is
-  not clear which to keep. A run the config plans but that did not finish is an error too,
-  unless ``allow_incomplete`` (then the summary has fewer seeds there, and a warning names
-  the runs). Raises :class:`resnorm.records.WorkdirError` for each of these, before anything is
+  The workdirs must share their config except for ``depths``, and each finished run must prove
+  to be its run of that config (:func:`_finished_runs`); a (setting, depth, seed) found in two of
+  them is an error, since it is not clear which to keep. A run the config plans but that did not
+  finish is an error too, unless ``allow_incomplete`` (then the summary has fewer seeds there, and
+  a warning names the runs). An ``out_dir`` that is one of the workdirs, or a sweep's workdir, is
+  refused. Raises :class:`resnorm.records.WorkdirError` for each of these, before anything is
   written.
   """
   if not workdirs:
     raise records.WorkdirError("no workdirs to merge: expected one or more sweep workdirs after the flags")
+  sources, out_dir = [records.path(w) for w in workdirs], records.path(out_dir)
+  _refuse_output(out_dir, sources)
   merged_config, results, seen, missing = None, [], {}, []
-  for workdir in map(records.path, workdirs):
+  for workdir in sources:
     if not (workdir / "config.json").is_file():
       raise records.WorkdirError(f"{workdir} is not a sweep workdir (it has no config.json)")
     config = records.read_json(workdir / "config.json")
@@ -147,13 +177,9 @@ def aggregate(workdirs: list, out_dir, allow_incomplete: bool = False) -> record
     elif shared != first_shared:
       differing = sorted(k for k in set(shared) | set(first_shared) if shared.get(k) != first_shared.get(k))
       raise records.WorkdirError(f"{workdir} was run with another config than {workdirs[0]} (fields {differing})")
-    unfinished, mixed = _incomplete_or_mixed(workdir, config)
-    if mixed:
-      raise records.WorkdirError(
-        f"{workdir} holds runs trained with another config than its sweep's: {'; '.join(mixed)}"
-      )
+    finished, unfinished = _finished_runs(workdir, config)
     missing += [str(workdir / sweep_plan.RUNS / name) for name in unfinished]
-    for result in records.runs_in([workdir], sweep_plan.RUNS):
+    for result in finished:
       key = (result.setting, result.depth, result.seed)
       if key in seen:
         raise records.WorkdirError(
@@ -171,15 +197,15 @@ def aggregate(workdirs: list, out_dir, allow_incomplete: bool = False) -> record
   if not results:
     raise records.WorkdirError(f"no finished runs in {', '.join(map(str, workdirs))}")
   merged_config["depths"] = sorted({r.depth for r in results})
-  out_dir = records.path(out_dir)
   records.make_dir(out_dir)
-  records.write_json(out_dir / "config.json", merged_config)
-  merged = ml_collections.ConfigDict(merged_config)
-  overrides = {
-    name: sweep_plan.setting_overrides(merged, name)
-    for name in sweep_plan.settings(merged)
-    if any(r.setting == name for r in results)
-  }
-  summary = summarize_sweep(results, overrides, merged.bound_L)
-  write_outputs(out_dir, summary, results, sources=workdirs)
+  with ownership.WorkdirLock(out_dir):
+    records.write_json(out_dir / "config.json", merged_config)
+    merged = ml_collections.ConfigDict(merged_config)
+    overrides = {
+      name: sweep_plan.setting_overrides(merged, name)
+      for name in sweep_plan.settings(merged)
+      if any(r.setting == name for r in results)
+    }
+    summary = summarize_sweep(results, overrides, merged.bound_L)
+    write_outputs(out_dir, summary, results, sources=sources)
   return summary

@@ -108,13 +108,23 @@ def _run_dir(workdir, run: sweep_plan.Run):
 
 
 def _reusable(group: list[sweep_plan.Run], workdir) -> list[records.RunRecord | None]:
-  """Per run of ``group``, its record where it finished in ``workdir`` (None where it did not),
-  after setting aside the runs whose files do not read (:func:`_set_aside_if_unreadable`)."""
+  """Per run of ``group``, its record where it finished in ``workdir`` and proves to be that run
+  (None where it did not). A run another process trains is refused (:func:`resnorm.ownership.refuse_if_in_use`);
+  a group's commit that a kill cut short is finished (:func:`resnorm.records.commit_pending`);
+  a run whose files do not read, or whose record is not of this run
+  (:func:`resnorm.sweep_plan.record_mismatch`), is set aside to train again."""
   found = []
   for run in group:
     run_dir = _run_dir(workdir, run)
-    _set_aside_if_unreadable(run_dir, workdir)
-    found.append(records.read_run(run_dir) if (run_dir / "summary.json").exists() else None)
+    ownership.refuse_if_in_use(run_dir)
+    records.commit_pending(run_dir)
+    record = _readable_record(run_dir, workdir)
+    if record is not None:
+      saved = records.read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
+      if problems := sweep_plan.record_mismatch(run, record, saved):
+        _set_aside(run_dir, workdir, f"{run_dir / 'summary.json'} is not this run's record ({'; '.join(problems)})")
+        record = None
+    found.append(record)
   return found
 
 
@@ -135,7 +145,8 @@ def _run_all(groups, workdir, workers: int, progress: bool, should_stop) -> list
       found = _reusable(group, workdir)
       if any(record is not None for record in found):
         finished([record for record in found if record is not None])
-      for todo in _by_resume_step([run for run, record in zip(group, found) if record is None], workdir):
+      todo = [run for run, record in zip(group, found) if record is None]
+      if todo:
         jobs.append(([run.config for run in todo], [_run_dir(workdir, run) for run in todo]))
     if workers == 1 or len(jobs) <= 1:
       stopped = _train_here(jobs, finished, should_stop)
@@ -146,36 +157,11 @@ def _run_all(groups, workdir, workers: int, progress: bool, should_stop) -> list
   return results
 
 
-def _by_resume_step(runs: list[sweep_plan.Run], workdir) -> list[list[sweep_plan.Run]]:
-  """``runs`` (of one group) split by the step of their newest checkpoint: the members of a
-  program start at one step (an earlier session may have saved some members' step and not the
-  others')."""
-  by_step = {}
-  for run in runs:
-    saved = checkpoints.steps(_run_dir(workdir, run) / "checkpoints")
-    by_step.setdefault(saved[-1] if saved else 0, []).append(run)
-  return list(by_step.values())
-
-
 def _train_group(configs, workdirs, **kwargs) -> list[records.RunRecord]:
   """:func:`resnorm.loop.train_group` on the group's own data (a sweep's settings may train on
-  different datasets), its members split by the step each resumes from where a checkpoint that
-  does not restore made them differ (:class:`resnorm.loop.ResumeStepsDiffer`)."""
+  different datasets)."""
   dataset = _dataset(json.dumps(records.config_dict(configs[0].data), sort_keys=True))
-  found, pending = [None] * len(configs), [list(range(len(configs)))]
-  while pending:
-    members = pending.pop()
-    try:
-      trained = loop.train_group([configs[i] for i in members], [workdirs[i] for i in members], dataset, **kwargs)
-    except loop.ResumeStepsDiffer as differ:
-      by_step = {}
-      for i, step in zip(members, differ.steps):
-        by_step.setdefault(step, []).append(i)
-      pending += by_step.values()
-      continue
-    for i, record in zip(members, trained):
-      found[i] = record
-  return found
+  return loop.train_group(configs, workdirs, dataset, **kwargs)
 
 
 def _train_here(jobs, finished, should_stop) -> list | None:
@@ -317,7 +303,8 @@ def _run_spread(groups, workdir, should_stop) -> list[records.RunRecord]:
         marker.unlink()
     try:
       found = _reusable(group, workdir)
-      for todo in _by_resume_step([run for run, record in zip(group, found) if record is None], workdir):
+      todo = [run for run, record in zip(group, found) if record is None]
+      if todo:
         configs, workdirs = [run.config for run in todo], [_run_dir(workdir, run) for run in todo]
         _train_group(configs, workdirs, local=True, should_stop=should_stop)
     except Exception as error:  # pylint: disable=broad-except  (reported to every process below)
@@ -334,23 +321,31 @@ def _run_spread(groups, workdir, should_stop) -> list[records.RunRecord]:
   return [records.read_run(workdir / sweep_plan.RUNS / name) for name in names]
 
 
-def _set_aside_if_unreadable(run_dir, workdir) -> None:
-  """Moves a run directory whose record files do not read (a summary cut short, a log with a
-  damaged row before its last, garbage bytes, a field missing) to ``workdir/set_aside/``, with a
-  warning naming the file: nothing is deleted, and the run trains again from the start, as an
-  uninterrupted one."""
+def _readable_record(run_dir, workdir) -> records.RunRecord | None:
+  """The record of ``run_dir`` where it finished (None where not), after moving the run aside
+  (:func:`_set_aside`) when its files do not read: a summary cut short, a log with a damaged row
+  before its last, garbage bytes, a field missing or of the wrong type."""
   try:
     if (run_dir / "config.json").exists():
       records.read_json(run_dir / "config.json")
-    if (run_dir / "summary.json").exists():
-      records.read_run(run_dir)
+    record = records.read_run(run_dir) if (run_dir / "summary.json").exists() else None
     for name in ("metrics.jsonl", "signal.jsonl"):
       records.JsonlLog(run_dir / name, write=False)
+    return record
   except records.UnreadableRecord as error:
-    aside = workdir / SET_ASIDE / f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}"
-    aside.parent.mkdir(parents=True, exist_ok=True)
-    run_dir.rename(aside)
-    logging.warning("%s: moved the run to %s; it trains again", error, aside)
+    _set_aside(run_dir, workdir, str(error))
+    return None
+
+
+def _set_aside(run_dir, workdir, why: str) -> None:
+  """Moves ``run_dir`` to ``workdir/set_aside/`` with a warning saying ``why``: nothing is deleted,
+  and the run trains again from the start, as an uninterrupted one."""
+  aside = workdir / SET_ASIDE / f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+  aside.parent.mkdir(parents=True, exist_ok=True)
+  while aside.exists():  # set aside twice within a second
+    aside = aside.with_name(aside.name + "+")
+  run_dir.rename(aside)
+  logging.warning("%s: moved the run to %s; it trains again", why, aside)
 
 
 def refuse_runs_of_another_config(workdir, runs: list[sweep_plan.Run]) -> None:

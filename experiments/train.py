@@ -13,7 +13,6 @@ checkpoints, a diverged run, and SIGTERM (after a checkpoint of the current step
 same command resumes).
 """
 
-import contextlib
 import json
 import logging as python_logging
 import sys
@@ -23,7 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import cli, cluster
-from resnorm import config_validation, loop, ownership, plots, preemption, records
+from resnorm import config_validation, loop, plots, preemption, records
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.", required=True)
@@ -58,9 +57,7 @@ def main(argv):
     with preemption.StopSignals() as stop:  # SIGTERM or Ctrl-C: the run stops at a saved step
       dataset = config_validation.load_data(_CONFIG.value)
       config_validation.check_run(_CONFIG.value, dataset)
-      # One run per workdir (one process: a process of several cannot refuse alone).
-      with ownership.WorkdirLock(_WORKDIR.value) if jax.process_count() == 1 else contextlib.nullcontext():
-        record = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, dataset, should_stop=stop).to_json()
+      record = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, dataset, should_stop=stop).to_json()
   except (config_validation.ConfigError, records.WorkdirError, preemption.Preempted, records.WriteFailed) as error:
     sys.exit(f"error: {error}")  # one line, exit status 1
   if jax.process_index() == 0:

@@ -89,10 +89,26 @@ def _index(workdir) -> dict:
   if not location.exists():
     return {}
   try:
-    return {int(step): entry for step, entry in records.read_json(location).items()}
+    entries = {int(step): entry for step, entry in records.read_json(location).items()}
   except (records.UnreadableRecord, AttributeError, ValueError) as error:
     logging.warning("%s does not read (%s): checkpoints restore unverified", location, error)
     return {}
+  malformed = [step for step, entry in entries.items() if not _well_formed(entry)]
+  if malformed:
+    logging.warning(
+      "%s: the entries of steps %s are malformed: those checkpoints restore unverified", location, malformed
+    )
+  return {step: entry for step, entry in entries.items() if step not in malformed}
+
+
+def _well_formed(entry) -> bool:
+  """An index entry: a digest (a string) and the losses since the last log (a list of numbers)."""
+  return (
+    isinstance(entry, dict)
+    and isinstance(entry.get("sha256"), str)
+    and isinstance(entry.get("losses_since_log"), list)
+    and all(isinstance(loss, (int, float)) and not isinstance(loss, bool) for loss in entry["losses_since_log"])
+  )
 
 
 def _disk_failure(error: BaseException) -> str | None:
@@ -147,6 +163,22 @@ def save(
     records.write_json(workdir / INDEX, {str(s): index[s] for s in sorted(index)})
 
 
+def set_aside_after(workdir, step: int) -> list[int]:
+  """Moves the checkpoints of steps after ``step`` to ``workdir/uncommitted_checkpoints/`` (a group
+  resumes from the newest step all its members saved: a member's later save is not the group's);
+  returns their steps."""
+  later = [s for s in steps(workdir / "checkpoints") if s > step]
+  if later:
+    aside = workdir / "uncommitted_checkpoints"
+    aside.mkdir(parents=True, exist_ok=True)
+    for s in later:
+      target = aside / str(s)
+      if target.exists():
+        target = aside / f"{s}.{len(list(aside.iterdir()))}"
+      (workdir / "checkpoints" / str(s)).rename(target)
+  return later
+
+
 def wait(checkpoints: ocp.CheckpointManager, workdir) -> None:
   """Waits for the saves in the background; a disk's refusal as :class:`resnorm.records.WriteFailed`."""
   with _disk_errors_as_write_failed(f"a checkpoint in {workdir / 'checkpoints'}"):
@@ -162,8 +194,9 @@ def _restore_step(workdir, local: bool, step: int, target):
     checkpoints.close()
 
 
-def restore(state, workdir, local: bool, host_copies: bool, sharding) -> Restored:
-  """The newest checkpoint in ``workdir/checkpoints`` that restores to the arrays that were saved.
+def restore(state, workdir, local: bool, host_copies: bool, sharding, at_most: int | None = None) -> Restored:
+  """The newest checkpoint in ``workdir/checkpoints`` (of a step ≤ ``at_most``, where given) that
+  restores to the arrays that were saved.
 
   A checkpoint that does not read (its item gone, its directory empty, its files cut short) or
   whose arrays differ from its recorded digest is moved to ``workdir/unreadable_checkpoints/``
@@ -172,7 +205,7 @@ def restore(state, workdir, local: bool, host_copies: bool, sharding) -> Restore
   stops with :class:`resnorm.records.WorkdirError` rather than starting again from scratch.
   ``state`` gives the structure, shapes and dtypes.
   """
-  found = steps(workdir / "checkpoints")
+  found = [step for step in steps(workdir / "checkpoints") if at_most is None or step <= at_most]
   index = _index(workdir)
   errors = []
   for step in sorted(found, reverse=True):

@@ -202,8 +202,8 @@ def _check_schedule(optimizer) -> None:
   if isinstance(factor, bool) or not 0 < factor <= 1:
     raise validation.invalid("decay_factor", factor, "a number in (0, 1]")
   warmup = optimizer.warmup_epochs
-  if isinstance(warmup, bool) or not warmup >= 0:
-    raise validation.invalid("warmup_epochs", warmup, "a number >= 0")
+  if isinstance(warmup, bool) or not 0 <= warmup < float("inf"):
+    raise validation.invalid("warmup_epochs", warmup, "a finite number >= 0")
 
 
 def _check_length(config) -> None:

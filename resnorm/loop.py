@@ -137,19 +137,6 @@ def group_key(config) -> str:
   return json.dumps({k: v for k, v in sorted(flat.items()) if k not in MEMBER_FIELDS})
 
 
-class ResumeStepsDiffer(Exception):
-  """The members of a group resume from different steps (an earlier session saved some members'
-  checkpoints but not the others'); ``steps`` holds each member's. Nothing was trained: train the
-  members of each step as a group of their own."""
-
-  def __init__(self, steps: list[int]):
-    self.steps = list(steps)
-    super().__init__(f"the members of the group resume from different steps: {self.steps}")
-
-  def __reduce__(self):  # crosses from a sweep's worker process with its field
-    return type(self), (self.steps,)
-
-
 @dataclasses.dataclass(frozen=True)
 class Divergence:
   """A non-finite loss or parameter, first after optimizer step ``step``; ``loss`` is the mean
@@ -264,17 +251,28 @@ def train_group(
   numbers those of its run alone (same initial keys, same batches, same steps), and writes each
   run's workdir as :func:`train_and_evaluate` does.
 
+  A group resumes as a whole, from the newest step every member saved (:func:`_resume`), and
+  finishes as a whole: its records are committed together (:func:`resnorm.records.write_group_runs`),
+  so that a group stopped at any moment resumes as the same program from the same step.
+
   Returns:
     The records, in the order of ``configs``.
-
-  Raises:
-    ResumeStepsDiffer: the members' checkpoints are of different steps (before anything trains).
   """
-  configs, config = list(configs), configs[0]
+  configs, workdirs = list(configs), [records.path(w) for w in workdirs]
   _check_group(configs)
+  with contextlib.ExitStack() as locks:
+    if local or jax.process_count() == 1:  # one writer per run (a process of several cannot refuse alone)
+      for run_dir in workdirs:
+        records.make_dir(run_dir)
+        locks.enter_context(ownership.WorkdirLock(run_dir))
+    return _train_group(configs, workdirs, dataset, local=local, should_stop=should_stop)
+
+
+def _train_group(configs, workdirs, dataset, *, local: bool, should_stop) -> list[records.RunRecord]:
+  """:func:`train_group` once it holds its runs' locks."""
+  config = configs[0]
   dataset = dataset or data_lib.load(config.data)
   lead = local or jax.process_index() == 0  # one process writes the files
-  workdirs = [records.path(w) for w in workdirs]
   for run_dir, member_config in zip(workdirs, configs):
     ownership.refuse_another_config(run_dir, member_config)
     records.make_dir(run_dir)
@@ -295,7 +293,7 @@ def train_group(
   init = measure(train.variables(state), calibrate=True, direction_free=True)
   init_metrics = evaluate(state)
   take, stack = _member_ops(replicated)
-  state, start, losses_since_log = _resume(state, workdirs, local, take, stack, replicated)
+  state, start, losses_since_log = _resume(state, workdirs, local, take, stack, replicated, write=lead)
   if start:
     logging.info("resumed %s from step %d of %d", ", ".join(map(str, workdirs)), start, num_steps)
   if lead:
@@ -379,11 +377,9 @@ def train_group(
       target_variance=float(np.mean(np.var(dataset.y_train, axis=0))) if dataset.task == "regression" else None,
       size=len(members),
     )
-    results = []
-    for member in members:
-      results.append(_record(member, end, member.close()))
-      if lead:
-        records.write_run(member.workdir, results[-1])
+    results = [_record(member, end, member.close()) for member in members]
+    if lead:
+      records.write_group_runs(workdirs, results)
     return results
 
 
@@ -465,27 +461,37 @@ def _member_ops(sharding):
   return take, stack
 
 
-def _resume(state, workdirs, local: bool, take, stack, sharding):
+def _resume(state, workdirs, local: bool, take, stack, sharding, *, write: bool):
   """(the group's state, the step to start from, each member's losses since its last log): the
-  initial ``state`` where no member has a checkpoint, else every member's newest checkpoint that
-  restores, stacked (:func:`resnorm.checkpoints.restore`).
-
-  Raises:
-    ResumeStepsDiffer: the members' newest checkpoints are of different steps.
-  """
+  initial ``state`` where the members share no checkpoint, else every member's checkpoint of the
+  newest step that all of them saved and that restores for each (:func:`resnorm.checkpoints.restore`),
+  stacked. The group resumes as the program it was, from one step: a member's checkpoints after
+  that step (saves are written member by member, and a kill may fall between them) are moved to
+  ``uncommitted_checkpoints/`` by the process that writes (``write``)."""
   host_copies = local and jax.process_count() > 1  # a process training alone among several saves host copies
-  restored = [
-    checkpoints.restore(take(state, m), run_dir, local, host_copies, sharding)
-    if checkpoints.steps(run_dir / "checkpoints")
-    else checkpoints.Restored(0, None, [])
-    for m, run_dir in enumerate(workdirs)
-  ]
-  steps = [member.step for member in restored]
-  if len(set(steps)) > 1:
-    raise ResumeStepsDiffer(steps)
-  if not steps[0]:
+  common = None
+  while True:
+    restored = [
+      checkpoints.restore(take(state, m), run_dir, local, host_copies, sharding, at_most=common)
+      if checkpoints.steps(run_dir / "checkpoints")
+      else checkpoints.Restored(0, None, [])
+      for m, run_dir in enumerate(workdirs)
+    ]
+    common = min(member.step for member in restored)
+    if all(member.step == common for member in restored):
+      break
+  for run_dir in workdirs if write else ():
+    if later := checkpoints.set_aside_after(run_dir, common):
+      logging.warning(
+        "%s: moved its checkpoints of steps %s to uncommitted_checkpoints/: the group resumes from step %d, "
+        "the newest that every member saved",
+        run_dir,
+        later,
+        common,
+      )
+  if not common:
     return state, 0, [[] for _ in restored]
-  return stack([member.state for member in restored]), steps[0], [list(member.losses_since_log) for member in restored]
+  return stack([member.state for member in restored]), common, [list(member.losses_since_log) for member in restored]
 
 
 def _replicated(tree, sharding):

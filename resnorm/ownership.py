@@ -1,7 +1,8 @@
 """Who may work in a workdir: one process at a time, and only with the config it was started with.
 
-* :class:`WorkdirLock` — ``workdir/lock.json`` while a process works there; a second process is
-  refused, a lock whose holder is gone is taken over.
+* :class:`WorkdirLock` — ``workdir/lock.json`` while a process works there (a sweep's workdir,
+  and each run's directory while its group trains); a second process is refused, a lock whose
+  holder is gone is taken over; :func:`refuse_if_in_use` checks without taking.
 * :func:`refuse_another_config` — a workdir whose checkpoints belong to another config is refused,
   naming the fields that differ; a resume may change only :data:`RESUMABLE_FIELDS`.
 """
@@ -65,14 +66,9 @@ class WorkdirLock:
         self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="workdir-lock")
         self._heartbeat.start()
         return self
-      holder = self._holder()
-      if holder is not None and self._alive(holder):
-        since = datetime.datetime.fromtimestamp(holder.get("started", 0)).isoformat(timespec="seconds")
-        raise records.WorkdirError(
-          f"{self.path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} (since "
-          f"{since}): wait for it to end or stop it; a lock left by a process that is gone is taken over "
-          f"({self.path})"
-        )
+      holder = self.holder()
+      if holder is not None and self.alive(holder):
+        raise self.in_use(holder)
       self._set_aside(holder)
     raise records.WorkdirError(
       f"{self.path}: could not take the lock of {self.path.parent} (another process keeps taking it)"
@@ -82,8 +78,17 @@ class WorkdirLock:
     self._stop.set()
     if self._heartbeat is not None:
       self._heartbeat.join()
-    if self._mine(self._holder()):
+    if self._mine(self.holder()):
       self.path.unlink(missing_ok=True)
+
+  def in_use(self, holder: dict) -> records.WorkdirError:
+    """The refusal of a workdir whose lock ``holder`` (alive) holds."""
+    since = datetime.datetime.fromtimestamp(holder.get("started", 0)).isoformat(timespec="seconds")
+    return records.WorkdirError(
+      f"{self.path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} (since "
+      f"{since}): wait for it to end or stop it; a lock left by a process that is gone is taken over "
+      f"({self.path})"
+    )
 
   def _mine(self, holder: dict | None) -> bool:
     return holder is not None and all(holder.get(key) == value for key, value in self.me.items())
@@ -102,7 +107,7 @@ class WorkdirLock:
       return False
     records.write_text(self.path, json.dumps(self._record()))
     time.sleep(self.settle)
-    return self._mine(self._holder())
+    return self._mine(self.holder())
 
   def _create_exclusive(self) -> bool:
     text = json.dumps(self._record())
@@ -114,13 +119,15 @@ class WorkdirLock:
       f.write(text)
     return True
 
-  def _holder(self) -> dict | None:
+  def holder(self) -> dict | None:
+    """The lock's record (host, pid, started, heartbeat); None where there is none, or it does not read."""
     try:
       return json.loads(self.path.read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
       return None
 
-  def _alive(self, holder: dict) -> bool:
+  def alive(self, holder: dict) -> bool:
+    """Whether ``holder``'s process still runs: on this host, its pid; elsewhere, a heartbeat within the lease."""
     if holder.get("host") == self.me["host"]:
       try:
         os.kill(int(holder.get("pid", -1)), 0)
@@ -147,9 +154,19 @@ class WorkdirLock:
 
   def _beat(self) -> None:
     while not self._stop.wait(self.lease / 4):
-      if not self._mine(self._holder()):
+      if not self._mine(self.holder()):
         return  # taken over meanwhile: leave it
       records.write_text(self.path, json.dumps(self._record(time.time())))
+
+
+def refuse_if_in_use(workdir) -> None:
+  """Refuses (:class:`resnorm.records.WorkdirError`) a workdir whose lock a living process holds:
+  a sweep leaves the runs another process trains alone, whatever happened to its own lock.
+  Reads only."""
+  lock = WorkdirLock(workdir)
+  holder = lock.holder()
+  if holder is not None and lock.alive(holder):
+    raise lock.in_use(holder)
 
 
 def config_differences(saved: dict, config, resumable=RESUMABLE_FIELDS) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import posixpath
 import threading
 from collections.abc import Iterable
 from typing import Any, Union
@@ -115,6 +116,27 @@ class Measurement:
     return cls(data["by_kind"], data["profile"], data["layers"])
 
 
+# The JSON types of a record's annotated field types (``Measurement``s are read from objects).
+_JSON_TYPES = {
+  "int": (int,),
+  "float": (int, float),
+  "bool": (bool,),
+  "str": (str,),
+  "dict": (dict,),
+  "None": (type(None),),
+}
+_JSON_TYPES.update(list=(list,), Measurement=(dict,))
+
+
+def _check_type(name: str, value, annotation: str) -> None:
+  """Raises ``TypeError`` naming field ``name`` when ``value`` is not of its ``annotation`` (``int``,
+  ``float | None``, ``list[dict]``, …) as JSON holds it: a number stored as a string is refused
+  where it is read, not where it is used."""
+  allowed = tuple(t for part in annotation.split(" | ") for t in _JSON_TYPES[part.split("[")[0]])
+  if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+    raise TypeError(f"field {name} is {value!r}: expected {annotation}")
+
+
 def history_point(step: int, measurement: Measurement) -> dict:
   """The identity blocks' tracked statistics (``history=True``) of a measurement during training."""
   block = measurement.block
@@ -203,6 +225,8 @@ class RunRecord:
   @classmethod
   def from_json(cls, data: dict) -> RunRecord:
     data = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+    for field in dataclasses.fields(cls):
+      _check_type(field.name, data[field.name], field.type)
     data["init"] = Measurement.from_json(data["init"])
     data["trained"] = data["trained"] and Measurement.from_json(data["trained"])
     return cls(**data)
@@ -524,16 +548,26 @@ class JsonlLog:
           logging.warning("%s: dropped its last line, cut short (%d characters)", self.location, len(lines[-1]))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
       raise UnreadableRecord(f"{self.location} does not read as JSON lines ({error})") from error
+    for number, record in enumerate(self.records, 1):
+      if not (isinstance(record, dict) and isinstance(record.get("step"), int)):
+        raise UnreadableRecord(f"{self.location}: its record {number} has no integer step ({str(record)[:80]})")
     self._rewrite_next = cut  # the file's text is not its records': the next write rewrites it
 
   def rewind(self, step: int) -> list[dict]:
-    """Keeps the records up to ``step``, the step a run resumes from, and returns them.
+    """Keeps the records up to ``step``, the step a run resumes from, each once and in step order,
+    and returns them.
 
     A run that stopped after logging past its last checkpoint logs those steps again when it
-    resumes; cutting the log back first keeps every step once.
+    resumes; cutting the log back first keeps every step once. A record of a step and kind (its
+    fields) already kept is dropped too, whatever wrote it twice.
     """
-    kept = [r for r in self.records if r["step"] <= step]
-    if len(kept) < len(self.records) or self._rewrite_next:
+    kept, seen = [], set()
+    for record in sorted(self.records, key=lambda r: r["step"]):  # stable: a step's records keep their order
+      kind = (record["step"], tuple(sorted(record)))
+      if record["step"] <= step and kind not in seen:
+        seen.add(kind)
+        kept.append(record)
+    if kept != self.records or self._rewrite_next:
       self.records = kept
       self._rewrite()
     return list(kept)
@@ -588,6 +622,48 @@ def read_summary(location: PathLike) -> SweepSummary:
 
 def write_run(run_dir: PathLike, record: RunRecord) -> None:
   write_json(path(run_dir) / "summary.json", record.to_json())
+
+
+PENDING = "summary.pending.json"  # a run's record written, not yet committed with its group's
+
+
+def write_group_runs(run_dirs: list[PathLike], group_records: list[RunRecord]) -> None:
+  """The records of a group's runs, committed together: first each run's ``summary.pending.json``
+  (the record and its group's run directories, relative to it), then each run's ``summary.json``
+  (its pending record removed). A kill in the first phase leaves no run finished (the group
+  resumes whole); a kill in the second leaves every record written, and :func:`commit_pending`
+  finishes the commit."""
+  run_dirs = [path(d) for d in run_dirs]
+  for run_dir, record in zip(run_dirs, group_records):
+    members = [posixpath.relpath(str(other), str(run_dir)) for other in run_dirs]
+    write_json(run_dir / PENDING, {"members": members, "record": record.to_json()})
+  for run_dir, record in zip(run_dirs, group_records):
+    write_run(run_dir, record)
+    (run_dir / PENDING).unlink()
+
+
+def commit_pending(run_dir: PathLike) -> bool:
+  """Finishes the commit of a group whose every record was written (:func:`write_group_runs`):
+  ``run_dir``'s pending record becomes its ``summary.json`` when each run of its group has its
+  record, pending or committed. Returns whether it did; a pending record of a group that did not
+  write them all (or that does not read) is left for the group's next session to replace."""
+  run_dir = path(run_dir)
+  pending = run_dir / PENDING
+  if not pending.exists():
+    return False
+  if (run_dir / "summary.json").exists():  # committed; the kill came before the pending record's removal
+    pending.unlink()
+    return False
+  try:
+    written = read_json(pending)
+    members = [run_dir / member for member in written["members"]]
+  except (UnreadableRecord, KeyError, TypeError):
+    return False
+  if not all((m / PENDING).exists() or (m / "summary.json").exists() for m in members):
+    return False
+  write_json(run_dir / "summary.json", written["record"])
+  pending.unlink()
+  return True
 
 
 def runs_in(workdirs: Iterable[PathLike], runs: str = "runs") -> list[RunRecord]:

@@ -111,3 +111,33 @@ def groups(runs: list[Run], together: bool = True) -> list[list[Run]]:
     key = loop.group_key(run.config) if together and loop.groupable(run.config) else run.name
     grouped.setdefault(key, []).append(run)
   return list(grouped.values())
+
+
+def record_mismatch(run: Run, record, saved_config: dict | None) -> list[str]:
+  """Why a finished run's files do not prove it is ``run`` of this sweep (empty when they do):
+  its ``config.json`` (``saved_config``) missing, or its record's setting, model, depth, seed or
+  budget (:func:`resnorm.loop.budget`) other than the run's. The budget's steps are checked where
+  the config fixes them (``num_steps``); a run of ``num_epochs`` epochs must have taken a whole
+  number of epochs. Whether ``config.json`` equals the run's config is the workdir's check
+  (:func:`experiments.sweep_runner.refuse_runs_of_another_config`)."""
+  if saved_config is None:
+    return ["config.json: absent, so nothing shows which config trained it"]
+  config = run.config
+  expected = dict(setting=run.setting, model=config.model.name, depth=run.depth, seed=run.seed)
+  problems = [
+    f"{field}: {getattr(record, field)!r} in its record, {value!r} for this run"
+    for field, value in expected.items()
+    if getattr(record, field) != value
+  ]
+  steps = config.num_steps or record.budget.get("steps")
+  budget = loop.budget(config, steps)
+  problems += [
+    f"budget.{field}: {record.budget.get(field, '(absent)')!r} in its record, {value!r} for this run"
+    for field, value in budget.items()
+    if record.budget.get(field) != value
+  ]
+  if not config.num_steps and not (isinstance(steps, int) and steps > 0 and steps % config.num_epochs == 0):
+    problems.append(f"budget.steps: {steps!r} in its record, not {config.num_epochs} whole epochs")
+  if not record.diverged and record.steps != steps:
+    problems.append(f"steps: {record.steps!r} in its record, its budget {steps!r}")
+  return problems

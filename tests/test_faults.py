@@ -77,13 +77,70 @@ def test_a_rerun_with_another_config_is_refused_before_anything_changes(two_seed
   assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
 
+def test_a_run_without_its_config_and_a_seed_copied_over_another_are_set_aside_and_trained_again(
+  two_seeds, tmp_path, caplog
+):
+  """Seed 0's record copied over seed 1's (the seeds would still read (0, 1)), and seed 0's
+  ``config.json`` deleted (nothing shows which config trained it): the rerun names each file and
+  why, sets both runs aside and ends with the uninterrupted sweep's summary."""
+  config, workdir, summary = two_seeds
+  copy = _copy(workdir, tmp_path)
+  shutil.copy(_run_dir(copy, 0) / "summary.json", _run_dir(copy, 1) / "summary.json")
+  (_run_dir(copy, 0) / "config.json").unlink()
+  rerun = sweep_runner.run_sweep(config, str(copy), progress=False)
+  assert rerun.to_json() == summary.to_json()
+  assert sorted(p.name.split(".")[0] for p in (copy / sweep_runner.SET_ASIDE).iterdir()) == [
+    sweep_plan.run_name("mlp_residual", 2, seed) for seed in (0, 1)
+  ]
+  assert f"{_run_dir(copy, 0) / 'summary.json'} is not this run's record (config.json: absent" in caplog.text
+  assert f"{_run_dir(copy, 1) / 'summary.json'} is not this run's record (seed: 0 in its record, 1 for" in caplog.text
+
+
+def test_aggregate_refuses_a_run_whose_record_is_not_its_run_and_every_byte_stays(two_seeds, tmp_path):
+  """A record whose budget says 10 steps in a 20-step sweep, and a run without ``config.json``:
+  refused naming the run and the field; the source unchanged, nothing written."""
+  _, workdir, _ = two_seeds
+  copy = _copy(workdir, tmp_path)
+  data = json.loads((_run_dir(copy, 0) / "summary.json").read_text())
+  data["budget"]["steps"] = data["steps"] = 10
+  (_run_dir(copy, 0) / "summary.json").write_text(json.dumps(data))
+  (_run_dir(copy, 1) / "config.json").unlink()
+  before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+  with pytest.raises(records.WorkdirError) as refusal:
+    sweep_outputs.aggregate([str(copy)], str(tmp_path / "merged"))
+  assert f"{_run_dir(copy, 0).name} (budget.steps: 10 in its record, 20 for this run" in str(refusal.value)
+  assert f"{_run_dir(copy, 1).name} (config.json: absent" in str(refusal.value)
+  assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+  assert not (tmp_path / "merged").exists()
+
+
+def test_aggregate_into_its_source_or_a_live_workdir_is_refused_and_every_byte_stays(two_seeds, tmp_path):
+  """Into one of its sources, into a sweep's workdir, and into a directory whose lock a living
+  process holds: refused before anything is written, every file as it was."""
+  _, workdir, _ = two_seeds
+  copy = _copy(workdir, tmp_path)
+  live = tmp_path / "live"
+  live.mkdir()
+  before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+  with pytest.raises(records.WorkdirError, match="is one of the workdirs to merge"):
+    sweep_outputs.aggregate([str(copy)], str(copy), allow_incomplete=True)
+  with pytest.raises(records.WorkdirError, match="is a sweep's workdir"):
+    sweep_outputs.aggregate([str(workdir)], str(copy))
+  with ownership.WorkdirLock(live):
+    held = (live / "lock.json").read_bytes()
+    with pytest.raises(records.WorkdirError, match=f"{live} is in use by process {os.getpid()}"):
+      sweep_outputs.aggregate([str(copy)], str(live))
+    assert [p.name for p in live.iterdir()] == ["lock.json"] and (live / "lock.json").read_bytes() == held
+  assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
 def test_aggregate_refuses_runs_of_another_config_and_names_unfinished_ones(two_seeds, tmp_path):
   _, workdir, summary = two_seeds
   mixed = _copy(workdir, tmp_path)
   run_config = json.loads((_run_dir(mixed, 1) / "config.json").read_text())
   run_config["optimizer"]["learning_rate"] = 0.5
   (_run_dir(mixed, 1) / "config.json").write_text(json.dumps(run_config))
-  with pytest.raises(records.WorkdirError, match="trained with another config.*s1 .*learning_rate: 0.5 there"):
+  with pytest.raises(records.WorkdirError, match="not those its sweep config plans.*s1 .*learning_rate: 0.5 there"):
     sweep_outputs.aggregate([str(mixed)], str(tmp_path / "merged"))
   assert not (tmp_path / "merged").exists()
   shutil.rmtree(mixed)

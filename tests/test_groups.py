@@ -195,6 +195,35 @@ def test_a_resume_inside_a_stretch_equals_the_uninterrupted_stretch(tmp_path):
   assert resumed.test_loss == straight.test_loss and resumed.trained == straight.trained
 
 
+def test_a_group_whose_members_saved_different_steps_resumes_whole_and_ends_as_if_uninterrupted(tmp_path, caplog):
+  """A kill between two members' saves of step 20 (the last): member 0 has checkpoints 10 and 20,
+  member 1 only 10, and neither a record. The rerun resumes both, as one program, from step 10
+  (member 0's step 20 moved to ``uncommitted_checkpoints/``), and its records and logs equal the
+  uninterrupted group's exactly."""
+  import shutil
+
+  configs = [tiny_run(seed=seed, setting="s", checkpoint_every=10, **{"signal.every": 10}) for seed in (0, 1)]
+  straight = loop.train_group(configs, [tmp_path / "straight" / str(i) for i in range(2)])
+  shutil.copytree(tmp_path / "straight", tmp_path / "cut")
+  cut = [tmp_path / "cut" / str(i) for i in range(2)]
+  shutil.rmtree(cut[1] / "checkpoints" / "20")
+  for run_dir in cut:
+    (run_dir / "summary.json").unlink()
+  resumed = loop.train_group(configs, cut)
+  assert (
+    "moved its checkpoints of steps [20] to uncommitted_checkpoints/: the group resumes from step 10" in caplog.text
+  )
+  session = ("train_seconds", "images_per_second")
+  for a, b in zip(straight, resumed):
+    assert {k: v for k, v in a.to_json().items() if k not in session} == {
+      k: v for k, v in b.to_json().items() if k not in session
+    }
+  for i in range(2):
+    for log in ("metrics.jsonl", "signal.jsonl"):
+      assert (cut[i] / log).read_text() == (tmp_path / "straight" / str(i) / log).read_text()
+  assert sorted(p.name for p in (cut[0] / "uncommitted_checkpoints").iterdir()) == ["20"]
+
+
 RULE = dict(window=0.25, tolerance=0.05, trend_tolerance=0.05)
 
 

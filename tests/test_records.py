@@ -94,6 +94,77 @@ def test_jsonl_log_appends_rewinds_and_keeps_every_record_across_a_kill(tmp_path
   assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2  # a reader never writes
 
 
+def test_a_field_of_the_wrong_type_or_a_row_without_a_step_is_unreadable_naming_it(tmp_path):
+  """A number stored as a string in a run record, a log row without its step: refused where they
+  are read (a sweep then sets the run aside), naming the file and the field."""
+  run = tmp_path / "run"
+  run.mkdir()
+  records.write_json(run / "summary.json", {**_record().to_json(), "test_loss": "0.75"})
+  with pytest.raises(
+    records.UnreadableRecord, match=f"{run}/summary.json is not a run record.*field test_loss is '0.75'"
+  ):
+    records.read_run(run)
+  records.write_json(run / "summary.json", {**_record().to_json(), "depth": True})
+  with pytest.raises(records.UnreadableRecord, match="field depth is True: expected int"):
+    records.read_run(run)
+  (run / "metrics.jsonl").write_text('{"step": 5, "train_loss": 1.0}\n{"train_loss": 0.5}\n')
+  with pytest.raises(records.UnreadableRecord, match="metrics.jsonl: its record 2 has no integer step"):
+    records.JsonlLog(run / "metrics.jsonl")
+
+
+def test_a_rewound_log_holds_each_row_once_in_step_order_whatever_wrote_it(tmp_path):
+  """Rows that two writers left duplicated and out of order: the rewind keeps each (step, kind of
+  row) once, in step order, up to the step, and writes the file so."""
+  rows = [
+    {"step": 10, "train_loss": 0.5},
+    {"step": 5, "train_loss": 1.0},
+    {"step": 10, "train_loss": 0.5},
+    {"step": 10, "test_loss": 0.7},
+    {"step": 15, "train_loss": 0.25},
+    {"step": 5, "train_loss": 1.0},
+  ]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  kept = records.JsonlLog(tmp_path / "metrics.jsonl").rewind(10)
+  assert kept == [rows[1], rows[0], rows[3]]
+  assert records.JsonlLog(tmp_path / "metrics.jsonl").records == kept
+
+
+def test_a_groups_records_are_committed_together_whenever_the_writer_is_killed(tmp_path, monkeypatch):
+  """Killed in the first phase (one pending record of two): no run is finished, and the pending
+  one is not committed. Killed in the second (one record committed): the other's commit is
+  finished from its pending record, equal to what was to be written."""
+  group = [_record(seed=0), _record(seed=1)]
+  real_write_json, real_write_run = records.write_json, records.write_run
+
+  def killed_after(count, real):
+    calls = []
+
+    def write(*args):
+      if len(calls) == count:
+        raise SystemExit("killed")
+      calls.append(args)
+      real(*args)
+
+    return write
+
+  first, second = [tmp_path / "first" / str(seed) for seed in (0, 1)], [tmp_path / "second" / str(s) for s in (0, 1)]
+  for run_dir in first + second:
+    run_dir.mkdir(parents=True)
+  monkeypatch.setattr(records, "write_json", killed_after(1, real_write_json))
+  with pytest.raises(SystemExit):
+    records.write_group_runs(first, group)
+  monkeypatch.setattr(records, "write_json", real_write_json)
+  assert (first[0] / records.PENDING).exists() and not (first[1] / records.PENDING).exists()
+  assert not records.commit_pending(first[0]) and not (first[0] / "summary.json").exists()
+  monkeypatch.setattr(records, "write_run", killed_after(1, real_write_run))
+  with pytest.raises(SystemExit):
+    records.write_group_runs(second, group)
+  monkeypatch.setattr(records, "write_run", real_write_run)
+  assert records.read_run(second[0]) == group[0] and not (second[0] / records.PENDING).exists()
+  assert not (second[1] / "summary.json").exists() and records.commit_pending(second[1])
+  assert records.read_run(second[1]) == group[1] and not (second[1] / records.PENDING).exists()
+
+
 def test_jsonl_log_appends_without_rewriting_on_a_local_disk(tmp_path, monkeypatch):
   """Each append adds one line: the earlier lines are never written again (no atomic rewrite)."""
   log = records.JsonlLog(tmp_path / "signal.jsonl")
