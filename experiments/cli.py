@@ -51,11 +51,28 @@ def _with_installed_configs(argv: list[str]) -> list[str]:
   return argv
 
 
+def _refuse_repeated_overrides(argv: list[str]) -> None:
+  """Exits with one line where a config field is overridden twice (``--config.depths='(2,8)'
+  --config.depths='(4,)'``): ml_collections would join two tuples rather than keep the last."""
+  seen = {}
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    name, _, value = arg.partition("=")
+    if name.lstrip("-").startswith("config."):
+      seen.setdefault(name.lstrip("-"), []).append(value)
+  repeated = {name: values for name, values in seen.items() if len(values) > 1}
+  if repeated:
+    shown = "; ".join(f"--{name} given {len(values)} times ({', '.join(values)})" for name, values in repeated.items())
+    sys.exit(f"error: {shown}: give each config field once")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing (``app.run(main, flags_parser=parse_flags)``) with a mistake in a flag —
   a config field that does not exist, a config file that does not load, a value of the wrong
   type — as one line on stderr and exit status 1, rather than a traceback. ``--config`` may name
   ``configs/<name>.py`` from any directory (:func:`resolve_config_path`)."""
+  _refuse_repeated_overrides(argv)
   try:
     if "config" in flags.FLAGS:
       argv = _with_installed_configs(argv)
@@ -67,8 +84,22 @@ def parse_flags(argv: list[str]) -> list[str]:
     field = str(error).strip("\"'")
     named = [arg for arg in argv[1:] if arg.split("=")[0].split(".")[-1] == field] or argv[1:]
     sys.exit(f"error: {' '.join(named)}: no config field {field!r} (the config file lists the fields)")
+  except SyntaxError as error:  # a config file that does not parse
+    sys.exit(f"error: --config: {error.filename}, line {error.lineno}: {error.msg} (the config file does not load)")
+  except ImportError as error:  # a config file that imports what is not there
+    sys.exit(f"error: --config: the config file does not load: {type(error).__name__}: {error}")
   except (flags.Error, OSError, TypeError, ValueError) as error:  # a file that does not load, a value refused
-    sys.exit("error: " + " ".join(line.strip() for line in str(error).splitlines() if line.strip()))
+    sys.exit("error: " + _one_line(str(error)))
+
+
+def _one_line(message: str) -> str:
+  """``message`` on one line; where it holds a traceback (ml_collections puts the config file's
+  own error's traceback in its message), the words before it and the error itself."""
+  before, traceback_mark, after = message.partition("Traceback (most recent call last):")
+  if traceback_mark:
+    error = [line.strip() for line in after.splitlines() if line.strip()][-1]
+    message = f"{before.strip()} {error}"
+  return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 class _DiskErrorEchoes(logging.Filter):

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import cli, cluster, sweep_outputs, sweep_runner
-from resnorm import config_validation, preemption, records, report
+from resnorm import config_validation, preemption, records, report, sweep_plan
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for runs and results.", required=True)
@@ -42,6 +42,7 @@ def main(argv):
     if _AGGREGATE.value:
       summary = sweep_outputs.aggregate(argv[1:], _WORKDIR.value, allow_incomplete=_ALLOW_INCOMPLETE.value)
     else:
+      _say_which_settings_keep_their_seeds(sys.argv)
       with preemption.StopSignals() as stop:  # SIGTERM or Ctrl-C: the runs stop at a saved step
         summary = sweep_runner.run_sweep(_CONFIG.value, _WORKDIR.value, should_stop=stop)
   except (
@@ -55,6 +56,25 @@ def main(argv):
   if jax.process_index() == 0:
     print(report.format_table(summary))
   logging.info("wrote summary.json, results.csv and the figures to %s", _WORKDIR.value)
+
+
+def _say_which_settings_keep_their_seeds(argv: list[str]) -> None:
+  """Where ``--config.seeds`` is given, warns of the settings it does not reach (their own seeds)."""
+  if not any(arg.lstrip("-").startswith("config.seeds") for arg in argv[1:]):
+    return
+  kept = {
+    name: seeds
+    for name, seeds in sweep_plan.own_seeds(_CONFIG.value).items()
+    if not any(arg.lstrip("-").startswith(f"config.overrides.{name}.seeds") for arg in argv[1:])
+  }
+  if kept:
+    logging.warning(
+      "--config.seeds=%s does not reach %s, which keep seeds of their own (%s): set "
+      "--config.overrides.<setting>.seeds to change them",
+      tuple(_CONFIG.value.seeds),
+      ", ".join(kept),
+      "; ".join(f"{name}: {seeds}" for name, seeds in kept.items()),
+    )
 
 
 if __name__ == "__main__":

@@ -115,6 +115,8 @@ class WorkdirLock:
       descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
       return False
+    except OSError as error:  # a read-only or full disk
+      raise records.WriteFailed(f"could not take the lock {self.path}: {error.strerror or error}") from error
     with os.fdopen(descriptor, "w") as f:
       f.write(text)
     return True

@@ -66,6 +66,14 @@ def setting_seeds(config, setting: str) -> tuple[int, ...]:
   return tuple(seeds) if isinstance(seeds, (tuple, list)) else (seeds,)
 
 
+def own_seeds(config) -> dict[str, tuple[int, ...]]:
+  """The settings that run seeds of their own (``config.overrides.<setting>.seeds``), not
+  ``config.seeds``, with those seeds."""
+  return {
+    name: setting_seeds(config, name) for name in settings(config) if "seeds" in setting_overrides(config, name)
+  }
+
+
 def run_config(config, setting: str, depth: int, seed: int) -> ml_collections.ConfigDict:
   """The single-run config of one triple: the sweep config without its lists, the setting's
   overrides applied (to ``config.model`` unless the key is a top-level run field), ``seed`` and

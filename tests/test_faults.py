@@ -283,6 +283,20 @@ def test_a_failed_write_names_the_file_and_leaves_the_previous_version_whole(tmp
       "error: config.optimizer.learning_rate = inf: expected a positive number",
     ),
     (["--aggregate"], "error: no workdirs to merge"),
+    (
+      ["--config=configs/depth_sweep.py", "--config.optimizer.warmup_epochs=inf"],
+      "error: config.optimizer.warmup_epochs = inf: expected a finite number >= 0",
+    ),
+    (
+      ["--config=configs/depth_sweep.py:nonexistent_variant"],
+      "Error whilst parsing config file: ValueError: variant = 'nonexistent_variant': expected one of ['ladder'",
+    ),
+    (["--config={tmp}/broken.py"], "broken.py, line 1: invalid syntax (the config file does not load)"),
+    (["--config={tmp}/imports.py"], "does not load: ModuleNotFoundError: No module named 'nothing_of_that_name'"),
+    (
+      ["--config=configs/depth_sweep.py", "--config.depths=(2,8)", "--config.depths=(4,)"],
+      "error: --config.depths given 2 times ((2,8), (4,)): give each config field once",
+    ),
   ],
 )
 def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, arguments, message):
@@ -290,6 +304,9 @@ def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, argu
   workdir) into one line and exit status 1, writing nothing; the errors themselves, in process:
   test_sweep.py (duplicate seeds among them) and the aggregate test above."""
   workdir = tmp_path / "workdir"
+  (tmp_path / "broken.py").write_text("def get_config(:\n  pass\n")
+  (tmp_path / "imports.py").write_text("import nothing_of_that_name\n\ndef get_config():\n  pass\n")
+  arguments = [arg.replace("{tmp}", str(tmp_path)) for arg in arguments]
   result = subprocess.run(
     [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *arguments],
     cwd=helpers.REPO,
@@ -300,6 +317,35 @@ def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, argu
   )
   assert result.returncode == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
   assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_seeds_given_on_the_command_line_name_the_settings_they_do_not_reach(tmp_path):
+  """``--config.seeds`` leaves the settings with seeds of their own as they are: the sweep says
+  which, before anything else (here the door then refuses a learning rate)."""
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.sweep",
+      f"--workdir={tmp_path / 'workdir'}",
+      "--config=configs/depth_sweep.py",
+      "--config.seeds=(0,1)",
+      "--config.overrides.residual_zero_init.seeds=(0,1)",
+      "--config.optimizer.learning_rate=-1",
+    ],
+    cwd=helpers.REPO,
+    env=helpers.cpu_env(),
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  warning, error = result.stderr.strip().splitlines()
+  assert (
+    "--config.seeds=(0, 1) does not reach residual_constructed, residual_constructed_gentle, which keep seeds of "
+    "their own (residual_constructed: (0, 1, 2, 3, 4); residual_constructed_gentle: (0, 1, 2, 3, 4))"
+  ) in warning
+  assert error.startswith("error: config.optimizer.learning_rate = -1")
 
 
 @pytest.mark.slow
@@ -546,16 +592,18 @@ def _assert_equal_to_rounding(got, want, where: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("entry_point", ["sweep", "train"])
-def test_a_read_only_filesystem_is_one_line(tmp_path, entry_point):
-  """The workdir on a filesystem mounted read-only (a mount namespace of its own): one line naming
-  the path, exit 1, no traceback."""
+@pytest.mark.parametrize("workdir_exists", [False, True])
+def test_a_read_only_filesystem_is_one_line(tmp_path, entry_point, workdir_exists):
+  """The workdir, new or existing, on a filesystem mounted read-only (a mount namespace of its
+  own): one line naming the path, exit 1, no traceback."""
   readonly = tmp_path / "readonly"
   readonly.mkdir()
   _small_filesystem_or_skip(readonly)
   config = "configs/depth_sweep.py" if entry_point == "sweep" else "configs/default.py"
+  existing = f"mkdir {readonly}/work && mount -o remount,ro {readonly}" if workdir_exists else "true"
   script = (
-    f"mount -t tmpfs -o size=1m,ro tmpfs {readonly} && {sys.executable} -m experiments.{entry_point} "
-    f"--config={config} --workdir={readonly}/work"
+    f"mount -t tmpfs -o size=1m,{'rw' if workdir_exists else 'ro'} tmpfs {readonly} && {existing} && "
+    f"{sys.executable} -m experiments.{entry_point} --config={config} --config.num_steps=2 --workdir={readonly}/work"
   )
   result = subprocess.run(
     ["unshare", "-rm", "sh", "-c", script],
