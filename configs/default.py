@@ -77,6 +77,10 @@ def get_config():
   # over the last `window` of the run, and the trend of log loss over the second half, projected
   # over that window, is at most `trend_tolerance` (resnorm.train.convergence).
   config.convergence = ml_collections.ConfigDict(dict(window=0.25, tolerance=0.05, trend_tolerance=0.05))
+  # A run diverged at the first step whose loss or parameters are not finite, or whose train loss
+  # exceeds `divergence_factor` times its starting loss (the initial network's test loss, or for
+  # regression the loss of predicting the targets' mean where that is larger).
+  config.divergence_factor = 1000.0
   # The longest stretch of steps one dispatch runs (between logs, measurements, evaluations and
   # checkpoints; SIGTERM is answered at the end of a stretch).
   config.steps_per_dispatch = 100

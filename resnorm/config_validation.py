@@ -131,6 +131,10 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
       raise validation.invalid("window", window, "a fraction of the run in (0, 1)")
     validation.positive_float("tolerance", tolerance)
     validation.positive_float("trend_tolerance", config.convergence.trend_tolerance)
+  with fields("config."):
+    factor = config.divergence_factor
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 < factor < float("inf"):
+      raise validation.invalid("divergence_factor", factor, "a finite number > 1 (a multiple of the starting loss)")
   with fields("config.procrustes."):
     validation.boolean("enabled", config.procrustes.enabled)
     validation.non_negative_int("every", config.procrustes.every)

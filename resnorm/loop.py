@@ -139,11 +139,20 @@ def group_key(config) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Divergence:
-  """A non-finite loss or parameter, first after optimizer step ``step``; ``loss`` is the mean
-  train loss from the previous log to that step."""
+  """A non-finite loss or parameter, or a train loss above the run's limit (:func:`loss_limit`),
+  first after optimizer step ``step``; ``loss`` is the mean train loss from the previous log to
+  that step."""
 
   step: int
   loss: float
+
+
+def loss_limit(config, init_test_loss: float, target_variance: float | None) -> float:
+  """The train loss above which a run has diverged: ``config.divergence_factor`` times its
+  starting loss, the initial network's test loss, or for regression the loss of predicting the
+  targets' mean (their variance) where that is larger: a start far below it (a constructed
+  network) is not a scale for divergence."""
+  return config.divergence_factor * max(init_test_loss, target_variance or 0.0)
 
 
 @dataclasses.dataclass
@@ -159,6 +168,7 @@ class _Member:
   train_rows: list[dict]  # the logged train rows, earlier sessions' included
   evaluations: list[dict]  # the logged test rows, earlier sessions' included
   losses: list[float]  # the step losses since the last log
+  loss_limit: float  # a train loss above it has diverged (:func:`loss_limit`)
   init: records.Measurement
   init_metrics: dict
   construction: dict | None
@@ -170,7 +180,7 @@ class _Member:
   def open(cls, config, run_dir, start: int, *, lead: bool, local: bool, **measured) -> _Member:
     """Member ``config`` of a group in ``run_dir``: its checkpoint manager, and its logs rewound
     to ``start`` (an earlier session's rows after it dropped); ``measured``: its ``losses`` since
-    the last log, ``init``, ``init_metrics`` and ``construction``."""
+    the last log, ``init``, ``init_metrics``, ``construction`` and ``loss_limit``."""
     writer = writers.MetricWriter(run_dir, write=lead, tensorboard=config.tensorboard)
     logged, signal_rows = writer.rewind(start)
     return cls(
@@ -292,6 +302,7 @@ def _train_group(configs, workdirs, dataset, *, local: bool, should_stop) -> lis
   evaluate = _Evaluation(loss_fn, dataset, config.eval_batch_size, batch_sharding, parameters)
   init = measure(train.variables(state), calibrate=True, direction_free=True)
   init_metrics = evaluate(state)
+  target_variance = float(np.mean(np.var(dataset.y_train, axis=0))) if dataset.task == "regression" else None
   take, stack = _member_ops(replicated)
   state, start, losses_since_log = _resume(state, workdirs, local, take, stack, replicated, write=lead)
   if start:
@@ -310,6 +321,7 @@ def _train_group(configs, workdirs, dataset, *, local: bool, should_stop) -> lis
       init=init[m],
       init_metrics=init_metrics[m],
       construction=constructions[m],
+      loss_limit=loss_limit(configs[m], init_metrics[m]["test_loss"], target_variance),
     )
     for m in range(len(configs))
   ]
@@ -374,7 +386,7 @@ def _train_group(configs, workdirs, dataset, *, local: bool, should_stop) -> lis
       num_steps=num_steps,
       train_seconds=time.time() - started,
       images_per_second=None if progress.throughput() is None else progress.throughput() / len(members),
-      target_variance=float(np.mean(np.var(dataset.y_train, axis=0))) if dataset.task == "regression" else None,
+      target_variance=target_variance,
       size=len(members),
     )
     results = [_record(member, end, member.close()) for member in members]
@@ -587,15 +599,17 @@ class _Evaluation:
 
 def _account(members: list[_Member], metrics: dict, step: int, count: int) -> None:
   """Adds each member's losses of the stretch that ran steps ``step + 1`` … ``step + count`` and
-  marks the members whose loss or parameters stopped being finite, at the first such step."""
+  marks the members whose loss or parameters stopped being finite, or whose loss exceeded its
+  limit, at the first such step."""
   for m, member in enumerate(members):
     if not member.alive:
       continue
     finite, losses = metrics["finite"][m, :count], metrics["loss"][m, :count]
-    if finite.all():
+    good = finite & (losses <= member.loss_limit)
+    if good.all():
       member.losses += losses.tolist()
     else:
-      first = int(np.argmin(finite))
+      first = int(np.argmin(good))
       member.losses += losses[: first + 1].tolist()
       member.divergence = Divergence(step + first + 1, float(np.mean(member.losses)))
 
@@ -712,7 +726,12 @@ def _record(member: _Member, end: _GroupEnd, last_checkpoint: int | None) -> rec
       f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint else "no checkpoint was saved"
     )
     logging.warning(
-      "%s: training diverged at step %d (mean loss %s); %s", member.workdir, divergence.step, divergence.loss, kept
+      "%s: training diverged at step %d (mean loss %s; a loss or parameter not finite, or a loss above %.4g); %s",
+      member.workdir,
+      divergence.step,
+      divergence.loss,
+      member.loss_limit,
+      kept,
     )
     return record
   evaluation = member.evaluations[-1]

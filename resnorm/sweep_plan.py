@@ -69,9 +69,7 @@ def setting_seeds(config, setting: str) -> tuple[int, ...]:
 def own_seeds(config) -> dict[str, tuple[int, ...]]:
   """The settings that run seeds of their own (``config.overrides.<setting>.seeds``), not
   ``config.seeds``, with those seeds."""
-  return {
-    name: setting_seeds(config, name) for name in settings(config) if "seeds" in setting_overrides(config, name)
-  }
+  return {name: setting_seeds(config, name) for name in settings(config) if "seeds" in setting_overrides(config, name)}
 
 
 def run_config(config, setting: str, depth: int, seed: int) -> ml_collections.ConfigDict:

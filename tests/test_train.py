@@ -106,9 +106,26 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   chex.assert_tree_all_finite(restored)
 
 
+def test_a_loss_above_its_limit_is_a_divergence_at_its_step(tmp_path):
+  """Adam at a rate of 0.1 on the digits: every loss stays finite, and the first logged step whose
+  loss exceeds 3 times the starting loss (a run with no effective limit shows which: step 3) is
+  where the run with ``divergence_factor = 3`` is recorded diverged, its checkpoint before kept."""
+  fast = dict(log_every=1, checkpoint_every=2, **{"optimizer.learning_rate": 0.1})
+  free = loop.train_and_evaluate(tiny_run(divergence_factor=1e30, **fast), tmp_path / "free")
+  losses = [json.loads(line) for line in (tmp_path / "free" / "metrics.jsonl").read_text().splitlines()]
+  losses = {row["step"]: row["train_loss"] for row in losses if "train_loss" in row}
+  assert not free.diverged and np.all(np.isfinite(list(losses.values())))
+  limit = 3 * free.init_test_loss  # classification: the starting loss is the initial test loss
+  first = min(step for step, loss in losses.items() if loss > limit)
+  limited = loop.train_and_evaluate(tiny_run(divergence_factor=3, **fast), tmp_path / "limited")
+  assert first == 3 and limited.diverged and limited.diverged_at_step == first and limited.trained is None
+  assert limited.last_checkpoint == 2
+
+
 @pytest.mark.parametrize(
   "overrides, field",
   [
+    ({"divergence_factor": 1.0}, "config.divergence_factor"),
     ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate"),
     ({"optimizer.name": "lbfgs"}, "config.optimizer.name"),
     ({"optimizer.momentum": 1.0}, "config.optimizer.momentum"),
