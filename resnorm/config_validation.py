@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 
 import jax
 
 from resnorm import data as data_lib
-from resnorm import models, procrustes, records, signal, sweep_plan, validation
+from resnorm import loop, models, procrustes, records, signal, sweep_plan, train, validation
 
 OPTIMIZERS = ("adam", "sgd")
 PLACEMENTS = ("mesh", "spread")
@@ -81,9 +82,12 @@ def load_data(config) -> data_lib.Dataset:
     return data_lib.load(config.data)
 
 
-def check_run(config, dataset: data_lib.Dataset) -> None:
+def check_run(config, dataset: data_lib.Dataset, members: int = 1, concurrent: int = 1) -> None:
   """Every field a single run reads (``configs/default.py`` states them all), for data like
-  ``dataset``; a field the config lacks is named as missing."""
+  ``dataset``; a field the config lacks is named as missing. ``members``: the runs that train
+  with it as one program (0: its program's memory is checked with another of them);
+  ``concurrent``: the programs that train at once (a sweep's ``parallel_runs``), which share the
+  machine's memory (:func:`_check_memory`)."""
   with fields("config.optimizer."):
     optimizer = config.optimizer
     validation.one_of("name", optimizer.name, OPTIMIZERS)
@@ -140,6 +144,8 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
     validation.non_negative_int("every", config.procrustes.every)
     stem, probability = config.procrustes.stem, config.procrustes.probability
   model = build_model(config, dataset.num_outputs)
+  if members:
+    _check_memory(config, model, dataset, members, concurrent)
   if not models.family(config.model.name).build.__module__.startswith("resnorm."):
     _check_sites(config, model, dataset)
   if config.init_from == "constructed":
@@ -158,6 +164,47 @@ def check_run(config, dataset: data_lib.Dataset) -> None:
         every=config.procrustes.every or None,
         seed=config.seed,
       )
+
+
+def free_memory() -> int:
+  """The bytes a run may take: the first local device's limit less what is in use where it
+  reports them (GPU, TPU), else the host's available memory (``MemAvailable``, or all of it)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+  try:
+    with open("/proc/meminfo") as f:
+      return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+  except (OSError, StopIteration, ValueError):
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_memory(config, model, dataset: data_lib.Dataset, members: int, concurrent: int) -> None:
+  """Refuses, before anything is allocated, a run whose program would not fit in memory: its
+  group's ``members`` × (state, gradients and activations at the batch each device takes,
+  :func:`resnorm.train.memory_estimate`) plus the training set placed on the device, times the
+  ``concurrent`` programs, against :func:`free_memory`."""
+  steps_per_epoch = max(len(dataset.x_train) // config.batch_size, 1)
+  per_device = max(config.batch_size // jax.device_count(), 1)
+  batch = tuple(
+    jax.ShapeDtypeStruct((per_device,) + array.shape[1:], array.dtype) for array in (dataset.x_train, dataset.y_train)
+  )
+  estimate = train.memory_estimate(
+    model, loop.optimizer(config, dataset, steps_per_epoch), batch, train.loss_function(dataset.task)
+  )
+  data_bytes = dataset.x_train.nbytes + dataset.y_train.nbytes
+  needed = concurrent * (members * sum(estimate.values()) + data_bytes)
+  free = free_memory()
+  if needed > free:
+    gib = 2.0**30
+    raise ConfigError(
+      "config.model.depth",
+      config.model.depth,
+      f"a network that fits in memory: {needed / gib:.3g} GiB needed ({concurrent} program(s) × ({members} run(s) × "
+      f"(state {estimate['state'] / gib:.3g} + gradients {estimate['gradients'] / gib:.3g} + activations at "
+      f"{per_device} examples {estimate['activations'] / gib:.3g}) + training data {data_bytes / gib:.3g}) GiB), "
+      f"{free / gib:.3g} GiB free: a smaller depth, width or batch_size, or fewer parallel_runs",
+    )
 
 
 def _check_sites(config, model, dataset: data_lib.Dataset) -> None:
@@ -267,8 +314,10 @@ def check_sweep(config) -> None:
         config.model[field],
         f"None in a sweep, which sets it from {instead}: override {instead} instead",
       )
-  checked, datasets = set(), {}
-  for run in sweep_plan.plan(config):
+  checked, datasets, runs = set(), {}, sweep_plan.plan(config)
+  # Each group's memory is checked once, with its first run (its runs share one program).
+  group_size = {group[0].name: len(group) for group in sweep_plan.groups(runs, config.group_seeds)}
+  for run in runs:
     setting, single = run.setting, run.config
     if (setting, run.depth) in checked:
       continue  # seeds change no field that is checked
@@ -277,7 +326,7 @@ def check_sweep(config) -> None:
       data = json.dumps(records.config_dict(single.data), sort_keys=True)
       if data not in datasets:
         datasets[data] = load_data(single)
-      check_run(single, datasets[data])
+      check_run(single, datasets[data], group_size.get(run.name, 0), config.parallel_runs)
     except ConfigError as error:
       if error.field.startswith("config.data.") and "data" in overrides.get(setting, {}):
         field = f"config.overrides.{setting}.{error.field.removeprefix('config.')}"

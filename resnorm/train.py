@@ -195,6 +195,41 @@ def _create(model, tx):
   return create
 
 
+def _train_loss(state: TrainState, batch, loss_fn, params):
+  """(the loss of ``params`` on ``batch`` in train mode, the updated BatchNorm statistics or None)."""
+  inputs, targets = batch
+  variables = {"params": params, **_fixed(state)}
+  if state.batch_stats is None:
+    return loss_fn(state.apply_fn(variables, inputs, train=True), targets), None
+  variables["batch_stats"] = state.batch_stats
+  outputs, updates = state.apply_fn(variables, inputs, train=True, mutable=["batch_stats"])
+  return loss_fn(outputs, targets), updates["batch_stats"]
+
+
+def memory_estimate(model, tx, batch, loss_fn) -> dict[str, int]:
+  """The bytes one run's training step holds on one device, from shapes alone (traced with
+  ``jax.eval_shape``: nothing is allocated or compiled): ``state`` (parameters, optimizer state,
+  BatchNorm statistics), ``gradients`` (one per parameter), and ``activations``, the residuals
+  that the backward pass of the loss on ``batch`` keeps (those of ``jax.vjp``, the batch
+  included). XLA may fuse some residuals away and keeps temporaries besides: an estimate, not a
+  bound."""
+  inputs = batch[0]
+  state = jax.eval_shape(
+    _create(model, tx), jax.random.key(0), jax.ShapeDtypeStruct((1,) + inputs.shape[1:], inputs.dtype)
+  )
+
+  def residuals(state, batch):
+    loss = functools.partial(_train_loss, state, batch, loss_fn)
+    return jax.vjp(loss, state.params, has_aux=True)[1]
+
+  def size(tree) -> int:
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+  return dict(
+    state=size(state), gradients=size(state.params), activations=size(jax.eval_shape(residuals, state, batch))
+  )
+
+
 def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
@@ -203,16 +238,7 @@ def train_step(state: TrainState, batch, loss_fn, project: bool | None = None) -
   """One optimizer step on ``batch = (inputs, targets)``; pure, for ``jax.jit``. ``project``:
   with a Procrustes projection in the optimizer, whether it acts after this step (a Python bool,
   static: no conditional in the program), or None to let it decide on device."""
-  inputs, targets = batch
-
-  def loss(params):
-    variables = {"params": params, **_fixed(state)}
-    if state.batch_stats is None:
-      return loss_fn(state.apply_fn(variables, inputs, train=True), targets), None
-    variables["batch_stats"] = state.batch_stats
-    outputs, updates = state.apply_fn(variables, inputs, train=True, mutable=["batch_stats"])
-    return loss_fn(outputs, targets), updates["batch_stats"]
-
+  loss = functools.partial(_train_loss, state, batch, loss_fn)
   (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, project=project, batch_stats=batch_stats)
   finite = jnp.isfinite(value) & _all_finite(state.params)

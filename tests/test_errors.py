@@ -90,3 +90,35 @@ def test_missing_deltas_are_still_read_as_missing():
   """None and NaN (a diverged seed) stay allowed: they are left out, not refused."""
   reading = theory.read_bound([2, 8, 32], [[0.3, None], [0.2, float("nan")], [0.1, 0.12]])
   assert reading.num_points == 3 and reading.seeds == [1, 1, 2]
+
+
+def test_a_sweep_whose_group_would_not_fit_in_memory_is_refused_at_the_door(monkeypatch):
+  """The estimate's state is the bytes of the state a run creates (parameters and Adam's two
+  moments, counted on the real arrays), its gradients those of the parameters; a group of two
+  seeds that needs one byte more than is free is refused naming ``config.depths``, and passes
+  with exactly what it needs."""
+  import jax
+
+  from helpers import tiny_sweep
+  from resnorm import loop, sweep_plan, train
+
+  config = tiny_sweep(depths=(4,), settings=("mlp_residual",), seeds=(0, 1))
+  run = sweep_plan.plan(config)[0]
+  dataset = config_validation.load_data(run.config)
+  model = models.from_config(run.config.model, dataset.num_outputs)
+  tx = loop.optimizer(run.config, dataset, len(dataset.x_train) // config.batch_size)
+  state = train.create_train_state(model, jax.random.key(0), dataset.x_train[:1], tx)
+  size = lambda tree: sum(leaf.nbytes for leaf in jax.tree.leaves(tree))  # noqa: E731
+  batch = (dataset.x_train[: config.batch_size], dataset.y_train[: config.batch_size])
+  estimate = train.memory_estimate(model, tx, batch, train.loss_function(dataset.task))
+  assert estimate["state"] == size(state) and estimate["gradients"] == size(state.params)
+  assert size(state.opt_state) >= 2 * size(state.params)  # Adam's two moments
+  assert estimate["activations"] > batch[0].nbytes * run.config.model.depth  # each block keeps at least its input
+  needed = 2 * sum(estimate.values()) + dataset.x_train.nbytes + dataset.y_train.nbytes
+  monkeypatch.setattr(config_validation, "free_memory", lambda: needed - 1)
+  with pytest.raises(config_validation.ConfigError) as refused:
+    config_validation.check_sweep(config)
+  assert refused.value.field == "config.depths" and "a network that fits in memory" in str(refused.value)
+  assert f"(1 program(s) × (2 run(s) × (state" in str(refused.value)
+  monkeypatch.setattr(config_validation, "free_memory", lambda: needed)
+  config_validation.check_sweep(config)
