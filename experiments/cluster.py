@@ -10,10 +10,14 @@ turns it off; a ``JAX_COMPILATION_CACHE_DIR`` in the environment wins), so a rer
 sweep of the same shapes compiles nothing.
 """
 
+import contextlib
+import glob
 import os
+import re
+import warnings
 
 import jax
-from absl import flags
+from absl import flags, logging
 
 DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
 COORDINATOR = flags.DEFINE_string("coordinator", None, "Coordinator address HOST:PORT (multi-host).")
@@ -31,5 +35,38 @@ def initialize() -> None:
   if COMPILATION_CACHE.value and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(COMPILATION_CACHE.value))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # the sweep's programs are small
+  replace_unreadable_cache_entries()
   if DISTRIBUTED.value or COORDINATOR.value:
     jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
+
+
+_UNREADABLE_ENTRY = re.compile(r"Error reading persistent compilation cache entry for '([^']+)'")
+
+
+def replace_unreadable_cache_entries() -> None:
+  """An entry of the compilation cache that does not read (a file cut short, garbage bytes) is
+  removed when JAX reports it, with one line naming it, in place of JAX's warning: JAX then
+  compiles the program and writes the entry again (it never overwrites an entry), so the next
+  run reads it instead of warning again. JAX names only the program, so every entry of that
+  program (``<name>-<key>-cache``) is removed; the others are compiled again when next used."""
+  shown = warnings.showwarning
+
+  def show(message, category, filename, lineno, file=None, line=None):
+    found = _UNREADABLE_ENTRY.match(str(message))
+    cache = jax.config.jax_compilation_cache_dir
+    if found is None or not cache or "://" in cache:
+      return shown(message, category, filename, lineno, file, line)
+    name = found.group(1)
+    removed = sorted(glob.glob(os.path.join(glob.escape(cache), f"{glob.escape(name)}-*-cache")))
+    for entry in removed:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(entry)
+    logging.warning(
+      "the compilation cache %s held an entry for %r that does not read: removed %d file(s); it is compiled and "
+      "cached again",
+      cache,
+      name,
+      len(removed),
+    )
+
+  warnings.showwarning = show

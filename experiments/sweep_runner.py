@@ -39,7 +39,7 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from experiments import sweep_outputs
+from experiments import cluster, sweep_outputs
 from resnorm import (
   checkpoints,
   config_validation,
@@ -269,6 +269,7 @@ def _start_worker(settings: _WorkerSettings, stop) -> None:
   if settings.cache_dir:
     jax.config.update("jax_compilation_cache_dir", settings.cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", settings.min_compile_secs)
+    cluster.replace_unreadable_cache_entries()
   logging.set_verbosity(settings.verbosity)
   for name in settings.imports:
     importlib.import_module(name)

@@ -119,6 +119,6 @@ def test_a_sweep_whose_group_would_not_fit_in_memory_is_refused_at_the_door(monk
   with pytest.raises(config_validation.ConfigError) as refused:
     config_validation.check_sweep(config)
   assert refused.value.field == "config.depths" and "a network that fits in memory" in str(refused.value)
-  assert f"(1 program(s) × (2 run(s) × (state" in str(refused.value)
+  assert "(1 program(s) × (2 run(s) × (state" in str(refused.value)
   monkeypatch.setattr(config_validation, "free_memory", lambda: needed)
   config_validation.check_sweep(config)

@@ -678,3 +678,37 @@ def test_a_second_ctrl_c_exits_at_once_in_one_line():
   assert lines == [
     "second Ctrl-C: exiting now, without waiting for the save (the runs resume from their last checkpoint)"
   ]
+
+
+_COMPILES = """
+import jax, jax.numpy as jnp
+from experiments import cluster
+jax.config.update("jax_compilation_cache_dir", {cache!r})
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+cluster.replace_unreadable_cache_entries()
+print(float(jax.jit(lambda x: jnp.sin(x).sum())(jnp.ones(3))))
+"""
+
+
+@pytest.mark.slow
+def test_an_unreadable_compilation_cache_entry_is_replaced_not_warned_about_on_every_run(tmp_path):
+  """Every entry of a filled cache overwritten with garbage: the next run says so once per entry
+  (one line, no JAX warning) and writes each again; the run after reads them without a word."""
+  env = {k: v for k, v in helpers.cpu_env().items() if k != "JAX_COMPILATION_CACHE_DIR"}
+
+  def run():
+    script = _COMPILES.format(cache=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=helpers.REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and float(done.stdout) == pytest.approx(3 * 0.8414709848), done.stderr
+    return done.stderr
+
+  run()
+  entries = sorted((tmp_path / "cache").iterdir())
+  assert entries
+  for entry in entries:
+    entry.write_bytes(b"not a compiled program")
+  told = [line for line in run().splitlines() if line.strip()]
+  assert len(told) == len(entries) and all("does not read: removed 1 file(s)" in line for line in told), told
+  assert sorted((tmp_path / "cache").iterdir()) == entries
+  assert all(entry.read_bytes() != b"not a compiled program" for entry in entries)
+  assert run().strip() == ""
