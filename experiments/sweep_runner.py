@@ -29,8 +29,11 @@ import importlib.machinery
 import inspect
 import json
 import multiprocessing
+import multiprocessing.connection
+import os
 import runpy
 import sys
+import threading
 import time
 
 import jax
@@ -278,6 +281,17 @@ def _start_worker(settings: _WorkerSettings, stop) -> None:
   signals = preemption.StopSignals(stop)
   signals.__enter__()  # for the worker's life: Ctrl-C reaches every process of the sweep
   _WORKER["should_stop"] = signals
+  threading.Thread(target=_exit_with_the_sweep, daemon=True, name="exit-with-the-sweep").start()
+
+
+def _exit_with_the_sweep() -> None:
+  """Ends this worker once the sweep's process is gone (killed, ``kill -9`` included): nothing
+  waits for its results, and it would hold its runs' locks against the rerun. A run it trains
+  resumes from its last checkpoint, as the sweep's own runs do."""
+  parent = multiprocessing.parent_process()
+  if parent is not None:
+    multiprocessing.connection.wait([parent.sentinel])
+    os._exit(1)
 
 
 @functools.lru_cache(maxsize=4)

@@ -383,54 +383,6 @@ SWEEP_FLAGS = (
 )
 
 
-@pytest.mark.slow
-def test_sigterm_stops_a_sweeps_workers_at_a_saved_step_and_the_rerun_ends_as_an_uninterrupted_sweep(tmp_path):
-  """Two groups (L = 2 and L = 4) training in the sweep's two worker processes when SIGTERM
-  reaches the sweep's process: exit 1 with the resume message, a checkpoint of each run's current
-  step; the same command (in one process) then finishes them, with the trained measurements and
-  test losses of a sweep never interrupted. The only test of a stop request reaching the workers."""
-  import signal
-  import time
-
-  flags = [f for f in SWEEP_FLAGS if not f.startswith(("--config.depths", "--config.settings"))]
-  flags += ["--config.depths=(2,4)", "--config.settings=('residual_zero_init',)", "--config.parallel_runs=2"]
-
-  def command(workdir):
-    return [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *flags]
-
-  env = helpers.cpu_env()
-  stopped = subprocess.Popen(
-    command(tmp_path / "stopped"), cwd=helpers.REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-  )
-  logs = [
-    tmp_path / "stopped" / sweep_plan.RUNS / sweep_plan.run_name("residual_zero_init", depth, 0) / "metrics.jsonl"
-    for depth in (2, 4)
-  ]
-  deadline = time.time() + 180
-  while not all(log.exists() and any(r["step"] >= 20 for r in records.json_lines(log.read_text())) for log in logs):
-    assert time.time() < deadline and stopped.poll() is None, "the runs ended before both logged step 20"
-    time.sleep(0.05)
-  stopped.send_signal(signal.SIGTERM)
-  _, err = stopped.communicate(timeout=180)
-  assert stopped.returncode == 1 and "stopped by a signal" in err and "run the same command to resume" in err, err[
-    -2000:
-  ]
-  for log in logs:
-    saved = [p for p in os.listdir(log.parent / "checkpoints") if p.isdigit()]
-    assert len(saved) == 1 and 20 <= int(saved[0]) < 2000, saved
-  # The rerun and the reference train in one process: the workers' numbers, bit for bit (test_sweep.py).
-  for workdir in ("stopped", "straight"):
-    one_process = [arg.replace("parallel_runs=2", "parallel_runs=1") for arg in command(tmp_path / workdir)]
-    done = subprocess.run(one_process, cwd=helpers.REPO, env=env, text=True, capture_output=True, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-  for depth in (2, 4):
-    a, b = (
-      records.read_run(tmp_path / name / sweep_plan.RUNS / sweep_plan.run_name("residual_zero_init", depth, 0))
-      for name in ("straight", "stopped")
-    )
-    assert (b.steps, b.test_loss, b.trained) == (a.steps, a.test_loss, a.trained), depth
-
-
 def test_on_a_store_without_exclusive_create_of_two_racing_takers_only_the_last_writer_proceeds(tmp_path):
   """The object-store path (write, wait, read back) on a local file: two takers (other hosts) that
   both find no lock and write within the settling time; exactly one reads its own record back."""
@@ -712,3 +664,104 @@ def test_an_unreadable_compilation_cache_entry_is_replaced_not_warned_about_on_e
   assert sorted((tmp_path / "cache").iterdir()) == entries
   assert all(entry.read_bytes() != b"not a compiled program" for entry in entries)
   assert run().strip() == ""
+
+
+GROUPED_FLAGS = (
+  "--config=configs/depth_sweep.py",
+  "--config.depths=(2,4)",
+  "--config.settings=('residual_zero_init',)",
+  "--config.overrides.residual_zero_init.seeds=(0,1,2)",
+  "--config.num_steps=300",
+  "--config.log_every=10",
+  "--config.checkpoint_every=50",
+  "--config.signal.every=100",
+  "--config.data.train_size=512",
+  "--config.data.test_size=128",
+  "--config.signal.num_examples=32",
+)
+
+
+def _grouped_sweep(workdir, *extra, **popen):
+  command = [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *GROUPED_FLAGS, *extra]
+  return subprocess.Popen(
+    command, cwd=helpers.REPO, env=helpers.cpu_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen
+  )
+
+
+def _finish(workdir, *extra) -> bytes:
+  """Runs the grouped sweep to its end in ``workdir``; its summary.json."""
+  done = _grouped_sweep(workdir, *extra)
+  _, err = done.communicate(timeout=300)
+  assert done.returncode == 0, err[-3000:]
+  return (workdir / "summary.json").read_bytes()
+
+
+def _wait_for(condition, process, what: str) -> None:
+  import time
+
+  deadline = time.time() + 240
+  while not condition():
+    assert time.time() < deadline and process.poll() is None, f"the sweep ended before {what}"
+    time.sleep(0.002)
+
+
+def _runs_dir(workdir):
+  return workdir / sweep_plan.RUNS
+
+
+@pytest.mark.slow
+def test_a_grouped_sweep_killed_at_three_moments_resumes_to_the_uninterrupted_summary_bit_for_bit(tmp_path):
+  """Two groups of three seeds (L = 2 and 4), checkpoints every 50 of 300 steps, killed with
+  SIGKILL (nothing saved on the way out) once the first member of a group has saved a checkpoint
+  (its fellows' saves of that step may not be written yet), once a group's records are pending
+  (written, not committed; the sweep in two worker processes, which end with it), and once a run's
+  record is committed; each time the same command ends with the uninterrupted sweep's
+  summary.json, byte for byte."""
+  straight = _finish(tmp_path / "straight", "--config.parallel_runs=1")
+  first_member = _runs_dir(tmp_path / "m0") / sweep_plan.run_name("residual_zero_init", 4, 0)
+  moments = {
+    "m0": lambda w: checkpoints.steps(first_member / "checkpoints")[-1:] >= [100],
+    "m1": lambda w: any(_runs_dir(w).glob(f"*/{records.PENDING}")),
+    "m2": lambda w: any(_runs_dir(w).glob("*/summary.json")),
+  }
+  for name, moment in moments.items():
+    workdir = tmp_path / name
+    killed = _grouped_sweep(workdir, f"--config.parallel_runs={2 if name == 'm1' else 1}")
+    _wait_for(lambda: moment(workdir), killed, name)
+    killed.kill()
+    killed.communicate(timeout=60)  # the pipes close once the sweep's worker processes (m1) have ended too
+    assert _finish(workdir, "--config.parallel_runs=1") == straight, name
+
+
+@pytest.mark.slow
+def test_sigterm_then_ctrl_c_stop_a_sweep_and_its_workers_at_a_saved_step_and_the_rerun_equals_the_uninterrupted_one(
+  tmp_path,
+):
+  """Two groups training in the sweep's two worker processes. SIGTERM to the sweep's process alone
+  (what a scheduler sends) once both logged step 30, then, resumed, Ctrl-C (SIGINT to its process
+  group: the sweep and its workers) once both logged step 100: each time exit 1 with the resume
+  message, no traceback and no run finished; the same command then ends with the uninterrupted
+  sweep's summary.json, byte for byte."""
+  import os
+  import signal
+
+  workers = "--config.parallel_runs=2"
+  straight = _finish(tmp_path / "straight", workers)
+  workdir = tmp_path / "stopped"
+  logs = [
+    _runs_dir(workdir) / sweep_plan.run_name("residual_zero_init", depth, 0) / "metrics.jsonl" for depth in (2, 4)
+  ]
+  for step, stop in ((30, lambda p: p.send_signal(signal.SIGTERM)), (100, lambda p: os.killpg(p.pid, signal.SIGINT))):
+    stopped = _grouped_sweep(workdir, workers, start_new_session=True)
+    _wait_for(
+      lambda step=step: all(
+        log.exists() and any(r["step"] >= step for r in records.json_lines(log.read_text())) for log in logs
+      ),
+      stopped,
+      f"both groups logged step {step}",
+    )
+    stop(stopped)
+    _, err = stopped.communicate(timeout=180)
+    assert stopped.returncode == 1 and "run the same command to resume" in err and "Traceback" not in err, err[-3000:]
+    assert not list(_runs_dir(workdir).glob("*/summary.json")), step
+  assert _finish(workdir, workers) == straight
