@@ -22,7 +22,6 @@ import numpy as np
 
 from resnorm import records, statistics, sweep_plan
 
-
 BY_SETTING = ("trained delta_max", "trained layer_max_median", "trained delta_mean", "test_loss")
 
 
