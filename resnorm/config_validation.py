@@ -144,8 +144,6 @@ def check_run(config, dataset: data_lib.Dataset, members: int = 1, concurrent: i
     validation.non_negative_int("every", config.procrustes.every)
     stem, probability = config.procrustes.stem, config.procrustes.probability
   model = build_model(config, dataset.num_outputs)
-  if members:
-    _check_memory(config, model, dataset, members, concurrent)
   if not models.family(config.model.name).build.__module__.startswith("resnorm."):
     _check_sites(config, model, dataset)
   if config.init_from == "constructed":
@@ -164,6 +162,8 @@ def check_run(config, dataset: data_lib.Dataset, members: int = 1, concurrent: i
         every=config.procrustes.every or None,
         seed=config.seed,
       )
+  if members:
+    _check_memory(config, model, dataset, members, concurrent)
 
 
 def free_memory() -> int:

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import orbax.checkpoint as ocp
 import pytest
@@ -168,6 +169,36 @@ def test_a_later_checkpoint_missing_its_item_falls_back_to_the_one_before(tmp_pa
   assert sorted(os.listdir(tmp_path / "run" / "unreadable_checkpoints")) == ["20"]
   straight = loop.train_and_evaluate(tiny_run(num_steps=30), tmp_path / "straight")
   assert resumed.test_loss == straight.test_loss and resumed.trained == straight.trained
+
+
+def test_a_malformed_checkpoint_index_entry_restores_unverified_and_the_run_goes_on(tmp_path, caplog):
+  """Step 20's entry in checkpoints.json without its losses: a warning names the step, the
+  checkpoint restores unverified, and the run goes on to 30 steps with the uninterrupted run's
+  trained numbers (its first row after the resume averages the steps since the resume)."""
+  loop.train_and_evaluate(tiny_run(), tmp_path / "run")
+  index = json.loads((tmp_path / "run" / checkpoints.INDEX).read_text())
+  del index["20"]["losses_since_log"]
+  (tmp_path / "run" / checkpoints.INDEX).write_text(json.dumps(index))
+  resumed = loop.train_and_evaluate(tiny_run(num_steps=30), tmp_path / "run")
+  assert "the entries of steps [20] are malformed: those checkpoints restore unverified" in caplog.text
+  straight = loop.train_and_evaluate(tiny_run(num_steps=30), tmp_path / "straight")
+  assert resumed.test_loss == straight.test_loss and resumed.trained == straight.trained
+
+
+def test_a_run_another_process_trains_is_left_alone(two_seeds, tmp_path):
+  """A run directory whose lock a living process holds (a second sweep started on a workdir whose
+  own lock was deleted): the sweep that would train it is refused naming it, before anything in
+  the workdir changes, and so is a group trained there directly."""
+  config, workdir, _ = two_seeds
+  copy = _copy(workdir, tmp_path)
+  (_run_dir(copy, 1) / "summary.json").unlink()
+  with ownership.WorkdirLock(_run_dir(copy, 1)):
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    with pytest.raises(records.WorkdirError, match=f"{_run_dir(copy, 1)} is in use by process {os.getpid()}"):
+      sweep_runner.run_sweep(config, str(copy), progress=False)
+    with pytest.raises(records.WorkdirError, match=f"{_run_dir(copy, 1)} is in use by process {os.getpid()}"):
+      loop.train_group([sweep_plan.plan(config)[1].config], [_run_dir(copy, 1)])
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
 
 def test_a_checkpoint_of_another_layout_of_the_state_is_refused_and_kept(tmp_path):
@@ -697,8 +728,6 @@ def _finish(workdir, *extra) -> bytes:
 
 
 def _wait_for(condition, process, what: str) -> None:
-  import time
-
   deadline = time.time() + 240
   while not condition():
     assert time.time() < deadline and process.poll() is None, f"the sweep ended before {what}"
@@ -724,13 +753,23 @@ def test_a_grouped_sweep_killed_at_three_moments_resumes_to_the_uninterrupted_su
     "m1": lambda w: any(_runs_dir(w).glob(f"*/{records.PENDING}")),
     "m2": lambda w: any(_runs_dir(w).glob("*/summary.json")),
   }
-  for name, moment in moments.items():
-    workdir = tmp_path / name
-    killed = _grouped_sweep(workdir, f"--config.parallel_runs={2 if name == 'm1' else 1}")
-    _wait_for(lambda: moment(workdir), killed, name)
-    killed.kill()
-    killed.communicate(timeout=60)  # the pipes close once the sweep's worker processes (m1) have ended too
-    assert _finish(workdir, "--config.parallel_runs=1") == straight, name
+  running = {
+    name: _grouped_sweep(tmp_path / name, f"--config.parallel_runs={2 if name == 'm1' else 1}") for name in moments
+  }
+  while running:  # the three at once: each killed at its moment
+    for name, killed in list(running.items()):
+      if moments[name](tmp_path / name):
+        killed.kill()
+        killed.communicate(timeout=60)  # the pipes close once the sweep's worker processes (m1) have ended too
+        del running[name]
+      else:
+        assert killed.poll() is None, f"the sweep ended before {name}"
+    time.sleep(0.002)
+  reruns = {name: _grouped_sweep(tmp_path / name, "--config.parallel_runs=1") for name in moments}
+  for name, rerun in reruns.items():
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-3000:]
+    assert (tmp_path / name / "summary.json").read_bytes() == straight, name
 
 
 @pytest.mark.slow
