@@ -785,7 +785,7 @@ def test_sigterm_then_ctrl_c_stop_a_sweep_and_its_workers_at_a_saved_step_and_th
   import signal
 
   workers = "--config.parallel_runs=2"
-  straight = _finish(tmp_path / "straight", workers)
+  straight = _finish(tmp_path / "straight", "--config.parallel_runs=1")  # the workers' numbers (test_sweep.py)
   workdir = tmp_path / "stopped"
   logs = [
     _runs_dir(workdir) / sweep_plan.run_name("residual_zero_init", depth, 0) / "metrics.jsonl" for depth in (2, 4)
@@ -803,4 +803,4 @@ def test_sigterm_then_ctrl_c_stop_a_sweep_and_its_workers_at_a_saved_step_and_th
     _, err = stopped.communicate(timeout=180)
     assert stopped.returncode == 1 and "run the same command to resume" in err and "Traceback" not in err, err[-3000:]
     assert not list(_runs_dir(workdir).glob("*/summary.json")), step
-  assert _finish(workdir, workers) == straight
+  assert _finish(workdir, "--config.parallel_runs=1") == straight
