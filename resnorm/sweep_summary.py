@@ -32,6 +32,12 @@ def summarize_sweep(
   return records.SweepSummary(next(iter(overrides)), families)
 
 
+def _trained(run: records.RunRecord, key: str):
+  """A run's ``key`` (a loss or accuracy) as the summary reads it: a diverged run's train loss,
+  the loss up to its divergence, is no trained network's loss (None, as its test loss is)."""
+  return None if run.diverged and key == "train_loss" else getattr(run, key)
+
+
 def _family(runs: list[records.RunRecord], bound_L: str, overrides: dict) -> records.FamilyResults:
   """One setting's results: its runs grouped by depth, means and spreads over the seeds, and every
   seed's values (aligned with ``seeds``) for the intervals and differences read from them."""
@@ -45,10 +51,10 @@ def _family(runs: list[records.RunRecord], bound_L: str, overrides: dict) -> rec
     return [[value(at_depth[s]) if s in at_depth else None for s in seeds] for at_depth in by_seed]
 
   def column(key):
-    return [records.seed_mean([getattr(r, key) for r in group]) for group in groups]
+    return [records.seed_mean([_trained(r, key) for r in group]) for group in groups]
 
   def spread(key):
-    return [records.seed_std([getattr(r, key) for r in group]) for group in groups]
+    return [records.seed_std([_trained(r, key) for r in group]) for group in groups]
 
   classification = any(r.test_accuracy is not None for r in runs)
   variance = next((r.target_variance for r in runs if r.target_variance is not None), None)
@@ -96,7 +102,7 @@ def _family(runs: list[records.RunRecord], bound_L: str, overrides: dict) -> rec
     if any(r.construction for r in runs)
     else None,
     per_seed={
-      **{key: per_seed(lambda r, key=key: getattr(r, key)) for key in losses},
+      **{key: per_seed(lambda r, key=key: _trained(r, key)) for key in losses},
       **{key: per_seed(lambda r, key=key: (r.convergence or {}).get(key)) for key in verdict_keys},
     },
   )
