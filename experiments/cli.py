@@ -51,6 +51,19 @@ def _with_installed_configs(argv: list[str]) -> list[str]:
   return argv
 
 
+def _config_folder_importable(argv: list[str]) -> None:
+  """Puts the folder of ``--config``'s file first on the import path, so that a config file may
+  import a module beside it (as a script's own folder is on its path)."""
+  for i, arg in enumerate(argv[1:], 1):
+    name, equals, value = arg.partition("=")
+    if name in ("--config", "-config"):
+      value = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+      folder = os.path.dirname(os.path.abspath(value.partition(":")[0]))
+      if value and os.path.isdir(folder) and folder not in sys.path:
+        sys.path.insert(0, folder)
+      return
+
+
 def _refuse_repeated_overrides(argv: list[str]) -> None:
   """Exits with one line where a config field is overridden twice (``--config.depths='(2,8)'
   --config.depths='(4,)'``): ml_collections would join two tuples rather than keep the last."""
@@ -76,6 +89,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     if "config" in flags.FLAGS:
       argv = _with_installed_configs(argv)
+      _config_folder_importable(argv)
     remaining = flags.FLAGS(argv)
     if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
       _ = flags.FLAGS["config"].value.keys  # a config file that failed to load raises its error on first use

@@ -277,6 +277,7 @@ def _start_worker(settings: _WorkerSettings, stop) -> None:
   for name in settings.imports:
     importlib.import_module(name)
   for file in settings.files:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(file)))  # what the file imports from beside it
     runpy.run_path(file, run_name=f"resnorm_worker_config_{len(sys.modules)}")
   signals = preemption.StopSignals(stop)
   signals.__enter__()  # for the worker's life: Ctrl-C reaches every process of the sweep

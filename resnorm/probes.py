@@ -14,15 +14,16 @@ every block and of every transition. At each site a model calls :func:`probe`, w
   layer without skip, its whole output), the q-value (mean square of x) and the c-value (mean
   cosine similarity between distinct examples).
 
-Site names are ``f"{index:02d}_{kind}"`` with ``kind`` in :data:`KINDS`, so sorting the names
-gives the order along the stream. A probe lives either at the model's top level (one site) or
-inside a module that ``nn.scan`` repeats over identical layers, stacked on a leading axis. That
-module carries the site name and calls its probe either ``'stream'`` (one site per scan step, of
-the module's kind) or, where one scan step holds several residual sub-blocks (a Transformer
-layer: attention, then MLP), by site names of their own (``'00_attention'``, ``'01_mlp'``): their
-index orders them within the step, and the stream reads them interleaved (the attention of layer
-0, its MLP, the attention of layer 1, …). The kinds of :data:`BLOCK_KINDS` are residual blocks
-of the stream: the statistics of ``'block'`` pool them.
+Site names are ``f"{index:02d}_{kind}"`` with ``kind`` in :data:`KINDS`, so sorting the names by
+:func:`site_order` (the index as a number) gives the order along the stream. A probe lives
+either at the model's top level (one site) or inside a module that ``nn.scan`` repeats over
+identical layers, stacked on a leading axis. That module carries the site name and calls its
+probe either ``'stream'`` (one site per scan step, of the module's kind) or, where one scan step
+holds several residual sub-blocks (a Transformer layer: attention, then MLP), by site names of
+their own (``'00_attention'``, ``'01_mlp'``): their index orders them within the step, and the
+stream reads them interleaved (the attention of layer 0, its MLP, the attention of layer 1, …).
+The kinds of :data:`BLOCK_KINDS` are residual blocks of the stream: the statistics of ``'block'``
+pool them.
 
 On a stream of sequences (``(batch, tokens, width)``) a probe also records the mean cosine
 similarity between the tokens of each sequence (``token_c``), whose approach to 1 is rank collapse.
@@ -45,6 +46,14 @@ SCAN_AXES = {"params": 0, "perturbations": 0, "intermediates": 0}
 
 def site_name(index: int, kind: str) -> str:
   return f"{index:02d}_{validation.one_of('kind', kind, KINDS)}"
+
+
+def site_order(name: str) -> tuple:
+  """The sort key of a site name along the stream: its index as a number (``'100_block'`` after
+  ``'99_block'``, at any count of sites), then its kind; a name that is not a site's
+  (``'stream'``) after every site."""
+  index, _, rest = name.partition("_")
+  return (0, int(index), rest) if index.isdigit() else (1, 0, name)
 
 
 def site_kind(name: str) -> str:

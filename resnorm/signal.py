@@ -81,7 +81,7 @@ def _stack_sites(flat: dict[tuple[str, ...], Any]) -> list[tuple[str, tuple[str,
   a scanned module's ``'stream'`` probe one per layer; its probes named by site (several
   sub-blocks per layer) one per sub-block, interleaved layer by layer (:mod:`resnorm.probes`)."""
   grouped: dict[str, list] = {}
-  for path, leaf in sorted(flat.items()):
+  for path, leaf in sorted(flat.items(), key=lambda item: tuple(probes.site_order(name) for name in item[0])):
     if len(path) == 1:
       grouped[path[0]] = [(probes.site_kind(path[0]), jax.tree.map(lambda a: a[None], leaf))]
     elif len(path) == 2 and path[1] == probes.SCANNED_PROBE:
@@ -164,17 +164,20 @@ def check_site_order(model, perturbations) -> None:
       "at its input, stem and after every block (README, 'Sweeping your own model')"
     )
   visited = list(perturbations)
-  if visited != sorted(visited):
+  in_order = sorted(visited, key=probes.site_order)
+  if visited != in_order:
+    first = next(i for i, (a, b) in enumerate(zip(visited, in_order)) if a != b)
     raise ValueError(
-      f"model {name}: its stream sites are visited in the order {visited}, which their names do not "
-      f"sort to ({sorted(visited)}); number the sites along the stream (resnorm.probes.site_name)"
+      f"model {name}: its stream sites are visited in an order their names do not sort to: site "
+      f"{first} of {len(visited)} is {visited[first]!r} where the names put {in_order[first]!r}; number the "
+      "sites along the stream (resnorm.probes.site_name)"
     )
   for site in visited:
     inner = perturbations[site]
-    if isinstance(inner, list) and inner != sorted(inner):
+    if isinstance(inner, list) and inner != sorted(inner, key=probes.site_order):
       raise ValueError(
         f"model {name}: the probes of scanned site {site} are visited in the order {list(inner)}, "
-        f"which their names do not sort to ({sorted(inner)})"
+        f"which their names do not sort to ({sorted(inner, key=probes.site_order)})"
       )
 
 

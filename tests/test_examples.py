@@ -76,7 +76,7 @@ class _Misordered(nn.Module):
   "module, message",
   [
     (_Unprobed, "model _Unprobed has no stream sites"),
-    (_Misordered, r"visited in the order \['01_stem', '00_input'\]"),
+    (_Misordered, "site 0 of 2 is '01_stem' where the names put '00_input'"),
   ],
 )
 def test_a_registered_model_that_breaks_the_probe_protocol_is_refused_at_the_door(tmp_path, module, message):

@@ -324,6 +324,7 @@ def test_a_failed_write_names_the_file_and_leaves_the_previous_version_whole(tmp
     ),
     (["--config={tmp}/broken.py"], "broken.py, line 1: invalid syntax (the config file does not load)"),
     (["--config={tmp}/imports.py"], "does not load: ModuleNotFoundError: No module named 'nothing_of_that_name'"),
+    (["--config={tmp}/uses_beside.py"], "error: config.optimizer.learning_rate = -1.0: expected a positive number"),
     (
       ["--config=configs/depth_sweep.py", "--config.depths=(2,8)", "--config.depths=(4,)"],
       "error: --config.depths given 2 times ((2,8), (4,)): give each config field once",
@@ -337,6 +338,11 @@ def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, argu
   workdir = tmp_path / "workdir"
   (tmp_path / "broken.py").write_text("def get_config(:\n  pass\n")
   (tmp_path / "imports.py").write_text("import nothing_of_that_name\n\ndef get_config():\n  pass\n")
+  (tmp_path / "beside.py").write_text("RATE = -1.0\n")  # a module beside the config file that imports it
+  (tmp_path / "uses_beside.py").write_text(
+    "import beside\nfrom configs import depth_sweep\n\n\ndef get_config():\n  config = depth_sweep.get_config()\n"
+    "  config.optimizer.learning_rate = beside.RATE\n  return config\n"
+  )
   arguments = [arg.replace("{tmp}", str(tmp_path)) for arg in arguments]
   result = subprocess.run(
     [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *arguments],

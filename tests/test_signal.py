@@ -215,3 +215,26 @@ def test_stream_profile_lists_every_layer_in_order():
   assert profile["kind"] == ["stem", "block", "transition"]
   np.testing.assert_allclose(profile["ratio_mean"], [2.0, 0.5, 2.0])
   np.testing.assert_allclose(profile["delta_mean"], [1.0, 0.5, 1.0])
+
+
+def test_a_model_with_120_sites_is_measured_in_stream_order(x64):
+  """Sites 00 … 119, where site k scales the stream by c_k = 1 + k/1000: the gradient at site k is
+  c_{k+1} times the one at site k + 1, so the ratio of layer k is exactly c_{k+1}, in stream order
+  at any count of sites (the names sort by their index as a number: '100_block' after '99_block')."""
+  import flax.linen as nn
+
+  from resnorm import probes
+
+  class Scales(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = probes.probe(self, probes.site_name(0, "input"), x)
+      for k in range(1, 120):
+        x = probes.probe(self, probes.site_name(k, "block"), x * (1 + k / 1000))
+      return x
+
+  model, x = Scales(), jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
+  report = signal.measure(model, {}, x, jnp.zeros_like(x), lambda out, y: jnp.sum((out - y) ** 2))
+  np.testing.assert_allclose(
+    report.ratio, np.broadcast_to((1 + np.arange(1, 120) / 1000)[:, None], (119, 3)), rtol=1e-12
+  )
