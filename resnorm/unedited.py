@@ -1,0 +1,146 @@
+"""Backward ratios of any Flax linen model, unedited: no probe in its code.
+
+For the modules a selector picks (by default the direct children of the model that map an array to
+an array of the same shape: its residual blocks), :func:`block_ratios` adds a zero perturbation to
+the input and to the output of every call, through ``flax.linen.intercept_methods``; one
+``jax.grad`` of the loss with respect to the perturbations gives, for every selected call l and
+example b, ∂E/∂x_in and ∂E/∂x_out, and
+
+    r_l = ‖∂E/∂x_in‖ / ‖∂E/∂x_out‖
+
+(the probes' ratio of :mod:`resnorm.signal` for a block whose input and output are neighbouring
+stream sites). A call whose output has its input's shape is a ``'block'``, any other a
+``'transition'``. Calls are told apart by their order in the forward pass, so a module called
+twice is two calls.
+
+Not yet measured this way: the blocks inside an ``nn.scan`` (a scanned stack that a selector
+picks is one call, its ratio that of the whole stack; per-block ratios need a perturbation that
+carries the scan axis), forward statistics, and δ in every direction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnorm import probes
+
+Selector = Callable[[nn.Module, jax.ShapeDtypeStruct, jax.ShapeDtypeStruct], bool]
+
+
+def children_of_same_shape(module: nn.Module, inputs, outputs) -> bool:
+  """The default selector: a direct child of the model whose output has its input's shape."""
+  return len(module.path) == 1 and getattr(inputs, "shape", None) == getattr(outputs, "shape", ())
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRatios:
+  """What :func:`block_ratios` measured, one row per selected call in forward order.
+
+  Attributes:
+    paths: each call's module path (``'Block_3'``, ``'stage/Block_0'``).
+    kinds: ``'block'`` (output of the input's shape) or ``'transition'``.
+    grad_in, grad_out: per call and example, ‖∂E/∂x_in‖ and ‖∂E/∂x_out‖ (calls × batch).
+    ratio: ``grad_in / grad_out`` (NaN where ``grad_out`` is 0).
+  """
+
+  paths: tuple[str, ...]
+  kinds: tuple[str, ...]
+  grad_in: jax.Array
+  grad_out: jax.Array
+  ratio: jax.Array
+
+
+def _intercepted(context, args) -> bool:
+  """Whether a method call is one the selector sees: a submodule's ``__call__`` with an argument."""
+  return context.method_name == "__call__" and bool(args) and bool(context.module.path)
+
+
+def _shape(value):
+  return jax.ShapeDtypeStruct(value.shape, value.dtype) if hasattr(value, "shape") else value
+
+
+def _selected_calls(model, variables, inputs, select: Selector, apply_kwargs) -> dict[int, tuple[str, object, object]]:
+  """Per selected call, by its index among the intercepted calls in the order they start: its
+  path and its input and output shapes. Traced only (``jax.eval_shape``)."""
+  calls, started = {}, iter(range(1 << 62))
+
+  def record(next_fun, args, kwargs, context):
+    if not _intercepted(context, args):
+      return next_fun(*args, **kwargs)
+    index = next(started)
+    outputs = next_fun(*args, **kwargs)
+    if select(context.module, _shape(args[0]), _shape(outputs)):
+      if not (hasattr(args[0], "shape") and hasattr(outputs, "shape")):
+        raise ValueError(
+          f"module {'/'.join(context.module.path)} takes or returns something other than one array "
+          f"({type(outputs).__name__}): select modules that map an array to an array"
+        )
+      calls[index] = ("/".join(context.module.path), _shape(args[0]), _shape(outputs))
+    return outputs
+
+  def forward():
+    with nn.intercept_methods(record):
+      return model.apply(variables, inputs, **apply_kwargs)
+
+  jax.eval_shape(forward)
+  return calls
+
+
+def block_ratios(
+  model: nn.Module,
+  variables,
+  inputs: jax.Array,
+  targets: jax.Array,
+  loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
+  select: Selector = children_of_same_shape,
+  **apply_kwargs,
+) -> BlockRatios:
+  """The backward ratio of every call ``select`` picks in ``model`` on one batch (see the module
+  docstring); jit-able. ``apply_kwargs`` go to ``model.apply`` (``train=False``,
+  ``mutable=['batch_stats']``: with a mutable collection the model's output is its first element).
+
+  Raises:
+    ValueError: ``select`` picks no call, or a call that does not map an array to an array.
+  """
+  calls = _selected_calls(model, variables, inputs, select, apply_kwargs)
+  if not calls:
+    raise ValueError(
+      f"the selector picks no module call of {type(model).__name__}: by default its direct children whose output "
+      "has their input's shape; pass select= to pick others"
+    )
+  order = sorted(calls)
+  zeros = {
+    "in": [jnp.zeros(calls[i][1].shape, calls[i][1].dtype) for i in order],
+    "out": [jnp.zeros(calls[i][2].shape, calls[i][2].dtype) for i in order],
+  }
+  row = {index: r for r, index in enumerate(order)}
+
+  def loss(perturbations):
+    started = iter(range(1 << 62))
+
+    def perturb(next_fun, args, kwargs, context):
+      if not _intercepted(context, args):
+        return next_fun(*args, **kwargs)
+      index = next(started)
+      if index not in row:
+        return next_fun(*args, **kwargs)
+      r = row[index]
+      return next_fun(args[0] + perturbations["in"][r], *args[1:], **kwargs) + perturbations["out"][r]
+
+    with nn.intercept_methods(perturb):
+      outputs = model.apply(variables, inputs, **apply_kwargs)
+    if "mutable" in apply_kwargs:
+      outputs = outputs[0]
+    return loss_fn(outputs, targets)
+
+  grads = jax.grad(loss)(zeros)
+  grad_in = jnp.stack([probes.per_example_norm(g) for g in grads["in"]])
+  grad_out = jnp.stack([probes.per_example_norm(g) for g in grads["out"]])
+  ratio = jnp.where(grad_out > 0, grad_in / jnp.where(grad_out > 0, grad_out, 1.0), jnp.nan)
+  kinds = tuple("block" if calls[i][1].shape == calls[i][2].shape else "transition" for i in order)
+  return BlockRatios(tuple(calls[i][0] for i in order), kinds, grad_in, grad_out, ratio)

@@ -1,0 +1,135 @@
+"""Backward ratios of an unedited Flax model (resnorm.unedited): against a hand-written chain of
+jax.vjp through its blocks, against the probe path on a probed copy, and the selector's doors."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnorm import probes, signal, unedited
+
+
+class Block(nn.Module):
+  """x + W₂ tanh(W₁ x): a residual block as a user writes it, no probe."""
+
+  @nn.compact
+  def __call__(self, x):
+    return x + nn.Dense(x.shape[-1])(jnp.tanh(nn.Dense(x.shape[-1])(x)))
+
+
+class Net(nn.Module):
+  """A stem, ``depth`` blocks in a Python loop, a head: nothing in it knows of resnorm."""
+
+  depth: int = 4
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Dense(6)(x)
+    for _ in range(self.depth):
+      x = Block()(x)
+    return nn.Dense(3)(x)
+
+
+class ProbedNet(nn.Module):
+  """The same network with a probe at its stem and after every block (the probe protocol)."""
+
+  depth: int = 4
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = probes.probe(self, probes.site_name(0, "stem"), nn.Dense(6)(x))
+    for k in range(self.depth):
+      x = probes.probe(self, probes.site_name(k + 1, "block"), Block()(x))
+    return nn.Dense(3)(x)
+
+
+def _loss(outputs, targets):
+  return jnp.mean(jnp.sum((outputs - targets) ** 2, axis=-1))
+
+
+@pytest.fixture
+def batch(x64):
+  del x64
+  inputs = jax.random.normal(jax.random.key(1), (5, 4))
+  return inputs, jax.random.normal(jax.random.key(2), (5, 3))
+
+
+def test_the_ratios_of_an_unedited_model_equal_a_hand_written_chain_of_vjps(batch):
+  """Stream h_0 = stem(x), h_{k+1} = block_k(h_k); ∂E/∂h_k by jax.vjp of each block from the head
+  backwards, per example (the loss is a mean over examples, so each example's gradient is its
+  own); the ratio of block k is ‖∂E/∂h_k‖ / ‖∂E/∂h_{k+1}‖ (float64, 1e-10)."""
+  inputs, targets = batch
+  model = Net()
+  variables = model.init(jax.random.key(0), inputs)
+  measured = unedited.block_ratios(model, variables, inputs, targets, _loss)
+  assert measured.paths == tuple(f"Block_{k}" for k in range(4)) and set(measured.kinds) == {"block"}
+
+  params = variables["params"]
+  stream = [nn.Dense(6).apply({"params": params["Dense_0"]}, inputs)]
+  pullbacks = []
+  for k in range(4):
+    out, pullback = jax.vjp(lambda h, k=k: Block().apply({"params": params[f"Block_{k}"]}, h), stream[-1])
+    stream.append(out)
+    pullbacks.append(pullback)
+  gradient = jax.grad(lambda h: _loss(nn.Dense(3).apply({"params": params["Dense_1"]}, h), targets))(stream[-1])
+  gradients = [gradient]
+  for pullback in reversed(pullbacks):
+    gradients.insert(0, pullback(gradients[0])[0])
+  norms = np.array([np.linalg.norm(g, axis=-1) for g in gradients])
+  np.testing.assert_allclose(measured.grad_in, norms[:-1], rtol=1e-10)
+  np.testing.assert_allclose(measured.grad_out, norms[1:], rtol=1e-10)
+  np.testing.assert_allclose(measured.ratio, norms[:-1] / norms[1:], rtol=1e-10)
+
+
+def test_the_ratios_equal_the_probe_paths_on_a_probed_copy(batch):
+  """The probed copy (same parameters) measured by resnorm.signal: its ratios between the stem's
+  site and each block's are the unedited model's block ratios."""
+  inputs, targets = batch
+  variables = Net().init(jax.random.key(0), inputs)
+  measured = unedited.block_ratios(Net(), variables, inputs, targets, _loss)
+  probed = signal.measure(ProbedNet(), {"params": variables["params"]}, inputs, targets, _loss, train=False)
+  np.testing.assert_allclose(measured.ratio, probed.ratio, rtol=1e-12)
+
+
+def test_a_selector_picks_modules_by_path_or_class_and_shapes_name_the_kind(batch):
+  """Every Dense of the model (stem and head change the shape: transitions), in the order the
+  forward pass calls them (a block's inner Dense, created second, is called first)."""
+  inputs, targets = batch
+  model = Net(depth=2)
+  variables = model.init(jax.random.key(0), inputs)
+  measured = unedited.block_ratios(
+    model, variables, inputs, targets, _loss, select=lambda module, x, y: isinstance(module, nn.Dense)
+  )
+  assert measured.paths == (
+    "Dense_0",
+    "Block_0/Dense_1",
+    "Block_0/Dense_0",
+    "Block_1/Dense_1",
+    "Block_1/Dense_0",
+    "Dense_1",
+  )
+  assert measured.kinds == ("transition", "block", "block", "block", "block", "transition")
+
+
+class Pairs(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return x, x
+
+
+class ReturnsPairs(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    return Pairs()(x)[0]
+
+
+def test_a_selector_that_picks_nothing_or_a_tuple_is_one_line_saying_what_to_do(batch):
+  inputs, targets = batch
+  model = Net(depth=1)
+  variables = model.init(jax.random.key(0), inputs)
+  with pytest.raises(ValueError, match="the selector picks no module call of Net: .*pass select= to pick others"):
+    unedited.block_ratios(model, variables, inputs, targets, _loss, select=lambda module, x, y: False)
+  pairs = ReturnsPairs()
+  with pytest.raises(ValueError, match="module Pairs_0 takes or returns something other than one array.*tuple"):
+    unedited.block_ratios(pairs, {}, inputs, inputs, _loss, select=lambda module, x, y: True)
