@@ -69,7 +69,7 @@ class SignalReport:
   token_ratio: jax.Array | None = None
 
 
-def _ratios(numerator, denominator):
+def ratios(numerator, denominator):
   """numerator / denominator, NaN where the denominator is 0, exactly 1 within :data:`RESOLUTION`."""
   ratio = jnp.where(denominator > 0, numerator / jnp.where(denominator > 0, denominator, 1.0), jnp.nan)
   return jnp.where(jnp.abs(ratio - 1) <= RESOLUTION, 1.0, ratio)
@@ -233,13 +233,13 @@ def measure(
   kinds = tuple(kind for _, site_kinds, _ in grad_sites for kind in site_kinds)
 
   grad_norm = jnp.concatenate([jax.vmap(probes.per_example_norm)(g) for _, _, g in grad_sites])
-  ratio = _ratios(grad_norm[:-1], grad_norm[1:])
+  ratio = ratios(grad_norm[:-1], grad_norm[1:])
   token_ratio = None
   if all(g.ndim == 4 for _, _, g in grad_sites):  # (layers, B, T, D): every site a sequence
     per_token = jnp.concatenate(
       [probes.per_example_norm(g.reshape(-1, g.shape[-1])).reshape(g.shape[:-1]) for _, _, g in grad_sites]
     )
-    token_ratio = _ratios(per_token[:-1], per_token[1:])
+    token_ratio = ratios(per_token[:-1], per_token[1:])
   branch = [s.get("branch_ratio", jnp.full_like(s["norm"], jnp.nan)) for s in stats]
   return SignalReport(
     grad_norm=grad_norm,

@@ -13,9 +13,10 @@ stream sites). A call whose output has its input's shape is a ``'block'``, any o
 ``'transition'``. Calls are told apart by their order in the forward pass, so a module called
 twice is two calls.
 
-Not yet measured this way: the blocks inside an ``nn.scan`` (a scanned stack that a selector
-picks is one call, its ratio that of the whole stack; per-block ratios need a perturbation that
-carries the scan axis), forward statistics, and δ in every direction.
+:func:`delta_statistics` reads every registered statistic from them. Not yet measured this way:
+the blocks inside an ``nn.scan`` (a scanned stack that a selector picks is one call, its ratio that
+of the whole stack; per-block ratios need a perturbation that carries the scan axis), forward
+statistics, and δ in every direction.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from resnorm import probes
+from resnorm import probes, signal, statistics, validation
 
 Selector = Callable[[nn.Module, jax.ShapeDtypeStruct, jax.ShapeDtypeStruct], bool]
 
@@ -45,7 +47,8 @@ class BlockRatios:
     paths: each call's module path (``'Block_3'``, ``'stage/Block_0'``).
     kinds: ``'block'`` (output of the input's shape) or ``'transition'``.
     grad_in, grad_out: per call and example, ‖∂E/∂x_in‖ and ‖∂E/∂x_out‖ (calls × batch).
-    ratio: ``grad_in / grad_out`` (NaN where ``grad_out`` is 0).
+    ratio: ``grad_in / grad_out`` (NaN where ``grad_out`` is 0, exactly 1 within
+      :data:`resnorm.signal.RESOLUTION`, as the probes' ratios).
   """
 
   paths: tuple[str, ...]
@@ -53,6 +56,20 @@ class BlockRatios:
   grad_in: jax.Array
   grad_out: jax.Array
   ratio: jax.Array
+
+
+def delta_statistics(measured: BlockRatios, kind: str = "block") -> dict[str, float | int | None]:
+  """Every registered statistic (:mod:`resnorm.statistics`: δ_max, δ_mean, the per-layer and
+  whole-batch ones) of the calls of ``kind``, as :func:`resnorm.signal.delta_statistics` gives
+  them for a probed model; host-side."""
+  rows = np.array([k == kind for k in measured.kinds])
+  if not rows.any():
+    raise validation.invalid("kind", kind, f"a kind of the measured calls: one of {sorted(set(measured.kinds))}")
+  grad_in, grad_out = np.asarray(measured.grad_in, np.float64)[rows], np.asarray(measured.grad_out, np.float64)[rows]
+  batch_out = np.sqrt(np.sum(grad_out**2, axis=1))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    batch_ratio = np.where(batch_out > 0, np.sqrt(np.sum(grad_in**2, axis=1)) / batch_out, np.nan)
+  return statistics.compute_all(statistics.LayerRatios(np.asarray(measured.ratio)[rows], batch_ratio))
 
 
 def _intercepted(context, args) -> bool:
@@ -141,6 +158,6 @@ def block_ratios(
   grads = jax.grad(loss)(zeros)
   grad_in = jnp.stack([probes.per_example_norm(g) for g in grads["in"]])
   grad_out = jnp.stack([probes.per_example_norm(g) for g in grads["out"]])
-  ratio = jnp.where(grad_out > 0, grad_in / jnp.where(grad_out > 0, grad_out, 1.0), jnp.nan)
+  ratio = signal.ratios(grad_in, grad_out)
   kinds = tuple("block" if calls[i][1].shape == calls[i][2].shape else "transition" for i in order)
   return BlockRatios(tuple(calls[i][0] for i in order), kinds, grad_in, grad_out, ratio)

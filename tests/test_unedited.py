@@ -84,12 +84,17 @@ def test_the_ratios_of_an_unedited_model_equal_a_hand_written_chain_of_vjps(batc
 
 def test_the_ratios_equal_the_probe_paths_on_a_probed_copy(batch):
   """The probed copy (same parameters) measured by resnorm.signal: its ratios between the stem's
-  site and each block's are the unedited model's block ratios."""
+  site and each block's are the unedited model's block ratios, and every registered statistic of
+  its blocks is the unedited model's."""
   inputs, targets = batch
   variables = Net().init(jax.random.key(0), inputs)
   measured = unedited.block_ratios(Net(), variables, inputs, targets, _loss)
   probed = signal.measure(ProbedNet(), {"params": variables["params"]}, inputs, targets, _loss, train=False)
   np.testing.assert_allclose(measured.ratio, probed.ratio, rtol=1e-12)
+  ours, theirs = unedited.delta_statistics(measured), signal.delta_statistics(probed)
+  assert sorted(ours) == sorted(theirs)
+  for name, value in theirs.items():
+    assert ours[name] == (value if value is None else pytest.approx(value, rel=1e-12, nan_ok=True)), name
 
 
 def test_a_selector_picks_modules_by_path_or_class_and_shapes_name_the_kind(batch):
