@@ -138,3 +138,19 @@ def test_a_selector_that_picks_nothing_or_a_tuple_is_one_line_saying_what_to_do(
   pairs = ReturnsPairs()
   with pytest.raises(ValueError, match="module Pairs_0 takes or returns something other than one array.*tuple"):
     unedited.block_ratios(pairs, {}, inputs, inputs, _loss, select=lambda module, x, y: True)
+
+
+def test_the_readmes_example_runs_as_written():
+  """README's "Measure your own model, unedited" snippet, executed as it stands."""
+  import contextlib
+  import io
+  import pathlib
+
+  readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+  section = readme[readme.index("**Measure your own model, unedited.**") :]
+  code = section[section.index("```python\n") + len("```python\n") : section.index("\n```", section.index("```python"))]
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+  path, shape, delta_max = printed.getvalue().split(" ", 2)
+  assert path == "Block_0" and shape == "(8," and float(delta_max.split()[-1]) > 0
