@@ -81,7 +81,23 @@ def _shape(value):
   return jax.ShapeDtypeStruct(value.shape, value.dtype) if hasattr(value, "shape") else value
 
 
-def _selected_calls(model, variables, inputs, select: Selector, apply_kwargs) -> dict[int, tuple[str, object, object]]:
+def _apply(model, variables, inputs, axis_name: str | None, apply_kwargs):
+  """``model.apply``, under a named axis of size 1 where ``axis_name`` is given: a data-parallel
+  model's collectives over it (BatchNorm's ``axis_name='batch'``) reduce over this batch alone,
+  as they would on one device. Returns the model's output (the first element with ``mutable``)."""
+
+  def apply(x):
+    result = model.apply(variables, x, **apply_kwargs)
+    return result[0] if "mutable" in apply_kwargs else result
+
+  if axis_name is None:
+    return apply(inputs)
+  return jax.vmap(apply, axis_name=axis_name)(inputs[None])[0]
+
+
+def _selected_calls(
+  model, variables, inputs, select: Selector, axis_name: str | None, apply_kwargs
+) -> dict[int, tuple[str, object, object]]:
   """Per selected call, by its index among the intercepted calls in the order they start: its
   path and its input and output shapes. Traced only (``jax.eval_shape``)."""
   calls, started = {}, iter(range(1 << 62))
@@ -102,9 +118,17 @@ def _selected_calls(model, variables, inputs, select: Selector, apply_kwargs) ->
 
   def forward():
     with nn.intercept_methods(record):
-      return model.apply(variables, inputs, **apply_kwargs)
+      return _apply(model, variables, inputs, axis_name, apply_kwargs)
 
-  jax.eval_shape(forward)
+  try:
+    jax.eval_shape(forward)
+  except NameError as error:  # a collective over an axis no transformation binds
+    if "unbound axis name" not in str(error):
+      raise
+    raise ValueError(
+      f"{type(model).__name__} reduces over an axis that nothing binds ({str(error).splitlines()[0]}): pass "
+      "axis_name= with the name its BatchNorm or collectives use (e.g. axis_name='batch')"
+    ) from None
   return calls
 
 
@@ -115,16 +139,20 @@ def block_ratios(
   targets: jax.Array,
   loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
   select: Selector = children_of_same_shape,
+  axis_name: str | None = None,
   **apply_kwargs,
 ) -> BlockRatios:
   """The backward ratio of every call ``select`` picks in ``model`` on one batch (see the module
-  docstring); jit-able. ``apply_kwargs`` go to ``model.apply`` (``train=False``,
-  ``mutable=['batch_stats']``: with a mutable collection the model's output is its first element).
+  docstring); jit-able. ``apply_kwargs`` go to ``model.apply`` (``train=True``,
+  ``mutable=['batch_stats']``: with a mutable collection the model's output is its first element,
+  the updated statistics are dropped). ``axis_name``: the name of the axis a data-parallel model
+  reduces over (BatchNorm's ``axis_name``), bound here to this batch alone (:func:`_apply`).
 
   Raises:
-    ValueError: ``select`` picks no call, or a call that does not map an array to an array.
+    ValueError: ``select`` picks no call, or a call that does not map an array to an array; the
+      model reduces over an axis ``axis_name`` does not bind.
   """
-  calls = _selected_calls(model, variables, inputs, select, apply_kwargs)
+  calls = _selected_calls(model, variables, inputs, select, axis_name, apply_kwargs)
   if not calls:
     raise ValueError(
       f"the selector picks no module call of {type(model).__name__}: by default its direct children whose output "
@@ -150,10 +178,7 @@ def block_ratios(
       return next_fun(args[0] + perturbations["in"][r], *args[1:], **kwargs) + perturbations["out"][r]
 
     with nn.intercept_methods(perturb):
-      outputs = model.apply(variables, inputs, **apply_kwargs)
-    if "mutable" in apply_kwargs:
-      outputs = outputs[0]
-    return loss_fn(outputs, targets)
+      return loss_fn(_apply(model, variables, inputs, axis_name, apply_kwargs), targets)
 
   grads = jax.grad(loss)(zeros)
   grad_in = jnp.stack([probes.per_example_norm(g) for g in grads["in"]])

@@ -154,3 +154,42 @@ def test_the_readmes_example_runs_as_written():
     exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
   path, shape, delta_max = printed.getvalue().split(" ", 2)
   assert path == "Block_0" and shape == "(8," and float(delta_max.split()[-1]) > 0
+
+
+class NormBlock(nn.Module):
+  """x + W relu(BN(x)), its BatchNorm reducing over the data-parallel axis ``axis_name``."""
+
+  axis_name: str | None
+
+  @nn.compact
+  def __call__(self, x, train):
+    h = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
+    return x + nn.Dense(x.shape[-1])(nn.relu(h))
+
+
+class NormNet(nn.Module):
+  axis_name: str | None = "batch"
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Dense(6)(x)
+    for _ in range(3):
+      x = NormBlock(self.axis_name)(x, train)
+    return nn.Dense(3)(x)
+
+
+def test_a_data_parallel_batch_norm_model_is_measured_in_train_mode_under_a_bound_axis(batch):
+  """BatchNorm with ``axis_name='batch'`` in train mode (batch statistics, a mutable collection):
+  without ``axis_name`` one line says to pass it; with it, the ratios are those of the same model
+  whose BatchNorm reduces over the batch with no axis name (1e-10)."""
+  inputs, targets = batch
+  variables = NormNet(None).init(jax.random.key(0), inputs)
+  train = dict(train=True, mutable=["batch_stats"])
+  with pytest.raises(ValueError, match="reduces over an axis that nothing binds.*pass axis_name="):
+    unedited.block_ratios(NormNet("batch"), variables, inputs, targets, _loss, **train)
+  bound = unedited.block_ratios(NormNet("batch"), variables, inputs, targets, _loss, axis_name="batch", **train)
+  alone = unedited.block_ratios(NormNet(None), variables, inputs, targets, _loss, **train)
+  assert bound.paths == alone.paths == ("NormBlock_0", "NormBlock_1", "NormBlock_2")
+  np.testing.assert_allclose(bound.ratio, alone.ratio, rtol=1e-10)
+  eval_mode = unedited.block_ratios(NormNet(None), variables, inputs, targets, _loss, train=False)
+  assert not np.allclose(eval_mode.ratio, alone.ratio)  # train mode's batch statistics are not the running ones
