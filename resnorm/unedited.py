@@ -149,10 +149,18 @@ def block_ratios(
   reduces over (BatchNorm's ``axis_name``), bound here to this batch alone (:func:`_apply`).
 
   Raises:
-    ValueError: ``select`` picks no call, or a call that does not map an array to an array; the
-      model reduces over an axis ``axis_name`` does not bind.
+    ValueError: ``select`` picks no call, a call that does not map an array to an array, or
+      modules nested in others it picks; the model reduces over an axis ``axis_name`` does not bind.
   """
   calls = _selected_calls(model, variables, inputs, select, axis_name, apply_kwargs)
+  paths = sorted({path for path, _, _ in calls.values()})
+  nested = [(outer, inner) for outer in paths for inner in paths if inner.startswith(outer + "/")]
+  if nested:
+    outer, inner = nested[0]
+    raise ValueError(
+      f"the selector picks {inner} inside {outer}: their ratios would count one stretch of the stream twice; "
+      "select modules of one level (e.g. by class, or len(module.path) == 1)"
+    )
   if not calls:
     raise ValueError(
       f"the selector picks no module call of {type(model).__name__}: by default its direct children whose output "

@@ -129,10 +129,12 @@ class ReturnsPairs(nn.Module):
     return Pairs()(x)[0]
 
 
-def test_a_selector_that_picks_nothing_or_a_tuple_is_one_line_saying_what_to_do(batch):
+def test_a_selector_that_picks_nothing_nested_modules_or_a_tuple_is_one_line_saying_what_to_do(batch):
   inputs, targets = batch
   model = Net(depth=1)
   variables = model.init(jax.random.key(0), inputs)
+  with pytest.raises(ValueError, match="picks Block_0/Dense_0 inside Block_0: .*select modules of one level"):
+    unedited.block_ratios(model, variables, inputs, targets, _loss, select=lambda module, x, y: x.shape == y.shape)
   with pytest.raises(ValueError, match="the selector picks no module call of Net: .*pass select= to pick others"):
     unedited.block_ratios(model, variables, inputs, targets, _loss, select=lambda module, x, y: False)
   pairs = ReturnsPairs()
