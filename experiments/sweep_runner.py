@@ -12,8 +12,10 @@ not finished, the costliest first:
 * ``'spread'``: process p trains groups p, p + P, … on its own devices, and every process reads the
   others' records once all are done.
 
-A finished run in the workdir is reused, an interrupted one resumes from its checkpoint, and a run
-whose files do not read is set aside (``set_aside/``) and trained again. A stop request
+A finished run in the workdir is reused where its files prove it is that run, an interrupted group
+resumes whole from the newest step all its runs saved (its records committed together), and a run
+whose files do not read or are another run's is set aside (``set_aside/``) and trained again; a run
+another process trains is refused. A stop request
 (:class:`resnorm.preemption.StopSignals`: SIGTERM or Ctrl-C) stops every group in training at a
 saved step, and the groups not started before they start; the same command then goes on.
 """
@@ -113,14 +115,12 @@ def _run_dir(workdir, run: sweep_plan.Run):
 def _reusable(group: list[sweep_plan.Run], workdir) -> list[records.RunRecord | None]:
   """Per run of ``group``, its record where it finished in ``workdir`` and proves to be that run
   (None where it did not). A run another process trains is refused (:func:`resnorm.ownership.refuse_if_in_use`);
-  a group's commit that a kill cut short is finished (:func:`resnorm.records.commit_pending`);
   a run whose files do not read, or whose record is not of this run
   (:func:`resnorm.sweep_plan.record_mismatch`), is set aside to train again."""
   found = []
   for run in group:
     run_dir = _run_dir(workdir, run)
     ownership.refuse_if_in_use(run_dir)
-    records.commit_pending(run_dir)
     record = _readable_record(run_dir, workdir)
     if record is not None:
       saved = records.read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
@@ -131,11 +131,24 @@ def _reusable(group: list[sweep_plan.Run], workdir) -> list[records.RunRecord | 
   return found
 
 
+def _commit_pending(groups, workdir) -> None:
+  """Finishes the record commits a kill cut short (:func:`resnorm.records.commit_pending`) in the
+  runs of ``groups``: by process 0 when every process takes part in every group, the others
+  waiting for it, so that all read the same records."""
+  if jax.process_index() == 0:
+    for group in groups:
+      for run in group:
+        records.commit_pending(_run_dir(workdir, run))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("resnorm.sweep.commit")
+
+
 def _run_all(groups, workdir, workers: int, progress: bool, should_stop) -> list[records.RunRecord]:
   """Every group's records: finished runs reused, the others trained, one group after another in
   this process (``workers = 1``) or ``workers`` groups at a time in worker processes. A stop
   request stops the groups in training at a saved step and the others before they start; then
   :class:`resnorm.preemption.Preempted` names the checkpoints saved."""
+  _commit_pending(groups, workdir)
   results, jobs = [], []
   with tqdm.tqdm(total=sum(map(len, groups)), desc="sweep", unit="run", disable=not progress) as bar:
 
@@ -318,6 +331,8 @@ def _run_spread(groups, workdir, should_stop) -> list[records.RunRecord]:
       if marker.exists():
         marker.unlink()
     try:
+      for run in group:  # this process wrote the group's pending records, and commits them
+        records.commit_pending(_run_dir(workdir, run))
       found = _reusable(group, workdir)
       todo = [run for run, record in zip(group, found) if record is None]
       if todo:
