@@ -147,20 +147,21 @@ def save(
   write: bool,
 ) -> None:
   """Saves ``state`` as the checkpoint of ``step`` and, with ``write`` (the process that writes
-  the files), its entry in ``workdir/checkpoints.json``; entries of steps no longer kept are dropped.
+  the files), its entry in ``workdir/checkpoints.json``, written first (an entry without its
+  checkpoint is never read); entries of steps no longer kept are dropped.
 
   Raises:
     records.WriteFailed: the disk refused (full, read-only), naming the checkpoint.
   """
   what = f"the checkpoint of step {step} in {workdir / 'checkpoints'}"
   target = jax.device_get(state) if host_copies else state
-  with _disk_errors_as_write_failed(what):
-    checkpoints.save(step, args=ocp.args.StandardSave(target), force=force)
-  if write:
+  if write:  # first: a disk that refuses the entry leaves no save running in the background
     kept = set(steps(workdir / "checkpoints")) | {step}
     index = {s: entry for s, entry in _index(workdir).items() if s in kept}
     index[step] = {"sha256": digest(target), "losses_since_log": list(losses_since_log)}
     records.write_json(workdir / INDEX, {str(s): index[s] for s in sorted(index)})
+  with _disk_errors_as_write_failed(what):
+    checkpoints.save(step, args=ocp.args.StandardSave(target), force=force)
 
 
 def set_aside_after(workdir, step: int) -> list[int]:
