@@ -15,8 +15,8 @@ twice is two calls.
 
 :func:`delta_statistics` reads every registered statistic from them. Not yet measured this way:
 the blocks inside an ``nn.scan`` (a scanned stack that a selector picks is one call, its ratio that
-of the whole stack; per-block ratios need a perturbation that carries the scan axis), forward
-statistics, and δ in every direction.
+of the whole stack; per-block ratios need a perturbation that carries the scan axis), and δ in
+every direction.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ class BlockRatios:
     grad_in, grad_out: per call and example, ‖∂E/∂x_in‖ and ‖∂E/∂x_out‖ (calls × batch).
     ratio: ``grad_in / grad_out`` (NaN where ``grad_out`` is 0, exactly 1 within
       :data:`resnorm.signal.RESOLUTION`, as the probes' ratios).
+    forward: per call, the forward statistics of its output as a probe records them
+      (:func:`resnorm.probes.stream_statistics`): ``norm`` ‖x_out‖ per example, ``q``, ``c``,
+      ``token_c`` for sequences, and for a call of the input's shape ``branch_ratio`` =
+      ‖x_out − x_in‖ / ‖x_in‖ per example (the residual branch's, for a block x + F(x)).
   """
 
   paths: tuple[str, ...]
@@ -56,6 +60,7 @@ class BlockRatios:
   grad_in: jax.Array
   grad_out: jax.Array
   ratio: jax.Array
+  forward: dict[str, jax.Array]
 
 
 def delta_statistics(measured: BlockRatios, kind: str = "block") -> dict[str, float | int | None]:
@@ -81,18 +86,22 @@ def _shape(value):
   return jax.ShapeDtypeStruct(value.shape, value.dtype) if hasattr(value, "shape") else value
 
 
-def _apply(model, variables, inputs, axis_name: str | None, apply_kwargs):
-  """``model.apply``, under a named axis of size 1 where ``axis_name`` is given: a data-parallel
-  model's collectives over it (BatchNorm's ``axis_name='batch'``) reduce over this batch alone,
-  as they would on one device. Returns the model's output (the first element with ``mutable``)."""
+def _apply(model, variables, inputs, axis_name: str | None, apply_kwargs, interceptor):
+  """``model.apply`` with ``interceptor(next_fun, args, kwargs, context, sink)`` on its method calls,
+  under a named axis of size 1 where ``axis_name`` is given (a data-parallel model's collectives
+  over it, BatchNorm's ``axis_name='batch'``, reduce over this batch alone, as on one device).
+  Returns the model's output (the first element with ``mutable``) and what the interceptor put
+  in ``sink``, a list, in the order it put it."""
 
   def apply(x):
-    result = model.apply(variables, x, **apply_kwargs)
-    return result[0] if "mutable" in apply_kwargs else result
+    sink = []
+    with nn.intercept_methods(lambda *call: interceptor(*call, sink)):
+      result = model.apply(variables, x, **apply_kwargs)
+    return (result[0] if "mutable" in apply_kwargs else result), sink
 
   if axis_name is None:
     return apply(inputs)
-  return jax.vmap(apply, axis_name=axis_name)(inputs[None])[0]
+  return jax.tree.map(lambda leaf: leaf[0], jax.vmap(apply, axis_name=axis_name)(inputs[None]))
 
 
 def _selected_calls(
@@ -102,7 +111,8 @@ def _selected_calls(
   path and its input and output shapes. Traced only (``jax.eval_shape``)."""
   calls, started = {}, iter(range(1 << 62))
 
-  def record(next_fun, args, kwargs, context):
+  def record(next_fun, args, kwargs, context, sink):
+    del sink
     if not _intercepted(context, args):
       return next_fun(*args, **kwargs)
     index = next(started)
@@ -117,8 +127,7 @@ def _selected_calls(
     return outputs
 
   def forward():
-    with nn.intercept_methods(record):
-      return _apply(model, variables, inputs, axis_name, apply_kwargs)
+    return _apply(model, variables, inputs, axis_name, apply_kwargs, record)
 
   try:
     jax.eval_shape(forward)
@@ -176,21 +185,25 @@ def block_ratios(
   def loss(perturbations):
     started = iter(range(1 << 62))
 
-    def perturb(next_fun, args, kwargs, context):
+    def perturb(next_fun, args, kwargs, context, sink):
       if not _intercepted(context, args):
         return next_fun(*args, **kwargs)
       index = next(started)
       if index not in row:
         return next_fun(*args, **kwargs)
       r = row[index]
-      return next_fun(args[0] + perturbations["in"][r], *args[1:], **kwargs) + perturbations["out"][r]
+      outputs = next_fun(args[0] + perturbations["in"][r], *args[1:], **kwargs)
+      branch = outputs - args[0] if outputs.shape == args[0].shape else None
+      sink.append(probes.stream_statistics(outputs, args[0], branch))
+      return outputs + perturbations["out"][r]
 
-    with nn.intercept_methods(perturb):
-      return loss_fn(_apply(model, variables, inputs, axis_name, apply_kwargs), targets)
+    outputs, forward = _apply(model, variables, inputs, axis_name, apply_kwargs, perturb)
+    return loss_fn(outputs, targets), forward
 
-  grads = jax.grad(loss)(zeros)
+  grads, forward = jax.grad(loss, has_aux=True)(zeros)
+  forward = {key: jnp.stack([f[key] for f in forward]) for key in forward[0] if all(key in f for f in forward)}
   grad_in = jnp.stack([probes.per_example_norm(g) for g in grads["in"]])
   grad_out = jnp.stack([probes.per_example_norm(g) for g in grads["out"]])
   ratio = signal.ratios(grad_in, grad_out)
   kinds = tuple("block" if calls[i][1].shape == calls[i][2].shape else "transition" for i in order)
-  return BlockRatios(tuple(calls[i][0] for i in order), kinds, grad_in, grad_out, ratio)
+  return BlockRatios(tuple(calls[i][0] for i in order), kinds, grad_in, grad_out, ratio, forward)

@@ -58,7 +58,8 @@ def batch(x64):
 def test_the_ratios_of_an_unedited_model_equal_a_hand_written_chain_of_vjps(batch):
   """Stream h_0 = stem(x), h_{k+1} = block_k(h_k); ∂E/∂h_k by jax.vjp of each block from the head
   backwards, per example (the loss is a mean over examples, so each example's gradient is its
-  own); the ratio of block k is ‖∂E/∂h_k‖ / ‖∂E/∂h_{k+1}‖ (float64, 1e-10)."""
+  own); the ratio of block k is ‖∂E/∂h_k‖ / ‖∂E/∂h_{k+1}‖ (float64, 1e-10); the forward
+  statistics of block k are those of h_{k+1} (‖h‖, q, c, and ‖h_{k+1} − h_k‖ / ‖h_k‖), from numpy."""
   inputs, targets = batch
   model = Net()
   variables = model.init(jax.random.key(0), inputs)
@@ -80,6 +81,18 @@ def test_the_ratios_of_an_unedited_model_equal_a_hand_written_chain_of_vjps(batc
   np.testing.assert_allclose(measured.grad_in, norms[:-1], rtol=1e-10)
   np.testing.assert_allclose(measured.grad_out, norms[1:], rtol=1e-10)
   np.testing.assert_allclose(measured.ratio, norms[:-1] / norms[1:], rtol=1e-10)
+  # The forward statistics of each block's output, from the same stream in numpy (the probes keep
+  # them in float32: 1e-6).
+  h = np.array(stream)
+  units = h[1:] / np.linalg.norm(h[1:], axis=-1, keepdims=True)
+  grams = np.einsum("kbd,kcd->kbc", units, units)
+  batch_size = h.shape[1]
+  cosines = (grams.sum(axis=(1, 2)) - np.trace(grams, axis1=1, axis2=2)) / (batch_size * (batch_size - 1))
+  np.testing.assert_allclose(measured.forward["norm"], np.linalg.norm(h[1:], axis=-1), rtol=1e-6)
+  np.testing.assert_allclose(measured.forward["q"], np.mean(h[1:] ** 2, axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(measured.forward["c"], cosines, rtol=1e-6, atol=1e-7)  # a mean of cosines near 0
+  branch = np.linalg.norm(h[1:] - h[:-1], axis=-1) / np.linalg.norm(h[:-1], axis=-1)
+  np.testing.assert_allclose(measured.forward["branch_ratio"], branch, rtol=1e-6)
 
 
 def test_the_ratios_equal_the_probe_paths_on_a_probed_copy(batch):
@@ -193,5 +206,7 @@ def test_a_data_parallel_batch_norm_model_is_measured_in_train_mode_under_a_boun
   alone = unedited.block_ratios(NormNet(None), variables, inputs, targets, _loss, **train)
   assert bound.paths == alone.paths == ("NormBlock_0", "NormBlock_1", "NormBlock_2")
   np.testing.assert_allclose(bound.ratio, alone.ratio, rtol=1e-10)
+  for key, value in alone.forward.items():
+    np.testing.assert_allclose(bound.forward[key], value, rtol=1e-10, err_msg=key)
   eval_mode = unedited.block_ratios(NormNet(None), variables, inputs, targets, _loss, train=False)
   assert not np.allclose(eval_mode.ratio, alone.ratio)  # train mode's batch statistics are not the running ones
