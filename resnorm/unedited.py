@@ -21,10 +21,10 @@ every direction.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +39,7 @@ def children_of_same_shape(module: nn.Module, inputs, outputs) -> bool:
   return len(module.path) == 1 and getattr(inputs, "shape", None) == getattr(outputs, "shape", ())
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class BlockRatios:
   """What :func:`block_ratios` measured, one row per selected call in forward order.
 
@@ -55,8 +55,8 @@ class BlockRatios:
       ‖x_out − x_in‖ / ‖x_in‖ per example (the residual branch's, for a block x + F(x)).
   """
 
-  paths: tuple[str, ...]
-  kinds: tuple[str, ...]
+  paths: tuple[str, ...] = flax.struct.field(pytree_node=False)
+  kinds: tuple[str, ...] = flax.struct.field(pytree_node=False)
   grad_in: jax.Array
   grad_out: jax.Array
   ratio: jax.Array

@@ -102,6 +102,9 @@ def test_the_ratios_equal_the_probe_paths_on_a_probed_copy(batch):
   inputs, targets = batch
   variables = Net().init(jax.random.key(0), inputs)
   measured = unedited.block_ratios(Net(), variables, inputs, targets, _loss)
+  jitted = jax.jit(lambda v, x, y: unedited.block_ratios(Net(), v, x, y, _loss))(variables, inputs, targets)
+  np.testing.assert_allclose(jitted.ratio, measured.ratio, rtol=1e-12)
+  assert jitted.paths == measured.paths
   probed = signal.measure(ProbedNet(), {"params": variables["params"]}, inputs, targets, _loss, train=False)
   np.testing.assert_allclose(measured.ratio, probed.ratio, rtol=1e-12)
   ours, theirs = unedited.delta_statistics(measured), signal.delta_statistics(probed)
