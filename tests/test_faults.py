@@ -746,18 +746,19 @@ def _runs_dir(workdir):
 
 @pytest.mark.slow
 def test_a_grouped_sweep_killed_at_three_moments_resumes_to_the_uninterrupted_summary_bit_for_bit(tmp_path):
-  """Two groups of three seeds (L = 2 and 4), checkpoints every 50 of 300 steps, killed with
-  SIGKILL (nothing saved on the way out) once the first member of a group has saved a checkpoint
-  (its fellows' saves of that step may not be written yet), once a group's records are pending
-  (written, not committed; the sweep in two worker processes, which end with it), and once a run's
-  record is committed; each time the same command ends with the uninterrupted sweep's
-  summary.json, byte for byte."""
+  """Two groups of three seeds (L = 4, then L = 2), checkpoints every 50 of 300 steps, killed with
+  SIGKILL (nothing saved on the way out) once the first member of the first group has saved step
+  100 (its fellows' saves of that step may not be written yet), once that group's commit has begun
+  (records pending, or the first committed; the sweep in two worker processes, which end with it),
+  and once the second group, after the first committed, has saved a step; each time the same
+  command ends with the uninterrupted sweep's summary.json, byte for byte."""
   straight = _finish(tmp_path / "straight", "--config.parallel_runs=1")
   first_member = _runs_dir(tmp_path / "m0") / sweep_plan.run_name("residual_zero_init", 4, 0)
-  moments = {
+  second_group = _runs_dir(tmp_path / "m2") / sweep_plan.run_name("residual_zero_init", 2, 0)
+  moments = {  # each lasts long enough to be caught by polling, whatever the machine's speed
     "m0": lambda w: checkpoints.steps(first_member / "checkpoints")[-1:] >= [100],
-    "m1": lambda w: any(_runs_dir(w).glob(f"*/{records.PENDING}")),
-    "m2": lambda w: any(_runs_dir(w).glob("*/summary.json")),
+    "m1": lambda w: any(_runs_dir(w).glob(f"*/{records.PENDING}")) or any(_runs_dir(w).glob("*/summary.json")),
+    "m2": lambda w: checkpoints.steps(second_group / "checkpoints")[-1:] >= [50],
   }
   running = {
     name: _grouped_sweep(tmp_path / name, f"--config.parallel_runs={2 if name == 'm1' else 1}") for name in moments
