@@ -121,9 +121,8 @@ def _reusable(group: list[sweep_plan.Run], workdir) -> list[records.RunRecord | 
   for run in group:
     run_dir = _run_dir(workdir, run)
     ownership.refuse_if_in_use(run_dir)
-    record = _readable_record(run_dir, workdir)
+    record, saved = _readable_record(run_dir, workdir)
     if record is not None:
-      saved = records.read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
       if problems := sweep_plan.record_mismatch(run, record, saved):
         _set_aside(run_dir, workdir, f"{run_dir / 'summary.json'} is not this run's record ({'; '.join(problems)})")
         record = None
@@ -352,20 +351,20 @@ def _run_spread(groups, workdir, should_stop) -> list[records.RunRecord]:
   return [records.read_run(workdir / sweep_plan.RUNS / name) for name in names]
 
 
-def _readable_record(run_dir, workdir) -> records.RunRecord | None:
-  """The record of ``run_dir`` where it finished (None where not), after moving the run aside
-  (:func:`_set_aside`) when its files do not read: a summary cut short, a log with a damaged row
-  before its last, garbage bytes, a field missing or of the wrong type."""
+def _readable_record(run_dir, workdir) -> tuple[records.RunRecord | None, dict | None]:
+  """The record of ``run_dir`` where it finished and its ``config.json`` where there is one (None
+  where not), after moving the run aside (:func:`_set_aside`) when its files do not read: a
+  summary cut short, a log with a damaged row before its last, garbage bytes, a field missing or
+  of the wrong type."""
   try:
-    if (run_dir / "config.json").exists():
-      records.read_json(run_dir / "config.json")
+    saved = records.read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
     record = records.read_run(run_dir) if (run_dir / "summary.json").exists() else None
     for name in ("metrics.jsonl", "signal.jsonl"):
       records.JsonlLog(run_dir / name, write=False)
-    return record
+    return record, saved
   except records.UnreadableRecord as error:
     _set_aside(run_dir, workdir, str(error))
-    return None
+    return None, None
 
 
 def _set_aside(run_dir, workdir, why: str) -> None:

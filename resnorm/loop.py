@@ -481,12 +481,10 @@ def _resume(state, workdirs, local: bool, take, stack, sharding, *, write: bool)
   that step (saves are written member by member, and a kill may fall between them) are moved to
   ``uncommitted_checkpoints/`` by the process that writes (``write``)."""
   host_copies = local and jax.process_count() > 1  # a process training alone among several saves host copies
-  common = None
-  while True:
+  common = min((checkpoints.steps(run_dir / "checkpoints") or [0])[-1] for run_dir in workdirs)
+  while True:  # lower the step until every member's checkpoint of it restores
     restored = [
       checkpoints.restore(take(state, m), run_dir, local, host_copies, sharding, at_most=common)
-      if checkpoints.steps(run_dir / "checkpoints")
-      else checkpoints.Restored(0, None, [])
       for m, run_dir in enumerate(workdirs)
     ]
     common = min(member.step for member in restored)

@@ -254,12 +254,12 @@ def measure(
   )
 
 
-def _batch_ratio(grad_norm: np.ndarray) -> np.ndarray:
-  """(S,) R_k = ‖∂E/∂X_k‖_F / ‖∂E/∂X_{k+1}‖_F from the (S+1, B) per-example norms; NaN where the
-  denominator is 0."""
-  batch = np.sqrt(np.sum(np.square(np.asarray(grad_norm, dtype=np.float64)), axis=1))
+def whole_batch_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+  """(S,) R = ‖G_num‖_F / ‖G_den‖_F per row, from (S, B) per-example gradient norms (the whole
+  batch's norm is the root sum of squares of the examples'); NaN where the denominator is 0."""
+  top, bottom = (np.sqrt(np.sum(np.square(np.asarray(g, dtype=np.float64)), axis=1)) for g in (numerator, denominator))
   with np.errstate(divide="ignore", invalid="ignore"):
-    return np.where(batch[1:] > 0, batch[:-1] / batch[1:], np.nan)
+    return np.where(bottom > 0, top / bottom, np.nan)
 
 
 def layer_ratios(report: SignalReport, kind: str = "block", direction_free=None) -> statistics.LayerRatios:
@@ -270,7 +270,7 @@ def layer_ratios(report: SignalReport, kind: str = "block", direction_free=None)
     raise validation.invalid("kind", kind, f"a kind of layer in this report: one of {sorted(set(report.kinds))}")
   return statistics.LayerRatios(
     ratio=np.asarray(report.ratio, dtype=np.float64)[rows],
-    batch_ratio=_batch_ratio(report.grad_norm)[rows],
+    batch_ratio=whole_batch_ratio(report.grad_norm[:-1], report.grad_norm[1:])[rows],
     direction_free=direction_free,
   )
 
@@ -326,7 +326,7 @@ def batch_ratios(report: SignalReport) -> list[float]:
   """Every layer's ratio of whole mini-batch gradient norms, R_k = ‖∂E/∂X_k‖_F / ‖∂E/∂X_{k+1}‖_F
   with X_k the batch's stream at site k (NaN where the denominator is 0): the reference code's
   measure when ``report`` was taken in train mode on a training batch."""
-  return _batch_ratio(report.grad_norm).tolist()
+  return whole_batch_ratio(report.grad_norm[:-1], report.grad_norm[1:]).tolist()
 
 
 def direction_free(sigma_max, sigma_min) -> np.ndarray:

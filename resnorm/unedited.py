@@ -70,10 +70,7 @@ def delta_statistics(measured: BlockRatios, kind: str = "block") -> dict[str, fl
   rows = np.array([k == kind for k in measured.kinds])
   if not rows.any():
     raise validation.invalid("kind", kind, f"a kind of the measured calls: one of {sorted(set(measured.kinds))}")
-  grad_in, grad_out = np.asarray(measured.grad_in, np.float64)[rows], np.asarray(measured.grad_out, np.float64)[rows]
-  batch_out = np.sqrt(np.sum(grad_out**2, axis=1))
-  with np.errstate(invalid="ignore", divide="ignore"):
-    batch_ratio = np.where(batch_out > 0, np.sqrt(np.sum(grad_in**2, axis=1)) / batch_out, np.nan)
+  batch_ratio = signal.whole_batch_ratio(np.asarray(measured.grad_in)[rows], np.asarray(measured.grad_out)[rows])
   return statistics.compute_all(statistics.LayerRatios(np.asarray(measured.ratio)[rows], batch_ratio))
 
 
