@@ -299,6 +299,12 @@ def test_a_failed_write_names_the_file_and_leaves_the_previous_version_whole(tmp
     records.make_dir(target / "below_a_file")
 
 
+def _sweep_command(workdir, *arguments) -> subprocess.CompletedProcess:
+  """``python -m experiments.sweep --workdir=WORKDIR ARGUMENTS...`` from the repository, to its end."""
+  command = [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *arguments]
+  return subprocess.run(command, cwd=helpers.REPO, env=helpers.cpu_env(), capture_output=True, text=True, check=False)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
   "arguments, message",
@@ -343,15 +349,7 @@ def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, argu
     "import beside\nfrom configs import depth_sweep\n\n\ndef get_config():\n  config = depth_sweep.get_config()\n"
     "  config.optimizer.learning_rate = beside.RATE\n  return config\n"
   )
-  arguments = [arg.replace("{tmp}", str(tmp_path)) for arg in arguments]
-  result = subprocess.run(
-    [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *arguments],
-    cwd=helpers.REPO,
-    env=helpers.cpu_env(),
-    capture_output=True,
-    text=True,
-    check=False,
-  )
+  result = _sweep_command(workdir, *(arg.replace("{tmp}", str(tmp_path)) for arg in arguments))
   assert result.returncode == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
   assert not workdir.exists()
 
@@ -360,22 +358,12 @@ def test_every_mistake_at_the_door_is_one_line_and_writes_nothing(tmp_path, argu
 def test_seeds_given_on_the_command_line_name_the_settings_they_do_not_reach(tmp_path):
   """``--config.seeds`` leaves the settings with seeds of their own as they are: the sweep says
   which, before anything else (here the door then refuses a learning rate)."""
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.sweep",
-      f"--workdir={tmp_path / 'workdir'}",
-      "--config=configs/depth_sweep.py",
-      "--config.seeds=(0,1)",
-      "--config.overrides.residual_zero_init.seeds=(0,1)",
-      "--config.optimizer.learning_rate=-1",
-    ],
-    cwd=helpers.REPO,
-    env=helpers.cpu_env(),
-    capture_output=True,
-    text=True,
-    check=False,
+  result = _sweep_command(
+    tmp_path / "workdir",
+    "--config=configs/depth_sweep.py",
+    "--config.seeds=(0,1)",
+    "--config.overrides.residual_zero_init.seeds=(0,1)",
+    "--config.optimizer.learning_rate=-1",
   )
   warning, error = result.stderr.strip().splitlines()
   assert (
